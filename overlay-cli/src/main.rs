@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("ovl: not implemented yet");
+    std::process::exit(1);
+}

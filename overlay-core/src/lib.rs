@@ -1,0 +1,40 @@
+//! `overlay-core`: overlayfs layer stacks, the kernel's on-disk format, a userspace union
+//! engine with copy-up, and the kernel mount backend.
+//!
+//! ```no_run
+//! use overlay_core::{LayerStack, Overlay};
+//! use std::ffi::OsStr;
+//!
+//! let stack = LayerStack::builder()
+//!     .lower("/srv/base")            // bottom layer
+//!     .lower("/srv/patch")           // above it
+//!     .upper("/srv/upper", "/srv/work")
+//!     .build()?;                     // validated: clear errors naming the path
+//! let ovl = Overlay::new(stack)?;
+//! let root = ovl.root();
+//! let etc = ovl.lookup(&root, OsStr::new("etc"))?;
+//! for e in ovl.readdir(&etc)? {
+//!     println!("{:?} {}", e.kind, e.name.to_string_lossy());
+//! }
+//! # Ok::<(), overlay_core::Error>(())
+//! ```
+//!
+//! # Modules
+//! - [`stack`]: [`LayerStack`], [`LowerLayer`], [`UpperLayer`] and their validation.
+//! - [`format`]: whiteouts, opaque directories, overlay xattrs (`trusted.` vs `user.`).
+//! - [`engine`]: [`Overlay`], the node-based union engine (lookup, readdir, mutations).
+//! - [`error`]: the crate's one error type, carrying operation and path.
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod stack;
+
+pub use engine::{
+    Attr, DirEntry, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags, SetAttr, StatFs, TimeSet,
+    Timestamp,
+};
+pub use error::{Error, Result};
+pub use format::{Opacity, XattrNamespace};
+pub use stack::{LayerStack, LayerStackBuilder, LowerLayer, UpperLayer};

@@ -1,0 +1,404 @@
+//! Layer stacks: ordered lower layers, an optional upper layer with its workdir, and their
+//! validation.
+//!
+//! The Rust API orders lowers **bottom-first** (`lower(a).lower(b)` puts `b` above `a`);
+//! [`LayerStack::lowers_top_first`] gives the kernel's `lowerdir=` order.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::XattrNamespace;
+
+/// The kernel's limit on lower layers (`OVL_MAX_STACK`).
+pub const MAX_LOWER_LAYERS: usize = 500;
+
+/// statfs magic of overlayfs.
+pub const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// A read-only lower layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LowerLayer {
+    /// Absolute, canonical path of the layer directory.
+    pub path: PathBuf,
+}
+
+/// The writable upper layer and its workdir (same filesystem).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpperLayer {
+    /// Absolute, canonical path of the upper directory.
+    pub upper: PathBuf,
+    /// Absolute, canonical path of the workdir. Copy-ups are staged in `work/work`.
+    pub work: PathBuf,
+}
+
+/// An ordered, validated stack of layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerStack {
+    lowers: Vec<LowerLayer>,
+    upper: Option<UpperLayer>,
+    xattr_ns: XattrNamespace,
+}
+
+impl LayerStack {
+    /// Start building a stack.
+    pub fn builder() -> LayerStackBuilder {
+        LayerStackBuilder::default()
+    }
+
+    /// Lower layers, bottom-first.
+    pub fn lowers(&self) -> &[LowerLayer] {
+        &self.lowers
+    }
+
+    /// Lower layers, top-first (the kernel's `lowerdir=` order).
+    pub fn lowers_top_first(&self) -> impl Iterator<Item = &LowerLayer> {
+        self.lowers.iter().rev()
+    }
+
+    /// The upper layer, if the stack is writable.
+    pub fn upper(&self) -> Option<&UpperLayer> {
+        self.upper.as_ref()
+    }
+
+    /// The xattr namespace of overlay-private attributes.
+    pub fn xattr_namespace(&self) -> XattrNamespace {
+        self.xattr_ns
+    }
+
+    /// True when the stack has no upper layer.
+    pub fn is_read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+}
+
+/// Builder for [`LayerStack`]; [`LayerStackBuilder::build`] validates.
+#[derive(Debug, Default, Clone)]
+pub struct LayerStackBuilder {
+    lowers: Vec<PathBuf>,
+    upper: Option<(PathBuf, PathBuf)>,
+    xattr_ns: Option<XattrNamespace>,
+    probe_upper_features: bool,
+}
+
+impl LayerStackBuilder {
+    /// Add a lower layer above those added so far (bottom-first order).
+    pub fn lower(mut self, path: impl Into<PathBuf>) -> Self {
+        self.lowers.push(path.into());
+        self
+    }
+
+    /// Add several lower layers, bottom-first.
+    pub fn lowers<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        self.lowers.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    /// Set the upper layer and its workdir.
+    pub fn upper(mut self, upper: impl Into<PathBuf>, work: impl Into<PathBuf>) -> Self {
+        self.upper = Some((upper.into(), work.into()));
+        self.probe_upper_features = true;
+        self
+    }
+
+    /// Choose the xattr namespace. Default: `Trusted` when running as root, `User` otherwise.
+    pub fn xattr_namespace(mut self, ns: XattrNamespace) -> Self {
+        self.xattr_ns = Some(ns);
+        self
+    }
+
+    /// Skip the d_type/xattr probe of the upper filesystem (it writes a probe file into the
+    /// workdir); use when the kernel will probe anyway.
+    pub fn skip_upper_feature_probe(mut self) -> Self {
+        self.probe_upper_features = false;
+        self
+    }
+
+    /// Validate and build the stack.
+    ///
+    /// Fails with [`Error::InvalidStack`] naming the path when: a layer is missing or not a
+    /// directory; there is no lower layer or more than [`MAX_LOWER_LAYERS`]; a layer appears
+    /// twice; the upper is inside a lower or the reverse; the upper and workdir overlap; the
+    /// workdir is on another filesystem than the upper or holds anything but the overlay's own
+    /// `work`/`index` directories; the upper is itself an overlay; or the upper filesystem lacks
+    /// d_type or xattr support.
+    pub fn build(self) -> Result<LayerStack> {
+        let xattr_ns = self.xattr_ns.unwrap_or_else(|| {
+            if rustix::process::geteuid().is_root() {
+                XattrNamespace::Trusted
+            } else {
+                XattrNamespace::User
+            }
+        });
+        if self.lowers.is_empty() {
+            return Err(Error::InvalidStack {
+                path: PathBuf::new(),
+                reason: "at least one lower layer is required".into(),
+            });
+        }
+        if self.lowers.len() > MAX_LOWER_LAYERS {
+            return Err(Error::InvalidStack {
+                path: self.lowers[MAX_LOWER_LAYERS].clone(),
+                reason: format!(
+                    "too many lower layers: {} given, the kernel's limit is {MAX_LOWER_LAYERS}",
+                    self.lowers.len()
+                ),
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut lowers = Vec::with_capacity(self.lowers.len());
+        for p in &self.lowers {
+            let (path, id) = existing_dir(p, "lower layer")?;
+            if !seen.insert(id) {
+                return Err(Error::InvalidStack {
+                    path,
+                    reason: "layer appears more than once in the stack".into(),
+                });
+            }
+            lowers.push(LowerLayer { path });
+        }
+        let upper = match self.upper {
+            None => None,
+            Some((u, w)) => {
+                let (upper, uid) = existing_dir(&u, "upper layer")?;
+                let (work, wid) = existing_dir(&w, "workdir")?;
+                if !seen.insert(uid) {
+                    return Err(Error::InvalidStack {
+                        path: upper,
+                        reason: "upper layer is also a lower layer".into(),
+                    });
+                }
+                if uid == wid || upper.starts_with(&work) || work.starts_with(&upper) {
+                    return Err(Error::InvalidStack {
+                        path: work,
+                        reason: format!(
+                            "workdir and upper dir {} must be separate subtrees",
+                            upper.display()
+                        ),
+                    });
+                }
+                for l in &lowers {
+                    if upper.starts_with(&l.path) {
+                        return Err(Error::InvalidStack {
+                            path: upper.clone(),
+                            reason: format!("upper dir is inside lower layer {}", l.path.display()),
+                        });
+                    }
+                    if l.path.starts_with(&upper) {
+                        return Err(Error::InvalidStack {
+                            path: l.path.clone(),
+                            reason: format!("lower layer is inside upper dir {}", upper.display()),
+                        });
+                    }
+                    if l.path.starts_with(&work) || work.starts_with(&l.path) {
+                        return Err(Error::InvalidStack {
+                            path: work.clone(),
+                            reason: format!("workdir overlaps lower layer {}", l.path.display()),
+                        });
+                    }
+                }
+                if uid.0 != wid.0 {
+                    return Err(Error::InvalidStack {
+                        path: work,
+                        reason: format!(
+                            "workdir is on another filesystem than upper dir {}",
+                            upper.display()
+                        ),
+                    });
+                }
+                let sfs = rustix::fs::statfs(&upper).map_err(|e| {
+                    Error::io("statfs upper layer", &upper, crate::error::from_rustix(e))
+                })?;
+                if sfs.f_type as i64 == OVERLAYFS_SUPER_MAGIC {
+                    return Err(Error::InvalidStack {
+                        path: upper,
+                        reason:
+                            "upper dir is on an overlay filesystem, which cannot be an upper layer"
+                                .into(),
+                    });
+                }
+                check_workdir_empty(&work)?;
+                if self.probe_upper_features {
+                    probe_upper_features(&work, xattr_ns)?;
+                }
+                Some(UpperLayer { upper, work })
+            }
+        };
+        Ok(LayerStack {
+            lowers,
+            upper,
+            xattr_ns,
+        })
+    }
+}
+
+/// Canonicalize `p`, check it is a directory, return it with its (dev, ino).
+fn existing_dir(p: &Path, what: &str) -> Result<(PathBuf, (u64, u64))> {
+    let canon = std::fs::canonicalize(p).map_err(|e| Error::InvalidStack {
+        path: p.to_path_buf(),
+        reason: format!("{what} cannot be resolved: {e}"),
+    })?;
+    let md = std::fs::metadata(&canon).map_err(|e| Error::InvalidStack {
+        path: p.to_path_buf(),
+        reason: format!("{what}: {e}"),
+    })?;
+    if !md.is_dir() {
+        return Err(Error::InvalidStack {
+            path: p.to_path_buf(),
+            reason: format!("{what} is not a directory"),
+        });
+    }
+    Ok((canon, (md.dev(), md.ino())))
+}
+
+/// The workdir may hold only what an overlay itself leaves there: `work`, `index`, `incompat`.
+fn check_workdir_empty(work: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(work).map_err(|e| Error::io("read workdir", work, e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| Error::io("read workdir", work, e))?;
+        let name = ent.file_name();
+        let ours = [OsStr::new("work"), OsStr::new("index")].contains(&name.as_os_str())
+            && ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !ours {
+            return Err(Error::InvalidStack {
+                path: work.join(&name),
+                reason:
+                    "workdir is not empty (only an overlay's own work/ and index/ may be there)"
+                        .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Probe the upper filesystem (through the workdir) for d_type and overlay xattrs.
+fn probe_upper_features(work: &Path, ns: XattrNamespace) -> Result<()> {
+    let probe = work.join(format!(".ovl-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&probe);
+    std::fs::create_dir(&probe).map_err(|e| Error::io("probe upper filesystem", &probe, e))?;
+    let result = (|| {
+        std::fs::write(probe.join("f"), b"").map_err(|e| Error::io("probe d_type", &probe, e))?;
+        let dir = rustix::fs::open(
+            &probe,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| Error::io("probe d_type", &probe, crate::error::from_rustix(e)))?;
+        let mut d = rustix::fs::Dir::read_from(&dir)
+            .map_err(|e| Error::io("probe d_type", &probe, crate::error::from_rustix(e)))?;
+        let mut has_dtype = false;
+        while let Some(ent) = d.read() {
+            let ent =
+                ent.map_err(|e| Error::io("probe d_type", &probe, crate::error::from_rustix(e)))?;
+            if ent.file_name().to_bytes() == b"f" {
+                has_dtype = ent.file_type() != rustix::fs::FileType::Unknown;
+            }
+        }
+        if !has_dtype {
+            return Err(Error::InvalidStack {
+                path: work.to_path_buf(),
+                reason: "upper filesystem does not report d_type in readdir".into(),
+            });
+        }
+        let name = ns.name("probe");
+        match rustix::fs::fsetxattr(&dir, name.as_str(), b"y", rustix::fs::XattrFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Error::InvalidStack {
+                path: work.to_path_buf(),
+                reason: format!("upper filesystem does not accept {name} xattrs: {e}"),
+            }),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&probe);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let t = tempfile::tempdir().unwrap();
+        let v = (0..n)
+            .map(|i| {
+                let p = t.path().join(format!("d{i}"));
+                std::fs::create_dir(&p).unwrap();
+                p
+            })
+            .collect();
+        (t, v)
+    }
+
+    fn reason(e: Error) -> String {
+        match e {
+            Error::InvalidStack { reason, .. } => reason,
+            other => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn valid_stack_orders_layers() {
+        let (_t, d) = dirs(4);
+        let s = LayerStack::builder()
+            .lower(&d[0])
+            .lower(&d[1])
+            .upper(&d[2], &d[3])
+            .xattr_namespace(XattrNamespace::User)
+            .build()
+            .unwrap();
+        let top: Vec<_> = s.lowers_top_first().map(|l| l.path.clone()).collect();
+        assert_eq!(
+            top,
+            vec![d[1].canonicalize().unwrap(), d[0].canonicalize().unwrap()]
+        );
+        assert!(!s.is_read_only());
+    }
+
+    #[test]
+    fn refuses_missing_duplicate_nested_and_dirty_work() {
+        let (t, d) = dirs(4);
+        let e = LayerStack::builder()
+            .lower(t.path().join("nope"))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e = LayerStack::builder()
+            .lower(&d[0])
+            .lower(&d[0])
+            .build()
+            .unwrap_err();
+        assert!(reason(e).contains("more than once"));
+        let inner = d[0].join("up");
+        std::fs::create_dir(&inner).unwrap();
+        let e = LayerStack::builder()
+            .lower(&d[0])
+            .upper(&inner, &d[3])
+            .build()
+            .unwrap_err();
+        assert!(reason(e).contains("inside lower"));
+        std::fs::write(d[3].join("junk"), b"x").unwrap();
+        let e = LayerStack::builder()
+            .lower(&d[0])
+            .upper(&d[2], &d[3])
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("junk") && reason(e).contains("not empty"));
+        assert!(LayerStack::builder().build().is_err());
+    }
+
+    #[test]
+    fn refuses_more_than_500_lowers() {
+        let (_t, d) = dirs(1);
+        let e = LayerStack::builder()
+            .lowers(std::iter::repeat_n(d[0].clone(), MAX_LOWER_LAYERS + 1))
+            .build()
+            .unwrap_err();
+        assert!(reason(e).contains("limit is 500"));
+    }
+}
