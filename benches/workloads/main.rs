@@ -9,5 +9,14 @@ mod harness;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        // `cargo test --benches` / `--all-targets` runs bench binaries without arguments
+        // (`cargo bench` passes `--bench`): do not start a 15-minute benchmark from a test run.
+        println!(
+            "workloads: nothing to do in a test run; the harness's smoke test is \
+             tests/bench_smoke.rs. Run `cargo bench --bench workloads` (see benches/README.md)."
+        );
+        return;
+    }
     std::process::exit(harness::cli_main(&args));
 }

@@ -292,16 +292,21 @@ fn prepare_rootless(
         *dev_fuse = Some(DevFuseGuard { mode });
     }
     // The user must reach the stack (e.g. not below a 0700 home directory).
-    let probe = command("test", Some(user))
-        .arg("-r")
-        .arg(stack.root.join("include.tar"))
-        .status()
-        .map_err(|e| format!("cannot run test as {user}: {e}"))?;
-    if !probe.success() {
-        return Err(format!(
-            "user {user} cannot read {}: choose a --work-dir every user can traverse",
-            stack.root.join("include.tar").display()
-        ));
+    for dir in stack.lowers.iter().chain([&stack.root]) {
+        let probe = command("test", Some(user))
+            .arg("-x")
+            .arg(dir)
+            .arg("-a")
+            .arg("-r")
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("cannot run test as {user}: {e}"))?;
+        if !probe.success() {
+            return Err(format!(
+                "user {user} cannot read {}: choose a --work-dir every user can traverse",
+                dir.display()
+            ));
+        }
     }
     backend.user = Some(user);
     Ok(())
@@ -550,7 +555,9 @@ pub fn mount(backend: &Backend, stack: &Stack, run_dir: &RunDir) -> Result<Mount
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten());
         if let Some(status) = exited {
+            // Reaped already: nothing left to unmount or wait for.
             mounted.mounted = false;
+            mounted.daemon = None;
             return Err(Error::new(format!(
                 "{} exited ({status}) before mounting: {}",
                 backend.kind.name(),

@@ -310,13 +310,19 @@ impl Report {
         let root = BackendKind::OvlRoot;
         let rootless = BackendKind::OvlRootless;
         let fo = BackendKind::FuseOverlayfs;
-        let value = self.geomean_ratio(&cells, root);
-        lines.push(TargetLine {
-            what: format!("ovl-root geomean of ratios to kernel ≤ {ROOT_GEOMEAN_TARGET}"),
-            value,
-            verdict: Verdict::of(value, ROOT_GEOMEAN_TARGET),
-        });
-        for &w in &self.workloads {
+        let has = |b: BackendKind| self.backends.contains(&b);
+        if !has(k) {
+            return lines;
+        }
+        if has(root) {
+            let value = self.geomean_ratio(&cells, root);
+            lines.push(TargetLine {
+                what: format!("ovl-root geomean of ratios to kernel ≤ {ROOT_GEOMEAN_TARGET}"),
+                value,
+                verdict: Verdict::of(value, ROOT_GEOMEAN_TARGET),
+            });
+        }
+        for &w in self.workloads.iter().filter(|_| has(root)) {
             if let Some(limit) = w.root_target() {
                 let value = Self::ratio(&cells, w, root, k);
                 lines.push(TargetLine {
@@ -326,7 +332,7 @@ impl Report {
                 });
             }
         }
-        for &w in &self.workloads {
+        for &w in self.workloads.iter().filter(|_| has(rootless)) {
             if let Some(limit) = w.rootless_target() {
                 let value = Self::ratio(&cells, w, rootless, k);
                 lines.push(TargetLine {
@@ -336,7 +342,7 @@ impl Report {
                 });
             }
         }
-        for b in [root, rootless] {
+        for b in [root, rootless].into_iter().filter(|&b| has(b) && has(fo)) {
             let worst = self
                 .workloads
                 .iter()
@@ -447,15 +453,18 @@ impl Report {
             let _ = writeln!(md, "![ratios to the kernel overlay]({svg})\n");
         }
         // Targets.
-        let _ = writeln!(md, "| target | measured | verdict |\n|---|---:|---|");
-        for t in self.targets() {
-            let value = t
-                .value
-                .map(|v| format!("{v:.2}"))
-                .unwrap_or_else(|| "—".into());
-            let _ = writeln!(md, "| {} | {value} | {} |", t.what, t.verdict.symbol());
+        let targets = self.targets();
+        if !targets.is_empty() {
+            let _ = writeln!(md, "| target | measured | verdict |\n|---|---:|---|");
+            for t in targets {
+                let value = t
+                    .value
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "—".into());
+                let _ = writeln!(md, "| {} | {value} | {} |", t.what, t.verdict.symbol());
+            }
+            let _ = writeln!(md);
         }
-        let _ = writeln!(md);
         // Per-workload RSS.
         let daemons: Vec<BackendKind> = self
             .backends
