@@ -32,8 +32,8 @@ pub mod format;
 pub mod stack;
 
 pub use engine::{
-    Attr, DirEntry, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags, SetAttr, StatFs, TimeSet,
-    Timestamp,
+    Attr, DirEntry, FileKind, FsyncMode, Node, NodeRef, Overlay, OverlayOptions, Owner,
+    RenameFlags, SetAttr, StatFs, TimeSet, Timestamp,
 };
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};
