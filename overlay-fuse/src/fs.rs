@@ -65,6 +65,10 @@ pub struct FsConfig {
     pub xattrs: bool,
     /// Mount read-only (no upper layer, or `ro`).
     pub read_only: bool,
+    /// Test hook: a lookup of this name panics inside the handler (to check that a panic
+    /// becomes EIO for that request and the mount survives).
+    #[doc(hidden)]
+    pub panic_on_lookup: Option<OsString>,
 }
 
 impl Default for FsConfig {
@@ -79,6 +83,7 @@ impl Default for FsConfig {
             passthrough: true,
             xattrs: true,
             read_only: false,
+            panic_on_lookup: None,
         }
     }
 }
@@ -96,6 +101,10 @@ pub struct FsStats {
     pub passthrough: bool,
     /// Whether the writeback cache was negotiated.
     pub writeback: bool,
+    /// Opens given a passthrough backing so far.
+    pub passthrough_opens: u64,
+    /// Opens served through the daemon so far.
+    pub cached_opens: u64,
 }
 
 /// A cheap, cloneable view of a running [`OverlayFs`]'s counters.
@@ -113,6 +122,8 @@ impl FsInspector {
             open_dirs: self.inner.dirs.len(),
             passthrough: self.inner.passthrough.load(Ordering::Relaxed),
             writeback: self.inner.writeback.load(Ordering::Relaxed),
+            passthrough_opens: self.inner.passthrough_opens.load(Ordering::Relaxed),
+            cached_opens: self.inner.cached_opens.load(Ordering::Relaxed),
         }
     }
 }
@@ -149,6 +160,8 @@ impl OverlayFs {
             notify_tx: Mutex::new(Some(tx)),
             notifier,
             offloaded: AtomicUsize::new(0),
+            passthrough_opens: AtomicU64::new(0),
+            cached_opens: AtomicU64::new(0),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         };
@@ -321,6 +334,8 @@ struct Inner {
     notify_tx: Mutex<Option<mpsc::Sender<Invalidation>>>,
     notifier: Arc<OnceLock<Notifier>>,
     offloaded: AtomicUsize,
+    passthrough_opens: AtomicU64,
+    cached_opens: AtomicU64,
     euid: u32,
     egid: u32,
 }
@@ -556,6 +571,9 @@ impl Inner {
     // ---- names ----
 
     fn lookup(&self, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        if self.cfg.panic_on_lookup.as_deref() == Some(name) {
+            panic!("test hook: lookup of {name:?}");
+        }
         let p = match self.node(parent) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1000,7 +1018,13 @@ impl Inner {
             };
             (IoMode::Cached, flags, None)
         });
-        decided.unwrap_or((IoMode::Cached, FopenFlags::empty(), None))
+        let decided = decided.unwrap_or((IoMode::Cached, FopenFlags::empty(), None));
+        let counter = match decided.0 {
+            IoMode::Passthrough => &self.passthrough_opens,
+            IoMode::Cached => &self.cached_opens,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        decided
     }
 
     fn open(&self, ino: u64, node: NodeRef, flags: i32, reply: ReplyOpen) {
