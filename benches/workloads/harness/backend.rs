@@ -132,10 +132,10 @@ fn first_line(text: &str) -> String {
 /// Find or build `ovl-fuse`.
 fn find_ovl_fuse(opts: &Options) -> Result<PathBuf> {
     if let Some(path) = &opts.ovl_fuse {
-        return if path.is_file() {
-            Ok(path.clone())
-        } else {
-            Err(Error::new(format!("{} does not exist", path.display())))
+        // Absolute: commands run with `/` as their working directory.
+        return match path.canonicalize() {
+            Ok(p) if p.is_file() => Ok(p),
+            _ => Err(Error::new(format!("{} does not exist", path.display()))),
         };
     }
     let (target, profile) =
