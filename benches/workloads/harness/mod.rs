@@ -92,6 +92,18 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
     let drop_caches = opts.drop_caches && is_root();
 
     let mut meta = Meta::gather(&work_dir);
+    let load1: f64 = meta
+        .load
+        .split(' ')
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0.0);
+    if !opts.quick && load1 > 0.25 * meta.nproc.max(1) as f64 {
+        eprintln!(
+            "warning: load average {} on {} CPUs: timings will be noisy; run on a quiet machine",
+            meta.load, meta.nproc
+        );
+    }
     meta.settings = format!(
         "{} run, {} repetition{} per cell, page cache {}",
         if opts.quick { "quick (smoke)" } else { "full" },
@@ -137,6 +149,13 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
     }
     let mut records = Vec::new();
     let mut broken: Vec<(BackendKind, String)> = Vec::new();
+    let mut ctx = RunContext {
+        opts,
+        stack: &stack,
+        runs_dir: &runs_dir,
+        drop_caches,
+        kernel_options: None,
+    };
     let total = opts.reps * opts.workloads.len() * prepared.ready.len();
     let mut n = 0;
     for rep in 0..opts.reps {
@@ -157,7 +176,7 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
                     });
                     continue;
                 }
-                let outcome = run_one(opts, b, w, &stack, &runs_dir, rep, drop_caches)?;
+                let outcome = run_one(&mut ctx, b, w, rep)?;
                 if opts.verbose {
                     let what = match &outcome {
                         Outcome::Done {
@@ -195,6 +214,14 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
         }
     }
     drop(prepared.dev_fuse);
+    if let (Some(o), Some((_, v))) = (
+        ctx.kernel_options,
+        meta.versions
+            .iter_mut()
+            .find(|(b, _)| *b == BackendKind::Kernel),
+    ) {
+        v.push_str(&format!(", mount options `{o}`"));
+    }
     Ok(Report {
         meta,
         backends: opts.backends.clone(),
@@ -223,15 +250,19 @@ fn drop_page_cache() -> Result<()> {
 
 /// One mount, one workload, one unmount. `Err` only for an interrupt or a harness problem;
 /// backend problems become [`Outcome::Failed`].
-fn run_one(
-    opts: &Options,
-    b: &Backend,
-    w: Workload,
-    stack: &Stack,
-    runs_dir: &Path,
-    rep: usize,
+/// What every run of one benchmark shares.
+struct RunContext<'a> {
+    opts: &'a Options,
+    stack: &'a Stack,
+    runs_dir: &'a Path,
     drop_caches: bool,
-) -> Result<Outcome> {
+    /// Superblock options of the first kernel mount, for the report.
+    kernel_options: Option<String>,
+}
+
+fn run_one(ctx: &mut RunContext<'_>, b: &Backend, w: Workload, rep: usize) -> Result<Outcome> {
+    let (opts, stack, runs_dir, drop_caches) = (ctx.opts, ctx.stack, ctx.runs_dir, ctx.drop_caches);
+    let kernel_options = &mut ctx.kernel_options;
     let run_dir = RunDir::create(
         runs_dir,
         &format!("{}-{}-{}", b.kind.name(), w.name(), rep),
@@ -272,6 +303,21 @@ fn run_one(
         }
         fingerprint.push_str(" | ");
         fingerprint.push_str(out.stdout.trim());
+    }
+    if b.kind == BackendKind::Kernel && rep == 0 {
+        // Record the options the kernel chose (redirect_dir, index, metacopy, ...).
+        if let Some(m) = util::mount_at(&mounted.mnt) {
+            let shown: Vec<&str> = m
+                .options
+                .split(',')
+                .filter(|o| {
+                    !o.starts_with("lowerdir")
+                        && !o.starts_with("upperdir")
+                        && !o.starts_with("workdir")
+                })
+                .collect();
+            kernel_options.get_or_insert_with(|| shown.join(","));
+        }
     }
     let peak_rss_kib = mounted.daemon_peak_rss_kib();
     if let Err(e) = mounted.unmount() {

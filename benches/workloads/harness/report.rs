@@ -55,6 +55,8 @@ pub struct Meta {
     pub disk_fs: String,
     /// Commit of the source tree.
     pub commit: String,
+    /// `/proc/loadavg` (1, 5, 15 min) when the benchmark started.
+    pub load: String,
     /// Mode summary (full/quick, repetitions, caches).
     pub settings: String,
     /// Description of the stack.
@@ -106,6 +108,12 @@ impl Meta {
                 .trim()
                 .to_string(),
             disk_fs,
+            load: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
             commit: if dirty {
                 format!("{commit} (with local changes)")
             } else {
@@ -369,8 +377,9 @@ impl Report {
         let _ = writeln!(md, "### Workload benchmark, {}\n", m.date);
         let _ = writeln!(
             md,
-            "Machine: {} CPUs ({}), {} RAM, Linux {}, layers on {}. Commit {}. {}.\n",
-            m.nproc, m.cpu, m.mem_total, m.kernel, m.disk_fs, m.commit, m.settings
+            "Machine: {} CPUs ({}), {} RAM, Linux {}, layers on {}, load average {} at the start. \
+             Commit {}. {}.\n",
+            m.nproc, m.cpu, m.mem_total, m.kernel, m.disk_fs, m.load, m.commit, m.settings
         );
         let _ = writeln!(md, "Stack: {}\n", m.stack);
         // Medians.
@@ -571,7 +580,7 @@ impl Report {
         let group_h = bar_h * series.len().max(1) as f64 + 14.0;
         let left = 140.0;
         let plot_w = 560.0;
-        let top = 56.0;
+        let top = 72.0;
         let height = top + group_h * self.workloads.len() as f64 + 40.0;
         let width = left + plot_w + 150.0;
         // Log scale from 0.1 to 100.
@@ -589,10 +598,14 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            r##"<text x="{left}" y="34" fill="#555">{} · {} · commit {}</text>"##,
+            r##"<text x="{left}" y="34" fill="#555">{} · commit {}</text>"##,
             xml(&self.meta.date),
-            xml(&self.meta.settings),
             xml(&self.meta.commit)
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{left}" y="48" fill="#555">{}</text>"##,
+            xml(&self.meta.settings)
         );
         let plot_bottom = height - 40.0;
         for tick in [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0] {

@@ -240,6 +240,8 @@ pub struct MountInfo {
     pub fstype: String,
     /// Mount source.
     pub source: String,
+    /// Superblock options (`lowerdir=...,redirect_dir=...` for overlay).
+    pub options: String,
 }
 
 fn unescape_mountinfo(field: &str) -> String {
@@ -274,10 +276,12 @@ pub fn mounts() -> Vec<MountInfo> {
             let mut right = right.split(' ');
             let fstype = right.next()?.to_string();
             let source = right.next().unwrap_or("").to_string();
+            let options = right.next().unwrap_or("").to_string();
             Some(MountInfo {
                 mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
                 fstype,
                 source,
+                options,
             })
         })
         .collect()
