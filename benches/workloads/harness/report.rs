@@ -526,6 +526,16 @@ impl Report {
         let _ = writeln!(md, "\n</details>\n");
         // Problems.
         let mut problems = Vec::new();
+        let kernel_ran = self
+            .records
+            .iter()
+            .any(|r| r.backend == BackendKind::Kernel && matches!(r.outcome, Outcome::Done { .. }));
+        if !kernel_ran {
+            problems.push(
+                "- results are **not verified**: the kernel overlay, the reference of every check, did not run"
+                    .to_string(),
+            );
+        }
         for (b, why) in &self.skipped {
             problems.push(format!("- **{}** skipped: {why}", b.name()));
         }
