@@ -214,6 +214,7 @@ fn options_parse() {
     .collect();
     let o = Options::parse(&args).unwrap();
     assert!(o.quick);
+    assert_eq!(o.mode, harness::options::Mode::All);
     assert_eq!(o.reps, 2);
     assert!(!o.drop_caches, "quick runs keep the cache unless asked");
     assert!(o.readme.is_none(), "quick runs never touch the README");
@@ -223,6 +224,9 @@ fn options_parse() {
     );
     assert_eq!(o.workloads, vec![Workload::ReadBig, Workload::StatWalk]);
     assert!(Options::parse(&["--backends".into(), "zfs".into()]).is_err());
+    let mem = Options::parse(&["mem".into()]).unwrap();
+    assert_eq!(mem.mode, harness::options::Mode::Mem);
+    assert_eq!(mem.mem_entries, 1_000_000);
     let full = Options::parse(&[]).unwrap();
     assert_eq!(full.reps, 3);
     assert!(full.drop_caches);

@@ -40,16 +40,21 @@ pub fn cli_main(args: &[String]) -> i32 {
         }
     };
     install_signal_handlers();
-    let result = match opts.mode {
-        Mode::Workloads => run_workloads(&opts).and_then(|report| {
+    let matrix = || {
+        run_workloads(&opts).and_then(|report| {
             let paths = write_workload_report(&opts, &report)?;
             println!("{}", report.markdown(None));
             for p in paths {
                 println!("wrote {}", p.display());
             }
             Ok(())
-        }),
-        Mode::Mem => run_mem(&opts).map(|md| println!("{md}")),
+        })
+    };
+    let mem = || run_mem(&opts).map(|md| println!("{md}"));
+    let result = match opts.mode {
+        Mode::All => matrix().and_then(|()| mem()),
+        Mode::Workloads => matrix(),
+        Mode::Mem => mem(),
     };
     match result {
         Ok(()) => 0,

@@ -10,7 +10,9 @@ use super::workload::Workload;
 /// What to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The workload matrix (default).
+    /// The workload matrix, then the memory measurement (default).
+    All,
+    /// The workload matrix only.
     Workloads,
     /// Daemon memory after a stat-walk over a large tree.
     Mem,
@@ -80,7 +82,7 @@ impl Options {
             .map(|(t, _)| t)
             .unwrap_or_else(|| manifest_dir().join("target"));
         Options {
-            mode: Mode::Workloads,
+            mode: Mode::All,
             quick: false,
             reps: 3,
             backends: BackendKind::ALL.to_vec(),
@@ -131,6 +133,7 @@ impl Options {
             };
             match flag {
                 "--bench" => {}
+                "all" => opts.mode = Mode::All,
                 "run" | "workloads" => opts.mode = Mode::Workloads,
                 "mem" => opts.mode = Mode::Mem,
                 "--quick" => opts.quick = true,
@@ -217,9 +220,10 @@ fn parse_num<T: std::str::FromStr>(s: &str, name: &str) -> Result<T> {
 
 /// `--help` text.
 pub const USAGE: &str = "\
-usage: cargo bench --bench workloads -- [run|mem] [options]
+usage: cargo bench --bench workloads -- [all|run|mem] [options]
 
-  run (default)      the workload matrix: every workload on every backend, interleaved
+  all (default)      run, then mem
+  run                the workload matrix: every workload on every backend, interleaved
   mem                daemon RSS after a stat-walk over a large tree (--entries, default 1M)
 
 options:
