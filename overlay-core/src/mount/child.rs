@@ -36,6 +36,37 @@ impl MessageSink for Vec<u8> {
     }
 }
 
+/// A fixed-size sink on the stack (async-signal-safe); excess bytes are dropped.
+pub(crate) struct StackSink {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl StackSink {
+    pub(crate) fn new() -> Self {
+        StackSink {
+            buf: [0; 1024],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl MessageSink for StackSink {
+    fn put(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A sink writing straight to a pipe (async-signal-safe).
 pub(crate) struct PipeSink<'a>(pub &'a OwnedFd);
 
@@ -119,7 +150,7 @@ pub(crate) struct PreparedMount {
 
 /// How the new API failed.
 enum NewApiFailure {
-    /// Not available here (ENOSYS, unknown `lowerdir+`, fd values unsupported): fall back.
+    /// Not available here (ENOSYS, unknown `lowerdir+`): fall back.
     Unavailable(i32),
     /// A real failure, already described in the sink.
     Failed(i32),
@@ -187,19 +218,20 @@ impl PreparedMount {
                 return Err(NewApiFailure::Failed(e.raw_os_error()));
             }
         };
-        let mut first_lower = true;
         for p in &self.params {
             let r = match &p.value {
                 ParamValue::Flag => fsconfig_set_flag(&fs, p.key.as_c_str()),
                 ParamValue::Str(v) => fsconfig_set_string(&fs, p.key.as_c_str(), v.as_c_str()),
                 ParamValue::Fd(fd) => fsconfig_set_fd(&fs, p.key.as_c_str(), fd),
             };
-            let is_lower = p.key.as_bytes() == b"lowerdir+";
             if let Err(e) = r {
-                let unknown_key = e == rustix::io::Errno::INVAL && is_lower && first_lower;
-                let fd_unsupported =
-                    e == rustix::io::Errno::INVAL && matches!(p.value, ParamValue::Fd(_));
-                if unknown_key || fd_unsupported {
+                let mut kmsg = StackSink::new();
+                drain_kernel_messages(&fs, &mut kmsg);
+                // 6.5-6.7: the overlay parser exists but does not know `lowerdir+`.
+                if e == rustix::io::Errno::INVAL
+                    && p.key.as_bytes() == b"lowerdir+"
+                    && contains(kmsg.bytes(), b"Unknown parameter")
+                {
                     return Err(NewApiFailure::Unavailable(e.raw_os_error()));
                 }
                 sink.put(b"fsconfig ");
@@ -209,11 +241,8 @@ impl PreparedMount {
                     sink.put(p.shown.as_bytes());
                 }
                 sink.put(&[KERNEL_MSG_SEPARATOR]);
-                drain_kernel_messages(&fs, sink);
+                sink.put(kmsg.bytes());
                 return Err(NewApiFailure::Failed(e.raw_os_error()));
-            }
-            if is_lower {
-                first_lower = false;
             }
         }
         if let Err(e) = fsconfig_create(&fs) {
@@ -408,6 +437,53 @@ impl ChildPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fs_context log reaches the error message (needs CAP_SYS_ADMIN).
+    #[test]
+    fn kernel_messages_reach_the_error() {
+        if !crate::mount::has_cap_sys_admin_in_initial_namespace() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI=true but no CAP_SYS_ADMIN to test mounting"
+            );
+            eprintln!("SKIPPED kernel_messages_reach_the_error: not privileged");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let dir = |n: &str| {
+            let p = t.path().join(n);
+            std::fs::create_dir(&p).unwrap();
+            CString::new(p.into_os_string().into_encoded_bytes()).unwrap()
+        };
+        let (data, lower, m) = (dir("data"), dir("lower"), dir("m"));
+        let param = |k: &str, v: &CString| Param {
+            key: CString::new(k).unwrap(),
+            value: ParamValue::Str(v.clone()),
+            shown: v.clone(),
+        };
+        let p = PreparedMount {
+            fstype: c"overlay".into(),
+            target: m.clone(),
+            params: vec![param("datadir+", &data), param("lowerdir+", &lower)],
+            attrs: MountAttrFlags::empty(),
+            legacy: Err("not used"),
+            api: MountApi::Auto,
+        };
+        let mut sink = Vec::new();
+        let errno = p.execute(&mut sink, false).unwrap_err();
+        assert_eq!(errno, libc::EINVAL);
+        let e = crate::mount::kernel::mount_error(t.path(), errno, &sink).to_string();
+        assert!(
+            e.contains("fsconfig lowerdir+=") && e.contains("/lower"),
+            "{e}"
+        );
+        assert!(
+            e.contains("kernel says \"")
+                && e.contains("regular lower layers cannot follow data layers\""),
+            "{e}"
+        );
+    }
 
     #[test]
     fn decimal_formats() {

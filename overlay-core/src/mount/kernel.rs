@@ -2,6 +2,7 @@
 //! [`KernelMount`] guard that unmounts it.
 
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{unmount, UnmountFlags};
@@ -34,10 +35,35 @@ pub(crate) fn mount_error(target: &Path, errno: i32, msg: &[u8]) -> Error {
     } else {
         format!("{step}: kernel says \"{kernel}\" ({strerror})")
     };
-    if kernel.is_empty() && errno == libc::EINVAL {
-        detail.push_str(
-            " (the kernel gave no reason here; overlayfs logs option conflicts to dmesg)",
-        );
+    if kernel.is_empty() {
+        // Most overlayfs mount errors go to dmesg only; name the usual causes.
+        let create = step.starts_with("create");
+        let likely = match errno {
+            libc::EINVAL => Some(
+                "the kernel gave no reason here; overlayfs logs option conflicts and layer \
+                 problems to dmesg",
+            ),
+            libc::EBUSY if create => Some(
+                "likely: the upper or work directory is in use by another overlay mounted \
+                 with index=on",
+            ),
+            libc::ESTALE => {
+                Some("likely: the upper layer was used with index=on over different lower layers")
+            }
+            libc::ELOOP => {
+                Some("likely: the overlay stacking depth is exceeded, or layers overlap")
+            }
+            libc::EOPNOTSUPP if create => Some(
+                "likely: a layer filesystem lacks a feature an option needs (file handles \
+                 for index/nfs_export, xattrs)",
+            ),
+            _ => None,
+        };
+        if let Some(l) = likely {
+            detail.push_str(" (");
+            detail.push_str(l);
+            detail.push(')');
+        }
     }
     if errno == libc::EPERM && !detail.contains("user namespace") {
         detail.push_str(
@@ -100,9 +126,15 @@ impl MountSpec {
         }
         let mut prepared = self.prepare(&lowers, &self.resolved)?;
         let mut msg = Vec::new();
+        let mut relative_to = None;
         match prepared.execute(&mut msg, false) {
             Ok(()) => {}
             Err(NEEDS_FORK) => {
+                relative_to = prepared.legacy.as_ref().ok().and_then(|l| {
+                    l.chdir
+                        .as_ref()
+                        .map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes())))
+                });
                 // mount(2) with paths relative to a common parent: chdir in a child only.
                 prepared.api = MountApi::Legacy;
                 let (r, w) = error_pipe(&self.target)?;
@@ -139,6 +171,7 @@ impl MountSpec {
                 guard.effective = Some(EffectiveOptions {
                     entry,
                     module_parameters: overlay_module_parameters(),
+                    relative_to,
                 });
             }
             _ => {

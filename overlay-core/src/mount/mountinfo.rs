@@ -157,6 +157,26 @@ pub struct EffectiveOptions {
     pub entry: MountInfoEntry,
     /// The overlay module parameters at mount time (name, value).
     pub module_parameters: Vec<(String, String)>,
+    /// Set when the overlay was mounted with `mount(2)` and layer paths relative to this
+    /// directory (an option string over one page); [`EffectiveOptions::lowers`],
+    /// [`EffectiveOptions::upper`] and [`EffectiveOptions::work`] resolve against it.
+    pub relative_to: Option<PathBuf>,
+}
+
+/// Undo the backslash escapes of an overlay option value.
+fn unescape_backslashes(v: &str) -> PathBuf {
+    let mut out = Vec::with_capacity(v.len());
+    let mut it = v.bytes();
+    while let Some(c) = it.next() {
+        if c == b'\\' {
+            if let Some(n) = it.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
 }
 
 impl EffectiveOptions {
@@ -204,18 +224,44 @@ impl EffectiveOptions {
         }
     }
 
-    /// The lower layers as the kernel shows them, top-first (`lowerdir+=` entries or the
-    /// split `lowerdir=` list).
+    fn resolve(&self, p: PathBuf) -> PathBuf {
+        match &self.relative_to {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p,
+        }
+    }
+
+    /// The lower layers as the kernel shows them, top-first (`lowerdir+=` entries, taken
+    /// literally, or the split and unescaped `lowerdir=` list).
     pub fn lowers(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
         for (k, val) in &self.entry.super_options {
             match (k.as_str(), val) {
-                ("lowerdir+", Some(p)) => v.push(PathBuf::from(p)),
-                ("lowerdir", Some(list)) => v.extend(split_lowerdir(list)),
+                ("lowerdir+", Some(p)) => v.push(self.resolve(PathBuf::from(p))),
+                ("lowerdir", Some(list)) => {
+                    v.extend(split_lowerdir(list).into_iter().map(|p| self.resolve(p)))
+                }
                 _ => {}
             }
         }
         v
+    }
+
+    /// The upper directory (backslash escapes undone), if the overlay has one.
+    pub fn upper(&self) -> Option<PathBuf> {
+        self.get("upperdir")
+            .map(|v| self.resolve(unescape_backslashes(v)))
+    }
+
+    /// The workdir (backslash escapes undone), if the overlay has one.
+    pub fn work(&self) -> Option<PathBuf> {
+        self.get("workdir")
+            .map(|v| self.resolve(unescape_backslashes(v)))
+    }
+
+    /// True for a `volatile` mount (shown as `volatile` or, since 6.18, `fsync=volatile`).
+    pub fn is_volatile(&self) -> bool {
+        self.has_flag("volatile") || self.get("fsync") == Some("volatile")
     }
 
     /// True when the mount is read-only.
@@ -259,6 +305,7 @@ mod tests {
                 ("redirect_always_follow".into(), "Y".into()),
                 ("redirect_dir".into(), "N".into()),
             ],
+            relative_to: None,
         };
         assert_eq!(
             eo.lowers(),

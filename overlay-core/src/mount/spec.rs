@@ -468,13 +468,21 @@ impl MountSpec {
                 Err("the option string exceeds mount(2)'s one-page limit (4096 bytes), even with layer paths relative to their common parent directory")
             }
         };
+        // Known from the version: `lowerdir+` needs 6.8 (before 6.5 the kernel would only
+        // refuse it at superblock creation), fd-valued layers 6.13.
+        let kernel = kernel_major_minor();
+        let needs_fd = params.iter().any(|p| matches!(p.value, ParamValue::Fd(_)));
+        let api = match self.api {
+            MountApi::Auto if kernel < (6, 8) || (needs_fd && kernel < (6, 13)) => MountApi::Legacy,
+            other => other,
+        };
         Ok(PreparedMount {
             fstype: key(&self.fstype),
             target: cstr(self.target.as_os_str().as_bytes(), &self.target)?,
             params,
             attrs: self.fsmount_attrs(),
             legacy,
-            api: self.api,
+            api,
         })
     }
 }
