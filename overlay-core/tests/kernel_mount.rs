@@ -4,7 +4,6 @@
 //! returns, except with `CI=true`, where it fails. Every mount is held by a guard
 //! (`KernelMount`, or the local `TmpfsMount`) so it is unmounted on every path.
 
-use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -423,9 +422,6 @@ fn chown_tree(p: &Path, uid: u32) {
 }
 
 fn userns_or_skip(what: &str) -> bool {
-    if !can_mount(what) {
-        return false;
-    }
     match overlay_core::probe().backend("kernel-userns") {
         Some(s) if s.is_yes() => true,
         other => {
@@ -450,10 +446,16 @@ fn unprivileged_mount_in_user_namespace_as_nobody() {
     let lower = t.path().join("lower");
     write(&lower.join("gone"), "x");
     write(&d[0].join("old"), "x");
-    // Rootless layers belong to the user (root is not mapped in the namespace).
-    chown_tree(&lower, NOBODY);
-    chown_tree(&d[1], NOBODY);
-    chown_tree(&d[2], NOBODY);
+    // As root, drop to nobody in the child; otherwise run as ourselves. Rootless layers
+    // belong to the user (root is not mapped in the namespace).
+    let uid = if rustix::process::geteuid().is_root() {
+        chown_tree(&lower, NOBODY);
+        chown_tree(&d[1], NOBODY);
+        chown_tree(&d[2], NOBODY);
+        NOBODY
+    } else {
+        rustix::process::geteuid().as_raw()
+    };
     let stack = LayerStack::builder()
         .lower(&lower)
         .upper(&d[1], &d[2])
@@ -467,12 +469,14 @@ fn unprivileged_mount_in_user_namespace_as_nobody() {
     cmd.arg("-c")
         .arg(
             "set -e; rm gone; rm -r dir; mkdir dir; echo new > dir/x; \
-             test \"$(cat /proc/self/uid_map | tr -s ' ')\" = ' 0 65534 1'; \
+             test \"$(cat /proc/self/uid_map | tr -s ' ')\" = \" 0 $EXPECT_UID 1\"; \
              grep -q ' - overlay .*userxattr' /proc/self/mountinfo; ls",
         )
-        .current_dir(m)
-        .uid(NOBODY)
-        .gid(NOBODY);
+        .env("EXPECT_UID", uid.to_string())
+        .current_dir(m);
+    if uid == NOBODY {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
     let out_path = t.path().join("out");
     let out = std::fs::File::create(&out_path).unwrap();
     cmd.stdout(out);
@@ -497,7 +501,7 @@ fn unprivileged_mount_in_user_namespace_as_nobody() {
     assert!(
         rustix::fs::lgetxattr(d[1].join("dir"), "trusted.overlay.opaque", &mut buf[..]).is_err()
     );
-    assert_eq!(std::fs::metadata(d[1].join("dir/x")).unwrap().uid(), NOBODY);
+    assert_eq!(std::fs::metadata(d[1].join("dir/x")).unwrap().uid(), uid);
 }
 
 #[test]
@@ -518,9 +522,10 @@ fn overlay_over_usr_inside_user_namespace() {
     let spec = MountSpec::new(&stack, &OverlayMountOptions::default(), "/usr").unwrap();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg("test \"$(cat /usr/ovl-marker)\" = marker && test -x /usr/bin/env && grep -q ' /usr .* - overlay ' /proc/self/mountinfo")
-        .uid(NOBODY)
-        .gid(NOBODY);
+        .arg("test \"$(cat /usr/ovl-marker)\" = marker && test -x /usr/bin/env && grep -q ' /usr .* - overlay ' /proc/self/mountinfo");
+    if rustix::process::geteuid().is_root() {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
     let status = run_in_user_namespace(&spec, cmd).unwrap();
     assert!(status.success(), "{status}");
     assert!(!Path::new("/usr/ovl-marker").exists());
@@ -545,25 +550,21 @@ fn user_namespace_refuses_trusted_stack() {
     assert!(one_line(&e).contains("XattrNamespace::User"), "{e}");
 }
 
-fn mksquashfs() -> Option<PathBuf> {
-    [
-        "/usr/bin/mksquashfs",
-        "/usr/sbin/mksquashfs",
-        "/bin/mksquashfs",
-        "/sbin/mksquashfs",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
+fn find_tool(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
 }
 
-#[test]
-fn squashfs_image_lower() {
-    if !can_mount("squashfs_lower") {
+/// Build an image of a small tree with `tool`, use it as the bottom lower, check the merged
+/// view, and check the loop device and its mount are gone after the guard.
+fn image_lower(tool: &str, package: &str, build: &dyn Fn(&Path, &Path, &Path) -> Command) {
+    if !can_mount(tool) {
         return;
     }
-    let Some(mksq) = mksquashfs() else {
-        let why = "squashfs_image_lower: mksquashfs not found (apt-get install squashfs-tools)";
+    let Some(exe) = find_tool(tool) else {
+        let why = format!("{tool} not found (apt-get install {package})");
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("CI=true and {why}");
         }
@@ -576,17 +577,9 @@ fn squashfs_image_lower() {
     write(&src.join("from-image"), "img");
     write(&d[0].join("nested"), "n");
     write(&d[1].join("from-dir"), "dir");
-    let img = t.path().join("base.squashfs");
-    let st = Command::new(mksq)
-        .args([
-            src.as_os_str(),
-            img.as_os_str(),
-            OsStr::new("-noappend"),
-            OsStr::new("-quiet"),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let img = t.path().join(format!("base.{tool}"));
+    let st = build(&exe, &src, &img).status().unwrap();
+    assert!(st.success(), "{tool} failed");
     let stack = LayerStack::builder()
         .lower(&img)
         .lower(&d[1])
@@ -594,9 +587,13 @@ fn squashfs_image_lower() {
         .build()
         .unwrap();
     assert!(stack.has_image_lowers());
+    let fstype = stack.lowers()[0].image.unwrap().fstype();
     let spec = MountSpec::new(&stack, &OverlayMountOptions::default(), &d[4]).unwrap();
     let cmd = spec.to_command();
-    assert!(cmd.contains("mount -t squashfs -o ro,loop"), "{cmd}");
+    assert!(
+        cmd.contains(&format!("mount -t {fstype} -o ro,loop")),
+        "{cmd}"
+    );
     let g = spec.mount().unwrap();
     assert_eq!(names(&d[4]), ["from-dir", "from-image", "sub"]);
     assert_eq!(read(&d[4].join("sub/nested")), "n");
@@ -612,7 +609,11 @@ fn squashfs_image_lower() {
         ims[0].dir().to_path_buf(),
         ims[0].loop_device().to_path_buf(),
     );
-    assert!(is_mount_point(&dir).unwrap());
+    let e = overlay_core::mount::mountinfo::entry_for(&dir)
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.fstype, fstype);
+    assert!(e.mount_options.iter().any(|o| o == "ro"), "{e:?}");
     let sys = PathBuf::from("/sys/block")
         .join(loopdev.file_name().unwrap())
         .join("loop/backing_file");
@@ -636,6 +637,24 @@ fn squashfs_image_lower() {
         loopdev.display(),
         img.display()
     );
+}
+
+#[test]
+fn squashfs_image_lower() {
+    image_lower("mksquashfs", "squashfs-tools", &|exe, src, img| {
+        let mut c = Command::new(exe);
+        c.arg(src).arg(img).args(["-noappend", "-quiet"]);
+        c
+    });
+}
+
+#[test]
+fn erofs_image_lower() {
+    image_lower("mkfs.erofs", "erofs-utils", &|exe, src, img| {
+        let mut c = Command::new(exe);
+        c.arg("--quiet").arg(img).arg(src);
+        c
+    });
 }
 
 #[test]
@@ -889,4 +908,76 @@ fn probe_reports_and_serializes() {
         }
     }
     assert!(std::ptr::eq(p, overlay_core::probe()), "probe is cached");
+}
+
+#[test]
+fn namespace_mount_failure_is_reported_from_the_child() {
+    if !userns_or_skip("namespace_mount_failure") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = mkdirs(t.path(), &["l1", "gone-after-check", "m"]);
+    let stack = LayerStack::builder()
+        .lower(&d[0])
+        .lower(&d[1])
+        .xattr_namespace(XattrNamespace::User)
+        .build()
+        .unwrap();
+    let spec = MountSpec::new(&stack, &OverlayMountOptions::default(), &d[2]).unwrap();
+    std::fs::remove_dir(&d[1]).unwrap();
+    let e = run_in_user_namespace(&spec, Command::new("true")).unwrap_err();
+    let s = one_line(&e);
+    assert!(s.contains(d[2].to_str().unwrap()), "{s}");
+    assert!(
+        s.contains("fsconfig lowerdir+=") && s.contains("gone-after-check"),
+        "{s}"
+    );
+    assert!(s.contains("No such file or directory"), "{s}");
+}
+
+#[test]
+fn image_lower_refused_in_user_namespace() {
+    let t = tempfile::tempdir().unwrap();
+    let d = mkdirs(t.path(), &["l", "m"]);
+    let img = t.path().join("fake.squashfs");
+    std::fs::write(&img, b"hsqs and then nothing useful").unwrap();
+    let stack = LayerStack::builder()
+        .lower(&img)
+        .lower(&d[0])
+        .xattr_namespace(XattrNamespace::User)
+        .build()
+        .unwrap();
+    let spec = MountSpec::new(&stack, &OverlayMountOptions::default(), &d[1]).unwrap();
+    let e = run_in_user_namespace(&spec, Command::new("true")).unwrap_err();
+    let s = one_line(&e);
+    assert!(matches!(e, Error::Unsupported { .. }), "{s}");
+    assert!(
+        s.contains("fake.squashfs") && s.contains("user namespace"),
+        "{s}"
+    );
+}
+
+#[test]
+fn legacy_option_string_over_one_page_fails_clearly() {
+    // Layer names alone exceed a page, so even relative paths cannot fit in mount(2)'s data.
+    let t = tempfile::tempdir().unwrap();
+    let mut b = LayerStack::builder();
+    for i in 0..300 {
+        let d = t
+            .path()
+            .join(format!("a-rather-long-layer-directory-name-{i:04}"));
+        std::fs::create_dir(&d).unwrap();
+        b = b.lower(d);
+    }
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    let spec = MountSpec::new(&b.build().unwrap(), &OverlayMountOptions::default(), &m)
+        .unwrap()
+        .with_api(MountApi::Legacy);
+    let e = spec.mount().unwrap_err();
+    let s = one_line(&e);
+    assert!(
+        s.contains("one-page limit") && s.contains(m.to_str().unwrap()),
+        "{s}"
+    );
 }

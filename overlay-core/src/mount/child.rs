@@ -284,9 +284,12 @@ impl PreparedMount {
         let lm = match &self.legacy {
             Ok(lm) => lm,
             Err(why) => {
-                sink.put(b"the new mount API is not available (fsopen or lowerdir+ or fd layers refused) and mount(2) cannot be used: ");
+                if new_api_errno.is_some() {
+                    sink.put(b"the new mount API is not available here (no fsopen or no lowerdir+), and ");
+                }
+                sink.put(b"mount(2) cannot be used: ");
                 sink.put(why.as_bytes());
-                return Err(new_api_errno.unwrap_or(rustix::io::Errno::INVAL.raw_os_error()));
+                return Err(rustix::io::Errno::TOOBIG.raw_os_error());
             }
         };
         if let Some(dir) = &lm.chdir {

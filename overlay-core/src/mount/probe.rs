@@ -459,7 +459,7 @@ impl Probe {
                 }
             }
             Some(mode) => Support::No(format!(
-                "/dev/fuse has mode {mode:04o}: unprivileged users cannot open it (needs 0666){}",
+                "/dev/fuse has mode {mode:04o}: unprivileged users cannot open it (needs 0666; fusermount3 opens it with the caller's permissions, so being setuid does not help){}",
                 match (&fusermount3, fusermount3_setuid_root) {
                     (None, _) => "; no fusermount3 found".to_string(),
                     (Some(p), false) => format!("; {} is not setuid root", p.display()),
