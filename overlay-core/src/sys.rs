@@ -8,7 +8,7 @@
 // ============================================================================================
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
@@ -178,12 +178,6 @@ pub(crate) fn fork_plan(plan: &ChildPlan) -> io::Result<Option<i32>> {
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Keep `fd` open across exec (clear `FD_CLOEXEC`); used only in a forked child.
-#[allow(dead_code)]
-pub(crate) fn keep_across_exec(fd: impl AsFd) -> io::Result<()> {
-    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into)
 }
 
 // ============================================================================================
