@@ -502,6 +502,8 @@ fn unprivileged_mount_in_user_namespace_as_nobody() {
         rustix::fs::lgetxattr(d[1].join("dir"), "trusted.overlay.opaque", &mut buf[..]).is_err()
     );
     assert_eq!(std::fs::metadata(d[1].join("dir/x")).unwrap().uid(), uid);
+    // work/work is mode 000; let a non-root owner remove the temp dir.
+    let _ = std::fs::set_permissions(d[2].join("work"), std::fs::Permissions::from_mode(0o700));
 }
 
 #[test]

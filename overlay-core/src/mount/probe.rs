@@ -199,9 +199,27 @@ impl Scratch {
     }
 }
 
+/// Give the owner access to every directory below `p` (the kernel leaves `work/work` with
+/// mode 000, which an unprivileged owner could not remove otherwise).
+pub(crate) fn make_removable(p: &std::path::Path) {
+    if let Ok(md) = std::fs::symlink_metadata(p) {
+        if md.is_dir() {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    make_removable(&e.path());
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
+        if std::fs::remove_dir_all(&self.root).is_err() {
+            make_removable(&self.root);
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
 
