@@ -30,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod stack;
+mod sys;
 
 pub use engine::{
     Attr, DirEntry, FileKind, FsyncMode, Node, NodeRef, Overlay, OverlayOptions, Owner,

@@ -29,6 +29,7 @@ mod layers;
 mod lookup;
 mod mutate;
 mod node;
+mod origin;
 mod readdir;
 mod real;
 

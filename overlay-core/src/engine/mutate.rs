@@ -686,6 +686,17 @@ impl Overlay {
             }
         }
 
+        if !same_dir
+            && (!src.state.read().lowers.is_empty()
+                || dst
+                    .as_ref()
+                    .is_some_and(|d| exchange && !d.state.read().lowers.is_empty()))
+        {
+            // Entries with an origin moved in: the kernel marks such directories impure.
+            self.set_impure(npdir.as_fd());
+            self.set_impure(pdir.as_fd());
+        }
+
         // Update the node tree.
         if exchange {
             let d = dst.as_ref().expect("exchange target");

@@ -523,7 +523,11 @@ fn copy_up_keeps_metadata_and_xattrs() {
     assert_eq!(md.mtime(), mtime);
     assert_eq!(get_xattr(&up, "user.keep").as_deref(), Some(&b"v"[..]));
     assert_eq!(get_xattr(&up, "user.new").as_deref(), Some(&b"n"[..]));
-    assert_eq!(get_xattr(&up, "trusted.overlay.origin"), None);
+    // The lower's private origin is not copied; ours (kernel format) is written instead.
+    assert_ne!(
+        get_xattr(&up, "trusted.overlay.origin").as_deref(),
+        Some(&b"junk"[..])
+    );
     assert_eq!(
         get_xattr(&f.upper.join("d"), "user.dirattr").as_deref(),
         Some(&b"dv"[..])
@@ -650,6 +654,36 @@ fn link_symlink_mknod() {
         )
         .unwrap();
     assert_eq!(ovl.getattr(&dev).unwrap().rdev, libc::makedev(1, 3));
+}
+
+#[test]
+fn ino_stable_across_copy_up_and_relookup() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("d/file"), "data");
+    let lower_ino = std::fs::metadata(f.lowers[0].join("d/file")).unwrap().ino();
+    {
+        let ovl = f.overlay();
+        let n = walk(&ovl, "d/file").unwrap();
+        assert_eq!(n.ino(), lower_ino);
+        drop(ovl.open(&n, libc::O_WRONLY | libc::O_APPEND).unwrap());
+        assert_eq!(ovl.getattr(&n).unwrap().ino, lower_ino);
+        // The origin is in the kernel's format and the parent is marked impure.
+        let origin = get_xattr(&f.upper.join("d/file"), "trusted.overlay.origin").unwrap();
+        assert_eq!(&origin[..2], &[0x00, 0xfb]);
+        assert_eq!(
+            get_xattr(&f.upper.join("d"), "trusted.overlay.impure").as_deref(),
+            Some(&b"y"[..])
+        );
+    }
+    let ovl = f.overlay();
+    let d = walk(&ovl, "d").unwrap();
+    let e = ovl.readdir(&d).unwrap();
+    assert_eq!(e[0].ino, lower_ino);
+    let n = walk(&ovl, "d/file").unwrap();
+    assert_eq!(ovl.getattr(&n).unwrap().ino, lower_ino);
+    // Private xattrs stay hidden.
+    assert!(ovl.listxattr(&n).unwrap().is_empty());
 }
 
 #[test]
