@@ -824,3 +824,80 @@ proptest! {
         prop_assert_eq!(got, expect);
     }
 }
+
+#[test]
+fn concurrent_copy_up_and_namespace_changes() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("shared/log"), "base\n");
+    for i in 0..20 {
+        write(&f.lowers[0].join(format!("a/f{i}")), &format!("{i}"));
+    }
+    std::fs::create_dir_all(f.lowers[0].join("b")).unwrap();
+    let ovl = Arc::new(f.overlay());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for t in 0..8u32 {
+        let ovl = ovl.clone();
+        let tx = tx.clone();
+        handles.push(std::thread::spawn(move || {
+            // Everyone appends to the same lower file: exactly one copy-up must happen.
+            let log = walk(&ovl, "shared/log").unwrap();
+            let mut fh = ovl.open(&log, libc::O_WRONLY | libc::O_APPEND).unwrap();
+            fh.write_all(format!("t{t}\n").as_bytes()).unwrap();
+            let root = ovl.root();
+            let a = walk(&ovl, "a").unwrap();
+            let b = walk(&ovl, "b").unwrap();
+            for i in 0..20u32 {
+                let name = format!("f{i}");
+                let (from, to) = if (i + t) % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                // Races are expected: ENOENT when another thread moved it first.
+                match ovl.rename(
+                    from,
+                    OsStr::new(&name),
+                    to,
+                    OsStr::new(&name),
+                    RenameFlags::empty(),
+                ) {
+                    Ok(()) => {}
+                    Err(e) => assert_eq!(e.raw_os_error(), libc::ENOENT, "{e}"),
+                }
+                let d = format!("t{t}d{i}");
+                ovl.mkdir(&root, OsStr::new(&d), 0o755, None).unwrap();
+                let dn = walk(&ovl, &d).unwrap();
+                ovl.create(&dn, OsStr::new("x"), 0o644, libc::O_WRONLY, None)
+                    .unwrap();
+                let _ = ovl.readdir(&a).unwrap();
+                ovl.unlink(&dn, OsStr::new("x")).unwrap();
+                ovl.rmdir(&root, OsStr::new(&d)).unwrap();
+            }
+            tx.send(()).unwrap();
+        }));
+    }
+    for _ in 0..8 {
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("deadlock or panic in a worker");
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let log = std::fs::read_to_string(f.upper.join("shared/log")).unwrap();
+    assert!(log.starts_with("base\n"));
+    let mut lines: Vec<&str> = log.lines().skip(1).collect();
+    lines.sort();
+    assert_eq!(lines, (0..8).map(|t| format!("t{t}")).collect::<Vec<_>>());
+    // All 20 files are in exactly one of a/ and b/, with their content.
+    let a = walk(&ovl, "a").unwrap();
+    let b = walk(&ovl, "b").unwrap();
+    let mut all: Vec<String> = names(&ovl, &a);
+    all.extend(names(&ovl, &b));
+    all.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    want.sort();
+    assert_eq!(all, want);
+    assert_eq!(names(&ovl, &ovl.root()), vec!["a", "b", "shared"]);
+    assert!(std::fs::read_dir(f.work.join("work"))
+        .unwrap()
+        .next()
+        .is_none());
+}
