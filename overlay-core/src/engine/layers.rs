@@ -203,9 +203,11 @@ impl Layers {
             InoMode::SameFs
         } else {
             let numfs = fs_ids.len() as u64 + 1;
-            // The kernel's xino_mode: ilog2(numfs - 1) + 2 high bits.
+            // The kernel's xino_mode: ilog2(numfs - 1) + 2 high bits, the topmost of which
+            // marks non-persistent numbers; the fsid sits just below it (observed on 6.18:
+            // one lower fs over a tmpfs upper gives `ino | 1 << 63`).
             let bits = (63 - (numfs - 1).max(1).leading_zeros()) + 2;
-            InoMode::Xino { shift: 64 - bits }
+            InoMode::Xino { shift: 65 - bits }
         };
         Ok(Layers {
             upper,

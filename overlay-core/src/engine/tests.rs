@@ -901,3 +901,43 @@ fn concurrent_copy_up_and_namespace_changes() {
         .next()
         .is_none());
 }
+
+#[test]
+fn xino_inode_numbers_across_filesystems() {
+    need_root!();
+    // Upper on tmpfs (/dev/shm), lower on the temp dir's filesystem: xino numbering.
+    let shm = Path::new("/dev/shm");
+    let lower_dev = std::fs::metadata(std::env::temp_dir()).unwrap().dev();
+    if !shm.is_dir() || std::fs::metadata(shm).unwrap().dev() == lower_dev {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs /dev/shm on another fs"
+        );
+        eprintln!("skipping: /dev/shm missing or on the same filesystem");
+        return;
+    }
+    let lt = tempfile::tempdir().unwrap();
+    let ut = tempfile::tempdir_in(shm).unwrap();
+    write(&lt.path().join("d/f"), "x");
+    std::fs::create_dir(ut.path().join("u")).unwrap();
+    std::fs::create_dir(ut.path().join("w")).unwrap();
+    let stack = LayerStack::builder()
+        .lower(lt.path())
+        .upper(ut.path().join("u"), ut.path().join("w"))
+        .xattr_namespace(XattrNamespace::Trusted)
+        .build()
+        .unwrap();
+    let ovl = Overlay::new(stack).unwrap();
+    let real = std::fs::metadata(lt.path().join("d/f")).unwrap().ino();
+    let n = walk(&ovl, "d/f").unwrap();
+    // Same numbering as a kernel mount with xino=on (observed: ino | 1 << 63).
+    assert_eq!(n.ino(), real | 1 << 63);
+    let root = ovl.root();
+    let new = ovl.mkdir(&root, OsStr::new("new"), 0o755, None).unwrap();
+    assert_eq!(
+        new.ino(),
+        std::fs::metadata(ut.path().join("u/new")).unwrap().ino()
+    );
+    drop(ovl.open(&n, libc::O_WRONLY).unwrap());
+    assert_eq!(ovl.getattr(&n).unwrap().ino, real | 1 << 63);
+}
