@@ -471,7 +471,15 @@ impl Overlay {
     }
 
     /// Attributes of `node`.
+    ///
+    /// A node removed from the tree reports its attributes from removal time (link count
+    /// decremented), as `fstat` on an open, unlinked file does.
     pub fn getattr(&self, node: &NodeRef) -> Result<Attr> {
+        if node.is_unlinked() {
+            if let Some(a) = *node.removed_attr.lock() {
+                return Ok(a);
+            }
+        }
         let real = self.top_real("getattr", node)?;
         let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
         let mut a = attr_from_stat(&st, node.ino);

@@ -272,7 +272,9 @@ fn create_write_unlink_leave_whiteouts() {
     // unlink of an upper-only file leaves nothing behind.
     ovl.unlink(&dir, OsStr::new("new")).unwrap();
     assert!(!f.upper.join("dir/new").exists());
-    assert_eq!(errno(ovl.getattr(&n)), libc::ENOENT);
+    let gone = ovl.getattr(&n).unwrap();
+    assert_eq!((gone.nlink, gone.size), (0, 5));
+    assert_eq!(errno(ovl.lookup(&dir, OsStr::new("new"))), libc::ENOENT);
     // unlink of a lower file leaves a whiteout.
     ovl.unlink(&dir, OsStr::new("lower")).unwrap();
     assert!(is_whiteout_file(&f.upper.join("dir/lower")));
