@@ -26,6 +26,7 @@
 //! - [`mount`]: the kernel mount backend: [`MountSpec`], [`KernelMount`],
 //!   [`OverlayMountOptions`], unprivileged mounts in a user namespace, image lowers and the
 //!   feature [`probe()`].
+//! - [`path_api`]: [`PathApi`], `std::fs`-like path-based calls over the engine.
 //! - [`error`]: the crate's one error type, carrying operation and path.
 #![warn(missing_docs)]
 
@@ -33,12 +34,13 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod mount;
+pub mod path_api;
 pub mod stack;
 mod sys;
 
 pub use engine::{
-    Attr, DirEntry, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags, SetAttr, StatFs, TimeSet,
-    Timestamp,
+    Attr, DirEntry, FileKind, FsyncMode, Node, NodeRef, Overlay, OverlayOptions, Owner,
+    RenameFlags, SetAttr, StatFs, TimeSet, Timestamp,
 };
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};
@@ -47,4 +49,5 @@ pub use mount::{
     KernelMount, MountApi, MountSpec, OverlayMountOptions, Probe, RedirectDir, Support, UuidMode,
     Verity, Xino,
 };
+pub use path_api::PathApi;
 pub use stack::{ImageFormat, LayerStack, LayerStackBuilder, LowerLayer, UpperLayer};
