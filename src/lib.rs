@@ -1,7 +1,7 @@
 //! `overlay`: stack read-only lower layers under a writable upper layer.
 //!
 //! This facade re-exports the engine of [`overlay_core`]; the mount entry point
-//! with automatic backend selection grows here in the CLI issue.
+//! with automatic backend selection is being integrated (CLI issue).
 //!
 //! ```no_run
 //! use overlay::core::{LayerStack, Overlay};
@@ -19,3 +19,14 @@
 #![warn(missing_docs)]
 
 pub use overlay_core as core;
+
+/// Errors of the facade.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error of the core crate (stack validation, kernel mount, I/O).
+    #[error(transparent)]
+    Core(#[from] overlay_core::Error),
+}
+
+/// Result alias of the facade.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
