@@ -6,7 +6,10 @@ mod cli;
 mod diff;
 mod error;
 mod layer;
+mod copy;
 mod mountinfo;
+mod mountopts;
+mod state;
 
 use std::process::ExitCode;
 
