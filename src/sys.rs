@@ -1,23 +1,18 @@
-//! The facade's only `unsafe` code: running code in a forked child before `exec` (used to
-//! probe user namespaces without touching the calling process).
+//! The facade's only `unsafe` code: moving the calling process into new namespaces.
 
 use std::io;
-use std::process::Command;
 
-/// Run `f` in the child between fork and exec of `cmd`; an error from `f` aborts the spawn and
-/// is returned by `Command::spawn`/`status`.
-///
-/// `f` must only make async-signal-safe calls (plain system calls through rustix on
-/// pre-built `CStr`s; no allocation, no locks).
-pub(crate) fn before_exec<F>(cmd: &mut Command, f: F)
-where
-    F: FnMut() -> io::Result<()> + Send + Sync + 'static,
-{
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child, where only async-signal-safe operations
-    // are allowed; callers pass closures that only issue system calls on data prepared
-    // before the fork (documented above), and std reports their errors through its own pipe.
-    unsafe {
-        cmd.pre_exec(f);
+/// `unshare(CLONE_NEWNS)`, plus `CLONE_NEWUSER` when `user`, for the calling process.
+pub(crate) fn unshare_namespaces(user: bool) -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    let mut flags = UnshareFlags::NEWNS;
+    if user {
+        flags |= UnshareFlags::NEWUSER;
     }
+    // SAFETY: CLONE_NEWNS and CLONE_NEWUSER only change which namespaces the calling process
+    // belongs to; they do not unshare file descriptor tables or anything else Rust's
+    // invariants depend on (the flags `unshare_unsafe` warns about are CLONE_FILES/CLONE_FS
+    // and friends). The caller checks that the process is single-threaded, as the kernel
+    // requires for CLONE_NEWUSER.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
 }

@@ -38,23 +38,33 @@ impl CliError {
     }
 }
 
-impl From<overlay::Error> for CliError {
-    fn from(e: overlay::Error) -> Self {
+impl CliError {
+    /// Convert a facade error; errors that name no path are reported against `context`.
+    pub fn from_overlay(e: overlay::Error, context: &Path) -> Self {
         use overlay::core::Error as E;
         match e {
             overlay::Error::Core(E::Io { op, path, source }) => {
-                CliError::path(path, format!("{op}: {source}"))
+                CliError::path(path, format!("{op}: {}", describe(&source)))
             }
             overlay::Error::Core(E::InvalidStack { path, reason })
                 if !path.as_os_str().is_empty() =>
             {
                 CliError::path(path, reason)
             }
-            overlay::Error::Core(E::Mount { path, detail, .. }) => {
-                CliError::path(path, format!("mount failed: {detail}"))
+            overlay::Error::Core(E::Mount { path, detail, .. }) => CliError::path(path, detail),
+            overlay::Error::Core(E::Unsupported { op, path, reason }) => {
+                CliError::path(path, format!("{op}: not possible here: {reason}"))
             }
             overlay::Error::Core(E::Format { path, reason }) => CliError::path(path, reason),
-            other => CliError::msg(other.to_string()),
+            overlay::Error::Core(E::OptionConflict(m)) => {
+                CliError::path(context, format!("conflicting overlay options: {m}"))
+            }
+            overlay::Error::NoBackend { target, reasons } => CliError::path(
+                target,
+                format!("no backend could mount it: {}", reasons.join("; ")),
+            ),
+            overlay::Error::Fuse { target, reason } => CliError::path(target, reason),
+            other => CliError::path(context, other.to_string()),
         }
     }
 }

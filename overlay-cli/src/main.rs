@@ -3,13 +3,16 @@
 
 mod check;
 mod cli;
+mod commands;
 mod diff;
 mod error;
 mod layer;
 mod copy;
 mod mountinfo;
 mod mountopts;
+mod run;
 mod state;
+mod sys;
 
 use std::process::ExitCode;
 
@@ -34,11 +37,12 @@ fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
 /// Write a stdout result; a closed pipe (`ovl diff | head`) is not an error.
-fn output(r: std::io::Result<()>) -> Result<(), CliError> {
+pub(crate) fn output(r: std::io::Result<()>) -> Result<(), CliError> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(CliError::msg(format!("cannot write output: {e}"))),
@@ -69,13 +73,13 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             clap_complete::generate(a.shell, &mut cmd, "ovl", &mut std::io::stdout());
             Ok(0)
         }
-        Command::Mount(_)
-        | Command::Umount(_)
-        | Command::Status(_)
-        | Command::Probe(_)
-        | Command::Run(_) => Err(CliError::msg(
-            "this subcommand is not available yet in this build",
-        )),
+        Command::Mount(a) => commands::mount(a),
+        Command::Umount(a) => commands::umount(a),
+        Command::Status(a) => commands::status(a),
+        Command::Probe(a) => commands::probe(a),
+        Command::Run(a) => match run::run(a)? {
+            run::RunOutcome::Exited(code) => Ok(code),
+        },
     }
 }
 
