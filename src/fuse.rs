@@ -31,7 +31,10 @@ pub(crate) fn find_program() -> std::result::Result<PathBuf, String> {
             }
         }
     }
-    Err("the ovl-fuse program was not found (set OVL_FUSE, or install it next to ovl or in PATH)".into())
+    Err(
+        "the ovl-fuse program was not found (set OVL_FUSE, or install it next to ovl or in PATH)"
+            .into(),
+    )
 }
 
 /// Escape a path for a fuse-overlayfs `-o` value (`\`, `,` and `:` get a backslash).
@@ -202,7 +205,12 @@ pub(crate) fn unmount_fuse(target: &Path, lazy: bool) -> Result<()> {
             tracing::warn!("{} busy; detaching lazily", target.display());
             unmount_fuse(target, true)
         }
-        Err(e) => Err(overlay_core::Error::io("unmount FUSE overlay", target, std::io::Error::from(e)).into()),
+        Err(e) => {
+            Err(
+                overlay_core::Error::io("unmount FUSE overlay", target, std::io::Error::from(e))
+                    .into(),
+            )
+        }
     }
 }
 

@@ -297,7 +297,11 @@ impl Tmpfs {
             tracing::debug!("unmount tmpfs {}: {e}; detaching", self.dir.display());
             rustix::mount::unmount(&self.dir, flags | rustix::mount::UnmountFlags::DETACH)
                 .map_err(|e| {
-                    overlay_core::Error::io("unmount tmpfs upper", &self.dir, std::io::Error::from(e))
+                    overlay_core::Error::io(
+                        "unmount tmpfs upper",
+                        &self.dir,
+                        std::io::Error::from(e),
+                    )
                 })?;
         }
         std::fs::remove_dir(&self.dir)
@@ -510,8 +514,7 @@ fn prepare_upper(req: &Request) -> Result<PreparedUpper> {
                     })?)
                     .ok_or_else(|| overlay_core::Error::InvalidStack {
                         path: upper.clone(),
-                        reason: "the upper directory has no name to derive a workdir from"
-                            .into(),
+                        reason: "the upper directory has no name to derive a workdir from".into(),
                     })?,
                     true,
                 ),
@@ -540,7 +543,11 @@ fn prepare_upper(req: &Request) -> Result<PreparedUpper> {
     }
 }
 
-fn build_stack(lowers: &[PathBuf], upper: &PreparedUpper, ns: XattrNamespace) -> Result<LayerStack> {
+fn build_stack(
+    lowers: &[PathBuf],
+    upper: &PreparedUpper,
+    ns: XattrNamespace,
+) -> Result<LayerStack> {
     let mut b = LayerStack::builder()
         .lowers(lowers.iter().cloned())
         .xattr_namespace(ns);
@@ -553,9 +560,8 @@ fn build_stack(lowers: &[PathBuf], upper: &PreparedUpper, ns: XattrNamespace) ->
 /// Mount `req` on `target`. See [`Backend`] for the order backends are tried in; every step
 /// adds a line to [`Mounted::reasons`].
 pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
-    let target = std::fs::canonicalize(target.as_ref()).map_err(|e| {
-        overlay_core::Error::io("resolve mount target", target.as_ref(), e)
-    })?;
+    let target = std::fs::canonicalize(target.as_ref())
+        .map_err(|e| overlay_core::Error::io("resolve mount target", target.as_ref(), e))?;
     let probe = overlay_core::mount::probe();
     let mut reasons = Vec::new();
     let privileged = overlay_core::mount::has_cap_sys_admin_in_initial_namespace();

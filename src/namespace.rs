@@ -2,7 +2,6 @@
 //! namespace in which the caller is root), so mounts made afterwards are seen only by this
 //! process and its children and disappear with them.
 
-
 use crate::{Error, Result};
 
 /// Which private namespace the process entered.
@@ -68,4 +67,3 @@ pub fn enter_private_namespace(user: bool) -> Result<PrivateNamespace> {
         PrivateNamespace::Mount
     })
 }
-

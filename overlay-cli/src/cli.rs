@@ -58,7 +58,8 @@ const MAIN_AFTER_HELP: &str = concat!(
     "    3    check: only warnings were found\n",
     "    4    check: errors were found (the kernel would misread these layers)\n",
     "    run: the exit status of CMD; 128+N when CMD was killed by signal N;\n",
-    "         125 when ovl failed before CMD ran, 126 when CMD could not be executed,\n",
+    "         125 when ovl itself failed (before CMD ran, or keeping its changes),\n",
+    "         126 when CMD could not be executed,\n",
     "         127 when CMD was not found",
 );
 
@@ -194,11 +195,15 @@ The upper is a tmpfs (--tmp, the default) discarded when CMD exits, unless --kee
 the changes into DIR (DIR must not exist or be empty; progress is shown on a terminal). With
 --upper DIR the changes persist in DIR (and a later `ovl run --upper DIR` sees them again).
 
---root makes the overlay the whole root file system of CMD (pivot_root into the overlay, with
-/proc, /sys, /dev and /tmp bind-mounted from the host view).
+--root makes the overlay the whole root file system of CMD: the root filesystem (without the
+filesystems mounted below it) is the lower, CMD is chrooted into the overlay, and /dev, /proc and
+/sys are bound in from the host. As a non-root user --root needs the FUSE backend: the kernel
+refuses, inside a user namespace, a lower that has other filesystems mounted below it.
 
-Works for non-root users: ovl enters a new user namespace (mapping the caller to root inside)
-and mounts the kernel overlay with userxattr, or falls back to FUSE.
+Works for non-root users: ovl enters a new user namespace (mapping the caller to root inside,
+like `unshare -r`) and mounts the kernel overlay with userxattr, or falls back to FUSE. Files
+of other users (e.g. root's in /usr) show up as owned by nobody there, and root inside cannot
+change them: give such a user a target they own, or use the FUSE backend.
 
 The exit status is CMD's.";
 

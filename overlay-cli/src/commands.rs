@@ -173,7 +173,10 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         if m.fstype == "overlay" || m.fstype.starts_with("fuse") {
             return Err(CliError::path(
                 &target,
-                format!("already has an overlay mounted ({}); unmount it first", m.fstype),
+                format!(
+                    "already has an overlay mounted ({}); unmount it first",
+                    m.fstype
+                ),
             ));
         }
     }
@@ -189,9 +192,13 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         tracing::info!("{r}");
     }
     let kept = mounted.keep();
-    let mounts = crate::mountinfo::read().map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
+    let mounts = crate::mountinfo::read()
+        .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
     let Some(m) = mounts.iter().rev().find(|m| m.mount_point == target) else {
-        return Err(CliError::path(&target, "mounted, but not found in /proc/self/mountinfo"));
+        return Err(CliError::path(
+            &target,
+            "mounted, but not found in /proc/self/mountinfo",
+        ));
     };
     let rec = MountRecord {
         target: target.clone(),
@@ -220,7 +227,8 @@ pub fn umount(a: UmountArgs) -> Result<u8, CliError> {
     let target = canonical(&a.target)?;
     let reg = Registry::open();
     let rec = reg.get(&target);
-    let mounts = crate::mountinfo::read().map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
+    let mounts = crate::mountinfo::read()
+        .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
     let live = rec
         .as_ref()
         .is_some_and(|r| crate::state::is_live(r, &mounts));
@@ -231,7 +239,10 @@ pub fn umount(a: UmountArgs) -> Result<u8, CliError> {
         }
         reg.remove(&target)?;
         if !mounts.iter().any(|m| m.mount_point == target) {
-            return Err(CliError::path(&target, "not mounted (its stale record was removed)"));
+            return Err(CliError::path(
+                &target,
+                "not mounted (its stale record was removed)",
+            ));
         }
     }
     overlay::unmount(&target, a.lazy).map_err(|e| CliError::from_overlay(e, &target))?;
@@ -246,7 +257,8 @@ pub fn umount(a: UmountArgs) -> Result<u8, CliError> {
 
 /// `ovl status`.
 pub fn status(a: StatusArgs) -> Result<u8, CliError> {
-    let mounts = crate::mountinfo::read().map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
+    let mounts = crate::mountinfo::read()
+        .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
     let recs = Registry::open().live(&mounts);
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
@@ -265,7 +277,9 @@ pub fn status(a: StatusArgs) -> Result<u8, CliError> {
             let lowers: Vec<String> = r.lowers.iter().map(|l| l.display().to_string()).collect();
             writeln!(w, "  lowers (bottom-first): {}", lowers.join(" "))?;
             match (&r.upper, &r.tmpfs) {
-                (Some(u), Some(_)) => writeln!(w, "  upper: {} (tmpfs, discarded at unmount)", u.display())?,
+                (Some(u), Some(_)) => {
+                    writeln!(w, "  upper: {} (tmpfs, discarded at unmount)", u.display())?
+                }
                 (Some(u), None) => writeln!(w, "  upper: {}", u.display())?,
                 (None, _) => writeln!(w, "  upper: none (read-only)")?,
             }
@@ -300,9 +314,9 @@ pub fn probe(a: ProbeArgs) -> Result<u8, CliError> {
         }
         let stdout = std::io::stdout();
         let mut w = stdout.lock();
-        serde_json::to_writer_pretty(&mut w, &v).and_then(|()| {
-            writeln!(w).map_err(serde_json::Error::io)
-        }).map_err(std::io::Error::other)
+        serde_json::to_writer_pretty(&mut w, &v)
+            .and_then(|()| writeln!(w).map_err(serde_json::Error::io))
+            .map_err(std::io::Error::other)
     } else {
         let stdout = std::io::stdout();
         let mut w = stdout.lock();
@@ -312,8 +326,16 @@ pub fn probe(a: ProbeArgs) -> Result<u8, CliError> {
             for r in &reasons {
                 writeln!(w, "{r}")?;
             }
-            writeln!(w, "ovl mount --backend auto would use: {}", name(mount_choice))?;
-            writeln!(w, "ovl run --backend auto would use:   {}", name(run_choice))
+            writeln!(
+                w,
+                "ovl mount --backend auto would use: {}",
+                name(mount_choice)
+            )?;
+            writeln!(
+                w,
+                "ovl run --backend auto would use:   {}",
+                name(run_choice)
+            )
         })()
     };
     crate::output(r)?;

@@ -354,14 +354,14 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &src.join("wh"),
+            src.join("wh"),
             FileType::CharacterDevice,
             Mode::empty(),
             0,
         )
         .unwrap();
         rustix::fs::setxattr(
-            &src.join("d"),
+            src.join("d"),
             "user.overlay.opaque",
             b"y",
             rustix::fs::XattrFlags::empty(),
@@ -382,7 +382,7 @@ mod tests {
         let wh = std::fs::symlink_metadata(dst.join("wh")).unwrap();
         assert!(overlay_core::format::is_whiteout_stat(wh.mode(), wh.rdev()));
         let mut v = [0u8; 4];
-        let n = rustix::fs::getxattr(&dst.join("d"), "user.overlay.opaque", &mut v).unwrap();
+        let n = rustix::fs::getxattr(dst.join("d"), "user.overlay.opaque", &mut v).unwrap();
         assert_eq!(&v[..n], b"y");
         assert!(dst.join("d/e").is_dir());
         // A non-empty destination is refused.

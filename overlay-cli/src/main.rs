@@ -4,10 +4,10 @@
 mod check;
 mod cli;
 mod commands;
+mod copy;
 mod diff;
 mod error;
 mod layer;
-mod copy;
 mod mountinfo;
 mod mountopts;
 mod run;

@@ -92,7 +92,9 @@ pub fn parse_kernel_style(args: &[String]) -> Result<KernelStyle, CliError> {
                 ("upperdir", Some(v)) => k.upper = Some(path_of(v)),
                 ("workdir", Some(v)) => k.work = Some(path_of(v)),
                 ("lowerdir" | "upperdir" | "workdir", None) => {
-                    return Err(CliError::msg(format!("-o {key} needs a value ({key}=PATH)")))
+                    return Err(CliError::msg(format!(
+                        "-o {key} needs a value ({key}=PATH)"
+                    )))
                 }
                 _ => k.options.push((
                     key,

@@ -28,11 +28,18 @@ fn bind_system_dirs(root: &Path) -> Result<(), CliError> {
         let src = Path::new("/").join(d);
         let dst = root.join(d);
         if !dst.is_dir() {
-            tracing::info!("{} is missing in the new root; not binding it", dst.display());
+            tracing::info!(
+                "{} is missing in the new root; not binding it",
+                dst.display()
+            );
             continue;
         }
         rustix::mount::mount_bind_recursive(&src, &dst).map_err(|e| {
-            CliError::io(&dst, &format!("cannot bind-mount {}", src.display()), std::io::Error::from(e))
+            CliError::io(
+                &dst,
+                &format!("cannot bind-mount {}", src.display()),
+                std::io::Error::from(e),
+            )
         })?;
     }
     Ok(())
@@ -43,7 +50,10 @@ fn check_keep_dir(d: &Path) -> Result<(), CliError> {
     match std::fs::read_dir(d) {
         Ok(mut rd) => {
             if rd.next().is_some() {
-                return Err(CliError::path(d, "not empty; --keep needs a new or empty directory"));
+                return Err(CliError::path(
+                    d,
+                    "not empty; --keep needs a new or empty directory",
+                ));
             }
             Ok(())
         }
@@ -62,11 +72,16 @@ fn check_keep_dir(d: &Path) -> Result<(), CliError> {
 /// `ovl run`.
 pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     let target = match &a.target {
-        Some(t) => Some(std::fs::canonicalize(t).map_err(|e| CliError::io(t, "cannot resolve", e))?),
+        Some(t) => {
+            Some(std::fs::canonicalize(t).map_err(|e| CliError::io(t, "cannot resolve", e))?)
+        }
         None => None,
     };
     let lowers: Vec<PathBuf> = if !a.lowers.is_empty() {
-        a.lowers.iter().map(|l| absolute(l)).collect::<Result<_, _>>()?
+        a.lowers
+            .iter()
+            .map(|l| absolute(l))
+            .collect::<Result<_, _>>()?
     } else {
         vec![target.clone().unwrap_or_else(|| PathBuf::from("/"))]
     };
@@ -174,10 +189,8 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     let result = (|| -> Result<(), CliError> {
         if target.is_none() {
             for d in ["sys", "proc", "dev"] {
-                let _ = rustix::mount::unmount(
-                    &mountpoint.join(d),
-                    rustix::mount::UnmountFlags::DETACH,
-                );
+                let _ =
+                    rustix::mount::unmount(mountpoint.join(d), rustix::mount::UnmountFlags::DETACH);
             }
         }
         mounted

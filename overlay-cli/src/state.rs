@@ -58,10 +58,7 @@ pub fn registry_dir() -> PathBuf {
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("ovl"),
-        _ => PathBuf::from(format!(
-            "/tmp/ovl-{}",
-            rustix::process::geteuid().as_raw()
-        )),
+        _ => PathBuf::from(format!("/tmp/ovl-{}", rustix::process::geteuid().as_raw())),
     }
 }
 
