@@ -795,3 +795,29 @@ pub fn release_tmpfs(dir: impl AsRef<Path>) -> Result<()> {
     }
     .release()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_workdir_is_a_hidden_sibling() {
+        assert_eq!(
+            managed_workdir(Path::new("/srv/changes")),
+            Some(PathBuf::from("/srv/.changes.ovl-work"))
+        );
+        assert_eq!(managed_workdir(Path::new("/")), None);
+    }
+
+    #[test]
+    fn chosen_names_match_the_probe() {
+        for (c, n) in [
+            (Chosen::Kernel, "kernel"),
+            (Chosen::KernelUserNamespace, "kernel-userns"),
+            (Chosen::Fuse, "fuse"),
+        ] {
+            assert_eq!(c.to_string(), n);
+            assert!(overlay_core::mount::probe().backend(n).is_some());
+        }
+    }
+}
