@@ -1,2 +1,45 @@
-//! FUSE adapter over the `overlay-core` engine (implemented in the FUSE issue).
+//! `overlay-fuse`: a FUSE union filesystem over the [`overlay_core`] engine (fuser 0.18), and
+//! the `ovl-fuse` daemon, a drop-in for fuse-overlayfs's command line.
+//!
+//! ```no_run
+//! use overlay_core::{LayerStack, Overlay};
+//! use overlay_fuse::{spawn_mount, FsConfig, MountConfig};
+//!
+//! let stack = LayerStack::builder()
+//!     .lower("/srv/base")
+//!     .upper("/srv/upper", "/srv/work")
+//!     .build()?;
+//! let mount = spawn_mount(
+//!     Overlay::new(stack)?,
+//!     "/mnt/merged".as_ref(),
+//!     &MountConfig::for_current_user(FsConfig::default()),
+//! )?;
+//! // ... use /mnt/merged ...
+//! mount.unmount()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Behaviour, as the kernel overlay: whiteouts, opaque directories and the overlay xattrs are
+//! the engine's (kernel format, `user.overlay.*` for unprivileged mounts); one `st_dev` for
+//! the whole mount (FUSE gives that); `st_ino` is the engine's stable inode number and is the
+//! FUSE node id ([`table`]); `readdir`'s `d_ino` equals `st_ino`.
+//!
+//! Performance: multi-threaded session with cloned fds, PARALLEL_DIROPS, READDIRPLUS (auto),
+//! ATOMIC_O_TRUNC, CACHE_SYMLINKS, long entry/attr TTLs with negative entries and kernel
+//! directory caching, writeback cache, and FUSE passthrough for upper files when the daemon
+//! has CAP_SYS_ADMIN in the initial user namespace (see [`fs`] for the copy-up rule).
 #![warn(missing_docs)]
+
+pub mod daemon;
+pub mod error;
+pub mod fs;
+pub mod idmap;
+pub mod mount;
+pub mod options;
+mod sys;
+pub mod table;
+
+pub use error::{Error, Result};
+pub use fs::{FsConfig, FsInspector, FsStats, OverlayFs};
+pub use idmap::{IdMapping, IdPolicy};
+pub use mount::{mount_session, spawn_mount, FuseMount, MountConfig};

@@ -1,4 +1,55 @@
-fn main() {
-    eprintln!("ovl-fuse: not implemented yet");
-    std::process::exit(1);
+//! `ovl-fuse`: mount an overlay through FUSE (fuse-overlayfs compatible command line).
+
+use std::process::ExitCode;
+
+use overlay_fuse::options::{parse_args, Command, USAGE};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let writer = match std::env::var_os("OVL_FUSE_LOG_FILE") {
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(f) => BoxMakeWriter::new(std::sync::Mutex::new(f)),
+            Err(e) => {
+                eprintln!("ovl-fuse: log file {}: {e}", path.to_string_lossy());
+                BoxMakeWriter::new(std::io::stderr)
+            }
+        },
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cmd = match parse_args(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ovl-fuse: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("ovl-fuse {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Mount(req) => {
+            init_logging(req.debug);
+            ExitCode::from(overlay_fuse::daemon::run(*req) as u8)
+        }
+    }
 }

@@ -1,0 +1,233 @@
+//! The `ovl-fuse` daemon: validate, fork, mount, report readiness, serve until unmounted.
+//!
+//! Without `-f` the process forks before creating any thread. The parent waits on a pipe
+//! and exits 0 only once the child has mounted and finished the FUSE handshake (so the
+//! mount is live when the command returns), or prints the child's error and exits 1. The
+//! child serves requests until the filesystem is unmounted (`umount`, `fusermount3 -u`) or
+//! it gets SIGINT/SIGTERM/SIGHUP (then it unmounts itself), and exits 0.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::sys::signal::{SigSet, Signal};
+use overlay_core::{LayerStack, Overlay, XattrNamespace};
+use tracing::{error, info, warn};
+
+use crate::error::{Error, Result};
+use crate::fs::has_initial_cap_sys_admin;
+use crate::mount::{mount_session, MountConfig};
+use crate::options::MountRequest;
+use crate::sys::{fork_single_threaded, Forked};
+
+/// Build the validated layer stack of a request.
+pub fn layer_stack(req: &MountRequest) -> Result<LayerStack> {
+    let ns = if req.userxattr || !has_initial_cap_sys_admin() {
+        XattrNamespace::User
+    } else {
+        XattrNamespace::Trusted
+    };
+    let mut b = LayerStack::builder()
+        .lowers(req.lowerdirs.iter().rev().cloned())
+        .xattr_namespace(ns);
+    if let (Some(u), Some(w)) = (&req.upperdir, &req.workdir) {
+        if !req.flags.read_only {
+            b = b.upper(u, w);
+        }
+    }
+    Ok(b.build()?)
+}
+
+/// The mount configuration of a request.
+pub fn mount_config(req: &MountRequest) -> MountConfig {
+    let mut c = MountConfig::for_current_user(req.fs.clone());
+    if let Some(name) = req.fsname.clone().or_else(|| req.source.clone()) {
+        c.fsname = name;
+    }
+    let f = &req.flags;
+    if let Some(v) = f.allow_other {
+        c.allow_other = v;
+    }
+    c.allow_root = f.allow_root;
+    if let Some(v) = f.dev {
+        c.dev = v;
+    }
+    if let Some(v) = f.suid {
+        c.suid = v;
+    }
+    if let Some(v) = f.exec {
+        c.exec = v;
+    }
+    if let Some(atime) = f.atime {
+        c.noatime = !atime;
+    }
+    c.sync = f.sync;
+    c.dirsync = f.dirsync;
+    if let Some(n) = req.threads {
+        c.threads = n;
+    }
+    c
+}
+
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(1)
+}
+
+/// Run a mount request to completion; returns the process exit code.
+pub fn run(req: MountRequest) -> i32 {
+    for w in &req.warnings {
+        eprintln!("ovl-fuse: warning: {w}");
+        warn!("{w}");
+    }
+    // Modes come from the kernel already masked with the caller's umask.
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let stack = match layer_stack(&req) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ovl-fuse: {e}");
+            return 1;
+        }
+    };
+    match std::fs::metadata(&req.mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            eprintln!(
+                "ovl-fuse: mountpoint {} is not a directory",
+                req.mountpoint.display()
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("ovl-fuse: mountpoint {}: {e}", req.mountpoint.display());
+            return 1;
+        }
+    }
+    if req.foreground {
+        return match serve(&req, stack, &mut None) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ovl-fuse: {e}");
+                1
+            }
+        };
+    }
+    if thread_count() != 1 {
+        eprintln!("ovl-fuse: cannot daemonize a multi-threaded process; use -f");
+        return 1;
+    }
+    let (rd, wr) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ovl-fuse: daemonize: pipe: {e}");
+            return 1;
+        }
+    };
+    match fork_single_threaded() {
+        Err(e) => {
+            eprintln!("ovl-fuse: daemonize: fork: {e}");
+            1
+        }
+        Ok(Forked::Parent(_child)) => {
+            drop(wr);
+            wait_ready(rd)
+        }
+        Ok(Forked::Child) => {
+            drop(rd);
+            let _ = rustix::process::setsid();
+            let mut ready = Some(std::fs::File::from(wr));
+            match serve(&req, stack, &mut ready) {
+                Ok(()) => 0,
+                Err(e) => {
+                    // Before readiness this reaches the parent; afterwards the log.
+                    if let Some(mut w) = ready.take() {
+                        let _ = write!(w, "ERR {e}");
+                    }
+                    error!("{e}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+/// Parent side: wait for the child's verdict.
+fn wait_ready(rd: OwnedFd) -> i32 {
+    let mut msg = String::new();
+    let mut f = std::fs::File::from(rd);
+    let _ = f.read_to_string(&mut msg);
+    if msg.starts_with("OK") {
+        0
+    } else if let Some(err) = msg.strip_prefix("ERR ") {
+        eprintln!("ovl-fuse: {err}");
+        1
+    } else {
+        eprintln!("ovl-fuse: the daemon exited before the mount was ready");
+        1
+    }
+}
+
+/// Mount and serve until unmounted. `ready` (daemon mode) gets "OK" once the mount is live,
+/// then stdio is pointed at /dev/null.
+fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File>) -> Result<()> {
+    // Signals are taken by a dedicated thread: block them before any thread exists.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    if let Err(e) = signals.thread_block() {
+        warn!("cannot block signals: {e}");
+    }
+    let overlay = Overlay::new(stack)?;
+    let config = mount_config(req);
+    let mountpoint: &Path = &req.mountpoint;
+    let (mut session, _inspector) = mount_session(overlay, mountpoint, &config)?;
+    info!("mounted on {}", mountpoint.display());
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("ovl-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                info!("{sig:?}: unmounting {}", mp.display());
+                if let Err(e) = unmounter.unmount() {
+                    error!("unmount {}: {e}", mp.display());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("no signal handling thread: {e}");
+    }
+    if let Some(mut w) = ready.take() {
+        let _ = w.write_all(b"OK");
+        drop(w);
+        detach_stdio();
+    }
+    session.run().map_err(|source| Error::Session {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
+    info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Point stdin/stdout/stderr at /dev/null (keeping fds 0-2 taken, so no later open lands
+/// there).
+fn detach_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    let _ = rustix::stdio::dup2_stdin(&null);
+    let _ = rustix::stdio::dup2_stdout(&null);
+    let _ = rustix::stdio::dup2_stderr(&null);
+}

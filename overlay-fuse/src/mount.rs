@@ -1,0 +1,200 @@
+//! Mounting an [`OverlayFs`]: the fuser session setup shared by the `ovl-fuse` binary and
+//! library users ([`spawn_mount`]).
+
+use std::path::{Path, PathBuf};
+
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
+use overlay_core::Overlay;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::fs::{FsConfig, FsInspector, OverlayFs};
+
+/// How to mount (kernel-side options and threading).
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// FUSE-side behaviour.
+    pub fs: FsConfig,
+    /// Source shown in /proc/mounts.
+    pub fsname: String,
+    /// Let other users (and root) use the mount (`allow_other`). Default: when root.
+    pub allow_other: bool,
+    /// Let root use the mount as well as the owner (`allow_root`).
+    pub allow_root: bool,
+    /// Allow device nodes. Default: when root.
+    pub dev: bool,
+    /// Honour set-user/group-ID bits. Default: when root.
+    pub suid: bool,
+    /// Allow execution.
+    pub exec: bool,
+    /// Mount `noatime` (default: the daemon cannot maintain atime cheaply).
+    pub noatime: bool,
+    /// Synchronous writes (`sync`).
+    pub sync: bool,
+    /// Synchronous directory changes (`dirsync`).
+    pub dirsync: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+impl MountConfig {
+    /// Defaults for the calling user, like fuse-overlayfs: root gets `allow_other`, `dev`
+    /// and `suid`; everyone gets `default_permissions` and `noatime`.
+    pub fn for_current_user(fs: FsConfig) -> Self {
+        let root = rustix::process::geteuid().is_root();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        MountConfig {
+            fs,
+            fsname: "ovl-fuse".into(),
+            allow_other: root,
+            allow_root: false,
+            dev: root,
+            suid: root,
+            exec: true,
+            noatime: true,
+            sync: false,
+            dirsync: false,
+            threads: (cpus * 2).clamp(4, 16),
+        }
+    }
+
+    fn fuser_config(&self) -> Config {
+        let mut opts = vec![
+            MountOption::FSName(self.fsname.clone()),
+            MountOption::Subtype("ovl-fuse".into()),
+            // The kernel checks permissions from the attributes we report.
+            MountOption::DefaultPermissions,
+        ];
+        opts.push(if self.fs.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        });
+        let root = rustix::process::geteuid().is_root();
+        // fusermount3 refuses dev/suid for users; only ask for them when allowed.
+        if self.dev && root {
+            opts.push(MountOption::Dev);
+        } else {
+            opts.push(MountOption::NoDev);
+        }
+        if self.suid && root {
+            opts.push(MountOption::Suid);
+        } else {
+            opts.push(MountOption::NoSuid);
+        }
+        opts.push(if self.exec {
+            MountOption::Exec
+        } else {
+            MountOption::NoExec
+        });
+        if self.noatime {
+            opts.push(MountOption::NoAtime);
+        }
+        if self.sync {
+            opts.push(MountOption::Sync);
+        }
+        if self.dirsync {
+            opts.push(MountOption::DirSync);
+        }
+        let mut cfg = Config::default();
+        cfg.mount_options = opts;
+        cfg.acl = if self.allow_other {
+            SessionACL::All
+        } else if self.allow_root {
+            SessionACL::RootAndOwner
+        } else {
+            SessionACL::Owner
+        };
+        cfg.n_threads = Some(self.threads.max(1));
+        // Each worker reads its own clone of the session fd (less contention), which needs
+        // /dev/fuse to be openable; rootless mounts via fusermount3 may not manage that.
+        cfg.clone_fd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok();
+        if !cfg.clone_fd {
+            info!("/dev/fuse cannot be reopened: workers share one session fd");
+        }
+        cfg
+    }
+}
+
+/// Mount `overlay` at `mountpoint` and complete the FUSE handshake; the returned session is
+/// not serving requests yet (call `run` or `spawn`).
+///
+/// As root this uses `mount(2)`; otherwise fuser falls back to `fusermount3`.
+pub fn mount_session(
+    overlay: Overlay,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> Result<(Session<OverlayFs>, FsInspector)> {
+    let fs = OverlayFs::new(overlay, config.fs.clone());
+    let inspector = fs.inspector();
+    let session =
+        Session::new(fs, mountpoint, &config.fuser_config()).map_err(|source| Error::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+    OverlayFs::set_notifier(&inspector, session.notifier());
+    Ok((session, inspector))
+}
+
+/// A mount served by background threads of this process; unmounted on drop.
+#[derive(Debug)]
+pub struct FuseMount {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+    inspector: FsInspector,
+}
+
+/// Mount `overlay` at `mountpoint` and serve it from background threads.
+pub fn spawn_mount(overlay: Overlay, mountpoint: &Path, config: &MountConfig) -> Result<FuseMount> {
+    let (session, inspector) = mount_session(overlay, mountpoint, config)?;
+    let bg = session.spawn().map_err(|source| Error::Session {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
+    Ok(FuseMount {
+        session: Some(bg),
+        mountpoint: mountpoint.to_path_buf(),
+        inspector,
+    })
+}
+
+impl FuseMount {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Counters of the running filesystem.
+    pub fn inspector(&self) -> &FsInspector {
+        &self.inspector
+    }
+
+    /// Unmount and wait for the worker threads to finish.
+    pub fn unmount(mut self) -> Result<()> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<()> {
+        if let Some(bg) = self.session.take() {
+            bg.umount_and_join().map_err(|source| Error::Unmount {
+                path: self.mountpoint.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            warn!("{e}");
+        }
+    }
+}
