@@ -181,7 +181,9 @@ impl LayerStackBuilder {
     /// d_type or xattr support.
     pub fn build(self) -> Result<LayerStack> {
         let xattr_ns = self.xattr_ns.unwrap_or_else(|| {
-            if rustix::process::geteuid().is_root() {
+            // uid 0 inside a user namespace is not privileged: trusted.* needs CAP_SYS_ADMIN in
+            // the initial namespace.
+            if crate::mount::has_cap_sys_admin_in_initial_namespace() {
                 XattrNamespace::Trusted
             } else {
                 XattrNamespace::User
@@ -235,19 +237,19 @@ impl LayerStackBuilder {
                     });
                 }
                 for l in &lowers {
-                    if upper.starts_with(&l.path) {
+                    if nested_on_same_fs(&upper, &l.path) {
                         return Err(Error::InvalidStack {
                             path: upper.clone(),
                             reason: format!("upper dir is inside lower layer {}", l.path.display()),
                         });
                     }
-                    if l.path.starts_with(&upper) {
+                    if nested_on_same_fs(&l.path, &upper) {
                         return Err(Error::InvalidStack {
                             path: l.path.clone(),
                             reason: format!("lower layer is inside upper dir {}", upper.display()),
                         });
                     }
-                    if l.path.starts_with(&work) || work.starts_with(&l.path) {
+                    if nested_on_same_fs(&l.path, &work) || nested_on_same_fs(&work, &l.path) {
                         return Err(Error::InvalidStack {
                             path: work.clone(),
                             reason: format!("workdir overlaps lower layer {}", l.path.display()),
@@ -287,6 +289,29 @@ impl LayerStackBuilder {
             xattr_ns,
         })
     }
+}
+
+/// True when `inner` lies inside `outer` on the same filesystem, i.e. `inner` is reachable
+/// from `outer` without crossing a mount point. The kernel only refuses such overlaps: a
+/// tmpfs upper mounted below a lower `/` is fine, because a layer never includes submounts.
+fn nested_on_same_fs(inner: &Path, outer: &Path) -> bool {
+    if !inner.starts_with(outer) {
+        return false;
+    }
+    let Ok(outer_dev) = std::fs::metadata(outer).map(|m| m.dev()) else {
+        return true;
+    };
+    let mut cur = Some(inner);
+    while let Some(p) = cur {
+        if p == outer {
+            return true;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.dev() == outer_dev => cur = p.parent(),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Canonicalize `p`, check it is a directory, return it with its (dev, ino).

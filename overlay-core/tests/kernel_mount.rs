@@ -983,3 +983,28 @@ fn legacy_option_string_over_one_page_fails_clearly() {
         "{s}"
     );
 }
+
+/// The kernel accepts an upper on another filesystem mounted below a lower (a layer never
+/// includes submounts), so validation must too; on the same filesystem it is refused.
+#[test]
+fn upper_on_a_submount_below_a_lower_is_accepted() {
+    if !can_mount("upper_on_a_submount_below_a_lower_is_accepted") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = mkdirs(t.path(), &["lower", "lower/sub", "lower/same"]);
+    let _tmpfs = TmpfsMount::new(&d[1]);
+    let up = mkdirs(&d[1], &["u", "w"]);
+    LayerStack::builder()
+        .lower(&d[0])
+        .upper(&up[0], &up[1])
+        .build()
+        .expect("upper on a tmpfs below the lower is valid");
+    let same = mkdirs(&d[2], &["u", "w"]);
+    let e = LayerStack::builder()
+        .lower(&d[0])
+        .upper(&same[0], &same[1])
+        .build()
+        .unwrap_err();
+    assert!(one_line(&e).contains("inside lower layer"), "{e}");
+}
