@@ -1,21 +1,823 @@
-//! `overlay`: stack read-only lower layers under a writable upper layer.
+//! `overlay`: stack read-only lower layers under a writable upper layer, mounted with the
+//! kernel's overlayfs or with ovl's own FUSE union filesystem.
 //!
-//! This facade re-exports the engine of [`overlay_core`]; the mount entry point
-//! with automatic backend selection grows here in the CLI issue.
+//! This is the one entry point for embedders. [`mount`] mounts a stack with a [`Backend`]:
+//! [`Backend::Auto`] tries the kernel overlay, then the kernel overlay inside a new user
+//! namespace (when the request allows entering one), then FUSE, and records why it chose
+//! what it chose ([`Mounted::reasons`], from the machine [`probe`]). The mount lives as long
+//! as the returned [`Mounted`] guard.
 //!
 //! ```no_run
-//! use overlay::core::{LayerStack, Overlay};
-//! let stack = LayerStack::builder()
-//!     .lower("/usr/share/doc")
-//!     .upper("/tmp/upper", "/tmp/work")
-//!     .build()?;
-//! let ovl = Overlay::new(stack)?;
-//! let root = ovl.root();
-//! for entry in ovl.readdir(&root)? {
-//!     println!("{}", entry.name.to_string_lossy());
-//! }
-//! # Ok::<(), overlay::core::Error>(())
+//! use overlay::{mount, Backend, Request, Upper};
+//! let req = Request::new(["/srv/base", "/srv/patch"])   // bottom-first
+//!     .upper(Upper::Tmpfs { size: Some("256m".into()) })
+//!     .backend(Backend::Auto);
+//! let m = mount(&req, "/mnt/merged")?;
+//! println!("mounted with {} because: {:?}", m.backend(), m.reasons());
+//! std::fs::write("/mnt/merged/hello", "world").unwrap();
+//! drop(m); // unmounted; the tmpfs upper is gone
+//! # Ok::<(), overlay::Error>(())
 //! ```
+//!
+//! The layer engine itself ([`core::Overlay`]) and the kernel backend's building blocks
+//! ([`core::MountSpec`], [`core::KernelMount`]) are re-exported under [`core`].
 #![warn(missing_docs)]
 
+mod fuse;
+pub mod namespace;
+mod sys;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
 pub use overlay_core as core;
+pub use overlay_core::mount::{probe, Probe, Support};
+use overlay_core::{KernelMount, LayerStack, MountSpec, OverlayMountOptions, XattrNamespace};
+
+pub use namespace::{enter_private_namespace, PrivateNamespace};
+
+/// Errors of the facade.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error of the core crate (stack validation, kernel mount, I/O).
+    #[error(transparent)]
+    Core(#[from] overlay_core::Error),
+    /// No backend could mount the stack; one reason per backend tried.
+    #[error("no backend could mount {}: {}", target.display(), reasons.join("; "))]
+    NoBackend {
+        /// The mount point.
+        target: PathBuf,
+        /// Why each backend failed or was skipped.
+        reasons: Vec<String>,
+    },
+    /// The FUSE backend failed.
+    #[error("FUSE mount on {}: {reason}", target.display())]
+    Fuse {
+        /// The mount point.
+        target: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A private namespace could not be entered.
+    #[error("{0}")]
+    Namespace(String),
+}
+
+/// Result alias of the facade.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which backend to mount with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Kernel overlay, then kernel overlay in a user namespace (if the request allows
+    /// entering one), then FUSE.
+    #[default]
+    Auto,
+    /// The kernel overlay only (in a user namespace if the request allows and the caller is
+    /// not privileged).
+    Kernel,
+    /// ovl's FUSE union filesystem only (the `ovl-fuse` program).
+    Fuse,
+}
+
+/// The backend a mount ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// Kernel overlay in the caller's namespace (or a private mount namespace).
+    Kernel,
+    /// Kernel overlay with `userxattr`, inside a new user namespace.
+    KernelUserNamespace,
+    /// The `ovl-fuse` daemon.
+    Fuse,
+}
+
+impl Chosen {
+    /// `kernel`, `kernel-userns` or `fuse` (the names the probe uses).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chosen::Kernel => "kernel",
+            Chosen::KernelUserNamespace => "kernel-userns",
+            Chosen::Fuse => "fuse",
+        }
+    }
+}
+
+impl fmt::Display for Chosen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The writable upper layer of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upper {
+    /// None: a read-only union.
+    ReadOnly,
+    /// A persistent directory (created if missing). `work` defaults to the managed workdir
+    /// `.NAME.ovl-work` next to it (created if missing).
+    Dir {
+        /// The upper directory.
+        upper: PathBuf,
+        /// Its workdir (same filesystem, empty).
+        work: Option<PathBuf>,
+    },
+    /// A fresh tmpfs holding upper and workdir, gone when the mount is released. `size` is
+    /// tmpfs's `size=` (bytes with k/m/g suffix, or a percentage of RAM).
+    Tmpfs {
+        /// Size cap.
+        size: Option<String>,
+    },
+}
+
+/// When [`mount`] may move the calling process into new namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Namespace {
+    /// Mount in the caller's mount namespace (visible system-wide; needs privileges).
+    #[default]
+    Current,
+    /// First move the calling process into a private mount namespace (and, unprivileged, a
+    /// new user namespace): the mount is seen by this process and its children only and
+    /// disappears with them. The process must be single-threaded. `ovl run` uses this.
+    Private,
+}
+
+/// What to mount: lowers (bottom-first), upper, options, backend.
+#[derive(Debug, Clone)]
+pub struct Request {
+    lowers: Vec<PathBuf>,
+    upper: Upper,
+    options: OverlayMountOptions,
+    backend: Backend,
+    namespace: Namespace,
+    scratch: Option<PathBuf>,
+    fuse_log: Option<PathBuf>,
+}
+
+impl Request {
+    /// A request for `lowers`, **bottom-first** (the last one is the top lower layer), with a
+    /// read-only union by default.
+    pub fn new<I, P>(lowers: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        Request {
+            lowers: lowers.into_iter().map(Into::into).collect(),
+            upper: Upper::ReadOnly,
+            options: OverlayMountOptions::default(),
+            backend: Backend::Auto,
+            namespace: Namespace::Current,
+            scratch: None,
+            fuse_log: None,
+        }
+    }
+
+    /// Set the upper layer.
+    pub fn upper(mut self, upper: Upper) -> Self {
+        self.upper = upper;
+        self
+    }
+
+    /// Set the kernel overlay options (also passed to FUSE where they apply).
+    pub fn options(mut self, options: OverlayMountOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Choose the backend.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Choose the namespace to mount in.
+    pub fn namespace(mut self, ns: Namespace) -> Self {
+        self.namespace = ns;
+        self
+    }
+
+    /// Where to create the mount point of a tmpfs upper (default: the temp dir).
+    pub fn scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch = Some(dir.into());
+        self
+    }
+
+    /// Where the FUSE daemon writes its log (default: inherit stderr).
+    pub fn fuse_log(mut self, file: impl Into<PathBuf>) -> Self {
+        self.fuse_log = Some(file.into());
+        self
+    }
+
+    /// The lowers, bottom-first.
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+}
+
+/// The managed workdir of an upper directory: `.NAME.ovl-work` next to it.
+pub fn managed_workdir(upper: &Path) -> Option<PathBuf> {
+    let name = upper.file_name()?;
+    let mut n = std::ffi::OsString::from(".");
+    n.push(name);
+    n.push(".ovl-work");
+    Some(upper.with_file_name(n))
+}
+
+/// A tmpfs mounted on a directory we created; unmounted and removed on drop.
+#[derive(Debug)]
+struct Tmpfs {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Tmpfs {
+    fn mount(parent: &Path, size: Option<&str>) -> Result<Tmpfs> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| overlay_core::Error::io("create scratch directory", parent, e))?;
+        let mut dir = None;
+        for i in 0..100u32 {
+            let p = parent.join(format!("ovl-tmp-{}-{i}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => {
+                    dir = Some(p);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(overlay_core::Error::io("create tmpfs mount point", &p, e).into())
+                }
+            }
+        }
+        let dir = dir.ok_or_else(|| {
+            overlay_core::Error::io(
+                "create tmpfs mount point",
+                parent,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            )
+        })?;
+        let mut data = String::from("mode=0755");
+        if let Some(s) = size {
+            data.push_str(",size=");
+            data.push_str(s);
+        }
+        let data = std::ffi::CString::new(data).expect("no NUL in tmpfs options");
+        if let Err(e) = rustix::mount::mount(
+            "tmpfs",
+            &dir,
+            "tmpfs",
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            data.as_c_str(),
+        ) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(overlay_core::Error::Mount {
+                path: dir,
+                detail: format!("mount tmpfs for the upper layer: {e}"),
+                errno: Some(e.raw_os_error()),
+            }
+            .into());
+        }
+        for sub in ["upper", "work"] {
+            std::fs::create_dir(dir.join(sub))
+                .map_err(|e| overlay_core::Error::io("create tmpfs upper", dir.join(sub), e))?;
+        }
+        Ok(Tmpfs { dir, armed: true })
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if !self.armed {
+            return Ok(());
+        }
+        self.armed = false;
+        let flags = rustix::mount::UnmountFlags::NOFOLLOW;
+        if let Err(e) = rustix::mount::unmount(&self.dir, flags) {
+            tracing::debug!("unmount tmpfs {}: {e}; detaching", self.dir.display());
+            rustix::mount::unmount(&self.dir, flags | rustix::mount::UnmountFlags::DETACH)
+                .map_err(|e| {
+                    overlay_core::Error::io(
+                        "unmount tmpfs upper",
+                        &self.dir,
+                        std::io::Error::from(e),
+                    )
+                })?;
+        }
+        std::fs::remove_dir(&self.dir)
+            .map_err(|e| overlay_core::Error::io("remove tmpfs mount point", &self.dir, e))?;
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// A private bind mount of a lower layer that contains the upper (e.g. `/` under a tmpfs
+/// upper in `/tmp`): the kernel accepts that when they are different filesystems, but the
+/// stack validation compares paths, so the lower is reached through a bind mount elsewhere.
+/// Only made inside a private mount namespace. Unmounted and removed on drop.
+#[derive(Debug)]
+struct LowerBind {
+    dir: PathBuf,
+}
+
+impl LowerBind {
+    fn new(lower: &Path, parent: &Path, n: usize) -> Result<LowerBind> {
+        let dir = parent.join(format!("ovl-lower-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .map_err(|e| overlay_core::Error::io("create lower bind mount point", &dir, e))?;
+        // Recursive: in a user namespace a mount with locked submounts cannot be bound alone
+        // (the overlay ignores submounts of a lower either way).
+        if let Err(e) = rustix::mount::mount_bind_recursive(lower, &dir) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(overlay_core::Error::io(
+                "bind-mount lower layer",
+                lower,
+                std::io::Error::from(e),
+            )
+            .into());
+        }
+        Ok(LowerBind { dir })
+    }
+}
+
+impl Drop for LowerBind {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A mounted stack. Dropping it unmounts the overlay, stops the FUSE daemon and releases a
+/// tmpfs upper; [`Mounted::unmount`] does the same and reports errors; [`Mounted::keep`]
+/// leaves everything mounted.
+#[derive(Debug)]
+pub struct Mounted {
+    // Field order is drop order: the overlay goes before the tmpfs under it.
+    kernel: Option<KernelMount>,
+    fuse: Option<fuse::FuseMount>,
+    binds: Vec<LowerBind>,
+    tmpfs: Option<Tmpfs>,
+    target: PathBuf,
+    backend: Chosen,
+    reasons: Vec<String>,
+    lowers: Vec<PathBuf>,
+    upper: Option<PathBuf>,
+    work: Option<PathBuf>,
+    managed_work: bool,
+}
+
+/// What a kept mount consists of, to undo it later (see [`Mounted::keep`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptMount {
+    /// The mount point.
+    pub target: PathBuf,
+    /// The backend.
+    pub backend: Chosen,
+    /// Why the backend was chosen.
+    pub reasons: Vec<String>,
+    /// Lowers, bottom-first.
+    pub lowers: Vec<PathBuf>,
+    /// Upper, if any.
+    pub upper: Option<PathBuf>,
+    /// Workdir, if any.
+    pub work: Option<PathBuf>,
+    /// The workdir was created by ovl next to the upper.
+    pub managed_work: bool,
+    /// Mount point of the tmpfs holding upper and work, if any.
+    pub tmpfs: Option<PathBuf>,
+    /// FUSE daemon process id.
+    pub fuse_pid: Option<u32>,
+}
+
+impl Mounted {
+    /// The mount point.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The backend that mounted the stack.
+    pub fn backend(&self) -> Chosen {
+        self.backend
+    }
+
+    /// Why this backend: one line per backend tried or skipped before it, and the choice.
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
+    }
+
+    /// The upper directory (inside the tmpfs for [`Upper::Tmpfs`]).
+    pub fn upper(&self) -> Option<&Path> {
+        self.upper.as_deref()
+    }
+
+    /// The workdir.
+    pub fn work(&self) -> Option<&Path> {
+        self.work.as_deref()
+    }
+
+    /// Lowers, bottom-first (canonical paths).
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+
+    /// Unmount the overlay only, keeping a tmpfs upper mounted (to read or copy it); the
+    /// tmpfs is released when the guard is dropped.
+    pub fn unmount_overlay(&mut self) -> Result<()> {
+        if let Some(k) = self.kernel.take() {
+            k.unmount()?;
+        }
+        if let Some(mut f) = self.fuse.take() {
+            f.release()?;
+        }
+        Ok(())
+    }
+
+    /// Unmount everything now, reporting errors.
+    pub fn unmount(mut self) -> Result<()> {
+        self.unmount_overlay()?;
+        self.binds.clear();
+        if let Some(mut t) = self.tmpfs.take() {
+            t.release()?;
+        }
+        Ok(())
+    }
+
+    /// Leave the stack mounted after the guard is gone; returns what to undo later.
+    pub fn keep(mut self) -> KeptMount {
+        if let Some(k) = self.kernel.take() {
+            k.detach();
+        }
+        let fuse_pid = self.fuse.take().map(fuse::FuseMount::keep);
+        for b in self.binds.drain(..) {
+            std::mem::forget(b);
+        }
+        let tmpfs = self.tmpfs.take().map(|mut t| {
+            t.armed = false;
+            std::mem::take(&mut t.dir)
+        });
+        KeptMount {
+            target: self.target.clone(),
+            backend: self.backend,
+            reasons: std::mem::take(&mut self.reasons),
+            lowers: std::mem::take(&mut self.lowers),
+            upper: self.upper.take(),
+            work: self.work.take(),
+            managed_work: self.managed_work,
+            tmpfs,
+            fuse_pid,
+        }
+    }
+}
+
+fn support_line(name: &str, s: Option<&Support>) -> String {
+    match s {
+        Some(s) => format!("{name}: {s}"),
+        None => format!("{name}: not probed"),
+    }
+}
+
+fn ensure_dir(p: &Path, what: &'static str) -> Result<()> {
+    match std::fs::create_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(overlay_core::Error::io(what, p, e).into()),
+    }
+}
+
+/// Upper and workdir as prepared for mounting.
+struct PreparedUpper {
+    tmpfs: Option<Tmpfs>,
+    upper: Option<(PathBuf, PathBuf)>,
+    managed_work: bool,
+}
+
+fn prepare_upper(req: &Request) -> Result<PreparedUpper> {
+    match &req.upper {
+        Upper::ReadOnly => Ok(PreparedUpper {
+            tmpfs: None,
+            upper: None,
+            managed_work: false,
+        }),
+        Upper::Dir { upper, work } => {
+            ensure_dir(upper, "create upper directory")?;
+            let (work, managed) = match work {
+                Some(w) => (w.clone(), false),
+                None => (
+                    managed_workdir(&std::path::absolute(upper).map_err(|e| {
+                        overlay_core::Error::io("resolve upper directory", upper, e)
+                    })?)
+                    .ok_or_else(|| overlay_core::Error::InvalidStack {
+                        path: upper.clone(),
+                        reason: "the upper directory has no name to derive a workdir from".into(),
+                    })?,
+                    true,
+                ),
+            };
+            ensure_dir(&work, "create workdir")?;
+            let canon = |p: &Path| {
+                std::fs::canonicalize(p)
+                    .map_err(|e| Error::from(overlay_core::Error::io("resolve layer", p, e)))
+            };
+            Ok(PreparedUpper {
+                tmpfs: None,
+                upper: Some((canon(upper)?, canon(&work)?)),
+                managed_work: managed,
+            })
+        }
+        Upper::Tmpfs { size } => {
+            let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
+            let t = Tmpfs::mount(&parent, size.as_deref())?;
+            let u = (t.dir.join("upper"), t.dir.join("work"));
+            Ok(PreparedUpper {
+                tmpfs: Some(t),
+                upper: Some(u),
+                managed_work: false,
+            })
+        }
+    }
+}
+
+fn build_stack(
+    lowers: &[PathBuf],
+    upper: &PreparedUpper,
+    ns: XattrNamespace,
+) -> Result<LayerStack> {
+    let mut b = LayerStack::builder()
+        .lowers(lowers.iter().cloned())
+        .xattr_namespace(ns);
+    if let Some((u, w)) = &upper.upper {
+        b = b.upper(u, w);
+    }
+    Ok(b.build()?)
+}
+
+/// Mount `req` on `target`. See [`Backend`] for the order backends are tried in; every step
+/// adds a line to [`Mounted::reasons`].
+pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
+    let target = std::fs::canonicalize(target.as_ref())
+        .map_err(|e| overlay_core::Error::io("resolve mount target", target.as_ref(), e))?;
+    let probe = overlay_core::mount::probe();
+    let mut reasons = Vec::new();
+    let privileged = overlay_core::mount::has_cap_sys_admin_in_initial_namespace();
+    let try_kernel = req.backend != Backend::Fuse;
+    let try_fuse = req.backend != Backend::Kernel;
+    let mut in_userns = false;
+
+    // 1. Which namespace: the caller's, or a private one (user namespace when unprivileged).
+    if req.namespace == Namespace::Private {
+        let user = !privileged;
+        match enter_private_namespace(user) {
+            Ok(PrivateNamespace::UserAndMount) => {
+                in_userns = true;
+                reasons.push("not privileged: entered a new user and mount namespace".into());
+            }
+            Ok(PrivateNamespace::Mount) => {
+                reasons.push("entered a private mount namespace".into());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let prepared = prepare_upper(req)?;
+    let lowers_canon: Vec<PathBuf> = req
+        .lowers
+        .iter()
+        .map(|l| std::fs::canonicalize(l).unwrap_or_else(|_| l.clone()))
+        .collect();
+    // In a private namespace, reach lowers that contain the upper through bind mounts.
+    let mut binds = Vec::new();
+    let mut lowers_mount = req.lowers.clone();
+    if req.namespace == Namespace::Private {
+        if let Some((u, _)) = &prepared.upper {
+            let dev = |p: &Path| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            };
+            let udev = dev(u);
+            for (i, l) in lowers_canon.iter().enumerate() {
+                let ldev = dev(l);
+                if u.starts_with(l) && udev.is_some() && ldev.is_some() && udev != ldev {
+                    let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
+                    let b = LowerBind::new(l, &parent, i)?;
+                    lowers_mount[i] = b.dir.clone();
+                    binds.push(b);
+                }
+            }
+        }
+    }
+    let mut last_err: Option<Error> = None;
+
+    // 2. The kernel overlay.
+    if try_kernel {
+        let kernel_ok = if in_userns {
+            probe.backend("kernel-userns")
+        } else {
+            probe.backend("kernel")
+        };
+        let name = if in_userns { "kernel-userns" } else { "kernel" };
+        let can = kernel_ok.is_some_and(Support::is_yes)
+            || (req.namespace == Namespace::Private && !in_userns && privileged);
+        if !can {
+            reasons.push(support_line(name, kernel_ok));
+            if !privileged && req.namespace == Namespace::Current {
+                reasons.push(
+                    "kernel-userns: not tried: a mount in a new user namespace is invisible to the caller's namespace (use a private namespace, e.g. `ovl run`)"
+                        .into(),
+                );
+            }
+        } else {
+            let ns = if in_userns || !privileged {
+                XattrNamespace::User
+            } else {
+                XattrNamespace::Trusted
+            };
+            let attempt = build_stack(&lowers_mount, &prepared, ns).and_then(|stack| {
+                let spec = MountSpec::new(&stack, &req.options, &target)?;
+                tracing::debug!("mounting: {spec}");
+                Ok(spec.mount()?)
+            });
+            match attempt {
+                Ok(k) => {
+                    let chosen = if in_userns {
+                        Chosen::KernelUserNamespace
+                    } else {
+                        Chosen::Kernel
+                    };
+                    reasons.push(format!("{chosen}: mounted"));
+                    return Ok(Mounted {
+                        kernel: Some(k),
+                        fuse: None,
+                        binds,
+                        target,
+                        backend: chosen,
+                        reasons,
+                        lowers: lowers_canon,
+                        upper: prepared.upper.as_ref().map(|u| u.0.clone()),
+                        work: prepared.upper.as_ref().map(|u| u.1.clone()),
+                        managed_work: prepared.managed_work,
+                        tmpfs: prepared.tmpfs,
+                    });
+                }
+                Err(e) => {
+                    reasons.push(format!("{name}: failed: {e}"));
+                    last_err = Some(e);
+                }
+            }
+        }
+    }
+
+    // 3. FUSE.
+    if try_fuse {
+        let fuse_ok = if privileged || in_userns {
+            probe.backend("fuse")
+        } else {
+            probe.backend("fuse-unprivileged")
+        };
+        if !fuse_ok.is_some_and(Support::is_yes) {
+            reasons.push(support_line("fuse", fuse_ok));
+        } else {
+            match fuse::FuseMount::start(req, &lowers_mount, &prepared, &target) {
+                Ok(f) => {
+                    reasons.push("fuse: mounted".into());
+                    return Ok(Mounted {
+                        kernel: None,
+                        fuse: Some(f),
+                        binds,
+                        target,
+                        backend: Chosen::Fuse,
+                        reasons,
+                        lowers: lowers_canon,
+                        upper: prepared.upper.as_ref().map(|u| u.0.clone()),
+                        work: prepared.upper.as_ref().map(|u| u.1.clone()),
+                        managed_work: prepared.managed_work,
+                        tmpfs: prepared.tmpfs,
+                    });
+                }
+                Err(e) => {
+                    reasons.push(format!("fuse: failed: {e}"));
+                    last_err = Some(e);
+                }
+            }
+        }
+    }
+    // With a single backend asked for, its own error is the clearest.
+    match (req.backend, last_err) {
+        (Backend::Kernel | Backend::Fuse, Some(e)) => Err(e),
+        _ => Err(Error::NoBackend { target, reasons }),
+    }
+}
+
+/// Which backend [`mount`] would pick here, and why, without mounting: each backend's line
+/// from the [`probe`].
+pub fn explain(namespace: Namespace) -> (Option<Chosen>, Vec<String>) {
+    let probe = overlay_core::mount::probe();
+    let privileged = overlay_core::mount::has_cap_sys_admin_in_initial_namespace();
+    let mut reasons = Vec::new();
+    let mut choice = None;
+    let k = probe.backend("kernel");
+    reasons.push(support_line("kernel", k));
+    if k.is_some_and(Support::is_yes) {
+        choice = Some(Chosen::Kernel);
+    }
+    let ku = probe.backend("kernel-userns");
+    reasons.push(support_line("kernel-userns", ku));
+    if choice.is_none() && namespace == Namespace::Private && ku.is_some_and(Support::is_yes) {
+        choice = Some(Chosen::KernelUserNamespace);
+    }
+    let f = if privileged {
+        probe.backend("fuse")
+    } else {
+        probe.backend("fuse-unprivileged")
+    };
+    let fuse_prog = fuse::find_program();
+    let fuse_line = match (&fuse_prog, f) {
+        (Err(why), _) => format!("fuse: no: {why}"),
+        (Ok(_), s) => support_line("fuse", s),
+    };
+    reasons.push(fuse_line);
+    if choice.is_none() && fuse_prog.is_ok() && f.is_some_and(Support::is_yes) {
+        choice = Some(Chosen::Fuse);
+    }
+    (choice, reasons)
+}
+
+/// Unmount the overlay (kernel or FUSE) on `target`; `lazy` detaches a busy mount
+/// (`MNT_DETACH`). A FUSE daemon exits once its mount is gone. Fails when `target` is not
+/// an overlay or FUSE mount point.
+pub fn unmount(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
+    let target = target.as_ref();
+    let mounts = overlay_core::mount::mountinfo::read_mountinfo()?;
+    let Some(m) = mounts.iter().rev().find(|m| m.mount_point == target) else {
+        return Err(overlay_core::Error::Mount {
+            path: target.to_path_buf(),
+            detail: "not mounted".into(),
+            errno: Some(libc_einval()),
+        }
+        .into());
+    };
+    if m.fstype.starts_with("fuse") {
+        return fuse::unmount_fuse(target, lazy);
+    }
+    if m.fstype != "overlay" {
+        return Err(overlay_core::Error::Mount {
+            path: target.to_path_buf(),
+            detail: format!("is a {} mount, not an overlay", m.fstype),
+            errno: Some(libc_einval()),
+        }
+        .into());
+    }
+    let mut flags = rustix::mount::UnmountFlags::NOFOLLOW;
+    if lazy {
+        flags |= rustix::mount::UnmountFlags::DETACH;
+    }
+    rustix::mount::unmount(target, flags).map_err(|e| {
+        overlay_core::Error::io("unmount overlay", target, std::io::Error::from(e)).into()
+    })
+}
+
+fn libc_einval() -> i32 {
+    rustix::io::Errno::INVAL.raw_os_error()
+}
+
+/// Release a tmpfs upper left mounted by [`Mounted::keep`]: unmount it and remove its mount
+/// point.
+pub fn release_tmpfs(dir: impl AsRef<Path>) -> Result<()> {
+    Tmpfs {
+        dir: dir.as_ref().to_path_buf(),
+        armed: true,
+    }
+    .release()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_workdir_is_a_hidden_sibling() {
+        assert_eq!(
+            managed_workdir(Path::new("/srv/changes")),
+            Some(PathBuf::from("/srv/.changes.ovl-work"))
+        );
+        assert_eq!(managed_workdir(Path::new("/")), None);
+    }
+
+    #[test]
+    fn chosen_names_match_the_probe() {
+        for (c, n) in [
+            (Chosen::Kernel, "kernel"),
+            (Chosen::KernelUserNamespace, "kernel-userns"),
+            (Chosen::Fuse, "fuse"),
+        ] {
+            assert_eq!(c.to_string(), n);
+            assert!(overlay_core::mount::probe().backend(n).is_some());
+        }
+    }
+}

@@ -1,4 +1,98 @@
-fn main() {
-    eprintln!("ovl: not implemented yet");
-    std::process::exit(1);
+//! `ovl`: mount overlay stacks, run commands on throwaway uppers, and read and validate
+//! upper layers. See `ovl --help`.
+
+mod check;
+mod cli;
+mod commands;
+mod copy;
+mod diff;
+mod error;
+mod layer;
+mod mountinfo;
+mod mountopts;
+mod run;
+mod state;
+mod sys;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+
+/// Exit status of a failed operation.
+const EXIT_FAILURE: u8 = 1;
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Write a stdout result; a closed pipe (`ovl diff | head`) is not an error.
+pub(crate) fn output(r: std::io::Result<()>) -> Result<(), CliError> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::msg(format!("cannot write output: {e}"))),
+        Ok(()) => Ok(()),
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, CliError> {
+    match cli.command {
+        Command::Diff(a) => {
+            let opts = diff::DiffOptions { aufs: a.aufs };
+            let lowers = if a.lowers.is_empty() {
+                None
+            } else {
+                Some(diff::LowerStack::open(&a.lowers, opts.clone())?)
+            };
+            let changes = diff::diff(&a.upper, lowers.as_ref(), &opts)?;
+            output(diff::print(&changes, lowers.is_some(), a.json))?;
+            Ok(0)
+        }
+        Command::Check(a) => {
+            let report = check::check(&a.upper, a.work.as_deref(), a.xattr)?;
+            output(check::print(&report, a.json))?;
+            Ok(report.exit_code() as u8)
+        }
+        Command::Completions(a) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "ovl", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Mount(a) => commands::mount(a),
+        Command::Umount(a) => commands::umount(a),
+        Command::Status(a) => commands::status(a),
+        Command::Probe(a) => commands::probe(a),
+        Command::Run(a) => match run::run(a)? {
+            run::RunOutcome::Exited(code) => Ok(code),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let is_run = matches!(cli.command, Command::Run(_));
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ovl: {e}");
+            // `ovl run` reserves 1..=124 for the command: its own failures are 125.
+            ExitCode::from(if is_run { 125 } else { EXIT_FAILURE })
+        }
+    }
 }

@@ -45,6 +45,17 @@ pub enum Error {
     /// Mount options conflict with each other.
     #[error("conflicting overlay options: {0}")]
     OptionConflict(String),
+    /// The operation cannot be done on this machine or with these privileges (no user
+    /// namespaces, no loop devices, not root, kernel too old, ...).
+    #[error("{op} {}: not possible here: {reason}", path.display())]
+    Unsupported {
+        /// What was being attempted, e.g. "mount image lower".
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// Why it is not possible, and what would make it possible.
+        reason: String,
+    },
     /// The upper layer's on-disk format is damaged or foreign.
     #[error("invalid overlay format at {}: {reason}", path.display())]
     Format {
@@ -77,6 +88,7 @@ impl Error {
             Error::InvalidStack { .. } | Error::OptionConflict(_) => libc::EINVAL,
             Error::Mount { errno, .. } => errno.unwrap_or(libc::EINVAL),
             Error::Format { .. } => libc::EIO,
+            Error::Unsupported { .. } => libc::EOPNOTSUPP,
         }
     }
 

@@ -23,13 +23,20 @@
 //! - [`stack`]: [`LayerStack`], [`LowerLayer`], [`UpperLayer`] and their validation.
 //! - [`format`]: whiteouts, opaque directories, overlay xattrs (`trusted.` vs `user.`).
 //! - [`engine`]: [`Overlay`], the node-based union engine (lookup, readdir, mutations).
+//! - [`mount`]: the kernel mount backend: [`MountSpec`], [`KernelMount`],
+//!   [`OverlayMountOptions`], unprivileged mounts in a user namespace, image lowers and the
+//!   feature [`probe()`].
+//! - [`path_api`]: [`PathApi`], `std::fs`-like path-based calls over the engine.
 //! - [`error`]: the crate's one error type, carrying operation and path.
 #![warn(missing_docs)]
 
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod mount;
+pub mod path_api;
 pub mod stack;
+mod sys;
 
 pub use engine::{
     Attr, DirEntry, FileKind, FsyncMode, Node, NodeRef, Overlay, OverlayOptions, Owner,
@@ -37,4 +44,10 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};
-pub use stack::{LayerStack, LayerStackBuilder, LowerLayer, UpperLayer};
+pub use mount::{
+    probe, run_in_user_namespace, spawn_in_user_namespace, EffectiveOptions, ImageMount,
+    KernelMount, MountApi, MountSpec, OverlayMountOptions, Probe, RedirectDir, Support, UuidMode,
+    Verity, Xino,
+};
+pub use path_api::PathApi;
+pub use stack::{ImageFormat, LayerStack, LayerStackBuilder, LowerLayer, UpperLayer};

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::io::Read as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -21,8 +22,50 @@ pub const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 /// A read-only lower layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LowerLayer {
-    /// Absolute, canonical path of the layer directory.
+    /// Absolute, canonical path of the layer directory (or of the image file, see `image`).
     pub path: PathBuf,
+    /// `Some` when the layer is a filesystem image file rather than a directory. The kernel
+    /// backend loop-mounts it read-only before mounting the overlay (root only); backends
+    /// that cannot use images refuse such stacks.
+    pub image: Option<ImageFormat>,
+}
+
+impl LowerLayer {
+    /// True when this layer is an image file, not a directory.
+    pub fn is_image(&self) -> bool {
+        self.image.is_some()
+    }
+}
+
+/// The format of a lower layer that is an image file (live systems, read-only media).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageFormat {
+    /// A squashfs image (magic `hsqs` at offset 0).
+    Squashfs,
+    /// An EROFS image (magic 0xE0F5E1E2 at offset 1024).
+    Erofs,
+}
+
+impl ImageFormat {
+    /// The kernel filesystem type name (`squashfs`, `erofs`).
+    pub fn fstype(self) -> &'static str {
+        match self {
+            ImageFormat::Squashfs => "squashfs",
+            ImageFormat::Erofs => "erofs",
+        }
+    }
+
+    /// Recognise an image by its superblock magic; `head` is the start of the file (at least
+    /// 1028 bytes are needed to recognise EROFS).
+    pub fn detect(head: &[u8]) -> Option<ImageFormat> {
+        if head.len() >= 4 && &head[..4] == b"hsqs" {
+            return Some(ImageFormat::Squashfs);
+        }
+        if head.len() >= 1028 && head[1024..1028] == 0xE0F5_E1E2u32.to_le_bytes() {
+            return Some(ImageFormat::Erofs);
+        }
+        None
+    }
 }
 
 /// The writable upper layer and its workdir (same filesystem).
@@ -72,6 +115,11 @@ impl LayerStack {
     pub fn is_read_only(&self) -> bool {
         self.upper.is_none()
     }
+
+    /// True when at least one lower layer is an image file ([`LowerLayer::image`]).
+    pub fn has_image_lowers(&self) -> bool {
+        self.lowers.iter().any(LowerLayer::is_image)
+    }
 }
 
 /// Builder for [`LayerStack`]; [`LayerStackBuilder::build`] validates.
@@ -85,6 +133,9 @@ pub struct LayerStackBuilder {
 
 impl LayerStackBuilder {
     /// Add a lower layer above those added so far (bottom-first order).
+    ///
+    /// The path is a directory, or a squashfs/EROFS image file (recognised by its magic),
+    /// which the kernel backend loop-mounts read-only.
     pub fn lower(mut self, path: impl Into<PathBuf>) -> Self {
         self.lowers.push(path.into());
         self
@@ -130,7 +181,9 @@ impl LayerStackBuilder {
     /// d_type or xattr support.
     pub fn build(self) -> Result<LayerStack> {
         let xattr_ns = self.xattr_ns.unwrap_or_else(|| {
-            if rustix::process::geteuid().is_root() {
+            // uid 0 inside a user namespace is not privileged: trusted.* needs CAP_SYS_ADMIN in
+            // the initial namespace.
+            if crate::mount::has_cap_sys_admin_in_initial_namespace() {
                 XattrNamespace::Trusted
             } else {
                 XattrNamespace::User
@@ -154,14 +207,14 @@ impl LayerStackBuilder {
         let mut seen = HashSet::new();
         let mut lowers = Vec::with_capacity(self.lowers.len());
         for p in &self.lowers {
-            let (path, id) = existing_dir(p, "lower layer")?;
+            let (path, id, image) = existing_lower(p)?;
             if !seen.insert(id) {
                 return Err(Error::InvalidStack {
                     path,
                     reason: "layer appears more than once in the stack".into(),
                 });
             }
-            lowers.push(LowerLayer { path });
+            lowers.push(LowerLayer { path, image });
         }
         let upper = match self.upper {
             None => None,
@@ -184,19 +237,19 @@ impl LayerStackBuilder {
                     });
                 }
                 for l in &lowers {
-                    if upper.starts_with(&l.path) {
+                    if nested_on_same_fs(&upper, &l.path) {
                         return Err(Error::InvalidStack {
                             path: upper.clone(),
                             reason: format!("upper dir is inside lower layer {}", l.path.display()),
                         });
                     }
-                    if l.path.starts_with(&upper) {
+                    if nested_on_same_fs(&l.path, &upper) {
                         return Err(Error::InvalidStack {
                             path: l.path.clone(),
                             reason: format!("lower layer is inside upper dir {}", upper.display()),
                         });
                     }
-                    if l.path.starts_with(&work) || work.starts_with(&l.path) {
+                    if nested_on_same_fs(&l.path, &work) || nested_on_same_fs(&work, &l.path) {
                         return Err(Error::InvalidStack {
                             path: work.clone(),
                             reason: format!("workdir overlaps lower layer {}", l.path.display()),
@@ -238,6 +291,29 @@ impl LayerStackBuilder {
     }
 }
 
+/// True when `inner` lies inside `outer` on the same filesystem, i.e. `inner` is reachable
+/// from `outer` without crossing a mount point. The kernel only refuses such overlaps: a
+/// tmpfs upper mounted below a lower `/` is fine, because a layer never includes submounts.
+fn nested_on_same_fs(inner: &Path, outer: &Path) -> bool {
+    if !inner.starts_with(outer) {
+        return false;
+    }
+    let Ok(outer_dev) = std::fs::metadata(outer).map(|m| m.dev()) else {
+        return true;
+    };
+    let mut cur = Some(inner);
+    while let Some(p) = cur {
+        if p == outer {
+            return true;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.dev() == outer_dev => cur = p.parent(),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Canonicalize `p`, check it is a directory, return it with its (dev, ino).
 fn existing_dir(p: &Path, what: &str) -> Result<(PathBuf, (u64, u64))> {
     let canon = std::fs::canonicalize(p).map_err(|e| Error::InvalidStack {
@@ -255,6 +331,33 @@ fn existing_dir(p: &Path, what: &str) -> Result<(PathBuf, (u64, u64))> {
         });
     }
     Ok((canon, (md.dev(), md.ino())))
+}
+
+/// A lower layer: a directory, or a regular file holding a squashfs/EROFS image.
+fn existing_lower(p: &Path) -> Result<(PathBuf, (u64, u64), Option<ImageFormat>)> {
+    let md = std::fs::metadata(p).map_err(|e| Error::InvalidStack {
+        path: p.to_path_buf(),
+        reason: format!("lower layer cannot be resolved: {e}"),
+    })?;
+    if !md.is_file() {
+        let (path, id) = existing_dir(p, "lower layer")?;
+        return Ok((path, id, None));
+    }
+    let canon = std::fs::canonicalize(p).map_err(|e| Error::InvalidStack {
+        path: p.to_path_buf(),
+        reason: format!("lower layer cannot be resolved: {e}"),
+    })?;
+    let mut head = Vec::with_capacity(1028);
+    std::fs::File::open(&canon)
+        .and_then(|f| std::io::Read::take(f, 1028).read_to_end(&mut head))
+        .map_err(|e| Error::io("read lower image", &canon, e))?;
+    match ImageFormat::detect(&head) {
+        Some(fmt) => Ok((canon, (md.dev(), md.ino()), Some(fmt))),
+        None => Err(Error::InvalidStack {
+            path: p.to_path_buf(),
+            reason: "lower layer is a file but not a squashfs or erofs image".into(),
+        }),
+    }
 }
 
 /// The workdir may hold only what an overlay itself leaves there: `work`, `index`, `incompat`.

@@ -1,0 +1,501 @@
+//! The command line, as clap derive types. `--help` output is written to read like a man
+//! page: each subcommand has a long description and examples (`after_long_help`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ovl: stack read-only lower layers under a writable upper layer (OverlayFS).
+///
+/// ovl mounts overlay stacks through the kernel's overlay filesystem (directly, or inside an
+/// unprivileged user namespace with `userxattr`) or through its own FUSE union filesystem,
+/// runs commands on throwaway uppers, and reads and validates the on-disk format of upper
+/// layers without mounting them.
+///
+/// Layers are always listed bottom-first (`--lower base --lower patch`: `patch` is above
+/// `base`), as bubblewrap and systemd-nspawn do. Only the kernel's `-o lowerdir=` string is
+/// top-first.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ovl",
+    version,
+    propagate_version = true,
+    after_long_help = MAIN_AFTER_HELP,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const MAIN_AFTER_HELP: &str = concat!(
+    "EXAMPLES:\n",
+    "    Try a change to /usr on a throwaway upper; the host /usr stays untouched:\n",
+    "        ovl run --tmp --target /usr -- sh -c 'touch /usr/share/x && ls /usr/share/x'\n",
+    "\n",
+    "    Mount two layers (bottom first) with a persistent upper, then unmount:\n",
+    "        ovl mount --lower base --lower patch --upper changes /mnt/merged\n",
+    "        ovl umount /mnt/merged\n",
+    "\n",
+    "    The same with kernel-style options (lowerdir is top-first there):\n",
+    "        ovl mount -o lowerdir=patch:base,upperdir=changes,workdir=work /mnt/merged\n",
+    "\n",
+    "    What did a container change?\n",
+    "        ovl diff --lower base --lower patch changes\n",
+    "\n",
+    "ENVIRONMENT:\n",
+    "    RUST_LOG    tracing filter (e.g. RUST_LOG=overlay=debug); -v, -vv, -vvv raise the default level.\n",
+    "\n",
+    "EXIT STATUS:\n",
+    "    0    success (check: the layers are clean)\n",
+    "    1    the operation failed; one line `ovl: <path>: <cause>` on stderr says why\n",
+    "    2    usage error (bad options)\n",
+    "    3    check: only warnings were found\n",
+    "    4    check: errors were found (the kernel would misread these layers)\n",
+    "    run: the exit status of CMD; 128+N when CMD was killed by signal N;\n",
+    "         125 when ovl itself failed (before CMD ran, or keeping its changes),\n",
+    "         126 when CMD could not be executed,\n",
+    "         127 when CMD was not found",
+);
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount an overlay stack on a directory.
+    #[command(long_about = MOUNT_ABOUT, after_long_help = MOUNT_EXAMPLES)]
+    Mount(MountArgs),
+    /// Unmount an overlay that ovl mounted and forget it.
+    #[command(
+        alias = "unmount",
+        long_about = UMOUNT_ABOUT,
+        after_long_help = "EXAMPLES:\n    ovl umount /mnt/merged\n    ovl umount --lazy /mnt/busy"
+    )]
+    Umount(UmountArgs),
+    /// List the overlays ovl mounted, with their layers and backends.
+    #[command(long_about = STATUS_ABOUT, after_long_help = "EXAMPLES:\n    ovl status\n    ovl status --json | jq '.[].target'")]
+    Status(StatusArgs),
+    /// Say which backends work on this machine, and why.
+    #[command(long_about = PROBE_ABOUT, after_long_help = "EXAMPLES:\n    ovl probe\n    ovl probe --json")]
+    Probe(ProbeArgs),
+    /// Run a command with an overlay over a directory (or the whole root) in a private mount namespace.
+    #[command(long_about = RUN_ABOUT, after_long_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// List what an upper layer adds (A), changes (C) and deletes (D), without mounting.
+    #[command(long_about = DIFF_ABOUT, after_long_help = DIFF_EXAMPLES)]
+    Diff(DiffArgs),
+    /// Validate the on-disk format of an upper layer and its workdir.
+    #[command(long_about = CHECK_ABOUT, after_long_help = CHECK_EXAMPLES)]
+    Check(CheckArgs),
+    /// Print a shell completion script.
+    #[command(
+        long_about = "Print a completion script for SHELL on stdout.",
+        after_long_help = "EXAMPLES:\n    ovl completions bash > /etc/bash_completion.d/ovl\n    ovl completions zsh > \"${fpath[1]}/_ovl\"\n    ovl completions fish > ~/.config/fish/completions/ovl.fish"
+    )]
+    Completions(CompletionsArgs),
+}
+
+/// Which mount backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BackendArg {
+    /// Kernel overlay, then kernel overlay in a user namespace, then FUSE.
+    #[default]
+    Auto,
+    /// The kernel's overlay filesystem only.
+    Kernel,
+    /// ovl's own FUSE union filesystem only (the ovl-fuse program).
+    Fuse,
+}
+
+/// How the upper layer is provided (shared by `mount` and `run`).
+#[derive(Debug, Clone, Args, Default)]
+pub struct UpperArgs {
+    /// Persistent upper directory (created if missing). The workdir is managed next to it
+    /// (`.NAME.ovl-work`) unless --work is given.
+    #[arg(long, value_name = "DIR", conflicts_with = "tmp")]
+    pub upper: Option<PathBuf>,
+
+    /// Upper on a fresh tmpfs, discarded at unmount; SIZE caps it (bytes with an optional
+    /// k/m/g/t suffix, or a percentage of RAM, as tmpfs takes it: 512m, 2g, 25%).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    pub tmp: Option<String>,
+}
+
+const MOUNT_ABOUT: &str = "\
+Mount an overlay stack on TARGET and record it, so that `ovl status` lists it and `ovl umount`
+undoes everything ovl set up (a tmpfs upper, a managed workdir, a FUSE daemon).
+
+Lower layers are given bottom-first with --lower (repeatable). Then exactly one of:
+  --upper DIR    a persistent upper; the workdir is created next to it as .DIR.ovl-work
+                 (or given with --work; it must be on the same filesystem, and empty)
+  --tmp[=SIZE]   an upper on a private tmpfs, size-capped, gone at unmount
+  --read-only    no upper at all (needs at least two lowers for the kernel, like bwrap
+                 --ro-overlay; one lower is mounted as a read-only view)
+
+Kernel-style options are accepted too: -o lowerdir=TOP:...:BOTTOM,upperdir=U,workdir=W
+(note: lowerdir is TOP-first there, as mount(8) takes it; `\\:` escapes a colon and `\\,`
+a comma). Other -o options (userxattr, redirect_dir=, metacopy=, index=, volatile, ro) are
+passed to the kernel overlay.
+
+--backend auto (the default) tries the kernel overlay, then the kernel overlay inside a new
+user namespace (not usable from the calling namespace, so `ovl mount` only picks it when
+told to run a command, see `ovl run`), then FUSE. The mount stays until `ovl umount`.";
+
+const MOUNT_EXAMPLES: &str = "\
+EXAMPLES:
+    Persistent upper, workdir managed next to it:
+        ovl mount --lower /srv/base --lower /srv/app --upper /srv/changes /mnt/app
+
+    Throwaway upper capped at 256 MiB:
+        ovl mount --lower /srv/base --tmp=256m /mnt/scratch
+
+    Read-only union of two layers:
+        ovl mount --lower /srv/base --lower /srv/app --read-only /mnt/ro
+
+    mount(8)-style options, lowerdir top-first:
+        ovl mount -o lowerdir=/srv/app:/srv/base,upperdir=/srv/u,workdir=/srv/w /mnt/app
+
+    Force the FUSE backend:
+        ovl mount --backend fuse --lower /srv/base --upper /srv/changes /mnt/app";
+
+const UMOUNT_ABOUT: &str = "\
+Unmount TARGET. For mounts ovl made, also stop the FUSE daemon, unmount the tmpfs upper and
+remove the managed workdir's scratch contents, then drop the record `ovl status` lists.
+Refuses a target that is not mounted.";
+
+const STATUS_ABOUT: &str = "\
+List the overlays ovl mounted: target, backend, layers (bottom-first), upper and workdir.
+Records live under /run/ovl (root) or $XDG_RUNTIME_DIR/ovl (other users); records whose
+mount is gone from /proc/self/mountinfo are dropped.";
+
+const PROBE_ABOUT: &str = "\
+Say what works on this machine: the kernel overlay (as this user, and inside a user namespace
+with userxattr), FUSE (/dev/fuse, the ovl-fuse program, fusermount3), and optional kernel
+features (new mount API, lowerdir+, volatile, redirect_dir, metacopy). Each answer comes with
+the reason, taken from real test mounts in a temporary directory. The backend `--backend auto`
+would choose is printed last.";
+
+const RUN_ABOUT: &str = "\
+Run CMD in a private mount namespace where TARGET (default: the root with --root, else the
+directory given with --target) is covered by an overlay: the lowers (default: TARGET itself)
+under a writable upper. CMD sees the overlay; nothing else on the system does, and TARGET
+itself is never written.
+
+The upper is a tmpfs (--tmp, the default) discarded when CMD exits, unless --keep DIR copies
+the changes into DIR (DIR must not exist or be empty; progress is shown on a terminal). With
+--upper DIR the changes persist in DIR (and a later `ovl run --upper DIR` sees them again).
+
+--root makes the overlay the whole root file system of CMD: the root filesystem (without the
+filesystems mounted below it) is the lower, CMD is chrooted into the overlay, and /dev, /proc and
+/sys are bound in from the host. As a non-root user --root needs the FUSE backend: the kernel
+refuses, inside a user namespace, a lower that has other filesystems mounted below it.
+
+Works for non-root users: ovl enters a new user namespace (mapping the caller to root inside,
+like `unshare -r`) and mounts the kernel overlay with userxattr, or falls back to FUSE. Files
+of other users (e.g. root's in /usr) show up as owned by nobody there, and root inside cannot
+change them: give such a user a target they own, or use the FUSE backend.
+
+The exit status is CMD's.";
+
+const RUN_EXAMPLES: &str = "\
+EXAMPLES:
+    Test a change to /usr; the host's /usr is untouched afterwards:
+        ovl run --tmp --target /usr -- sh -c 'touch /usr/share/ovl-was-here && ls /usr/share/ovl-was-here'
+
+    Keep what a build installed into /usr/local:
+        ovl run --target /usr/local --keep ./usr-local-changes -- make install
+
+    A throwaway root file system, changes kept in ./state across runs:
+        ovl run --root --upper ./state -- sh
+
+    Extra layers on top of /opt (bottom-first, /opt itself is not a lower then):
+        ovl run --target /opt --lower /opt --lower ./plugin-layer -- ls /opt";
+
+const DIFF_ABOUT: &str = "\
+List the paths an upper layer changes, one per line like `docker diff`:
+  A PATH    added (not in the lowers)
+  C PATH    changed (exists in the lowers; directories that hold changes count as C)
+  D PATH    deleted (a whiteout: character device 0/0, or an opaque directory hiding lower entries)
+
+The upper is read on disk without mounting (do not run it against an upper that is mounted
+read-write). Paths are absolute, as seen in the merged view, sorted.
+
+With --lower (bottom-first, repeatable) ovl resolves each path in the merged lowers the way
+the kernel does (whiteouts, opaque directories, redirects), so A and C are exact, whiteouts
+that hide nothing are skipped, and for an opaque directory each hidden lower entry is listed
+as D.
+
+Without --lower, ovl only has the upper to go by:
+  - a whiteout is D;
+  - a non-directory is C if it carries an overlay.origin record (the kernel writes one when it
+    copies a file up from a lower), else A; so a lower file deleted and re-created shows as A;
+  - a directory is C (opaque directories replaced something in the lowers; other directories
+    are most often parents copied up to hold a change); so a brand-new directory shows as C,
+    and its new children as A;
+  - a directory renamed through the overlay (it carries overlay.redirect) is A, and so is all
+    of it that the upper holds; with --lower, the content it brings from its old place in the
+    lowers is listed as A too (its old path is a whiteout, D).
+
+Overlay xattrs are read from both trusted.overlay.* and user.overlay.* (the namespace of an
+unprivileged stack); trusted.* can only be read by root.";
+
+const DIFF_EXAMPLES: &str = "\
+EXAMPLES:
+    ovl diff --lower /srv/base /srv/changes
+    ovl diff /srv/changes
+    ovl diff --json --lower /srv/base /srv/changes | jq -r '.changes[] | select(.kind == \"D\") | .path'
+    ovl diff --aufs ~/.local/share/containers/storage/overlay/ID/diff";
+
+const CHECK_ABOUT: &str = "\
+Validate an upper layer (and its workdir) without mounting. Each finding is one line:
+  SEVERITY PATH: what is wrong [code]
+
+Errors (the kernel would misread or refuse the layers):
+  xattr-namespace     overlay xattrs of the wrong namespace (user.overlay.* on a trusted stack or
+                      trusted.overlay.* on a user stack), or both namespaces mixed
+  whiteout-device     a .wh.* character device whose device number is not 0/0
+  opaque-not-dir      an overlay.opaque xattr on something that is not a directory
+  upper-on-overlay    the upper directory is itself on an overlay filesystem
+  work-foreign        the workdir holds something other than the overlay's work/ and index/
+  work-volatile       the workdir holds incompat/volatile: a volatile mount was not cleanly
+                      unmounted, the kernel refuses this upper until upper and work are recreated
+  work-placement      workdir and upper are nested or on different filesystems
+Warnings:
+  whiteout-in-opaque  a whiteout inside an opaque directory (redundant: the opaque directory
+                      already hides every lower entry)
+  whiteout-named-wh   a whiteout named .wh.NAME (it hides a lower `.wh.NAME`, not NAME)
+  aufs-whiteout       a .wh.NAME file: an AUFS/OCI/fuse-overlayfs whiteout that the kernel shows as a
+                      plain file
+  aufs-opaque         a .wh..wh..opq file: an AUFS/fuse-overlayfs opaque marker that the kernel ignores
+  fuse-overlayfs-xattr  user.fuseoverlayfs.* xattrs, which only fuse-overlayfs understands
+  opaque-value        overlay.opaque with a value other than `y` (`x` only works in lower layers)
+  xwhiteout-in-upper  an overlay.whiteout xattr in an upper (xwhiteouts only work in lower layers)
+  redirect            overlay.redirect: mount with redirect_dir=on (or follow) to see renamed dirs
+  metacopy            overlay.metacopy: mount with metacopy=on, or the file's data is missing
+  work-stray          leftovers in work/work from an interrupted copy-up (the kernel removes them
+                      at the next mount)
+  upper-mounted       the upper is in use by a mounted overlay right now
+
+Without --work, the managed workdir next to the upper (.NAME.ovl-work) is checked if it exists.
+
+The exit status tells the result: 0 clean, 3 only warnings, 4 errors, 1 could not check.";
+
+const CHECK_EXAMPLES: &str = "\
+EXAMPLES:
+    ovl check /srv/changes
+    ovl check /srv/changes --work /srv/work
+    ovl check --xattr user ~/upper || echo \"upper needs attention\"
+    ovl check --json /srv/changes";
+
+/// `ovl mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// A lower layer; repeat for more, bottom-first.
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lowers: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub upper: UpperArgs,
+
+    /// Workdir for --upper (same filesystem as the upper, empty).
+    #[arg(long, value_name = "DIR", requires = "upper")]
+    pub work: Option<PathBuf>,
+
+    /// No upper layer: a read-only union of the lowers.
+    #[arg(long, conflicts_with_all = ["upper", "tmp", "work"])]
+    pub read_only: bool,
+
+    /// Kernel-style options: lowerdir=TOP:..:BOTTOM,upperdir=U,workdir=W and overlay options.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// Which backend mounts the stack.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+
+    /// The mount point.
+    #[arg(value_name = "TARGET")]
+    pub target: PathBuf,
+}
+
+/// `ovl umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// Detach now, clean up when the mount is no longer busy (MNT_DETACH).
+    #[arg(long, short = 'l')]
+    pub lazy: bool,
+    /// The mount point.
+    #[arg(value_name = "TARGET")]
+    pub target: PathBuf,
+}
+
+/// `ovl status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (an array of mounts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ovl probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ovl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A lower layer; repeat for more, bottom-first. Default: the target directory itself.
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lowers: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub upper: UpperArgs,
+
+    /// After CMD exits, copy the changes of the throwaway upper into DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "upper")]
+    pub keep: Option<PathBuf>,
+
+    /// The directory to cover with the overlay (e.g. /usr).
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "root",
+        required_unless_present = "root"
+    )]
+    pub target: Option<PathBuf>,
+
+    /// Cover the whole root file system and make the overlay CMD's root.
+    #[arg(long)]
+    pub root: bool,
+
+    /// Which backend mounts the stack.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+
+    /// The command and its arguments (after `--`).
+    #[arg(value_name = "CMD", required = true, last = true)]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `ovl diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// A lower layer the upper sits on; repeat for more, bottom-first.
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lowers: Vec<PathBuf>,
+
+    /// Also read AUFS/OCI whiteouts (.wh.NAME files, .wh..wh..opq) and fuse-overlayfs's
+    /// user.fuseoverlayfs.opaque, as fuse-overlayfs and OCI layer directories use them.
+    #[arg(long)]
+    pub aufs: bool,
+
+    /// Print JSON: {"exact": bool, "changes": [{"kind": "A", "path": "/x"}, ...]}.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The upper layer directory.
+    #[arg(value_name = "UPPER")]
+    pub upper: PathBuf,
+}
+
+/// Which xattr namespace a stack uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum XattrArg {
+    /// Whichever namespace the layer uses; both at once is an error.
+    #[default]
+    Auto,
+    /// trusted.overlay.* (stacks mounted by root).
+    Trusted,
+    /// user.overlay.* (stacks mounted with userxattr, e.g. in a user namespace).
+    User,
+}
+
+/// `ovl check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The workdir that belongs to the upper.
+    #[arg(long, value_name = "WORK")]
+    pub work: Option<PathBuf>,
+
+    /// The xattr namespace the stack is mounted with.
+    #[arg(long, value_enum, default_value_t = XattrArg::Auto)]
+    pub xattr: XattrArg,
+
+    /// Print JSON: {"findings": [...], "errors": N, "warnings": N, ...}.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The upper layer directory.
+    #[arg(value_name = "UPPER")]
+    pub upper: PathBuf,
+}
+
+/// `ovl completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tmp_takes_an_optional_size() {
+        let c = Cli::try_parse_from(["ovl", "mount", "--lower", "a", "--tmp", "t"]).unwrap();
+        let Command::Mount(m) = c.command else {
+            panic!()
+        };
+        assert_eq!(m.upper.tmp.as_deref(), Some(""));
+        assert_eq!(m.target, PathBuf::from("t"));
+        let c = Cli::try_parse_from(["ovl", "mount", "--lower", "a", "--tmp=1g", "t"]).unwrap();
+        let Command::Mount(m) = c.command else {
+            panic!()
+        };
+        assert_eq!(m.upper.tmp.as_deref(), Some("1g"));
+    }
+
+    #[test]
+    fn upper_conflicts_with_tmp_and_read_only() {
+        assert!(Cli::try_parse_from(["ovl", "mount", "--upper", "u", "--tmp", "t"]).is_err());
+        assert!(Cli::try_parse_from(["ovl", "mount", "--upper", "u", "--read-only", "t"]).is_err());
+        assert!(Cli::try_parse_from([
+            "ovl", "run", "--upper", "u", "--keep", "k", "--root", "--", "x"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_dashes() {
+        let c = Cli::try_parse_from(["ovl", "run", "--target", "/usr", "--", "sh", "-c", "true"])
+            .unwrap();
+        let Command::Run(r) = c.command else { panic!() };
+        assert_eq!(r.command, ["sh", "-c", "true"]);
+        assert!(
+            Cli::try_parse_from(["ovl", "run", "--", "sh"]).is_err(),
+            "target or root"
+        );
+    }
+}

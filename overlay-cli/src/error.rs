@@ -1,0 +1,79 @@
+//! The CLI's error type: each error prints as one line, `ovl: <path>: <cause>`.
+
+use std::path::{Path, PathBuf};
+
+/// An error `ovl` reports before exiting.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Something went wrong with a path.
+    #[error("{}: {cause}", path.display())]
+    Path {
+        /// The path concerned.
+        path: PathBuf,
+        /// What went wrong, in words.
+        cause: String,
+    },
+    /// A problem not tied to one path (bad option value, missing program).
+    #[error("{0}")]
+    Message(String),
+}
+
+impl CliError {
+    /// An error about `path`.
+    pub fn path(path: impl AsRef<Path>, cause: impl Into<String>) -> Self {
+        CliError::Path {
+            path: path.as_ref().to_path_buf(),
+            cause: cause.into(),
+        }
+    }
+
+    /// An error about `path` caused by an I/O error.
+    pub fn io(path: impl AsRef<Path>, what: &str, e: std::io::Error) -> Self {
+        Self::path(path, format!("{what}: {}", describe(&e)))
+    }
+
+    /// An error not tied to a path.
+    pub fn msg(m: impl Into<String>) -> Self {
+        CliError::Message(m.into())
+    }
+}
+
+impl CliError {
+    /// Convert a facade error; errors that name no path are reported against `context`.
+    pub fn from_overlay(e: overlay::Error, context: &Path) -> Self {
+        use overlay::core::Error as E;
+        match e {
+            overlay::Error::Core(E::Io { op, path, source }) => {
+                CliError::path(path, format!("{op}: {}", describe(&source)))
+            }
+            overlay::Error::Core(E::InvalidStack { path, reason })
+                if !path.as_os_str().is_empty() =>
+            {
+                CliError::path(path, reason)
+            }
+            overlay::Error::Core(E::Mount { path, detail, .. }) => CliError::path(path, detail),
+            overlay::Error::Core(E::Unsupported { op, path, reason }) => {
+                CliError::path(path, format!("{op}: not possible here: {reason}"))
+            }
+            overlay::Error::Core(E::Format { path, reason }) => CliError::path(path, reason),
+            overlay::Error::Core(E::OptionConflict(m)) => {
+                CliError::path(context, format!("conflicting overlay options: {m}"))
+            }
+            overlay::Error::NoBackend { target, reasons } => CliError::path(
+                target,
+                format!("no backend could mount it: {}", reasons.join("; ")),
+            ),
+            overlay::Error::Fuse { target, reason } => CliError::path(target, reason),
+            other => CliError::path(context, other.to_string()),
+        }
+    }
+}
+
+/// An I/O error in words, without the "(os error N)" suffix std adds.
+pub fn describe(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}

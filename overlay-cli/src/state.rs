@@ -1,0 +1,224 @@
+//! The small registry of mounts `ovl mount` made, so `ovl status` can list them and
+//! `ovl umount` can undo all of it.
+//!
+//! One JSON file per mount under `/run/ovl/mounts/` (root) or `$XDG_RUNTIME_DIR/ovl/mounts/`
+//! (other users; `/tmp/ovl-<uid>/mounts/` without a runtime dir). Records are cross-checked
+//! against `/proc/self/mountinfo`: a record whose mount is gone is dropped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CliError;
+use crate::mountinfo::MountInfo;
+
+/// What `ovl mount` recorded about one mount.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountRecord {
+    /// Mount point (absolute, canonical).
+    pub target: PathBuf,
+    /// `kernel` or `fuse`.
+    pub backend: String,
+    /// Why this backend was chosen.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// Lower layers, bottom-first.
+    pub lowers: Vec<PathBuf>,
+    /// Upper layer, if any.
+    pub upper: Option<PathBuf>,
+    /// Workdir, if any.
+    pub work: Option<PathBuf>,
+    /// True when ovl created the workdir next to the upper.
+    #[serde(default)]
+    pub managed_work: bool,
+    /// Mount point of the tmpfs holding upper and work (`--tmp`), unmounted and removed at
+    /// `ovl umount`.
+    pub tmpfs: Option<PathBuf>,
+    /// Process id of the FUSE daemon.
+    pub fuse_pid: Option<u32>,
+    /// Mount ID from mountinfo at mount time.
+    pub mount_id: u64,
+    /// Filesystem type in mountinfo (`overlay`, `fuse.ovl-fuse`).
+    pub fstype: String,
+    /// Extra options given.
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+/// The registry directory for the current user.
+pub fn registry_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("OVL_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/ovl");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("ovl"),
+        _ => PathBuf::from(format!("/tmp/ovl-{}", rustix::process::geteuid().as_raw())),
+    }
+}
+
+/// The registry.
+pub struct Registry {
+    dir: PathBuf,
+}
+
+/// File name of a record: the target with `/` escaped, so one mount point has one record.
+fn record_name(target: &Path) -> String {
+    let mut s = String::new();
+    for b in target.as_os_str().as_encoded_bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => s.push(*b as char),
+            _ => s.push_str(&format!("%{b:02X}")),
+        }
+    }
+    s.push_str(".json");
+    s
+}
+
+impl Registry {
+    /// The registry of this user.
+    pub fn open() -> Self {
+        Registry {
+            dir: registry_dir(),
+        }
+    }
+
+    fn mounts_dir(&self) -> PathBuf {
+        self.dir.join("mounts")
+    }
+
+    /// Directory for ovl-owned scratch space (tmpfs uppers), created 0700.
+    pub fn scratch_dir(&self) -> Result<PathBuf, CliError> {
+        let d = self.dir.join("tmp");
+        create_private_dir(&d)?;
+        Ok(d)
+    }
+
+    /// Store a record (replacing one for the same target).
+    pub fn save(&self, rec: &MountRecord) -> Result<(), CliError> {
+        let dir = self.mounts_dir();
+        create_private_dir(&dir)?;
+        let path = dir.join(record_name(&rec.target));
+        let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+        let data = serde_json::to_vec_pretty(rec).expect("records serialize");
+        let mut f = std::fs::File::create(&tmp)
+            .map_err(|e| CliError::io(&tmp, "cannot write mount record", e))?;
+        f.write_all(&data)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| CliError::io(&tmp, "cannot write mount record", e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| CliError::io(&path, "cannot write mount record", e))
+    }
+
+    /// The record for `target`, if any.
+    pub fn get(&self, target: &Path) -> Option<MountRecord> {
+        let path = self.mounts_dir().join(record_name(target));
+        let data = std::fs::read(path).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// Drop the record for `target`.
+    pub fn remove(&self, target: &Path) -> Result<(), CliError> {
+        let path = self.mounts_dir().join(record_name(target));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(CliError::io(&path, "cannot remove mount record", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// All records whose mount still exists; stale ones are removed (unreadable files are
+    /// skipped with a log line).
+    pub fn live(&self, mounts: &[MountInfo]) -> Vec<MountRecord> {
+        let Ok(rd) = std::fs::read_dir(self.mounts_dir()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for ent in rd.flatten() {
+            let p = ent.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let rec: MountRecord = match std::fs::read(&p)
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+            {
+                Some(r) => r,
+                None => {
+                    tracing::warn!("ignoring unreadable mount record {}", p.display());
+                    continue;
+                }
+            };
+            if is_live(&rec, mounts) {
+                out.push(rec);
+            } else {
+                tracing::info!(
+                    "mount on {} is gone; dropping its record",
+                    rec.target.display()
+                );
+                cleanup_stale(&rec, mounts);
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        out.sort_by(|a, b| a.target.cmp(&b.target));
+        out
+    }
+}
+
+/// Is the mount a record describes still there (same mount ID at the same place)?
+pub fn is_live(rec: &MountRecord, mounts: &[MountInfo]) -> bool {
+    mounts
+        .iter()
+        .any(|m| m.id == rec.mount_id && m.mount_point == rec.target)
+}
+
+/// A stale record may leave a tmpfs upper mounted (the overlay was unmounted by hand):
+/// release it.
+fn cleanup_stale(rec: &MountRecord, mounts: &[MountInfo]) {
+    if let Some(t) = &rec.tmpfs {
+        if mounts.iter().any(|m| &m.mount_point == t) {
+            let _ = rustix::mount::unmount(t, rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = std::fs::remove_dir(t);
+    }
+}
+
+fn create_private_dir(d: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(CliError::io(d, "cannot create state directory", e)),
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_names_are_unique_per_target() {
+        assert_eq!(record_name(Path::new("/mnt/a b")), "%2Fmnt%2Fa%20b.json");
+        assert_ne!(
+            record_name(Path::new("/mnt/a-b")),
+            record_name(Path::new("/mnt/a/b"))
+        );
+    }
+}

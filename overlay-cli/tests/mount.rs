@@ -1,0 +1,335 @@
+//! `ovl mount`, `ovl umount`, `ovl status`, `ovl probe` against real mounts.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `ovl` with a private state directory, so tests do not see each other's records.
+fn ovl_state(state: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(ovl_bin())
+        .args(args)
+        .env("OVL_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run ovl")
+}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new($a)),*] };
+}
+
+/// Unmounts whatever is still mounted on the target when the test ends (also on panic).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        while is_mounted(&self.0) {
+            if rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn root_or_skip() -> bool {
+    if !is_root() {
+        skip_or_fail("ovl mount in the caller's namespace needs root");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn mount_tmp_status_umount() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "base/etc/a", "base");
+    write(r, "base/etc/b", "base");
+    write(r, "patch/etc/a", "patch");
+    mkdirs(r, &["m", "state"]);
+    let m = r.join("m");
+    let _c = Cleanup(m.clone());
+    let state = r.join("state");
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            r.join("base").as_os_str(),
+            "--lower",
+            r.join("patch").as_os_str(),
+            "--tmp=8m",
+            m.as_os_str()
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(is_mounted(&m));
+    // Bottom-first: patch is above base.
+    assert_eq!(std::fs::read_to_string(m.join("etc/a")).unwrap(), "patch");
+    assert_eq!(std::fs::read_to_string(m.join("etc/b")).unwrap(), "base");
+    std::fs::write(m.join("etc/new"), "x").unwrap();
+    assert!(!r.join("base/etc/new").exists() && !r.join("patch/etc/new").exists());
+
+    let o = ovl_state(&state, args!["status", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let recs = v.as_array().unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["target"], m.to_str().unwrap());
+    assert_eq!(recs[0]["backend"], "kernel");
+    assert_eq!(recs[0]["lowers"][1], r.join("patch").to_str().unwrap());
+    let tmpfs = PathBuf::from(recs[0]["tmpfs"].as_str().unwrap());
+    assert!(is_mounted(&tmpfs));
+    let text = stdout(&ovl_state(&state, args!["status"]));
+    assert!(text.contains("lowers (bottom-first)"), "{text}");
+
+    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!is_mounted(&m));
+    assert!(
+        !is_mounted(&tmpfs) && !tmpfs.exists(),
+        "tmpfs upper released"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ovl_state(&state, args!["status", "--json"]).stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 0);
+    // Unmounting again is an error naming the path.
+    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with(&format!("ovl: {}: ", m.display())),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn mount_kernel_style_options_and_persistent_upper() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "bottom/f", "bottom");
+    write(r, "top/f", "top");
+    mkdirs(r, &["m", "u", "w", "state"]);
+    let m = r.join("m");
+    let _c = Cleanup(m.clone());
+    let state = r.join("state");
+    let opt = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        r.join("top").display(),
+        r.join("bottom").display(),
+        r.join("u").display(),
+        r.join("w").display()
+    );
+    let o = ovl_state(&state, args!["mount", "-o", &opt, m.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // lowerdir is top-first.
+    assert_eq!(std::fs::read_to_string(m.join("f")).unwrap(), "top");
+    std::fs::write(m.join("g"), "written").unwrap();
+    // A second mount on the same target is refused.
+    let o = ovl_state(&state, args!["mount", "-o", &opt, m.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("already has an overlay mounted"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(r.join("u/g")).unwrap(), "written");
+
+    // --upper with the managed workdir, remounted: the change is still there.
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            r.join("bottom").as_os_str(),
+            "--upper",
+            r.join("u2").as_os_str(),
+            m.as_os_str()
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(m.join("f"), "changed").unwrap();
+    assert!(ovl_state(&state, args!["umount", m.as_os_str()])
+        .status
+        .success());
+    assert!(
+        r.join(".u2.ovl-work").is_dir(),
+        "managed workdir next to the upper"
+    );
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            r.join("bottom").as_os_str(),
+            "--upper",
+            r.join("u2").as_os_str(),
+            m.as_os_str()
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(m.join("f")).unwrap(), "changed");
+    assert!(ovl_state(&state, args!["umount", m.as_os_str()])
+        .status
+        .success());
+    assert_eq!(
+        std::fs::read_to_string(r.join("bottom/f")).unwrap(),
+        "bottom"
+    );
+}
+
+#[test]
+fn stale_records_disappear_from_status() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "l/f", "f");
+    mkdirs(r, &["m", "state"]);
+    let m = r.join("m");
+    let _c = Cleanup(m.clone());
+    let state = r.join("state");
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            r.join("l").as_os_str(),
+            "--read-only",
+            m.as_os_str()
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::write(m.join("x"), "x").is_err(), "read-only");
+    // Unmounted behind ovl's back.
+    rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&ovl_state(&state, args!["status", "--json"]).stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 0);
+    assert_eq!(std::fs::read_dir(state.join("mounts")).unwrap().count(), 0);
+}
+
+#[test]
+fn mount_with_the_fuse_backend() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "a/x", "a");
+    write(r, "b/x", "b");
+    mkdirs(r, &["m", "state"]);
+    let m = r.join("m");
+    let _c = Cleanup(m.clone());
+    let state = r.join("state");
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--backend",
+            "fuse",
+            "--lower",
+            r.join("a").as_os_str(),
+            "--lower",
+            r.join("b").as_os_str(),
+            "--upper",
+            r.join("u").as_os_str(),
+            m.as_os_str()
+        ],
+    );
+    if !o.status.success() {
+        return skip_or_fail(&format!("FUSE mount failed: {}", stderr(&o)));
+    }
+    assert_eq!(std::fs::read_to_string(m.join("x")).unwrap(), "b");
+    std::fs::write(m.join("y"), "y").unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&ovl_state(&state, args!["status", "--json"]).stdout).unwrap();
+    assert_eq!(v[0]["backend"], "fuse");
+    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!is_mounted(&m));
+    assert_eq!(std::fs::read_to_string(r.join("u/y")).unwrap(), "y");
+}
+
+#[test]
+fn mount_usage_errors() {
+    let t = open_tempdir();
+    let r = t.path();
+    mkdirs(r, &["l", "m"]);
+    let state = r.join("state");
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            r.join("l").as_os_str(),
+            r.join("m").as_os_str()
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--upper DIR, --tmp[=SIZE] or --read-only"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            "x",
+            "-o",
+            "lowerdir=y",
+            "--read-only",
+            r.join("m").as_os_str()
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let o = ovl_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            r.join("l").as_os_str(),
+            "--tmp=lots",
+            r.join("m").as_os_str()
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a size"), "{}", stderr(&o));
+}
+
+#[test]
+fn probe_says_what_works() {
+    let o = ovl(["probe"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(
+        s.contains("kernel-userns") && s.contains("would use"),
+        "{s}"
+    );
+    let o = ovl(["probe", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        v["auto_mount"].is_string() && v["auto_run"].is_string(),
+        "{v}"
+    );
+    assert!(v["reasons"].as_array().is_some_and(|a| !a.is_empty()));
+    if is_root() && std::env::var("CI").as_deref() == Ok("true") {
+        assert_eq!(
+            v["auto_mount"], "kernel",
+            "root in CI can mount the kernel overlay"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! Every `unsafe` block of this crate lives here, each with a `// SAFETY:` comment.
+//!
+//! The module is split into sections, one per subsystem that needs raw system calls. Add new
+//! sections at the end rather than mixing them.
+
+// ============================================================================================
+// Section: kernel mount backend (mount/): loop devices, namespaces, forked children.
+// ============================================================================================
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::mount::child::ChildPlan;
+
+/// `LOOP_CTL_GET_FREE` on `/dev/loop-control` (linux/loop.h).
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+/// `LOOP_CONFIGURE` on `/dev/loopN` (Linux 5.8).
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+/// `LOOP_CLR_FD` on `/dev/loopN`.
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+
+/// `LO_FLAGS_READ_ONLY`.
+pub(crate) const LO_FLAGS_READ_ONLY: u32 = 1;
+/// `LO_FLAGS_AUTOCLEAR`: the device detaches itself when its last user goes away.
+pub(crate) const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// `struct loop_info64` (linux/loop.h).
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` (linux/loop.h).
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Ask `/dev/loop-control` for the number of a free loop device.
+pub(crate) fn loop_ctl_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and only returns an int; the fd is valid for
+    // the duration of the call (borrowed).
+    let r = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as u32)
+}
+
+/// Attach `backing` to the loop device `loop_dev` in one step (`LOOP_CONFIGURE`).
+pub(crate) fn loop_configure(
+    loop_dev: BorrowedFd<'_>,
+    backing: BorrowedFd<'_>,
+    flags: u32,
+    file_name: &[u8],
+) -> io::Result<()> {
+    let mut info = LoopInfo64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: flags,
+        lo_file_name: [0; 64],
+        lo_crypt_name: [0; 64],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    };
+    let n = file_name.len().min(63);
+    info.lo_file_name[..n].copy_from_slice(&file_name[..n]);
+    let cfg = LoopConfig {
+        fd: backing.as_raw_fd() as u32,
+        block_size: 0,
+        info,
+        reserved: [0; 8],
+    };
+    // SAFETY: `cfg` is a fully initialised `struct loop_config` that outlives the call; the
+    // kernel only reads it. Both fds are valid (borrowed) for the duration of the call.
+    let r = unsafe { libc::ioctl(loop_dev.as_raw_fd(), LOOP_CONFIGURE as _, &cfg) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Detach a loop device (used to undo a configure whose mount then failed).
+pub(crate) fn loop_clear(loop_dev: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: LOOP_CLR_FD takes no argument; the fd is valid (borrowed).
+    let r = unsafe { libc::ioctl(loop_dev.as_raw_fd(), LOOP_CLR_FD as _, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unshare(CLONE_NEWNS)`, plus `CLONE_NEWUSER` when `user` is true.
+pub(crate) fn unshare_mount_namespace(user: bool) -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    let mut flags = UnshareFlags::NEWNS;
+    if user {
+        flags |= UnshareFlags::NEWUSER;
+    }
+    // SAFETY: rustix marks unshare unsafe because CLONE_FILES / CLONE_FS can invalidate
+    // assumptions other threads make about the shared fd table or cwd. We only pass
+    // CLONE_NEWNS and CLONE_NEWUSER, which affect namespaces only, and only call this in a
+    // freshly forked single-threaded child.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(|e| e.into())
+}
+
+/// Run `plan` in the child created by `cmd.spawn()`, between fork and exec.
+///
+/// [`ChildPlan::run`] is written to be async-signal-safe: it only issues system calls on
+/// data prepared before the fork (C strings, open fds, preformatted buffers) and never
+/// allocates, locks or touches thread-local state.
+pub(crate) fn pre_exec_plan(cmd: &mut Command, plan: Arc<ChildPlan>) {
+    // SAFETY: the closure runs in the forked child of a possibly multi-threaded parent, where
+    // only async-signal-safe operations are allowed. `ChildPlan::run` upholds that (see its
+    // documentation): raw syscalls through rustix on pre-built data, no allocation. Cloning
+    // an `Arc` is not needed (we borrow it), and the returned io::Error is built from a raw
+    // errno, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || plan.run().map_err(io::Error::from_raw_os_error));
+    }
+}
+
+/// Fork a child that runs `plan` and exits; wait for it. Returns the errno the plan failed
+/// with (`Ok(None)` when it succeeded).
+pub(crate) fn fork_plan(plan: &ChildPlan) -> io::Result<Option<i32>> {
+    // SAFETY: fork() in a possibly multi-threaded process: the child only runs
+    // `ChildPlan::run` (async-signal-safe, see `pre_exec_plan`) and then `_exit`, which skips
+    // atexit handlers and stdio flushing.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code = match plan.run() {
+            Ok(()) => 0,
+            Err(errno) => errno.clamp(1, 255),
+        };
+        // SAFETY: `_exit` is async-signal-safe and never returns.
+        unsafe { libc::_exit(code) };
+    }
+    let pid = rustix::process::Pid::from_raw(pid).expect("fork returned a positive pid");
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return Ok(if code == 0 { None } else { Some(code) });
+                }
+                if status.signaled() {
+                    return Ok(Some(libc::EINTR));
+                }
+            }
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+// ============================================================================================
+// End of section: kernel mount backend.
+// ============================================================================================
+// Section: union engine (engine/): file handles for `overlay.origin`, filesystem UUIDs.
+// ============================================================================================
+
+/// Largest file handle we accept (`MAX_HANDLE_SZ`).
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for `MAX_HANDLE_SZ` bytes of handle.
+#[repr(C)]
+struct FileHandleBuf {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// `name_to_handle_at(dir, name, ..., 0)`: the file handle (type, bytes) of `name` in `dir`
+/// (the final component is not followed).
+pub(crate) fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(i32, Vec<u8>)> {
+    let cname =
+        CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut fh = FileHandleBuf {
+        handle_bytes: MAX_HANDLE_SZ as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `fh` is a valid `struct file_handle` whose `handle_bytes` states the size of the
+    // trailing buffer; `cname` is NUL-terminated; `mount_id` is a valid out-pointer. All live
+    // for the duration of the call.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            (&mut fh as *mut FileHandleBuf).cast::<libc::file_handle>(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = (fh.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok((fh.handle_type, fh.f_handle[..n].to_vec()))
+}
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH)`: open the object a file handle names on the
+/// filesystem of `mount_fd`. Needs CAP_DAC_READ_SEARCH.
+pub(crate) fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle_type: i32,
+    handle: &[u8],
+) -> io::Result<OwnedFd> {
+    if handle.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut fh = FileHandleBuf {
+        handle_bytes: handle.len() as libc::c_uint,
+        handle_type,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    fh.f_handle[..handle.len()].copy_from_slice(handle);
+    // SAFETY: `fh` is a valid `struct file_handle` with `handle_bytes` bytes of handle data
+    // in its trailing buffer, alive for the call.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (&mut fh as *mut FileHandleBuf).cast::<libc::file_handle>(),
+            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel as a new, open descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct fsuuid2` of `FS_IOC_GETFSUUID`.
+#[repr(C)]
+struct FsUuid2 {
+    len: u8,
+    uuid: [u8; 16],
+}
+
+/// `FS_IOC_GETFSUUID` = `_IOR(0x15, 0, struct fsuuid2)`.
+const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+
+/// The UUID of the filesystem holding `fd` (`sb->s_uuid`), as the kernel puts into file
+/// handles of `overlay.origin`. Filesystems without one report zeros.
+pub(crate) fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
+    let mut u = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    // SAFETY: FS_IOC_GETFSUUID writes at most `size_of::<FsUuid2>()` bytes into `u`, which is
+    // a valid, exclusively borrowed `struct fsuuid2`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut u as *mut FsUuid2) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = [0u8; 16];
+    let n = (u.len as usize).min(16);
+    out[..n].copy_from_slice(&u.uuid[..n]);
+    Ok(out)
+}

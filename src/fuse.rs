@@ -1,0 +1,223 @@
+//! The FUSE backend: start the `ovl-fuse` daemon (fuse-overlayfs compatible command line)
+//! and unmount it again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use overlay_core::mount::mountinfo::read_mountinfo;
+
+use crate::{Error, PreparedUpper, Request, Result};
+
+/// The `ovl-fuse` program: `$OVL_FUSE`, next to the running executable, or in `PATH`.
+pub(crate) fn find_program() -> std::result::Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("OVL_FUSE") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // Next to us, or (tests: target/debug/deps/x) one directory up.
+        for dir in exe.ancestors().skip(1).take(2) {
+            let p = dir.join("ovl-fuse");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join("ovl-fuse");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(
+        "the ovl-fuse program was not found (set OVL_FUSE, or install it next to ovl or in PATH)"
+            .into(),
+    )
+}
+
+/// Escape a path for a fuse-overlayfs `-o` value (`\`, `,` and `:` get a backslash).
+fn escape(p: &Path) -> String {
+    let mut s = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, '\\' | ',' | ':') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
+fn fuse_mounted_at(target: &Path) -> bool {
+    read_mountinfo()
+        .map(|v| {
+            v.iter()
+                .any(|m| m.mount_point == target && m.fstype.starts_with("fuse"))
+        })
+        .unwrap_or(false)
+}
+
+/// A mount served by an `ovl-fuse` daemon; unmounted (the daemon then exits) on drop.
+#[derive(Debug)]
+pub(crate) struct FuseMount {
+    target: PathBuf,
+    armed: bool,
+}
+
+impl FuseMount {
+    pub(crate) fn start(
+        req: &Request,
+        lowers: &[PathBuf],
+        upper: &PreparedUpper,
+        target: &Path,
+    ) -> Result<FuseMount> {
+        let fail = |reason: String| Error::Fuse {
+            target: target.to_path_buf(),
+            reason,
+        };
+        let prog = find_program().map_err(fail)?;
+        let lowers: Vec<String> = lowers
+            .iter()
+            .rev()
+            .map(|l| {
+                std::fs::canonicalize(l)
+                    .map(|p| escape(&p))
+                    .map_err(|e| fail(format!("lower layer {}: {e}", l.display())))
+            })
+            .collect::<Result<_>>()?;
+        let mut opts = format!("lowerdir={}", lowers.join(":"));
+        if let Some((u, w)) = &upper.upper {
+            opts.push_str(&format!(",upperdir={},workdir={}", escape(u), escape(w)));
+        }
+        if !overlay_core::mount::has_cap_sys_admin_in_initial_namespace() {
+            opts.push_str(",userxattr");
+        }
+        if req.options.read_only {
+            opts.push_str(",ro");
+        }
+        let log = match &req.fuse_log {
+            Some(p) => p.clone(),
+            None => std::env::temp_dir().join(format!("ovl-fuse-{}.log", std::process::id())),
+        };
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| fail(format!("log file {}: {e}", log.display())))?;
+        let errf = logf
+            .try_clone()
+            .map_err(|e| fail(format!("log file {}: {e}", log.display())))?;
+        tracing::debug!("starting {} -o {opts} {}", prog.display(), target.display());
+        let start_len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let status = Command::new(&prog)
+            .arg("-o")
+            .arg(&opts)
+            .arg(target)
+            .stdin(Stdio::null())
+            .stdout(logf)
+            .stderr(errf)
+            .env("OVL_FUSE_LOG_FILE", &log)
+            .status()
+            .map_err(|e| fail(format!("cannot run {}: {e}", prog.display())))?;
+        let read_log = || {
+            let all = std::fs::read(&log).unwrap_or_default();
+            let s = String::from_utf8_lossy(&all[(start_len as usize).min(all.len())..])
+                .trim()
+                .to_string();
+            if req.fuse_log.is_none() {
+                let _ = std::fs::remove_file(&log);
+            }
+            s
+        };
+        if !status.success() {
+            let msg = read_log();
+            return Err(fail(format!(
+                "{} exited with {status}{}{}",
+                prog.display(),
+                if msg.is_empty() { "" } else { ": " },
+                msg
+            )));
+        }
+        // The daemon reports readiness before its parent exits; confirm in mountinfo.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fuse_mounted_at(target) {
+            if Instant::now() > deadline {
+                let msg = read_log();
+                return Err(fail(format!("the FUSE mount did not appear: {msg}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if req.fuse_log.is_none() {
+            // The daemon keeps the file open; the name is not needed.
+            let _ = std::fs::remove_file(&log);
+        }
+        Ok(FuseMount {
+            target: target.to_path_buf(),
+            armed: true,
+        })
+    }
+
+    /// Unmount; the daemon exits when its mount is gone.
+    pub(crate) fn release(&mut self) -> Result<()> {
+        if !self.armed {
+            return Ok(());
+        }
+        self.armed = false;
+        unmount_fuse(&self.target, false)
+    }
+
+    /// Leave the mount; returns no pid (the daemon detached itself).
+    pub(crate) fn keep(mut self) -> u32 {
+        self.armed = false;
+        0
+    }
+}
+
+/// Unmount a FUSE mount: `umount2` when allowed, else `fusermount3 -u`.
+pub(crate) fn unmount_fuse(target: &Path, lazy: bool) -> Result<()> {
+    let mut flags = rustix::mount::UnmountFlags::NOFOLLOW;
+    if lazy {
+        flags |= rustix::mount::UnmountFlags::DETACH;
+    }
+    match rustix::mount::unmount(target, flags) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::PERM) => {
+            let mut c = Command::new("fusermount3");
+            c.arg("-u");
+            if lazy {
+                c.arg("-z");
+            }
+            let st = c.arg(target).status().map_err(|e| Error::Fuse {
+                target: target.to_path_buf(),
+                reason: format!("unmount: not permitted, and fusermount3 cannot run: {e}"),
+            })?;
+            if st.success() {
+                Ok(())
+            } else {
+                Err(Error::Fuse {
+                    target: target.to_path_buf(),
+                    reason: format!("fusermount3 -u failed: {st}"),
+                })
+            }
+        }
+        Err(rustix::io::Errno::BUSY) if !lazy => {
+            tracing::warn!("{} busy; detaching lazily", target.display());
+            unmount_fuse(target, true)
+        }
+        Err(e) => {
+            Err(
+                overlay_core::Error::io("unmount FUSE overlay", target, std::io::Error::from(e))
+                    .into(),
+            )
+        }
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!("{e}");
+        }
+    }
+}
