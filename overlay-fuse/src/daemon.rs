@@ -187,9 +187,10 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
     let overlay = Overlay::new(stack)?;
     let config = mount_config(req);
     let mountpoint: &Path = &req.mountpoint;
-    let (mut session, _inspector) = mount_session(overlay, mountpoint, &config)?;
+    let mounted = mount_session(overlay, mountpoint, &config)?;
+    let session = mounted.session;
+    let mut unmounter = mounted.unmounter;
     info!("mounted on {}", mountpoint.display());
-    let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     let spawned = std::thread::Builder::new()
         .name("ovl-signals".into())

@@ -42,4 +42,4 @@ pub mod table;
 pub use error::{Error, Result};
 pub use fs::{FsConfig, FsInspector, FsStats, OverlayFs};
 pub use idmap::{IdMapping, IdPolicy};
-pub use mount::{mount_session, spawn_mount, FuseMount, MountConfig};
+pub use mount::{mount_session, spawn_mount, FuseMount, MountConfig, MountedSession, Unmounter};

@@ -7,7 +7,12 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "warn" };
+    let default = if debug {
+        "debug"
+    } else {
+        // fuser warns when the session ends after an external unmount; not news.
+        "warn,fuser::session=error"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let writer = match std::env::var_os("OVL_FUSE_LOG_FILE") {
         Some(path) => match std::fs::OpenOptions::new()

@@ -1,6 +1,7 @@
 //! Mounting an [`OverlayFs`]: the fuser session setup shared by the `ovl-fuse` binary and
 //! library users ([`spawn_mount`]).
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
@@ -122,45 +123,100 @@ impl MountConfig {
     }
 }
 
+/// A mounted session (handshake done, not serving yet) and how to unmount it.
+#[derive(Debug)]
+pub struct MountedSession {
+    /// The fuser session: call `run` (or `spawn`).
+    pub session: Session<OverlayFs>,
+    /// Counters of the filesystem.
+    pub inspector: FsInspector,
+    /// Unmounts the filesystem (the session then ends).
+    pub unmounter: Unmounter,
+}
+
+/// Unmounts a [`MountedSession`]; usable from another thread.
+#[derive(Debug)]
+pub struct Unmounter {
+    inner: fuser::SessionUnmounter,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmount (`umount2`, or `fusermount3 -u -z` for user mounts).
+    pub fn unmount(&mut self) -> Result<()> {
+        self.inner.unmount().map_err(|source| Error::Unmount {
+            path: self.mountpoint.clone(),
+            source,
+        })
+    }
+}
+
 /// Mount `overlay` at `mountpoint` and complete the FUSE handshake; the returned session is
 /// not serving requests yet (call `run` or `spawn`).
 ///
-/// As root this uses `mount(2)`; otherwise fuser falls back to `fusermount3`.
+/// As root this uses `mount(2)`; otherwise fuser falls back to the setuid `fusermount3`.
 pub fn mount_session(
     overlay: Overlay,
     mountpoint: &Path,
     config: &MountConfig,
-) -> Result<(Session<OverlayFs>, FsInspector)> {
+) -> Result<MountedSession> {
     let fs = OverlayFs::new(overlay, config.fs.clone());
     let inspector = fs.inspector();
-    let session =
-        Session::new(fs, mountpoint, &config.fuser_config()).map_err(|source| Error::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
-        })?;
+    let fuser_config = config.fuser_config();
+    let mount_err = |source| Error::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    };
+    let mut session = Session::new(fs, mountpoint, &fuser_config).map_err(|source| {
+        let denied = source.kind() == io::ErrorKind::PermissionDenied;
+        if denied && !fuser_config.clone_fd {
+            // fusermount3 also opens /dev/fuse with the caller's rights.
+            Error::Mount {
+                path: mountpoint.to_path_buf(),
+                source: io::Error::new(
+                    source.kind(),
+                    format!(
+                        "{source}: /dev/fuse is not readable and writable by this user, which unprivileged FUSE mounts need"
+                    ),
+                ),
+            }
+        } else {
+            mount_err(source)
+        }
+    })?;
     OverlayFs::set_notifier(&inspector, session.notifier());
-    Ok((session, inspector))
+    let unmounter = Unmounter {
+        inner: session.unmount_callable(),
+        mountpoint: mountpoint.to_path_buf(),
+    };
+    Ok(MountedSession {
+        session,
+        inspector,
+        unmounter,
+    })
 }
 
 /// A mount served by background threads of this process; unmounted on drop.
 #[derive(Debug)]
 pub struct FuseMount {
     session: Option<BackgroundSession>,
+    unmounter: Unmounter,
     mountpoint: PathBuf,
     inspector: FsInspector,
 }
 
 /// Mount `overlay` at `mountpoint` and serve it from background threads.
 pub fn spawn_mount(overlay: Overlay, mountpoint: &Path, config: &MountConfig) -> Result<FuseMount> {
-    let (session, inspector) = mount_session(overlay, mountpoint, config)?;
-    let bg = session.spawn().map_err(|source| Error::Session {
+    let m = mount_session(overlay, mountpoint, config)?;
+    let bg = m.session.spawn().map_err(|source| Error::Session {
         path: mountpoint.to_path_buf(),
         source,
     })?;
     Ok(FuseMount {
         session: Some(bg),
+        unmounter: m.unmounter,
         mountpoint: mountpoint.to_path_buf(),
-        inspector,
+        inspector: m.inspector,
     })
 }
 
@@ -182,7 +238,12 @@ impl FuseMount {
 
     fn unmount_inner(&mut self) -> Result<()> {
         if let Some(bg) = self.session.take() {
-            bg.umount_and_join().map_err(|source| Error::Unmount {
+            if let Err(e) = self.unmounter.unmount() {
+                // Keep the session so that a later attempt (or drop) can retry.
+                self.session = Some(bg);
+                return Err(e);
+            }
+            bg.join().map_err(|source| Error::Session {
                 path: self.mountpoint.clone(),
                 source,
             })?;

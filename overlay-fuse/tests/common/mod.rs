@@ -307,7 +307,7 @@ impl Daemon {
         }
     }
 
-    fn unmount(&mut self) {
+    pub fn unmount(&mut self) {
         if let Some(mut c) = self.unmount_cmd.take() {
             let _ = c.status();
         }
