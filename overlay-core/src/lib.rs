@@ -23,13 +23,16 @@
 //! - [`stack`]: [`LayerStack`], [`LowerLayer`], [`UpperLayer`] and their validation.
 //! - [`format`]: whiteouts, opaque directories, overlay xattrs (`trusted.` vs `user.`).
 //! - [`engine`]: [`Overlay`], the node-based union engine (lookup, readdir, mutations).
+//! - [`path_api`]: [`PathApi`], `std::fs`-like path-based calls over the engine.
 //! - [`error`]: the crate's one error type, carrying operation and path.
 #![warn(missing_docs)]
 
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod path_api;
 pub mod stack;
+mod sys;
 
 pub use engine::{
     Attr, DirEntry, FileKind, FsyncMode, Node, NodeRef, Overlay, OverlayOptions, Owner,
@@ -37,4 +40,5 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};
+pub use path_api::PathApi;
 pub use stack::{LayerStack, LayerStackBuilder, LowerLayer, UpperLayer};

@@ -94,7 +94,12 @@ fn copy_up_killed_mid_copy_leaves_no_torn_file() {
     let work = root.join("work/work");
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
-        .args(["--exact", "crash_child_copy_up", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_copy_up",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("OVL_CRASH_CHILD", root)
         .spawn()
         .unwrap();

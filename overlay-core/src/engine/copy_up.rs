@@ -6,7 +6,7 @@
 //! mid-copy (stale staging files are removed by the next [`Overlay::new`]).
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{
@@ -137,6 +137,7 @@ impl Overlay {
         }
         rustix::fs::renameat_with(work, &*tmp, &*pdir, &*name, RxRename::NOREPLACE).map_err(err)?;
         guard.name = None;
+        self.set_impure(pdir.as_fd());
         if let Some(ps) = pstat {
             // As the kernel: copy-up does not change the parent's times.
             let _ = rustix::fs::futimens(&*pdir, &stat_times(&ps));
@@ -151,6 +152,7 @@ impl Overlay {
     /// Copy xattrs (except private ones), owner, mode and times from `src` to `dst`.
     fn copy_meta(&self, src: &RealObj, dst: &RealObj, st: &Stat) -> std::result::Result<(), Errno> {
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        self.set_origin(src, dst);
         for name in src.listxattr().unwrap_or_default() {
             if self.layers.ns.is_private(&name) {
                 continue;
@@ -232,11 +234,6 @@ impl Overlay {
         }
         rustix::fs::ftruncate(dst, size)?;
         Ok(())
-    }
-
-    /// Inode number from an upper object's `overlay.origin` (None without one).
-    pub(crate) fn origin_ino_of(&self, _dir: BorrowedFd<'_>, _name: &OsStr) -> Option<u64> {
-        None
     }
 
     /// The upper directory fd of directory node `dir`, copying it up first.

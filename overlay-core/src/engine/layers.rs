@@ -33,6 +33,10 @@ pub(crate) struct LayerRoot {
     pub path: PathBuf,
     /// xino filesystem id (0 = the upper filesystem, lowers from 1).
     pub fsid: u64,
+    /// `st_dev` of the layer root.
+    pub dev: u64,
+    /// UUID of the layer's filesystem (zeros when it has none), for `overlay.origin`.
+    pub uuid: [u8; 16],
 }
 
 /// How overlay inode numbers are built from real ones.
@@ -138,11 +142,14 @@ impl Layers {
                 )
                 .map_err(|e| ioerr("open workdir/work", u.work.join("work"), e))?;
                 clean_dir(&work, &u.work.join("work"))?;
+                let uuid = crate::sys::fs_uuid(fd.as_fd()).unwrap_or_default();
                 Some(Upper {
                     root: LayerRoot {
                         fd: Arc::new(fd),
                         path: u.upper.clone(),
                         fsid: 0,
+                        dev: st.st_dev,
+                        uuid,
                     },
                     _workdir: workdir,
                     work,
@@ -176,10 +183,13 @@ impl Layers {
                     fs_ids.push(dev);
                     fs_ids.len() as u64
                 };
+                let uuid = crate::sys::fs_uuid(fd.as_fd()).unwrap_or_default();
                 lowers.push(LayerRoot {
                     fd: Arc::new(fd),
                     path: l.path.clone(),
                     fsid,
+                    dev,
+                    uuid,
                 });
             }
             first
@@ -193,9 +203,11 @@ impl Layers {
             InoMode::SameFs
         } else {
             let numfs = fs_ids.len() as u64 + 1;
-            // The kernel's xino_mode: ilog2(numfs - 1) + 2 high bits.
+            // The kernel's xino_mode: ilog2(numfs - 1) + 2 high bits, the topmost of which
+            // marks non-persistent numbers; the fsid sits just below it (observed on 6.18:
+            // one lower fs over a tmpfs upper gives `ino | 1 << 63`).
             let bits = (63 - (numfs - 1).max(1).leading_zeros()) + 2;
-            InoMode::Xino { shift: 64 - bits }
+            InoMode::Xino { shift: 65 - bits }
         };
         Ok(Layers {
             upper,

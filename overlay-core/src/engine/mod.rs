@@ -29,6 +29,7 @@ mod layers;
 mod lookup;
 mod mutate;
 mod node;
+mod origin;
 mod readdir;
 mod real;
 
@@ -332,19 +333,9 @@ impl Overlay {
         let root_fd = layers.root(top).fd.clone();
         let st = rustix::fs::fstat(&*root_fd)
             .map_err(|e| ioerr("stat layer root", &layers.root(top).path, e))?;
-        let ino_layer = state
-            .lowers
-            .first()
-            .map(|l| LayerRef::Lower(l.layer))
-            .unwrap_or(top);
-        let ino_st = if ino_layer == top {
-            st
-        } else {
-            let fd = layers.root(ino_layer).fd.clone();
-            rustix::fs::fstat(&*fd)
-                .map_err(|e| ioerr("stat layer root", &layers.root(ino_layer).path, e))?
-        };
-        let ino = layers.map_ino(ino_layer, ino_st.st_ino);
+        // As the kernel: the root reports the upper root's inode number when there is an
+        // upper layer, else the top lower root's.
+        let ino = layers.map_ino(top, st.st_ino);
         let root = Arc::new(Node::new(
             ino,
             FileKind::Directory,
@@ -480,7 +471,15 @@ impl Overlay {
     }
 
     /// Attributes of `node`.
+    ///
+    /// A node removed from the tree reports its attributes from removal time (link count
+    /// decremented), as `fstat` on an open, unlinked file does.
     pub fn getattr(&self, node: &NodeRef) -> Result<Attr> {
+        if node.is_unlinked() {
+            if let Some(a) = *node.removed_attr.lock() {
+                return Ok(a);
+            }
+        }
         let real = self.top_real("getattr", node)?;
         let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
         let mut a = attr_from_stat(&st, node.ino);

@@ -44,6 +44,18 @@ fn upper_name(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<UpperNam
 }
 
 impl Overlay {
+    /// Remember the attributes of `node` before it is removed (for `getattr` on open files).
+    fn stash_attr(&self, node: &NodeRef) {
+        if let Ok(mut a) = self.getattr(node) {
+            a.nlink = a.nlink.saturating_sub(if node.kind == FileKind::Directory {
+                2
+            } else {
+                1
+            });
+            *node.removed_attr.lock() = Some(a);
+        }
+    }
+
     /// Mark `node` removed from the tree.
     fn detach(&self, parent: &Node, name: &OsStr, node: &NodeRef) {
         node.loc.lock().unlinked = true;
@@ -382,6 +394,7 @@ impl Overlay {
         let _c = node.copy_lock.lock();
         let need_wh = self.lower_positive(parent, name).map_err(err)?;
         let work = self.layers.work();
+        self.stash_attr(&node);
         if node.state.read().upper {
             if need_wh {
                 let wh = self.layers.make_staged_whiteout().map_err(err)?;
@@ -440,6 +453,7 @@ impl Overlay {
         let _c = node.copy_lock.lock();
         let need_wh = self.lower_positive(parent, name).map_err(err)?;
         let work = self.layers.work();
+        self.stash_attr(&node);
         if node.state.read().upper {
             if need_wh {
                 let wh = self.layers.make_staged_whiteout().map_err(err)?;
@@ -686,6 +700,17 @@ impl Overlay {
             }
         }
 
+        if !same_dir
+            && (!src.state.read().lowers.is_empty()
+                || dst
+                    .as_ref()
+                    .is_some_and(|d| exchange && !d.state.read().lowers.is_empty()))
+        {
+            // Entries with an origin moved in: the kernel marks such directories impure.
+            self.set_impure(npdir.as_fd());
+            self.set_impure(pdir.as_fd());
+        }
+
         // Update the node tree.
         if exchange {
             let d = dst.as_ref().expect("exchange target");
@@ -703,6 +728,7 @@ impl Overlay {
             self.attach(new_parent, new_name, &src);
         } else {
             if let Some(d) = &dst {
+                self.stash_attr(d);
                 self.detach(new_parent, new_name, d);
             }
             {

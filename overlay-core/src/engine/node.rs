@@ -76,6 +76,9 @@ pub struct Node {
     pub(crate) dir_lock: RwLock<()>,
     /// Serialises copy-up and the replacement of this name in upper.
     pub(crate) copy_lock: Mutex<()>,
+    /// Attributes at removal time, reported by `getattr` once the node is unlinked (open
+    /// files outlive their name).
+    pub(crate) removed_attr: Mutex<Option<super::Attr>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -109,6 +112,7 @@ impl Node {
             children: Mutex::new(HashMap::new()),
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
+            removed_attr: Mutex::new(None),
         }
     }
 

@@ -272,7 +272,9 @@ fn create_write_unlink_leave_whiteouts() {
     // unlink of an upper-only file leaves nothing behind.
     ovl.unlink(&dir, OsStr::new("new")).unwrap();
     assert!(!f.upper.join("dir/new").exists());
-    assert_eq!(errno(ovl.getattr(&n)), libc::ENOENT);
+    let gone = ovl.getattr(&n).unwrap();
+    assert_eq!((gone.nlink, gone.size), (0, 5));
+    assert_eq!(errno(ovl.lookup(&dir, OsStr::new("new"))), libc::ENOENT);
     // unlink of a lower file leaves a whiteout.
     ovl.unlink(&dir, OsStr::new("lower")).unwrap();
     assert!(is_whiteout_file(&f.upper.join("dir/lower")));
@@ -523,7 +525,11 @@ fn copy_up_keeps_metadata_and_xattrs() {
     assert_eq!(md.mtime(), mtime);
     assert_eq!(get_xattr(&up, "user.keep").as_deref(), Some(&b"v"[..]));
     assert_eq!(get_xattr(&up, "user.new").as_deref(), Some(&b"n"[..]));
-    assert_eq!(get_xattr(&up, "trusted.overlay.origin"), None);
+    // The lower's private origin is not copied; ours (kernel format) is written instead.
+    assert_ne!(
+        get_xattr(&up, "trusted.overlay.origin").as_deref(),
+        Some(&b"junk"[..])
+    );
     assert_eq!(
         get_xattr(&f.upper.join("d"), "user.dirattr").as_deref(),
         Some(&b"dv"[..])
@@ -650,6 +656,36 @@ fn link_symlink_mknod() {
         )
         .unwrap();
     assert_eq!(ovl.getattr(&dev).unwrap().rdev, libc::makedev(1, 3));
+}
+
+#[test]
+fn ino_stable_across_copy_up_and_relookup() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("d/file"), "data");
+    let lower_ino = std::fs::metadata(f.lowers[0].join("d/file")).unwrap().ino();
+    {
+        let ovl = f.overlay();
+        let n = walk(&ovl, "d/file").unwrap();
+        assert_eq!(n.ino(), lower_ino);
+        drop(ovl.open(&n, libc::O_WRONLY | libc::O_APPEND).unwrap());
+        assert_eq!(ovl.getattr(&n).unwrap().ino, lower_ino);
+        // The origin is in the kernel's format and the parent is marked impure.
+        let origin = get_xattr(&f.upper.join("d/file"), "trusted.overlay.origin").unwrap();
+        assert_eq!(&origin[..2], &[0x00, 0xfb]);
+        assert_eq!(
+            get_xattr(&f.upper.join("d"), "trusted.overlay.impure").as_deref(),
+            Some(&b"y"[..])
+        );
+    }
+    let ovl = f.overlay();
+    let d = walk(&ovl, "d").unwrap();
+    let e = ovl.readdir(&d).unwrap();
+    assert_eq!(e[0].ino, lower_ino);
+    let n = walk(&ovl, "d/file").unwrap();
+    assert_eq!(ovl.getattr(&n).unwrap().ino, lower_ino);
+    // Private xattrs stay hidden.
+    assert!(ovl.listxattr(&n).unwrap().is_empty());
 }
 
 #[test]
@@ -789,4 +825,121 @@ proptest! {
         }
         prop_assert_eq!(got, expect);
     }
+}
+
+#[test]
+fn concurrent_copy_up_and_namespace_changes() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("shared/log"), "base\n");
+    for i in 0..20 {
+        write(&f.lowers[0].join(format!("a/f{i}")), &format!("{i}"));
+    }
+    std::fs::create_dir_all(f.lowers[0].join("b")).unwrap();
+    let ovl = Arc::new(f.overlay());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for t in 0..8u32 {
+        let ovl = ovl.clone();
+        let tx = tx.clone();
+        handles.push(std::thread::spawn(move || {
+            // Everyone appends to the same lower file: exactly one copy-up must happen.
+            let log = walk(&ovl, "shared/log").unwrap();
+            let mut fh = ovl.open(&log, libc::O_WRONLY | libc::O_APPEND).unwrap();
+            fh.write_all(format!("t{t}\n").as_bytes()).unwrap();
+            let root = ovl.root();
+            let a = walk(&ovl, "a").unwrap();
+            let b = walk(&ovl, "b").unwrap();
+            for i in 0..20u32 {
+                let name = format!("f{i}");
+                let (from, to) = if (i + t) % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                // Races are expected: ENOENT when another thread moved it first.
+                match ovl.rename(
+                    from,
+                    OsStr::new(&name),
+                    to,
+                    OsStr::new(&name),
+                    RenameFlags::empty(),
+                ) {
+                    Ok(()) => {}
+                    Err(e) => assert_eq!(e.raw_os_error(), libc::ENOENT, "{e}"),
+                }
+                let d = format!("t{t}d{i}");
+                ovl.mkdir(&root, OsStr::new(&d), 0o755, None).unwrap();
+                let dn = walk(&ovl, &d).unwrap();
+                ovl.create(&dn, OsStr::new("x"), 0o644, libc::O_WRONLY, None)
+                    .unwrap();
+                let _ = ovl.readdir(&a).unwrap();
+                ovl.unlink(&dn, OsStr::new("x")).unwrap();
+                ovl.rmdir(&root, OsStr::new(&d)).unwrap();
+            }
+            tx.send(()).unwrap();
+        }));
+    }
+    for _ in 0..8 {
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("deadlock or panic in a worker");
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let log = std::fs::read_to_string(f.upper.join("shared/log")).unwrap();
+    assert!(log.starts_with("base\n"));
+    let mut lines: Vec<&str> = log.lines().skip(1).collect();
+    lines.sort();
+    assert_eq!(lines, (0..8).map(|t| format!("t{t}")).collect::<Vec<_>>());
+    // All 20 files are in exactly one of a/ and b/, with their content.
+    let a = walk(&ovl, "a").unwrap();
+    let b = walk(&ovl, "b").unwrap();
+    let mut all: Vec<String> = names(&ovl, &a);
+    all.extend(names(&ovl, &b));
+    all.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    want.sort();
+    assert_eq!(all, want);
+    assert_eq!(names(&ovl, &ovl.root()), vec!["a", "b", "shared"]);
+    assert!(std::fs::read_dir(f.work.join("work"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn xino_inode_numbers_across_filesystems() {
+    need_root!();
+    // Upper on tmpfs (/dev/shm), lower on the temp dir's filesystem: xino numbering.
+    let shm = Path::new("/dev/shm");
+    let lower_dev = std::fs::metadata(std::env::temp_dir()).unwrap().dev();
+    if !shm.is_dir() || std::fs::metadata(shm).unwrap().dev() == lower_dev {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs /dev/shm on another fs"
+        );
+        eprintln!("skipping: /dev/shm missing or on the same filesystem");
+        return;
+    }
+    let lt = tempfile::tempdir().unwrap();
+    let ut = tempfile::tempdir_in(shm).unwrap();
+    write(&lt.path().join("d/f"), "x");
+    std::fs::create_dir(ut.path().join("u")).unwrap();
+    std::fs::create_dir(ut.path().join("w")).unwrap();
+    let stack = LayerStack::builder()
+        .lower(lt.path())
+        .upper(ut.path().join("u"), ut.path().join("w"))
+        .xattr_namespace(XattrNamespace::Trusted)
+        .build()
+        .unwrap();
+    let ovl = Overlay::new(stack).unwrap();
+    let real = std::fs::metadata(lt.path().join("d/f")).unwrap().ino();
+    let n = walk(&ovl, "d/f").unwrap();
+    // Same numbering as a kernel mount with xino=on (observed: ino | 1 << 63).
+    assert_eq!(n.ino(), real | 1 << 63);
+    let root = ovl.root();
+    let new = ovl.mkdir(&root, OsStr::new("new"), 0o755, None).unwrap();
+    assert_eq!(
+        new.ino(),
+        std::fs::metadata(ut.path().join("u/new")).unwrap().ino()
+    );
+    drop(ovl.open(&n, libc::O_WRONLY).unwrap());
+    assert_eq!(ovl.getattr(&n).unwrap().ino, real | 1 << 63);
 }
