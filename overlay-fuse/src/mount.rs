@@ -200,7 +200,6 @@ pub fn mount_session(
 #[derive(Debug)]
 pub struct FuseMount {
     session: Option<BackgroundSession>,
-    unmounter: Unmounter,
     mountpoint: PathBuf,
     inspector: FsInspector,
 }
@@ -214,7 +213,6 @@ pub fn spawn_mount(overlay: Overlay, mountpoint: &Path, config: &MountConfig) ->
     })?;
     Ok(FuseMount {
         session: Some(bg),
-        unmounter: m.unmounter,
         mountpoint: mountpoint.to_path_buf(),
         inspector: m.inspector,
     })
@@ -238,12 +236,8 @@ impl FuseMount {
 
     fn unmount_inner(&mut self) -> Result<()> {
         if let Some(bg) = self.session.take() {
-            if let Err(e) = self.unmounter.unmount() {
-                // Keep the session so that a later attempt (or drop) can retry.
-                self.session = Some(bg);
-                return Err(e);
-            }
-            bg.join().map_err(|source| Error::Session {
+            // The background session owns the mount: unmount through it, then join.
+            bg.umount_and_join().map_err(|source| Error::Unmount {
                 path: self.mountpoint.clone(),
                 source,
             })?;

@@ -497,7 +497,6 @@ fn dir_inos(mnt: &Path) -> Vec<(String, u64)> {
 }
 
 #[test]
-#[ignore = "needs the engine's overlay.origin support (engine/copy_up.rs origin_ino_of is a stub)"]
 fn inode_numbers_survive_copy_up_across_remount() {
     if !can_mount("inode_numbers_survive_copy_up_across_remount") {
         return;

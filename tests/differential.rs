@@ -1,0 +1,273 @@
+//! Differential test: the kernel overlay against our userspace engine (`overlay_core::Overlay`).
+//!
+//! Each case builds two identical fresh stacks (see `common/fixture.rs`), mounts a kernel
+//! overlay on one and opens the engine on the other, applies the same generated operation
+//! sequence to both, and requires the same outcome (errno) for every operation, the same
+//! merged tree and the same upper layer on disk. The number of sequences is 200 by default;
+//! set `OVL_DIFF_CASES=5000` for a longer run. On failure proptest shrinks to a minimal
+//! sequence and prints it.
+
+mod common;
+
+use common::engine::EngineBackend;
+use common::kernel::kernel_backend;
+use common::ops::{Op, RenameMode, XattrMode};
+use common::{assert_same, cases, init, require_mounts, run_case, Backend};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Longest generated sequence.
+const MAX_OPS: usize = 24;
+
+fn config(default_cases: u32) -> Config {
+    Config {
+        cases: cases(default_cases),
+        failure_persistence: None,
+        max_shrink_iters: 4096,
+        ..Config::default()
+    }
+}
+
+fn run_property(
+    default_cases: u32,
+    make: impl Fn() -> (Box<dyn common::Backend>, Box<dyn common::Backend>),
+) {
+    let mut runner = TestRunner::new(config(default_cases));
+    let result = runner.run(&common::ops::ops(MAX_OPS), |ops| {
+        let (mut a, mut b) = make();
+        run_case(&ops, a.as_mut(), b.as_mut()).map_err(TestCaseError::fail)
+    });
+    match result {
+        Ok(()) => eprintln!("{} sequences agreed", runner.config().cases),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The harness itself: two kernel mounts of the same fixture must agree on everything. If
+/// this fails the harness compares something nondeterministic.
+#[test]
+fn kernel_agrees_with_kernel() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    run_property(20, || {
+        (Box::new(kernel_backend()), Box::new(kernel_backend()))
+    });
+}
+
+/// The comparison is not blind: one extra unlink on one side shows in the merged view (the
+/// name) and in the upper layer (the whiteout).
+#[test]
+fn harness_detects_a_difference() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let (mut a, mut b) = (kernel_backend(), kernel_backend());
+    assert_eq!(a.apply(&Op::Unlink { path: p("m/a") }), Ok(String::new()));
+    let d = run_case(&[], &mut a, &mut b).expect_err("an unlink on one side must show");
+    assert!(
+        d.contains("merged views differ") && d.contains("/m/a: only in kernel"),
+        "{d}"
+    );
+    let (mut a, mut b) = (kernel_backend(), kernel_backend());
+    let d = run_case(&[Op::Rmdir { path: p("d/c") }], &mut a, &mut b);
+    assert_eq!(d, Ok(()));
+    // An xattr written straight into one upper layer shows too.
+    rustix::fs::lsetxattr(
+        a.upper().join("d"),
+        "user.x",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let d = run_case(&[], &mut a, &mut b).expect_err("an upper xattr must show");
+    assert!(d.contains("user.x"), "{d}");
+}
+
+/// Generated sequences: kernel overlay vs engine.
+#[test]
+#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
+fn engine_matches_kernel() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    run_property(200, || {
+        (Box::new(kernel_backend()), Box::new(EngineBackend::new()))
+    });
+}
+
+fn p(s: &str) -> String {
+    s.to_string()
+}
+
+fn against_kernel(ops: &[Op]) {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    assert_same(ops, &mut kernel_backend(), &mut EngineBackend::new());
+}
+
+/// Delete and recreate names that exist in lower layers: whiteouts, then an opaque directory
+/// replacing a whiteout, then a file over a whiteout.
+#[test]
+#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
+fn regression_whiteouts_and_opaque_recreate() {
+    against_kernel(&[
+        Op::Unlink { path: p("m/a") },
+        Op::Unlink { path: p("m/b") },
+        Op::Unlink { path: p("m/c") },
+        Op::Unlink { path: p("m/d") },
+        Op::Rmdir { path: p("m/m") },
+        Op::Rmdir { path: p("m") },
+        Op::Mkdir {
+            path: p("m"),
+            mode: 0o755,
+        },
+        Op::Create {
+            path: p("m/a"),
+            mode: 0o644,
+            excl: true,
+        },
+        Op::Unlink { path: p("a") },
+        Op::Create {
+            path: p("a"),
+            mode: 0o600,
+            excl: true,
+        },
+        Op::Rmdir { path: p("d") },
+        Op::Stat {
+            path: p("d"),
+            follow: false,
+        },
+    ]);
+}
+
+/// Renames: files from lower (copy-up, whiteout left), merged/lower directories (EXDEV),
+/// upper-only directories (work), onto existing targets, NOREPLACE and EXCHANGE.
+#[test]
+#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
+fn regression_renames() {
+    against_kernel(&[
+        Op::Rename {
+            from: p("a"),
+            to: p("b"),
+            mode: RenameMode::Plain,
+        },
+        Op::Rename {
+            from: p("m"),
+            to: p("x"),
+            mode: RenameMode::Plain,
+        },
+        Op::Rename {
+            from: p("d"),
+            to: p("o"),
+            mode: RenameMode::Plain,
+        },
+        Op::Mkdir {
+            path: p("c"),
+            mode: 0o755,
+        },
+        Op::Create {
+            path: p("c/a"),
+            mode: 0o644,
+            excl: true,
+        },
+        Op::Rename {
+            from: p("c"),
+            to: p("a"),
+            mode: RenameMode::Plain,
+        },
+        Op::Rename {
+            from: p("m/c"),
+            to: p("b"),
+            mode: RenameMode::NoReplace,
+        },
+        Op::Rename {
+            from: p("m/c"),
+            to: p("b"),
+            mode: RenameMode::Exchange,
+        },
+        Op::Rename {
+            from: p("e"),
+            to: p("m/e"),
+            mode: RenameMode::Plain,
+        },
+        Op::Rename {
+            from: p("a"),
+            to: p("a/a/x"),
+            mode: RenameMode::Plain,
+        },
+    ]);
+}
+
+/// Copy-up by write, append, truncate, chmod and xattrs, and hard links to copied-up files.
+#[test]
+#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
+fn regression_copy_up_and_links() {
+    against_kernel(&[
+        Op::Write {
+            path: p("b"),
+            offset: 3,
+            data: b"XY".to_vec(),
+        },
+        Op::Append {
+            path: p("m/a"),
+            data: b"more\n".to_vec(),
+        },
+        Op::Truncate {
+            path: p("d/a"),
+            size: 4097,
+        },
+        Op::Chmod {
+            path: p("m"),
+            mode: 0o700,
+        },
+        Op::Chmod {
+            path: p("e"),
+            mode: 0o600,
+        },
+        Op::SetXattr {
+            path: p("a"),
+            name: p("user.b"),
+            value: b"1".to_vec(),
+            mode: XattrMode::Create,
+        },
+        Op::SetXattr {
+            path: p("a"),
+            name: p("user.a"),
+            value: b"red".to_vec(),
+            mode: XattrMode::Create,
+        },
+        Op::SetXattr {
+            path: p("o/b"),
+            name: p("user.a"),
+            value: b"".to_vec(),
+            mode: XattrMode::Replace,
+        },
+        Op::RemoveXattr {
+            path: p("m"),
+            name: p("user.color"),
+        },
+        Op::Link {
+            from: p("m/c"),
+            to: p("o/x"),
+        },
+        Op::Link {
+            from: p("m/b"),
+            to: p("c"),
+        },
+        Op::Append {
+            path: p("o/x"),
+            data: b"linked\n".to_vec(),
+        },
+        Op::Create {
+            path: p("m/d"),
+            mode: 0o644,
+            excl: false,
+        },
+    ]);
+}
