@@ -23,18 +23,22 @@
 //! - [`stack`]: [`LayerStack`], [`LowerLayer`], [`UpperLayer`] and their validation.
 //! - [`format`]: whiteouts, opaque directories, overlay xattrs (`trusted.` vs `user.`).
 //! - [`engine`]: [`Overlay`], the node-based union engine (lookup, readdir, mutations).
+//! - [`path_api`]: [`PathApi`], `std::fs`-like path-based calls over the engine.
 //! - [`error`]: the crate's one error type, carrying operation and path.
 #![warn(missing_docs)]
 
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod path_api;
 pub mod stack;
+mod sys;
 
 pub use engine::{
-    Attr, DirEntry, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags, SetAttr, StatFs, TimeSet,
-    Timestamp,
+    Attr, DirEntry, FileKind, FsyncMode, Node, NodeRef, Overlay, OverlayOptions, Owner,
+    RenameFlags, SetAttr, StatFs, TimeSet, Timestamp,
 };
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};
+pub use path_api::PathApi;
 pub use stack::{LayerStack, LayerStackBuilder, LowerLayer, UpperLayer};

@@ -1,0 +1,119 @@
+//! setattr and extended attributes.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use rustix::fs::{Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+use super::{Attr, FileKind, NodeRef, Overlay, SetAttr, TimeSet};
+use crate::error::Result;
+
+fn timespec(t: Option<TimeSet>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT as _,
+        },
+        Some(TimeSet::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW as _,
+        },
+        Some(TimeSet::At(t)) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec as _,
+        },
+    }
+}
+
+impl Overlay {
+    /// Change attributes (copies up first; a truncation to 0 copies no data).
+    pub fn setattr(&self, node: &NodeRef, changes: &SetAttr) -> Result<Attr> {
+        let op = "setattr";
+        if *changes == SetAttr::default() {
+            return self.getattr(node);
+        }
+        if changes.size.is_some() && node.kind == FileKind::Directory {
+            return Err(self.node_err(op, node, Errno::ISDIR));
+        }
+        if changes.size.is_some() && node.kind != FileKind::File {
+            return Err(self.node_err(op, node, Errno::INVAL));
+        }
+        self.check_writable(op, &node.rel_path())?;
+        self.copy_up_node(node, changes.size != Some(0))?;
+        let real = self.top_real(op, node)?;
+        let err = |e: Errno| self.node_err(op, node, e);
+        if changes.uid.is_some() || changes.gid.is_some() {
+            real.chown(changes.uid, changes.gid).map_err(err)?;
+        }
+        if let Some(m) = changes.mode {
+            match real.chmod(m) {
+                Ok(()) => {}
+                Err(Errno::OPNOTSUPP) if node.kind == FileKind::Symlink => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        if let Some(size) = changes.size {
+            let fd = real.open(OFlags::WRONLY, Mode::empty()).map_err(err)?;
+            rustix::fs::ftruncate(&fd, size).map_err(err)?;
+        }
+        if changes.atime.is_some() || changes.mtime.is_some() {
+            let ts = Timestamps {
+                last_access: timespec(changes.atime),
+                last_modification: timespec(changes.mtime),
+            };
+            real.utimes(&ts).map_err(err)?;
+        }
+        self.getattr(node)
+    }
+
+    /// Read an xattr (private overlay attributes are invisible: ENODATA; escaped names
+    /// `<ns>overlay.overlay.X` read as `<ns>overlay.X`).
+    pub fn getxattr(&self, node: &NodeRef, name: &OsStr) -> Result<Vec<u8>> {
+        let real = self.top_real("getxattr", node)?;
+        let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
+        real.getxattr(&stored)
+            .map_err(|e| self.node_err("getxattr", node, e))
+    }
+
+    /// List xattr names, without overlay-private ones.
+    pub fn listxattr(&self, node: &NodeRef) -> Result<Vec<OsString>> {
+        let real = self.top_real("listxattr", node)?;
+        let names = real
+            .listxattr()
+            .map_err(|e| self.node_err("listxattr", node, e))?;
+        Ok(names
+            .iter()
+            .filter_map(|n| self.layers.ns.visible_name(n))
+            .map(OsString::from_vec)
+            .collect())
+    }
+
+    /// Set an xattr (copies up first). `flags` are `XATTR_CREATE`/`XATTR_REPLACE`.
+    pub fn setxattr(&self, node: &NodeRef, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let op = "setxattr";
+        self.check_writable(op, &node.rel_path())?;
+        self.copy_up_node(node, true)?;
+        let real = self.top_real(op, node)?;
+        let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
+        real.setxattr(&stored, value, XattrFlags::from_bits_retain(flags as u32))
+            .map_err(|e| self.node_err(op, node, e))
+    }
+
+    /// Remove an xattr (copies up first, unless the attribute does not exist: ENODATA).
+    pub fn removexattr(&self, node: &NodeRef, name: &OsStr) -> Result<()> {
+        let op = "removexattr";
+        self.check_writable(op, &node.rel_path())?;
+        let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
+        if !node.state.read().upper {
+            // As the kernel: no copy-up for removing an attribute the lower object lacks.
+            let real = self.top_real(op, node)?;
+            real.getxattr(&stored)
+                .map_err(|e| self.node_err(op, node, e))?;
+        }
+        self.copy_up_node(node, true)?;
+        let real = self.top_real(op, node)?;
+        real.removexattr(&stored)
+            .map_err(|e| self.node_err(op, node, e))
+    }
+}

@@ -1,0 +1,261 @@
+//! Copy-up: bring a lower object (and its parents) into the upper layer.
+//!
+//! The copy is built under a fresh name in `workdir/work`, complete with data, xattrs,
+//! owner, mode and times, fsync'ed (unless volatile), and then renamed into place with
+//! `RENAME_NOREPLACE`: the upper name never shows a partial object, even if the process dies
+//! mid-copy (stale staging files are removed by the next [`Overlay::new`]).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{
+    FileType, Mode, OFlags, RenameFlags as RxRename, SeekFrom, Stat, Timespec, Timestamps,
+    XattrFlags,
+};
+use rustix::io::Errno;
+
+use super::layers::{remove_tree_at, LayerRef};
+use super::real::RealObj;
+use super::{FileKind, FsyncMode, NodeRef, Overlay};
+use crate::error::Result;
+
+const DEFAULT_CHUNK: usize = 8 << 20;
+
+pub(crate) fn stat_times(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
+/// Removes a staging entry on early return.
+struct StagingGuard<'a> {
+    work: BorrowedFd<'a>,
+    name: Option<OsString>,
+}
+
+impl Drop for StagingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.name.take() {
+            let _ = remove_tree_at(self.work, &n);
+        }
+    }
+}
+
+impl Overlay {
+    /// Copy `node` (and its parents) up; `with_data` false skips the data (for `O_TRUNC`).
+    pub(crate) fn copy_up_node(&self, node: &NodeRef, with_data: bool) -> Result<()> {
+        if node.state.read().upper {
+            return Ok(());
+        }
+        self.check_writable("copy-up", &node.rel_path())?;
+        let Some((parent, _)) = node.parent_name() else {
+            return Ok(());
+        };
+        self.copy_up_node(&parent, true)?;
+        let _g = node.copy_lock.lock();
+        if node.state.read().upper {
+            return Ok(());
+        }
+        if node.is_unlinked() {
+            return Err(self.node_err("copy-up", node, Errno::NOENT));
+        }
+        // Re-read the location under the copy lock: renames take this lock.
+        let Some((parent, name)) = node.parent_name() else {
+            return Ok(());
+        };
+        let err = |e: Errno| self.node_err("copy-up", node, e);
+        let lower = self.top_real("copy-up", node)?;
+        let pdir = self
+            .layers
+            .open_dir(LayerRef::Upper, &parent.rel_path())
+            .map_err(err)?;
+        let pstat = rustix::fs::fstat(&*pdir).ok();
+        let st = lower.stat().map_err(err)?;
+        let work = self.layers.work();
+        let tmp = self.layers.staging_name();
+        let mut guard = StagingGuard {
+            work,
+            name: Some(tmp.clone()),
+        };
+        let staged = RealObj {
+            layer: LayerRef::Upper,
+            dir: std::sync::Arc::new(rustix::io::fcntl_dupfd_cloexec(work, 0).map_err(err)?),
+            name: Some(tmp.clone()),
+        };
+        match node.kind {
+            FileKind::Directory => {
+                rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700)).map_err(err)?;
+                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+                if self.opts.fsync != FsyncMode::Volatile {
+                    let fd = staged
+                        .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                        .map_err(err)?;
+                    rustix::fs::fsync(&fd).map_err(err)?;
+                }
+            }
+            FileKind::File => {
+                let src = lower.open(OFlags::RDONLY, Mode::empty()).map_err(err)?;
+                let dst = rustix::fs::openat(
+                    work,
+                    &*tmp,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(err)?;
+                if with_data {
+                    self.copy_data(&src, &dst, st.st_size as u64).map_err(err)?;
+                }
+                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+                if self.opts.fsync != FsyncMode::Volatile {
+                    rustix::fs::fsync(&dst).map_err(err)?;
+                }
+            }
+            FileKind::Symlink => {
+                let target = lower.readlink().map_err(err)?;
+                rustix::fs::symlinkat(&*target, work, &*tmp).map_err(err)?;
+                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+            }
+            _ => {
+                rustix::fs::mknodat(
+                    work,
+                    &*tmp,
+                    FileType::from_raw_mode(st.st_mode),
+                    Mode::from_raw_mode(0o600),
+                    st.st_rdev,
+                )
+                .map_err(err)?;
+                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+            }
+        }
+        rustix::fs::renameat_with(work, &*tmp, &*pdir, &*name, RxRename::NOREPLACE).map_err(err)?;
+        guard.name = None;
+        self.set_impure(pdir.as_fd());
+        if let Some(ps) = pstat {
+            // As the kernel: copy-up does not change the parent's times.
+            let _ = rustix::fs::futimens(&*pdir, &stat_times(&ps));
+        }
+        if self.opts.fsync == FsyncMode::Strict {
+            let _ = rustix::fs::fsync(&*pdir);
+        }
+        node.state.write().upper = true;
+        Ok(())
+    }
+
+    /// Copy xattrs (except private ones), owner, mode and times from `src` to `dst`.
+    fn copy_meta(&self, src: &RealObj, dst: &RealObj, st: &Stat) -> std::result::Result<(), Errno> {
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        self.set_origin(src, dst);
+        for name in src.listxattr().unwrap_or_default() {
+            if self.layers.ns.is_private(&name) {
+                continue;
+            }
+            let n = OsStr::from_bytes(&name);
+            let v = match src.getxattr(n) {
+                Ok(v) => v,
+                Err(Errno::NODATA) => continue,
+                Err(e) => return Err(e),
+            };
+            match dst.setxattr(n, &v, XattrFlags::empty()) {
+                Ok(()) => {}
+                Err(Errno::OPNOTSUPP) => {}
+                Err(Errno::PERM) if is_link => {}
+                Err(e) => return Err(e),
+            }
+        }
+        dst.chown(Some(st.st_uid), Some(st.st_gid))?;
+        if !is_link {
+            dst.chmod(st.st_mode & 0o7777)?;
+        }
+        dst.utimes(&stat_times(st))?;
+        Ok(())
+    }
+
+    /// Copy `size` bytes: FICLONE, else copy_file_range over data segments (holes kept),
+    /// else read/write.
+    fn copy_data(&self, src: &OwnedFd, dst: &OwnedFd, size: u64) -> std::result::Result<(), Errno> {
+        if size == 0 {
+            return Ok(());
+        }
+        if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+            return Ok(());
+        }
+        let chunk = if self.opts.copy_chunk == 0 {
+            DEFAULT_CHUNK
+        } else {
+            self.opts.copy_chunk
+        };
+        let mut pos: u64 = 0;
+        let mut use_cfr = true;
+        while pos < size {
+            // Find the next data segment.
+            let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                Err(Errno::NXIO) => break, // only a hole remains
+                Err(_) => pos,             // no SEEK_DATA support: treat as data
+            };
+            let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+                Ok(h) => h.min(size),
+                Err(_) => size,
+            };
+            let mut off = data;
+            while off < hole {
+                let len = ((hole - off) as usize).min(chunk);
+                let n = if use_cfr {
+                    let mut i = off;
+                    let mut o = off;
+                    match rustix::fs::copy_file_range(src, Some(&mut i), dst, Some(&mut o), len) {
+                        Ok(n) => n,
+                        Err(Errno::XDEV)
+                        | Err(Errno::NOSYS)
+                        | Err(Errno::OPNOTSUPP)
+                        | Err(Errno::INVAL) => {
+                            use_cfr = false;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    copy_rw(src, dst, off, len)?
+                };
+                if n == 0 {
+                    break; // file shrank underneath us
+                }
+                off += n as u64;
+            }
+            pos = hole.max(off);
+        }
+        rustix::fs::ftruncate(dst, size)?;
+        Ok(())
+    }
+
+    /// The upper directory fd of directory node `dir`, copying it up first.
+    pub(crate) fn upper_dir_of(&self, dir: &NodeRef) -> Result<std::sync::Arc<OwnedFd>> {
+        self.copy_up_node(dir, true)?;
+        self.layers
+            .open_dir(LayerRef::Upper, &dir.rel_path())
+            .map_err(|e| self.node_err("open upper dir", dir, e))
+    }
+}
+
+fn copy_rw(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    off: u64,
+    len: usize,
+) -> std::result::Result<usize, Errno> {
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let n = rustix::io::pread(src, &mut buf, off)?;
+    let mut w = 0;
+    while w < n {
+        w += rustix::io::pwrite(dst, &buf[w..n], off + w as u64)?;
+    }
+    Ok(n)
+}

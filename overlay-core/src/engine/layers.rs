@@ -1,0 +1,412 @@
+//! Layer roots, safe `*at` access beneath them, the workdir staging area, inode-number
+//! mapping (samefs / xino) and a bounded cache of lower-layer directory fds.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Opacity, XattrNamespace};
+use crate::stack::LayerStack;
+
+/// Which layer an object lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum LayerRef {
+    /// The upper layer.
+    Upper,
+    /// A lower layer, by index in top-first order (0 = top lower).
+    Lower(u16),
+}
+
+/// One layer's root directory.
+#[derive(Debug)]
+pub(crate) struct LayerRoot {
+    pub fd: Arc<OwnedFd>,
+    pub path: PathBuf,
+    /// xino filesystem id (0 = the upper filesystem, lowers from 1).
+    pub fsid: u64,
+    /// `st_dev` of the layer root.
+    pub dev: u64,
+    /// UUID of the layer's filesystem (zeros when it has none), for `overlay.origin`.
+    pub uuid: [u8; 16],
+}
+
+/// How overlay inode numbers are built from real ones.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum InoMode {
+    /// Every layer on one filesystem: the real inode number.
+    SameFs,
+    /// xino: the filesystem id in the high `64 - shift` bits.
+    Xino { shift: u32 },
+}
+
+/// The upper layer with its workdir.
+#[derive(Debug)]
+pub(crate) struct Upper {
+    pub root: LayerRoot,
+    /// `workdir`, kept open and `flock`ed for the overlay's lifetime.
+    pub _workdir: OwnedFd,
+    /// `workdir/work`, the staging area.
+    pub work: OwnedFd,
+}
+
+/// Maximum number of cached lower directory fds.
+const LOWER_DIR_CACHE_MAX: usize = 512;
+
+/// All layers of an overlay.
+#[derive(Debug)]
+pub(crate) struct Layers {
+    pub upper: Option<Upper>,
+    /// Lower layers, top-first.
+    pub lowers: Vec<LayerRoot>,
+    pub ns: XattrNamespace,
+    pub ino_mode: InoMode,
+    staging_counter: AtomicU64,
+    /// Bounded cache of lower-layer directory fds: lower layers are immutable while mounted.
+    lower_dirs: Mutex<DirCache>,
+}
+
+#[derive(Debug, Default)]
+struct DirCache {
+    map: HashMap<(u16, PathBuf), (Arc<OwnedFd>, u64)>,
+    tick: u64,
+}
+
+/// Convert a rustix errno into an engine error.
+pub(crate) fn ioerr(op: &'static str, path: impl Into<PathBuf>, e: Errno) -> Error {
+    Error::errno(op, path, e.raw_os_error())
+}
+
+/// Display path of a node for errors: relative to the overlay root, `.` for the root.
+pub(crate) fn display_path(rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel.to_path_buf()
+    }
+}
+
+fn open_root(path: &Path, what: &'static str) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ioerr(what, path, e))
+}
+
+impl Layers {
+    /// Open every layer root, lock and clean the workdir.
+    pub fn open(stack: &LayerStack) -> Result<Layers> {
+        let mut devs: Vec<u64> = Vec::new();
+        let upper = match stack.upper() {
+            None => None,
+            Some(u) => {
+                let fd = open_root(&u.upper, "open upper layer")?;
+                let st =
+                    rustix::fs::fstat(&fd).map_err(|e| ioerr("stat upper layer", &u.upper, e))?;
+                devs.push(st.st_dev);
+                let workdir = open_root(&u.work, "open workdir")?;
+                rustix::fs::flock(
+                    &workdir,
+                    rustix::fs::FlockOperation::NonBlockingLockExclusive,
+                )
+                .map_err(|e| {
+                    if e == Errno::WOULDBLOCK {
+                        ioerr(
+                            "lock workdir (in use by another overlay)",
+                            &u.work,
+                            Errno::BUSY,
+                        )
+                    } else {
+                        ioerr("lock workdir", &u.work, e)
+                    }
+                })?;
+                match rustix::fs::mkdirat(&workdir, "work", Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(ioerr("create workdir/work", u.work.join("work"), e)),
+                }
+                let work = rustix::fs::openat(
+                    &workdir,
+                    "work",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| ioerr("open workdir/work", u.work.join("work"), e))?;
+                clean_dir(&work, &u.work.join("work"))?;
+                let uuid = crate::sys::fs_uuid(fd.as_fd()).unwrap_or_default();
+                Some(Upper {
+                    root: LayerRoot {
+                        fd: Arc::new(fd),
+                        path: u.upper.clone(),
+                        fsid: 0,
+                        dev: st.st_dev,
+                        uuid,
+                    },
+                    _workdir: workdir,
+                    work,
+                })
+            }
+        };
+        // fsid 0 is reserved for the upper filesystem even without an upper layer (as the
+        // kernel does); lower filesystems are numbered from 1 in top-first order.
+        let upper_dev = devs.first().copied();
+        let mut fs_ids: Vec<u64> = Vec::new();
+        let mut lowers = Vec::new();
+        let mut all_same = true;
+        let first_dev = {
+            let mut first = upper_dev;
+            for l in stack.lowers_top_first() {
+                let fd = open_root(&l.path, "open lower layer")?;
+                let st =
+                    rustix::fs::fstat(&fd).map_err(|e| ioerr("stat lower layer", &l.path, e))?;
+                let dev = st.st_dev;
+                if first.is_none() {
+                    first = Some(dev);
+                }
+                if Some(dev) != first {
+                    all_same = false;
+                }
+                let fsid = if Some(dev) == upper_dev {
+                    0
+                } else if let Some(i) = fs_ids.iter().position(|d| *d == dev) {
+                    i as u64 + 1
+                } else {
+                    fs_ids.push(dev);
+                    fs_ids.len() as u64
+                };
+                let uuid = crate::sys::fs_uuid(fd.as_fd()).unwrap_or_default();
+                lowers.push(LayerRoot {
+                    fd: Arc::new(fd),
+                    path: l.path.clone(),
+                    fsid,
+                    dev,
+                    uuid,
+                });
+            }
+            first
+        };
+        let _ = first_dev;
+        let ino_mode = if all_same {
+            // samefs: one filesystem. Make fsids all 0 so mapping is the identity.
+            for l in &mut lowers {
+                l.fsid = 0;
+            }
+            InoMode::SameFs
+        } else {
+            let numfs = fs_ids.len() as u64 + 1;
+            // The kernel's xino_mode: ilog2(numfs - 1) + 2 high bits, the topmost of which
+            // marks non-persistent numbers; the fsid sits just below it (observed on 6.18:
+            // one lower fs over a tmpfs upper gives `ino | 1 << 63`).
+            let bits = (63 - (numfs - 1).max(1).leading_zeros()) + 2;
+            InoMode::Xino { shift: 65 - bits }
+        };
+        Ok(Layers {
+            upper,
+            lowers,
+            ns: stack.xattr_namespace(),
+            ino_mode,
+            staging_counter: AtomicU64::new(0),
+            lower_dirs: Mutex::new(DirCache::default()),
+        })
+    }
+
+    /// The root of a layer.
+    pub fn root(&self, layer: LayerRef) -> &LayerRoot {
+        match layer {
+            LayerRef::Upper => &self.upper.as_ref().expect("upper layer").root,
+            LayerRef::Lower(i) => &self.lowers[i as usize],
+        }
+    }
+
+    /// The staging directory `workdir/work`.
+    pub fn work(&self) -> BorrowedFd<'_> {
+        self.upper.as_ref().expect("upper layer").work.as_fd()
+    }
+
+    /// Overlay inode number of a real inode in `layer`.
+    pub fn map_ino(&self, layer: LayerRef, ino: u64) -> u64 {
+        match self.ino_mode {
+            InoMode::SameFs => ino,
+            InoMode::Xino { shift } => {
+                let fsid = self.root(layer).fsid;
+                if fsid == 0 || ino >> shift != 0 {
+                    ino
+                } else {
+                    ino | (fsid << shift)
+                }
+            }
+        }
+    }
+
+    /// Open directory `rel` (relative to the layer root, "" for the root itself) beneath the
+    /// layer root, never following symlinks.
+    pub fn open_dir(
+        &self,
+        layer: LayerRef,
+        rel: &Path,
+    ) -> std::result::Result<Arc<OwnedFd>, Errno> {
+        let root = self.root(layer);
+        if rel.as_os_str().is_empty() {
+            return Ok(root.fd.clone());
+        }
+        if let LayerRef::Lower(i) = layer {
+            let mut c = self.lower_dirs.lock();
+            c.tick += 1;
+            let tick = c.tick;
+            if let Some((fd, t)) = c.map.get_mut(&(i, rel.to_path_buf())) {
+                *t = tick;
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Arc::new(rustix::fs::openat2(
+            &*root.fd,
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )?);
+        if let LayerRef::Lower(i) = layer {
+            let mut c = self.lower_dirs.lock();
+            if c.map.len() >= LOWER_DIR_CACHE_MAX {
+                // Evict the least recently used half.
+                let mut ticks: Vec<u64> = c.map.values().map(|(_, t)| *t).collect();
+                ticks.sort_unstable();
+                let cut = ticks[ticks.len() / 2];
+                c.map.retain(|_, (_, t)| *t > cut);
+            }
+            let tick = c.tick;
+            c.map.insert((i, rel.to_path_buf()), (fd.clone(), tick));
+        }
+        Ok(fd)
+    }
+
+    /// A fresh, unique staging name in `workdir/work`.
+    pub fn staging_name(&self) -> OsString {
+        let n = self.staging_counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#ovl.{}.{n:x}", std::process::id()))
+    }
+
+    /// Create a whiteout (char 0/0) in the staging area and return its name.
+    pub fn make_staged_whiteout(&self) -> std::result::Result<OsString, Errno> {
+        let name = self.staging_name();
+        rustix::fs::mknodat(
+            self.work(),
+            &*name,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        )?;
+        Ok(name)
+    }
+
+    /// Read the opacity of a directory in a lower layer (xattr or `.wh..wh..opq`).
+    pub fn lower_dir_opacity(&self, dir: BorrowedFd<'_>) -> Opacity {
+        let op = get_xattr_fd(dir, &self.ns.opaque());
+        let o = Opacity::from_xattr(op.as_deref());
+        if o == Opacity::Opaque {
+            return o;
+        }
+        if rustix::fs::statat(
+            dir,
+            OsStr::from_bytes(format::AUFS_OPAQUE_MARKER),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+        {
+            return Opacity::Opaque;
+        }
+        o
+    }
+}
+
+/// Remove everything inside directory `dir` (stale staging files), never following symlinks.
+pub(crate) fn clean_dir(dir: &OwnedFd, display: &Path) -> Result<()> {
+    for name in list_dir_names(dir).map_err(|e| ioerr("clean workdir", display, e))? {
+        remove_tree_at(dir.as_fd(), &name)
+            .map_err(|e| ioerr("clean workdir", display.join(&name), e))?;
+    }
+    Ok(())
+}
+
+/// Names in a directory (without `.` and `..`).
+pub(crate) fn list_dir_names(dir: &OwnedFd) -> std::result::Result<Vec<OsString>, Errno> {
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        out.push(OsString::from_vec(n.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Remove `name` in `dir`, recursively for directories, without following symlinks.
+pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        let sub = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for n in list_dir_names(&sub)? {
+            remove_tree_at(sub.as_fd(), &n)?;
+        }
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+    } else {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty())
+    }
+}
+
+/// The `/proc/self/fd/<dir>/<name>` path: the directory fd is followed (it was opened safely),
+/// the final `name` (a single component) is used with the `l*` calls, which do not follow it.
+pub(crate) fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(name);
+    p
+}
+
+/// Path of an fd itself (for `chmod` through an `O_PATH` fd).
+pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Read an xattr of an open fd (None when absent or unreadable).
+pub(crate) fn get_xattr_fd(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
+    read_xattr(|buf| rustix::fs::fgetxattr(fd, name, buf)).ok()
+}
+
+/// Read an xattr with a growing buffer.
+pub(crate) fn read_xattr(
+    mut f: impl FnMut(&mut [u8]) -> std::result::Result<usize, Errno>,
+) -> std::result::Result<Vec<u8>, Errno> {
+    let mut size = 256;
+    loop {
+        let mut buf = vec![0u8; size];
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if size < 65536 * 4 => size *= 4,
+            Err(e) => return Err(e),
+        }
+    }
+}

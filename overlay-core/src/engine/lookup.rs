@@ -1,0 +1,234 @@
+//! Lookup: the top-down walk through the layers for one name.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use rustix::fs::{AtFlags, Stat};
+use rustix::io::Errno;
+
+use super::layers::LayerRef;
+use super::node::{LowerEntry, NodeState};
+use super::{kind_of, FileKind, Node, Overlay};
+use crate::error::Result;
+use crate::format::{self, Opacity};
+
+/// What a lookup found.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    pub kind: FileKind,
+    pub ino: u64,
+    pub state: NodeState,
+}
+
+/// One layer's answer for a name.
+pub(crate) enum LayerHit {
+    Absent,
+    Whiteout,
+    Found(Stat),
+}
+
+impl Overlay {
+    /// Classify `name` in directory `dir` of a lower layer whose directory is xwhiteout-capable
+    /// when `xwh`.
+    pub(crate) fn lower_hit(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        xwh: bool,
+    ) -> std::result::Result<LayerHit, Errno> {
+        if format::is_aufs_metadata_name(name) {
+            return Ok(LayerHit::Absent);
+        }
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                if format::is_whiteout_stat(st.st_mode, st.st_rdev)
+                    || (xwh && self.is_xwhiteout(dir, name, &st))
+                {
+                    Ok(LayerHit::Whiteout)
+                } else {
+                    Ok(LayerHit::Found(st))
+                }
+            }
+            Err(Errno::NOENT) => {
+                let wh = format::aufs_whiteout_name(name);
+                match rustix::fs::statat(dir, &wh, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(_) => Ok(LayerHit::Whiteout),
+                    Err(Errno::NOENT) | Err(Errno::NAMETOOLONG) => Ok(LayerHit::Absent),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An xwhiteout: a zero-size regular file carrying `overlay.whiteout`.
+    pub(crate) fn is_xwhiteout(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+    ) -> bool {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+            return false;
+        }
+        let p = super::layers::proc_path(dir, name);
+        let xname = self.layers.ns.whiteout();
+        matches!(
+            rustix::fs::lgetxattr(&p, xname.as_str(), &mut [0u8; 64][..]),
+            Ok(_) | Err(Errno::RANGE)
+        )
+    }
+
+    /// Resolve `name` in directory `parent` through the layers.
+    pub(crate) fn resolve(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+        let pstate = parent.state.read().clone();
+        let prel = parent.rel_path();
+        let err = |e: Errno| self.name_err("lookup", parent, name, e);
+        let mut state = NodeState::default();
+        let mut kind: Option<FileKind> = None;
+        let mut ino: Option<u64> = None;
+        let mut merge_lowers = true;
+
+        if pstate.upper {
+            let dir = match self.layers.open_dir(LayerRef::Upper, &prel) {
+                Ok(d) => Some(d),
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => None,
+                Err(e) => return Err(err(e)),
+            };
+            if let Some(dir) = dir {
+                match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => {
+                        if format::is_whiteout_stat(st.st_mode, st.st_rdev) {
+                            return Ok(None);
+                        }
+                        let k = kind_of(st.st_mode);
+                        state.upper = true;
+                        kind = Some(k);
+                        if k == FileKind::Directory {
+                            let opaque = self.upper_dir_opaque(dir.as_fd(), name);
+                            merge_lowers = !opaque;
+                        } else {
+                            merge_lowers = false;
+                            let origin = self.origin_ino_of(dir.as_fd(), name);
+                            ino = Some(origin.unwrap_or_else(|| {
+                                self.layers.map_ino(LayerRef::Upper, st.st_ino)
+                            }));
+                        }
+                        if k == FileKind::Directory {
+                            ino = Some(self.layers.map_ino(LayerRef::Upper, st.st_ino));
+                        }
+                    }
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+        }
+
+        if merge_lowers {
+            let mut first_lower_ino: Option<u64> = None;
+            for le in &pstate.lowers {
+                let layer = LayerRef::Lower(le.layer);
+                let dir = match self.layers.open_dir(layer, &prel) {
+                    Ok(d) => d,
+                    Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                    Err(e) => return Err(err(e)),
+                };
+                match self
+                    .lower_hit(dir.as_fd(), name, le.xwhiteouts)
+                    .map_err(err)?
+                {
+                    LayerHit::Absent => continue,
+                    LayerHit::Whiteout => break,
+                    LayerHit::Found(st) => {
+                        let k = kind_of(st.st_mode);
+                        match kind {
+                            Some(FileKind::Directory) if k != FileKind::Directory => break,
+                            Some(FileKind::Directory) | None if k == FileKind::Directory => {
+                                kind = Some(k);
+                                if first_lower_ino.is_none() {
+                                    first_lower_ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                }
+                                let sub = rustix::fs::openat(
+                                    dir.as_fd(),
+                                    name,
+                                    rustix::fs::OFlags::RDONLY
+                                        | rustix::fs::OFlags::DIRECTORY
+                                        | rustix::fs::OFlags::NOFOLLOW
+                                        | rustix::fs::OFlags::CLOEXEC,
+                                    rustix::fs::Mode::empty(),
+                                )
+                                .map_err(err)?;
+                                let op = self.layers.lower_dir_opacity(sub.as_fd());
+                                state.lowers.push(LowerEntry {
+                                    layer: le.layer,
+                                    xwhiteouts: op == Opacity::HasXWhiteouts,
+                                });
+                                if op == Opacity::Opaque
+                                    || rustix::fs::statat(
+                                        dir.as_fd(),
+                                        format::aufs_whiteout_name(name),
+                                        AtFlags::SYMLINK_NOFOLLOW,
+                                    )
+                                    .is_ok()
+                                {
+                                    break;
+                                }
+                            }
+                            None => {
+                                kind = Some(k);
+                                state.lowers.push(LowerEntry {
+                                    layer: le.layer,
+                                    xwhiteouts: false,
+                                });
+                                ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                break;
+                            }
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+            if let Some(i) = first_lower_ino {
+                ino = Some(i);
+            }
+        }
+        match (kind, ino) {
+            (Some(kind), Some(ino)) => Ok(Some(Resolved { kind, ino, state })),
+            _ => Ok(None),
+        }
+    }
+
+    /// True when an upper directory `name` in `dir` is opaque (`overlay.opaque=y`).
+    pub(crate) fn upper_dir_opaque(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> bool {
+        let p = super::layers::proc_path(dir, name);
+        let x = self.layers.ns.opaque();
+        matches!(
+            super::layers::read_xattr(|b| rustix::fs::lgetxattr(&p, x.as_str(), b)).as_deref(),
+            Ok(b"y")
+        )
+    }
+
+    /// The kernel's `ovl_lower_positive`: does `name` exist (not whited out) in the lower
+    /// layers merged into `parent`? Decides whether removing it needs a whiteout.
+    pub(crate) fn lower_positive(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+    ) -> std::result::Result<bool, Errno> {
+        let pstate = parent.state.read().clone();
+        let prel = parent.rel_path();
+        for le in &pstate.lowers {
+            let dir = match self.layers.open_dir(LayerRef::Lower(le.layer), &prel) {
+                Ok(d) => d,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(e) => return Err(e),
+            };
+            match self.lower_hit(dir.as_fd(), name, le.xwhiteouts)? {
+                LayerHit::Absent => continue,
+                LayerHit::Whiteout => return Ok(false),
+                LayerHit::Found(_) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,754 @@
+//! Namespace changes: create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
+//!
+//! Errno precedence follows the VFS: for creations EEXIST comes before EROFS; for removals
+//! and renames EROFS comes first.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags as RxRename, XattrFlags};
+use rustix::io::Errno;
+
+use super::layers::{display_path, ioerr, remove_tree_at, LayerRef};
+use super::node::NodeState;
+use super::real::RealObj;
+use super::{check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags};
+use crate::error::Result;
+use crate::format;
+
+/// What to create.
+enum NewObj<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Special { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+    Link { src: RealObj },
+}
+
+/// State of a name in an upper directory.
+enum UpperName {
+    Absent,
+    Whiteout,
+    Present(rustix::fs::Stat),
+}
+
+fn upper_name(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<UpperName, Errno> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if format::is_whiteout_stat(st.st_mode, st.st_rdev) => Ok(UpperName::Whiteout),
+        Ok(st) => Ok(UpperName::Present(st)),
+        Err(Errno::NOENT) => Ok(UpperName::Absent),
+        Err(e) => Err(e),
+    }
+}
+
+impl Overlay {
+    /// Remember the attributes of `node` before it is removed (for `getattr` on open files).
+    fn stash_attr(&self, node: &NodeRef) {
+        if let Ok(mut a) = self.getattr(node) {
+            a.nlink = a.nlink.saturating_sub(if node.kind == FileKind::Directory {
+                2
+            } else {
+                1
+            });
+            *node.removed_attr.lock() = Some(a);
+        }
+    }
+
+    /// Mark `node` removed from the tree.
+    fn detach(&self, parent: &Node, name: &OsStr, node: &NodeRef) {
+        node.loc.lock().unlinked = true;
+        let mut ch = parent.children.lock();
+        if let Some(w) = ch.get(name) {
+            if std::ptr::eq(w.as_ptr(), Arc::as_ptr(node)) {
+                ch.remove(name);
+            }
+        }
+    }
+
+    /// Register a new child node.
+    fn attach(&self, parent: &NodeRef, name: &OsStr, node: &NodeRef) {
+        let old = parent
+            .children
+            .lock()
+            .insert(name.to_os_string(), Arc::downgrade(node));
+        drop(old);
+    }
+
+    /// Create an object in the upper layer; the caller holds `parent.dir_lock` exclusively and
+    /// has checked that `name` does not exist in the merged view.
+    fn create_upper(
+        &self,
+        op: &'static str,
+        parent: &NodeRef,
+        name: &OsStr,
+        owner: Option<Owner>,
+        spec: NewObj<'_>,
+    ) -> Result<(NodeRef, Option<OwnedFd>, u64)> {
+        let path = parent.rel_path().join(name);
+        let err = |e: Errno| ioerr(op, display_path(&path), e);
+        self.check_writable(op, &path)?;
+        let pdir = self.upper_dir_of(parent)?;
+        let over_whiteout = match upper_name(pdir.as_fd(), name).map_err(err)? {
+            UpperName::Absent => false,
+            UpperName::Whiteout => true,
+            UpperName::Present(_) => return Err(err(Errno::EXIST)),
+        };
+        let work = self.layers.work();
+        let tmp = self.layers.staging_name();
+        let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if over_whiteout {
+            (work, &tmp)
+        } else {
+            (pdir.as_fd(), name)
+        };
+        let mut fd = None;
+        let (kind, perm) = match &spec {
+            NewObj::File { mode, flags } => {
+                let f = OFlags::from_bits_retain(
+                    (*flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL)) as u32,
+                ) | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC;
+                fd = Some(
+                    rustix::fs::openat(tdir, tname, f, Mode::from_raw_mode(*mode & 0o7777))
+                        .map_err(err)?,
+                );
+                (FileKind::File, Some(*mode & 0o7777))
+            }
+            NewObj::Dir { mode } => {
+                rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(*mode & 0o7777))
+                    .map_err(err)?;
+                (FileKind::Directory, Some(*mode & 0o7777))
+            }
+            NewObj::Special { mode, rdev } => {
+                let ft = FileType::from_raw_mode(*mode);
+                rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(*mode & 0o7777), *rdev)
+                    .map_err(err)?;
+                (super::kind_of(*mode), Some(*mode & 0o7777))
+            }
+            NewObj::Symlink { target } => {
+                rustix::fs::symlinkat(*target, tdir, tname).map_err(err)?;
+                (FileKind::Symlink, None)
+            }
+            NewObj::Link { src } => {
+                let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
+                rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
+                    .map_err(err)?;
+                (FileKind::File, None)
+            }
+        };
+        let is_link = matches!(spec, NewObj::Link { .. });
+        let created = RealObj {
+            layer: LayerRef::Upper,
+            dir: Arc::new(rustix::io::fcntl_dupfd_cloexec(tdir, 0).map_err(err)?),
+            name: Some(tname.to_os_string()),
+        };
+        let finish = || -> std::result::Result<(), Errno> {
+            if !is_link {
+                if let Some(o) = owner {
+                    created.chown(Some(o.uid), Some(o.gid))?;
+                }
+                if let Some(perm) = perm {
+                    let st = created.stat()?;
+                    let keep_sgid = if kind == FileKind::Directory {
+                        st.st_mode & libc::S_ISGID
+                    } else {
+                        0
+                    };
+                    let want = perm | keep_sgid;
+                    if st.st_mode & 0o7777 != want || owner.is_some() {
+                        created.chmod(want)?;
+                    }
+                }
+            }
+            if over_whiteout {
+                if kind == FileKind::Directory {
+                    created.setxattr(
+                        OsStr::new(&self.layers.ns.opaque()),
+                        b"y",
+                        XattrFlags::empty(),
+                    )?;
+                    rustix::fs::renameat_with(work, &*tmp, pdir.as_fd(), name, RxRename::EXCHANGE)?;
+                    rustix::fs::unlinkat(work, &*tmp, AtFlags::empty())?;
+                } else {
+                    rustix::fs::renameat(work, &*tmp, pdir.as_fd(), name)?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = remove_tree_at(tdir, tname);
+            return Err(err(e));
+        }
+        let st = rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+        let ino = self.layers.map_ino(LayerRef::Upper, st.st_ino);
+        let node = Arc::new(Node::new(
+            ino,
+            kind,
+            Some(parent.clone()),
+            name.to_os_string(),
+            NodeState {
+                upper: true,
+                lowers: Vec::new(),
+            },
+        ));
+        self.attach(parent, name, &node);
+        Ok((node, fd, ino))
+    }
+
+    /// Common front of the creating operations: checks and locking.
+    fn create_common(
+        &self,
+        op: &'static str,
+        parent: &NodeRef,
+        name: &OsStr,
+        owner: Option<Owner>,
+        spec: NewObj<'_>,
+    ) -> Result<(NodeRef, Option<OwnedFd>)> {
+        self.check_dir(op, parent)?;
+        if is_dot(name) {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        check_name(op, parent, name)?;
+        let _g = parent.dir_lock.write();
+        if parent.is_unlinked() {
+            return Err(self.name_err(op, parent, name, Errno::NOENT));
+        }
+        if self.lookup_locked(parent, name)?.is_some() {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        let (n, fd, _) = self.create_upper(op, parent, name, owner, spec)?;
+        Ok((n, fd))
+    }
+
+    /// Create and open a regular file. Without `O_EXCL` an existing file is opened instead
+    /// (EISDIR for a directory), as `open(O_CREAT)` does.
+    pub fn create(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        owner: Option<Owner>,
+    ) -> Result<(NodeRef, File)> {
+        let op = "create";
+        if flags & libc::O_EXCL == 0 && !is_dot(name) {
+            self.check_dir(op, parent)?;
+            check_name(op, parent, name)?;
+            let existing = {
+                let _g = parent.dir_lock.read();
+                self.lookup_locked(parent, name)?
+            };
+            if let Some(n) = existing {
+                let f = self.open(&n, flags & !libc::O_CREAT)?;
+                return Ok((n, f));
+            }
+        }
+        let (n, fd) = self.create_common(op, parent, name, owner, NewObj::File { mode, flags })?;
+        Ok((n, File::from(fd.expect("created file fd"))))
+    }
+
+    /// Create a directory. It is opaque when it replaces a whiteout in the upper layer.
+    pub fn mkdir(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+        mode: u32,
+        owner: Option<Owner>,
+    ) -> Result<NodeRef> {
+        Ok(self
+            .create_common("mkdir", parent, name, owner, NewObj::Dir { mode })?
+            .0)
+    }
+
+    /// Create a device node, FIFO, socket or regular file. A character device 0/0 gives EPERM,
+    /// a directory type EPERM, an unknown type EINVAL.
+    pub fn mknod(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        owner: Option<Owner>,
+    ) -> Result<NodeRef> {
+        let op = "mknod";
+        let fmt = mode & libc::S_IFMT;
+        let mode = if fmt == 0 { mode | libc::S_IFREG } else { mode };
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK => {}
+            libc::S_IFDIR => return Err(self.name_err(op, parent, name, Errno::PERM)),
+            _ => return Err(self.name_err(op, parent, name, Errno::INVAL)),
+        }
+        let dev = if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
+            rdev
+        } else {
+            0
+        };
+        self.check_dir(op, parent)?;
+        if is_dot(name) {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        check_name(op, parent, name)?;
+        let _g = parent.dir_lock.write();
+        if parent.is_unlinked() {
+            return Err(self.name_err(op, parent, name, Errno::NOENT));
+        }
+        if self.lookup_locked(parent, name)?.is_some() {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        self.check_writable(op, &parent.rel_path().join(name))?;
+        if mode & libc::S_IFMT == libc::S_IFCHR && dev == 0 {
+            // 0/0 is reserved for whiteouts.
+            return Err(self.name_err(op, parent, name, Errno::PERM));
+        }
+        let (n, _, _) =
+            self.create_upper(op, parent, name, owner, NewObj::Special { mode, rdev: dev })?;
+        Ok(n)
+    }
+
+    /// Create a symlink `name` -> `target`.
+    pub fn symlink(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+        target: &OsStr,
+        owner: Option<Owner>,
+    ) -> Result<NodeRef> {
+        if target.is_empty() {
+            return Err(self.name_err("symlink", parent, name, Errno::NOENT));
+        }
+        Ok(self
+            .create_common("symlink", parent, name, owner, NewObj::Symlink { target })?
+            .0)
+    }
+
+    /// Hard-link `node` (copied up first) as `new_parent/new_name`. The new node has the same
+    /// inode number.
+    pub fn link(&self, node: &NodeRef, new_parent: &NodeRef, new_name: &OsStr) -> Result<NodeRef> {
+        let op = "link";
+        self.check_dir(op, new_parent)?;
+        if is_dot(new_name) {
+            return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
+        }
+        check_name(op, new_parent, new_name)?;
+        let _g = new_parent.dir_lock.write();
+        if new_parent.is_unlinked() {
+            return Err(self.name_err(op, new_parent, new_name, Errno::NOENT));
+        }
+        if self.lookup_locked(new_parent, new_name)?.is_some() {
+            return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
+        }
+        self.check_writable(op, &new_parent.rel_path().join(new_name))?;
+        if node.kind == FileKind::Directory {
+            return Err(self.node_err(op, node, Errno::PERM));
+        }
+        if node.is_unlinked() {
+            return Err(self.node_err(op, node, Errno::NOENT));
+        }
+        self.copy_up_node(node, true)?;
+        let _c = node.copy_lock.lock();
+        if node.is_unlinked() {
+            return Err(self.node_err(op, node, Errno::NOENT));
+        }
+        let src = self
+            .real(node, LayerRef::Upper)
+            .map_err(|e| self.node_err(op, node, e))?;
+        let (created, _, _) =
+            self.create_upper(op, new_parent, new_name, None, NewObj::Link { src })?;
+        // Same inode: report the source's overlay inode number.
+        let n = Arc::new(Node::new(
+            node.ino,
+            node.kind,
+            Some(new_parent.clone()),
+            new_name.to_os_string(),
+            NodeState {
+                upper: true,
+                lowers: Vec::new(),
+            },
+        ));
+        self.attach(new_parent, new_name, &n);
+        drop(created);
+        Ok(n)
+    }
+
+    /// Remove a non-directory; leaves a whiteout where a lower name exists.
+    pub fn unlink(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
+        let op = "unlink";
+        self.check_dir(op, parent)?;
+        self.check_writable(op, &parent.rel_path().join(name))?;
+        if is_dot(name) {
+            return Err(self.name_err(op, parent, name, Errno::ISDIR));
+        }
+        check_name(op, parent, name)?;
+        let _g = parent.dir_lock.write();
+        let node = self
+            .lookup_locked(parent, name)?
+            .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
+        if node.kind == FileKind::Directory {
+            return Err(self.name_err(op, parent, name, Errno::ISDIR));
+        }
+        let pdir = self.upper_dir_of(parent)?;
+        let err = |e: Errno| self.name_err(op, parent, name, e);
+        let _c = node.copy_lock.lock();
+        let need_wh = self.lower_positive(parent, name).map_err(err)?;
+        let work = self.layers.work();
+        self.stash_attr(&node);
+        if node.state.read().upper {
+            if need_wh {
+                let wh = self.layers.make_staged_whiteout().map_err(err)?;
+                if let Err(e) = rustix::fs::renameat(work, &*wh, pdir.as_fd(), name) {
+                    let _ = rustix::fs::unlinkat(work, &*wh, AtFlags::empty());
+                    return Err(err(e));
+                }
+            } else {
+                rustix::fs::unlinkat(pdir.as_fd(), name, AtFlags::empty()).map_err(err)?;
+            }
+        } else {
+            self.place_whiteout(pdir.as_fd(), name).map_err(err)?;
+        }
+        self.detach(parent, name, &node);
+        Ok(())
+    }
+
+    /// Put a whiteout at `name` in upper dir `pdir` where nothing is.
+    fn place_whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
+        let work = self.layers.work();
+        let wh = self.layers.make_staged_whiteout()?;
+        if let Err(e) = rustix::fs::renameat_with(work, &*wh, pdir, name, RxRename::NOREPLACE) {
+            let _ = rustix::fs::unlinkat(work, &*wh, AtFlags::empty());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Remove a directory that is empty in the merged view; leaves a whiteout where a lower
+    /// name exists. Leftover whiteouts inside the upper directory are removed through the
+    /// workdir.
+    pub fn rmdir(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
+        let op = "rmdir";
+        self.check_dir(op, parent)?;
+        self.check_writable(op, &parent.rel_path().join(name))?;
+        if name == "." {
+            return Err(self.name_err(op, parent, name, Errno::INVAL));
+        }
+        if name == ".." {
+            return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
+        }
+        check_name(op, parent, name)?;
+        let _g = parent.dir_lock.write();
+        let node = self
+            .lookup_locked(parent, name)?
+            .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
+        if node.kind != FileKind::Directory {
+            return Err(self.name_err(op, parent, name, Errno::NOTDIR));
+        }
+        let _cg = node.dir_lock.write();
+        if !self.readdir_locked(&node)?.is_empty() {
+            return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
+        }
+        let pdir = self.upper_dir_of(parent)?;
+        let err = |e: Errno| self.name_err(op, parent, name, e);
+        let _c = node.copy_lock.lock();
+        let need_wh = self.lower_positive(parent, name).map_err(err)?;
+        let work = self.layers.work();
+        self.stash_attr(&node);
+        if node.state.read().upper {
+            if need_wh {
+                let wh = self.layers.make_staged_whiteout().map_err(err)?;
+                if let Err(e) =
+                    rustix::fs::renameat_with(work, &*wh, pdir.as_fd(), name, RxRename::EXCHANGE)
+                {
+                    let _ = rustix::fs::unlinkat(work, &*wh, AtFlags::empty());
+                    return Err(err(e));
+                }
+                // `wh` now names the old upper directory (holding only whiteouts).
+                remove_tree_at(work, &wh).map_err(err)?;
+            } else {
+                match rustix::fs::unlinkat(pdir.as_fd(), name, AtFlags::REMOVEDIR) {
+                    Ok(()) => {}
+                    Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => {
+                        let tmp = self.layers.staging_name();
+                        rustix::fs::renameat(pdir.as_fd(), name, work, &*tmp).map_err(err)?;
+                        remove_tree_at(work, &tmp).map_err(err)?;
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+        } else {
+            self.place_whiteout(pdir.as_fd(), name).map_err(err)?;
+        }
+        self.detach(parent, name, &node);
+        Ok(())
+    }
+
+    /// Rename. Non-directories always work (copy-up, whiteout left at the old name if a lower
+    /// object existed); directories only when they exist only in upper, EXDEV otherwise.
+    /// `RenameFlags::EXCHANGE` and `NOREPLACE` behave as for `renameat2`.
+    pub fn rename(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+        new_parent: &NodeRef,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let op = "rename";
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        let noreplace = flags.contains(RenameFlags::NOREPLACE);
+        if flags.bits() & !RenameFlags::all().bits() != 0 || (exchange && noreplace) {
+            return Err(self.name_err(op, parent, name, Errno::INVAL));
+        }
+        self.check_dir(op, parent)?;
+        self.check_dir(op, new_parent)?;
+        if is_dot(name) {
+            return Err(self.name_err(op, parent, name, Errno::BUSY));
+        }
+        if is_dot(new_name) {
+            let e = if noreplace { Errno::EXIST } else { Errno::BUSY };
+            return Err(self.name_err(op, new_parent, new_name, e));
+        }
+        self.check_writable(op, &parent.rel_path().join(name))?;
+        check_name(op, parent, name)?;
+        check_name(op, new_parent, new_name)?;
+
+        let same_dir = Arc::ptr_eq(parent, new_parent);
+        let _rl = if same_dir {
+            None
+        } else {
+            Some(self.rename_lock.lock())
+        };
+        let first_is_parent = if same_dir || parent.is_ancestor_of(new_parent) {
+            true
+        } else if new_parent.is_ancestor_of(parent) {
+            false
+        } else {
+            Arc::as_ptr(parent) < Arc::as_ptr(new_parent)
+        };
+        let (_g1, _g2) = if same_dir {
+            (parent.dir_lock.write(), None)
+        } else if first_is_parent {
+            let a = parent.dir_lock.write();
+            (a, Some(new_parent.dir_lock.write()))
+        } else {
+            let b = new_parent.dir_lock.write();
+            (parent.dir_lock.write(), Some(b))
+        };
+        if parent.is_unlinked() {
+            return Err(self.name_err(op, parent, name, Errno::NOENT));
+        }
+        let src = self
+            .lookup_locked(parent, name)?
+            .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
+        if new_parent.is_unlinked() {
+            return Err(self.name_err(op, new_parent, new_name, Errno::NOENT));
+        }
+        let dst = self.lookup_locked(new_parent, new_name)?;
+        let nerr = |e: Errno| self.name_err(op, new_parent, new_name, e);
+        let serr = |e: Errno| self.name_err(op, parent, name, e);
+        if noreplace && dst.is_some() {
+            return Err(nerr(Errno::EXIST));
+        }
+        if exchange && dst.is_none() {
+            return Err(nerr(Errno::NOENT));
+        }
+        if src.kind == FileKind::Directory && src.is_ancestor_of(new_parent) {
+            return Err(serr(Errno::INVAL));
+        }
+        if let Some(d) = &dst {
+            if d.kind == FileKind::Directory && d.is_ancestor_of(parent) {
+                return Err(nerr(if exchange {
+                    Errno::INVAL
+                } else {
+                    Errno::NOTEMPTY
+                }));
+            }
+            if Arc::ptr_eq(d, &src) {
+                return Ok(());
+            }
+            if !exchange {
+                if src.kind == FileKind::Directory && d.kind != FileKind::Directory {
+                    return Err(nerr(Errno::NOTDIR));
+                }
+                if src.kind != FileKind::Directory && d.kind == FileKind::Directory {
+                    return Err(nerr(Errno::ISDIR));
+                }
+            }
+        }
+        // The overlay's own restrictions (no redirect_dir).
+        if src.kind == FileKind::Directory && !src.state.read().lowers.is_empty() {
+            return Err(serr(Errno::XDEV));
+        }
+        if let Some(d) = &dst {
+            if exchange && d.kind == FileKind::Directory && !d.state.read().lowers.is_empty() {
+                return Err(nerr(Errno::XDEV));
+            }
+        }
+        let _dg = match &dst {
+            Some(d) if !exchange && d.kind == FileKind::Directory => {
+                let g = d.dir_lock.write();
+                if !self.readdir_locked(d)?.is_empty() {
+                    return Err(nerr(Errno::NOTEMPTY));
+                }
+                Some(g)
+            }
+            _ => None,
+        };
+
+        // Copy-ups (parents first), then the per-node locks of both names.
+        let pdir = self.upper_dir_of(parent)?;
+        let npdir = self.upper_dir_of(new_parent)?;
+        self.copy_up_node(&src, true)?;
+        if exchange {
+            if let Some(d) = &dst {
+                self.copy_up_node(d, true)?;
+            }
+        }
+        let (_c1, _c2) = match &dst {
+            None => (src.copy_lock.lock(), None),
+            Some(d) if Arc::as_ptr(&src) < Arc::as_ptr(d) => {
+                let a = src.copy_lock.lock();
+                (a, Some(d.copy_lock.lock()))
+            }
+            Some(d) => {
+                let b = d.copy_lock.lock();
+                (src.copy_lock.lock(), Some(b))
+            }
+        };
+        let work = self.layers.work();
+        let need_wh = !exchange && self.lower_positive(parent, name).map_err(serr)?;
+        // A pure-upper directory moved into a merged directory must not merge with lower
+        // directories of its new name: mark it opaque, as the kernel does.
+        let opaque = self.layers.ns.opaque();
+        if src.kind == FileKind::Directory && new_parent.state.read().is_merge() {
+            let r = self.real(&src, LayerRef::Upper).map_err(serr)?;
+            r.setxattr(OsStr::new(&opaque), b"y", XattrFlags::empty())
+                .map_err(serr)?;
+        }
+        if let Some(d) = &dst {
+            if exchange && d.kind == FileKind::Directory && parent.state.read().is_merge() {
+                let r = self.real(d, LayerRef::Upper).map_err(nerr)?;
+                r.setxattr(OsStr::new(&opaque), b"y", XattrFlags::empty())
+                    .map_err(nerr)?;
+            }
+        }
+
+        if exchange {
+            rustix::fs::renameat_with(
+                pdir.as_fd(),
+                name,
+                npdir.as_fd(),
+                new_name,
+                RxRename::EXCHANGE,
+            )
+            .map_err(serr)?;
+        } else {
+            let mut target = upper_name(npdir.as_fd(), new_name).map_err(nerr)?;
+            if let (UpperName::Present(st), Some(d)) = (&target, &dst) {
+                if d.kind == FileKind::Directory && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    // Clear leftover whiteouts of the replaced directory through the workdir.
+                    let tmp = self.layers.staging_name();
+                    rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700)).map_err(nerr)?;
+                    rustix::fs::renameat_with(
+                        work,
+                        &*tmp,
+                        npdir.as_fd(),
+                        new_name,
+                        RxRename::EXCHANGE,
+                    )
+                    .map_err(nerr)?;
+                    remove_tree_at(work, &tmp).map_err(nerr)?;
+                    target = UpperName::Present(*st);
+                }
+            }
+            match target {
+                UpperName::Whiteout => {
+                    if need_wh {
+                        rustix::fs::renameat_with(
+                            pdir.as_fd(),
+                            name,
+                            npdir.as_fd(),
+                            new_name,
+                            RxRename::EXCHANGE,
+                        )
+                        .map_err(serr)?;
+                    } else if src.kind == FileKind::Directory {
+                        rustix::fs::renameat_with(
+                            pdir.as_fd(),
+                            name,
+                            npdir.as_fd(),
+                            new_name,
+                            RxRename::EXCHANGE,
+                        )
+                        .map_err(serr)?;
+                        rustix::fs::unlinkat(pdir.as_fd(), name, AtFlags::empty()).map_err(serr)?;
+                    } else {
+                        rustix::fs::renameat(pdir.as_fd(), name, npdir.as_fd(), new_name)
+                            .map_err(serr)?;
+                    }
+                }
+                UpperName::Absent | UpperName::Present(_) => {
+                    let fl = if need_wh {
+                        RxRename::WHITEOUT
+                    } else {
+                        RxRename::empty()
+                    };
+                    rustix::fs::renameat_with(pdir.as_fd(), name, npdir.as_fd(), new_name, fl)
+                        .map_err(serr)?;
+                }
+            }
+        }
+
+        if !same_dir
+            && (!src.state.read().lowers.is_empty()
+                || dst
+                    .as_ref()
+                    .is_some_and(|d| exchange && !d.state.read().lowers.is_empty()))
+        {
+            // Entries with an origin moved in: the kernel marks such directories impure.
+            self.set_impure(npdir.as_fd());
+            self.set_impure(pdir.as_fd());
+        }
+
+        // Update the node tree.
+        if exchange {
+            let d = dst.as_ref().expect("exchange target");
+            {
+                let mut ls = src.loc.lock();
+                ls.parent = Some(new_parent.clone());
+                ls.name = new_name.to_os_string();
+            }
+            {
+                let mut ld = d.loc.lock();
+                ld.parent = Some(parent.clone());
+                ld.name = name.to_os_string();
+            }
+            self.attach(parent, name, d);
+            self.attach(new_parent, new_name, &src);
+        } else {
+            if let Some(d) = &dst {
+                self.stash_attr(d);
+                self.detach(new_parent, new_name, d);
+            }
+            {
+                let mut ch = parent.children.lock();
+                if let Some(w) = ch.get(name) {
+                    if std::ptr::eq(w.as_ptr(), Arc::as_ptr(&src)) {
+                        ch.remove(name);
+                    }
+                }
+            }
+            {
+                let mut ls = src.loc.lock();
+                ls.parent = Some(new_parent.clone());
+                ls.name = new_name.to_os_string();
+            }
+            self.attach(new_parent, new_name, &src);
+        }
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: OsString) {}

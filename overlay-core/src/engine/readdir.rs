@@ -1,0 +1,169 @@
+//! Readdir: merge the layers' listings, hide whiteouts, de-duplicate.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
+
+use rustix::fs::{AtFlags, FileType};
+use rustix::io::Errno;
+
+use super::layers::LayerRef;
+use super::{kind_of, DirEntry, FileKind, NodeRef, Overlay};
+use crate::error::Result;
+use crate::format;
+
+fn kind_of_ft(ft: FileType) -> Option<FileKind> {
+    Some(match ft {
+        FileType::RegularFile => FileKind::File,
+        FileType::Directory => FileKind::Directory,
+        FileType::Symlink => FileKind::Symlink,
+        FileType::CharacterDevice => FileKind::CharDevice,
+        FileType::BlockDevice => FileKind::BlockDevice,
+        FileType::Fifo => FileKind::Fifo,
+        FileType::Socket => FileKind::Socket,
+        FileType::Unknown => return None,
+    })
+}
+
+struct RawEntry {
+    name: OsString,
+    ino: u64,
+    ft: FileType,
+}
+
+fn read_entries(dir: &std::os::fd::OwnedFd) -> std::result::Result<Vec<RawEntry>, Errno> {
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        out.push(RawEntry {
+            name: OsString::from_vec(n.to_vec()),
+            ino: ent.ino(),
+            ft: ent.file_type(),
+        });
+    }
+    Ok(out)
+}
+
+impl Overlay {
+    /// The merged listing of directory `dir`: whiteouts hidden, names de-duplicated, in a stable
+    /// order (upper entries first, then each lower top-down, each in the layer's own order).
+    pub fn readdir(&self, dir: &NodeRef) -> Result<Vec<DirEntry>> {
+        if dir.kind != FileKind::Directory {
+            return Err(self.node_err("readdir", dir, Errno::NOTDIR));
+        }
+        let _g = dir.dir_lock.read();
+        self.readdir_locked(dir)
+    }
+
+    /// Readdir with `dir.dir_lock` held.
+    pub(crate) fn readdir_locked(&self, dir: &NodeRef) -> Result<Vec<DirEntry>> {
+        if dir.is_unlinked() {
+            return Err(self.node_err("readdir", dir, Errno::NOENT));
+        }
+        let st = dir.state.read().clone();
+        let rel = dir.rel_path();
+        let err = |e: Errno| self.node_err("readdir", dir, e);
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut out = Vec::new();
+
+        if st.upper {
+            let fd = self.layers.open_dir(LayerRef::Upper, &rel).map_err(err)?;
+            for e in read_entries(&fd).map_err(err)? {
+                let mut kind = kind_of_ft(e.ft);
+                if kind.is_none() || e.ft == FileType::CharacterDevice {
+                    let s = match rustix::fs::statat(fd.as_fd(), &e.name, AtFlags::SYMLINK_NOFOLLOW)
+                    {
+                        Ok(s) => s,
+                        Err(Errno::NOENT) => continue,
+                        Err(e) => return Err(err(e)),
+                    };
+                    if format::is_whiteout_stat(s.st_mode, s.st_rdev) {
+                        seen.insert(e.name);
+                        continue;
+                    }
+                    kind = Some(kind_of(s.st_mode));
+                }
+                let kind = kind.expect("kind");
+                seen.insert(e.name.clone());
+                let ino = if let Some(n) = dir.cached_child(&e.name) {
+                    n.ino
+                } else if kind == FileKind::Directory && st.lowers.is_empty() {
+                    self.layers.map_ino(LayerRef::Upper, e.ino)
+                } else if kind == FileKind::Directory {
+                    // May be merged with lower directories: compute as lookup does.
+                    match self.resolve(dir, &e.name)? {
+                        Some(r) => r.ino,
+                        None => continue,
+                    }
+                } else {
+                    self.origin_ino_of(fd.as_fd(), &e.name)
+                        .unwrap_or_else(|| self.layers.map_ino(LayerRef::Upper, e.ino))
+                };
+                out.push(DirEntry {
+                    name: e.name,
+                    ino,
+                    kind,
+                });
+            }
+        }
+
+        for le in &st.lowers {
+            let layer = LayerRef::Lower(le.layer);
+            let fd = match self.layers.open_dir(layer, &rel) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(e) => return Err(err(e)),
+            };
+            let mut layer_whiteouts = Vec::new();
+            for e in read_entries(&fd).map_err(err)? {
+                if format::is_aufs_metadata_name(&e.name) {
+                    if let Some(t) = format::aufs_whiteout_target(&e.name) {
+                        layer_whiteouts.push(t.to_os_string());
+                    }
+                    continue;
+                }
+                if seen.contains(&e.name) {
+                    continue;
+                }
+                let mut kind = kind_of_ft(e.ft);
+                let needs_stat = kind.is_none()
+                    || e.ft == FileType::CharacterDevice
+                    || (le.xwhiteouts && e.ft == FileType::RegularFile);
+                if needs_stat {
+                    let s = match rustix::fs::statat(fd.as_fd(), &e.name, AtFlags::SYMLINK_NOFOLLOW)
+                    {
+                        Ok(s) => s,
+                        Err(Errno::NOENT) => continue,
+                        Err(e) => return Err(err(e)),
+                    };
+                    if format::is_whiteout_stat(s.st_mode, s.st_rdev)
+                        || (le.xwhiteouts && self.is_xwhiteout(fd.as_fd(), &e.name, &s))
+                    {
+                        seen.insert(e.name);
+                        continue;
+                    }
+                    kind = Some(kind_of(s.st_mode));
+                }
+                let kind = kind.expect("kind");
+                seen.insert(e.name.clone());
+                let ino = match dir.cached_child(&e.name) {
+                    Some(n) => n.ino,
+                    None => self.layers.map_ino(layer, e.ino),
+                };
+                out.push(DirEntry {
+                    name: e.name,
+                    ino,
+                    kind,
+                });
+            }
+            seen.extend(layer_whiteouts);
+        }
+        Ok(out)
+    }
+}

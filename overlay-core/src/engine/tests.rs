@@ -1,0 +1,945 @@
+//! Unit tests of the engine on real layer trees in temp dirs (char 0/0 whiteouts need root
+//! or CAP_MKNOD; tests that need them say so and fail under CI=true when they cannot).
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::format::XattrNamespace;
+
+pub(crate) struct Fixture {
+    _t: tempfile::TempDir,
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Fixture {
+    /// `n` lower layers (index 0 = bottom), an upper and a workdir.
+    pub fn new(n: usize) -> Fixture {
+        let t = tempfile::tempdir().unwrap();
+        let lowers: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                let p = t.path().join(format!("l{i}"));
+                std::fs::create_dir(&p).unwrap();
+                p
+            })
+            .collect();
+        let upper = t.path().join("u");
+        let work = t.path().join("w");
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::create_dir(&work).unwrap();
+        Fixture {
+            _t: t,
+            lowers,
+            upper,
+            work,
+        }
+    }
+
+    pub fn stack(&self) -> LayerStack {
+        LayerStack::builder()
+            .lowers(self.lowers.iter())
+            .upper(&self.upper, &self.work)
+            .xattr_namespace(XattrNamespace::Trusted)
+            .build()
+            .unwrap()
+    }
+
+    pub fn overlay(&self) -> Overlay {
+        Overlay::new(self.stack()).unwrap()
+    }
+}
+
+pub(crate) fn can_mknod() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skip (or fail under CI=true) when whiteouts cannot be made.
+macro_rules! need_root {
+    () => {
+        if !can_mknod() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "test needs root (char 0/0 whiteouts, trusted xattrs)"
+            );
+            eprintln!("skipping: needs root");
+            return;
+        }
+    };
+}
+
+pub(crate) fn whiteout(p: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+}
+
+fn write(p: &Path, data: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, data).unwrap();
+}
+
+fn set_xattr(p: &Path, name: &str, v: &[u8]) {
+    rustix::fs::lsetxattr(p, name, v, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    super::layers::read_xattr(|b| rustix::fs::lgetxattr(p, name, b)).ok()
+}
+
+fn is_whiteout_file(p: &Path) -> bool {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) => m.file_type().is_char_device() && m.rdev() == 0,
+        Err(_) => false,
+    }
+}
+
+fn names(ovl: &Overlay, dir: &NodeRef) -> Vec<String> {
+    let mut v: Vec<String> = ovl
+        .readdir(dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn walk(ovl: &Overlay, path: &str) -> Result<NodeRef> {
+    let mut n = ovl.root();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        n = ovl.lookup(&n, OsStr::new(c))?;
+    }
+    Ok(n)
+}
+
+fn read_all(ovl: &Overlay, path: &str) -> String {
+    let n = walk(ovl, path).unwrap();
+    let mut s = String::new();
+    ovl.open(&n, libc::O_RDONLY)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+fn errno(r: Result<impl std::fmt::Debug>) -> i32 {
+    r.expect_err("expected an error").raw_os_error()
+}
+
+#[test]
+fn lookup_and_readdir_merge_layers() {
+    need_root!();
+    let f = Fixture::new(2);
+    let (l0, l1) = (&f.lowers[0], &f.lowers[1]);
+    write(&l0.join("a/x"), "x0");
+    write(&l0.join("a/y"), "y0");
+    write(&l0.join("a/w"), "w0");
+    write(&l0.join("f"), "f0");
+    write(&l0.join("g"), "g0");
+    std::fs::create_dir_all(l0.join("d/sub")).unwrap();
+    write(&l1.join("a/z"), "z1");
+    write(&l1.join("a/x"), "x1");
+    whiteout(&l1.join("a/y"));
+    write(&l1.join("a/.wh.w"), ""); // AUFS whiteout
+    write(&l1.join("d"), "file hides dir");
+    write(&f.upper.join("a/u"), "u");
+    whiteout(&f.upper.join("g"));
+    let ovl = f.overlay();
+    let root = ovl.root();
+    assert_eq!(names(&ovl, &root), vec!["a", "d", "f"]);
+    let a = walk(&ovl, "a").unwrap();
+    assert_eq!(names(&ovl, &a), vec!["u", "x", "z"]);
+    assert_eq!(read_all(&ovl, "a/x"), "x1");
+    assert_eq!(errno(walk(&ovl, "a/y")), libc::ENOENT);
+    assert_eq!(errno(walk(&ovl, "a/w")), libc::ENOENT);
+    assert_eq!(errno(walk(&ovl, "a/.wh.w")), libc::ENOENT);
+    assert_eq!(errno(walk(&ovl, "g")), libc::ENOENT);
+    let d = walk(&ovl, "d").unwrap();
+    assert_eq!(d.kind(), FileKind::File);
+    assert!(d.is_lower_only());
+    assert_eq!(errno(walk(&ovl, "d/sub")), libc::ENOTDIR);
+    // d_ino == st_ino, unique.
+    for dir in [&root, &a] {
+        let mut seen = std::collections::HashSet::new();
+        for e in ovl.readdir(dir).unwrap() {
+            let n = ovl.lookup(dir, &e.name).unwrap();
+            let at = ovl.getattr(&n).unwrap();
+            assert_eq!(e.ino, at.ino, "{:?}", e.name);
+            assert_eq!(e.kind, at.kind);
+            assert!(seen.insert(e.ino));
+        }
+    }
+    // The same name twice gives the same node while alive; dropping frees it.
+    let x1 = walk(&ovl, "a/x").unwrap();
+    let x2 = walk(&ovl, "a/x").unwrap();
+    assert!(Arc::ptr_eq(&x1, &x2));
+    let weak = Arc::downgrade(&x1);
+    drop((x1, x2));
+    assert!(weak.upgrade().is_none());
+    assert!(a.children.lock().is_empty());
+    // Merged dir nlink is 1 as the kernel reports.
+    assert_eq!(ovl.getattr(&a).unwrap().nlink, 1);
+}
+
+#[test]
+fn opaque_dirs_and_xwhiteouts() {
+    need_root!();
+    let f = Fixture::new(3);
+    let (l0, l1, l2) = (&f.lowers[0], &f.lowers[1], &f.lowers[2]);
+    write(&l0.join("o/below"), "");
+    write(&l0.join("p/below"), "");
+    write(&l0.join("q/below"), "");
+    write(&l0.join("x/gone"), "");
+    write(&l0.join("x/kept"), "");
+    write(&l1.join("o/mid"), "");
+    set_xattr(&l1.join("o"), "trusted.overlay.opaque", b"y");
+    write(&l1.join("p/mid"), "");
+    write(&l1.join("p/.wh..wh..opq"), "");
+    std::fs::create_dir_all(f.upper.join("q")).unwrap();
+    write(&f.upper.join("q/top"), "");
+    set_xattr(&f.upper.join("q"), "trusted.overlay.opaque", b"y");
+    // xwhiteout: zero-size file with overlay.whiteout in a dir marked opaque=x.
+    std::fs::create_dir_all(l2.join("x")).unwrap();
+    write(&l2.join("x/gone"), "");
+    set_xattr(&l2.join("x/gone"), "trusted.overlay.whiteout", b"");
+    set_xattr(&l2.join("x"), "trusted.overlay.opaque", b"x");
+    write(&l2.join("x/new"), "");
+    let ovl = f.overlay();
+    assert_eq!(names(&ovl, &walk(&ovl, "o").unwrap()), vec!["mid"]);
+    assert_eq!(names(&ovl, &walk(&ovl, "p").unwrap()), vec!["mid"]);
+    assert_eq!(names(&ovl, &walk(&ovl, "q").unwrap()), vec!["top"]);
+    assert_eq!(names(&ovl, &walk(&ovl, "x").unwrap()), vec!["kept", "new"]);
+    assert_eq!(errno(walk(&ovl, "x/gone")), libc::ENOENT);
+    assert_eq!(errno(walk(&ovl, "o/below")), libc::ENOENT);
+    // Private xattrs are invisible; opaque marker does not show.
+    let o = walk(&ovl, "o").unwrap();
+    assert!(ovl.listxattr(&o).unwrap().is_empty());
+    assert_eq!(
+        errno(ovl.getxattr(&o, OsStr::new("trusted.overlay.opaque"))),
+        libc::ENODATA
+    );
+}
+
+#[test]
+fn create_write_unlink_leave_whiteouts() {
+    need_root!();
+    let f = Fixture::new(1);
+    let l0 = &f.lowers[0];
+    write(&l0.join("dir/lower"), "L");
+    let ovl = f.overlay();
+    let dir = walk(&ovl, "dir").unwrap();
+    let (n, mut file) = ovl
+        .create(
+            &dir,
+            OsStr::new("new"),
+            0o640,
+            libc::O_WRONLY | libc::O_EXCL,
+            None,
+        )
+        .unwrap();
+    file.write_all(b"hello").unwrap();
+    drop(file);
+    assert_eq!(std::fs::read(f.upper.join("dir/new")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::metadata(f.upper.join("dir/new")).unwrap().mode() & 0o7777,
+        0o640
+    );
+    assert_eq!(ovl.getattr(&n).unwrap().size, 5);
+    assert_eq!(
+        errno(ovl.create(
+            &dir,
+            OsStr::new("lower"),
+            0o644,
+            libc::O_WRONLY | libc::O_EXCL,
+            None
+        )),
+        libc::EEXIST
+    );
+    // unlink of an upper-only file leaves nothing behind.
+    ovl.unlink(&dir, OsStr::new("new")).unwrap();
+    assert!(!f.upper.join("dir/new").exists());
+    let gone = ovl.getattr(&n).unwrap();
+    assert_eq!((gone.nlink, gone.size), (0, 5));
+    assert_eq!(errno(ovl.lookup(&dir, OsStr::new("new"))), libc::ENOENT);
+    // unlink of a lower file leaves a whiteout.
+    ovl.unlink(&dir, OsStr::new("lower")).unwrap();
+    assert!(is_whiteout_file(&f.upper.join("dir/lower")));
+    assert_eq!(errno(ovl.lookup(&dir, OsStr::new("lower"))), libc::ENOENT);
+    assert_eq!(errno(ovl.unlink(&dir, OsStr::new("lower"))), libc::ENOENT);
+    assert!(names(&ovl, &dir).is_empty());
+    // Re-create over the whiteout: a regular file replaces it.
+    let (_, mut file) = ovl
+        .create(
+            &dir,
+            OsStr::new("lower"),
+            0o644,
+            libc::O_RDWR | libc::O_EXCL,
+            None,
+        )
+        .unwrap();
+    file.write_all(b"again").unwrap();
+    assert_eq!(read_all(&ovl, "dir/lower"), "again");
+    assert!(std::fs::read_dir(f.work.join("work"))
+        .unwrap()
+        .next()
+        .is_none());
+    // unlink of a directory: EISDIR; rmdir of a file: ENOTDIR.
+    let root = ovl.root();
+    assert_eq!(errno(ovl.unlink(&root, OsStr::new("dir"))), libc::EISDIR);
+    assert_eq!(errno(ovl.rmdir(&dir, OsStr::new("lower"))), libc::ENOTDIR);
+}
+
+#[test]
+fn mkdir_rmdir_opaque_and_merged() {
+    need_root!();
+    let f = Fixture::new(1);
+    let l0 = &f.lowers[0];
+    write(&l0.join("m/a"), "");
+    write(&l0.join("m/b"), "");
+    let ovl = f.overlay();
+    let root = ovl.root();
+    let m = walk(&ovl, "m").unwrap();
+    assert_eq!(errno(ovl.rmdir(&root, OsStr::new("m"))), libc::ENOTEMPTY);
+    ovl.unlink(&m, OsStr::new("a")).unwrap();
+    ovl.unlink(&m, OsStr::new("b")).unwrap();
+    assert!(is_whiteout_file(&f.upper.join("m/a")));
+    ovl.rmdir(&root, OsStr::new("m")).unwrap();
+    assert!(is_whiteout_file(&f.upper.join("m")));
+    assert!(std::fs::read_dir(f.work.join("work"))
+        .unwrap()
+        .next()
+        .is_none());
+    // mkdir over the whiteout: opaque.
+    let m2 = ovl.mkdir(&root, OsStr::new("m"), 0o750, None).unwrap();
+    assert!(names(&ovl, &m2).is_empty());
+    assert_eq!(
+        get_xattr(&f.upper.join("m"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(ovl.getattr(&m2).unwrap().perm, 0o750);
+    // A fresh dir with nothing below is not opaque.
+    ovl.mkdir(&root, OsStr::new("fresh"), 0o755, None).unwrap();
+    assert_eq!(
+        get_xattr(&f.upper.join("fresh"), "trusted.overlay.opaque"),
+        None
+    );
+    assert_eq!(
+        errno(ovl.mkdir(&root, OsStr::new("fresh"), 0o755, None)),
+        libc::EEXIST
+    );
+    // rmdir of a pure upper dir leaves no whiteout.
+    ovl.rmdir(&root, OsStr::new("fresh")).unwrap();
+    assert!(std::fs::symlink_metadata(f.upper.join("fresh")).is_err());
+}
+
+#[test]
+fn rename_semantics() {
+    need_root!();
+    let f = Fixture::new(1);
+    let l0 = &f.lowers[0];
+    write(&l0.join("f1"), "one");
+    write(&l0.join("f2"), "two");
+    write(&l0.join("ld/x"), "");
+    let ovl = f.overlay();
+    let root = ovl.root();
+    let f1 = walk(&ovl, "f1").unwrap();
+    let ino = f1.ino();
+    ovl.rename(
+        &root,
+        OsStr::new("f1"),
+        &root,
+        OsStr::new("g1"),
+        RenameFlags::empty(),
+    )
+    .unwrap();
+    assert!(is_whiteout_file(&f.upper.join("f1")));
+    assert_eq!(read_all(&ovl, "g1"), "one");
+    assert_eq!(walk(&ovl, "g1").unwrap().ino(), ino);
+    assert_eq!(errno(walk(&ovl, "f1")), libc::ENOENT);
+    assert_eq!(
+        errno(ovl.rename(
+            &root,
+            OsStr::new("g1"),
+            &root,
+            OsStr::new("f2"),
+            RenameFlags::NOREPLACE
+        )),
+        libc::EEXIST
+    );
+    ovl.rename(
+        &root,
+        OsStr::new("g1"),
+        &root,
+        OsStr::new("f2"),
+        RenameFlags::EXCHANGE,
+    )
+    .unwrap();
+    assert_eq!(read_all(&ovl, "g1"), "two");
+    assert_eq!(read_all(&ovl, "f2"), "one");
+    assert_eq!(
+        errno(ovl.rename(
+            &root,
+            OsStr::new("ld"),
+            &root,
+            OsStr::new("ld2"),
+            RenameFlags::empty()
+        )),
+        libc::EXDEV
+    );
+    assert_eq!(
+        errno(ovl.rename(
+            &root,
+            OsStr::new("nope"),
+            &root,
+            OsStr::new("x"),
+            RenameFlags::empty()
+        )),
+        libc::ENOENT
+    );
+    // Upper-only directories rename; into a merged dir they become opaque.
+    let ud = ovl.mkdir(&root, OsStr::new("ud"), 0o755, None).unwrap();
+    ovl.create(&ud, OsStr::new("in"), 0o644, libc::O_WRONLY, None)
+        .unwrap();
+    ovl.rename(
+        &root,
+        OsStr::new("ud"),
+        &root,
+        OsStr::new("ud2"),
+        RenameFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(names(&ovl, &walk(&ovl, "ud2").unwrap()), vec!["in"]);
+    assert_eq!(ud.path(), PathBuf::from("ud2"));
+    let ld = walk(&ovl, "ld").unwrap();
+    ovl.rename(
+        &root,
+        OsStr::new("ud2"),
+        &ld,
+        OsStr::new("moved"),
+        RenameFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(read_all(&ovl, "ld/moved/in"), "");
+    assert_eq!(
+        get_xattr(&f.upper.join("ld/moved"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    // Directory into its own subtree: EINVAL; over a file: ENOTDIR; file over dir: EISDIR.
+    let moved = walk(&ovl, "ld/moved").unwrap();
+    assert_eq!(
+        errno(ovl.rename(
+            &ld,
+            OsStr::new("moved"),
+            &moved,
+            OsStr::new("x"),
+            RenameFlags::empty()
+        )),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(ovl.rename(
+            &ld,
+            OsStr::new("moved"),
+            &root,
+            OsStr::new("f2"),
+            RenameFlags::empty()
+        )),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(ovl.rename(
+            &root,
+            OsStr::new("f2"),
+            &ld,
+            OsStr::new("moved"),
+            RenameFlags::empty()
+        )),
+        libc::EISDIR
+    );
+}
+
+#[test]
+fn copy_up_keeps_metadata_and_xattrs() {
+    need_root!();
+    let f = Fixture::new(1);
+    let l0 = &f.lowers[0];
+    write(&l0.join("d/file"), "data");
+    std::fs::set_permissions(
+        l0.join("d/file"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o604),
+    )
+    .unwrap();
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        l0.join("d/file"),
+        Some(rustix::fs::Uid::from_raw(1234)),
+        Some(rustix::fs::Gid::from_raw(4321)),
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    set_xattr(&l0.join("d/file"), "user.keep", b"v");
+    set_xattr(&l0.join("d/file"), "trusted.overlay.origin", b"junk");
+    set_xattr(&l0.join("d/file"), "trusted.overlay.overlay.esc", b"e");
+    set_xattr(&l0.join("d"), "user.dirattr", b"dv");
+    let mtime = std::fs::metadata(l0.join("d/file")).unwrap().mtime();
+    let ovl = f.overlay();
+    let n = walk(&ovl, "d/file").unwrap();
+    let mut visible = ovl.listxattr(&n).unwrap();
+    visible.sort();
+    assert_eq!(
+        visible,
+        vec![
+            OsString::from("trusted.overlay.esc"),
+            OsString::from("user.keep")
+        ]
+    );
+    assert_eq!(
+        ovl.getxattr(&n, OsStr::new("trusted.overlay.esc")).unwrap(),
+        b"e"
+    );
+    // Reads never copy up.
+    read_all(&ovl, "d/file");
+    assert!(!f.upper.join("d").exists());
+    ovl.setxattr(&n, OsStr::new("user.new"), b"n", 0).unwrap();
+    let up = f.upper.join("d/file");
+    assert_eq!(std::fs::read(&up).unwrap(), b"data");
+    let md = std::fs::metadata(&up).unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o604, 1234, 4321)
+    );
+    assert_eq!(md.mtime(), mtime);
+    assert_eq!(get_xattr(&up, "user.keep").as_deref(), Some(&b"v"[..]));
+    assert_eq!(get_xattr(&up, "user.new").as_deref(), Some(&b"n"[..]));
+    // The lower's private origin is not copied; ours (kernel format) is written instead.
+    assert_ne!(
+        get_xattr(&up, "trusted.overlay.origin").as_deref(),
+        Some(&b"junk"[..])
+    );
+    assert_eq!(
+        get_xattr(&f.upper.join("d"), "user.dirattr").as_deref(),
+        Some(&b"dv"[..])
+    );
+    // Setting a private-looking name stores it escaped.
+    ovl.setxattr(&n, OsStr::new("trusted.overlay.opaque"), b"y", 0)
+        .unwrap();
+    assert_eq!(
+        get_xattr(&up, "trusted.overlay.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    ovl.removexattr(&n, OsStr::new("user.keep")).unwrap();
+    assert_eq!(
+        errno(ovl.removexattr(&n, OsStr::new("user.keep"))),
+        libc::ENODATA
+    );
+    // setattr: chmod, chown, truncate, utimes.
+    let a = ovl
+        .setattr(
+            &n,
+            &SetAttr {
+                mode: Some(0o600),
+                uid: Some(1),
+                gid: Some(2),
+                size: Some(2),
+                atime: Some(TimeSet::At(Timestamp { sec: 100, nsec: 5 })),
+                mtime: Some(TimeSet::At(Timestamp { sec: 200, nsec: 7 })),
+            },
+        )
+        .unwrap();
+    assert_eq!((a.perm, a.uid, a.gid, a.size), (0o600, 1, 2, 2));
+    assert_eq!(a.mtime, Timestamp { sec: 200, nsec: 7 });
+    assert_eq!(std::fs::read(&up).unwrap(), b"da");
+}
+
+#[test]
+fn open_trunc_and_sparse_copy_up() {
+    need_root!();
+    let f = Fixture::new(1);
+    let l0 = &f.lowers[0];
+    write(&l0.join("t"), "to be truncated");
+    let sparse = l0.join("sparse");
+    {
+        let mut fh = std::fs::File::create(&sparse).unwrap();
+        fh.seek(std::io::SeekFrom::Start(64 << 20)).unwrap();
+        fh.write_all(b"end").unwrap();
+        fh.seek(std::io::SeekFrom::Start(0)).unwrap();
+        fh.write_all(b"start").unwrap();
+    }
+    let ovl = f.overlay();
+    let t = walk(&ovl, "t").unwrap();
+    drop(ovl.open(&t, libc::O_WRONLY | libc::O_TRUNC).unwrap());
+    assert_eq!(std::fs::read(f.upper.join("t")).unwrap(), b"");
+    let s = walk(&ovl, "sparse").unwrap();
+    let mut fh = ovl.open(&s, libc::O_RDWR).unwrap();
+    let md = std::fs::metadata(f.upper.join("sparse")).unwrap();
+    assert_eq!(md.len(), (64 << 20) + 3);
+    assert!(md.blocks() < 1024, "holes kept: {} blocks", md.blocks());
+    let mut head = [0u8; 5];
+    fh.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"start");
+    fh.seek(std::io::SeekFrom::Start(64 << 20)).unwrap();
+    let mut tail = String::new();
+    fh.read_to_string(&mut tail).unwrap();
+    assert_eq!(tail, "end");
+}
+
+#[test]
+fn link_symlink_mknod() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("src"), "S");
+    let ovl = f.overlay();
+    let root = ovl.root();
+    let src = walk(&ovl, "src").unwrap();
+    let l = ovl.link(&src, &root, OsStr::new("hard")).unwrap();
+    assert_eq!(l.ino(), src.ino());
+    let a = std::fs::metadata(f.upper.join("src")).unwrap();
+    let b = std::fs::metadata(f.upper.join("hard")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(ovl.getattr(&l).unwrap().nlink, 2);
+    assert_eq!(
+        errno(ovl.link(&src, &root, OsStr::new("hard"))),
+        libc::EEXIST
+    );
+    let s = ovl
+        .symlink(
+            &root,
+            OsStr::new("sl"),
+            OsStr::new("../../etc/passwd"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        ovl.readlink(&s).unwrap(),
+        OsString::from("../../etc/passwd")
+    );
+    assert_eq!(errno(ovl.open(&s, libc::O_RDONLY)), libc::ELOOP);
+    assert_eq!(
+        errno(ovl.mknod(&root, OsStr::new("wh"), libc::S_IFCHR | 0o644, 0, None)),
+        libc::EPERM
+    );
+    let fifo = ovl
+        .mknod(
+            &root,
+            OsStr::new("fifo"),
+            libc::S_IFIFO | 0o644,
+            0,
+            Some(Owner { uid: 7, gid: 8 }),
+        )
+        .unwrap();
+    let at = ovl.getattr(&fifo).unwrap();
+    assert_eq!(
+        (at.kind, at.uid, at.gid, at.perm),
+        (FileKind::Fifo, 7, 8, 0o644)
+    );
+    let dev = ovl
+        .mknod(
+            &root,
+            OsStr::new("null"),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3),
+            None,
+        )
+        .unwrap();
+    assert_eq!(ovl.getattr(&dev).unwrap().rdev, libc::makedev(1, 3));
+}
+
+#[test]
+fn ino_stable_across_copy_up_and_relookup() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("d/file"), "data");
+    let lower_ino = std::fs::metadata(f.lowers[0].join("d/file")).unwrap().ino();
+    {
+        let ovl = f.overlay();
+        let n = walk(&ovl, "d/file").unwrap();
+        assert_eq!(n.ino(), lower_ino);
+        drop(ovl.open(&n, libc::O_WRONLY | libc::O_APPEND).unwrap());
+        assert_eq!(ovl.getattr(&n).unwrap().ino, lower_ino);
+        // The origin is in the kernel's format and the parent is marked impure.
+        let origin = get_xattr(&f.upper.join("d/file"), "trusted.overlay.origin").unwrap();
+        assert_eq!(&origin[..2], &[0x00, 0xfb]);
+        assert_eq!(
+            get_xattr(&f.upper.join("d"), "trusted.overlay.impure").as_deref(),
+            Some(&b"y"[..])
+        );
+    }
+    let ovl = f.overlay();
+    let d = walk(&ovl, "d").unwrap();
+    let e = ovl.readdir(&d).unwrap();
+    assert_eq!(e[0].ino, lower_ino);
+    let n = walk(&ovl, "d/file").unwrap();
+    assert_eq!(ovl.getattr(&n).unwrap().ino, lower_ino);
+    // Private xattrs stay hidden.
+    assert!(ovl.listxattr(&n).unwrap().is_empty());
+}
+
+#[test]
+fn read_only_stack_gives_erofs() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("f"), "x");
+    let stack = LayerStack::builder().lower(t.path()).build().unwrap();
+    let ovl = Overlay::new(stack).unwrap();
+    let root = ovl.root();
+    let n = walk(&ovl, "f").unwrap();
+    assert_eq!(read_all(&ovl, "f"), "x");
+    assert_eq!(errno(ovl.open(&n, libc::O_WRONLY)), libc::EROFS);
+    assert_eq!(errno(ovl.unlink(&root, OsStr::new("f"))), libc::EROFS);
+    assert_eq!(
+        errno(ovl.mkdir(&root, OsStr::new("d"), 0o755, None)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(ovl.mkdir(&root, OsStr::new("f"), 0o755, None)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(ovl.setattr(
+            &n,
+            &SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            }
+        )),
+        libc::EROFS
+    );
+    assert!(ovl.statfs().unwrap().bsize > 0);
+}
+
+#[test]
+fn stale_staging_cleaned_and_workdir_locked() {
+    let f = Fixture::new(1);
+    std::fs::create_dir_all(f.work.join("work/#ovl.1.1/deep")).unwrap();
+    std::fs::write(f.work.join("work/#ovl.1.2"), b"partial").unwrap();
+    let ovl = f.overlay();
+    assert!(std::fs::read_dir(f.work.join("work"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert_eq!(
+        Overlay::new(f.stack()).unwrap_err().raw_os_error(),
+        libc::EBUSY
+    );
+    drop(ovl);
+    drop(f.overlay());
+}
+
+/// One entry of a generated layer directory.
+#[derive(Debug, Clone)]
+enum Ent {
+    File(u8),
+    Dir(Vec<(u8, u8)>),
+    Whiteout,
+    AufsWhiteout,
+}
+
+fn ent_strategy() -> impl Strategy<Value = Option<Ent>> {
+    prop_oneof![
+        3 => Just(None),
+        2 => any::<u8>().prop_map(|c| Some(Ent::File(c))),
+        2 => proptest::collection::vec((0u8..4, any::<u8>()), 0..4).prop_map(|v| Some(Ent::Dir(v))),
+        1 => Just(Some(Ent::Whiteout)),
+        1 => Just(Some(Ent::AufsWhiteout)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    /// Lookup and readdir agree with a simple top-down model of the layers.
+    #[test]
+    fn merge_matches_model(layers in proptest::collection::vec(proptest::collection::vec(ent_strategy(), 4), 1..4)) {
+        if !can_mknod() { return Ok(()); }
+        let f = Fixture::new(layers.len());
+        let names = ["a", "b", "c", "d"];
+        for (li, layer) in layers.iter().enumerate() {
+            for (ni, ent) in layer.iter().enumerate() {
+                let p = f.lowers[li].join(names[ni]);
+                match ent {
+                    None => {}
+                    Some(Ent::File(c)) => write(&p, &format!("{li}:{c}")),
+                    Some(Ent::Dir(kids)) => {
+                        std::fs::create_dir(&p).unwrap();
+                        for (k, c) in kids {
+                            let _ = std::fs::write(p.join(format!("k{k}")), format!("{li}:{c}"));
+                        }
+                    }
+                    Some(Ent::Whiteout) => whiteout(&p),
+                    Some(Ent::AufsWhiteout) => write(&f.lowers[li].join(format!(".wh.{}", names[ni])), ""),
+                }
+            }
+        }
+        // Model: top-down (last layer is the top).
+        let mut expect: BTreeMap<String, String> = BTreeMap::new();
+        for (ni, n) in names.iter().enumerate() {
+            let mut dir_kids: Option<BTreeMap<String, String>> = None;
+            for li in (0..layers.len()).rev() {
+                match &layers[li][ni] {
+                    None => continue,
+                    Some(Ent::Whiteout) | Some(Ent::AufsWhiteout) => break,
+                    Some(Ent::File(c)) => {
+                        if dir_kids.is_none() { expect.insert(n.to_string(), format!("{li}:{c}")); }
+                        break;
+                    }
+                    Some(Ent::Dir(kids)) => {
+                        let m = dir_kids.get_or_insert_with(BTreeMap::new);
+                        let mut first = BTreeMap::new();
+                        for (k, c) in kids { first.insert(format!("k{k}"), format!("{li}:{c}")); }
+                        for (k, v) in first { m.entry(format!("{n}/{k}")).or_insert(v); }
+                    }
+                }
+            }
+            if let Some(m) = dir_kids {
+                expect.insert(n.to_string(), "dir".into());
+                expect.extend(m);
+            }
+        }
+        let ovl = f.overlay();
+        let mut got: BTreeMap<String, String> = BTreeMap::new();
+        let root = ovl.root();
+        for e in ovl.readdir(&root).unwrap() {
+            let name = e.name.to_string_lossy().into_owned();
+            let node = ovl.lookup(&root, &e.name).unwrap();
+            prop_assert_eq!(ovl.getattr(&node).unwrap().ino, e.ino);
+            if e.kind == FileKind::Directory {
+                got.insert(name.clone(), "dir".into());
+                for k in ovl.readdir(&node).unwrap() {
+                    got.insert(format!("{name}/{}", k.name.to_string_lossy()), read_all(&ovl, &format!("{name}/{}", k.name.to_string_lossy())));
+                }
+            } else {
+                got.insert(name.clone(), read_all(&ovl, &name));
+            }
+        }
+        prop_assert_eq!(got, expect);
+    }
+}
+
+#[test]
+fn concurrent_copy_up_and_namespace_changes() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("shared/log"), "base\n");
+    for i in 0..20 {
+        write(&f.lowers[0].join(format!("a/f{i}")), &format!("{i}"));
+    }
+    std::fs::create_dir_all(f.lowers[0].join("b")).unwrap();
+    let ovl = Arc::new(f.overlay());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for t in 0..8u32 {
+        let ovl = ovl.clone();
+        let tx = tx.clone();
+        handles.push(std::thread::spawn(move || {
+            // Everyone appends to the same lower file: exactly one copy-up must happen.
+            let log = walk(&ovl, "shared/log").unwrap();
+            let mut fh = ovl.open(&log, libc::O_WRONLY | libc::O_APPEND).unwrap();
+            fh.write_all(format!("t{t}\n").as_bytes()).unwrap();
+            let root = ovl.root();
+            let a = walk(&ovl, "a").unwrap();
+            let b = walk(&ovl, "b").unwrap();
+            for i in 0..20u32 {
+                let name = format!("f{i}");
+                let (from, to) = if (i + t) % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                // Races are expected: ENOENT when another thread moved it first.
+                match ovl.rename(
+                    from,
+                    OsStr::new(&name),
+                    to,
+                    OsStr::new(&name),
+                    RenameFlags::empty(),
+                ) {
+                    Ok(()) => {}
+                    Err(e) => assert_eq!(e.raw_os_error(), libc::ENOENT, "{e}"),
+                }
+                let d = format!("t{t}d{i}");
+                ovl.mkdir(&root, OsStr::new(&d), 0o755, None).unwrap();
+                let dn = walk(&ovl, &d).unwrap();
+                ovl.create(&dn, OsStr::new("x"), 0o644, libc::O_WRONLY, None)
+                    .unwrap();
+                let _ = ovl.readdir(&a).unwrap();
+                ovl.unlink(&dn, OsStr::new("x")).unwrap();
+                ovl.rmdir(&root, OsStr::new(&d)).unwrap();
+            }
+            tx.send(()).unwrap();
+        }));
+    }
+    for _ in 0..8 {
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("deadlock or panic in a worker");
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let log = std::fs::read_to_string(f.upper.join("shared/log")).unwrap();
+    assert!(log.starts_with("base\n"));
+    let mut lines: Vec<&str> = log.lines().skip(1).collect();
+    lines.sort();
+    assert_eq!(lines, (0..8).map(|t| format!("t{t}")).collect::<Vec<_>>());
+    // All 20 files are in exactly one of a/ and b/, with their content.
+    let a = walk(&ovl, "a").unwrap();
+    let b = walk(&ovl, "b").unwrap();
+    let mut all: Vec<String> = names(&ovl, &a);
+    all.extend(names(&ovl, &b));
+    all.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    want.sort();
+    assert_eq!(all, want);
+    assert_eq!(names(&ovl, &ovl.root()), vec!["a", "b", "shared"]);
+    assert!(std::fs::read_dir(f.work.join("work"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn xino_inode_numbers_across_filesystems() {
+    need_root!();
+    // Upper on tmpfs (/dev/shm), lower on the temp dir's filesystem: xino numbering.
+    let shm = Path::new("/dev/shm");
+    let lower_dev = std::fs::metadata(std::env::temp_dir()).unwrap().dev();
+    if !shm.is_dir() || std::fs::metadata(shm).unwrap().dev() == lower_dev {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs /dev/shm on another fs"
+        );
+        eprintln!("skipping: /dev/shm missing or on the same filesystem");
+        return;
+    }
+    let lt = tempfile::tempdir().unwrap();
+    let ut = tempfile::tempdir_in(shm).unwrap();
+    write(&lt.path().join("d/f"), "x");
+    std::fs::create_dir(ut.path().join("u")).unwrap();
+    std::fs::create_dir(ut.path().join("w")).unwrap();
+    let stack = LayerStack::builder()
+        .lower(lt.path())
+        .upper(ut.path().join("u"), ut.path().join("w"))
+        .xattr_namespace(XattrNamespace::Trusted)
+        .build()
+        .unwrap();
+    let ovl = Overlay::new(stack).unwrap();
+    let real = std::fs::metadata(lt.path().join("d/f")).unwrap().ino();
+    let n = walk(&ovl, "d/f").unwrap();
+    // Same numbering as a kernel mount with xino=on (observed: ino | 1 << 63).
+    assert_eq!(n.ino(), real | 1 << 63);
+    let root = ovl.root();
+    let new = ovl.mkdir(&root, OsStr::new("new"), 0o755, None).unwrap();
+    assert_eq!(
+        new.ino(),
+        std::fs::metadata(ut.path().join("u/new")).unwrap().ino()
+    );
+    drop(ovl.open(&n, libc::O_WRONLY).unwrap());
+    assert_eq!(ovl.getattr(&n).unwrap().ino, real | 1 << 63);
+}
