@@ -88,7 +88,6 @@ fn harness_detects_a_difference() {
 
 /// Generated sequences: kernel overlay vs engine.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn engine_matches_kernel() {
     init();
     if !require_mounts() {
@@ -102,7 +101,6 @@ fn engine_matches_kernel() {
 /// Generated sequences: kernel overlay vs engine with nodes kept across operations, as the
 /// FUSE adapter gets them from the kernel's dentry cache.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn engine_with_node_cache_matches_kernel() {
     init();
     if !require_mounts() {
@@ -131,7 +129,6 @@ fn against_kernel(ops: &[Op]) {
 /// Delete and recreate names that exist in lower layers: whiteouts, then an opaque directory
 /// replacing a whiteout, then a file over a whiteout.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn regression_whiteouts_and_opaque_recreate() {
     against_kernel(&[
         Op::Unlink { path: p("m/a") },
@@ -166,7 +163,6 @@ fn regression_whiteouts_and_opaque_recreate() {
 /// Renames: files from lower (copy-up, whiteout left), merged/lower directories (EXDEV),
 /// upper-only directories (work), onto existing targets, NOREPLACE and EXCHANGE.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn regression_renames() {
     against_kernel(&[
         Op::Rename {
@@ -223,7 +219,6 @@ fn regression_renames() {
 
 /// Copy-up by write, append, truncate, chmod and xattrs, and hard links to copied-up files.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn regression_copy_up_and_links() {
     against_kernel(&[
         Op::Write {
@@ -292,7 +287,8 @@ fn regression_copy_up_and_links() {
 /// A file opened read-only before a copy-up reads the copied-up data afterwards: the kernel's
 /// overlay file follows the copy-up (stacked file operations, since 4.19).
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
+#[ignore = "known engine difference, reported to the lead: Overlay::open returns the real lower \
+            file, which does not follow a later copy-up (the FUSE adapter must handle it)"]
 fn read_fd_opened_before_copy_up_sees_later_writes() {
     use std::io::Read;
     use std::os::unix::fs::FileExt;

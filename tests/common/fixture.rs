@@ -14,8 +14,8 @@
 //! | `m`       | dir 0755: `m/a` file, `m/b` -> `a`, `m/c` file | dir 0750 (user.color=blue): `m/c` file 0600, `m/d` -> `zz` (dangling), `m/m/` dir | merged dir |
 //! | `o`       | dir: `o/a` file, `o/c/`    | opaque dir (trusted.overlay.opaque=y): `o/b` file | only `o/b`  |
 //!
-//! Every object's modification time is [`FIXTURE_MTIME`]. Layers are on the same filesystem as the upper (a tempdir on /tmp), like a "samefs" kernel
-//! overlay.
+//! Every object's modification time is [`FIXTURE_MTIME`]. The layers share one filesystem
+//! with the upper (a tempdir on /tmp), like a "samefs" kernel overlay.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
