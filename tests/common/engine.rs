@@ -6,7 +6,8 @@
 //! before reaching a filesystem are reported here too, and everything else comes from the
 //! engine.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -17,9 +18,13 @@ use overlay_core::{FileKind, LayerStack, NodeRef, Overlay, RenameFlags, SetAttr,
 
 use super::fixture::FixtureStack;
 use super::kernel::describe;
-use super::ops::{Op, RenameMode, UMASK};
-use super::tree::{join, Entry, EntryKind, Tree, TreeBuilder};
+use super::ops::{NodeKind, Op, RenameMode, UMASK};
+use super::tree::{join, Entry, EntryKind, Tree, TreeBuilder, FIXTURE_MTIME};
 use super::{Backend, Outcome};
+
+/// Flags of every open for write: `O_NONBLOCK` as on the kernel side (see
+/// [`super::kernel::apply_path_op`]), so a FIFO without a reader gives ENXIO.
+const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_NONBLOCK;
 
 /// Linux's limit on symlinks followed in one path walk.
 const MAX_SYMLINK_FOLLOWS: u32 = 40;
@@ -40,16 +45,34 @@ struct Resolved {
     chain: Vec<u64>,
 }
 
+/// Nodes kept across operations, keyed by (parent directory inode, name), the way the
+/// kernel's dentry cache keeps FUSE inodes: a name once looked up is not looked up again, and
+/// the cache is updated only by the operations made through it (create, unlink, rename, ...).
+type NodeCache = RefCell<HashMap<(u64, OsString), NodeRef>>;
+
 /// The engine on a fresh fixture stack in its own temp dir.
 pub struct EngineBackend {
     ovl: Overlay,
     upper: std::path::PathBuf,
+    /// `Some` in node-cache mode ([`EngineBackend::with_node_cache`]).
+    cache: Option<NodeCache>,
     _tmp: tempfile::TempDir,
 }
 
 impl EngineBackend {
-    /// Build a fresh fixture and open the engine on it.
+    /// Build a fresh fixture and open the engine on it; every path is looked up afresh.
     pub fn new() -> EngineBackend {
+        Self::build(None)
+    }
+
+    /// Like [`EngineBackend::new`], but keep nodes across operations as a FUSE adapter under
+    /// the kernel's dentry cache does: nodes obtained before a copy-up, rename or unlink of a
+    /// neighbour keep being used afterwards.
+    pub fn with_node_cache() -> EngineBackend {
+        Self::build(Some(RefCell::new(HashMap::new())))
+    }
+
+    fn build(cache: Option<NodeCache>) -> EngineBackend {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = FixtureStack::create(tmp.path());
         let stack = LayerStack::builder()
@@ -63,7 +86,34 @@ impl EngineBackend {
         EngineBackend {
             ovl,
             upper: s.upper.clone(),
+            cache,
             _tmp: tmp,
+        }
+    }
+
+    /// Look `name` up in `dir`, through the node cache when there is one.
+    fn lookup(&self, dir: &NodeRef, name: &OsStr) -> overlay_core::Result<NodeRef> {
+        let Some(cache) = &self.cache else {
+            return self.ovl.lookup(dir, name);
+        };
+        let key = (dir.ino(), name.to_os_string());
+        if let Some(n) = cache.borrow().get(&key) {
+            return Ok(n.clone());
+        }
+        let n = self.ovl.lookup(dir, name)?;
+        cache.borrow_mut().insert(key, n.clone());
+        Ok(n)
+    }
+
+    /// Node cache: `parent/name` now names `node` (or nothing).
+    fn cache_set(&self, parent: &NodeRef, name: &OsStr, node: Option<NodeRef>) {
+        if let Some(cache) = &self.cache {
+            let key = (parent.ino(), name.to_os_string());
+            let mut c = cache.borrow_mut();
+            match node {
+                Some(n) => c.insert(key, n),
+                None => c.remove(&key),
+            };
         }
     }
 
@@ -95,7 +145,7 @@ impl EngineBackend {
                 }
                 continue;
             }
-            let node = match self.ovl.lookup(&dir, &name) {
+            let node = match self.lookup(&dir, &name) {
                 Ok(n) => n,
                 Err(e) if last && e.raw_os_error() == libc::ENOENT => {
                     return Ok(Resolved {
@@ -153,12 +203,14 @@ impl EngineBackend {
                     // VFS: O_EXCL on an existing name; write-open of a directory.
                     Some(_) if *excl => return Err(libc::EEXIST),
                     Some(n) if Self::is_dir(&n) => return Err(libc::EISDIR),
-                    Some(n) => drop(o.open(&n, libc::O_WRONLY).map_err(err)?),
+                    Some(n) => drop(o.open(&n, WRITE_FLAGS).map_err(err)?),
                     None => {
                         let flags =
-                            libc::O_WRONLY | libc::O_CREAT | if *excl { libc::O_EXCL } else { 0 };
-                        o.create(&r.parent, &r.name, mode & !UMASK, flags, None)
+                            WRITE_FLAGS | libc::O_CREAT | if *excl { libc::O_EXCL } else { 0 };
+                        let (n, _file) = o
+                            .create(&r.parent, &r.name, mode & !UMASK, flags, None)
                             .map_err(err)?;
+                        self.cache_set(&r.parent, &r.name, Some(n));
                     }
                 }
             }
@@ -167,7 +219,7 @@ impl EngineBackend {
                 if Self::is_dir(&n) {
                     return Err(libc::EISDIR); // VFS
                 }
-                let f = o.open(&n, libc::O_WRONLY).map_err(err)?;
+                let f = o.open(&n, WRITE_FLAGS).map_err(err)?;
                 f.write_all_at(data, *offset)
                     .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
             }
@@ -176,7 +228,7 @@ impl EngineBackend {
                 if Self::is_dir(&n) {
                     return Err(libc::EISDIR); // VFS
                 }
-                let mut f = o.open(&n, libc::O_WRONLY | libc::O_APPEND).map_err(err)?;
+                let mut f = o.open(&n, WRITE_FLAGS | libc::O_APPEND).map_err(err)?;
                 f.write_all(data)
                     .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
             }
@@ -206,6 +258,7 @@ impl EngineBackend {
                     return Err(libc::EISDIR); // VFS
                 }
                 o.unlink(&r.parent, &r.name).map_err(err)?;
+                self.cache_set(&r.parent, &r.name, None);
             }
             Op::Rmdir { path } => {
                 let r = self.resolve(path, false)?;
@@ -214,14 +267,17 @@ impl EngineBackend {
                     return Err(libc::ENOTDIR); // VFS
                 }
                 o.rmdir(&r.parent, &r.name).map_err(err)?;
+                self.cache_set(&r.parent, &r.name, None);
             }
             Op::Mkdir { path, mode } => {
                 let r = self.resolve(path, false)?;
                 if r.node.is_some() {
                     return Err(libc::EEXIST); // VFS
                 }
-                o.mkdir(&r.parent, &r.name, mode & !UMASK, None)
+                let n = o
+                    .mkdir(&r.parent, &r.name, mode & !UMASK, None)
                     .map_err(err)?;
+                self.cache_set(&r.parent, &r.name, Some(n));
             }
             Op::Rename { from, to, mode } => self.rename(from, to, *mode)?,
             Op::Link { from, to } => {
@@ -233,15 +289,18 @@ impl EngineBackend {
                 if Self::is_dir(&n) {
                     return Err(libc::EPERM); // VFS: no hard links to directories
                 }
-                o.link(&n, &r.parent, &r.name).map_err(err)?;
+                let l = o.link(&n, &r.parent, &r.name).map_err(err)?;
+                self.cache_set(&r.parent, &r.name, Some(l));
             }
             Op::Symlink { target, path } => {
                 let r = self.resolve(path, false)?;
                 if r.node.is_some() {
                     return Err(libc::EEXIST); // VFS
                 }
-                o.symlink(&r.parent, &r.name, OsStr::new(target), None)
+                let n = o
+                    .symlink(&r.parent, &r.name, OsStr::new(target), None)
                     .map_err(err)?;
+                self.cache_set(&r.parent, &r.name, Some(n));
             }
             Op::SetXattr {
                 path,
@@ -258,6 +317,20 @@ impl EngineBackend {
                 let n = self.existing(path, false)?;
                 user_xattr_permission(&n, name)?;
                 o.removexattr(&n, OsStr::new(name)).map_err(err)?;
+            }
+            Op::Mknod { path, kind } => {
+                let r = self.resolve(path, false)?;
+                if r.node.is_some() {
+                    return Err(libc::EEXIST); // VFS
+                }
+                let mode = match kind {
+                    NodeKind::Fifo => libc::S_IFIFO | 0o644,
+                    NodeKind::WhiteoutDevice => libc::S_IFCHR | 0o644,
+                };
+                let n = o
+                    .mknod(&r.parent, &r.name, mode & !UMASK, 0, None)
+                    .map_err(err)?;
+                self.cache_set(&r.parent, &r.name, Some(n));
             }
             Op::Stat { path, follow } => {
                 let n = self.existing(path, *follow)?;
@@ -317,7 +390,12 @@ impl EngineBackend {
         };
         self.ovl
             .rename(&old.parent, &old.name, &new.parent, &new.name, flags)
-            .map_err(err)
+            .map_err(err)?;
+        // As the dentry cache does: the source node moves, an exchanged target moves back.
+        let moved_back = if exchange { new.node.clone() } else { None };
+        self.cache_set(&old.parent, &old.name, moved_back);
+        self.cache_set(&new.parent, &new.name, Some(src));
+        Ok(())
     }
 
     fn snapshot(&self) -> Tree {
@@ -380,8 +458,10 @@ impl EngineBackend {
             target,
             xattrs,
             links: Vec::new(),
+            mtime_kept: (a.mtime.sec, a.mtime.nsec) == FIXTURE_MTIME,
+            same_inode_as: None,
         };
-        b.add(rel.to_string(), entry, plain.then_some(a.ino));
+        b.add(rel.to_string(), entry, a.ino);
         if kind == EntryKind::Dir {
             let mut entries = o.readdir(node).unwrap_or_else(|e| at("readdir", e));
             entries.sort_by(|x, y| x.name.cmp(&y.name));
@@ -393,7 +473,7 @@ impl EngineBackend {
             }
             for d in entries {
                 let child_rel = join(rel, &d.name.to_string_lossy());
-                let child = o.lookup(node, &d.name).unwrap_or_else(|e| {
+                let child = self.lookup(node, &d.name).unwrap_or_else(|e| {
                     panic!("engine: readdir lists /{child_rel} but lookup fails: {e}")
                 });
                 assert_eq!(
@@ -431,6 +511,8 @@ fn kind_name(k: FileKind) -> &'static str {
         FileKind::File => "file",
         FileKind::Directory => "dir",
         FileKind::Symlink => "symlink",
+        FileKind::Fifo => "fifo",
+        FileKind::CharDevice => "chardev",
         _ => "other",
     }
 }

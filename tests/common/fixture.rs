@@ -14,12 +14,14 @@
 //! | `m`       | dir 0755: `m/a` file, `m/b` -> `a`, `m/c` file | dir 0750 (user.color=blue): `m/c` file 0600, `m/d` -> `zz` (dangling), `m/m/` dir | merged dir |
 //! | `o`       | dir: `o/a` file, `o/c/`    | opaque dir (trusted.overlay.opaque=y): `o/b` file | only `o/b`  |
 //!
-//! Layers are on the same filesystem as the upper (a tempdir on /tmp), like a "samefs" kernel
-//! overlay.
+//! Every object's modification time is [`FIXTURE_MTIME`]. The layers share one filesystem
+//! with the upper (a tempdir on /tmp), like a "samefs" kernel overlay.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use super::tree::FIXTURE_MTIME;
 
 /// Paths of one copy of the fixture stack.
 #[derive(Debug, Clone)]
@@ -47,6 +49,33 @@ fn dir(p: &Path, mode: u32) {
 fn xattr(p: &Path, name: &str, value: &[u8]) {
     rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
         .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+}
+
+/// Give `p` and everything below it [`FIXTURE_MTIME`] (children first, since adding them
+/// changed their directory's time).
+fn set_fixture_mtime(p: &Path) {
+    let md = fs::symlink_metadata(p).unwrap();
+    if md.is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            set_fixture_mtime(&e.unwrap().path());
+        }
+    }
+    let (sec, nsec) = FIXTURE_MTIME;
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
 }
 
 impl FixtureStack {
@@ -99,6 +128,10 @@ impl FixtureStack {
         dir(&l.join("o"), 0o755);
         xattr(&l.join("o"), "trusted.overlay.opaque", b"y");
         file(&l.join("o/b"), "lower1 o/b\n", 0o644);
+
+        for layer in [&s.lower0, &s.lower1, &s.upper] {
+            set_fixture_mtime(layer);
+        }
         s
     }
 

@@ -3,11 +3,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{
+    DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::path::{Path, PathBuf};
 
 use super::fixture::FixtureStack;
-use super::ops::{Op, RenameMode};
+use super::ops::{NodeKind, Op, RenameMode};
 use super::tree::{snapshot_dir, Tree, XattrFilter};
 use super::{Backend, Outcome};
 
@@ -105,6 +107,10 @@ pub fn describe_stat(md: &fs::Metadata) -> String {
         "dir"
     } else if ft.is_symlink() {
         "symlink"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_char_device() {
+        "chardev"
     } else {
         "other"
     };
@@ -112,12 +118,15 @@ pub fn describe_stat(md: &fs::Metadata) -> String {
 }
 
 /// Apply `op` with ordinary system calls on paths under `root` (a mounted overlay).
+///
+/// Every open for write uses `O_NONBLOCK`, so that opening a FIFO without a reader fails
+/// with ENXIO instead of blocking the test forever.
 pub fn apply_path_op(root: &Path, op: &Op) -> Outcome {
     let p = |rel: &str| root.join(rel);
     match op {
         Op::Create { path, mode, excl } => {
             let mut o = fs::OpenOptions::new();
-            o.write(true).mode(*mode);
+            o.write(true).mode(*mode).custom_flags(libc::O_NONBLOCK);
             if *excl {
                 o.create_new(true);
             } else {
@@ -128,6 +137,7 @@ pub fn apply_path_op(root: &Path, op: &Op) -> Outcome {
         Op::Write { path, offset, data } => {
             let f = fs::OpenOptions::new()
                 .write(true)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(p(path))
                 .map_err(errno)?;
             f.write_all_at(data, *offset).map_err(errno)?;
@@ -135,6 +145,7 @@ pub fn apply_path_op(root: &Path, op: &Op) -> Outcome {
         Op::Append { path, data } => {
             let mut f = fs::OpenOptions::new()
                 .append(true)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(p(path))
                 .map_err(errno)?;
             f.write_all(data).map_err(errno)?;
@@ -179,6 +190,14 @@ pub fn apply_path_op(root: &Path, op: &Op) -> Outcome {
         Op::RemoveXattr { path, name } => {
             rustix::fs::lremovexattr(p(path), name.as_str()).map_err(rerrno)?
         }
+        Op::Mknod { path, kind } => {
+            let ft = match kind {
+                NodeKind::Fifo => rustix::fs::FileType::Fifo,
+                NodeKind::WhiteoutDevice => rustix::fs::FileType::CharacterDevice,
+            };
+            let mode = rustix::fs::Mode::from_raw_mode(0o644);
+            rustix::fs::mknodat(rustix::fs::CWD, p(path), ft, mode, 0).map_err(rerrno)?
+        }
         Op::Stat { path, follow } => {
             let md = if *follow {
                 fs::metadata(p(path))
@@ -221,6 +240,13 @@ impl<G> MountedBackend<G> {
             guard,
             _tmp: tmp,
         }
+    }
+}
+
+impl<G> MountedBackend<G> {
+    /// The mount point (root of the merged view).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 }
 

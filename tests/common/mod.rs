@@ -114,6 +114,10 @@ fn errno_name(e: i32) -> &'static str {
 /// Run `ops` on both backends and compare outcomes, merged trees and upper layers.
 /// `Err` describes the first difference.
 pub fn run_case(ops: &[Op], a: &mut dyn Backend, b: &mut dyn Backend) -> Result<(), String> {
+    let (initial_a, initial_b) = (a.merged(), b.merged());
+    if let Some(d) = diff(a.name(), &initial_a, b.name(), &initial_b) {
+        return Err(format!("merged views differ before any operation:\n{d}"));
+    }
     for (i, op) in ops.iter().enumerate() {
         let ra = a.apply(op);
         let rb = b.apply(op);
@@ -127,7 +131,9 @@ pub fn run_case(ops: &[Op], a: &mut dyn Backend, b: &mut dyn Backend) -> Result<
             ));
         }
     }
-    let (ma, mb) = (a.merged(), b.merged());
+    let (mut ma, mut mb) = (a.merged(), b.merged());
+    ma.mark_identity(&initial_a);
+    mb.mark_identity(&initial_b);
     if let Some(d) = diff(a.name(), &ma, b.name(), &mb) {
         return Err(format!("merged views differ:\n{d}"));
     }

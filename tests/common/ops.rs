@@ -15,8 +15,19 @@ pub const NAMES: &[&str] = &["a", "b", "c", "d", "e", "m", "o"];
 pub const SYMLINK_TARGETS: &[&str] = &["a", "b", "m", "m/a", "o/b", "zz", "e", "d/c"];
 /// Modes for create, mkdir and chmod.
 pub const MODES: &[u32] = &[0o644, 0o600, 0o755, 0o777, 0o666, 0o700, 0o000, 0o1777];
-/// Names of extended attributes set or removed.
-pub const XATTR_NAMES: &[&str] = &["user.a", "user.b", "user.color"];
+/// Names of extended attributes set or removed: mostly `user.*`, plus a `trusted.*` name and
+/// one under the overlay's private prefix, which an overlay must store escaped
+/// (`trusted.overlay.overlay.opaque`) and never interpret. `user.a`/`user.b` appear twice to
+/// weight them.
+pub const XATTR_NAMES: &[&str] = &[
+    "user.a",
+    "user.b",
+    "user.color",
+    "user.a",
+    "user.b",
+    "trusted.t",
+    "trusted.overlay.opaque",
+];
 /// The umask every test process runs with (set by [`crate::common::init`]); backends that
 /// bypass the kernel's VFS apply it themselves.
 pub const UMASK: u32 = 0o022;
@@ -30,6 +41,15 @@ pub enum RenameMode {
     NoReplace,
     /// `RENAME_EXCHANGE`.
     Exchange,
+}
+
+/// What [`Op::Mknod`] creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A FIFO, mode 0644.
+    Fifo,
+    /// A character device 0/0, mode 0644.
+    WhiteoutDevice,
 }
 
 /// `XATTR_CREATE` / `XATTR_REPLACE` / neither.
@@ -97,6 +117,9 @@ pub enum Op {
     },
     /// `lremovexattr(path, name)`.
     RemoveXattr { path: String, name: String },
+    /// `mknod(path, mode)`: a FIFO, or a character device 0/0 (which an overlay refuses
+    /// with EPERM: that is its whiteout).
+    Mknod { path: String, kind: NodeKind },
     /// `stat` (follow) or `lstat`: compares kind, permissions and size.
     Stat { path: String, follow: bool },
 }
@@ -149,6 +172,7 @@ impl fmt::Debug for Op {
                 write!(f, "setxattr({path:?}, {name}={}{m})", show_data(value))
             }
             Op::RemoveXattr { path, name } => write!(f, "removexattr({path:?}, {name})"),
+            Op::Mknod { path, kind } => write!(f, "mknod({path:?}, {kind:?})"),
             Op::Stat { path, follow } => {
                 write!(f, "{}({path:?})", if *follow { "stat" } else { "lstat" })
             }
@@ -159,7 +183,7 @@ impl fmt::Debug for Op {
 /// Names that are directories in the fixture.
 pub const DIR_NAMES: &[&str] = &["d", "m", "o"];
 
-/// A path of one or two components from [`NAMES`]; two-component paths mostly start with a
+/// A path of one to three components from [`NAMES`]; longer paths mostly start with a
 /// fixture directory.
 pub fn path() -> impl Strategy<Value = String> {
     let name = || proptest::sample::select(NAMES);
@@ -167,6 +191,8 @@ pub fn path() -> impl Strategy<Value = String> {
         3 => name().prop_map(str::to_string),
         3 => (proptest::sample::select(DIR_NAMES), name()).prop_map(|(a, b)| format!("{a}/{b}")),
         1 => (name(), name()).prop_map(|(a, b)| format!("{a}/{b}")),
+        1 => (proptest::sample::select(DIR_NAMES), name(), name())
+            .prop_map(|(a, b, c)| format!("{a}/{b}/{c}")),
     ]
 }
 
@@ -220,6 +246,8 @@ pub fn op() -> impl Strategy<Value = Op> {
             }),
         1 => (path(), proptest::sample::select(XATTR_NAMES))
             .prop_map(|(path, name)| Op::RemoveXattr { path, name: name.to_string() }),
+        1 => (path(), prop_oneof![Just(NodeKind::Fifo), Just(NodeKind::WhiteoutDevice)])
+            .prop_map(|(path, kind)| Op::Mknod { path, kind }),
         1 => (path(), any::<bool>()).prop_map(|(path, follow)| Op::Stat { path, follow }),
     ]
 }

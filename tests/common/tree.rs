@@ -44,7 +44,17 @@ pub struct Entry {
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Other paths in the tree that are the same inode (hard links), sorted.
     pub links: Vec<String>,
+    /// True while the modification time is still the fixture's ([`FIXTURE_MTIME`]): copy-up
+    /// must keep it, changing content or entries must not.
+    pub mtime_kept: bool,
+    /// For merged views compared by [`crate::common::run_case`]: the path that had the same
+    /// inode number before the operations (inode numbers survive copy-up and rename).
+    pub same_inode_as: Option<String>,
 }
+
+/// The modification time the fixture gives every object (2001-09-09), so that any change to
+/// it is visible however coarse the clock.
+pub const FIXTURE_MTIME: (i64, u32) = (1_000_000_000, 0);
 
 fn lossy(b: &[u8]) -> String {
     if b.len() > 40 {
@@ -79,13 +89,45 @@ impl fmt::Debug for Entry {
         if !self.links.is_empty() {
             write!(f, " links={:?}", self.links)?;
         }
+        if !self.mtime_kept {
+            write!(f, " mtime=changed")?;
+        }
+        if let Some(p) = &self.same_inode_as {
+            write!(f, " ino=initial:/{p}")?;
+        }
         Ok(())
     }
 }
 
-/// A snapshot: relative path (`""` for the root) to entry.
+/// A snapshot: relative path (`""` for the root) to entry, plus each path's inode number
+/// (meaningful only within one snapshot's backend, so not compared directly).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Tree(pub BTreeMap<String, Entry>);
+pub struct Tree {
+    /// The entries.
+    pub entries: BTreeMap<String, Entry>,
+    /// Inode number of every entry.
+    pub inos: BTreeMap<String, u64>,
+}
+
+impl Tree {
+    /// Fill in [`Entry::same_inode_as`] from the inode numbers of `initial` (a snapshot of
+    /// the same backend before the operations).
+    pub fn mark_identity(&mut self, initial: &Tree) {
+        let mut by_ino: BTreeMap<u64, &String> = BTreeMap::new();
+        for (p, ino) in &initial.inos {
+            if let Some(other) = by_ino.insert(*ino, p) {
+                panic!("fixture paths /{p} and /{other} share inode {ino}");
+            }
+        }
+        for (p, e) in self.entries.iter_mut() {
+            e.same_inode_as = self
+                .inos
+                .get(p)
+                .and_then(|i| by_ino.get(i))
+                .map(|s| s.to_string());
+        }
+    }
+}
 
 /// Which extended attributes a snapshot records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,19 +165,20 @@ pub struct TreeBuilder {
 }
 
 impl TreeBuilder {
-    /// Record `entry` at `path`; `ino` groups hard links (pass `None` for dirs and whiteouts).
-    pub fn add(&mut self, path: String, entry: Entry, ino: Option<u64>) {
-        if let Some(ino) = ino {
-            self.inos.insert(path.clone(), ino);
-        }
+    /// Record `entry` at `path` with its inode number.
+    pub fn add(&mut self, path: String, entry: Entry, ino: u64) {
+        self.inos.insert(path.clone(), ino);
         self.entries.insert(path, entry);
     }
 
-    /// Finish: compute hard-link groups.
+    /// Finish: compute hard-link groups (among entries that have a link count, i.e. not
+    /// directories and not whiteouts, which the kernel links to one shared inode).
     pub fn finish(mut self) -> Tree {
         let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (p, ino) in &self.inos {
-            by_ino.entry(*ino).or_default().push(p.clone());
+            if self.entries[p].nlink.is_some() {
+                by_ino.entry(*ino).or_default().push(p.clone());
+            }
         }
         for group in by_ino.values().filter(|g| g.len() > 1) {
             for p in group {
@@ -143,7 +186,10 @@ impl TreeBuilder {
                 self.entries.get_mut(p).unwrap().links = others;
             }
         }
-        Tree(self.entries)
+        Tree {
+            entries: self.entries,
+            inos: self.inos,
+        }
     }
 }
 
@@ -229,8 +275,10 @@ fn walk_dir(root: &Path, rel: &str, filter: XattrFilter, b: &mut TreeBuilder) {
         }),
         xattrs: path_xattrs(&full, filter),
         links: Vec::new(),
+        mtime_kept: (md.mtime(), md.mtime_nsec() as u32) == FIXTURE_MTIME,
+        same_inode_as: None,
     };
-    b.add(rel.to_string(), entry, plain.then_some(md.ino()));
+    b.add(rel.to_string(), entry, md.ino());
     if kind == EntryKind::Dir {
         let mut names: Vec<_> = fs::read_dir(&full)
             .unwrap_or_else(|e| panic!("readdir {}: {e}", full.display()))
@@ -246,8 +294,8 @@ fn walk_dir(root: &Path, rel: &str, filter: XattrFilter, b: &mut TreeBuilder) {
 /// Describe how `a` and `b` differ, or `None` when they are equal.
 pub fn diff(a_name: &str, a: &Tree, b_name: &str, b: &Tree) -> Option<String> {
     let mut out = String::new();
-    for (p, ea) in &a.0 {
-        match b.0.get(p) {
+    for (p, ea) in &a.entries {
+        match b.entries.get(p) {
             None => out.push_str(&format!("  /{p}: only in {a_name}: {ea:?}\n")),
             Some(eb) if eb != ea => out.push_str(&format!(
                 "  /{p}:\n      {a_name}: {ea:?}\n      {b_name}: {eb:?}\n"
@@ -255,8 +303,8 @@ pub fn diff(a_name: &str, a: &Tree, b_name: &str, b: &Tree) -> Option<String> {
             Some(_) => {}
         }
     }
-    for (p, eb) in &b.0 {
-        if !a.0.contains_key(p) {
+    for (p, eb) in &b.entries {
+        if !a.entries.contains_key(p) {
             out.push_str(&format!("  /{p}: only in {b_name}: {eb:?}\n"));
         }
     }
