@@ -210,10 +210,21 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
         drop(w);
         detach_stdio();
     }
-    session.run().map_err(|source| Error::Session {
-        path: mountpoint.to_path_buf(),
-        source,
-    })?;
+    match session.run() {
+        Ok(()) => {}
+        // The kernel answers reads on a connection torn down by unmount with ENODEV (which
+        // fuser treats as a clean end) or, when the teardown raced with an abort of the
+        // connection, ECONNABORTED: both mean the mount is gone, which is a normal exit.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::info!(mountpoint = %mountpoint.display(), "FUSE connection aborted; exiting");
+        }
+        Err(source) => {
+            return Err(Error::Session {
+                path: mountpoint.to_path_buf(),
+                source,
+            })
+        }
+    }
     info!("unmounted {}", mountpoint.display());
     Ok(())
 }
