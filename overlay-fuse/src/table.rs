@@ -52,7 +52,11 @@ pub enum IoMode {
 
 #[derive(Debug)]
 struct Entry {
+    /// The newest engine node the kernel reached this inode through.
     node: NodeRef,
+    /// Other names of the same inode (hard links) the kernel reached it through, so that a
+    /// name removed by unlink or rename-over does not take the inode down with it.
+    aliases: Vec<NodeRef>,
     lookups: u64,
     generation: u64,
     /// Parent node id (directories only; 0 when unknown).
@@ -85,6 +89,7 @@ impl InodeTable {
             ROOT_ID,
             Entry {
                 node: root,
+                aliases: Vec::new(),
                 lookups: 1,
                 generation: 0,
                 parent: ROOT_ID,
@@ -111,12 +116,32 @@ impl InodeTable {
         }
     }
 
-    /// The engine node of a node id the kernel knows.
+    /// The engine node of a node id the kernel knows: a name of the inode still in the tree
+    /// when there is one (hard links), else the newest one.
     pub fn get(&self, nodeid: u64) -> Option<NodeRef> {
-        self.shard(nodeid)
-            .lock()
-            .get(&nodeid)
-            .map(|e| e.node.clone())
+        let mut shard = self.shard(nodeid).lock();
+        let e = shard.get_mut(&nodeid)?;
+        if e.node.is_removed() {
+            if let Some(i) = e.aliases.iter().position(|n| !n.is_removed()) {
+                std::mem::swap(&mut e.node, &mut e.aliases[i]);
+            }
+            e.aliases.retain(|n| !n.is_removed());
+        }
+        Some(e.node.clone())
+    }
+
+    /// Make `node` the current name of `e`, keeping the previous one as an alias when it is a
+    /// different, still linked name of the same inode.
+    fn set_node(e: &mut Entry, node: NodeRef) {
+        if Arc::ptr_eq(&e.node, &node) {
+            return;
+        }
+        e.aliases
+            .retain(|n| !Arc::ptr_eq(n, &node) && !n.is_removed());
+        let old = std::mem::replace(&mut e.node, node);
+        if !old.is_removed() {
+            e.aliases.push(old);
+        }
     }
 
     /// Record one kernel lookup of `node` (a lookup, create, mkdir, ... reply or a
@@ -128,7 +153,7 @@ impl InodeTable {
         match shard.get_mut(&nodeid) {
             Some(e) => {
                 e.lookups += 1;
-                e.node = node;
+                Self::set_node(e, node);
                 if let Some(p) = parent {
                     e.parent = p;
                 }
@@ -140,6 +165,7 @@ impl InodeTable {
                     nodeid,
                     Entry {
                         node,
+                        aliases: Vec::new(),
                         lookups: 1,
                         generation,
                         parent: parent.unwrap_or(0),
@@ -155,7 +181,7 @@ impl InodeTable {
     pub fn refresh(&self, node: NodeRef, parent: Option<u64>) {
         let nodeid = self.nodeid_of(node.ino());
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
-            e.node = node;
+            Self::set_node(e, node);
             if let Some(p) = parent {
                 e.parent = p;
             }
