@@ -135,8 +135,20 @@ impl Overlay {
                 self.copy_meta(&lower, &staged, &st).map_err(err)?;
             }
         }
+        // A lower hard link is broken by the copy-up (no `index`): as the kernel, the name
+        // then reports the upper inode's number (its origin has `st_nlink > 1`).
+        let new_ino = if node.kind != FileKind::Directory && st.st_nlink > 1 {
+            let up = rustix::fs::statat(work, &*tmp, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(err)?;
+            Some(self.layers.map_ino(LayerRef::Upper, up.st_ino))
+        } else {
+            None
+        };
         rustix::fs::renameat_with(work, &*tmp, &*pdir, &*name, RxRename::NOREPLACE).map_err(err)?;
         guard.name = None;
+        if let Some(i) = new_ino {
+            node.set_ino(i);
+        }
         self.set_impure(pdir.as_fd());
         if let Some(ps) = pstat {
             // As the kernel: copy-up does not change the parent's times.

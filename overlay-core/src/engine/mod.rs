@@ -482,7 +482,7 @@ impl Overlay {
         }
         let real = self.top_real("getattr", node)?;
         let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
-        let mut a = attr_from_stat(&st, node.ino);
+        let mut a = attr_from_stat(&st, node.ino());
         if node.kind == FileKind::Directory && node.state.read().is_merge() {
             // As the kernel: counting subdirectories of a merged directory is not worth it.
             a.nlink = 1;
@@ -528,6 +528,47 @@ impl Overlay {
         Ok(File::from(fd))
     }
 
+    /// Flush a file's upper copy to disk (`fdatasync` when `datasync`). A lower-only file
+    /// has nothing to flush (the kernel does not sync lower files either). Use the open
+    /// file's own `sync_all` when one is at hand; this is for callers holding only the node.
+    pub fn fsync(&self, node: &NodeRef, datasync: bool) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        if node.kind == FileKind::Directory {
+            return self.fsync_dir(node, datasync);
+        }
+        if !node.state.read().upper || node.is_unlinked() {
+            return Ok(());
+        }
+        let real = self
+            .real(node, LayerRef::Upper)
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        // O_PATH cannot be synced; symlinks and special files have no data of their own.
+        if node.kind != FileKind::File {
+            return Ok(());
+        }
+        let fd = real
+            .open(OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
+    }
+
+    /// Flush a directory's upper copy (its entries) to disk. Nothing to do for a directory
+    /// that lives only in lower layers. ENOTDIR for a non-directory.
+    pub fn fsync_dir(&self, node: &NodeRef, datasync: bool) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        self.check_dir("fsync", node)?;
+        if !node.state.read().upper || node.is_unlinked() {
+            return Ok(());
+        }
+        let real = self
+            .real(node, LayerRef::Upper)
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        let fd = real
+            .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
+    }
+
     /// Filesystem statistics (upper layer, or the top lower layer when read-only).
     pub fn statfs(&self) -> Result<StatFs> {
         let layer = if self.layers.upper.is_some() {
@@ -547,6 +588,14 @@ impl Overlay {
             namelen: s.f_namemax as u32,
             frsize: s.f_frsize as u32,
         })
+    }
+}
+
+fn sync_fd(fd: &std::os::fd::OwnedFd, datasync: bool) -> std::result::Result<(), Errno> {
+    if datasync {
+        rustix::fs::fdatasync(fd)
+    } else {
+        rustix::fs::fsync(fd)
     }
 }
 

@@ -359,7 +359,7 @@ impl Overlay {
             self.create_upper(op, new_parent, new_name, None, NewObj::Link { src })?;
         // Same inode: report the source's overlay inode number.
         let n = Arc::new(Node::new(
-            node.ino,
+            node.ino(),
             node.kind,
             Some(new_parent.clone()),
             new_name.to_os_string(),

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -66,7 +67,9 @@ pub(crate) struct Loc {
 /// a node for it is alive returns the same `Arc`. Hard links are distinct nodes with equal
 /// [`Node::ino`].
 pub struct Node {
-    pub(crate) ino: u64,
+    /// Overlay inode number. Changes once when a lower hard link (`st_nlink > 1`) is copied
+    /// up: the kernel then reports the upper inode's number for that name.
+    pub(crate) ino: AtomicU64,
     pub(crate) kind: FileKind,
     pub(crate) loc: Mutex<Loc>,
     pub(crate) state: RwLock<NodeState>,
@@ -84,7 +87,7 @@ pub struct Node {
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("ino", &self.ino)
+            .field("ino", &self.ino())
             .field("kind", &self.kind)
             .field("path", &self.rel_path())
             .field("state", &*self.state.read())
@@ -101,7 +104,7 @@ impl Node {
         state: NodeState,
     ) -> Node {
         Node {
-            ino,
+            ino: AtomicU64::new(ino),
             kind,
             loc: Mutex::new(Loc {
                 parent,
@@ -117,8 +120,17 @@ impl Node {
     }
 
     /// The overlay inode number (same as [`super::Attr::ino`]).
+    ///
+    /// Stable across copy-up, except for a lower hard link (a lower file with `st_nlink > 1`):
+    /// the kernel without `index=on` breaks hard links on copy-up, and the copied-up name
+    /// then reports the new upper inode's number. Callers that key on the inode number (a
+    /// FUSE node id) must re-read it after an operation that may copy up.
     pub fn ino(&self) -> u64 {
-        self.ino
+        self.ino.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ino(&self, ino: u64) {
+        self.ino.store(ino, Ordering::Relaxed);
     }
 
     /// Kind of file.

@@ -92,7 +92,7 @@ impl Overlay {
                 let kind = kind.expect("kind");
                 seen.insert(e.name.clone());
                 let ino = if let Some(n) = dir.cached_child(&e.name) {
-                    n.ino
+                    n.ino()
                 } else if kind == FileKind::Directory && st.lowers.is_empty() {
                     self.layers.map_ino(LayerRef::Upper, e.ino)
                 } else if kind == FileKind::Directory {
@@ -153,7 +153,7 @@ impl Overlay {
                 let kind = kind.expect("kind");
                 seen.insert(e.name.clone());
                 let ino = match dir.cached_child(&e.name) {
-                    Some(n) => n.ino,
+                    Some(n) => n.ino(),
                     None => self.layers.map_ino(layer, e.ino),
                 };
                 out.push(DirEntry {

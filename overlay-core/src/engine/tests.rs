@@ -689,6 +689,69 @@ fn ino_stable_across_copy_up_and_relookup() {
 }
 
 #[test]
+fn lower_hard_links_split_on_copy_up() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("a"), "hi");
+    std::fs::hard_link(f.lowers[0].join("a"), f.lowers[0].join("b")).unwrap();
+    let lower_ino = std::fs::metadata(f.lowers[0].join("a")).unwrap().ino();
+    {
+        let ovl = f.overlay();
+        let a = walk(&ovl, "a").unwrap();
+        let b = walk(&ovl, "b").unwrap();
+        // Observed on 6.18: both names report the lower inode before copy-up...
+        assert_eq!((a.ino(), b.ino()), (lower_ino, lower_ino));
+        assert_eq!(ovl.getattr(&a).unwrap().nlink, 2);
+        drop(ovl.open(&a, libc::O_WRONLY | libc::O_APPEND).unwrap());
+        // ...and after it the copied-up name reports the upper inode (link count 1), the
+        // other name still the lower one.
+        let upper_ino = std::fs::metadata(f.upper.join("a")).unwrap().ino();
+        assert_ne!(upper_ino, lower_ino);
+        assert_eq!(a.ino(), upper_ino);
+        let at = ovl.getattr(&a).unwrap();
+        assert_eq!((at.ino, at.nlink), (upper_ino, 1));
+        assert_eq!(walk(&ovl, "a").unwrap().ino(), upper_ino);
+        assert_eq!(ovl.getattr(&b).unwrap().ino, lower_ino);
+        let e = ovl.readdir(&ovl.root()).unwrap();
+        let ino_of = |n: &str| e.iter().find(|x| x.name == n).unwrap().ino;
+        assert_eq!((ino_of("a"), ino_of("b")), (upper_ino, lower_ino));
+    }
+    // The same after a remount (the origin has more than one link).
+    let ovl = f.overlay();
+    let upper_ino = std::fs::metadata(f.upper.join("a")).unwrap().ino();
+    assert_eq!(walk(&ovl, "a").unwrap().ino(), upper_ino);
+    assert_eq!(walk(&ovl, "b").unwrap().ino(), lower_ino);
+    let e = ovl.readdir(&ovl.root()).unwrap();
+    assert_eq!(e.iter().find(|x| x.name == "a").unwrap().ino, upper_ino);
+}
+
+#[test]
+fn fsync_and_fsync_dir() {
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("d/f"), "x");
+    let ovl = f.overlay();
+    let d = walk(&ovl, "d").unwrap();
+    let file = walk(&ovl, "d/f").unwrap();
+    // Lower-only: nothing to do.
+    ovl.fsync_dir(&d, false).unwrap();
+    ovl.fsync(&file, true).unwrap();
+    ovl.fsync_dir(&ovl.root(), false).unwrap();
+    assert_eq!(errno(ovl.fsync_dir(&file, false)), libc::ENOTDIR);
+    let (n, _) = ovl
+        .create(&d, OsStr::new("new"), 0o644, libc::O_WRONLY, None)
+        .unwrap();
+    ovl.fsync_dir(&d, false).unwrap();
+    ovl.fsync_dir(&d, true).unwrap();
+    ovl.fsync(&n, false).unwrap();
+    ovl.fsync(&n, true).unwrap();
+    ovl.fsync(&d, false).unwrap();
+    let s = ovl
+        .symlink(&d, OsStr::new("s"), OsStr::new("f"), None)
+        .unwrap();
+    ovl.fsync(&s, false).unwrap();
+}
+
+#[test]
 fn read_only_stack_gives_erofs() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("f"), "x");
