@@ -88,7 +88,6 @@ fn harness_detects_a_difference() {
 
 /// Generated sequences: kernel overlay vs engine.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn engine_matches_kernel() {
     init();
     if !require_mounts() {
@@ -114,7 +113,6 @@ fn against_kernel(ops: &[Op]) {
 /// Delete and recreate names that exist in lower layers: whiteouts, then an opaque directory
 /// replacing a whiteout, then a file over a whiteout.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn regression_whiteouts_and_opaque_recreate() {
     against_kernel(&[
         Op::Unlink { path: p("m/a") },
@@ -149,7 +147,6 @@ fn regression_whiteouts_and_opaque_recreate() {
 /// Renames: files from lower (copy-up, whiteout left), merged/lower directories (EXDEV),
 /// upper-only directories (work), onto existing targets, NOREPLACE and EXCHANGE.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn regression_renames() {
     against_kernel(&[
         Op::Rename {
@@ -206,7 +203,6 @@ fn regression_renames() {
 
 /// Copy-up by write, append, truncate, chmod and xattrs, and hard links to copied-up files.
 #[test]
-#[ignore = "engine is a skeleton on this branch until the engine branch is merged"]
 fn regression_copy_up_and_links() {
     against_kernel(&[
         Op::Write {

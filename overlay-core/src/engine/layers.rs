@@ -37,6 +37,11 @@ pub(crate) struct LayerRoot {
     pub dev: u64,
     /// UUID of the layer's filesystem (zeros when it has none), for `overlay.origin`.
     pub uuid: [u8; 16],
+    /// The root is on a private detached mount of just this filesystem (`open_tree`
+    /// without `AT_RECURSIVE`): no submount is reachable beneath it. When false (no
+    /// privilege for `open_tree`), mount points beneath the root are presented as empty
+    /// directories (see [`Layers::open`]).
+    pub detached: bool,
 }
 
 /// How overlay inode numbers are built from real ones.
@@ -94,6 +99,95 @@ pub(crate) fn display_path(rel: &Path) -> PathBuf {
     }
 }
 
+/// Flags for opening a directory beneath a layer root: never follow a symlink, never leave
+/// the root, never cross into another mount.
+pub(crate) const RESOLVE_LAYER: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
+/// Open `path` as a private detached mount of just its filesystem (`open_tree` with
+/// `OPEN_TREE_CLONE`, without `AT_RECURSIVE`): submounts are not part of it, so a mount point
+/// beneath shows the directory it covers, as in a kernel overlay layer. `None` when not
+/// permitted (EPERM without CAP_SYS_ADMIN; EINVAL in a user namespace when locked mounts lie
+/// beneath) or not supported.
+fn open_detached(path: &Path) -> Option<OwnedFd> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    let tree = open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .ok()?;
+    // The tree fd is O_PATH; a real directory fd (for getdents, fgetxattr, fstatvfs) keeps
+    // the detached mount alive as well.
+    rustix::fs::openat(
+        &tree,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+/// Deepest common ancestor of two absolute paths.
+fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for (x, y) in a.components().zip(b.components()) {
+        if x != y {
+            break;
+        }
+        out.push(x);
+    }
+    out
+}
+
+fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+/// Open the upper directory and the workdir on ONE private detached mount (renames between
+/// them must stay within one mount): a clone of their common ancestor, which must be on the
+/// same mount as both (the kernel requires upper and work on one mount too). `None` when
+/// not permitted or when they are on different mounts.
+fn open_upper_detached(
+    upper: &Path,
+    work: &Path,
+    plain_upper: &OwnedFd,
+    plain_work: &OwnedFd,
+) -> Option<(OwnedFd, OwnedFd)> {
+    let common = common_ancestor(upper, work);
+    let tree = open_detached(&common)?;
+    let beneath = |p: &Path| -> Option<OwnedFd> {
+        let rel = p.strip_prefix(&common).ok()?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        rustix::fs::openat2(
+            &tree,
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE_LAYER,
+        )
+        .ok()
+    };
+    let u = beneath(upper)?;
+    let w = beneath(work)?;
+    // A mount between the common ancestor and either directory would make the clone show
+    // a covered directory instead: compare with what the plain paths name.
+    if same_inode(&u, plain_upper) && same_inode(&w, plain_work) {
+        Some((u, w))
+    } else {
+        None
+    }
+}
+
 fn open_root(path: &Path, what: &'static str) -> Result<OwnedFd> {
     rustix::fs::open(
         path,
@@ -105,7 +199,15 @@ fn open_root(path: &Path, what: &'static str) -> Result<OwnedFd> {
 
 impl Layers {
     /// Open every layer root, lock and clean the workdir.
-    pub fn open(stack: &LayerStack) -> Result<Layers> {
+    ///
+    /// Like the kernel, a layer is one filesystem's tree: when permitted (`detach`, and
+    /// CAP_SYS_ADMIN), each root is opened on a private detached mount without submounts,
+    /// so a mount point inside a layer shows the directory it covers. Otherwise every
+    /// directory is opened with `RESOLVE_NO_XDEV`, and a mount point beneath a layer root
+    /// reads as an empty directory (its attributes are those of the mounted root, its
+    /// inode number the covered directory's; a file bind-mounted over a file still shows
+    /// the mounted file).
+    pub fn open(stack: &LayerStack, detach: bool) -> Result<Layers> {
         let mut devs: Vec<u64> = Vec::new();
         let upper = match stack.upper() {
             None => None,
@@ -115,6 +217,13 @@ impl Layers {
                     rustix::fs::fstat(&fd).map_err(|e| ioerr("stat upper layer", &u.upper, e))?;
                 devs.push(st.st_dev);
                 let workdir = open_root(&u.work, "open workdir")?;
+                let (fd, workdir, detached) = match detach
+                    .then(|| open_upper_detached(&u.upper, &u.work, &fd, &workdir))
+                    .flatten()
+                {
+                    Some((fd, workdir)) => (fd, workdir, true),
+                    None => (fd, workdir, false),
+                };
                 rustix::fs::flock(
                     &workdir,
                     rustix::fs::FlockOperation::NonBlockingLockExclusive,
@@ -150,6 +259,7 @@ impl Layers {
                         fsid: 0,
                         dev: st.st_dev,
                         uuid,
+                        detached,
                     },
                     _workdir: workdir,
                     work,
@@ -165,7 +275,11 @@ impl Layers {
         let first_dev = {
             let mut first = upper_dev;
             for l in stack.lowers_top_first() {
-                let fd = open_root(&l.path, "open lower layer")?;
+                let plain = open_root(&l.path, "open lower layer")?;
+                let (fd, detached) = match detach.then(|| open_detached(&l.path)).flatten() {
+                    Some(t) if same_inode(&t, &plain) => (t, true),
+                    _ => (plain, false),
+                };
                 let st =
                     rustix::fs::fstat(&fd).map_err(|e| ioerr("stat lower layer", &l.path, e))?;
                 let dev = st.st_dev;
@@ -190,6 +304,7 @@ impl Layers {
                     fsid,
                     dev,
                     uuid,
+                    detached,
                 });
             }
             first
@@ -272,7 +387,7 @@ impl Layers {
             rel,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            RESOLVE_LAYER,
         )?);
         if let LayerRef::Lower(i) = layer {
             let mut c = self.lower_dirs.lock();
@@ -287,6 +402,36 @@ impl Layers {
             c.map.insert((i, rel.to_path_buf()), (fd.clone(), tick));
         }
         Ok(fd)
+    }
+
+    /// For a layer not on a detached mount: when directory `name` in `dir` is a mount
+    /// point, the inode number of the directory it covers (its `d_ino` in the listing of
+    /// `dir`), which is what the entry then reports. `None` for anything else.
+    pub fn covered_mount_point(
+        &self,
+        layer: LayerRef,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Option<u64> {
+        use rustix::fs::{StatxAttributes, StatxFlags};
+        if self.root(layer).detached {
+            return None;
+        }
+        let stx = rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE).ok()?;
+        if !stx
+            .stx_attributes_mask
+            .contains(StatxAttributes::MOUNT_ROOT)
+            || !stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        {
+            return None;
+        }
+        let mut d = rustix::fs::Dir::read_from(dir).ok()?;
+        while let Some(Ok(ent)) = d.read() {
+            if ent.file_name().to_bytes() == name.as_bytes() {
+                return Some(self.map_ino(layer, ent.ino()));
+            }
+        }
+        None
     }
 
     /// A fresh, unique staging name in `workdir/work`.

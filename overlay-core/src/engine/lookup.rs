@@ -92,7 +92,8 @@ impl Overlay {
         if pstate.upper {
             let dir = match self.layers.open_dir(LayerRef::Upper, &prel) {
                 Ok(d) => Some(d),
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => None,
+                // EXDEV: a mount point, empty without a detached layer mount.
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => None,
                 Err(e) => return Err(err(e)),
             };
             if let Some(dir) = dir {
@@ -115,7 +116,13 @@ impl Overlay {
                             }));
                         }
                         if k == FileKind::Directory {
-                            ino = Some(self.layers.map_ino(LayerRef::Upper, st.st_ino));
+                            ino = Some(
+                                self.layers
+                                    .covered_mount_point(LayerRef::Upper, dir.as_fd(), name)
+                                    .unwrap_or_else(|| {
+                                        self.layers.map_ino(LayerRef::Upper, st.st_ino)
+                                    }),
+                            );
                         }
                     }
                     Err(Errno::NOENT) => {}
@@ -130,7 +137,7 @@ impl Overlay {
                 let layer = LayerRef::Lower(le.layer);
                 let dir = match self.layers.open_dir(layer, &prel) {
                     Ok(d) => d,
-                    Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                    Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                     Err(e) => return Err(err(e)),
                 };
                 match self
@@ -145,20 +152,30 @@ impl Overlay {
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
                                 kind = Some(k);
+                                let covered =
+                                    self.layers.covered_mount_point(layer, dir.as_fd(), name);
                                 if first_lower_ino.is_none() {
-                                    first_lower_ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                    first_lower_ino =
+                                        Some(covered.unwrap_or_else(|| {
+                                            self.layers.map_ino(layer, st.st_ino)
+                                        }));
                                 }
-                                let sub = rustix::fs::openat(
-                                    dir.as_fd(),
-                                    name,
-                                    rustix::fs::OFlags::RDONLY
-                                        | rustix::fs::OFlags::DIRECTORY
-                                        | rustix::fs::OFlags::NOFOLLOW
-                                        | rustix::fs::OFlags::CLOEXEC,
-                                    rustix::fs::Mode::empty(),
-                                )
-                                .map_err(err)?;
-                                let op = self.layers.lower_dir_opacity(sub.as_fd());
+                                let op = if covered.is_some() {
+                                    // A mount point reads as an empty directory.
+                                    Opacity::Transparent
+                                } else {
+                                    let sub = rustix::fs::openat(
+                                        dir.as_fd(),
+                                        name,
+                                        rustix::fs::OFlags::RDONLY
+                                            | rustix::fs::OFlags::DIRECTORY
+                                            | rustix::fs::OFlags::NOFOLLOW
+                                            | rustix::fs::OFlags::CLOEXEC,
+                                        rustix::fs::Mode::empty(),
+                                    )
+                                    .map_err(err)?;
+                                    self.layers.lower_dir_opacity(sub.as_fd())
+                                };
                                 state.lowers.push(LowerEntry {
                                     layer: le.layer,
                                     xwhiteouts: op == Opacity::HasXWhiteouts,
@@ -220,7 +237,7 @@ impl Overlay {
         for le in &pstate.lowers {
             let dir = match self.layers.open_dir(LayerRef::Lower(le.layer), &prel) {
                 Ok(d) => d,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                 Err(e) => return Err(e),
             };
             match self.lower_hit(dir.as_fd(), name, le.xwhiteouts)? {

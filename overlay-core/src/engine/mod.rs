@@ -210,6 +210,13 @@ pub struct OverlayOptions {
 /// * `.wh.<name>` AUFS whiteouts and `.wh..wh..opq` markers are honoured in lower layers only;
 ///   in the upper layer such names are ordinary files (as for the kernel).
 /// * A file opened read-only before a copy-up keeps reading the lower file.
+/// * Layers never include submounts, as for the kernel: with CAP_SYS_ADMIN every layer is
+///   opened on a private detached mount of just its filesystem (`open_tree` without
+///   `AT_RECURSIVE`), so a mount point inside a layer shows the directory it covers. Without
+///   that privilege the engine cannot see covered directories: it resolves with
+///   `RESOLVE_NO_XDEV` and shows a mount point as an empty directory (attributes of the
+///   mounted root, inode number of the covered directory); a file bind-mounted over a
+///   file still shows the mounted file. The kernel refuses such layers unprivileged.
 pub struct Overlay {
     stack: LayerStack,
     layers: Layers,
@@ -316,7 +323,13 @@ impl Overlay {
 
     /// Like [`Overlay::new`], with tunables.
     pub fn with_options(stack: LayerStack, opts: OverlayOptions) -> Result<Self> {
-        let layers = Layers::open(&stack)?;
+        Self::open_with(stack, opts, true)
+    }
+
+    /// `detach`: try private detached mounts for the layers (false: only `RESOLVE_NO_XDEV`,
+    /// as without privilege; for tests).
+    pub(crate) fn open_with(stack: LayerStack, opts: OverlayOptions, detach: bool) -> Result<Self> {
+        let layers = Layers::open(&stack, detach)?;
         let mut state = NodeState {
             upper: layers.upper.is_some(),
             lowers: Vec::new(),

@@ -72,8 +72,17 @@ impl Overlay {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
 
-        if st.upper {
-            let fd = self.layers.open_dir(LayerRef::Upper, &rel).map_err(err)?;
+        let upper_fd = if st.upper {
+            match self.layers.open_dir(LayerRef::Upper, &rel) {
+                Ok(fd) => Some(fd),
+                // A mount point without a detached layer mount: empty.
+                Err(Errno::XDEV) => None,
+                Err(e) => return Err(err(e)),
+            }
+        } else {
+            None
+        };
+        if let Some(fd) = upper_fd {
             for e in read_entries(&fd).map_err(err)? {
                 let mut kind = kind_of_ft(e.ft);
                 if kind.is_none() || e.ft == FileType::CharacterDevice {
@@ -117,7 +126,7 @@ impl Overlay {
             let layer = LayerRef::Lower(le.layer);
             let fd = match self.layers.open_dir(layer, &rel) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                 Err(e) => return Err(err(e)),
             };
             let mut layer_whiteouts = Vec::new();

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -1005,4 +1005,132 @@ fn xino_inode_numbers_across_filesystems() {
     );
     drop(ovl.open(&n, libc::O_WRONLY).unwrap());
     assert_eq!(ovl.getattr(&n).unwrap().ino, real | 1 << 63);
+}
+
+/// Unmounts on drop (also when the test panics).
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty()).is_err() {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+fn mount_tmpfs(at: &Path) -> MountGuard {
+    rustix::mount::mount(
+        "tmpfs",
+        at,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        c"size=1m",
+    )
+    .unwrap();
+    MountGuard(at.to_path_buf())
+}
+
+fn sorted_names(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn layers_do_not_include_submounts() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("mnt/covered"), "lower");
+    write(&f.upper.join("usub/ucovered"), "upper");
+    let _lm = mount_tmpfs(&f.lowers[0].join("mnt"));
+    let _um = mount_tmpfs(&f.upper.join("usub"));
+    write(&f.lowers[0].join("mnt/inside"), "tmpfs");
+    write(&f.upper.join("usub/uinside"), "tmpfs");
+    let covered_ino = {
+        let mut it = std::fs::read_dir(&f.lowers[0]).unwrap();
+        it.find(|e| e.as_ref().unwrap().file_name() == "mnt")
+            .unwrap()
+            .unwrap()
+            .ino()
+    };
+
+    // The kernel: layers are private clones without submounts, covered directories show.
+    let kdir = tempfile::tempdir().unwrap();
+    let (ku, kw, km) = (
+        kdir.path().join("u"),
+        kdir.path().join("w"),
+        kdir.path().join("m"),
+    );
+    for d in [&ku, &kw, &km] {
+        std::fs::create_dir(d).unwrap();
+    }
+    write(&ku.join("usub/ucovered"), "upper");
+    let _kum = mount_tmpfs(&ku.join("usub"));
+    write(&ku.join("usub/uinside"), "tmpfs");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        f.lowers[0].display(),
+        ku.display(),
+        kw.display()
+    );
+    rustix::mount::mount(
+        "overlay",
+        &km,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        std::ffi::CString::new(opts).unwrap().as_c_str(),
+    )
+    .unwrap();
+    let kmount = MountGuard(km.clone());
+    let kernel_mnt = sorted_names(&km.join("mnt"));
+    let kernel_usub = sorted_names(&km.join("usub"));
+    let kernel_mnt_ino = std::fs::metadata(km.join("mnt")).unwrap().ino();
+    drop(kmount);
+    assert_eq!(kernel_mnt, vec!["covered"]);
+    assert_eq!(kernel_usub, vec!["ucovered"]);
+
+    // The engine on detached mounts (root may open_tree): the same view.
+    {
+        let ovl = f.overlay();
+        assert!(ovl.layers.lowers[0].detached && ovl.layers.root(LayerRef::Upper).detached);
+        let mnt = walk(&ovl, "mnt").unwrap();
+        assert_eq!(names(&ovl, &mnt), kernel_mnt);
+        assert_eq!(mnt.ino(), kernel_mnt_ino);
+        assert_eq!(read_all(&ovl, "mnt/covered"), "lower");
+        assert_eq!(errno(walk(&ovl, "mnt/inside")), libc::ENOENT);
+        let usub = walk(&ovl, "usub").unwrap();
+        assert_eq!(names(&ovl, &usub), kernel_usub);
+        // Writes go to the covered upper directory, not into the tmpfs.
+        ovl.create(&usub, OsStr::new("new"), 0o644, libc::O_WRONLY, None)
+            .unwrap();
+        assert_eq!(sorted_names(&f.upper.join("usub")), vec!["uinside"]);
+        // Copy-up below a lower mount point lands in the covered upper path too.
+        let n = walk(&ovl, "mnt/covered").unwrap();
+        drop(ovl.open(&n, libc::O_WRONLY | libc::O_APPEND).unwrap());
+        assert_eq!(sorted_names(&f.lowers[0].join("mnt")), vec!["inside"]);
+    }
+    // Undo the writes in the covered upper dirs (visible again once unmounted).
+    drop(_um);
+    std::fs::remove_file(f.upper.join("usub/new")).unwrap();
+    let _um = mount_tmpfs(&f.upper.join("usub"));
+    std::fs::remove_dir_all(f.upper.join("mnt")).unwrap();
+
+    // Without open_tree (unprivileged): mount points read as empty directories with the
+    // covered directory's inode number; nothing of the mounted filesystem shows.
+    let ovl = Overlay::open_with(f.stack(), OverlayOptions::default(), false).unwrap();
+    assert!(!ovl.layers.lowers[0].detached);
+    let mnt = walk(&ovl, "mnt").unwrap();
+    assert_eq!(mnt.kind(), FileKind::Directory);
+    assert_eq!(mnt.ino(), covered_ino);
+    assert!(names(&ovl, &mnt).is_empty());
+    assert_eq!(errno(walk(&ovl, "mnt/inside")), libc::ENOENT);
+    let root_list = ovl.readdir(&ovl.root()).unwrap();
+    let e = root_list.iter().find(|e| e.name == "mnt").unwrap();
+    assert_eq!((e.ino, e.kind), (covered_ino, FileKind::Directory));
+    let usub = walk(&ovl, "usub").unwrap();
+    assert!(names(&ovl, &usub).is_empty());
+    assert_eq!(errno(walk(&ovl, "usub/uinside")), libc::ENOENT);
 }
