@@ -8,6 +8,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{
     FileType, Mode, OFlags, RenameFlags as RxRename, SeekFrom, Stat, Timespec, Timestamps,
@@ -55,7 +56,7 @@ impl Overlay {
         if node.state.read().upper {
             return Ok(());
         }
-        self.check_writable("copy-up", &node.rel_path())?;
+        self.check_writable("copy-up", || node.rel_path())?;
         let Some((parent, _)) = node.parent_name() else {
             return Ok(());
         };
@@ -73,10 +74,11 @@ impl Overlay {
         };
         let err = |e: Errno| self.node_err("copy-up", node, e);
         let lower = self.top_real("copy-up", node)?;
-        let pdir = self
-            .layers
-            .open_dir(LayerRef::Upper, &parent.rel_path())
-            .map_err(err)?;
+        let lower_layer = match lower.layer {
+            LayerRef::Lower(i) => i,
+            LayerRef::Upper => 0,
+        };
+        let pdir = self.dir_fd(&parent, LayerRef::Upper).map_err(err)?;
         let pstat = rustix::fs::fstat(&*pdir).ok();
         let st = lower.stat().map_err(err)?;
         let work = self.layers.work();
@@ -111,7 +113,8 @@ impl Overlay {
                 )
                 .map_err(err)?;
                 if with_data {
-                    self.copy_data(&src, &dst, st.st_size as u64).map_err(err)?;
+                    self.copy_data(lower_layer, &src, &dst, st.st_size as u64)
+                        .map_err(err)?;
                 }
                 self.copy_meta(&lower, &staged, &st).map_err(err)?;
                 if self.opts.fsync != FsyncMode::Volatile {
@@ -144,7 +147,8 @@ impl Overlay {
         } else {
             None
         };
-        rustix::fs::renameat_with(work, &*tmp, &*pdir, &*name, RxRename::NOREPLACE).map_err(err)?;
+        rustix::fs::renameat_with(work, &*tmp, &*pdir, name.as_os_str(), RxRename::NOREPLACE)
+            .map_err(err)?;
         guard.name = None;
         if let Some(i) = new_ino {
             node.set_ino(i);
@@ -192,12 +196,29 @@ impl Overlay {
 
     /// Copy `size` bytes: FICLONE, else copy_file_range over data segments (holes kept),
     /// else read/write.
-    fn copy_data(&self, src: &OwnedFd, dst: &OwnedFd, size: u64) -> std::result::Result<(), Errno> {
+    fn copy_data(
+        &self,
+        layer: u16,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        size: u64,
+    ) -> std::result::Result<(), Errno> {
         if size == 0 {
             return Ok(());
         }
-        if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
-            return Ok(());
+        let bit = 1u64 << layer.min(63);
+        if self.layers.no_reflink.load(Ordering::Relaxed) & bit == 0 {
+            match rustix::fs::ioctl_ficlone(dst, src) {
+                Ok(()) => return Ok(()),
+                // Not supported from this layer's filesystem: do not ask again.
+                Err(Errno::OPNOTSUPP)
+                | Err(Errno::XDEV)
+                | Err(Errno::INVAL)
+                | Err(Errno::NOTTY) => {
+                    self.layers.no_reflink.fetch_or(bit, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
         }
         let chunk = if self.opts.copy_chunk == 0 {
             DEFAULT_CHUNK
@@ -251,8 +272,7 @@ impl Overlay {
     /// The upper directory fd of directory node `dir`, copying it up first.
     pub(crate) fn upper_dir_of(&self, dir: &NodeRef) -> Result<std::sync::Arc<OwnedFd>> {
         self.copy_up_node(dir, true)?;
-        self.layers
-            .open_dir(LayerRef::Upper, &dir.rel_path())
+        self.dir_fd(dir, LayerRef::Upper)
             .map_err(|e| self.node_err("open upper dir", dir, e))
     }
 }

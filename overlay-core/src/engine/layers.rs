@@ -63,9 +63,6 @@ pub(crate) struct Upper {
     pub work: OwnedFd,
 }
 
-/// Maximum number of cached lower directory fds.
-const LOWER_DIR_CACHE_MAX: usize = 512;
-
 /// All layers of an overlay.
 #[derive(Debug)]
 pub(crate) struct Layers {
@@ -75,14 +72,108 @@ pub(crate) struct Layers {
     pub ns: XattrNamespace,
     pub ino_mode: InoMode,
     staging_counter: AtomicU64,
-    /// Bounded cache of lower-layer directory fds: lower layers are immutable while mounted.
-    lower_dirs: Mutex<DirCache>,
+    /// Our pid, for staging names (read once).
+    pid: u32,
+    /// Bit `i` (lower `i`, the last bit for 63 and up): `FICLONE` from that lower layer
+    /// failed as unsupported, do not try again.
+    pub no_reflink: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct DirCache {
-    map: HashMap<(u16, PathBuf), (Arc<OwnedFd>, u64)>,
+/// A bounded cache of directory fds, keyed by (node, layer).
+///
+/// Each entry holds a weak reference to its node, which keeps the node's allocation (not the
+/// node) alive, so the address key cannot be reused by another node while the entry exists.
+/// A cached fd stays right for its node: lower layers are immutable while mounted, and an
+/// upper directory keeps its inode when renamed (a node removed from the tree is never
+/// resolved through again, and its entries are dropped).
+pub(crate) struct DirFdCache {
+    map: Mutex<DirFdMap>,
+    max: usize,
+}
+
+#[derive(Default)]
+struct DirFdMap {
+    map: HashMap<(usize, LayerRef), CachedDirFd>,
     tick: u64,
+}
+
+struct CachedDirFd {
+    node: std::sync::Weak<super::Node>,
+    fd: Arc<OwnedFd>,
+    tick: u64,
+}
+
+impl std::fmt::Debug for DirFdCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirFdCache")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirFdCache {
+    /// A cache using at most a quarter of the soft `RLIMIT_NOFILE` (64 to 4096 fds).
+    pub fn new() -> DirFdCache {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(4 * 4096);
+        DirFdCache {
+            map: Mutex::new(DirFdMap::default()),
+            max: (soft / 4).clamp(64, 4096) as usize,
+        }
+    }
+
+    fn key(node: &super::NodeRef, layer: LayerRef) -> (usize, LayerRef) {
+        (Arc::as_ptr(node) as usize, layer)
+    }
+
+    pub fn get(&self, node: &super::NodeRef, layer: LayerRef) -> Option<Arc<OwnedFd>> {
+        let mut m = self.map.lock();
+        m.tick += 1;
+        let tick = m.tick;
+        let e = m.map.get_mut(&Self::key(node, layer))?;
+        e.tick = tick;
+        Some(e.fd.clone())
+    }
+
+    pub fn insert(&self, node: &super::NodeRef, layer: LayerRef, fd: Arc<OwnedFd>) {
+        let mut old = Vec::new();
+        {
+            let mut m = self.map.lock();
+            if m.map.len() >= self.max {
+                // Drop entries of dead nodes and the least recently used half.
+                let mut ticks: Vec<u64> = m.map.values().map(|e| e.tick).collect();
+                ticks.sort_unstable();
+                let cut = ticks[ticks.len() / 2];
+                let keys: Vec<_> = m
+                    .map
+                    .iter()
+                    .filter(|(_, e)| e.tick <= cut || e.node.strong_count() == 0)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    old.extend(m.map.remove(&k));
+                }
+            }
+            let tick = m.tick;
+            old.extend(m.map.insert(
+                Self::key(node, layer),
+                CachedDirFd {
+                    node: Arc::downgrade(node),
+                    fd,
+                    tick,
+                },
+            ));
+        }
+        // Weak references are released outside the lock.
+        drop(old);
+    }
+
+    /// Forget the upper fd of `node`.
+    pub fn remove(&self, node: &super::NodeRef, layer: LayerRef) {
+        let old = self.map.lock().map.remove(&Self::key(node, layer));
+        drop(old);
+    }
 }
 
 /// Convert a rustix errno into an engine error.
@@ -330,7 +421,8 @@ impl Layers {
             ns: stack.xattr_namespace(),
             ino_mode,
             staging_counter: AtomicU64::new(0),
-            lower_dirs: Mutex::new(DirCache::default()),
+            pid: std::process::id(),
+            no_reflink: AtomicU64::new(0),
         })
     }
 
@@ -360,48 +452,6 @@ impl Layers {
                 }
             }
         }
-    }
-
-    /// Open directory `rel` (relative to the layer root, "" for the root itself) beneath the
-    /// layer root, never following symlinks.
-    pub fn open_dir(
-        &self,
-        layer: LayerRef,
-        rel: &Path,
-    ) -> std::result::Result<Arc<OwnedFd>, Errno> {
-        let root = self.root(layer);
-        if rel.as_os_str().is_empty() {
-            return Ok(root.fd.clone());
-        }
-        if let LayerRef::Lower(i) = layer {
-            let mut c = self.lower_dirs.lock();
-            c.tick += 1;
-            let tick = c.tick;
-            if let Some((fd, t)) = c.map.get_mut(&(i, rel.to_path_buf())) {
-                *t = tick;
-                return Ok(fd.clone());
-            }
-        }
-        let fd = Arc::new(rustix::fs::openat2(
-            &*root.fd,
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            RESOLVE_LAYER,
-        )?);
-        if let LayerRef::Lower(i) = layer {
-            let mut c = self.lower_dirs.lock();
-            if c.map.len() >= LOWER_DIR_CACHE_MAX {
-                // Evict the least recently used half.
-                let mut ticks: Vec<u64> = c.map.values().map(|(_, t)| *t).collect();
-                ticks.sort_unstable();
-                let cut = ticks[ticks.len() / 2];
-                c.map.retain(|_, (_, t)| *t > cut);
-            }
-            let tick = c.tick;
-            c.map.insert((i, rel.to_path_buf()), (fd.clone(), tick));
-        }
-        Ok(fd)
     }
 
     /// For a layer not on a detached mount: when directory `name` in `dir` is a mount
@@ -437,7 +487,7 @@ impl Layers {
     /// A fresh, unique staging name in `workdir/work`.
     pub fn staging_name(&self) -> OsString {
         let n = self.staging_counter.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#ovl.{}.{n:x}", std::process::id()))
+        OsString::from(format!("#ovl.{}.{n:x}", self.pid))
     }
 
     /// Create a whiteout (char 0/0) in the staging area and return its name.

@@ -8,7 +8,7 @@ use rustix::io::Errno;
 
 use super::layers::LayerRef;
 use super::node::{LowerEntry, NodeState};
-use super::{kind_of, FileKind, Node, Overlay};
+use super::{kind_of, FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format::{self, Opacity};
 
@@ -80,9 +80,8 @@ impl Overlay {
     }
 
     /// Resolve `name` in directory `parent` through the layers.
-    pub(crate) fn resolve(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+    pub(crate) fn resolve(&self, parent: &NodeRef, name: &OsStr) -> Result<Option<Resolved>> {
         let pstate = parent.state.read().clone();
-        let prel = parent.rel_path();
         let err = |e: Errno| self.name_err("lookup", parent, name, e);
         let mut state = NodeState::default();
         let mut kind: Option<FileKind> = None;
@@ -90,7 +89,7 @@ impl Overlay {
         let mut merge_lowers = true;
 
         if pstate.upper {
-            let dir = match self.layers.open_dir(LayerRef::Upper, &prel) {
+            let dir = match self.dir_fd(parent, LayerRef::Upper) {
                 Ok(d) => Some(d),
                 // EXDEV: a mount point, empty without a detached layer mount.
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => None,
@@ -135,7 +134,7 @@ impl Overlay {
             let mut first_lower_ino: Option<u64> = None;
             for le in &pstate.lowers {
                 let layer = LayerRef::Lower(le.layer);
-                let dir = match self.layers.open_dir(layer, &prel) {
+                let dir = match self.dir_fd(parent, layer) {
                     Ok(d) => d,
                     Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                     Err(e) => return Err(err(e)),
@@ -229,13 +228,12 @@ impl Overlay {
     /// layers merged into `parent`? Decides whether removing it needs a whiteout.
     pub(crate) fn lower_positive(
         &self,
-        parent: &Node,
+        parent: &NodeRef,
         name: &OsStr,
     ) -> std::result::Result<bool, Errno> {
         let pstate = parent.state.read().clone();
-        let prel = parent.rel_path();
         for le in &pstate.lowers {
-            let dir = match self.layers.open_dir(LayerRef::Lower(le.layer), &prel) {
+            let dir = match self.dir_fd(parent, LayerRef::Lower(le.layer)) {
                 Ok(d) => d,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                 Err(e) => return Err(e),

@@ -12,7 +12,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::path::Path;
 
 use std::sync::Arc;
 
@@ -33,7 +32,7 @@ mod origin;
 mod readdir;
 mod real;
 
-use layers::{display_path, ioerr, LayerRef, Layers};
+use layers::{display_path, ioerr, DirFdCache, LayerRef, Layers, RESOLVE_LAYER};
 pub use node::Node;
 use node::{LowerEntry, NodeState};
 use real::RealObj;
@@ -224,6 +223,11 @@ pub struct Overlay {
     opts: OverlayOptions,
     /// Serialises cross-directory renames, as the kernel's `s_vfs_rename_mutex`.
     rename_lock: Mutex<()>,
+    /// Open directories of directory nodes, per layer.
+    dir_fds: DirFdCache,
+    /// Attributes of removed nodes at removal time, reported by `getattr` (open files
+    /// outlive their name), keyed by node address (the weak reference pins the address).
+    removed: Mutex<std::collections::HashMap<usize, (std::sync::Weak<Node>, Attr)>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -332,7 +336,7 @@ impl Overlay {
         let layers = Layers::open(&stack, detach)?;
         let mut state = NodeState {
             upper: layers.upper.is_some(),
-            lowers: Vec::new(),
+            ..Default::default()
         };
         for (i, l) in layers.lowers.iter().enumerate() {
             let xw = layers.lower_dir_opacity(std::os::fd::AsFd::as_fd(&*l.fd))
@@ -353,7 +357,7 @@ impl Overlay {
             ino,
             FileKind::Directory,
             None,
-            OsString::new(),
+            OsStr::new(""),
             state,
         ));
         Ok(Overlay {
@@ -362,6 +366,8 @@ impl Overlay {
             root,
             opts,
             rename_lock: Mutex::new(()),
+            dir_fds: DirFdCache::new(),
+            removed: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -390,9 +396,63 @@ impl Overlay {
             }),
             Some((p, name)) => Ok(RealObj {
                 layer,
-                dir: self.layers.open_dir(layer, &p.rel_path())?,
-                name: Some(name),
+                dir: self.dir_fd(&p, layer)?,
+                name: Some(name.as_os_str().to_os_string()),
             }),
+        }
+    }
+
+    /// The directory of directory node `dir` in `layer` (cached; opened beneath the
+    /// parent's directory, one component, never following a symlink or crossing a mount).
+    pub(crate) fn dir_fd(
+        &self,
+        dir: &NodeRef,
+        layer: LayerRef,
+    ) -> std::result::Result<Arc<std::os::fd::OwnedFd>, Errno> {
+        use rustix::fs::{Mode, OFlags};
+        if let Some(fd) = self.dir_fds.get(dir, layer) {
+            return Ok(fd);
+        }
+        for _ in 0..8 {
+            let Some((parent, name)) = dir.parent_name() else {
+                return Ok(self.layers.root(layer).fd.clone());
+            };
+            if dir.is_unlinked() {
+                return Err(Errno::NOENT);
+            }
+            let pfd = self.dir_fd(&parent, layer)?;
+            let fd = rustix::fs::openat2(
+                &*pfd,
+                name.as_os_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE_LAYER,
+            )?;
+            // Only pure upper directories move (renames of merged ones are EXDEV): check
+            // that a concurrent rename did not make us open another directory.
+            if layer == LayerRef::Upper && dir.state.read().lowers.is_empty() {
+                let st = rustix::fs::fstat(&fd)?;
+                if self.layers.map_ino(LayerRef::Upper, st.st_ino) != dir.ino() {
+                    continue;
+                }
+            }
+            let fd = Arc::new(fd);
+            self.dir_fds.insert(dir, layer, fd.clone());
+            return Ok(fd);
+        }
+        Err(Errno::NOENT)
+    }
+
+    /// Forget the cached directory fds of a directory node removed from the tree (or
+    /// replaced in upper).
+    pub(crate) fn forget_dir_fds(&self, dir: &NodeRef) {
+        if dir.kind != FileKind::Directory {
+            return;
+        }
+        self.dir_fds.remove(dir, LayerRef::Upper);
+        let st = dir.state.read().clone();
+        for le in &st.lowers {
+            self.dir_fds.remove(dir, LayerRef::Lower(le.layer));
         }
     }
 
@@ -422,9 +482,13 @@ impl Overlay {
         ioerr(op, display_path(&parent.rel_path().join(name)), e)
     }
 
-    pub(crate) fn check_writable(&self, op: &'static str, path: &Path) -> Result<()> {
+    pub(crate) fn check_writable(
+        &self,
+        op: &'static str,
+        path: impl FnOnce() -> std::path::PathBuf,
+    ) -> Result<()> {
         if self.layers.upper.is_none() {
-            return Err(ioerr(op, display_path(path), Errno::ROFS));
+            return Err(ioerr(op, display_path(&path()), Errno::ROFS));
         }
         Ok(())
     }
@@ -450,7 +514,7 @@ impl Overlay {
                 .unwrap_or_else(|| parent.clone()));
         }
         check_name("lookup", parent, name)?;
-        let _g = parent.dir_lock.read();
+        let _g = parent.dir_lock().read();
         self.lookup_locked(parent, name)?
             .ok_or_else(|| self.name_err("lookup", parent, name, Errno::NOENT))
     }
@@ -470,17 +534,10 @@ impl Overlay {
             res.ino,
             res.kind,
             Some(parent.clone()),
-            name.to_os_string(),
+            name,
             res.state,
         ));
-        let mut ch = parent.children.lock();
-        if let Some(existing) = ch.get(name).and_then(std::sync::Weak::upgrade) {
-            drop(ch);
-            return Ok(Some(existing));
-        }
-        ch.insert(name.to_os_string(), Arc::downgrade(&node));
-        drop(ch);
-        Ok(Some(node))
+        Ok(Some(parent.child_or_insert(name, node)))
     }
 
     /// Attributes of `node`.
@@ -489,8 +546,9 @@ impl Overlay {
     /// decremented), as `fstat` on an open, unlinked file does.
     pub fn getattr(&self, node: &NodeRef) -> Result<Attr> {
         if node.is_unlinked() {
-            if let Some(a) = *node.removed_attr.lock() {
-                return Ok(a);
+            let key = Arc::as_ptr(node) as usize;
+            if let Some((_, a)) = self.removed.lock().get(&key) {
+                return Ok(*a);
             }
         }
         let real = self.top_real("getattr", node)?;
@@ -529,7 +587,7 @@ impl Overlay {
         }
         let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         if write {
-            self.check_writable("open", &node.rel_path())?;
+            self.check_writable("open", || node.rel_path())?;
             self.copy_up_node(node, flags & libc::O_TRUNC == 0)?;
         } else {
             f &= !(libc::O_TRUNC | libc::O_APPEND);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags as RxRename, XattrFlags};
 use rustix::io::Errno;
 
-use super::layers::{display_path, ioerr, remove_tree_at, LayerRef};
-use super::node::NodeState;
+use super::layers::{remove_tree_at, LayerRef};
+use super::node::{NodeName, NodeState};
 use super::real::RealObj;
 use super::{check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags};
 use crate::error::Result;
@@ -52,28 +52,36 @@ impl Overlay {
             } else {
                 1
             });
-            *node.removed_attr.lock() = Some(a);
+            let mut dead = Vec::new();
+            {
+                let mut m = self.removed.lock();
+                if m.len() >= 64 {
+                    // Entries of nodes nobody holds any more.
+                    let keys: Vec<usize> = m
+                        .iter()
+                        .filter(|(_, (w, _))| w.strong_count() == 0)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in keys {
+                        dead.extend(m.remove(&k));
+                    }
+                }
+                dead.extend(m.insert(Arc::as_ptr(node) as usize, (Arc::downgrade(node), a)));
+            }
+            drop(dead);
         }
     }
 
     /// Mark `node` removed from the tree.
     fn detach(&self, parent: &Node, name: &OsStr, node: &NodeRef) {
-        node.loc.lock().unlinked = true;
-        let mut ch = parent.children.lock();
-        if let Some(w) = ch.get(name) {
-            if std::ptr::eq(w.as_ptr(), Arc::as_ptr(node)) {
-                ch.remove(name);
-            }
-        }
+        node.set_unlinked();
+        parent.remove_child(name, Arc::as_ptr(node));
+        self.forget_dir_fds(node);
     }
 
     /// Register a new child node.
     fn attach(&self, parent: &NodeRef, name: &OsStr, node: &NodeRef) {
-        let old = parent
-            .children
-            .lock()
-            .insert(name.to_os_string(), Arc::downgrade(node));
-        drop(old);
+        parent.set_child(name, node);
     }
 
     /// Create an object in the upper layer; the caller holds `parent.dir_lock` exclusively and
@@ -86,9 +94,8 @@ impl Overlay {
         owner: Option<Owner>,
         spec: NewObj<'_>,
     ) -> Result<(NodeRef, Option<OwnedFd>, u64)> {
-        let path = parent.rel_path().join(name);
-        let err = |e: Errno| ioerr(op, display_path(&path), e);
-        self.check_writable(op, &path)?;
+        let err = |e: Errno| self.name_err(op, parent, name, e);
+        self.check_writable(op, || parent.rel_path().join(name))?;
         let pdir = self.upper_dir_of(parent)?;
         let over_whiteout = match upper_name(pdir.as_fd(), name).map_err(err)? {
             UpperName::Absent => false,
@@ -188,10 +195,10 @@ impl Overlay {
             ino,
             kind,
             Some(parent.clone()),
-            name.to_os_string(),
+            name,
             NodeState {
                 upper: true,
-                lowers: Vec::new(),
+                ..Default::default()
             },
         ));
         self.attach(parent, name, &node);
@@ -212,7 +219,7 @@ impl Overlay {
             return Err(self.name_err(op, parent, name, Errno::EXIST));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         if parent.is_unlinked() {
             return Err(self.name_err(op, parent, name, Errno::NOENT));
         }
@@ -238,7 +245,7 @@ impl Overlay {
             self.check_dir(op, parent)?;
             check_name(op, parent, name)?;
             let existing = {
-                let _g = parent.dir_lock.read();
+                let _g = parent.dir_lock().read();
                 self.lookup_locked(parent, name)?
             };
             if let Some(n) = existing {
@@ -291,14 +298,14 @@ impl Overlay {
             return Err(self.name_err(op, parent, name, Errno::EXIST));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         if parent.is_unlinked() {
             return Err(self.name_err(op, parent, name, Errno::NOENT));
         }
         if self.lookup_locked(parent, name)?.is_some() {
             return Err(self.name_err(op, parent, name, Errno::EXIST));
         }
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         if mode & libc::S_IFMT == libc::S_IFCHR && dev == 0 {
             // 0/0 is reserved for whiteouts.
             return Err(self.name_err(op, parent, name, Errno::PERM));
@@ -333,14 +340,14 @@ impl Overlay {
             return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
         }
         check_name(op, new_parent, new_name)?;
-        let _g = new_parent.dir_lock.write();
+        let _g = new_parent.dir_lock().write();
         if new_parent.is_unlinked() {
             return Err(self.name_err(op, new_parent, new_name, Errno::NOENT));
         }
         if self.lookup_locked(new_parent, new_name)?.is_some() {
             return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
         }
-        self.check_writable(op, &new_parent.rel_path().join(new_name))?;
+        self.check_writable(op, || new_parent.rel_path().join(new_name))?;
         if node.kind == FileKind::Directory {
             return Err(self.node_err(op, node, Errno::PERM));
         }
@@ -362,10 +369,10 @@ impl Overlay {
             node.ino(),
             node.kind,
             Some(new_parent.clone()),
-            new_name.to_os_string(),
+            new_name,
             NodeState {
                 upper: true,
-                lowers: Vec::new(),
+                ..Default::default()
             },
         ));
         self.attach(new_parent, new_name, &n);
@@ -377,12 +384,12 @@ impl Overlay {
     pub fn unlink(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "unlink";
         self.check_dir(op, parent)?;
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         if is_dot(name) {
             return Err(self.name_err(op, parent, name, Errno::ISDIR));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         let node = self
             .lookup_locked(parent, name)?
             .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
@@ -429,7 +436,7 @@ impl Overlay {
     pub fn rmdir(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "rmdir";
         self.check_dir(op, parent)?;
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         if name == "." {
             return Err(self.name_err(op, parent, name, Errno::INVAL));
         }
@@ -437,14 +444,14 @@ impl Overlay {
             return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         let node = self
             .lookup_locked(parent, name)?
             .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
         if node.kind != FileKind::Directory {
             return Err(self.name_err(op, parent, name, Errno::NOTDIR));
         }
-        let _cg = node.dir_lock.write();
+        let _cg = node.dir_lock().write();
         if !self.readdir_locked(&node)?.is_empty() {
             return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
         }
@@ -509,7 +516,7 @@ impl Overlay {
             let e = if noreplace { Errno::EXIST } else { Errno::BUSY };
             return Err(self.name_err(op, new_parent, new_name, e));
         }
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         check_name(op, parent, name)?;
         check_name(op, new_parent, new_name)?;
 
@@ -527,13 +534,13 @@ impl Overlay {
             Arc::as_ptr(parent) < Arc::as_ptr(new_parent)
         };
         let (_g1, _g2) = if same_dir {
-            (parent.dir_lock.write(), None)
+            (parent.dir_lock().write(), None)
         } else if first_is_parent {
-            let a = parent.dir_lock.write();
-            (a, Some(new_parent.dir_lock.write()))
+            let a = parent.dir_lock().write();
+            (a, Some(new_parent.dir_lock().write()))
         } else {
-            let b = new_parent.dir_lock.write();
-            (parent.dir_lock.write(), Some(b))
+            let b = new_parent.dir_lock().write();
+            (parent.dir_lock().write(), Some(b))
         };
         if parent.is_unlinked() {
             return Err(self.name_err(op, parent, name, Errno::NOENT));
@@ -587,7 +594,7 @@ impl Overlay {
         }
         let _dg = match &dst {
             Some(d) if !exchange && d.kind == FileKind::Directory => {
-                let g = d.dir_lock.write();
+                let g = d.dir_lock().write();
                 if !self.readdir_locked(d)?.is_empty() {
                     return Err(nerr(Errno::NOTEMPTY));
                 }
@@ -714,15 +721,17 @@ impl Overlay {
         // Update the node tree.
         if exchange {
             let d = dst.as_ref().expect("exchange target");
+            parent.remove_child(name, Arc::as_ptr(&src));
+            new_parent.remove_child(new_name, Arc::as_ptr(d));
             {
                 let mut ls = src.loc.lock();
                 ls.parent = Some(new_parent.clone());
-                ls.name = new_name.to_os_string();
+                ls.name = NodeName::new(new_name);
             }
             {
                 let mut ld = d.loc.lock();
                 ld.parent = Some(parent.clone());
-                ld.name = name.to_os_string();
+                ld.name = NodeName::new(name);
             }
             self.attach(parent, name, d);
             self.attach(new_parent, new_name, &src);
@@ -731,18 +740,11 @@ impl Overlay {
                 self.stash_attr(d);
                 self.detach(new_parent, new_name, d);
             }
-            {
-                let mut ch = parent.children.lock();
-                if let Some(w) = ch.get(name) {
-                    if std::ptr::eq(w.as_ptr(), Arc::as_ptr(&src)) {
-                        ch.remove(name);
-                    }
-                }
-            }
+            parent.remove_child(name, Arc::as_ptr(&src));
             {
                 let mut ls = src.loc.lock();
                 ls.parent = Some(new_parent.clone());
-                ls.name = new_name.to_os_string();
+                ls.name = NodeName::new(new_name);
             }
             self.attach(new_parent, new_name, &src);
         }

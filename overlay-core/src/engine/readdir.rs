@@ -57,7 +57,7 @@ impl Overlay {
         if dir.kind != FileKind::Directory {
             return Err(self.node_err("readdir", dir, Errno::NOTDIR));
         }
-        let _g = dir.dir_lock.read();
+        let _g = dir.dir_lock().read();
         self.readdir_locked(dir)
     }
 
@@ -67,13 +67,12 @@ impl Overlay {
             return Err(self.node_err("readdir", dir, Errno::NOENT));
         }
         let st = dir.state.read().clone();
-        let rel = dir.rel_path();
         let err = |e: Errno| self.node_err("readdir", dir, e);
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
 
         let upper_fd = if st.upper {
-            match self.layers.open_dir(LayerRef::Upper, &rel) {
+            match self.dir_fd(dir, LayerRef::Upper) {
                 Ok(fd) => Some(fd),
                 // A mount point without a detached layer mount: empty.
                 Err(Errno::XDEV) => None,
@@ -124,7 +123,7 @@ impl Overlay {
 
         for le in &st.lowers {
             let layer = LayerRef::Lower(le.layer);
-            let fd = match self.layers.open_dir(layer, &rel) {
+            let fd = match self.dir_fd(dir, layer) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                 Err(e) => return Err(err(e)),

@@ -14,7 +14,6 @@ use super::layers::{proc_fd_path, proc_path, read_xattr, LayerRef};
 /// One real object: `name` in directory `dir`, or `dir` itself when `name` is `None`.
 #[derive(Debug, Clone)]
 pub(crate) struct RealObj {
-    #[allow(dead_code)]
     pub layer: LayerRef,
     pub dir: Arc<OwnedFd>,
     pub name: Option<OsString>,

@@ -190,7 +190,7 @@ fn lookup_and_readdir_merge_layers() {
     let weak = Arc::downgrade(&x1);
     drop((x1, x2));
     assert!(weak.upgrade().is_none());
-    assert!(a.children.lock().is_empty());
+    assert_eq!(a.child_count(), 0);
     // Merged dir nlink is 1 as the kernel reports.
     assert_eq!(ovl.getattr(&a).unwrap().nlink, 1);
 }
