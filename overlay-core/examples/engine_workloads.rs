@@ -21,7 +21,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use overlay_core::{FileKind, LayerStack, NodeRef, Overlay, SetAttr, TimeSet, XattrNamespace};
+use overlay_core::{
+    FileKind, FsyncMode, LayerStack, NodeRef, Overlay, OverlayOptions, SetAttr, TimeSet,
+    XattrNamespace,
+};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -76,7 +79,17 @@ fn overlay(base: &Path) -> (Overlay, PathBuf) {
         .xattr_namespace(XattrNamespace::Trusted)
         .build()
         .unwrap();
-    (Overlay::new(stack).unwrap(), run)
+    // OVL_FSYNC=volatile|strict|ordered (default ordered, as the kernel).
+    let fsync = match std::env::var("OVL_FSYNC").as_deref() {
+        Ok("volatile") => FsyncMode::Volatile,
+        Ok("strict") => FsyncMode::Strict,
+        _ => FsyncMode::Ordered,
+    };
+    let opts = OverlayOptions {
+        fsync,
+        ..Default::default()
+    };
+    (Overlay::with_options(stack, opts).unwrap(), run)
 }
 
 /// Walk the tree: readdir, lookup and getattr of every entry; `f` sees every non-directory.
@@ -169,7 +182,8 @@ fn main() {
                         rm(ovl, &n);
                         ovl.rmdir(dir, &e.name).unwrap();
                     } else {
-                        ovl.lookup(dir, &e.name).unwrap();
+                        // Held while unlinking, as the kernel holds the inode.
+                        let _n = ovl.lookup(dir, &e.name).unwrap();
                         ovl.unlink(dir, &e.name).unwrap();
                     }
                 }

@@ -22,6 +22,8 @@ use super::{FileKind, FsyncMode, NodeRef, Overlay};
 use crate::error::Result;
 
 const DEFAULT_CHUNK: usize = 8 << 20;
+/// Files up to this size are copied without looking for holes.
+const SMALL_FILE: u64 = 64 << 10;
 
 pub(crate) fn stat_times(st: &Stat) -> Timestamps {
     Timestamps {
@@ -87,21 +89,28 @@ impl Overlay {
             work,
             name: Some(tmp.clone()),
         };
-        let staged = RealObj {
-            layer: LayerRef::Upper,
-            dir: std::sync::Arc::new(rustix::io::fcntl_dupfd_cloexec(work, 0).map_err(err)?),
-            name: Some(tmp.clone()),
-        };
-        match node.kind {
+        let sync = self.opts.fsync != FsyncMode::Volatile;
+        // Metadata goes through fds where there are some (f* calls: no path lookups).
+        let staged = match node.kind {
             FileKind::Directory => {
                 rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700)).map_err(err)?;
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
-                if self.opts.fsync != FsyncMode::Volatile {
-                    let fd = staged
-                        .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                        .map_err(err)?;
-                    rustix::fs::fsync(&fd).map_err(err)?;
+                let fd = rustix::fs::openat(
+                    work,
+                    &*tmp,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(err)?;
+                let staged = RealObj::of_fd(LayerRef::Upper, fd);
+                let src = lower
+                    .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                    .map(|fd| RealObj::of_fd(lower.layer, fd))
+                    .map_err(err)?;
+                self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
+                if sync {
+                    rustix::fs::fsync(&*staged.dir).map_err(err)?;
                 }
+                staged
             }
             FileKind::File => {
                 let src = lower.open(OFlags::RDONLY, Mode::empty()).map_err(err)?;
@@ -116,15 +125,24 @@ impl Overlay {
                     self.copy_data(lower_layer, &src, &dst, st.st_size as u64)
                         .map_err(err)?;
                 }
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
-                if self.opts.fsync != FsyncMode::Volatile {
-                    rustix::fs::fsync(&dst).map_err(err)?;
+                let src = RealObj::of_fd(lower.layer, src);
+                let staged = RealObj::of_fd(LayerRef::Upper, dst);
+                self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
+                if sync {
+                    rustix::fs::fsync(&*staged.dir).map_err(err)?;
                 }
+                staged
             }
             FileKind::Symlink => {
                 let target = lower.readlink().map_err(err)?;
                 rustix::fs::symlinkat(&*target, work, &*tmp).map_err(err)?;
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+                let staged = RealObj {
+                    layer: LayerRef::Upper,
+                    dir: self.layers.work_arc(),
+                    name: Some(tmp.clone()),
+                };
+                self.copy_meta(&lower, &lower, &staged, &st).map_err(err)?;
+                staged
             }
             _ => {
                 rustix::fs::mknodat(
@@ -135,25 +153,31 @@ impl Overlay {
                     st.st_rdev,
                 )
                 .map_err(err)?;
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+                let staged = RealObj {
+                    layer: LayerRef::Upper,
+                    dir: self.layers.work_arc(),
+                    name: Some(tmp.clone()),
+                };
+                self.copy_meta(&lower, &lower, &staged, &st).map_err(err)?;
+                staged
             }
-        }
+        };
         // A lower hard link is broken by the copy-up (no `index`): as the kernel, the name
         // then reports the upper inode's number (its origin has `st_nlink > 1`).
         let new_ino = if node.kind != FileKind::Directory && st.st_nlink > 1 {
-            let up = rustix::fs::statat(work, &*tmp, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(err)?;
+            let up = staged.stat().map_err(err)?;
             Some(self.layers.map_ino(LayerRef::Upper, up.st_ino))
         } else {
             None
         };
+        drop(staged);
         rustix::fs::renameat_with(work, &*tmp, &*pdir, name.as_os_str(), RxRename::NOREPLACE)
             .map_err(err)?;
         guard.name = None;
         if let Some(i) = new_ino {
             node.set_ino(i);
         }
-        self.set_impure(pdir.as_fd());
+        self.set_impure_node(&parent, pdir.as_fd());
         if let Some(ps) = pstat {
             // As the kernel: copy-up does not change the parent's times.
             let _ = rustix::fs::futimens(&*pdir, &stat_times(&ps));
@@ -165,10 +189,18 @@ impl Overlay {
         Ok(())
     }
 
-    /// Copy xattrs (except private ones), owner, mode and times from `src` to `dst`.
-    fn copy_meta(&self, src: &RealObj, dst: &RealObj, st: &Stat) -> std::result::Result<(), Errno> {
+    /// Copy xattrs (except private ones), owner, mode and times from `src` to `dst`;
+    /// `origin` names the lower object (for `overlay.origin`), `src` is the same object
+    /// (possibly as an open fd).
+    fn copy_meta(
+        &self,
+        origin: &RealObj,
+        src: &RealObj,
+        dst: &RealObj,
+        st: &Stat,
+    ) -> std::result::Result<(), Errno> {
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        self.set_origin(src, dst);
+        self.set_origin(origin, dst);
         for name in src.listxattr().unwrap_or_default() {
             if self.layers.ns.is_private(&name) {
                 continue;
@@ -218,6 +250,36 @@ impl Overlay {
                     self.layers.no_reflink.fetch_or(bit, Ordering::Relaxed);
                 }
                 Err(_) => {}
+            }
+        }
+        if size <= SMALL_FILE {
+            // Small files: no hole search (two lseeks) and no final ftruncate.
+            let mut off = 0u64;
+            let mut ok = true;
+            while off < size {
+                let (mut i, mut o) = (off, off);
+                match rustix::fs::copy_file_range(
+                    src,
+                    Some(&mut i),
+                    dst,
+                    Some(&mut o),
+                    (size - off) as usize,
+                ) {
+                    Ok(0) => break,
+                    Ok(n) => off += n as u64,
+                    Err(_) if off == 0 => {
+                        ok = false;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if ok {
+                if off < size {
+                    // The file shrank underneath us: keep the size stat() reported.
+                    rustix::fs::ftruncate(dst, size)?;
+                }
+                return Ok(());
             }
         }
         let chunk = if self.opts.copy_chunk == 0 {

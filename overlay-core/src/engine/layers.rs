@@ -60,7 +60,7 @@ pub(crate) struct Upper {
     /// `workdir`, kept open and `flock`ed for the overlay's lifetime.
     pub _workdir: OwnedFd,
     /// `workdir/work`, the staging area.
-    pub work: OwnedFd,
+    pub work: Arc<OwnedFd>,
 }
 
 /// All layers of an overlay.
@@ -353,7 +353,7 @@ impl Layers {
                         detached,
                     },
                     _workdir: workdir,
-                    work,
+                    work: Arc::new(work),
                 })
             }
         };
@@ -437,6 +437,11 @@ impl Layers {
     /// The staging directory `workdir/work`.
     pub fn work(&self) -> BorrowedFd<'_> {
         self.upper.as_ref().expect("upper layer").work.as_fd()
+    }
+
+    /// The staging directory, shared.
+    pub fn work_arc(&self) -> Arc<OwnedFd> {
+        self.upper.as_ref().expect("upper layer").work.clone()
     }
 
     /// Overlay inode number of a real inode in `layer`.

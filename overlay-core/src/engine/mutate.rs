@@ -97,62 +97,89 @@ impl Overlay {
         let err = |e: Errno| self.name_err(op, parent, name, e);
         self.check_writable(op, || parent.rel_path().join(name))?;
         let pdir = self.upper_dir_of(parent)?;
-        let over_whiteout = match upper_name(pdir.as_fd(), name).map_err(err)? {
-            UpperName::Absent => false,
-            UpperName::Whiteout => true,
-            UpperName::Present(_) => return Err(err(Errno::EXIST)),
+        // The name is absent from the merged view, so in upper it is absent or a whiteout.
+        // Try the direct creation first; EEXIST means a whiteout (checked), which is then
+        // replaced through the workdir.
+        let mut fd = None;
+        let mut over_whiteout = false;
+        let mut tmp = OsString::new();
+        let (kind, perm) = loop {
+            let work = self.layers.work();
+            let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if over_whiteout {
+                (work, &tmp)
+            } else {
+                (pdir.as_fd(), name)
+            };
+            let r = match &spec {
+                NewObj::File { mode, flags } => {
+                    let f = OFlags::from_bits_retain(
+                        (*flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL)) as u32,
+                    ) | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC;
+                    rustix::fs::openat(tdir, tname, f, Mode::from_raw_mode(*mode & 0o7777)).map(
+                        |f| {
+                            fd = Some(f);
+                            (FileKind::File, Some(*mode & 0o7777))
+                        },
+                    )
+                }
+                NewObj::Dir { mode } => {
+                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(*mode & 0o7777))
+                        .map(|()| (FileKind::Directory, Some(*mode & 0o7777)))
+                }
+                NewObj::Special { mode, rdev } => {
+                    let ft = FileType::from_raw_mode(*mode);
+                    rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(*mode & 0o7777), *rdev)
+                        .map(|()| (super::kind_of(*mode), Some(*mode & 0o7777)))
+                }
+                NewObj::Symlink { target } => {
+                    rustix::fs::symlinkat(*target, tdir, tname).map(|()| (FileKind::Symlink, None))
+                }
+                NewObj::Link { src } => {
+                    let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
+                    rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
+                        .map(|()| (FileKind::File, None))
+                }
+            };
+            match r {
+                Ok(x) => break x,
+                Err(Errno::EXIST) if !over_whiteout => {
+                    match upper_name(pdir.as_fd(), name).map_err(err)? {
+                        UpperName::Whiteout => {
+                            over_whiteout = true;
+                            tmp = self.layers.staging_name();
+                        }
+                        _ => return Err(err(Errno::EXIST)),
+                    }
+                }
+                Err(e) => return Err(err(e)),
+            }
         };
         let work = self.layers.work();
-        let tmp = self.layers.staging_name();
         let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if over_whiteout {
             (work, &tmp)
         } else {
             (pdir.as_fd(), name)
         };
-        let mut fd = None;
-        let (kind, perm) = match &spec {
-            NewObj::File { mode, flags } => {
-                let f = OFlags::from_bits_retain(
-                    (*flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL)) as u32,
-                ) | OFlags::CREATE
-                    | OFlags::EXCL
-                    | OFlags::NOFOLLOW
-                    | OFlags::CLOEXEC;
-                fd = Some(
-                    rustix::fs::openat(tdir, tname, f, Mode::from_raw_mode(*mode & 0o7777))
-                        .map_err(err)?,
-                );
-                (FileKind::File, Some(*mode & 0o7777))
-            }
-            NewObj::Dir { mode } => {
-                rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(*mode & 0o7777))
-                    .map_err(err)?;
-                (FileKind::Directory, Some(*mode & 0o7777))
-            }
-            NewObj::Special { mode, rdev } => {
-                let ft = FileType::from_raw_mode(*mode);
-                rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(*mode & 0o7777), *rdev)
-                    .map_err(err)?;
-                (super::kind_of(*mode), Some(*mode & 0o7777))
-            }
-            NewObj::Symlink { target } => {
-                rustix::fs::symlinkat(*target, tdir, tname).map_err(err)?;
-                (FileKind::Symlink, None)
-            }
-            NewObj::Link { src } => {
-                let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
-                rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
-                    .map_err(err)?;
-                (FileKind::File, None)
-            }
-        };
         let is_link = matches!(spec, NewObj::Link { .. });
-        let created = RealObj {
-            layer: LayerRef::Upper,
-            dir: Arc::new(rustix::io::fcntl_dupfd_cloexec(tdir, 0).map_err(err)?),
-            name: Some(tname.to_os_string()),
+        // The new object: through its fd for files, else by name in its directory.
+        let is_file_fd = fd.is_some();
+        let created = match fd.take() {
+            Some(f) => RealObj::of_fd(LayerRef::Upper, f),
+            None => RealObj {
+                layer: LayerRef::Upper,
+                dir: if over_whiteout {
+                    self.layers.work_arc()
+                } else {
+                    pdir.clone()
+                },
+                name: Some(tname.to_os_string()),
+            },
         };
-        let finish = || -> std::result::Result<(), Errno> {
+        let mut stat = None;
+        let mut finish = || -> std::result::Result<(), Errno> {
             if !is_link {
                 if let Some(o) = owner {
                     created.chown(Some(o.uid), Some(o.gid))?;
@@ -165,9 +192,12 @@ impl Overlay {
                         0
                     };
                     let want = perm | keep_sgid;
-                    if st.st_mode & 0o7777 != want || owner.is_some() {
+                    // chown may have cleared set-id bits.
+                    let setid = want & (libc::S_ISUID | libc::S_ISGID) != 0;
+                    if st.st_mode & 0o7777 != want || (owner.is_some() && setid) {
                         created.chmod(want)?;
                     }
+                    stat = Some(st);
                 }
             }
             if over_whiteout {
@@ -189,7 +219,19 @@ impl Overlay {
             let _ = remove_tree_at(tdir, tname);
             return Err(err(e));
         }
-        let st = rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+        if is_file_fd {
+            // Hand the created file's fd back (the only reference to it).
+            fd = Arc::try_unwrap(created.dir).ok();
+        } else {
+            drop(created);
+        }
+        // The inode does not change with the rename out of the workdir.
+        let st = match stat {
+            Some(st) => st,
+            None => {
+                rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?
+            }
+        };
         let ino = self.layers.map_ino(LayerRef::Upper, st.st_ino);
         let node = Arc::new(Node::new(
             ino,
@@ -399,7 +441,7 @@ impl Overlay {
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let _c = node.copy_lock.lock();
-        let need_wh = self.lower_positive(parent, name).map_err(err)?;
+        let need_wh = self.need_whiteout(parent, name, &node).map_err(err)?;
         let work = self.layers.work();
         self.stash_attr(&node);
         if node.state.read().upper {
@@ -419,15 +461,27 @@ impl Overlay {
         Ok(())
     }
 
-    /// Put a whiteout at `name` in upper dir `pdir` where nothing is.
-    fn place_whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
-        let work = self.layers.work();
-        let wh = self.layers.make_staged_whiteout()?;
-        if let Err(e) = rustix::fs::renameat_with(work, &*wh, pdir, name, RxRename::NOREPLACE) {
-            let _ = rustix::fs::unlinkat(work, &*wh, AtFlags::empty());
-            return Err(e);
+    /// Does removing `node` (named `name` in `parent`) need a whiteout? A node that lives
+    /// only in lower layers was found there, so yes without asking the layers again.
+    fn need_whiteout(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+        node: &NodeRef,
+    ) -> std::result::Result<bool, Errno> {
+        {
+            let st = node.state.read();
+            if !st.upper && !st.lowers.is_empty() {
+                return Ok(true);
+            }
         }
-        Ok(())
+        self.lower_positive(parent, name)
+    }
+
+    /// Put a whiteout at `name` in upper dir `pdir` where nothing is: one `mknodat`, which
+    /// creates the complete whiteout atomically (EEXIST if something is there).
+    fn place_whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
+        rustix::fs::mknodat(pdir, name, FileType::CharacterDevice, Mode::empty(), 0)
     }
 
     /// Remove a directory that is empty in the merged view; leaves a whiteout where a lower
@@ -458,7 +512,7 @@ impl Overlay {
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let _c = node.copy_lock.lock();
-        let need_wh = self.lower_positive(parent, name).map_err(err)?;
+        let need_wh = self.need_whiteout(parent, name, &node).map_err(err)?;
         let work = self.layers.work();
         self.stash_attr(&node);
         if node.state.read().upper {

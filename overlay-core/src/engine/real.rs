@@ -22,6 +22,15 @@ pub(crate) struct RealObj {
 type R<T> = std::result::Result<T, Errno>;
 
 impl RealObj {
+    /// The object an open fd refers to (every call goes through the fd).
+    pub fn of_fd(layer: LayerRef, fd: OwnedFd) -> RealObj {
+        RealObj {
+            layer,
+            dir: Arc::new(fd),
+            name: None,
+        }
+    }
+
     fn dirfd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
