@@ -95,8 +95,8 @@ fn overlay(base: &Path) -> (Overlay, PathBuf) {
 /// Walk the tree: readdir, lookup and getattr of every entry; `f` sees every non-directory.
 fn walk(ovl: &Overlay, dir: &NodeRef, keep: &mut Vec<NodeRef>, f: &mut dyn FnMut(&NodeRef)) {
     for e in ovl.readdir(dir).unwrap() {
-        let n = ovl.lookup(dir, &e.name).unwrap();
-        let a = ovl.getattr(&n).unwrap();
+        // As a FUSE lookup reply: the node and its attributes.
+        let (n, a) = ovl.lookup_attr(dir, &e.name).unwrap();
         assert_eq!(a.ino, e.ino);
         if n.kind() == FileKind::Directory {
             walk(ovl, &n, keep, f);

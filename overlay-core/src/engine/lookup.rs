@@ -15,6 +15,8 @@ use crate::format::{self, Opacity};
 /// What a lookup found.
 #[derive(Debug)]
 pub(crate) struct Resolved {
+    /// `lstat` of the topmost real object (what `getattr` reports).
+    pub stat: Option<Stat>,
     pub kind: FileKind,
     pub ino: u64,
     pub state: NodeState,
@@ -87,6 +89,7 @@ impl Overlay {
         let mut kind: Option<FileKind> = None;
         let mut ino: Option<u64> = None;
         let mut merge_lowers = true;
+        let mut top_stat: Option<Stat> = None;
 
         if pstate.upper {
             let dir = match self.dir_fd(parent, LayerRef::Upper) {
@@ -102,6 +105,7 @@ impl Overlay {
                             return Ok(None);
                         }
                         let k = kind_of(st.st_mode);
+                        top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
                         if k == FileKind::Directory {
@@ -147,6 +151,9 @@ impl Overlay {
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
                         let k = kind_of(st.st_mode);
+                        if top_stat.is_none() {
+                            top_stat = Some(st);
+                        }
                         match kind {
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
@@ -209,7 +216,12 @@ impl Overlay {
             }
         }
         match (kind, ino) {
-            (Some(kind), Some(ino)) => Ok(Some(Resolved { kind, ino, state })),
+            (Some(kind), Some(ino)) => Ok(Some(Resolved {
+                stat: top_stat,
+                kind,
+                ino,
+                state,
+            })),
             _ => Ok(None),
         }
     }

@@ -519,13 +519,54 @@ impl Overlay {
             .ok_or_else(|| self.name_err("lookup", parent, name, Errno::NOENT))
     }
 
+    /// [`Overlay::lookup`] and [`Overlay::getattr`] in one call: when the name is resolved
+    /// through the layers (no live node for it), the attributes come from the same `lstat`,
+    /// saving one system call per lookup (a FUSE lookup reply needs both).
+    pub fn lookup_attr(&self, parent: &NodeRef, name: &OsStr) -> Result<(NodeRef, Attr)> {
+        if name == "." || name == ".." {
+            let n = self.lookup(parent, name)?;
+            let a = self.getattr(&n)?;
+            return Ok((n, a));
+        }
+        self.check_dir("lookup", parent)?;
+        check_name("lookup", parent, name)?;
+        let (node, stat) = {
+            let _g = parent.dir_lock().read();
+            self.lookup_locked_stat(parent, name)?
+                .ok_or_else(|| self.name_err("lookup", parent, name, Errno::NOENT))?
+        };
+        match stat {
+            Some(st) => {
+                let mut a = attr_from_stat(&st, node.ino());
+                if node.kind == FileKind::Directory && node.state.read().is_merge() {
+                    a.nlink = 1;
+                }
+                Ok((node, a))
+            }
+            None => {
+                let a = self.getattr(&node)?;
+                Ok((node, a))
+            }
+        }
+    }
+
     /// Lookup with `parent.dir_lock` held (shared or exclusive).
     pub(crate) fn lookup_locked(&self, parent: &NodeRef, name: &OsStr) -> Result<Option<NodeRef>> {
+        Ok(self.lookup_locked_stat(parent, name)?.map(|(n, _)| n))
+    }
+
+    /// Lookup with `parent.dir_lock` held; also the `lstat` of the node's top object when
+    /// this call resolved it (None for a node that was already live).
+    fn lookup_locked_stat(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+    ) -> Result<Option<(NodeRef, Option<Stat>)>> {
         if parent.is_unlinked() {
             return Ok(None);
         }
         if let Some(n) = parent.cached_child(name) {
-            return Ok(Some(n));
+            return Ok(Some((n, None)));
         }
         let Some(res) = self.resolve(parent, name)? else {
             return Ok(None);
@@ -537,7 +578,15 @@ impl Overlay {
             name,
             res.state,
         ));
-        Ok(Some(parent.child_or_insert(name, node)))
+        let got = parent.child_or_insert(name, node.clone());
+        // Another thread registered the name first: its node, attributes read afresh.
+        let stat = if Arc::ptr_eq(&got, &node) {
+            res.stat
+        } else {
+            None
+        };
+        drop(node);
+        Ok(Some((got, stat)))
     }
 
     /// Attributes of `node`.

@@ -1134,3 +1134,28 @@ fn layers_do_not_include_submounts() {
     assert!(names(&ovl, &usub).is_empty());
     assert_eq!(errno(walk(&ovl, "usub/uinside")), libc::ENOENT);
 }
+
+#[test]
+fn lookup_attr_matches_lookup_and_getattr() {
+    let f = Fixture::new(2);
+    write(&f.lowers[0].join("d/low"), "bottom");
+    write(&f.lowers[1].join("d/top"), "top layer");
+    write(&f.upper.join("d/up"), "upper file");
+    std::os::unix::fs::symlink("low", f.lowers[1].join("d/link")).unwrap();
+    let ovl = f.overlay();
+    let root = ovl.root();
+    let (d, da) = ovl.lookup_attr(&root, OsStr::new("d")).unwrap();
+    assert_eq!(da, ovl.getattr(&d).unwrap());
+    assert_eq!(da.nlink, 1, "merged directory");
+    for name in ["low", "top", "up", "link"] {
+        let (n, a) = ovl.lookup_attr(&d, OsStr::new(name)).unwrap();
+        assert_eq!(a, ovl.getattr(&n).unwrap(), "{name}");
+        // Live node: the same node and attributes again.
+        let (n2, a2) = ovl.lookup_attr(&d, OsStr::new(name)).unwrap();
+        assert!(Arc::ptr_eq(&n, &n2));
+        assert_eq!(a, a2);
+    }
+    assert_eq!(errno(ovl.lookup_attr(&d, OsStr::new("none"))), libc::ENOENT);
+    let (dot, _) = ovl.lookup_attr(&d, OsStr::new(".")).unwrap();
+    assert!(Arc::ptr_eq(&dot, &d));
+}
