@@ -39,7 +39,7 @@ impl Overlay {
         if changes.size.is_some() && node.kind != FileKind::File {
             return Err(self.node_err(op, node, Errno::INVAL));
         }
-        self.check_writable(op, &node.rel_path())?;
+        self.check_writable(op, || node.rel_path())?;
         self.copy_up_node(node, changes.size != Some(0))?;
         let real = self.top_real(op, node)?;
         let err = |e: Errno| self.node_err(op, node, e);
@@ -92,7 +92,7 @@ impl Overlay {
     /// Set an xattr (copies up first). `flags` are `XATTR_CREATE`/`XATTR_REPLACE`.
     pub fn setxattr(&self, node: &NodeRef, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let op = "setxattr";
-        self.check_writable(op, &node.rel_path())?;
+        self.check_writable(op, || node.rel_path())?;
         self.copy_up_node(node, true)?;
         let real = self.top_real(op, node)?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
@@ -103,7 +103,7 @@ impl Overlay {
     /// Remove an xattr (copies up first, unless the attribute does not exist: ENODATA).
     pub fn removexattr(&self, node: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "removexattr";
-        self.check_writable(op, &node.rel_path())?;
+        self.check_writable(op, || node.rel_path())?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
         if !node.state.read().upper {
             // As the kernel: no copy-up for removing an attribute the lower object lacks.

@@ -8,6 +8,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{
     FileType, Mode, OFlags, RenameFlags as RxRename, SeekFrom, Stat, Timespec, Timestamps,
@@ -21,6 +22,8 @@ use super::{FileKind, FsyncMode, NodeRef, Overlay};
 use crate::error::Result;
 
 const DEFAULT_CHUNK: usize = 8 << 20;
+/// Files up to this size are copied without looking for holes.
+const SMALL_FILE: u64 = 64 << 10;
 
 pub(crate) fn stat_times(st: &Stat) -> Timestamps {
     Timestamps {
@@ -55,7 +58,7 @@ impl Overlay {
         if node.state.read().upper {
             return Ok(());
         }
-        self.check_writable("copy-up", &node.rel_path())?;
+        self.check_writable("copy-up", || node.rel_path())?;
         let Some((parent, _)) = node.parent_name() else {
             return Ok(());
         };
@@ -73,10 +76,11 @@ impl Overlay {
         };
         let err = |e: Errno| self.node_err("copy-up", node, e);
         let lower = self.top_real("copy-up", node)?;
-        let pdir = self
-            .layers
-            .open_dir(LayerRef::Upper, &parent.rel_path())
-            .map_err(err)?;
+        let lower_layer = match lower.layer {
+            LayerRef::Lower(i) => i,
+            LayerRef::Upper => 0,
+        };
+        let pdir = self.dir_fd(&parent, LayerRef::Upper).map_err(err)?;
         let pstat = rustix::fs::fstat(&*pdir).ok();
         let st = lower.stat().map_err(err)?;
         let work = self.layers.work();
@@ -85,21 +89,28 @@ impl Overlay {
             work,
             name: Some(tmp.clone()),
         };
-        let staged = RealObj {
-            layer: LayerRef::Upper,
-            dir: std::sync::Arc::new(rustix::io::fcntl_dupfd_cloexec(work, 0).map_err(err)?),
-            name: Some(tmp.clone()),
-        };
-        match node.kind {
+        let sync = self.opts.fsync != FsyncMode::Volatile;
+        // Metadata goes through fds where there are some (f* calls: no path lookups).
+        let staged = match node.kind {
             FileKind::Directory => {
                 rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700)).map_err(err)?;
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
-                if self.opts.fsync != FsyncMode::Volatile {
-                    let fd = staged
-                        .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                        .map_err(err)?;
-                    rustix::fs::fsync(&fd).map_err(err)?;
+                let fd = rustix::fs::openat(
+                    work,
+                    &*tmp,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(err)?;
+                let staged = RealObj::of_fd(LayerRef::Upper, fd);
+                let src = lower
+                    .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                    .map(|fd| RealObj::of_fd(lower.layer, fd))
+                    .map_err(err)?;
+                self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
+                if sync {
+                    rustix::fs::fsync(&*staged.dir).map_err(err)?;
                 }
+                staged
             }
             FileKind::File => {
                 let src = lower.open(OFlags::RDONLY, Mode::empty()).map_err(err)?;
@@ -111,17 +122,27 @@ impl Overlay {
                 )
                 .map_err(err)?;
                 if with_data {
-                    self.copy_data(&src, &dst, st.st_size as u64).map_err(err)?;
+                    self.copy_data(lower_layer, &src, &dst, st.st_size as u64)
+                        .map_err(err)?;
                 }
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
-                if self.opts.fsync != FsyncMode::Volatile {
-                    rustix::fs::fsync(&dst).map_err(err)?;
+                let src = RealObj::of_fd(lower.layer, src);
+                let staged = RealObj::of_fd(LayerRef::Upper, dst);
+                self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
+                if sync {
+                    rustix::fs::fsync(&*staged.dir).map_err(err)?;
                 }
+                staged
             }
             FileKind::Symlink => {
                 let target = lower.readlink().map_err(err)?;
                 rustix::fs::symlinkat(&*target, work, &*tmp).map_err(err)?;
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+                let staged = RealObj {
+                    layer: LayerRef::Upper,
+                    dir: self.layers.work_arc(),
+                    name: Some(tmp.clone()),
+                };
+                self.copy_meta(&lower, &lower, &staged, &st).map_err(err)?;
+                staged
             }
             _ => {
                 rustix::fs::mknodat(
@@ -132,12 +153,31 @@ impl Overlay {
                     st.st_rdev,
                 )
                 .map_err(err)?;
-                self.copy_meta(&lower, &staged, &st).map_err(err)?;
+                let staged = RealObj {
+                    layer: LayerRef::Upper,
+                    dir: self.layers.work_arc(),
+                    name: Some(tmp.clone()),
+                };
+                self.copy_meta(&lower, &lower, &staged, &st).map_err(err)?;
+                staged
             }
-        }
-        rustix::fs::renameat_with(work, &*tmp, &*pdir, &*name, RxRename::NOREPLACE).map_err(err)?;
+        };
+        // A lower hard link is broken by the copy-up (no `index`): as the kernel, the name
+        // then reports the upper inode's number (its origin has `st_nlink > 1`).
+        let new_ino = if node.kind != FileKind::Directory && st.st_nlink > 1 {
+            let up = staged.stat().map_err(err)?;
+            Some(self.layers.map_ino(LayerRef::Upper, up.st_ino))
+        } else {
+            None
+        };
+        drop(staged);
+        rustix::fs::renameat_with(work, &*tmp, &*pdir, name.as_os_str(), RxRename::NOREPLACE)
+            .map_err(err)?;
         guard.name = None;
-        self.set_impure(pdir.as_fd());
+        if let Some(i) = new_ino {
+            node.set_ino(i);
+        }
+        self.set_impure_node(&parent, pdir.as_fd());
         if let Some(ps) = pstat {
             // As the kernel: copy-up does not change the parent's times.
             let _ = rustix::fs::futimens(&*pdir, &stat_times(&ps));
@@ -149,10 +189,18 @@ impl Overlay {
         Ok(())
     }
 
-    /// Copy xattrs (except private ones), owner, mode and times from `src` to `dst`.
-    fn copy_meta(&self, src: &RealObj, dst: &RealObj, st: &Stat) -> std::result::Result<(), Errno> {
+    /// Copy xattrs (except private ones), owner, mode and times from `src` to `dst`;
+    /// `origin` names the lower object (for `overlay.origin`), `src` is the same object
+    /// (possibly as an open fd).
+    fn copy_meta(
+        &self,
+        origin: &RealObj,
+        src: &RealObj,
+        dst: &RealObj,
+        st: &Stat,
+    ) -> std::result::Result<(), Errno> {
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        self.set_origin(src, dst);
+        self.set_origin(origin, dst);
         for name in src.listxattr().unwrap_or_default() {
             if self.layers.ns.is_private(&name) {
                 continue;
@@ -180,12 +228,59 @@ impl Overlay {
 
     /// Copy `size` bytes: FICLONE, else copy_file_range over data segments (holes kept),
     /// else read/write.
-    fn copy_data(&self, src: &OwnedFd, dst: &OwnedFd, size: u64) -> std::result::Result<(), Errno> {
+    fn copy_data(
+        &self,
+        layer: u16,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        size: u64,
+    ) -> std::result::Result<(), Errno> {
         if size == 0 {
             return Ok(());
         }
-        if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
-            return Ok(());
+        let bit = 1u64 << layer.min(63);
+        if self.layers.no_reflink.load(Ordering::Relaxed) & bit == 0 {
+            match rustix::fs::ioctl_ficlone(dst, src) {
+                Ok(()) => return Ok(()),
+                // Not supported from this layer's filesystem: do not ask again.
+                Err(Errno::OPNOTSUPP)
+                | Err(Errno::XDEV)
+                | Err(Errno::INVAL)
+                | Err(Errno::NOTTY) => {
+                    self.layers.no_reflink.fetch_or(bit, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
+        }
+        if size <= SMALL_FILE {
+            // Small files: no hole search (two lseeks) and no final ftruncate.
+            let mut off = 0u64;
+            let mut ok = true;
+            while off < size {
+                let (mut i, mut o) = (off, off);
+                match rustix::fs::copy_file_range(
+                    src,
+                    Some(&mut i),
+                    dst,
+                    Some(&mut o),
+                    (size - off) as usize,
+                ) {
+                    Ok(0) => break,
+                    Ok(n) => off += n as u64,
+                    Err(_) if off == 0 => {
+                        ok = false;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if ok {
+                if off < size {
+                    // The file shrank underneath us: keep the size stat() reported.
+                    rustix::fs::ftruncate(dst, size)?;
+                }
+                return Ok(());
+            }
         }
         let chunk = if self.opts.copy_chunk == 0 {
             DEFAULT_CHUNK
@@ -239,8 +334,7 @@ impl Overlay {
     /// The upper directory fd of directory node `dir`, copying it up first.
     pub(crate) fn upper_dir_of(&self, dir: &NodeRef) -> Result<std::sync::Arc<OwnedFd>> {
         self.copy_up_node(dir, true)?;
-        self.layers
-            .open_dir(LayerRef::Upper, &dir.rel_path())
+        self.dir_fd(dir, LayerRef::Upper)
             .map_err(|e| self.node_err("open upper dir", dir, e))
     }
 }

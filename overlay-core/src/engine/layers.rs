@@ -37,6 +37,11 @@ pub(crate) struct LayerRoot {
     pub dev: u64,
     /// UUID of the layer's filesystem (zeros when it has none), for `overlay.origin`.
     pub uuid: [u8; 16],
+    /// The root is on a private detached mount of just this filesystem (`open_tree`
+    /// without `AT_RECURSIVE`): no submount is reachable beneath it. When false (no
+    /// privilege for `open_tree`), mount points beneath the root are presented as empty
+    /// directories (see [`Layers::open`]).
+    pub detached: bool,
 }
 
 /// How overlay inode numbers are built from real ones.
@@ -55,11 +60,8 @@ pub(crate) struct Upper {
     /// `workdir`, kept open and `flock`ed for the overlay's lifetime.
     pub _workdir: OwnedFd,
     /// `workdir/work`, the staging area.
-    pub work: OwnedFd,
+    pub work: Arc<OwnedFd>,
 }
-
-/// Maximum number of cached lower directory fds.
-const LOWER_DIR_CACHE_MAX: usize = 512;
 
 /// All layers of an overlay.
 #[derive(Debug)]
@@ -70,14 +72,108 @@ pub(crate) struct Layers {
     pub ns: XattrNamespace,
     pub ino_mode: InoMode,
     staging_counter: AtomicU64,
-    /// Bounded cache of lower-layer directory fds: lower layers are immutable while mounted.
-    lower_dirs: Mutex<DirCache>,
+    /// Our pid, for staging names (read once).
+    pid: u32,
+    /// Bit `i` (lower `i`, the last bit for 63 and up): `FICLONE` from that lower layer
+    /// failed as unsupported, do not try again.
+    pub no_reflink: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct DirCache {
-    map: HashMap<(u16, PathBuf), (Arc<OwnedFd>, u64)>,
+/// A bounded cache of directory fds, keyed by (node, layer).
+///
+/// Each entry holds a weak reference to its node, which keeps the node's allocation (not the
+/// node) alive, so the address key cannot be reused by another node while the entry exists.
+/// A cached fd stays right for its node: lower layers are immutable while mounted, and an
+/// upper directory keeps its inode when renamed (a node removed from the tree is never
+/// resolved through again, and its entries are dropped).
+pub(crate) struct DirFdCache {
+    map: Mutex<DirFdMap>,
+    max: usize,
+}
+
+#[derive(Default)]
+struct DirFdMap {
+    map: HashMap<(usize, LayerRef), CachedDirFd>,
     tick: u64,
+}
+
+struct CachedDirFd {
+    node: std::sync::Weak<super::Node>,
+    fd: Arc<OwnedFd>,
+    tick: u64,
+}
+
+impl std::fmt::Debug for DirFdCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirFdCache")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirFdCache {
+    /// A cache using at most a quarter of the soft `RLIMIT_NOFILE` (64 to 4096 fds).
+    pub fn new() -> DirFdCache {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(4 * 4096);
+        DirFdCache {
+            map: Mutex::new(DirFdMap::default()),
+            max: (soft / 4).clamp(64, 4096) as usize,
+        }
+    }
+
+    fn key(node: &super::NodeRef, layer: LayerRef) -> (usize, LayerRef) {
+        (Arc::as_ptr(node) as usize, layer)
+    }
+
+    pub fn get(&self, node: &super::NodeRef, layer: LayerRef) -> Option<Arc<OwnedFd>> {
+        let mut m = self.map.lock();
+        m.tick += 1;
+        let tick = m.tick;
+        let e = m.map.get_mut(&Self::key(node, layer))?;
+        e.tick = tick;
+        Some(e.fd.clone())
+    }
+
+    pub fn insert(&self, node: &super::NodeRef, layer: LayerRef, fd: Arc<OwnedFd>) {
+        let mut old = Vec::new();
+        {
+            let mut m = self.map.lock();
+            if m.map.len() >= self.max {
+                // Drop entries of dead nodes and the least recently used half.
+                let mut ticks: Vec<u64> = m.map.values().map(|e| e.tick).collect();
+                ticks.sort_unstable();
+                let cut = ticks[ticks.len() / 2];
+                let keys: Vec<_> = m
+                    .map
+                    .iter()
+                    .filter(|(_, e)| e.tick <= cut || e.node.strong_count() == 0)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    old.extend(m.map.remove(&k));
+                }
+            }
+            let tick = m.tick;
+            old.extend(m.map.insert(
+                Self::key(node, layer),
+                CachedDirFd {
+                    node: Arc::downgrade(node),
+                    fd,
+                    tick,
+                },
+            ));
+        }
+        // Weak references are released outside the lock.
+        drop(old);
+    }
+
+    /// Forget the upper fd of `node`.
+    pub fn remove(&self, node: &super::NodeRef, layer: LayerRef) {
+        let old = self.map.lock().map.remove(&Self::key(node, layer));
+        drop(old);
+    }
 }
 
 /// Convert a rustix errno into an engine error.
@@ -94,6 +190,95 @@ pub(crate) fn display_path(rel: &Path) -> PathBuf {
     }
 }
 
+/// Flags for opening a directory beneath a layer root: never follow a symlink, never leave
+/// the root, never cross into another mount.
+pub(crate) const RESOLVE_LAYER: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
+/// Open `path` as a private detached mount of just its filesystem (`open_tree` with
+/// `OPEN_TREE_CLONE`, without `AT_RECURSIVE`): submounts are not part of it, so a mount point
+/// beneath shows the directory it covers, as in a kernel overlay layer. `None` when not
+/// permitted (EPERM without CAP_SYS_ADMIN; EINVAL in a user namespace when locked mounts lie
+/// beneath) or not supported.
+fn open_detached(path: &Path) -> Option<OwnedFd> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    let tree = open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .ok()?;
+    // The tree fd is O_PATH; a real directory fd (for getdents, fgetxattr, fstatvfs) keeps
+    // the detached mount alive as well.
+    rustix::fs::openat(
+        &tree,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+/// Deepest common ancestor of two absolute paths.
+fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for (x, y) in a.components().zip(b.components()) {
+        if x != y {
+            break;
+        }
+        out.push(x);
+    }
+    out
+}
+
+fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+/// Open the upper directory and the workdir on ONE private detached mount (renames between
+/// them must stay within one mount): a clone of their common ancestor, which must be on the
+/// same mount as both (the kernel requires upper and work on one mount too). `None` when
+/// not permitted or when they are on different mounts.
+fn open_upper_detached(
+    upper: &Path,
+    work: &Path,
+    plain_upper: &OwnedFd,
+    plain_work: &OwnedFd,
+) -> Option<(OwnedFd, OwnedFd)> {
+    let common = common_ancestor(upper, work);
+    let tree = open_detached(&common)?;
+    let beneath = |p: &Path| -> Option<OwnedFd> {
+        let rel = p.strip_prefix(&common).ok()?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        rustix::fs::openat2(
+            &tree,
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE_LAYER,
+        )
+        .ok()
+    };
+    let u = beneath(upper)?;
+    let w = beneath(work)?;
+    // A mount between the common ancestor and either directory would make the clone show
+    // a covered directory instead: compare with what the plain paths name.
+    if same_inode(&u, plain_upper) && same_inode(&w, plain_work) {
+        Some((u, w))
+    } else {
+        None
+    }
+}
+
 fn open_root(path: &Path, what: &'static str) -> Result<OwnedFd> {
     rustix::fs::open(
         path,
@@ -105,7 +290,15 @@ fn open_root(path: &Path, what: &'static str) -> Result<OwnedFd> {
 
 impl Layers {
     /// Open every layer root, lock and clean the workdir.
-    pub fn open(stack: &LayerStack) -> Result<Layers> {
+    ///
+    /// Like the kernel, a layer is one filesystem's tree: when permitted (`detach`, and
+    /// CAP_SYS_ADMIN), each root is opened on a private detached mount without submounts,
+    /// so a mount point inside a layer shows the directory it covers. Otherwise every
+    /// directory is opened with `RESOLVE_NO_XDEV`, and a mount point beneath a layer root
+    /// reads as an empty directory (its attributes are those of the mounted root, its
+    /// inode number the covered directory's; a file bind-mounted over a file still shows
+    /// the mounted file).
+    pub fn open(stack: &LayerStack, detach: bool) -> Result<Layers> {
         let mut devs: Vec<u64> = Vec::new();
         let upper = match stack.upper() {
             None => None,
@@ -115,6 +308,13 @@ impl Layers {
                     rustix::fs::fstat(&fd).map_err(|e| ioerr("stat upper layer", &u.upper, e))?;
                 devs.push(st.st_dev);
                 let workdir = open_root(&u.work, "open workdir")?;
+                let (fd, workdir, detached) = match detach
+                    .then(|| open_upper_detached(&u.upper, &u.work, &fd, &workdir))
+                    .flatten()
+                {
+                    Some((fd, workdir)) => (fd, workdir, true),
+                    None => (fd, workdir, false),
+                };
                 rustix::fs::flock(
                     &workdir,
                     rustix::fs::FlockOperation::NonBlockingLockExclusive,
@@ -150,9 +350,10 @@ impl Layers {
                         fsid: 0,
                         dev: st.st_dev,
                         uuid,
+                        detached,
                     },
                     _workdir: workdir,
-                    work,
+                    work: Arc::new(work),
                 })
             }
         };
@@ -165,7 +366,11 @@ impl Layers {
         let first_dev = {
             let mut first = upper_dev;
             for l in stack.lowers_top_first() {
-                let fd = open_root(&l.path, "open lower layer")?;
+                let plain = open_root(&l.path, "open lower layer")?;
+                let (fd, detached) = match detach.then(|| open_detached(&l.path)).flatten() {
+                    Some(t) if same_inode(&t, &plain) => (t, true),
+                    _ => (plain, false),
+                };
                 let st =
                     rustix::fs::fstat(&fd).map_err(|e| ioerr("stat lower layer", &l.path, e))?;
                 let dev = st.st_dev;
@@ -190,6 +395,7 @@ impl Layers {
                     fsid,
                     dev,
                     uuid,
+                    detached,
                 });
             }
             first
@@ -215,7 +421,8 @@ impl Layers {
             ns: stack.xattr_namespace(),
             ino_mode,
             staging_counter: AtomicU64::new(0),
-            lower_dirs: Mutex::new(DirCache::default()),
+            pid: std::process::id(),
+            no_reflink: AtomicU64::new(0),
         })
     }
 
@@ -230,6 +437,11 @@ impl Layers {
     /// The staging directory `workdir/work`.
     pub fn work(&self) -> BorrowedFd<'_> {
         self.upper.as_ref().expect("upper layer").work.as_fd()
+    }
+
+    /// The staging directory, shared.
+    pub fn work_arc(&self) -> Arc<OwnedFd> {
+        self.upper.as_ref().expect("upper layer").work.clone()
     }
 
     /// Overlay inode number of a real inode in `layer`.
@@ -247,52 +459,40 @@ impl Layers {
         }
     }
 
-    /// Open directory `rel` (relative to the layer root, "" for the root itself) beneath the
-    /// layer root, never following symlinks.
-    pub fn open_dir(
+    /// For a layer not on a detached mount: when directory `name` in `dir` is a mount
+    /// point, the inode number of the directory it covers (its `d_ino` in the listing of
+    /// `dir`), which is what the entry then reports. `None` for anything else.
+    pub fn covered_mount_point(
         &self,
         layer: LayerRef,
-        rel: &Path,
-    ) -> std::result::Result<Arc<OwnedFd>, Errno> {
-        let root = self.root(layer);
-        if rel.as_os_str().is_empty() {
-            return Ok(root.fd.clone());
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Option<u64> {
+        use rustix::fs::{StatxAttributes, StatxFlags};
+        if self.root(layer).detached {
+            return None;
         }
-        if let LayerRef::Lower(i) = layer {
-            let mut c = self.lower_dirs.lock();
-            c.tick += 1;
-            let tick = c.tick;
-            if let Some((fd, t)) = c.map.get_mut(&(i, rel.to_path_buf())) {
-                *t = tick;
-                return Ok(fd.clone());
+        let stx = rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE).ok()?;
+        if !stx
+            .stx_attributes_mask
+            .contains(StatxAttributes::MOUNT_ROOT)
+            || !stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        {
+            return None;
+        }
+        let mut d = rustix::fs::Dir::read_from(dir).ok()?;
+        while let Some(Ok(ent)) = d.read() {
+            if ent.file_name().to_bytes() == name.as_bytes() {
+                return Some(self.map_ino(layer, ent.ino()));
             }
         }
-        let fd = Arc::new(rustix::fs::openat2(
-            &*root.fd,
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )?);
-        if let LayerRef::Lower(i) = layer {
-            let mut c = self.lower_dirs.lock();
-            if c.map.len() >= LOWER_DIR_CACHE_MAX {
-                // Evict the least recently used half.
-                let mut ticks: Vec<u64> = c.map.values().map(|(_, t)| *t).collect();
-                ticks.sort_unstable();
-                let cut = ticks[ticks.len() / 2];
-                c.map.retain(|_, (_, t)| *t > cut);
-            }
-            let tick = c.tick;
-            c.map.insert((i, rel.to_path_buf()), (fd.clone(), tick));
-        }
-        Ok(fd)
+        None
     }
 
     /// A fresh, unique staging name in `workdir/work`.
     pub fn staging_name(&self) -> OsString {
         let n = self.staging_counter.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#ovl.{}.{n:x}", std::process::id()))
+        OsString::from(format!("#ovl.{}.{n:x}", self.pid))
     }
 
     /// Create a whiteout (char 0/0) in the staging area and return its name.

@@ -8,13 +8,15 @@ use rustix::io::Errno;
 
 use super::layers::LayerRef;
 use super::node::{LowerEntry, NodeState};
-use super::{kind_of, FileKind, Node, Overlay};
+use super::{kind_of, FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format::{self, Opacity};
 
 /// What a lookup found.
 #[derive(Debug)]
 pub(crate) struct Resolved {
+    /// `lstat` of the topmost real object (what `getattr` reports).
+    pub stat: Option<Stat>,
     pub kind: FileKind,
     pub ino: u64,
     pub state: NodeState,
@@ -80,19 +82,20 @@ impl Overlay {
     }
 
     /// Resolve `name` in directory `parent` through the layers.
-    pub(crate) fn resolve(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+    pub(crate) fn resolve(&self, parent: &NodeRef, name: &OsStr) -> Result<Option<Resolved>> {
         let pstate = parent.state.read().clone();
-        let prel = parent.rel_path();
         let err = |e: Errno| self.name_err("lookup", parent, name, e);
         let mut state = NodeState::default();
         let mut kind: Option<FileKind> = None;
         let mut ino: Option<u64> = None;
         let mut merge_lowers = true;
+        let mut top_stat: Option<Stat> = None;
 
         if pstate.upper {
-            let dir = match self.layers.open_dir(LayerRef::Upper, &prel) {
+            let dir = match self.dir_fd(parent, LayerRef::Upper) {
                 Ok(d) => Some(d),
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => None,
+                // EXDEV: a mount point, empty without a detached layer mount.
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => None,
                 Err(e) => return Err(err(e)),
             };
             if let Some(dir) = dir {
@@ -102,6 +105,7 @@ impl Overlay {
                             return Ok(None);
                         }
                         let k = kind_of(st.st_mode);
+                        top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
                         if k == FileKind::Directory {
@@ -115,7 +119,13 @@ impl Overlay {
                             }));
                         }
                         if k == FileKind::Directory {
-                            ino = Some(self.layers.map_ino(LayerRef::Upper, st.st_ino));
+                            ino = Some(
+                                self.layers
+                                    .covered_mount_point(LayerRef::Upper, dir.as_fd(), name)
+                                    .unwrap_or_else(|| {
+                                        self.layers.map_ino(LayerRef::Upper, st.st_ino)
+                                    }),
+                            );
                         }
                     }
                     Err(Errno::NOENT) => {}
@@ -128,9 +138,9 @@ impl Overlay {
             let mut first_lower_ino: Option<u64> = None;
             for le in &pstate.lowers {
                 let layer = LayerRef::Lower(le.layer);
-                let dir = match self.layers.open_dir(layer, &prel) {
+                let dir = match self.dir_fd(parent, layer) {
                     Ok(d) => d,
-                    Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                    Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                     Err(e) => return Err(err(e)),
                 };
                 match self
@@ -141,24 +151,37 @@ impl Overlay {
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
                         let k = kind_of(st.st_mode);
+                        if top_stat.is_none() {
+                            top_stat = Some(st);
+                        }
                         match kind {
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
                                 kind = Some(k);
+                                let covered =
+                                    self.layers.covered_mount_point(layer, dir.as_fd(), name);
                                 if first_lower_ino.is_none() {
-                                    first_lower_ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                    first_lower_ino =
+                                        Some(covered.unwrap_or_else(|| {
+                                            self.layers.map_ino(layer, st.st_ino)
+                                        }));
                                 }
-                                let sub = rustix::fs::openat(
-                                    dir.as_fd(),
-                                    name,
-                                    rustix::fs::OFlags::RDONLY
-                                        | rustix::fs::OFlags::DIRECTORY
-                                        | rustix::fs::OFlags::NOFOLLOW
-                                        | rustix::fs::OFlags::CLOEXEC,
-                                    rustix::fs::Mode::empty(),
-                                )
-                                .map_err(err)?;
-                                let op = self.layers.lower_dir_opacity(sub.as_fd());
+                                let op = if covered.is_some() {
+                                    // A mount point reads as an empty directory.
+                                    Opacity::Transparent
+                                } else {
+                                    let sub = rustix::fs::openat(
+                                        dir.as_fd(),
+                                        name,
+                                        rustix::fs::OFlags::RDONLY
+                                            | rustix::fs::OFlags::DIRECTORY
+                                            | rustix::fs::OFlags::NOFOLLOW
+                                            | rustix::fs::OFlags::CLOEXEC,
+                                        rustix::fs::Mode::empty(),
+                                    )
+                                    .map_err(err)?;
+                                    self.layers.lower_dir_opacity(sub.as_fd())
+                                };
                                 state.lowers.push(LowerEntry {
                                     layer: le.layer,
                                     xwhiteouts: op == Opacity::HasXWhiteouts,
@@ -193,7 +216,12 @@ impl Overlay {
             }
         }
         match (kind, ino) {
-            (Some(kind), Some(ino)) => Ok(Some(Resolved { kind, ino, state })),
+            (Some(kind), Some(ino)) => Ok(Some(Resolved {
+                stat: top_stat,
+                kind,
+                ino,
+                state,
+            })),
             _ => Ok(None),
         }
     }
@@ -212,15 +240,14 @@ impl Overlay {
     /// layers merged into `parent`? Decides whether removing it needs a whiteout.
     pub(crate) fn lower_positive(
         &self,
-        parent: &Node,
+        parent: &NodeRef,
         name: &OsStr,
     ) -> std::result::Result<bool, Errno> {
         let pstate = parent.state.read().clone();
-        let prel = parent.rel_path();
         for le in &pstate.lowers {
-            let dir = match self.layers.open_dir(LayerRef::Lower(le.layer), &prel) {
+            let dir = match self.dir_fd(parent, LayerRef::Lower(le.layer)) {
                 Ok(d) => d,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                 Err(e) => return Err(e),
             };
             match self.lower_hit(dir.as_fd(), name, le.xwhiteouts)? {

@@ -12,7 +12,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::path::Path;
 
 use std::sync::Arc;
 
@@ -33,7 +32,7 @@ mod origin;
 mod readdir;
 mod real;
 
-use layers::{display_path, ioerr, LayerRef, Layers};
+use layers::{display_path, ioerr, DirFdCache, LayerRef, Layers, RESOLVE_LAYER};
 pub use node::Node;
 use node::{LowerEntry, NodeState};
 use real::RealObj;
@@ -210,6 +209,13 @@ pub struct OverlayOptions {
 /// * `.wh.<name>` AUFS whiteouts and `.wh..wh..opq` markers are honoured in lower layers only;
 ///   in the upper layer such names are ordinary files (as for the kernel).
 /// * A file opened read-only before a copy-up keeps reading the lower file.
+/// * Layers never include submounts, as for the kernel: with CAP_SYS_ADMIN every layer is
+///   opened on a private detached mount of just its filesystem (`open_tree` without
+///   `AT_RECURSIVE`), so a mount point inside a layer shows the directory it covers. Without
+///   that privilege the engine cannot see covered directories: it resolves with
+///   `RESOLVE_NO_XDEV` and shows a mount point as an empty directory (attributes of the
+///   mounted root, inode number of the covered directory); a file bind-mounted over a
+///   file still shows the mounted file. The kernel refuses such layers unprivileged.
 pub struct Overlay {
     stack: LayerStack,
     layers: Layers,
@@ -217,6 +223,11 @@ pub struct Overlay {
     opts: OverlayOptions,
     /// Serialises cross-directory renames, as the kernel's `s_vfs_rename_mutex`.
     rename_lock: Mutex<()>,
+    /// Open directories of directory nodes, per layer.
+    dir_fds: DirFdCache,
+    /// Attributes of removed nodes at removal time, reported by `getattr` (open files
+    /// outlive their name), keyed by node address (the weak reference pins the address).
+    removed: Mutex<std::collections::HashMap<usize, (std::sync::Weak<Node>, Attr)>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -325,10 +336,16 @@ impl Overlay {
 
     /// Like [`Overlay::new`], with tunables.
     pub fn with_options(stack: LayerStack, opts: OverlayOptions) -> Result<Self> {
-        let layers = Layers::open(&stack)?;
+        Self::open_with(stack, opts, true)
+    }
+
+    /// `detach`: try private detached mounts for the layers (false: only `RESOLVE_NO_XDEV`,
+    /// as without privilege; for tests).
+    pub(crate) fn open_with(stack: LayerStack, opts: OverlayOptions, detach: bool) -> Result<Self> {
+        let layers = Layers::open(&stack, detach)?;
         let mut state = NodeState {
             upper: layers.upper.is_some(),
-            lowers: Vec::new(),
+            ..Default::default()
         };
         for (i, l) in layers.lowers.iter().enumerate() {
             let xw = layers.lower_dir_opacity(std::os::fd::AsFd::as_fd(&*l.fd))
@@ -349,7 +366,7 @@ impl Overlay {
             ino,
             FileKind::Directory,
             None,
-            OsString::new(),
+            OsStr::new(""),
             state,
         ));
         Ok(Overlay {
@@ -358,6 +375,8 @@ impl Overlay {
             root,
             opts,
             rename_lock: Mutex::new(()),
+            dir_fds: DirFdCache::new(),
+            removed: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -386,9 +405,63 @@ impl Overlay {
             }),
             Some((p, name)) => Ok(RealObj {
                 layer,
-                dir: self.layers.open_dir(layer, &p.rel_path())?,
-                name: Some(name),
+                dir: self.dir_fd(&p, layer)?,
+                name: Some(name.as_os_str().to_os_string()),
             }),
+        }
+    }
+
+    /// The directory of directory node `dir` in `layer` (cached; opened beneath the
+    /// parent's directory, one component, never following a symlink or crossing a mount).
+    pub(crate) fn dir_fd(
+        &self,
+        dir: &NodeRef,
+        layer: LayerRef,
+    ) -> std::result::Result<Arc<std::os::fd::OwnedFd>, Errno> {
+        use rustix::fs::{Mode, OFlags};
+        if let Some(fd) = self.dir_fds.get(dir, layer) {
+            return Ok(fd);
+        }
+        for _ in 0..8 {
+            let Some((parent, name)) = dir.parent_name() else {
+                return Ok(self.layers.root(layer).fd.clone());
+            };
+            if dir.is_unlinked() {
+                return Err(Errno::NOENT);
+            }
+            let pfd = self.dir_fd(&parent, layer)?;
+            let fd = rustix::fs::openat2(
+                &*pfd,
+                name.as_os_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE_LAYER,
+            )?;
+            // Only pure upper directories move (renames of merged ones are EXDEV): check
+            // that a concurrent rename did not make us open another directory.
+            if layer == LayerRef::Upper && dir.state.read().lowers.is_empty() {
+                let st = rustix::fs::fstat(&fd)?;
+                if self.layers.map_ino(LayerRef::Upper, st.st_ino) != dir.ino() {
+                    continue;
+                }
+            }
+            let fd = Arc::new(fd);
+            self.dir_fds.insert(dir, layer, fd.clone());
+            return Ok(fd);
+        }
+        Err(Errno::NOENT)
+    }
+
+    /// Forget the cached directory fds of a directory node removed from the tree (or
+    /// replaced in upper).
+    pub(crate) fn forget_dir_fds(&self, dir: &NodeRef) {
+        if dir.kind != FileKind::Directory {
+            return;
+        }
+        self.dir_fds.remove(dir, LayerRef::Upper);
+        let st = dir.state.read().clone();
+        for le in &st.lowers {
+            self.dir_fds.remove(dir, LayerRef::Lower(le.layer));
         }
     }
 
@@ -418,9 +491,13 @@ impl Overlay {
         ioerr(op, display_path(&parent.rel_path().join(name)), e)
     }
 
-    pub(crate) fn check_writable(&self, op: &'static str, path: &Path) -> Result<()> {
+    pub(crate) fn check_writable(
+        &self,
+        op: &'static str,
+        path: impl FnOnce() -> std::path::PathBuf,
+    ) -> Result<()> {
         if self.layers.upper.is_none() {
-            return Err(ioerr(op, display_path(path), Errno::ROFS));
+            return Err(ioerr(op, display_path(&path()), Errno::ROFS));
         }
         Ok(())
     }
@@ -446,18 +523,59 @@ impl Overlay {
                 .unwrap_or_else(|| parent.clone()));
         }
         check_name("lookup", parent, name)?;
-        let _g = parent.dir_lock.read();
+        let _g = parent.dir_lock().read();
         self.lookup_locked(parent, name)?
             .ok_or_else(|| self.name_err("lookup", parent, name, Errno::NOENT))
     }
 
+    /// [`Overlay::lookup`] and [`Overlay::getattr`] in one call: when the name is resolved
+    /// through the layers (no live node for it), the attributes come from the same `lstat`,
+    /// saving one system call per lookup (a FUSE lookup reply needs both).
+    pub fn lookup_attr(&self, parent: &NodeRef, name: &OsStr) -> Result<(NodeRef, Attr)> {
+        if name == "." || name == ".." {
+            let n = self.lookup(parent, name)?;
+            let a = self.getattr(&n)?;
+            return Ok((n, a));
+        }
+        self.check_dir("lookup", parent)?;
+        check_name("lookup", parent, name)?;
+        let (node, stat) = {
+            let _g = parent.dir_lock().read();
+            self.lookup_locked_stat(parent, name)?
+                .ok_or_else(|| self.name_err("lookup", parent, name, Errno::NOENT))?
+        };
+        match stat {
+            Some(st) => {
+                let mut a = attr_from_stat(&st, node.ino());
+                if node.kind == FileKind::Directory && node.state.read().is_merge() {
+                    a.nlink = 1;
+                }
+                Ok((node, a))
+            }
+            None => {
+                let a = self.getattr(&node)?;
+                Ok((node, a))
+            }
+        }
+    }
+
     /// Lookup with `parent.dir_lock` held (shared or exclusive).
     pub(crate) fn lookup_locked(&self, parent: &NodeRef, name: &OsStr) -> Result<Option<NodeRef>> {
+        Ok(self.lookup_locked_stat(parent, name)?.map(|(n, _)| n))
+    }
+
+    /// Lookup with `parent.dir_lock` held; also the `lstat` of the node's top object when
+    /// this call resolved it (None for a node that was already live).
+    fn lookup_locked_stat(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+    ) -> Result<Option<(NodeRef, Option<Stat>)>> {
         if parent.is_unlinked() {
             return Ok(None);
         }
         if let Some(n) = parent.cached_child(name) {
-            return Ok(Some(n));
+            return Ok(Some((n, None)));
         }
         let Some(res) = self.resolve(parent, name)? else {
             return Ok(None);
@@ -466,17 +584,18 @@ impl Overlay {
             res.ino,
             res.kind,
             Some(parent.clone()),
-            name.to_os_string(),
+            name,
             res.state,
         ));
-        let mut ch = parent.children.lock();
-        if let Some(existing) = ch.get(name).and_then(std::sync::Weak::upgrade) {
-            drop(ch);
-            return Ok(Some(existing));
-        }
-        ch.insert(name.to_os_string(), Arc::downgrade(&node));
-        drop(ch);
-        Ok(Some(node))
+        let got = parent.child_or_insert(name, node.clone());
+        // Another thread registered the name first: its node, attributes read afresh.
+        let stat = if Arc::ptr_eq(&got, &node) {
+            res.stat
+        } else {
+            None
+        };
+        drop(node);
+        Ok(Some((got, stat)))
     }
 
     /// Attributes of `node`.
@@ -485,13 +604,14 @@ impl Overlay {
     /// decremented), as `fstat` on an open, unlinked file does.
     pub fn getattr(&self, node: &NodeRef) -> Result<Attr> {
         if node.is_unlinked() {
-            if let Some(a) = *node.removed_attr.lock() {
-                return Ok(a);
+            let key = Arc::as_ptr(node) as usize;
+            if let Some((_, a)) = self.removed.lock().get(&key) {
+                return Ok(*a);
             }
         }
         let real = self.top_real("getattr", node)?;
         let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
-        let mut a = attr_from_stat(&st, node.ino);
+        let mut a = attr_from_stat(&st, node.ino());
         if node.kind == FileKind::Directory && node.state.read().is_merge() {
             // As the kernel: counting subdirectories of a merged directory is not worth it.
             a.nlink = 1;
@@ -525,7 +645,7 @@ impl Overlay {
         }
         let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         if write {
-            self.check_writable("open", &node.rel_path())?;
+            self.check_writable("open", || node.rel_path())?;
             self.copy_up_node(node, flags & libc::O_TRUNC == 0)?;
         } else {
             f &= !(libc::O_TRUNC | libc::O_APPEND);
@@ -535,6 +655,47 @@ impl Overlay {
             .open(OFlags::from_bits_retain(f as u32), Mode::empty())
             .map_err(|e| self.node_err("open", node, e))?;
         Ok(File::from(fd))
+    }
+
+    /// Flush a file's upper copy to disk (`fdatasync` when `datasync`). A lower-only file
+    /// has nothing to flush (the kernel does not sync lower files either). Use the open
+    /// file's own `sync_all` when one is at hand; this is for callers holding only the node.
+    pub fn fsync(&self, node: &NodeRef, datasync: bool) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        if node.kind == FileKind::Directory {
+            return self.fsync_dir(node, datasync);
+        }
+        if !node.state.read().upper || node.is_unlinked() {
+            return Ok(());
+        }
+        let real = self
+            .real(node, LayerRef::Upper)
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        // O_PATH cannot be synced; symlinks and special files have no data of their own.
+        if node.kind != FileKind::File {
+            return Ok(());
+        }
+        let fd = real
+            .open(OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
+    }
+
+    /// Flush a directory's upper copy (its entries) to disk. Nothing to do for a directory
+    /// that lives only in lower layers. ENOTDIR for a non-directory.
+    pub fn fsync_dir(&self, node: &NodeRef, datasync: bool) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        self.check_dir("fsync", node)?;
+        if !node.state.read().upper || node.is_unlinked() {
+            return Ok(());
+        }
+        let real = self
+            .real(node, LayerRef::Upper)
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        let fd = real
+            .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| self.node_err("fsync", node, e))?;
+        sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
     }
 
     /// Filesystem statistics (upper layer, or the top lower layer when read-only).
@@ -556,6 +717,14 @@ impl Overlay {
             namelen: s.f_namemax as u32,
             frsize: s.f_frsize as u32,
         })
+    }
+}
+
+fn sync_fd(fd: &std::os::fd::OwnedFd, datasync: bool) -> std::result::Result<(), Errno> {
+    if datasync {
+        rustix::fs::fdatasync(fd)
+    } else {
+        rustix::fs::fsync(fd)
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags as RxRename, XattrFlags};
 use rustix::io::Errno;
 
-use super::layers::{display_path, ioerr, remove_tree_at, LayerRef};
-use super::node::NodeState;
+use super::layers::{remove_tree_at, LayerRef};
+use super::node::{NodeName, NodeState};
 use super::real::RealObj;
 use super::{check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags};
 use crate::error::Result;
@@ -52,28 +52,36 @@ impl Overlay {
             } else {
                 1
             });
-            *node.removed_attr.lock() = Some(a);
+            let mut dead = Vec::new();
+            {
+                let mut m = self.removed.lock();
+                if m.len() >= 64 {
+                    // Entries of nodes nobody holds any more.
+                    let keys: Vec<usize> = m
+                        .iter()
+                        .filter(|(_, (w, _))| w.strong_count() == 0)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in keys {
+                        dead.extend(m.remove(&k));
+                    }
+                }
+                dead.extend(m.insert(Arc::as_ptr(node) as usize, (Arc::downgrade(node), a)));
+            }
+            drop(dead);
         }
     }
 
     /// Mark `node` removed from the tree.
     fn detach(&self, parent: &Node, name: &OsStr, node: &NodeRef) {
-        node.loc.lock().unlinked = true;
-        let mut ch = parent.children.lock();
-        if let Some(w) = ch.get(name) {
-            if std::ptr::eq(w.as_ptr(), Arc::as_ptr(node)) {
-                ch.remove(name);
-            }
-        }
+        node.set_unlinked();
+        parent.remove_child(name, Arc::as_ptr(node));
+        self.forget_dir_fds(node);
     }
 
     /// Register a new child node.
     fn attach(&self, parent: &NodeRef, name: &OsStr, node: &NodeRef) {
-        let old = parent
-            .children
-            .lock()
-            .insert(name.to_os_string(), Arc::downgrade(node));
-        drop(old);
+        parent.set_child(name, node);
     }
 
     /// Create an object in the upper layer; the caller holds `parent.dir_lock` exclusively and
@@ -86,66 +94,92 @@ impl Overlay {
         owner: Option<Owner>,
         spec: NewObj<'_>,
     ) -> Result<(NodeRef, Option<OwnedFd>, u64)> {
-        let path = parent.rel_path().join(name);
-        let err = |e: Errno| ioerr(op, display_path(&path), e);
-        self.check_writable(op, &path)?;
+        let err = |e: Errno| self.name_err(op, parent, name, e);
+        self.check_writable(op, || parent.rel_path().join(name))?;
         let pdir = self.upper_dir_of(parent)?;
-        let over_whiteout = match upper_name(pdir.as_fd(), name).map_err(err)? {
-            UpperName::Absent => false,
-            UpperName::Whiteout => true,
-            UpperName::Present(_) => return Err(err(Errno::EXIST)),
+        // The name is absent from the merged view, so in upper it is absent or a whiteout.
+        // Try the direct creation first; EEXIST means a whiteout (checked), which is then
+        // replaced through the workdir.
+        let mut fd = None;
+        let mut over_whiteout = false;
+        let mut tmp = OsString::new();
+        let (kind, perm) = loop {
+            let work = self.layers.work();
+            let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if over_whiteout {
+                (work, &tmp)
+            } else {
+                (pdir.as_fd(), name)
+            };
+            let r = match &spec {
+                NewObj::File { mode, flags } => {
+                    let f = OFlags::from_bits_retain(
+                        (*flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL)) as u32,
+                    ) | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC;
+                    rustix::fs::openat(tdir, tname, f, Mode::from_raw_mode(*mode & 0o7777)).map(
+                        |f| {
+                            fd = Some(f);
+                            (FileKind::File, Some(*mode & 0o7777))
+                        },
+                    )
+                }
+                NewObj::Dir { mode } => {
+                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(*mode & 0o7777))
+                        .map(|()| (FileKind::Directory, Some(*mode & 0o7777)))
+                }
+                NewObj::Special { mode, rdev } => {
+                    let ft = FileType::from_raw_mode(*mode);
+                    rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(*mode & 0o7777), *rdev)
+                        .map(|()| (super::kind_of(*mode), Some(*mode & 0o7777)))
+                }
+                NewObj::Symlink { target } => {
+                    rustix::fs::symlinkat(*target, tdir, tname).map(|()| (FileKind::Symlink, None))
+                }
+                NewObj::Link { src } => {
+                    let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
+                    rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
+                        .map(|()| (FileKind::File, None))
+                }
+            };
+            match r {
+                Ok(x) => break x,
+                Err(Errno::EXIST) if !over_whiteout => {
+                    match upper_name(pdir.as_fd(), name).map_err(err)? {
+                        UpperName::Whiteout => {
+                            over_whiteout = true;
+                            tmp = self.layers.staging_name();
+                        }
+                        _ => return Err(err(Errno::EXIST)),
+                    }
+                }
+                Err(e) => return Err(err(e)),
+            }
         };
         let work = self.layers.work();
-        let tmp = self.layers.staging_name();
         let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if over_whiteout {
             (work, &tmp)
         } else {
             (pdir.as_fd(), name)
         };
-        let mut fd = None;
-        let (kind, perm) = match &spec {
-            NewObj::File { mode, flags } => {
-                let f = OFlags::from_bits_retain(
-                    (*flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL)) as u32,
-                ) | OFlags::CREATE
-                    | OFlags::EXCL
-                    | OFlags::NOFOLLOW
-                    | OFlags::CLOEXEC;
-                fd = Some(
-                    rustix::fs::openat(tdir, tname, f, Mode::from_raw_mode(*mode & 0o7777))
-                        .map_err(err)?,
-                );
-                (FileKind::File, Some(*mode & 0o7777))
-            }
-            NewObj::Dir { mode } => {
-                rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(*mode & 0o7777))
-                    .map_err(err)?;
-                (FileKind::Directory, Some(*mode & 0o7777))
-            }
-            NewObj::Special { mode, rdev } => {
-                let ft = FileType::from_raw_mode(*mode);
-                rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(*mode & 0o7777), *rdev)
-                    .map_err(err)?;
-                (super::kind_of(*mode), Some(*mode & 0o7777))
-            }
-            NewObj::Symlink { target } => {
-                rustix::fs::symlinkat(*target, tdir, tname).map_err(err)?;
-                (FileKind::Symlink, None)
-            }
-            NewObj::Link { src } => {
-                let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
-                rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
-                    .map_err(err)?;
-                (FileKind::File, None)
-            }
-        };
         let is_link = matches!(spec, NewObj::Link { .. });
-        let created = RealObj {
-            layer: LayerRef::Upper,
-            dir: Arc::new(rustix::io::fcntl_dupfd_cloexec(tdir, 0).map_err(err)?),
-            name: Some(tname.to_os_string()),
+        // The new object: through its fd for files, else by name in its directory.
+        let is_file_fd = fd.is_some();
+        let created = match fd.take() {
+            Some(f) => RealObj::of_fd(LayerRef::Upper, f),
+            None => RealObj {
+                layer: LayerRef::Upper,
+                dir: if over_whiteout {
+                    self.layers.work_arc()
+                } else {
+                    pdir.clone()
+                },
+                name: Some(tname.to_os_string()),
+            },
         };
-        let finish = || -> std::result::Result<(), Errno> {
+        let mut stat = None;
+        let mut finish = || -> std::result::Result<(), Errno> {
             if !is_link {
                 if let Some(o) = owner {
                     created.chown(Some(o.uid), Some(o.gid))?;
@@ -158,9 +192,12 @@ impl Overlay {
                         0
                     };
                     let want = perm | keep_sgid;
-                    if st.st_mode & 0o7777 != want || owner.is_some() {
+                    // chown may have cleared set-id bits.
+                    let setid = want & (libc::S_ISUID | libc::S_ISGID) != 0;
+                    if st.st_mode & 0o7777 != want || (owner.is_some() && setid) {
                         created.chmod(want)?;
                     }
+                    stat = Some(st);
                 }
             }
             if over_whiteout {
@@ -182,16 +219,28 @@ impl Overlay {
             let _ = remove_tree_at(tdir, tname);
             return Err(err(e));
         }
-        let st = rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+        if is_file_fd {
+            // Hand the created file's fd back (the only reference to it).
+            fd = Arc::try_unwrap(created.dir).ok();
+        } else {
+            drop(created);
+        }
+        // The inode does not change with the rename out of the workdir.
+        let st = match stat {
+            Some(st) => st,
+            None => {
+                rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?
+            }
+        };
         let ino = self.layers.map_ino(LayerRef::Upper, st.st_ino);
         let node = Arc::new(Node::new(
             ino,
             kind,
             Some(parent.clone()),
-            name.to_os_string(),
+            name,
             NodeState {
                 upper: true,
-                lowers: Vec::new(),
+                ..Default::default()
             },
         ));
         self.attach(parent, name, &node);
@@ -212,7 +261,7 @@ impl Overlay {
             return Err(self.name_err(op, parent, name, Errno::EXIST));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         if parent.is_unlinked() {
             return Err(self.name_err(op, parent, name, Errno::NOENT));
         }
@@ -238,7 +287,7 @@ impl Overlay {
             self.check_dir(op, parent)?;
             check_name(op, parent, name)?;
             let existing = {
-                let _g = parent.dir_lock.read();
+                let _g = parent.dir_lock().read();
                 self.lookup_locked(parent, name)?
             };
             if let Some(n) = existing {
@@ -291,14 +340,14 @@ impl Overlay {
             return Err(self.name_err(op, parent, name, Errno::EXIST));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         if parent.is_unlinked() {
             return Err(self.name_err(op, parent, name, Errno::NOENT));
         }
         if self.lookup_locked(parent, name)?.is_some() {
             return Err(self.name_err(op, parent, name, Errno::EXIST));
         }
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         if mode & libc::S_IFMT == libc::S_IFCHR && dev == 0 {
             // 0/0 is reserved for whiteouts.
             return Err(self.name_err(op, parent, name, Errno::PERM));
@@ -333,14 +382,14 @@ impl Overlay {
             return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
         }
         check_name(op, new_parent, new_name)?;
-        let _g = new_parent.dir_lock.write();
+        let _g = new_parent.dir_lock().write();
         if new_parent.is_unlinked() {
             return Err(self.name_err(op, new_parent, new_name, Errno::NOENT));
         }
         if self.lookup_locked(new_parent, new_name)?.is_some() {
             return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
         }
-        self.check_writable(op, &new_parent.rel_path().join(new_name))?;
+        self.check_writable(op, || new_parent.rel_path().join(new_name))?;
         if node.kind == FileKind::Directory {
             return Err(self.node_err(op, node, Errno::PERM));
         }
@@ -359,13 +408,13 @@ impl Overlay {
             self.create_upper(op, new_parent, new_name, None, NewObj::Link { src })?;
         // Same inode: report the source's overlay inode number.
         let n = Arc::new(Node::new(
-            node.ino,
+            node.ino(),
             node.kind,
             Some(new_parent.clone()),
-            new_name.to_os_string(),
+            new_name,
             NodeState {
                 upper: true,
-                lowers: Vec::new(),
+                ..Default::default()
             },
         ));
         self.attach(new_parent, new_name, &n);
@@ -377,12 +426,12 @@ impl Overlay {
     pub fn unlink(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "unlink";
         self.check_dir(op, parent)?;
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         if is_dot(name) {
             return Err(self.name_err(op, parent, name, Errno::ISDIR));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         let node = self
             .lookup_locked(parent, name)?
             .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
@@ -392,7 +441,7 @@ impl Overlay {
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let _c = node.copy_lock.lock();
-        let need_wh = self.lower_positive(parent, name).map_err(err)?;
+        let need_wh = self.need_whiteout(parent, name, &node).map_err(err)?;
         let work = self.layers.work();
         self.stash_attr(&node);
         if node.state.read().upper {
@@ -412,15 +461,27 @@ impl Overlay {
         Ok(())
     }
 
-    /// Put a whiteout at `name` in upper dir `pdir` where nothing is.
-    fn place_whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
-        let work = self.layers.work();
-        let wh = self.layers.make_staged_whiteout()?;
-        if let Err(e) = rustix::fs::renameat_with(work, &*wh, pdir, name, RxRename::NOREPLACE) {
-            let _ = rustix::fs::unlinkat(work, &*wh, AtFlags::empty());
-            return Err(e);
+    /// Does removing `node` (named `name` in `parent`) need a whiteout? A node that lives
+    /// only in lower layers was found there, so yes without asking the layers again.
+    fn need_whiteout(
+        &self,
+        parent: &NodeRef,
+        name: &OsStr,
+        node: &NodeRef,
+    ) -> std::result::Result<bool, Errno> {
+        {
+            let st = node.state.read();
+            if !st.upper && !st.lowers.is_empty() {
+                return Ok(true);
+            }
         }
-        Ok(())
+        self.lower_positive(parent, name)
+    }
+
+    /// Put a whiteout at `name` in upper dir `pdir` where nothing is: one `mknodat`, which
+    /// creates the complete whiteout atomically (EEXIST if something is there).
+    fn place_whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
+        rustix::fs::mknodat(pdir, name, FileType::CharacterDevice, Mode::empty(), 0)
     }
 
     /// Remove a directory that is empty in the merged view; leaves a whiteout where a lower
@@ -429,7 +490,7 @@ impl Overlay {
     pub fn rmdir(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "rmdir";
         self.check_dir(op, parent)?;
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         if name == "." {
             return Err(self.name_err(op, parent, name, Errno::INVAL));
         }
@@ -437,21 +498,21 @@ impl Overlay {
             return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock.write();
+        let _g = parent.dir_lock().write();
         let node = self
             .lookup_locked(parent, name)?
             .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
         if node.kind != FileKind::Directory {
             return Err(self.name_err(op, parent, name, Errno::NOTDIR));
         }
-        let _cg = node.dir_lock.write();
+        let _cg = node.dir_lock().write();
         if !self.readdir_locked(&node)?.is_empty() {
             return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
         }
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let _c = node.copy_lock.lock();
-        let need_wh = self.lower_positive(parent, name).map_err(err)?;
+        let need_wh = self.need_whiteout(parent, name, &node).map_err(err)?;
         let work = self.layers.work();
         self.stash_attr(&node);
         if node.state.read().upper {
@@ -509,7 +570,7 @@ impl Overlay {
             let e = if noreplace { Errno::EXIST } else { Errno::BUSY };
             return Err(self.name_err(op, new_parent, new_name, e));
         }
-        self.check_writable(op, &parent.rel_path().join(name))?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
         check_name(op, parent, name)?;
         check_name(op, new_parent, new_name)?;
 
@@ -527,13 +588,13 @@ impl Overlay {
             Arc::as_ptr(parent) < Arc::as_ptr(new_parent)
         };
         let (_g1, _g2) = if same_dir {
-            (parent.dir_lock.write(), None)
+            (parent.dir_lock().write(), None)
         } else if first_is_parent {
-            let a = parent.dir_lock.write();
-            (a, Some(new_parent.dir_lock.write()))
+            let a = parent.dir_lock().write();
+            (a, Some(new_parent.dir_lock().write()))
         } else {
-            let b = new_parent.dir_lock.write();
-            (parent.dir_lock.write(), Some(b))
+            let b = new_parent.dir_lock().write();
+            (parent.dir_lock().write(), Some(b))
         };
         if parent.is_unlinked() {
             return Err(self.name_err(op, parent, name, Errno::NOENT));
@@ -587,7 +648,7 @@ impl Overlay {
         }
         let _dg = match &dst {
             Some(d) if !exchange && d.kind == FileKind::Directory => {
-                let g = d.dir_lock.write();
+                let g = d.dir_lock().write();
                 if !self.readdir_locked(d)?.is_empty() {
                     return Err(nerr(Errno::NOTEMPTY));
                 }
@@ -714,15 +775,17 @@ impl Overlay {
         // Update the node tree.
         if exchange {
             let d = dst.as_ref().expect("exchange target");
+            parent.remove_child(name, Arc::as_ptr(&src));
+            new_parent.remove_child(new_name, Arc::as_ptr(d));
             {
                 let mut ls = src.loc.lock();
                 ls.parent = Some(new_parent.clone());
-                ls.name = new_name.to_os_string();
+                ls.name = NodeName::new(new_name);
             }
             {
                 let mut ld = d.loc.lock();
                 ld.parent = Some(parent.clone());
-                ld.name = name.to_os_string();
+                ld.name = NodeName::new(name);
             }
             self.attach(parent, name, d);
             self.attach(new_parent, new_name, &src);
@@ -731,18 +794,11 @@ impl Overlay {
                 self.stash_attr(d);
                 self.detach(new_parent, new_name, d);
             }
-            {
-                let mut ch = parent.children.lock();
-                if let Some(w) = ch.get(name) {
-                    if std::ptr::eq(w.as_ptr(), Arc::as_ptr(&src)) {
-                        ch.remove(name);
-                    }
-                }
-            }
+            parent.remove_child(name, Arc::as_ptr(&src));
             {
                 let mut ls = src.loc.lock();
                 ls.parent = Some(new_parent.clone());
-                ls.name = new_name.to_os_string();
+                ls.name = NodeName::new(new_name);
             }
             self.attach(new_parent, new_name, &src);
         }

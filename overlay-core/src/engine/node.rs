@@ -1,17 +1,26 @@
 //! Nodes: names in the merged tree, with their per-layer presence and per-node locks.
+//!
+//! Nodes are kept small (a FUSE mount holds one per inode the kernel caches, i.e. up to
+//! millions): names up to 22 bytes are stored inline, the lower-layer list holds two
+//! entries inline, directory-only data (children, namespace lock) is boxed and absent for
+//! non-directories, and a parent's table of children stores only the name's hash and a weak
+//! reference (the name lives once, in the child).
 
-use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::hash::{BuildHasher, RandomState};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 
+use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
 use super::layers::LayerRef;
 use super::{FileKind, NodeRef};
 
 /// Presence of a directory (or file) in one lower layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct LowerEntry {
     /// Lower layer index, top-first.
     pub layer: u16,
@@ -19,14 +28,82 @@ pub(crate) struct LowerEntry {
     pub xwhiteouts: bool,
 }
 
+/// A list of [`LowerEntry`], two inline (most nodes have at most one).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Lowers {
+    /// Up to two entries.
+    Inline(u8, [LowerEntry; 2]),
+    /// More entries (a thin pointer keeps the enum at 16 bytes).
+    #[allow(clippy::box_collection)]
+    Heap(Box<Vec<LowerEntry>>),
+}
+
+impl Default for Lowers {
+    fn default() -> Self {
+        Lowers::Inline(0, [LowerEntry::default(); 2])
+    }
+}
+
+impl std::fmt::Debug for Lowers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl Lowers {
+    pub fn as_slice(&self) -> &[LowerEntry] {
+        match self {
+            Lowers::Inline(n, a) => &a[..*n as usize],
+            Lowers::Heap(v) => v,
+        }
+    }
+
+    pub fn push(&mut self, e: LowerEntry) {
+        match self {
+            Lowers::Inline(n, a) if (*n as usize) < a.len() => {
+                a[*n as usize] = e;
+                *n += 1;
+            }
+            Lowers::Inline(_, a) => {
+                let mut v = a.to_vec();
+                v.push(e);
+                *self = Lowers::Heap(Box::new(v));
+            }
+            Lowers::Heap(v) => v.push(e),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    pub fn first(&self) -> Option<&LowerEntry> {
+        self.as_slice().first()
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+}
+
+impl<'a> IntoIterator for &'a Lowers {
+    type Item = &'a LowerEntry;
+    type IntoIter = std::slice::Iter<'a, LowerEntry>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
 /// Where a node exists in the layers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct NodeState {
     /// The name exists in the upper layer.
     pub upper: bool,
+    /// The upper directory is known to carry `overlay.impure` (directories only).
+    pub impure: bool,
     /// Lower layers holding the object, top-first. For a directory: every merged lower
     /// directory. For a non-directory: the one lower object (kept after copy-up as origin).
-    pub lowers: Vec<LowerEntry>,
+    pub lowers: Lowers,
 }
 
 impl NodeState {
@@ -49,13 +126,54 @@ impl NodeState {
     }
 }
 
+/// Inline capacity of [`NodeName`].
+const NAME_INLINE: usize = 22;
+
+/// A name component: inline up to 22 bytes, else on the heap.
+#[derive(Clone)]
+pub(crate) enum NodeName {
+    Inline(u8, [u8; NAME_INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl NodeName {
+    pub fn new(name: &OsStr) -> NodeName {
+        let b = name.as_bytes();
+        if b.len() <= NAME_INLINE {
+            let mut a = [0u8; NAME_INLINE];
+            a[..b.len()].copy_from_slice(b);
+            NodeName::Inline(b.len() as u8, a)
+        } else {
+            NodeName::Heap(b.into())
+        }
+    }
+
+    pub fn as_os_str(&self) -> &OsStr {
+        OsStr::from_bytes(match self {
+            NodeName::Inline(n, a) => &a[..*n as usize],
+            NodeName::Heap(b) => b,
+        })
+    }
+}
+
 /// Where a node sits in the tree.
-#[derive(Debug)]
 pub(crate) struct Loc {
     pub parent: Option<NodeRef>,
-    pub name: OsString,
-    /// Removed from the tree (unlinked, rmdir'ed, or replaced by a rename).
-    pub unlinked: bool,
+    pub name: NodeName,
+}
+
+static NAME_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+fn name_hash(name: &OsStr) -> u64 {
+    NAME_HASHER.hash_one(name.as_bytes())
+}
+
+/// Directory-only parts of a node.
+pub(crate) struct DirData {
+    /// Live children: hash of the name and a weak reference (the name is the child's).
+    children: Mutex<HashTable<(u64, Weak<Node>)>>,
+    /// Namespace lock: shared for lookup/readdir, exclusive for changes.
+    lock: RwLock<()>,
 }
 
 /// A name in the merged tree. Obtain nodes from [`super::Overlay::root`] and
@@ -66,25 +184,23 @@ pub(crate) struct Loc {
 /// a node for it is alive returns the same `Arc`. Hard links are distinct nodes with equal
 /// [`Node::ino`].
 pub struct Node {
-    pub(crate) ino: u64,
-    pub(crate) kind: FileKind,
+    /// Overlay inode number. Changes once when a lower hard link (`st_nlink > 1`) is copied
+    /// up: the kernel then reports the upper inode's number for that name.
+    ino: AtomicU64,
     pub(crate) loc: Mutex<Loc>,
     pub(crate) state: RwLock<NodeState>,
-    /// Live children (directories only).
-    pub(crate) children: Mutex<HashMap<OsString, Weak<Node>>>,
-    /// Namespace lock of a directory: shared for lookup/readdir, exclusive for changes.
-    pub(crate) dir_lock: RwLock<()>,
+    dir: Option<Box<DirData>>,
+    pub(crate) kind: FileKind,
+    /// Removed from the tree (unlinked, rmdir'ed, or replaced by a rename).
+    unlinked: AtomicBool,
     /// Serialises copy-up and the replacement of this name in upper.
     pub(crate) copy_lock: Mutex<()>,
-    /// Attributes at removal time, reported by `getattr` once the node is unlinked (open
-    /// files outlive their name).
-    pub(crate) removed_attr: Mutex<Option<super::Attr>>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("ino", &self.ino)
+            .field("ino", &self.ino())
             .field("kind", &self.kind)
             .field("path", &self.rel_path())
             .field("state", &*self.state.read())
@@ -97,28 +213,40 @@ impl Node {
         ino: u64,
         kind: FileKind,
         parent: Option<NodeRef>,
-        name: OsString,
+        name: &OsStr,
         state: NodeState,
     ) -> Node {
         Node {
-            ino,
+            ino: AtomicU64::new(ino),
             kind,
             loc: Mutex::new(Loc {
                 parent,
-                name,
-                unlinked: false,
+                name: NodeName::new(name),
             }),
             state: RwLock::new(state),
-            children: Mutex::new(HashMap::new()),
-            dir_lock: RwLock::new(()),
+            dir: (kind == FileKind::Directory).then(|| {
+                Box::new(DirData {
+                    children: Mutex::new(HashTable::new()),
+                    lock: RwLock::new(()),
+                })
+            }),
+            unlinked: AtomicBool::new(false),
             copy_lock: Mutex::new(()),
-            removed_attr: Mutex::new(None),
         }
     }
 
     /// The overlay inode number (same as [`super::Attr::ino`]).
+    ///
+    /// Stable across copy-up, except for a lower hard link (a lower file with `st_nlink > 1`):
+    /// the kernel without `index=on` breaks hard links on copy-up, and the copied-up name
+    /// then reports the new upper inode's number. Callers that key on the inode number (a
+    /// FUSE node id) must re-read it after an operation that may copy up.
     pub fn ino(&self) -> u64 {
-        self.ino
+        self.ino.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ino(&self, ino: u64) {
+        self.ino.store(ino, Ordering::Relaxed);
     }
 
     /// Kind of file.
@@ -138,7 +266,7 @@ impl Node {
     }
 
     pub(crate) fn rel_path(&self) -> PathBuf {
-        let mut names: Vec<OsString> = Vec::new();
+        let mut names: Vec<NodeName> = Vec::new();
         let mut cur = {
             let l = self.loc.lock();
             if l.parent.is_some() {
@@ -155,24 +283,125 @@ impl Node {
         }
         let mut p = PathBuf::new();
         for n in names.iter().rev() {
-            p.push(n);
+            p.push(n.as_os_str());
         }
         p
     }
 
     /// Parent node and name (None for the root).
-    pub(crate) fn parent_name(&self) -> Option<(NodeRef, OsString)> {
+    pub(crate) fn parent_name(&self) -> Option<(NodeRef, NodeName)> {
         let l = self.loc.lock();
         l.parent.clone().map(|p| (p, l.name.clone()))
     }
 
+    fn name_is(&self, name: &OsStr) -> bool {
+        self.loc.lock().name.as_os_str() == name
+    }
+
     pub(crate) fn is_unlinked(&self) -> bool {
-        self.loc.lock().unlinked
+        self.unlinked.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_unlinked(&self) {
+        self.unlinked.store(true, Ordering::Release);
+    }
+
+    fn dir(&self) -> &DirData {
+        self.dir.as_deref().expect("directory node")
+    }
+
+    /// The namespace lock of a directory node (panics for other nodes).
+    pub(crate) fn dir_lock(&self) -> &RwLock<()> {
+        &self.dir().lock
     }
 
     /// The live child `name`, if any.
     pub(crate) fn cached_child(&self, name: &OsStr) -> Option<NodeRef> {
-        self.children.lock().get(name).and_then(Weak::upgrade)
+        let d = self.dir.as_deref()?;
+        let h = name_hash(name);
+        // Upgraded references are dropped only after the table lock is released: dropping
+        // the last one runs `Node::drop`, which takes this lock.
+        let mut spare: Vec<NodeRef> = Vec::new();
+        let mut found = None;
+        {
+            let t = d.children.lock();
+            t.find(h, |(eh, w)| {
+                if *eh != h {
+                    return false;
+                }
+                match w.upgrade() {
+                    Some(n) if n.name_is(name) => {
+                        found = Some(n);
+                        true
+                    }
+                    Some(n) => {
+                        spare.push(n);
+                        false
+                    }
+                    None => false,
+                }
+            });
+        }
+        drop(spare);
+        found
+    }
+
+    /// Register `node` as the child `name`, unless a live child of that name exists: then
+    /// that one is returned.
+    pub(crate) fn child_or_insert(&self, name: &OsStr, node: NodeRef) -> NodeRef {
+        if let Some(existing) = self.cached_child(name) {
+            return existing;
+        }
+        let h = name_hash(name);
+        let mut t = self.dir().children.lock();
+        t.insert_unique(h, (h, Arc::downgrade(&node)), |(eh, _)| *eh);
+        drop(t);
+        node
+    }
+
+    /// Register `node` as the child `name` (replacing any other registration of the name).
+    pub(crate) fn set_child(&self, name: &OsStr, node: &NodeRef) {
+        let h = name_hash(name);
+        let mut spare: Vec<NodeRef> = Vec::new();
+        {
+            let mut t = self.dir().children.lock();
+            let me = Arc::as_ptr(node);
+            if let Ok(e) = t.find_entry(h, |(eh, w)| {
+                if *eh != h {
+                    return false;
+                }
+                if std::ptr::eq(w.as_ptr(), me) {
+                    return true;
+                }
+                match w.upgrade() {
+                    Some(n) => {
+                        let same = n.name_is(name);
+                        spare.push(n);
+                        same
+                    }
+                    None => false,
+                }
+            }) {
+                e.remove();
+            }
+            t.insert_unique(h, (h, Arc::downgrade(node)), |(eh, _)| *eh);
+        }
+        drop(spare);
+    }
+
+    /// Remove the registration of `node` as child `name` (if it is registered so).
+    pub(crate) fn remove_child(&self, name: &OsStr, node: *const Node) {
+        let h = name_hash(name);
+        let mut t = self.dir().children.lock();
+        if let Ok(e) = t.find_entry(h, |(eh, w)| *eh == h && std::ptr::eq(w.as_ptr(), node)) {
+            e.remove();
+        }
+    }
+
+    /// Number of registered children (live or dying), for tests.
+    #[cfg(test)]
+    pub(crate) fn child_count(&self) -> usize {
+        self.dir.as_deref().map_or(0, |d| d.children.lock().len())
     }
 
     /// True when `self` is `other` or one of its ancestors.
@@ -193,12 +422,7 @@ impl Drop for Node {
         let me: *const Node = self;
         let l = self.loc.get_mut();
         if let Some(p) = &l.parent {
-            let mut ch = p.children.lock();
-            if let Some(w) = ch.get(&l.name) {
-                if std::ptr::eq(w.as_ptr(), me) {
-                    ch.remove(&l.name);
-                }
-            }
+            p.remove_child(l.name.as_os_str(), me);
         }
     }
 }

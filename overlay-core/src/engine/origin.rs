@@ -87,6 +87,15 @@ impl Overlay {
         }
     }
 
+    /// Mark the upper directory of `dir` impure, unless known to be.
+    pub(crate) fn set_impure_node(&self, dir: &super::NodeRef, fd: BorrowedFd<'_>) {
+        if dir.state.read().impure {
+            return;
+        }
+        self.set_impure(fd);
+        dir.state.write().impure = true;
+    }
+
     /// Mark an upper directory `impure` (it holds entries with an origin), once.
     pub(crate) fn set_impure(&self, dir: BorrowedFd<'_>) {
         let x = self.layers.ns.impure();

@@ -57,7 +57,7 @@ impl Overlay {
         if dir.kind != FileKind::Directory {
             return Err(self.node_err("readdir", dir, Errno::NOTDIR));
         }
-        let _g = dir.dir_lock.read();
+        let _g = dir.dir_lock().read();
         self.readdir_locked(dir)
     }
 
@@ -67,13 +67,21 @@ impl Overlay {
             return Err(self.node_err("readdir", dir, Errno::NOENT));
         }
         let st = dir.state.read().clone();
-        let rel = dir.rel_path();
         let err = |e: Errno| self.node_err("readdir", dir, e);
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
 
-        if st.upper {
-            let fd = self.layers.open_dir(LayerRef::Upper, &rel).map_err(err)?;
+        let upper_fd = if st.upper {
+            match self.dir_fd(dir, LayerRef::Upper) {
+                Ok(fd) => Some(fd),
+                // A mount point without a detached layer mount: empty.
+                Err(Errno::XDEV) => None,
+                Err(e) => return Err(err(e)),
+            }
+        } else {
+            None
+        };
+        if let Some(fd) = upper_fd {
             for e in read_entries(&fd).map_err(err)? {
                 let mut kind = kind_of_ft(e.ft);
                 if kind.is_none() || e.ft == FileType::CharacterDevice {
@@ -92,7 +100,7 @@ impl Overlay {
                 let kind = kind.expect("kind");
                 seen.insert(e.name.clone());
                 let ino = if let Some(n) = dir.cached_child(&e.name) {
-                    n.ino
+                    n.ino()
                 } else if kind == FileKind::Directory && st.lowers.is_empty() {
                     self.layers.map_ino(LayerRef::Upper, e.ino)
                 } else if kind == FileKind::Directory {
@@ -115,9 +123,9 @@ impl Overlay {
 
         for le in &st.lowers {
             let layer = LayerRef::Lower(le.layer);
-            let fd = match self.layers.open_dir(layer, &rel) {
+            let fd = match self.dir_fd(dir, layer) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                 Err(e) => return Err(err(e)),
             };
             let mut layer_whiteouts = Vec::new();
@@ -153,7 +161,7 @@ impl Overlay {
                 let kind = kind.expect("kind");
                 seen.insert(e.name.clone());
                 let ino = match dir.cached_child(&e.name) {
-                    Some(n) => n.ino,
+                    Some(n) => n.ino(),
                     None => self.layers.map_ino(layer, e.ino),
                 };
                 out.push(DirEntry {

@@ -14,7 +14,6 @@ use super::layers::{proc_fd_path, proc_path, read_xattr, LayerRef};
 /// One real object: `name` in directory `dir`, or `dir` itself when `name` is `None`.
 #[derive(Debug, Clone)]
 pub(crate) struct RealObj {
-    #[allow(dead_code)]
     pub layer: LayerRef,
     pub dir: Arc<OwnedFd>,
     pub name: Option<OsString>,
@@ -23,6 +22,15 @@ pub(crate) struct RealObj {
 type R<T> = std::result::Result<T, Errno>;
 
 impl RealObj {
+    /// The object an open fd refers to (every call goes through the fd).
+    pub fn of_fd(layer: LayerRef, fd: OwnedFd) -> RealObj {
+        RealObj {
+            layer,
+            dir: Arc::new(fd),
+            name: None,
+        }
+    }
+
     fn dirfd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }

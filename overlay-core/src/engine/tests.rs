@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -190,7 +190,7 @@ fn lookup_and_readdir_merge_layers() {
     let weak = Arc::downgrade(&x1);
     drop((x1, x2));
     assert!(weak.upgrade().is_none());
-    assert!(a.children.lock().is_empty());
+    assert_eq!(a.child_count(), 0);
     // Merged dir nlink is 1 as the kernel reports.
     assert_eq!(ovl.getattr(&a).unwrap().nlink, 1);
 }
@@ -689,6 +689,69 @@ fn ino_stable_across_copy_up_and_relookup() {
 }
 
 #[test]
+fn lower_hard_links_split_on_copy_up() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("a"), "hi");
+    std::fs::hard_link(f.lowers[0].join("a"), f.lowers[0].join("b")).unwrap();
+    let lower_ino = std::fs::metadata(f.lowers[0].join("a")).unwrap().ino();
+    {
+        let ovl = f.overlay();
+        let a = walk(&ovl, "a").unwrap();
+        let b = walk(&ovl, "b").unwrap();
+        // Observed on 6.18: both names report the lower inode before copy-up...
+        assert_eq!((a.ino(), b.ino()), (lower_ino, lower_ino));
+        assert_eq!(ovl.getattr(&a).unwrap().nlink, 2);
+        drop(ovl.open(&a, libc::O_WRONLY | libc::O_APPEND).unwrap());
+        // ...and after it the copied-up name reports the upper inode (link count 1), the
+        // other name still the lower one.
+        let upper_ino = std::fs::metadata(f.upper.join("a")).unwrap().ino();
+        assert_ne!(upper_ino, lower_ino);
+        assert_eq!(a.ino(), upper_ino);
+        let at = ovl.getattr(&a).unwrap();
+        assert_eq!((at.ino, at.nlink), (upper_ino, 1));
+        assert_eq!(walk(&ovl, "a").unwrap().ino(), upper_ino);
+        assert_eq!(ovl.getattr(&b).unwrap().ino, lower_ino);
+        let e = ovl.readdir(&ovl.root()).unwrap();
+        let ino_of = |n: &str| e.iter().find(|x| x.name == n).unwrap().ino;
+        assert_eq!((ino_of("a"), ino_of("b")), (upper_ino, lower_ino));
+    }
+    // The same after a remount (the origin has more than one link).
+    let ovl = f.overlay();
+    let upper_ino = std::fs::metadata(f.upper.join("a")).unwrap().ino();
+    assert_eq!(walk(&ovl, "a").unwrap().ino(), upper_ino);
+    assert_eq!(walk(&ovl, "b").unwrap().ino(), lower_ino);
+    let e = ovl.readdir(&ovl.root()).unwrap();
+    assert_eq!(e.iter().find(|x| x.name == "a").unwrap().ino, upper_ino);
+}
+
+#[test]
+fn fsync_and_fsync_dir() {
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("d/f"), "x");
+    let ovl = f.overlay();
+    let d = walk(&ovl, "d").unwrap();
+    let file = walk(&ovl, "d/f").unwrap();
+    // Lower-only: nothing to do.
+    ovl.fsync_dir(&d, false).unwrap();
+    ovl.fsync(&file, true).unwrap();
+    ovl.fsync_dir(&ovl.root(), false).unwrap();
+    assert_eq!(errno(ovl.fsync_dir(&file, false)), libc::ENOTDIR);
+    let (n, _) = ovl
+        .create(&d, OsStr::new("new"), 0o644, libc::O_WRONLY, None)
+        .unwrap();
+    ovl.fsync_dir(&d, false).unwrap();
+    ovl.fsync_dir(&d, true).unwrap();
+    ovl.fsync(&n, false).unwrap();
+    ovl.fsync(&n, true).unwrap();
+    ovl.fsync(&d, false).unwrap();
+    let s = ovl
+        .symlink(&d, OsStr::new("s"), OsStr::new("f"), None)
+        .unwrap();
+    ovl.fsync(&s, false).unwrap();
+}
+
+#[test]
 fn read_only_stack_gives_erofs() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("f"), "x");
@@ -942,4 +1005,157 @@ fn xino_inode_numbers_across_filesystems() {
     );
     drop(ovl.open(&n, libc::O_WRONLY).unwrap());
     assert_eq!(ovl.getattr(&n).unwrap().ino, real | 1 << 63);
+}
+
+/// Unmounts on drop (also when the test panics).
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty()).is_err() {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+fn mount_tmpfs(at: &Path) -> MountGuard {
+    rustix::mount::mount(
+        "tmpfs",
+        at,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        c"size=1m",
+    )
+    .unwrap();
+    MountGuard(at.to_path_buf())
+}
+
+fn sorted_names(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn layers_do_not_include_submounts() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("mnt/covered"), "lower");
+    write(&f.upper.join("usub/ucovered"), "upper");
+    let _lm = mount_tmpfs(&f.lowers[0].join("mnt"));
+    let _um = mount_tmpfs(&f.upper.join("usub"));
+    write(&f.lowers[0].join("mnt/inside"), "tmpfs");
+    write(&f.upper.join("usub/uinside"), "tmpfs");
+    let covered_ino = {
+        let mut it = std::fs::read_dir(&f.lowers[0]).unwrap();
+        it.find(|e| e.as_ref().unwrap().file_name() == "mnt")
+            .unwrap()
+            .unwrap()
+            .ino()
+    };
+
+    // The kernel: layers are private clones without submounts, covered directories show.
+    let kdir = tempfile::tempdir().unwrap();
+    let (ku, kw, km) = (
+        kdir.path().join("u"),
+        kdir.path().join("w"),
+        kdir.path().join("m"),
+    );
+    for d in [&ku, &kw, &km] {
+        std::fs::create_dir(d).unwrap();
+    }
+    write(&ku.join("usub/ucovered"), "upper");
+    let _kum = mount_tmpfs(&ku.join("usub"));
+    write(&ku.join("usub/uinside"), "tmpfs");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        f.lowers[0].display(),
+        ku.display(),
+        kw.display()
+    );
+    rustix::mount::mount(
+        "overlay",
+        &km,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        std::ffi::CString::new(opts).unwrap().as_c_str(),
+    )
+    .unwrap();
+    let kmount = MountGuard(km.clone());
+    let kernel_mnt = sorted_names(&km.join("mnt"));
+    let kernel_usub = sorted_names(&km.join("usub"));
+    let kernel_mnt_ino = std::fs::metadata(km.join("mnt")).unwrap().ino();
+    drop(kmount);
+    assert_eq!(kernel_mnt, vec!["covered"]);
+    assert_eq!(kernel_usub, vec!["ucovered"]);
+
+    // The engine on detached mounts (root may open_tree): the same view.
+    {
+        let ovl = f.overlay();
+        assert!(ovl.layers.lowers[0].detached && ovl.layers.root(LayerRef::Upper).detached);
+        let mnt = walk(&ovl, "mnt").unwrap();
+        assert_eq!(names(&ovl, &mnt), kernel_mnt);
+        assert_eq!(mnt.ino(), kernel_mnt_ino);
+        assert_eq!(read_all(&ovl, "mnt/covered"), "lower");
+        assert_eq!(errno(walk(&ovl, "mnt/inside")), libc::ENOENT);
+        let usub = walk(&ovl, "usub").unwrap();
+        assert_eq!(names(&ovl, &usub), kernel_usub);
+        // Writes go to the covered upper directory, not into the tmpfs.
+        ovl.create(&usub, OsStr::new("new"), 0o644, libc::O_WRONLY, None)
+            .unwrap();
+        assert_eq!(sorted_names(&f.upper.join("usub")), vec!["uinside"]);
+        // Copy-up below a lower mount point lands in the covered upper path too.
+        let n = walk(&ovl, "mnt/covered").unwrap();
+        drop(ovl.open(&n, libc::O_WRONLY | libc::O_APPEND).unwrap());
+        assert_eq!(sorted_names(&f.lowers[0].join("mnt")), vec!["inside"]);
+    }
+    // Undo the writes in the covered upper dirs (visible again once unmounted).
+    drop(_um);
+    std::fs::remove_file(f.upper.join("usub/new")).unwrap();
+    let _um = mount_tmpfs(&f.upper.join("usub"));
+    std::fs::remove_dir_all(f.upper.join("mnt")).unwrap();
+
+    // Without open_tree (unprivileged): mount points read as empty directories with the
+    // covered directory's inode number; nothing of the mounted filesystem shows.
+    let ovl = Overlay::open_with(f.stack(), OverlayOptions::default(), false).unwrap();
+    assert!(!ovl.layers.lowers[0].detached);
+    let mnt = walk(&ovl, "mnt").unwrap();
+    assert_eq!(mnt.kind(), FileKind::Directory);
+    assert_eq!(mnt.ino(), covered_ino);
+    assert!(names(&ovl, &mnt).is_empty());
+    assert_eq!(errno(walk(&ovl, "mnt/inside")), libc::ENOENT);
+    let root_list = ovl.readdir(&ovl.root()).unwrap();
+    let e = root_list.iter().find(|e| e.name == "mnt").unwrap();
+    assert_eq!((e.ino, e.kind), (covered_ino, FileKind::Directory));
+    let usub = walk(&ovl, "usub").unwrap();
+    assert!(names(&ovl, &usub).is_empty());
+    assert_eq!(errno(walk(&ovl, "usub/uinside")), libc::ENOENT);
+}
+
+#[test]
+fn lookup_attr_matches_lookup_and_getattr() {
+    let f = Fixture::new(2);
+    write(&f.lowers[0].join("d/low"), "bottom");
+    write(&f.lowers[1].join("d/top"), "top layer");
+    write(&f.upper.join("d/up"), "upper file");
+    std::os::unix::fs::symlink("low", f.lowers[1].join("d/link")).unwrap();
+    let ovl = f.overlay();
+    let root = ovl.root();
+    let (d, da) = ovl.lookup_attr(&root, OsStr::new("d")).unwrap();
+    assert_eq!(da, ovl.getattr(&d).unwrap());
+    assert_eq!(da.nlink, 1, "merged directory");
+    for name in ["low", "top", "up", "link"] {
+        let (n, a) = ovl.lookup_attr(&d, OsStr::new(name)).unwrap();
+        assert_eq!(a, ovl.getattr(&n).unwrap(), "{name}");
+        // Live node: the same node and attributes again.
+        let (n2, a2) = ovl.lookup_attr(&d, OsStr::new(name)).unwrap();
+        assert!(Arc::ptr_eq(&n, &n2));
+        assert_eq!(a, a2);
+    }
+    assert_eq!(errno(ovl.lookup_attr(&d, OsStr::new("none"))), libc::ENOENT);
+    let (dot, _) = ovl.lookup_attr(&d, OsStr::new(".")).unwrap();
+    assert!(Arc::ptr_eq(&dot, &d));
 }
