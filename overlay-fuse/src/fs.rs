@@ -22,7 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +39,8 @@ use parking_lot::{Mutex, RwLock};
 use tracing::{debug, error, info, warn};
 
 use crate::idmap::IdPolicy;
-use crate::table::{InodeTable, IoMode};
+use crate::pool::LongOpPool;
+use crate::table::{CachedXattr, InodeTable, IoMode};
 
 /// Behaviour of an [`OverlayFs`] (the FUSE-side options; the layers are in the engine).
 #[derive(Debug, Clone)]
@@ -65,6 +66,11 @@ pub struct FsConfig {
     pub xattrs: bool,
     /// Mount read-only (no upper layer, or `ro`).
     pub read_only: bool,
+    /// Soft limit on the inodes the daemon keeps (`max_inodes=`, 0: none). The kernel keeps
+    /// every dentry it has memory for, and each holds one of our inodes; beyond the limit
+    /// the least recently used ones are dropped from the kernel's cache (which then forgets
+    /// them), so the daemon's memory stays bounded on huge trees.
+    pub max_inodes: usize,
     /// Test hook: a lookup of this name panics inside the handler (to check that a panic
     /// becomes EIO for that request and the mount survives).
     #[doc(hidden)]
@@ -83,6 +89,7 @@ impl Default for FsConfig {
             passthrough: true,
             xattrs: true,
             read_only: false,
+            max_inodes: 160_000,
             panic_on_lookup: None,
         }
     }
@@ -142,14 +149,16 @@ impl OverlayFs {
         let (tx, rx) = mpsc::channel::<Invalidation>();
         let notifier: Arc<OnceLock<Notifier>> = Arc::new(OnceLock::new());
         let n2 = notifier.clone();
+        let table = Arc::new(InodeTable::with_capacity(root, config.max_inodes));
+        let t2 = table.clone();
         let spawned = std::thread::Builder::new()
             .name("ovl-notify".into())
-            .spawn(move || notify_loop(rx, n2));
+            .spawn(move || notify_loop(rx, n2, t2));
         if let Err(e) = spawned {
             warn!("cannot start the invalidation thread, kernel caches rely on TTLs: {e}");
         }
         let inner = Inner {
-            table: InodeTable::new(root),
+            table,
             ovl: overlay,
             cfg: config,
             files: HandleMap::new(),
@@ -159,7 +168,7 @@ impl OverlayFs {
             stack_depth,
             notify_tx: Mutex::new(Some(tx)),
             notifier,
-            offloaded: AtomicUsize::new(0),
+            long_ops: LongOpPool::new(MAX_OFFLOADED, "ovl-long-op"),
             passthrough_opens: AtomicU64::new(0),
             cached_opens: AtomicU64::new(0),
             euid: rustix::process::geteuid().as_raw(),
@@ -239,18 +248,56 @@ pub fn has_initial_cap_sys_admin() -> bool {
 enum Invalidation {
     /// Attributes of an inode (and, with `data`, its page cache).
     Inode { nodeid: u64, data: bool },
+    /// The inode table is over its capacity: drop cold dentries.
+    Evict,
 }
 
-fn notify_loop(rx: mpsc::Receiver<Invalidation>, notifier: Arc<OnceLock<Notifier>>) {
+fn notify_loop(
+    rx: mpsc::Receiver<Invalidation>,
+    notifier: Arc<OnceLock<Notifier>>,
+    table: Arc<InodeTable>,
+) {
     while let Ok(msg) = rx.recv() {
-        let Some(n) = notifier.get() else { continue };
+        let Some(n) = notifier.get() else {
+            if matches!(msg, Invalidation::Evict) {
+                table.end_eviction();
+            }
+            continue;
+        };
         let res = match &msg {
             Invalidation::Inode { nodeid, data } => {
                 n.inval_inode(INodeNo(*nodeid), if *data { 0 } else { -1 }, 0)
             }
+            Invalidation::Evict => {
+                evict_cold(n, &table);
+                table.end_eviction();
+                Ok(())
+            }
         };
         if let Err(e) = res {
             debug!("invalidation {msg:?}: {e}");
+        }
+    }
+}
+
+/// Ask the kernel to drop the dentries of cold inodes until the table is back at 3/4 of its
+/// capacity; their FORGETs then free the entries and the engine nodes.
+fn evict_cold(n: &Notifier, table: &InodeTable) {
+    let low = table.capacity() / 4 * 3;
+    let want = table.len().saturating_sub(low);
+    if want == 0 {
+        return;
+    }
+    let cold = table.cold_entries(want);
+    debug!("evicting {} of {} inodes", cold.len(), table.len());
+    for (parent, node) in cold {
+        let path = node.path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        // ENOENT: the kernel no longer has that dentry (swallowed by fuser).
+        if let Err(e) = n.inval_entry(INodeNo(parent), name) {
+            debug!("evict {}: {e}", path.display());
         }
     }
 }
@@ -324,7 +371,7 @@ struct OpenDir {
 struct Inner {
     ovl: Overlay,
     cfg: FsConfig,
-    table: InodeTable,
+    table: Arc<InodeTable>,
     files: HandleMap<OpenFile>,
     dirs: HandleMap<OpenDir>,
     /// Passthrough negotiated (and not switched off after a refusal).
@@ -333,14 +380,14 @@ struct Inner {
     stack_depth: u32,
     notify_tx: Mutex<Option<mpsc::Sender<Invalidation>>>,
     notifier: Arc<OnceLock<Notifier>>,
-    offloaded: AtomicUsize,
+    long_ops: LongOpPool,
     passthrough_opens: AtomicU64,
     cached_opens: AtomicU64,
     euid: u32,
     egid: u32,
 }
 
-/// Upper bound on concurrently offloaded long operations; beyond it they run on the worker.
+/// Upper bound on the threads running long operations; beyond it they queue.
 const MAX_OFFLOADED: usize = 64;
 
 /// Run a handler body, turning a panic into EIO for the request (the reply is dropped while
@@ -497,6 +544,20 @@ impl Inner {
         }
     }
 
+    /// Record one kernel lookup of `node` as a name in `parent` (see
+    /// [`InodeTable::remember`]), and start an eviction sweep when the table is over its
+    /// capacity.
+    fn remember(&self, node: NodeRef, parent: u64) -> (u64, u64) {
+        let r = self.table.remember(node, parent);
+        if self.table.begin_eviction() {
+            match self.notify_tx.lock().as_ref() {
+                Some(tx) if tx.send(Invalidation::Evict).is_ok() => {}
+                _ => self.table.end_eviction(),
+            }
+        }
+        r
+    }
+
     /// Queue an invalidation; it is sent after the current reply by the notify thread.
     fn invalidate(&self, inv: Invalidation) {
         if let Some(tx) = self.notify_tx.lock().as_ref() {
@@ -504,37 +565,22 @@ impl Inner {
         }
     }
 
-    /// Run `f` on its own thread when `long` (a possible whole-file copy-up or an fsync), so
-    /// the fuser workers stay free; inline otherwise.
+    /// Run `f` on a thread of the long-operation pool when `long` (a possible whole-file
+    /// copy-up or an fsync), so the fuser workers stay free; inline otherwise.
     fn offload(
         self: &Arc<Self>,
         op: &'static str,
         long: bool,
         f: impl FnOnce(&Inner) + Send + 'static,
     ) {
-        if long && self.offloaded.fetch_add(1, Ordering::AcqRel) < MAX_OFFLOADED {
-            let me = self.clone();
-            let job = Arc::new(Mutex::new(Some(f)));
-            let job2 = job.clone();
-            let spawned = std::thread::Builder::new()
-                .name("ovl-long-op".into())
-                .spawn(move || {
-                    if let Some(f) = job2.lock().take() {
-                        guarded(op, || f(&me));
-                    }
-                    me.offloaded.fetch_sub(1, Ordering::AcqRel);
-                });
-            if spawned.is_ok() {
-                return;
-            }
-            self.offloaded.fetch_sub(1, Ordering::AcqRel);
-            if let Some(f) = job.lock().take() {
-                guarded(op, || f(self));
-            }
-            return;
-        }
         if long {
-            self.offloaded.fetch_sub(1, Ordering::AcqRel);
+            let me = self.clone();
+            let job: crate::pool::Job = Box::new(move || guarded(op, || f(&me)));
+            match self.long_ops.submit(job) {
+                Ok(()) => return,
+                // No thread could be started: run it here.
+                Err(job) => return job(),
+            }
         }
         guarded(op, || f(self));
     }
@@ -560,8 +606,7 @@ impl Inner {
     fn reply_entry(&self, parent: u64, node: NodeRef, reply: ReplyEntry) {
         match self.ovl.getattr(&node) {
             Ok(a) => {
-                let dir_parent = (a.kind == FileKind::Directory).then_some(parent);
-                let (id, generation) = self.table.remember(node, dir_parent);
+                let (id, generation) = self.remember(node, parent);
                 reply.entry(&self.ttl(), &self.to_attr(id, &a), Generation(generation));
             }
             Err(e) => reply.error(errno("getattr", &e)),
@@ -733,8 +778,7 @@ impl Inner {
 
     fn refresh_name(&self, parent: u64, p: &NodeRef, name: &OsStr) {
         if let Ok(n) = self.ovl.lookup(p, name) {
-            let dir_parent = (n.kind() == FileKind::Directory).then_some(parent);
-            self.table.refresh(n, dir_parent);
+            self.table.refresh(n, parent);
         }
     }
 
@@ -893,13 +937,33 @@ impl Inner {
         if !self.cfg.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.node(ino).and_then(|n| {
-            self.ovl
-                .getxattr(&n, name)
-                .map_err(|e| errno("getxattr", &e))
-        }) {
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        // The kernel asks for security.capability before every write and for the ACLs of
+        // every inode it checks permissions on; remember which of them a file lacks. Every
+        // change of them goes through setxattr/removexattr here (which forget it), copy-up
+        // copies them unchanged, and chown or a write can only remove a capability.
+        let cached = CachedXattr::from_name(name.as_bytes()).filter(|_| !self.ttl().is_zero());
+        let mut epoch = None;
+        if let Some(x) = cached {
+            match self.table.xattr_absent(ino, &n, x) {
+                Ok(()) => return reply.error(Errno::ENODATA),
+                Err(e) => epoch = e,
+            }
+        }
+        match self.ovl.getxattr(&n, name) {
             Ok(v) => reply_xattr(reply, size, &v),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                let code = errno("getxattr", &e);
+                if code == Errno::ENODATA {
+                    if let (Some(x), Some(epoch)) = (cached, epoch) {
+                        self.table.set_xattr_absent(ino, &n, x, epoch);
+                    }
+                }
+                reply.error(code)
+            }
         }
     }
 
@@ -932,7 +996,10 @@ impl Inner {
                 .setxattr(&n, name, value, flags)
                 .map_err(|e| errno("setxattr", &e))
         }) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.table.clear_xattr_absent(ino);
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -946,7 +1013,10 @@ impl Inner {
                 .removexattr(&n, name)
                 .map_err(|e| errno("removexattr", &e))
         }) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.table.clear_xattr_absent(ino);
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -1093,7 +1163,7 @@ impl Inner {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let (id, generation) = self.table.remember(node.clone(), None);
+        let (id, generation) = self.remember(node.clone(), parent);
         let (mode, fopen, backing) = self.choose_io(id, true, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: id,
@@ -1208,6 +1278,16 @@ impl Inner {
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(io_errno("fsync", &e)),
+        }
+    }
+
+    fn fsyncdir(&self, fh: u64, datasync: bool, reply: ReplyEmpty) {
+        let Some(d) = self.dirs.get(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        match self.ovl.fsync_dir(&d.node, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", &e)),
         }
     }
 
@@ -1407,9 +1487,8 @@ impl Inner {
             let Ok(a) = self.ovl.getattr(&node) else {
                 continue;
             };
-            let dir_parent = (a.kind == FileKind::Directory).then_some(d.nodeid);
             // Count the lookup first; undo it if the entry does not fit.
-            let (id, generation) = self.table.remember(node, dir_parent);
+            let (id, generation) = self.remember(node, d.nodeid);
             let attr = self.to_attr(id, &a);
             if reply.add(
                 INodeNo(id),
@@ -1746,8 +1825,10 @@ impl Filesystem for OverlayFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reach the real file synchronously; nothing is buffered here.
-        reply.ok()
+        // Writes reach the real file synchronously and locks are the kernel's, so there is
+        // nothing to do on close. ENOSYS makes the kernel stop sending FLUSH for this mount
+        // (one round trip less per close(); it still writes back its dirty pages first).
+        reply.error(Errno::ENOSYS)
     }
 
     fn release(
@@ -1783,12 +1864,15 @@ impl Filesystem for OverlayFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // The engine has no directory sync yet; ENOSYS makes the kernel stop asking.
-        reply.error(Errno::ENOSYS)
+        if !self.inner.cfg.fsync {
+            return reply.error(Errno::ENOSYS);
+        }
+        self.inner
+            .offload("fsyncdir", true, move |i| i.fsyncdir(fh.0, datasync, reply))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -36,6 +36,7 @@ pub mod fs;
 pub mod idmap;
 pub mod mount;
 pub mod options;
+mod pool;
 mod sys;
 pub mod table;
 

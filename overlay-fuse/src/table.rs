@@ -11,9 +11,15 @@
 //! kernel.
 //!
 //! The table is sharded; shard locks are leaf locks, never held across engine calls.
+//!
+//! The kernel keeps dentries (and with them our entries and the engine's nodes) for as long
+//! as it has memory to spare, so the table alone would grow with every name ever looked up.
+//! It therefore has a soft capacity: beyond it, [`InodeTable::cold_entries`] picks entries
+//! not used since the last sweep (a clock algorithm), and the filesystem asks the kernel to
+//! drop their dentries (`inval_entry`); the kernel's FORGETs then free them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuser::BackingId;
@@ -55,9 +61,44 @@ struct Entry {
     node: NodeRef,
     lookups: u64,
     generation: u64,
-    /// Parent node id (directories only; 0 when unknown).
+    /// Parent node id of the name `node` has (0 when unknown). For a hard link: the parent
+    /// of the name last looked up.
     parent: u64,
+    /// Used since the last eviction sweep.
+    referenced: bool,
+    /// Chosen for eviction; its invalidation was sent (not chosen again until used).
+    evicting: bool,
     io: IoState,
+    /// Bits of [`CachedXattr`] names known to be absent on `node` (see
+    /// [`InodeTable::xattr_absent`]).
+    xattr_absent: u8,
+    /// Bumped whenever the xattrs of the inode change through this mount.
+    xattr_epoch: u32,
+}
+
+/// Extended attributes whose absence the table remembers per inode: the kernel asks for
+/// them on every write (`security.capability`, to drop capabilities) and on permission
+/// checks of each new inode (the ACLs), and most files have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachedXattr {
+    /// `security.capability`.
+    Capability = 1,
+    /// `system.posix_acl_access`.
+    AclAccess = 2,
+    /// `system.posix_acl_default`.
+    AclDefault = 4,
+}
+
+impl CachedXattr {
+    /// The cached attribute of this name, if it is one.
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        match name {
+            b"security.capability" => Some(CachedXattr::Capability),
+            b"system.posix_acl_access" => Some(CachedXattr::AclAccess),
+            b"system.posix_acl_default" => Some(CachedXattr::AclDefault),
+            _ => None,
+        }
+    }
 }
 
 /// The table of node ids the kernel knows.
@@ -66,11 +107,25 @@ pub struct InodeTable {
     shards: Box<[Mutex<HashMap<u64, Entry>>]>,
     root_engine_ino: u64,
     next_generation: AtomicU64,
+    /// Entries held.
+    count: AtomicUsize,
+    /// Soft capacity (0: unbounded).
+    capacity: usize,
+    /// An eviction sweep is queued or running.
+    evicting: AtomicBool,
+    /// Shard where the next sweep starts.
+    cursor: AtomicUsize,
 }
 
 impl InodeTable {
-    /// A table holding `root` as node id 1.
+    /// A table holding `root` as node id 1, with no capacity limit.
     pub fn new(root: NodeRef) -> Self {
+        Self::with_capacity(root, 0)
+    }
+
+    /// A table holding `root` as node id 1 that asks for eviction beyond `capacity` entries
+    /// (0: never).
+    pub fn with_capacity(root: NodeRef, capacity: usize) -> Self {
         let root_engine_ino = root.ino();
         let shards = (0..SHARDS)
             .map(|_| Mutex::new(HashMap::new()))
@@ -80,6 +135,10 @@ impl InodeTable {
             shards,
             root_engine_ino,
             next_generation: AtomicU64::new(1),
+            count: AtomicUsize::new(1),
+            capacity,
+            evicting: AtomicBool::new(false),
+            cursor: AtomicUsize::new(0),
         };
         t.shard(ROOT_ID).lock().insert(
             ROOT_ID,
@@ -88,7 +147,11 @@ impl InodeTable {
                 lookups: 1,
                 generation: 0,
                 parent: ROOT_ID,
+                referenced: true,
+                evicting: false,
                 io: IoState::default(),
+                xattr_absent: 0,
+                xattr_epoch: 0,
             },
         );
         t
@@ -111,27 +174,32 @@ impl InodeTable {
         }
     }
 
-    /// The engine node of a node id the kernel knows.
+    /// The engine node of a node id the kernel knows (marks the entry used).
     pub fn get(&self, nodeid: u64) -> Option<NodeRef> {
-        self.shard(nodeid)
-            .lock()
-            .get(&nodeid)
-            .map(|e| e.node.clone())
+        self.shard(nodeid).lock().get_mut(&nodeid).map(|e| {
+            e.referenced = true;
+            e.evicting = false;
+            e.node.clone()
+        })
     }
 
     /// Record one kernel lookup of `node` (a lookup, create, mkdir, ... reply or a
-    /// readdirplus entry). The newest engine node replaces an older one for the same inode.
-    /// `parent` is recorded for directories. Returns (node id, generation).
-    pub fn remember(&self, node: NodeRef, parent: Option<u64>) -> (u64, u64) {
+    /// readdirplus entry), reached as a name in directory `parent`. The newest engine node
+    /// replaces an older one for the same inode. Returns (node id, generation).
+    pub fn remember(&self, node: NodeRef, parent: u64) -> (u64, u64) {
         let nodeid = self.nodeid_of(node.ino());
         let mut shard = self.shard(nodeid).lock();
         match shard.get_mut(&nodeid) {
             Some(e) => {
                 e.lookups += 1;
-                e.node = node;
-                if let Some(p) = parent {
-                    e.parent = p;
+                e.referenced = true;
+                e.evicting = false;
+                if !Arc::ptr_eq(&e.node, &node) {
+                    e.xattr_absent = 0;
+                    e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
                 }
+                e.node = node;
+                e.parent = parent;
                 (nodeid, e.generation)
             }
             None => {
@@ -142,23 +210,30 @@ impl InodeTable {
                         node,
                         lookups: 1,
                         generation,
-                        parent: parent.unwrap_or(0),
+                        parent,
+                        referenced: true,
+                        evicting: false,
                         io: IoState::default(),
+                        xattr_absent: 0,
+                        xattr_epoch: 0,
                     },
                 );
+                self.count.fetch_add(1, Ordering::Relaxed);
                 (nodeid, generation)
             }
         }
     }
 
     /// Replace the engine node of a known inode (after a rename) without counting a lookup.
-    pub fn refresh(&self, node: NodeRef, parent: Option<u64>) {
+    pub fn refresh(&self, node: NodeRef, parent: u64) {
         let nodeid = self.nodeid_of(node.ino());
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
-            e.node = node;
-            if let Some(p) = parent {
-                e.parent = p;
+            if !Arc::ptr_eq(&e.node, &node) {
+                e.xattr_absent = 0;
+                e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
             }
+            e.node = node;
+            e.parent = parent;
         }
     }
 
@@ -172,7 +247,47 @@ impl InodeTable {
             e.lookups = e.lookups.saturating_sub(n);
             if e.lookups == 0 {
                 shard.remove(&nodeid);
+                self.count.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// `Ok` when `x` is known to be absent on `node` (the engine node `nodeid` maps to);
+    /// otherwise the epoch to pass to [`InodeTable::set_xattr_absent`] after asking the
+    /// engine (`None` when the node id is unknown or maps to another node).
+    pub fn xattr_absent(
+        &self,
+        nodeid: u64,
+        node: &NodeRef,
+        x: CachedXattr,
+    ) -> Result<(), Option<u32>> {
+        match self.shard(nodeid).lock().get(&nodeid) {
+            Some(e) if Arc::ptr_eq(&e.node, node) => {
+                if e.xattr_absent & x as u8 != 0 {
+                    Ok(())
+                } else {
+                    Err(Some(e.xattr_epoch))
+                }
+            }
+            _ => Err(None),
+        }
+    }
+
+    /// Remember that `x` is absent on `node`, unless `nodeid` maps to another node now or
+    /// its xattrs changed since `epoch` was read.
+    pub fn set_xattr_absent(&self, nodeid: u64, node: &NodeRef, x: CachedXattr, epoch: u32) {
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            if Arc::ptr_eq(&e.node, node) && e.xattr_epoch == epoch {
+                e.xattr_absent |= x as u8;
+            }
+        }
+    }
+
+    /// Forget what is known about the xattrs of `nodeid` (after it set or removed one).
+    pub fn clear_xattr_absent(&self, nodeid: u64) {
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            e.xattr_absent = 0;
+            e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
         }
     }
 
@@ -206,9 +321,62 @@ impl InodeTable {
         });
     }
 
-    /// Number of inodes the table holds (for tests and diagnostics).
+    /// Number of inodes the table holds.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True when the table is over its capacity and no sweep is under way; the caller must
+    /// then run [`InodeTable::cold_entries`] and [`InodeTable::end_eviction`].
+    pub fn begin_eviction(&self) -> bool {
+        self.capacity != 0
+            && self.len() > self.capacity
+            && !self.evicting.swap(true, Ordering::AcqRel)
+    }
+
+    /// Allow the next sweep.
+    pub fn end_eviction(&self) {
+        self.evicting.store(false, Ordering::Release);
+    }
+
+    /// Pick up to `want` entries not used since the last sweep (clock algorithm: used ones
+    /// lose their mark and are passed over), skipping the root and inodes with open files.
+    /// Returns each with the parent node id its name lives in.
+    pub fn cold_entries(&self, want: usize) -> Vec<(u64, NodeRef)> {
+        let mut out = Vec::new();
+        let start = self.cursor.load(Ordering::Relaxed);
+        // Two passes: the first may only clear marks.
+        for step in 0..2 * SHARDS {
+            if out.len() >= want {
+                break;
+            }
+            let i = (start + step) % SHARDS;
+            self.cursor.store((i + 1) % SHARDS, Ordering::Relaxed);
+            let mut shard = self.shards[i].lock();
+            for (id, e) in shard.iter_mut() {
+                if out.len() >= want {
+                    break;
+                }
+                if *id == ROOT_ID || e.evicting || e.parent == 0 {
+                    continue;
+                }
+                if e.io.cached > 0 || e.io.passthrough > 0 {
+                    continue;
+                }
+                if e.referenced {
+                    e.referenced = false;
+                    continue;
+                }
+                e.evicting = true;
+                out.push((e.parent, e.node.clone()));
+            }
+        }
+        out
+    }
+
+    /// The soft capacity (0: unbounded).
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Never true: the root is always there.

@@ -381,6 +381,55 @@ fn forget_bounds_the_inode_table() {
 }
 
 #[test]
+fn max_inodes_evicts_cold_inodes() {
+    if !can_mount("max_inodes_evicts_cold_inodes") {
+        return;
+    }
+    let l = Layers::new(1);
+    for d in 0..4 {
+        for i in 0..500 {
+            put(l.lower().join(format!("d{d}/f{i}")), b"x");
+        }
+    }
+    let cfg = FsConfig {
+        max_inodes: 400,
+        ..FsConfig::default()
+    };
+    let m = InProcess::new(&l, cfg);
+    // Stat everything twice: the second walk must see the same attributes after the
+    // evictions in between.
+    let walk = || {
+        let mut seen = Vec::new();
+        for d in 0..4 {
+            for e in fs::read_dir(l.mnt.join(format!("d{d}"))).unwrap() {
+                let p = e.unwrap().path();
+                let md = fs::symlink_metadata(&p).unwrap();
+                seen.push((p, md.ino(), md.len()));
+            }
+        }
+        seen.sort();
+        seen
+    };
+    let first = walk();
+    assert_eq!(first.len(), 2000);
+    // The kernel forgets the evicted inodes asynchronously.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = m.stats().inodes;
+        if now <= 400 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "inode table holds {now} with max_inodes=400"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(walk(), first, "attributes changed after eviction");
+    m.unmount();
+}
+
+#[test]
 fn read_only_without_upper() {
     if !can_mount("read_only_without_upper") {
         return;
