@@ -40,6 +40,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::idmap::IdPolicy;
 use crate::pool::LongOpPool;
+use crate::prefetch::{Job, Prefetcher};
 use crate::table::{CachedXattr, InodeTable, IoMode};
 
 /// Behaviour of an [`OverlayFs`] (the FUSE-side options; the layers are in the engine).
@@ -112,6 +113,8 @@ pub struct FsStats {
     pub passthrough_opens: u64,
     /// Opens served through the daemon so far.
     pub cached_opens: u64,
+    /// Directory entries resolved ahead of the kernel's lookups so far.
+    pub prefetched: u64,
 }
 
 /// A cheap, cloneable view of a running [`OverlayFs`]'s counters.
@@ -131,6 +134,7 @@ impl FsInspector {
             writeback: self.inner.writeback.load(Ordering::Relaxed),
             passthrough_opens: self.inner.passthrough_opens.load(Ordering::Relaxed),
             cached_opens: self.inner.cached_opens.load(Ordering::Relaxed),
+            prefetched: self.inner.prefetch.resolved(),
         }
     }
 }
@@ -169,14 +173,25 @@ impl OverlayFs {
             notify_tx: Mutex::new(Some(tx)),
             notifier,
             long_ops: LongOpPool::new(MAX_OFFLOADED, "ovl-long-op"),
+            prefetch: Prefetcher::default(),
             passthrough_opens: AtomicU64::new(0),
             cached_opens: AtomicU64::new(0),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         };
-        OverlayFs {
-            inner: Arc::new(inner),
+        let inner = Arc::new(inner);
+        if !inner.ttl().is_zero() {
+            let weak = Arc::downgrade(&inner);
+            inner.prefetch.start(move |dir, name| {
+                let i = weak.upgrade()?;
+                let n = i.ovl.lookup(dir, name).ok();
+                if let Some(n) = &n {
+                    let _ = i.ovl.getattr(n);
+                }
+                Some(n)
+            });
         }
+        OverlayFs { inner }
     }
 
     /// A handle on the counters, valid while the filesystem lives.
@@ -381,6 +396,7 @@ struct Inner {
     notify_tx: Mutex<Option<mpsc::Sender<Invalidation>>>,
     notifier: Arc<OnceLock<Notifier>>,
     long_ops: LongOpPool,
+    prefetch: Prefetcher,
     passthrough_opens: AtomicU64,
     cached_opens: AtomicU64,
     euid: u32,
@@ -1424,6 +1440,7 @@ impl Inner {
         };
         let parent = self.table.parent_of(d.nodeid).unwrap_or(d.nodeid);
         let total = entries.len() as u64 + 2;
+        let mut sent = offset;
         for i in offset..total {
             let full = match i {
                 0 => reply.add(INodeNo(d.nodeid), 1, FileType::Directory, "."),
@@ -1441,8 +1458,19 @@ impl Inner {
             if full {
                 break;
             }
+            sent = i + 1;
         }
-        reply.ok()
+        reply.ok();
+        // Entries listed without attributes are usually stat'ed next: resolve them ahead.
+        let from = offset.max(2) as usize - 2;
+        let to = (sent.max(2) as usize - 2).min(entries.len());
+        if from < to {
+            self.prefetch.submit(Job {
+                dir: d.node.clone(),
+                entries,
+                range: from..to,
+            });
+        }
     }
 
     fn readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
@@ -1619,8 +1647,9 @@ impl Filesystem for OverlayFs {
     }
 
     fn destroy(&mut self) {
-        // Stop the notify thread.
+        // Stop the notify and prefetch threads.
         self.inner.notify_tx.lock().take();
+        self.inner.prefetch.stop();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -37,6 +37,7 @@ pub mod idmap;
 pub mod mount;
 pub mod options;
 mod pool;
+mod prefetch;
 mod sys;
 pub mod table;
 

@@ -430,6 +430,55 @@ fn max_inodes_evicts_cold_inodes() {
 }
 
 #[test]
+fn prefetched_entries_stay_correct() {
+    if !can_mount("prefetched_entries_stay_correct") {
+        return;
+    }
+    let l = Layers::new(2);
+    // Long names: the kernel reads the first chunk with attributes and the rest without,
+    // which the daemon prefetches.
+    let name = |i: usize| format!("{i:04}-{}", "n".repeat(200));
+    for i in 0..1500 {
+        put(l.lowers[1].join("big").join(name(i)), b"bottom");
+    }
+    for i in (0..1500).step_by(3) {
+        put(l.lowers[0].join("big").join(name(i)), b"top!");
+    }
+    let m = InProcess::new(&l, FsConfig::default());
+    let big = l.mnt.join("big");
+    let names: Vec<_> = fs::read_dir(&big)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), 1500);
+    let end = Instant::now() + Duration::from_secs(20);
+    while m.stats().prefetched == 0 {
+        assert!(Instant::now() < end, "nothing was prefetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Change some names after the prefetch: lookups must see the changes.
+    fs::remove_file(big.join(name(1))).unwrap();
+    fs::write(big.join(name(2)), b"changed").unwrap();
+    fs::rename(big.join(name(4)), big.join("renamed")).unwrap();
+    for i in 0..1500 {
+        let p = big.join(name(i));
+        let want: Option<u64> = match i {
+            1 | 4 => None,
+            2 => Some(7),
+            _ if i % 3 == 0 => Some(4),
+            _ => Some(6),
+        };
+        match (fs::symlink_metadata(&p), want) {
+            (Ok(md), Some(len)) => assert_eq!(md.len(), len, "{i}"),
+            (Err(e), None) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{i}"),
+            (r, w) => panic!("{i}: got {r:?}, want size {w:?}"),
+        }
+    }
+    assert_eq!(fs::read(big.join("renamed")).unwrap(), b"bottom");
+    m.unmount();
+}
+
+#[test]
 fn read_only_without_upper() {
     if !can_mount("read_only_without_upper") {
         return;
