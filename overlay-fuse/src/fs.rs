@@ -734,10 +734,20 @@ impl Inner {
 
     fn unlink(&self, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         match self.node(parent) {
-            Ok(p) => match self.ovl.unlink(&p, name) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("unlink", &e)),
-            },
+            Ok(p) => {
+                // The kernel holds the name, so this is the engine's live child (cheap).
+                let victim = self.ovl.lookup(&p, name).ok();
+                match self.ovl.unlink(&p, name) {
+                    Ok(()) => {
+                        // Before the reply: the kernel may send the next request at once.
+                        if let Some(v) = victim {
+                            self.table.unlinked(&v);
+                        }
+                        reply.ok();
+                    }
+                    Err(e) => reply.error(errno("unlink", &e)),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -778,15 +788,24 @@ impl Inner {
             (Ok(p), Ok(np)) => (p, np),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
+        let victim = if f.contains(RenameFlags::EXCHANGE) {
+            None
+        } else {
+            self.ovl.lookup(&np, newname).ok()
+        };
         match self.ovl.rename(&p, name, &np, newname, f) {
             Ok(()) => {
-                reply.ok();
-                // Keep the table's engine nodes current for the moved object(s), and the
-                // parent of a moved directory (for "..").
+                // Before the reply (the kernel may send the next request at once): keep the
+                // table's engine nodes current for the moved object(s), and the parent of a
+                // moved directory (for "..").
+                if let Some(v) = victim {
+                    self.table.unlinked(&v);
+                }
                 self.refresh_name(newparent, &np, newname);
                 if f.contains(RenameFlags::EXCHANGE) {
                     self.refresh_name(parent, &p, name);
                 }
+                reply.ok();
             }
             Err(e) => reply.error(errno("rename", &e)),
         }
@@ -805,6 +824,13 @@ impl Inner {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        // An open upper copy answers without resolving the name in the layer.
+        if let Some(f) = self.table.upper_file(ino) {
+            if let Ok(md) = f.metadata() {
+                let a = attr_from_metadata(&md, n.ino());
+                return reply.attr(&self.ttl(), &self.to_attr(ino, &a));
+            }
+        }
         match self.ovl.getattr(&n) {
             Ok(a) => reply.attr(&self.ttl(), &self.to_attr(ino, &a)),
             Err(e) => {
@@ -862,6 +888,19 @@ impl Inner {
         }
         if changes == SetAttr::default() {
             return self.getattr(ino, fh, reply);
+        }
+        if changes.size.is_none() {
+            if let Some(f) = self.table.upper_file(ino) {
+                // The file is open and in the upper layer: change it through the open file
+                // (no copy-up needed), in the engine's order.
+                return match setattr_fd(&f, &changes) {
+                    Ok(md) => {
+                        let a = attr_from_metadata(&md, n.ino());
+                        reply.attr(&self.ttl(), &self.to_attr(ino, &a))
+                    }
+                    Err(e) => reply.error(rustix_errno("setattr", e)),
+                };
+            }
         }
         match self.ovl.setattr(&n, &changes) {
             Ok(a) => reply.attr(&self.ttl(), &self.to_attr(ino, &a)),
@@ -1060,7 +1099,7 @@ impl Inner {
         &self,
         nodeid: u64,
         upper_file: bool,
-        file: &File,
+        file: &Arc<File>,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> (IoMode, FopenFlags, Option<Arc<BackingId>>) {
         let want_pt = upper_file && self.passthrough.load(Ordering::Relaxed);
@@ -1070,6 +1109,9 @@ impl Inner {
             FopenFlags::FOPEN_KEEP_CACHE
         };
         let decided = self.table.with_io(nodeid, |io| {
+            if upper_file && io.upper_file.is_none() {
+                io.upper_file = Some(file.clone());
+            }
             // Passthrough opens of this inode are live: every further open must share the
             // backing (the kernel refuses anything else). Only upper files ever get one.
             if upper_file && io.passthrough > 0 {
@@ -1130,14 +1172,23 @@ impl Inner {
             }
             Err(e) => return reply.error(errno("open", &e)),
         };
-        let from_lower = node.is_lower_only();
+        // A write-open always gets the upper file (the engine copies up first). A read-only
+        // open of a file that was lower-only may have got either copy if a copy-up raced
+        // with it: count it as lower (never written through; reads switch to the upper copy).
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let from_lower = if writes {
+            false
+        } else {
+            was_lower || node.is_lower_only()
+        };
         let upper_file = !from_lower && node.kind() == FileKind::File;
+        let file = Arc::new(file);
         let (mode, fopen, backing) =
             self.choose_io(ino, upper_file, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: ino,
             node,
-            file: RwLock::new(Arc::new(file)),
+            file: RwLock::new(file),
             from_lower: AtomicBool::new(from_lower),
             mode,
         });
@@ -1172,7 +1223,11 @@ impl Inner {
                 .ovl
                 .create(&p, name, mode & 0o7777, real, owner)
                 .map_err(|e| errno("create", &e))?;
-            let a = self.ovl.getattr(&node).map_err(|e| errno("create", &e))?;
+            // The new file is an upper file: its attributes are those of the open file.
+            let a = match file.metadata() {
+                Ok(md) => attr_from_metadata(&md, node.ino()),
+                Err(_) => self.ovl.getattr(&node).map_err(|e| errno("create", &e))?,
+            };
             Ok::<_, Errno>((node, file, a))
         })();
         let (node, file, a) = match r {
@@ -1180,11 +1235,12 @@ impl Inner {
             Err(e) => return reply.error(e),
         };
         let (id, generation) = self.remember(node.clone(), parent);
+        let file = Arc::new(file);
         let (mode, fopen, backing) = self.choose_io(id, true, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: id,
             node,
-            file: RwLock::new(Arc::new(file)),
+            file: RwLock::new(file),
             from_lower: AtomicBool::new(false),
             mode,
         });
@@ -1601,6 +1657,43 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
     } else {
         reply.data(value)
     }
+}
+
+/// Apply `changes` (no size change) to an open real file, in the engine's order (owner
+/// first: chown clears the set-ID bits, then the mode, then the times), and `fstat` it.
+fn setattr_fd(f: &File, c: &SetAttr) -> Result<std::fs::Metadata, rustix::io::Errno> {
+    use rustix::fs::{Gid, Mode, Timespec, Timestamps, Uid};
+    if c.uid.is_some() || c.gid.is_some() {
+        rustix::fs::fchown(f, c.uid.map(Uid::from_raw), c.gid.map(Gid::from_raw))?;
+    }
+    if let Some(m) = c.mode {
+        rustix::fs::fchmod(f, Mode::from_raw_mode(m & 0o7777))?;
+    }
+    if c.atime.is_some() || c.mtime.is_some() {
+        let ts = |t: Option<TimeSet>| match t {
+            None => Timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT as _,
+            },
+            Some(TimeSet::Now) => Timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW as _,
+            },
+            Some(TimeSet::At(t)) => Timespec {
+                tv_sec: t.sec,
+                tv_nsec: t.nsec as _,
+            },
+        };
+        rustix::fs::futimens(
+            f,
+            &Timestamps {
+                last_access: ts(c.atime),
+                last_modification: ts(c.mtime),
+            },
+        )?;
+    }
+    f.metadata()
+        .map_err(|e| rustix::io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// Attributes of an open file whose name is gone, from `fstat` of the real file.

@@ -45,6 +45,9 @@ pub struct IoState {
     /// Passthrough writes bypassed the FUSE page cache at some point, so cached opens must
     /// not keep it.
     pub had_passthrough: bool,
+    /// An open upper copy of the file, while any open of it is live: attributes are read and
+    /// changed through it (`fstat`, `fchmod`, ...) instead of by name.
+    pub upper_file: Option<Arc<std::fs::File>>,
 }
 
 /// The I/O mode an open file was given (recorded so that release undoes the right count).
@@ -74,7 +77,13 @@ struct Entry {
     xattr_absent: u8,
     /// Bumped whenever the xattrs of the inode change through this mount.
     xattr_epoch: u32,
+    /// Further names (hard links) of the inode the kernel looked up; `node` falls back to
+    /// one of them when its own name is removed.
+    links: Vec<(NodeRef, u64)>,
 }
+
+/// Hard-link names remembered per inode.
+const MAX_LINKS: usize = 8;
 
 /// Extended attributes whose absence the table remembers per inode: the kernel asks for
 /// them on every write (`security.capability`, to drop capabilities) and on permission
@@ -152,6 +161,7 @@ impl InodeTable {
                 io: IoState::default(),
                 xattr_absent: 0,
                 xattr_epoch: 0,
+                links: Vec::new(),
             },
         );
         t
@@ -197,6 +207,12 @@ impl InodeTable {
                 if !Arc::ptr_eq(&e.node, &node) {
                     e.xattr_absent = 0;
                     e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+                    // Another name of the same inode (a hard link): keep the old one too.
+                    e.links.retain(|(n, _)| !Arc::ptr_eq(n, &node));
+                    if e.links.len() < MAX_LINKS {
+                        let old = std::mem::replace(&mut e.node, node.clone());
+                        e.links.push((old, e.parent));
+                    }
                 }
                 e.node = node;
                 e.parent = parent;
@@ -216,6 +232,7 @@ impl InodeTable {
                         io: IoState::default(),
                         xattr_absent: 0,
                         xattr_epoch: 0,
+                        links: Vec::new(),
                     },
                 );
                 self.count.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +251,24 @@ impl InodeTable {
             }
             e.node = node;
             e.parent = parent;
+        }
+    }
+
+    /// The name of `node` was removed (unlink, or replaced by a rename): if the inode has
+    /// another known name, the entry switches to it, so operations on the inode keep working
+    /// through its remaining links.
+    pub fn unlinked(&self, node: &NodeRef) {
+        let nodeid = self.nodeid_of(node.ino());
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            e.links.retain(|(n, _)| !Arc::ptr_eq(n, node));
+            if Arc::ptr_eq(&e.node, node) {
+                if let Some((n, p)) = e.links.pop() {
+                    e.node = n;
+                    e.parent = p;
+                    e.xattr_absent = 0;
+                    e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+                }
+            }
         }
     }
 
@@ -310,15 +345,28 @@ impl InodeTable {
 
     /// Undo the count of one released open.
     pub fn release_io(&self, nodeid: u64, mode: IoMode) {
-        self.with_io(nodeid, |io| match mode {
-            IoMode::Cached => io.cached = io.cached.saturating_sub(1),
-            IoMode::Passthrough => {
-                io.passthrough = io.passthrough.saturating_sub(1);
-                if io.passthrough == 0 {
-                    io.backing = None;
+        self.with_io(nodeid, |io| {
+            match mode {
+                IoMode::Cached => io.cached = io.cached.saturating_sub(1),
+                IoMode::Passthrough => {
+                    io.passthrough = io.passthrough.saturating_sub(1);
+                    if io.passthrough == 0 {
+                        io.backing = None;
+                    }
                 }
             }
+            if io.cached == 0 && io.passthrough == 0 {
+                io.upper_file = None;
+            }
         });
+    }
+
+    /// The open upper copy of an inode, if an open of one is live.
+    pub fn upper_file(&self, nodeid: u64) -> Option<Arc<std::fs::File>> {
+        self.shard(nodeid)
+            .lock()
+            .get(&nodeid)
+            .and_then(|e| e.io.upper_file.clone())
     }
 
     /// Number of inodes the table holds.

@@ -479,6 +479,98 @@ fn prefetched_entries_stay_correct() {
 }
 
 #[test]
+fn hard_links_survive_removal_of_one_name() {
+    if !can_mount("hard_links_survive_removal_of_one_name") {
+        return;
+    }
+    let l = Layers::new(1);
+    put(l.lower().join("a"), b"x");
+    put(l.lower().join("b"), b"y");
+    let m = InProcess::new(&l, FsConfig::default());
+    let (a, c) = (l.mnt.join("a"), l.mnt.join("c"));
+    // Remove the newer name: the inode stays usable through the older one.
+    fs::hard_link(&a, &c).unwrap();
+    fs::remove_file(&c).unwrap();
+    xattr_set(&a, "user.t", b"1");
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().mode() & 0o7777, 0o600);
+    // Remove the older name: the same through the newer one.
+    let (b, d) = (l.mnt.join("b"), l.mnt.join("d"));
+    fs::hard_link(&b, &d).unwrap();
+    fs::remove_file(&b).unwrap();
+    xattr_set(&d, "user.t", b"2");
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(fs::read(&d).unwrap(), b"y");
+    m.unmount();
+}
+
+fn xattr_set(p: &Path, name: &str, value: &[u8]) {
+    rustix::fs::setxattr(p, name, value, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setxattr {}: {e}", p.display()));
+}
+
+#[test]
+fn attribute_changes_through_an_open_file() {
+    if !can_mount("attribute_changes_through_an_open_file") {
+        return;
+    }
+    let l = Layers::new(1);
+    put(l.lower().join("low"), b"lower");
+    let m = InProcess::new(&l, FsConfig::default());
+    let p = l.mnt.join("f");
+    let f = File::create(&p).unwrap();
+    rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o4751)).unwrap();
+    rustix::fs::fchown(
+        &f,
+        Some(rustix::fs::Uid::from_raw(1234)),
+        Some(rustix::fs::Gid::from_raw(5678)),
+    )
+    .unwrap();
+    let md = fs::metadata(&p).unwrap();
+    // chown clears set-user-ID, as on any Linux filesystem.
+    assert_eq!(md.mode() & 0o7777, 0o751);
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let up = fs::metadata(l.upper.join("f")).unwrap();
+    assert_eq!(
+        (up.mode() & 0o7777, up.uid(), up.gid()),
+        (0o751, 1234, 5678)
+    );
+    let t = rustix::fs::Timespec {
+        tv_sec: 1_000_000,
+        tv_nsec: 5,
+    };
+    rustix::fs::futimens(
+        &f,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_000_000);
+    // An open file whose name is gone can still be changed and stat'ed.
+    fs::remove_file(&p).unwrap();
+    rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+    let st = rustix::fs::fstat(&f).unwrap();
+    assert_eq!(st.st_mode & 0o7777, 0o600);
+    assert_eq!(st.st_nlink, 0);
+    drop(f);
+    // A read-only open of a lower file: chmod copies up, the open file still reads.
+    let low = File::open(l.mnt.join("low")).unwrap();
+    fs::set_permissions(l.mnt.join("low"), fs::Permissions::from_mode(0o604)).unwrap();
+    assert_eq!(
+        fs::metadata(l.upper.join("low")).unwrap().mode() & 0o7777,
+        0o604
+    );
+    let mut s = String::new();
+    (&low).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "lower");
+    drop(low);
+    m.unmount();
+}
+
+#[test]
 fn read_only_without_upper() {
     if !can_mount("read_only_without_upper") {
         return;
