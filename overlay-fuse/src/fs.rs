@@ -265,6 +265,8 @@ enum Invalidation {
     Inode { nodeid: u64, data: bool },
     /// The inode table is over its capacity: drop cold dentries.
     Evict,
+    /// A name now refers to another inode: drop the kernel's dentry.
+    Entry { parent: u64, name: OsString },
 }
 
 fn notify_loop(
@@ -288,6 +290,7 @@ fn notify_loop(
                 table.end_eviction();
                 Ok(())
             }
+            Invalidation::Entry { parent, name } => n.inval_entry(INodeNo(*parent), name),
         };
         if let Err(e) = res {
             debug!("invalidation {msg:?}: {e}");
@@ -574,6 +577,24 @@ impl Inner {
         r
     }
 
+    /// After an operation that may have copied `node` up: a lower hard link split by the
+    /// copy-up now has the upper inode's number (as with the kernel overlay), so its name no
+    /// longer belongs to inode `nodeid`. The kernel's dentry is dropped; the next lookup
+    /// gets the new number.
+    fn check_split(&self, nodeid: u64, node: &NodeRef) {
+        if self.table.nodeid_of(node.ino()) == nodeid {
+            return;
+        }
+        if let Some(parent) = self.table.split(nodeid, node) {
+            if let Some(name) = node.path().file_name() {
+                self.invalidate(Invalidation::Entry {
+                    parent,
+                    name: name.to_os_string(),
+                });
+            }
+        }
+    }
+
     /// Queue an invalidation; it is sent after the current reply by the notify thread.
     fn invalidate(&self, inv: Invalidation) {
         if let Some(tx) = self.notify_tx.lock().as_ref() {
@@ -716,6 +737,9 @@ impl Inner {
                 .ovl
                 .link(&n, &p, newname)
                 .map_err(|e| errno("link", &e))?;
+            if was_lower {
+                self.check_split(ino, &n);
+            }
             Ok::<_, Errno>((linked, was_lower))
         })();
         match r {
@@ -902,8 +926,14 @@ impl Inner {
                 };
             }
         }
+        let was_lower = n.is_lower_only();
         match self.ovl.setattr(&n, &changes) {
-            Ok(a) => reply.attr(&self.ttl(), &self.to_attr(ino, &a)),
+            Ok(a) => {
+                if was_lower {
+                    self.check_split(ino, &n);
+                }
+                reply.attr(&self.ttl(), &self.to_attr(ino, &a))
+            }
             Err(e) if e.is_not_found() && size.is_some() && fh.is_some() => {
                 // ftruncate of an open file whose name is gone.
                 let of = fh.and_then(|fh| self.files.get(fh));
@@ -1047,9 +1077,14 @@ impl Inner {
             return reply.error(Errno::ENOSYS);
         }
         match self.node(ino).and_then(|n| {
+            let was_lower = n.is_lower_only();
             self.ovl
                 .setxattr(&n, name, value, flags)
-                .map_err(|e| errno("setxattr", &e))
+                .map_err(|e| errno("setxattr", &e))?;
+            if was_lower {
+                self.check_split(ino, &n);
+            }
+            Ok(())
         }) {
             Ok(()) => {
                 self.table.clear_xattr_absent(ino);
@@ -1064,9 +1099,14 @@ impl Inner {
             return reply.error(Errno::ENOSYS);
         }
         match self.node(ino).and_then(|n| {
+            let was_lower = n.is_lower_only();
             self.ovl
                 .removexattr(&n, name)
-                .map_err(|e| errno("removexattr", &e))
+                .map_err(|e| errno("removexattr", &e))?;
+            if was_lower {
+                self.check_split(ino, &n);
+            }
+            Ok(())
         }) {
             Ok(()) => {
                 self.table.clear_xattr_absent(ino);
@@ -1181,7 +1221,13 @@ impl Inner {
         } else {
             was_lower || node.is_lower_only()
         };
-        let upper_file = !from_lower && node.kind() == FileKind::File;
+        // A lower hard link split by this copy-up: the kernel's inode `ino` now stands for
+        // the other names (still lower), so this open goes through the daemon.
+        let split = was_lower && writes && self.table.nodeid_of(node.ino()) != ino;
+        if split {
+            self.check_split(ino, &node);
+        }
+        let upper_file = !from_lower && !split && node.kind() == FileKind::File;
         let file = Arc::new(file);
         let (mode, fopen, backing) =
             self.choose_io(ino, upper_file, &file, |f| reply.open_backing(f));

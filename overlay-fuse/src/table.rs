@@ -207,10 +207,12 @@ impl InodeTable {
                 if !Arc::ptr_eq(&e.node, &node) {
                     e.xattr_absent = 0;
                     e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
-                    // Another name of the same inode (a hard link): keep the old one too.
+                    // Another name of the same inode (a hard link): keep the old one too,
+                    // unless a copy-up split it off (it has another number now).
                     e.links.retain(|(n, _)| !Arc::ptr_eq(n, &node));
-                    if e.links.len() < MAX_LINKS {
-                        let old = std::mem::replace(&mut e.node, node.clone());
+                    let old = std::mem::replace(&mut e.node, node.clone());
+                    let same_inode = old.ino() == node.ino();
+                    if same_inode && e.links.len() < MAX_LINKS {
                         e.links.push((old, e.parent));
                     }
                 }
@@ -270,6 +272,33 @@ impl InodeTable {
                 }
             }
         }
+    }
+
+    /// `node` no longer is a name of inode `nodeid`: a copy-up split a lower hard link and
+    /// gave the name the upper inode's number. The entry switches to another name if it has
+    /// one. Returns the parent node id of `node`'s name, if the entry knew it.
+    pub fn split(&self, nodeid: u64, node: &NodeRef) -> Option<u64> {
+        let mut shard = self.shard(nodeid).lock();
+        let e = shard.get_mut(&nodeid)?;
+        let mut parent = None;
+        e.links.retain(|(n, p)| {
+            if Arc::ptr_eq(n, node) {
+                parent = Some(*p);
+                false
+            } else {
+                true
+            }
+        });
+        if Arc::ptr_eq(&e.node, node) {
+            parent = Some(e.parent);
+            if let Some((n, p)) = e.links.pop() {
+                e.node = n;
+                e.parent = p;
+                e.xattr_absent = 0;
+                e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+            }
+        }
+        parent.filter(|p| *p != 0)
     }
 
     /// Drop `n` kernel lookups; the entry goes when none remain. The root stays.

@@ -505,6 +505,41 @@ fn hard_links_survive_removal_of_one_name() {
     m.unmount();
 }
 
+#[test]
+fn copy_up_splits_lower_hard_links() {
+    if !can_mount("copy_up_splits_lower_hard_links") {
+        return;
+    }
+    let l = Layers::new(1);
+    put(l.lower().join("a"), b"shared");
+    fs::hard_link(l.lower().join("a"), l.lower().join("b")).unwrap();
+    let m = InProcess::new(&l, FsConfig::default());
+    let (a, b) = (l.mnt.join("a"), l.mnt.join("b"));
+    // Only `a` is looked up before the write: FUSE opens carry no name, and both names
+    // share one inode number (hence one FUSE inode) until the copy-up splits them.
+    let ino = fs::metadata(&a).unwrap().ino();
+    let mut f = OpenOptions::new().append(true).open(&a).unwrap();
+    f.write_all(b"+a").unwrap();
+    drop(f);
+    // As the kernel overlay: the copied-up name gets the upper inode's number, the other
+    // name keeps the lower file and its number.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let md = fs::metadata(&a).unwrap();
+        if md.ino() != ino {
+            assert_eq!(md.ino(), fs::metadata(l.upper.join("a")).unwrap().ino());
+            break;
+        }
+        assert!(Instant::now() < end, "a still shows the lower inode number");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read(&a).unwrap(), b"shared+a");
+    assert_eq!(fs::read(&b).unwrap(), b"shared");
+    let mb = fs::metadata(&b).unwrap();
+    assert_eq!((mb.ino(), mb.len()), (ino, 6));
+    m.unmount();
+}
+
 fn xattr_set(p: &Path, name: &str, value: &[u8]) {
     rustix::fs::setxattr(p, name, value, rustix::fs::XattrFlags::empty())
         .unwrap_or_else(|e| panic!("setxattr {}: {e}", p.display()));
