@@ -1779,6 +1779,22 @@ fn needs_copy_up_of_data(node: &NodeRef) -> bool {
     node.kind() == FileKind::File && node.is_lower_only()
 }
 
+/// Copy-ups of files up to this size run on the request's worker: handing them to the
+/// long-operation pool costs a thread wake-up (about as long as copying a small file).
+const SHORT_COPY_UP: u64 = 1 << 20;
+
+impl Inner {
+    /// True when an operation on `node` may copy a big file up (so it should not hold a
+    /// fuser worker).
+    fn long_copy_up(&self, node: &NodeRef) -> bool {
+        needs_copy_up_of_data(node)
+            && self
+                .ovl
+                .getattr(node)
+                .map_or(true, |a| a.size > SHORT_COPY_UP)
+    }
+}
+
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.inner.negotiate(config);
@@ -1830,7 +1846,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         self.inner.offload("setattr", long, move |i| {
             i.setattr(
                 ino.0,
@@ -1915,7 +1931,7 @@ impl Filesystem for OverlayFs {
             self.inner
                 .ovl
                 .lookup(&p, name)
-                .is_ok_and(|n| needs_copy_up_of_data(&n))
+                .is_ok_and(|n| self.inner.long_copy_up(&n))
         });
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
         self.inner.offload("rename", long, move |i| {
@@ -1935,7 +1951,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         let newname = newname.to_os_string();
         self.inner.offload("link", long, move |i| {
             i.link(ino.0, newparent.0, &newname, reply)
@@ -1949,7 +1965,7 @@ impl Filesystem for OverlayFs {
             Err(e) => return reply.error(e),
         };
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let long = writes && flags & libc::O_TRUNC == 0 && needs_copy_up_of_data(&node);
+        let long = writes && flags & libc::O_TRUNC == 0 && self.inner.long_copy_up(&node);
         self.inner
             .offload("open", long, move |i| i.open(ino.0, node, flags, reply))
     }
@@ -2103,7 +2119,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         let (name, value) = (name.to_os_string(), value.to_vec());
         self.inner.offload("setxattr", long, move |i| {
             i.setxattr(ino.0, &name, &value, flags, reply)
@@ -2123,7 +2139,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         let name: OsString = name.to_os_string();
         self.inner.offload("removexattr", long, move |i| {
             i.removexattr(ino.0, &name, reply)
