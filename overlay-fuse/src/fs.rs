@@ -90,7 +90,7 @@ impl Default for FsConfig {
             passthrough: true,
             xattrs: true,
             read_only: false,
-            max_inodes: 160_000,
+            max_inodes: 128 * 1024,
             panic_on_lookup: None,
         }
     }

@@ -38,7 +38,7 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      writeback=0     no writeback cache;  passthrough=0  no FUSE passthrough
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
      threads=N       FUSE worker threads
-     max_inodes=N    inodes kept before cold ones are dropped (default 160000; 0: no limit)
+     max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
      allow_other, allow_root, default_permissions, ...
 Logging: RUST_LOG (e.g. RUST_LOG=debug); OVL_FUSE_LOG_FILE=PATH keeps daemon logs.";

@@ -33,9 +33,9 @@ pub(crate) struct Job {
 }
 
 /// Nodes kept alive after prefetching (the oldest go first).
-const HELD_MAX: usize = 32 * 1024;
+const HELD_MAX: usize = 8 * 1024;
 /// Jobs waiting; further ones are dropped (prefetching is only a hint).
-const QUEUE_MAX: usize = 256;
+const QUEUE_MAX: usize = 64;
 /// Without new jobs for this long, the held nodes are released.
 const HOLD_TIME: Duration = Duration::from_secs(5);
 
