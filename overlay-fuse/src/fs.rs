@@ -6,9 +6,18 @@
 //! * Every handler runs under `catch_unwind`: a panic answers EIO to that request (the
 //!   dropped reply does it) and the worker goes on.
 //! * No global lock: the inode table and the handle tables are sharded, and no lock of this
-//!   crate is held across an engine call. Operations that may copy a whole file up (a
-//!   write-open, setattr, link, rename or xattr change of a lower-only regular file) and fsync
-//!   run on a thread of their own, so the fixed fuser workers stay free.
+//!   crate is held across an engine call. Operations that may copy a big file up (a
+//!   write-open, setattr, link, rename or xattr change of a lower-only regular file over
+//!   1 MiB) and fsync run on a pool of reusable threads, so the fixed fuser workers
+//!   stay free.
+//! * Round trips are what costs (each one wakes a daemon thread and the caller, often across
+//!   CPUs): FLUSH answers ENOSYS so the kernel stops sending it; the absence of
+//!   `security.capability` and the ACLs (asked before every write and on every permission
+//!   refresh) is remembered per inode; attributes of inodes with an open upper file are read
+//!   and changed through that file; plain READDIR replies are prefetched
+//!   by a background thread so the LOOKUPs that usually follow are answered from live nodes.
+//! * Memory: the inode table has a soft capacity ([`FsConfig::max_inodes`]); cold inodes
+//!   beyond it are dropped from the kernel's dentry cache so their FORGETs free them.
 //! * Passthrough only for files that already live in the upper layer: a lower file is never
 //!   given to the kernel as a backing file, so no write can reach it after a copy-up, even
 //!   while read-only opens of the lower file are live. Those are served through the daemon
