@@ -6,9 +6,18 @@
 //! * Every handler runs under `catch_unwind`: a panic answers EIO to that request (the
 //!   dropped reply does it) and the worker goes on.
 //! * No global lock: the inode table and the handle tables are sharded, and no lock of this
-//!   crate is held across an engine call. Operations that may copy a whole file up (a
-//!   write-open, setattr, link, rename or xattr change of a lower-only regular file) and fsync
-//!   run on a thread of their own, so the fixed fuser workers stay free.
+//!   crate is held across an engine call. Operations that may copy a big file up (a
+//!   write-open, setattr, link, rename or xattr change of a lower-only regular file over
+//!   1 MiB) and fsync run on a pool of reusable threads, so the fixed fuser workers
+//!   stay free.
+//! * Round trips are what costs (each one wakes a daemon thread and the caller, often across
+//!   CPUs): FLUSH answers ENOSYS so the kernel stops sending it; the absence of
+//!   `security.capability` and the ACLs (asked before every write and on every permission
+//!   refresh) is remembered per inode; attributes of inodes with an open upper file are read
+//!   and changed through that file; plain READDIR replies are prefetched
+//!   by a background thread so the LOOKUPs that usually follow are answered from live nodes.
+//! * Memory: the inode table has a soft capacity ([`FsConfig::max_inodes`]); cold inodes
+//!   beyond it are dropped from the kernel's dentry cache so their FORGETs free them.
 //! * Passthrough only for files that already live in the upper layer: a lower file is never
 //!   given to the kernel as a backing file, so no write can reach it after a copy-up, even
 //!   while read-only opens of the lower file are live. Those are served through the daemon
@@ -22,7 +31,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +48,9 @@ use parking_lot::{Mutex, RwLock};
 use tracing::{debug, error, info, warn};
 
 use crate::idmap::IdPolicy;
-use crate::table::{InodeTable, IoMode};
+use crate::pool::LongOpPool;
+use crate::prefetch::{Job, Prefetcher};
+use crate::table::{CachedXattr, InodeTable, IoMode};
 
 /// Behaviour of an [`OverlayFs`] (the FUSE-side options; the layers are in the engine).
 #[derive(Debug, Clone)]
@@ -65,6 +76,11 @@ pub struct FsConfig {
     pub xattrs: bool,
     /// Mount read-only (no upper layer, or `ro`).
     pub read_only: bool,
+    /// Soft limit on the inodes the daemon keeps (`max_inodes=`, 0: none). The kernel keeps
+    /// every dentry it has memory for, and each holds one of our inodes; beyond the limit
+    /// the least recently used ones are dropped from the kernel's cache (which then forgets
+    /// them), so the daemon's memory stays bounded on huge trees.
+    pub max_inodes: usize,
     /// Test hook: a lookup of this name panics inside the handler (to check that a panic
     /// becomes EIO for that request and the mount survives).
     #[doc(hidden)]
@@ -83,6 +99,7 @@ impl Default for FsConfig {
             passthrough: true,
             xattrs: true,
             read_only: false,
+            max_inodes: 128 * 1024,
             panic_on_lookup: None,
         }
     }
@@ -105,6 +122,8 @@ pub struct FsStats {
     pub passthrough_opens: u64,
     /// Opens served through the daemon so far.
     pub cached_opens: u64,
+    /// Directory entries resolved ahead of the kernel's lookups so far.
+    pub prefetched: u64,
 }
 
 /// A cheap, cloneable view of a running [`OverlayFs`]'s counters.
@@ -124,6 +143,7 @@ impl FsInspector {
             writeback: self.inner.writeback.load(Ordering::Relaxed),
             passthrough_opens: self.inner.passthrough_opens.load(Ordering::Relaxed),
             cached_opens: self.inner.cached_opens.load(Ordering::Relaxed),
+            prefetched: self.inner.prefetch.resolved(),
         }
     }
 }
@@ -142,14 +162,16 @@ impl OverlayFs {
         let (tx, rx) = mpsc::channel::<Invalidation>();
         let notifier: Arc<OnceLock<Notifier>> = Arc::new(OnceLock::new());
         let n2 = notifier.clone();
+        let table = Arc::new(InodeTable::with_capacity(root, config.max_inodes));
+        let t2 = table.clone();
         let spawned = std::thread::Builder::new()
             .name("ovl-notify".into())
-            .spawn(move || notify_loop(rx, n2));
+            .spawn(move || notify_loop(rx, n2, t2));
         if let Err(e) = spawned {
             warn!("cannot start the invalidation thread, kernel caches rely on TTLs: {e}");
         }
         let inner = Inner {
-            table: InodeTable::new(root),
+            table,
             ovl: overlay,
             cfg: config,
             files: HandleMap::new(),
@@ -159,15 +181,26 @@ impl OverlayFs {
             stack_depth,
             notify_tx: Mutex::new(Some(tx)),
             notifier,
-            offloaded: AtomicUsize::new(0),
+            long_ops: LongOpPool::new(MAX_OFFLOADED, "ovl-long-op"),
+            prefetch: Prefetcher::default(),
             passthrough_opens: AtomicU64::new(0),
             cached_opens: AtomicU64::new(0),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         };
-        OverlayFs {
-            inner: Arc::new(inner),
+        let inner = Arc::new(inner);
+        if !inner.ttl().is_zero() {
+            let weak = Arc::downgrade(&inner);
+            inner.prefetch.start(move |dir, name| {
+                let i = weak.upgrade()?;
+                let n = i.ovl.lookup(dir, name).ok();
+                if let Some(n) = &n {
+                    let _ = i.ovl.getattr(n);
+                }
+                Some(n)
+            });
         }
+        OverlayFs { inner }
     }
 
     /// A handle on the counters, valid while the filesystem lives.
@@ -239,18 +272,59 @@ pub fn has_initial_cap_sys_admin() -> bool {
 enum Invalidation {
     /// Attributes of an inode (and, with `data`, its page cache).
     Inode { nodeid: u64, data: bool },
+    /// The inode table is over its capacity: drop cold dentries.
+    Evict,
+    /// A name now refers to another inode: drop the kernel's dentry.
+    Entry { parent: u64, name: OsString },
 }
 
-fn notify_loop(rx: mpsc::Receiver<Invalidation>, notifier: Arc<OnceLock<Notifier>>) {
+fn notify_loop(
+    rx: mpsc::Receiver<Invalidation>,
+    notifier: Arc<OnceLock<Notifier>>,
+    table: Arc<InodeTable>,
+) {
     while let Ok(msg) = rx.recv() {
-        let Some(n) = notifier.get() else { continue };
+        let Some(n) = notifier.get() else {
+            if matches!(msg, Invalidation::Evict) {
+                table.end_eviction();
+            }
+            continue;
+        };
         let res = match &msg {
             Invalidation::Inode { nodeid, data } => {
                 n.inval_inode(INodeNo(*nodeid), if *data { 0 } else { -1 }, 0)
             }
+            Invalidation::Evict => {
+                evict_cold(n, &table);
+                table.end_eviction();
+                Ok(())
+            }
+            Invalidation::Entry { parent, name } => n.inval_entry(INodeNo(*parent), name),
         };
         if let Err(e) = res {
             debug!("invalidation {msg:?}: {e}");
+        }
+    }
+}
+
+/// Ask the kernel to drop the dentries of cold inodes until the table is back at 3/4 of its
+/// capacity; their FORGETs then free the entries and the engine nodes.
+fn evict_cold(n: &Notifier, table: &InodeTable) {
+    let low = table.capacity() / 4 * 3;
+    let want = table.len().saturating_sub(low);
+    if want == 0 {
+        return;
+    }
+    let cold = table.cold_entries(want);
+    debug!("evicting {} of {} inodes", cold.len(), table.len());
+    for (parent, node) in cold {
+        let path = node.path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        // ENOENT: the kernel no longer has that dentry (swallowed by fuser).
+        if let Err(e) = n.inval_entry(INodeNo(parent), name) {
+            debug!("evict {}: {e}", path.display());
         }
     }
 }
@@ -324,7 +398,7 @@ struct OpenDir {
 struct Inner {
     ovl: Overlay,
     cfg: FsConfig,
-    table: InodeTable,
+    table: Arc<InodeTable>,
     files: HandleMap<OpenFile>,
     dirs: HandleMap<OpenDir>,
     /// Passthrough negotiated (and not switched off after a refusal).
@@ -333,14 +407,15 @@ struct Inner {
     stack_depth: u32,
     notify_tx: Mutex<Option<mpsc::Sender<Invalidation>>>,
     notifier: Arc<OnceLock<Notifier>>,
-    offloaded: AtomicUsize,
+    long_ops: LongOpPool,
+    prefetch: Prefetcher,
     passthrough_opens: AtomicU64,
     cached_opens: AtomicU64,
     euid: u32,
     egid: u32,
 }
 
-/// Upper bound on concurrently offloaded long operations; beyond it they run on the worker.
+/// Upper bound on the threads running long operations; beyond it they queue.
 const MAX_OFFLOADED: usize = 64;
 
 /// Run a handler body, turning a panic into EIO for the request (the reply is dropped while
@@ -497,6 +572,38 @@ impl Inner {
         }
     }
 
+    /// Record one kernel lookup of `node` as a name in `parent` (see
+    /// [`InodeTable::remember`]), and start an eviction sweep when the table is over its
+    /// capacity.
+    fn remember(&self, node: NodeRef, parent: u64) -> (u64, u64) {
+        let r = self.table.remember(node, parent);
+        if self.table.begin_eviction() {
+            match self.notify_tx.lock().as_ref() {
+                Some(tx) if tx.send(Invalidation::Evict).is_ok() => {}
+                _ => self.table.end_eviction(),
+            }
+        }
+        r
+    }
+
+    /// After an operation that may have copied `node` up: a lower hard link split by the
+    /// copy-up now has the upper inode's number (as with the kernel overlay), so its name no
+    /// longer belongs to inode `nodeid`. The kernel's dentry is dropped; the next lookup
+    /// gets the new number.
+    fn check_split(&self, nodeid: u64, node: &NodeRef) {
+        if self.table.nodeid_of(node.ino()) == nodeid {
+            return;
+        }
+        if let Some(parent) = self.table.split(nodeid, node) {
+            if let Some(name) = node.path().file_name() {
+                self.invalidate(Invalidation::Entry {
+                    parent,
+                    name: name.to_os_string(),
+                });
+            }
+        }
+    }
+
     /// Queue an invalidation; it is sent after the current reply by the notify thread.
     fn invalidate(&self, inv: Invalidation) {
         if let Some(tx) = self.notify_tx.lock().as_ref() {
@@ -504,37 +611,22 @@ impl Inner {
         }
     }
 
-    /// Run `f` on its own thread when `long` (a possible whole-file copy-up or an fsync), so
-    /// the fuser workers stay free; inline otherwise.
+    /// Run `f` on a thread of the long-operation pool when `long` (a possible whole-file
+    /// copy-up or an fsync), so the fuser workers stay free; inline otherwise.
     fn offload(
         self: &Arc<Self>,
         op: &'static str,
         long: bool,
         f: impl FnOnce(&Inner) + Send + 'static,
     ) {
-        if long && self.offloaded.fetch_add(1, Ordering::AcqRel) < MAX_OFFLOADED {
-            let me = self.clone();
-            let job = Arc::new(Mutex::new(Some(f)));
-            let job2 = job.clone();
-            let spawned = std::thread::Builder::new()
-                .name("ovl-long-op".into())
-                .spawn(move || {
-                    if let Some(f) = job2.lock().take() {
-                        guarded(op, || f(&me));
-                    }
-                    me.offloaded.fetch_sub(1, Ordering::AcqRel);
-                });
-            if spawned.is_ok() {
-                return;
-            }
-            self.offloaded.fetch_sub(1, Ordering::AcqRel);
-            if let Some(f) = job.lock().take() {
-                guarded(op, || f(self));
-            }
-            return;
-        }
         if long {
-            self.offloaded.fetch_sub(1, Ordering::AcqRel);
+            let me = self.clone();
+            let job: crate::pool::Job = Box::new(move || guarded(op, || f(&me)));
+            match self.long_ops.submit(job) {
+                Ok(()) => return,
+                // No thread could be started: run it here.
+                Err(job) => return job(),
+            }
         }
         guarded(op, || f(self));
     }
@@ -560,8 +652,7 @@ impl Inner {
     fn reply_entry(&self, parent: u64, node: NodeRef, reply: ReplyEntry) {
         match self.ovl.getattr(&node) {
             Ok(a) => {
-                let dir_parent = (a.kind == FileKind::Directory).then_some(parent);
-                let (id, generation) = self.table.remember(node, dir_parent);
+                let (id, generation) = self.remember(node, parent);
                 reply.entry(&self.ttl(), &self.to_attr(id, &a), Generation(generation));
             }
             Err(e) => reply.error(errno("getattr", &e)),
@@ -655,6 +746,9 @@ impl Inner {
                 .ovl
                 .link(&n, &p, newname)
                 .map_err(|e| errno("link", &e))?;
+            if was_lower {
+                self.check_split(ino, &n);
+            }
             Ok::<_, Errno>((linked, was_lower))
         })();
         match r {
@@ -673,10 +767,20 @@ impl Inner {
 
     fn unlink(&self, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         match self.node(parent) {
-            Ok(p) => match self.ovl.unlink(&p, name) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("unlink", &e)),
-            },
+            Ok(p) => {
+                // The kernel holds the name, so this is the engine's live child (cheap).
+                let victim = self.ovl.lookup(&p, name).ok();
+                match self.ovl.unlink(&p, name) {
+                    Ok(()) => {
+                        // Before the reply: the kernel may send the next request at once.
+                        if let Some(v) = victim {
+                            self.table.unlinked(&v);
+                        }
+                        reply.ok();
+                    }
+                    Err(e) => reply.error(errno("unlink", &e)),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -717,15 +821,24 @@ impl Inner {
             (Ok(p), Ok(np)) => (p, np),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
+        let victim = if f.contains(RenameFlags::EXCHANGE) {
+            None
+        } else {
+            self.ovl.lookup(&np, newname).ok()
+        };
         match self.ovl.rename(&p, name, &np, newname, f) {
             Ok(()) => {
-                reply.ok();
-                // Keep the table's engine nodes current for the moved object(s), and the
-                // parent of a moved directory (for "..").
+                // Before the reply (the kernel may send the next request at once): keep the
+                // table's engine nodes current for the moved object(s), and the parent of a
+                // moved directory (for "..").
+                if let Some(v) = victim {
+                    self.table.unlinked(&v);
+                }
                 self.refresh_name(newparent, &np, newname);
                 if f.contains(RenameFlags::EXCHANGE) {
                     self.refresh_name(parent, &p, name);
                 }
+                reply.ok();
             }
             Err(e) => reply.error(errno("rename", &e)),
         }
@@ -733,8 +846,7 @@ impl Inner {
 
     fn refresh_name(&self, parent: u64, p: &NodeRef, name: &OsStr) {
         if let Ok(n) = self.ovl.lookup(p, name) {
-            let dir_parent = (n.kind() == FileKind::Directory).then_some(parent);
-            self.table.refresh(n, dir_parent);
+            self.table.refresh(n, parent);
         }
     }
 
@@ -745,6 +857,13 @@ impl Inner {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        // An open upper copy answers without resolving the name in the layer.
+        if let Some(f) = self.table.upper_file(ino) {
+            if let Ok(md) = f.metadata() {
+                let a = attr_from_metadata(&md, n.ino());
+                return reply.attr(&self.ttl(), &self.to_attr(ino, &a));
+            }
+        }
         match self.ovl.getattr(&n) {
             Ok(a) => reply.attr(&self.ttl(), &self.to_attr(ino, &a)),
             Err(e) => {
@@ -803,8 +922,27 @@ impl Inner {
         if changes == SetAttr::default() {
             return self.getattr(ino, fh, reply);
         }
+        if changes.size.is_none() {
+            if let Some(f) = self.table.upper_file(ino) {
+                // The file is open and in the upper layer: change it through the open file
+                // (no copy-up needed), in the engine's order.
+                return match setattr_fd(&f, &changes) {
+                    Ok(md) => {
+                        let a = attr_from_metadata(&md, n.ino());
+                        reply.attr(&self.ttl(), &self.to_attr(ino, &a))
+                    }
+                    Err(e) => reply.error(rustix_errno("setattr", e)),
+                };
+            }
+        }
+        let was_lower = n.is_lower_only();
         match self.ovl.setattr(&n, &changes) {
-            Ok(a) => reply.attr(&self.ttl(), &self.to_attr(ino, &a)),
+            Ok(a) => {
+                if was_lower {
+                    self.check_split(ino, &n);
+                }
+                reply.attr(&self.ttl(), &self.to_attr(ino, &a))
+            }
             Err(e) if e.is_not_found() && size.is_some() && fh.is_some() => {
                 // ftruncate of an open file whose name is gone.
                 let of = fh.and_then(|fh| self.files.get(fh));
@@ -893,13 +1031,33 @@ impl Inner {
         if !self.cfg.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.node(ino).and_then(|n| {
-            self.ovl
-                .getxattr(&n, name)
-                .map_err(|e| errno("getxattr", &e))
-        }) {
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        // The kernel asks for security.capability before every write and for the ACLs of
+        // every inode it checks permissions on; remember which of them a file lacks. Every
+        // change of them goes through setxattr/removexattr here (which forget it), copy-up
+        // copies them unchanged, and chown or a write can only remove a capability.
+        let cached = CachedXattr::from_name(name.as_bytes()).filter(|_| !self.ttl().is_zero());
+        let mut epoch = None;
+        if let Some(x) = cached {
+            match self.table.xattr_absent(ino, &n, x) {
+                Ok(()) => return reply.error(Errno::ENODATA),
+                Err(e) => epoch = e,
+            }
+        }
+        match self.ovl.getxattr(&n, name) {
             Ok(v) => reply_xattr(reply, size, &v),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                let code = errno("getxattr", &e);
+                if code == Errno::ENODATA {
+                    if let (Some(x), Some(epoch)) = (cached, epoch) {
+                        self.table.set_xattr_absent(ino, &n, x, epoch);
+                    }
+                }
+                reply.error(code)
+            }
         }
     }
 
@@ -928,11 +1086,19 @@ impl Inner {
             return reply.error(Errno::ENOSYS);
         }
         match self.node(ino).and_then(|n| {
+            let was_lower = n.is_lower_only();
             self.ovl
                 .setxattr(&n, name, value, flags)
-                .map_err(|e| errno("setxattr", &e))
+                .map_err(|e| errno("setxattr", &e))?;
+            if was_lower {
+                self.check_split(ino, &n);
+            }
+            Ok(())
         }) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.table.clear_xattr_absent(ino);
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -942,11 +1108,19 @@ impl Inner {
             return reply.error(Errno::ENOSYS);
         }
         match self.node(ino).and_then(|n| {
+            let was_lower = n.is_lower_only();
             self.ovl
                 .removexattr(&n, name)
-                .map_err(|e| errno("removexattr", &e))
+                .map_err(|e| errno("removexattr", &e))?;
+            if was_lower {
+                self.check_split(ino, &n);
+            }
+            Ok(())
         }) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.table.clear_xattr_absent(ino);
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -974,7 +1148,7 @@ impl Inner {
         &self,
         nodeid: u64,
         upper_file: bool,
-        file: &File,
+        file: &Arc<File>,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> (IoMode, FopenFlags, Option<Arc<BackingId>>) {
         let want_pt = upper_file && self.passthrough.load(Ordering::Relaxed);
@@ -984,6 +1158,9 @@ impl Inner {
             FopenFlags::FOPEN_KEEP_CACHE
         };
         let decided = self.table.with_io(nodeid, |io| {
+            if upper_file && io.upper_file.is_none() {
+                io.upper_file = Some(file.clone());
+            }
             // Passthrough opens of this inode are live: every further open must share the
             // backing (the kernel refuses anything else). Only upper files ever get one.
             if upper_file && io.passthrough > 0 {
@@ -1044,14 +1221,29 @@ impl Inner {
             }
             Err(e) => return reply.error(errno("open", &e)),
         };
-        let from_lower = node.is_lower_only();
-        let upper_file = !from_lower && node.kind() == FileKind::File;
+        // A write-open always gets the upper file (the engine copies up first). A read-only
+        // open of a file that was lower-only may have got either copy if a copy-up raced
+        // with it: count it as lower (never written through; reads switch to the upper copy).
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let from_lower = if writes {
+            false
+        } else {
+            was_lower || node.is_lower_only()
+        };
+        // A lower hard link split by this copy-up: the kernel's inode `ino` now stands for
+        // the other names (still lower), so this open goes through the daemon.
+        let split = was_lower && writes && self.table.nodeid_of(node.ino()) != ino;
+        if split {
+            self.check_split(ino, &node);
+        }
+        let upper_file = !from_lower && !split && node.kind() == FileKind::File;
+        let file = Arc::new(file);
         let (mode, fopen, backing) =
             self.choose_io(ino, upper_file, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: ino,
             node,
-            file: RwLock::new(Arc::new(file)),
+            file: RwLock::new(file),
             from_lower: AtomicBool::new(from_lower),
             mode,
         });
@@ -1086,19 +1278,24 @@ impl Inner {
                 .ovl
                 .create(&p, name, mode & 0o7777, real, owner)
                 .map_err(|e| errno("create", &e))?;
-            let a = self.ovl.getattr(&node).map_err(|e| errno("create", &e))?;
+            // The new file is an upper file: its attributes are those of the open file.
+            let a = match file.metadata() {
+                Ok(md) => attr_from_metadata(&md, node.ino()),
+                Err(_) => self.ovl.getattr(&node).map_err(|e| errno("create", &e))?,
+            };
             Ok::<_, Errno>((node, file, a))
         })();
         let (node, file, a) = match r {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let (id, generation) = self.table.remember(node.clone(), None);
+        let (id, generation) = self.remember(node.clone(), parent);
+        let file = Arc::new(file);
         let (mode, fopen, backing) = self.choose_io(id, true, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: id,
             node,
-            file: RwLock::new(Arc::new(file)),
+            file: RwLock::new(file),
             from_lower: AtomicBool::new(false),
             mode,
         });
@@ -1208,6 +1405,16 @@ impl Inner {
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(io_errno("fsync", &e)),
+        }
+    }
+
+    fn fsyncdir(&self, fh: u64, datasync: bool, reply: ReplyEmpty) {
+        let Some(d) = self.dirs.get(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        match self.ovl.fsync_dir(&d.node, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", &e)),
         }
     }
 
@@ -1344,6 +1551,7 @@ impl Inner {
         };
         let parent = self.table.parent_of(d.nodeid).unwrap_or(d.nodeid);
         let total = entries.len() as u64 + 2;
+        let mut sent = offset;
         for i in offset..total {
             let full = match i {
                 0 => reply.add(INodeNo(d.nodeid), 1, FileType::Directory, "."),
@@ -1361,8 +1569,19 @@ impl Inner {
             if full {
                 break;
             }
+            sent = i + 1;
         }
-        reply.ok()
+        reply.ok();
+        // Entries listed without attributes are usually stat'ed next: resolve them ahead.
+        let from = offset.max(2) as usize - 2;
+        let to = (sent.max(2) as usize - 2).min(entries.len());
+        if from < to {
+            self.prefetch.submit(Job {
+                dir: d.node.clone(),
+                entries,
+                range: from..to,
+            });
+        }
     }
 
     fn readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
@@ -1407,9 +1626,8 @@ impl Inner {
             let Ok(a) = self.ovl.getattr(&node) else {
                 continue;
             };
-            let dir_parent = (a.kind == FileKind::Directory).then_some(d.nodeid);
             // Count the lookup first; undo it if the entry does not fit.
-            let (id, generation) = self.table.remember(node, dir_parent);
+            let (id, generation) = self.remember(node, d.nodeid);
             let attr = self.to_attr(id, &a);
             if reply.add(
                 INodeNo(id),
@@ -1496,6 +1714,43 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
+/// Apply `changes` (no size change) to an open real file, in the engine's order (owner
+/// first: chown clears the set-ID bits, then the mode, then the times), and `fstat` it.
+fn setattr_fd(f: &File, c: &SetAttr) -> Result<std::fs::Metadata, rustix::io::Errno> {
+    use rustix::fs::{Gid, Mode, Timespec, Timestamps, Uid};
+    if c.uid.is_some() || c.gid.is_some() {
+        rustix::fs::fchown(f, c.uid.map(Uid::from_raw), c.gid.map(Gid::from_raw))?;
+    }
+    if let Some(m) = c.mode {
+        rustix::fs::fchmod(f, Mode::from_raw_mode(m & 0o7777))?;
+    }
+    if c.atime.is_some() || c.mtime.is_some() {
+        let ts = |t: Option<TimeSet>| match t {
+            None => Timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT as _,
+            },
+            Some(TimeSet::Now) => Timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW as _,
+            },
+            Some(TimeSet::At(t)) => Timespec {
+                tv_sec: t.sec,
+                tv_nsec: t.nsec as _,
+            },
+        };
+        rustix::fs::futimens(
+            f,
+            &Timestamps {
+                last_access: ts(c.atime),
+                last_modification: ts(c.mtime),
+            },
+        )?;
+    }
+    f.metadata()
+        .map_err(|e| rustix::io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
 /// Attributes of an open file whose name is gone, from `fstat` of the real file.
 fn attr_from_metadata(md: &std::fs::Metadata, ino: u64) -> Attr {
     let mode = md.mode();
@@ -1533,6 +1788,22 @@ fn needs_copy_up_of_data(node: &NodeRef) -> bool {
     node.kind() == FileKind::File && node.is_lower_only()
 }
 
+/// Copy-ups of files up to this size run on the request's worker: handing them to the
+/// long-operation pool costs a thread wake-up (about as long as copying a small file).
+const SHORT_COPY_UP: u64 = 1 << 20;
+
+impl Inner {
+    /// True when an operation on `node` may copy a big file up (so it should not hold a
+    /// fuser worker).
+    fn long_copy_up(&self, node: &NodeRef) -> bool {
+        needs_copy_up_of_data(node)
+            && self
+                .ovl
+                .getattr(node)
+                .map_or(true, |a| a.size > SHORT_COPY_UP)
+    }
+}
+
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.inner.negotiate(config);
@@ -1540,8 +1811,9 @@ impl Filesystem for OverlayFs {
     }
 
     fn destroy(&mut self) {
-        // Stop the notify thread.
+        // Stop the notify and prefetch threads.
         self.inner.notify_tx.lock().take();
+        self.inner.prefetch.stop();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -1583,7 +1855,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         self.inner.offload("setattr", long, move |i| {
             i.setattr(
                 ino.0,
@@ -1668,7 +1940,7 @@ impl Filesystem for OverlayFs {
             self.inner
                 .ovl
                 .lookup(&p, name)
-                .is_ok_and(|n| needs_copy_up_of_data(&n))
+                .is_ok_and(|n| self.inner.long_copy_up(&n))
         });
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
         self.inner.offload("rename", long, move |i| {
@@ -1688,7 +1960,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         let newname = newname.to_os_string();
         self.inner.offload("link", long, move |i| {
             i.link(ino.0, newparent.0, &newname, reply)
@@ -1702,7 +1974,7 @@ impl Filesystem for OverlayFs {
             Err(e) => return reply.error(e),
         };
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let long = writes && flags & libc::O_TRUNC == 0 && needs_copy_up_of_data(&node);
+        let long = writes && flags & libc::O_TRUNC == 0 && self.inner.long_copy_up(&node);
         self.inner
             .offload("open", long, move |i| i.open(ino.0, node, flags, reply))
     }
@@ -1746,8 +2018,10 @@ impl Filesystem for OverlayFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reach the real file synchronously; nothing is buffered here.
-        reply.ok()
+        // Writes reach the real file synchronously and locks are the kernel's, so there is
+        // nothing to do on close. ENOSYS makes the kernel stop sending FLUSH for this mount
+        // (one round trip less per close(); it still writes back its dirty pages first).
+        reply.error(Errno::ENOSYS)
     }
 
     fn release(
@@ -1783,12 +2057,15 @@ impl Filesystem for OverlayFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // The engine has no directory sync yet; ENOSYS makes the kernel stop asking.
-        reply.error(Errno::ENOSYS)
+        if !self.inner.cfg.fsync {
+            return reply.error(Errno::ENOSYS);
+        }
+        self.inner
+            .offload("fsyncdir", true, move |i| i.fsyncdir(fh.0, datasync, reply))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1851,7 +2128,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         let (name, value) = (name.to_os_string(), value.to_vec());
         self.inner.offload("setxattr", long, move |i| {
             i.setxattr(ino.0, &name, &value, flags, reply)
@@ -1871,7 +2148,7 @@ impl Filesystem for OverlayFs {
             .inner
             .table
             .get(ino.0)
-            .is_some_and(|n| needs_copy_up_of_data(&n));
+            .is_some_and(|n| self.inner.long_copy_up(&n));
         let name: OsString = name.to_os_string();
         self.inner.offload("removexattr", long, move |i| {
             i.removexattr(ino.0, &name, reply)

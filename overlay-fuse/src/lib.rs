@@ -27,7 +27,8 @@
 //! Performance: multi-threaded session with cloned fds, PARALLEL_DIROPS, READDIRPLUS (auto),
 //! ATOMIC_O_TRUNC, CACHE_SYMLINKS, long entry/attr TTLs with negative entries and kernel
 //! directory caching, writeback cache, and FUSE passthrough for upper files when the daemon
-//! has CAP_SYS_ADMIN in the initial user namespace (see [`fs`] for the copy-up rule).
+//! has CAP_SYS_ADMIN in the initial user namespace (see [`fs`] for the copy-up rule and the
+//! round-trip savings); a bounded inode table (`max_inodes=`).
 #![warn(missing_docs)]
 
 pub mod daemon;
@@ -36,6 +37,8 @@ pub mod fs;
 pub mod idmap;
 pub mod mount;
 pub mod options;
+mod pool;
+mod prefetch;
 mod sys;
 pub mod table;
 

@@ -38,6 +38,7 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      writeback=0     no writeback cache;  passthrough=0  no FUSE passthrough
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
      threads=N       FUSE worker threads
+     max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
      allow_other, allow_root, default_permissions, ...
 Logging: RUST_LOG (e.g. RUST_LOG=debug); OVL_FUSE_LOG_FILE=PATH keeps daemon logs.";
@@ -369,6 +370,7 @@ fn apply_option(
             }
             req.threads = Some(n);
         }
+        "max_inodes" => req.fs.max_inodes = parse_num(key, &need(value)?)?,
         "threaded" => {} // fuse-overlayfs C option; always multi-threaded here.
         "debug" => {
             req.debug = true;
@@ -521,12 +523,13 @@ mod tests {
     #[test]
     fn squash_uid_overrides_root() {
         let m = mount(&[
-            "-olowerdir=/l,squash_to_root,squash_to_uid=5,timeout=0,threads=3",
+            "-olowerdir=/l,squash_to_root,squash_to_uid=5,timeout=0,threads=3,max_inodes=1000",
             "/m",
         ]);
         assert_eq!(m.fs.ids.squash_uid, Some(5));
         assert_eq!(m.fs.ids.squash_gid, Some(0));
         assert!(m.fs.timeout.is_zero());
         assert_eq!(m.threads, Some(3));
+        assert_eq!(m.fs.max_inodes, 1000);
     }
 }

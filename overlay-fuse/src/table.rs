@@ -11,9 +11,15 @@
 //! kernel.
 //!
 //! The table is sharded; shard locks are leaf locks, never held across engine calls.
+//!
+//! The kernel keeps dentries (and with them our entries and the engine's nodes) for as long
+//! as it has memory to spare, so the table alone would grow with every name ever looked up.
+//! It therefore has a soft capacity: beyond it, [`InodeTable::cold_entries`] picks entries
+//! not used since the last sweep (a clock algorithm), and the filesystem asks the kernel to
+//! drop their dentries (`inval_entry`); the kernel's FORGETs then free them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuser::BackingId;
@@ -39,6 +45,9 @@ pub struct IoState {
     /// Passthrough writes bypassed the FUSE page cache at some point, so cached opens must
     /// not keep it.
     pub had_passthrough: bool,
+    /// An open upper copy of the file, while any open of it is live: attributes are read and
+    /// changed through it (`fstat`, `fchmod`, ...) instead of by name.
+    pub upper_file: Option<Arc<std::fs::File>>,
 }
 
 /// The I/O mode an open file was given (recorded so that release undoes the right count).
@@ -52,16 +61,53 @@ pub enum IoMode {
 
 #[derive(Debug)]
 struct Entry {
-    /// The newest engine node the kernel reached this inode through.
     node: NodeRef,
-    /// Other names of the same inode (hard links) the kernel reached it through, so that a
-    /// name removed by unlink or rename-over does not take the inode down with it.
-    aliases: Vec<NodeRef>,
     lookups: u64,
     generation: u64,
-    /// Parent node id (directories only; 0 when unknown).
+    /// Parent node id of the name `node` has (0 when unknown). For a hard link: the parent
+    /// of the name last looked up.
     parent: u64,
+    /// Used since the last eviction sweep.
+    referenced: bool,
+    /// Chosen for eviction; its invalidation was sent (not chosen again until used).
+    evicting: bool,
     io: IoState,
+    /// Bits of [`CachedXattr`] names known to be absent on `node` (see
+    /// [`InodeTable::xattr_absent`]).
+    xattr_absent: u8,
+    /// Bumped whenever the xattrs of the inode change through this mount.
+    xattr_epoch: u32,
+    /// Further names (hard links) of the inode the kernel looked up; `node` falls back to
+    /// one of them when its own name is removed.
+    links: Vec<(NodeRef, u64)>,
+}
+
+/// Hard-link names remembered per inode.
+const MAX_LINKS: usize = 8;
+
+/// Extended attributes whose absence the table remembers per inode: the kernel asks for
+/// them on every write (`security.capability`, to drop capabilities) and on permission
+/// checks of each new inode (the ACLs), and most files have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachedXattr {
+    /// `security.capability`.
+    Capability = 1,
+    /// `system.posix_acl_access`.
+    AclAccess = 2,
+    /// `system.posix_acl_default`.
+    AclDefault = 4,
+}
+
+impl CachedXattr {
+    /// The cached attribute of this name, if it is one.
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        match name {
+            b"security.capability" => Some(CachedXattr::Capability),
+            b"system.posix_acl_access" => Some(CachedXattr::AclAccess),
+            b"system.posix_acl_default" => Some(CachedXattr::AclDefault),
+            _ => None,
+        }
+    }
 }
 
 /// The table of node ids the kernel knows.
@@ -70,11 +116,25 @@ pub struct InodeTable {
     shards: Box<[Mutex<HashMap<u64, Entry>>]>,
     root_engine_ino: u64,
     next_generation: AtomicU64,
+    /// Entries held.
+    count: AtomicUsize,
+    /// Soft capacity (0: unbounded).
+    capacity: usize,
+    /// An eviction sweep is queued or running.
+    evicting: AtomicBool,
+    /// Shard where the next sweep starts.
+    cursor: AtomicUsize,
 }
 
 impl InodeTable {
-    /// A table holding `root` as node id 1.
+    /// A table holding `root` as node id 1, with no capacity limit.
     pub fn new(root: NodeRef) -> Self {
+        Self::with_capacity(root, 0)
+    }
+
+    /// A table holding `root` as node id 1 that asks for eviction beyond `capacity` entries
+    /// (0: never).
+    pub fn with_capacity(root: NodeRef, capacity: usize) -> Self {
         let root_engine_ino = root.ino();
         let shards = (0..SHARDS)
             .map(|_| Mutex::new(HashMap::new()))
@@ -84,16 +144,24 @@ impl InodeTable {
             shards,
             root_engine_ino,
             next_generation: AtomicU64::new(1),
+            count: AtomicUsize::new(1),
+            capacity,
+            evicting: AtomicBool::new(false),
+            cursor: AtomicUsize::new(0),
         };
         t.shard(ROOT_ID).lock().insert(
             ROOT_ID,
             Entry {
                 node: root,
-                aliases: Vec::new(),
                 lookups: 1,
                 generation: 0,
                 parent: ROOT_ID,
+                referenced: true,
+                evicting: false,
                 io: IoState::default(),
+                xattr_absent: 0,
+                xattr_epoch: 0,
+                links: Vec::new(),
             },
         );
         t
@@ -116,47 +184,40 @@ impl InodeTable {
         }
     }
 
-    /// The engine node of a node id the kernel knows: a name of the inode still in the tree
-    /// when there is one (hard links), else the newest one.
+    /// The engine node of a node id the kernel knows (marks the entry used).
     pub fn get(&self, nodeid: u64) -> Option<NodeRef> {
-        let mut shard = self.shard(nodeid).lock();
-        let e = shard.get_mut(&nodeid)?;
-        if e.node.is_removed() {
-            if let Some(i) = e.aliases.iter().position(|n| !n.is_removed()) {
-                std::mem::swap(&mut e.node, &mut e.aliases[i]);
-            }
-            e.aliases.retain(|n| !n.is_removed());
-        }
-        Some(e.node.clone())
-    }
-
-    /// Make `node` the current name of `e`, keeping the previous one as an alias when it is a
-    /// different, still linked name of the same inode.
-    fn set_node(e: &mut Entry, node: NodeRef) {
-        if Arc::ptr_eq(&e.node, &node) {
-            return;
-        }
-        e.aliases
-            .retain(|n| !Arc::ptr_eq(n, &node) && !n.is_removed());
-        let old = std::mem::replace(&mut e.node, node);
-        if !old.is_removed() {
-            e.aliases.push(old);
-        }
+        self.shard(nodeid).lock().get_mut(&nodeid).map(|e| {
+            e.referenced = true;
+            e.evicting = false;
+            e.node.clone()
+        })
     }
 
     /// Record one kernel lookup of `node` (a lookup, create, mkdir, ... reply or a
-    /// readdirplus entry). The newest engine node replaces an older one for the same inode.
-    /// `parent` is recorded for directories. Returns (node id, generation).
-    pub fn remember(&self, node: NodeRef, parent: Option<u64>) -> (u64, u64) {
+    /// readdirplus entry), reached as a name in directory `parent`. The newest engine node
+    /// replaces an older one for the same inode. Returns (node id, generation).
+    pub fn remember(&self, node: NodeRef, parent: u64) -> (u64, u64) {
         let nodeid = self.nodeid_of(node.ino());
         let mut shard = self.shard(nodeid).lock();
         match shard.get_mut(&nodeid) {
             Some(e) => {
                 e.lookups += 1;
-                Self::set_node(e, node);
-                if let Some(p) = parent {
-                    e.parent = p;
+                e.referenced = true;
+                e.evicting = false;
+                if !Arc::ptr_eq(&e.node, &node) {
+                    e.xattr_absent = 0;
+                    e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+                    // Another name of the same inode (a hard link): keep the old one too,
+                    // unless a copy-up split it off (it has another number now).
+                    e.links.retain(|(n, _)| !Arc::ptr_eq(n, &node));
+                    let old = std::mem::replace(&mut e.node, node.clone());
+                    let same_inode = old.ino() == node.ino();
+                    if same_inode && e.links.len() < MAX_LINKS {
+                        e.links.push((old, e.parent));
+                    }
                 }
+                e.node = node;
+                e.parent = parent;
                 (nodeid, e.generation)
             }
             None => {
@@ -165,27 +226,79 @@ impl InodeTable {
                     nodeid,
                     Entry {
                         node,
-                        aliases: Vec::new(),
                         lookups: 1,
                         generation,
-                        parent: parent.unwrap_or(0),
+                        parent,
+                        referenced: true,
+                        evicting: false,
                         io: IoState::default(),
+                        xattr_absent: 0,
+                        xattr_epoch: 0,
+                        links: Vec::new(),
                     },
                 );
+                self.count.fetch_add(1, Ordering::Relaxed);
                 (nodeid, generation)
             }
         }
     }
 
     /// Replace the engine node of a known inode (after a rename) without counting a lookup.
-    pub fn refresh(&self, node: NodeRef, parent: Option<u64>) {
+    pub fn refresh(&self, node: NodeRef, parent: u64) {
         let nodeid = self.nodeid_of(node.ino());
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
-            Self::set_node(e, node);
-            if let Some(p) = parent {
-                e.parent = p;
+            if !Arc::ptr_eq(&e.node, &node) {
+                e.xattr_absent = 0;
+                e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+            }
+            e.node = node;
+            e.parent = parent;
+        }
+    }
+
+    /// The name of `node` was removed (unlink, or replaced by a rename): if the inode has
+    /// another known name, the entry switches to it, so operations on the inode keep working
+    /// through its remaining links.
+    pub fn unlinked(&self, node: &NodeRef) {
+        let nodeid = self.nodeid_of(node.ino());
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            e.links.retain(|(n, _)| !Arc::ptr_eq(n, node));
+            if Arc::ptr_eq(&e.node, node) {
+                if let Some((n, p)) = e.links.pop() {
+                    e.node = n;
+                    e.parent = p;
+                    e.xattr_absent = 0;
+                    e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+                }
             }
         }
+    }
+
+    /// `node` no longer is a name of inode `nodeid`: a copy-up split a lower hard link and
+    /// gave the name the upper inode's number. The entry switches to another name if it has
+    /// one. Returns the parent node id of `node`'s name, if the entry knew it.
+    pub fn split(&self, nodeid: u64, node: &NodeRef) -> Option<u64> {
+        let mut shard = self.shard(nodeid).lock();
+        let e = shard.get_mut(&nodeid)?;
+        let mut parent = None;
+        e.links.retain(|(n, p)| {
+            if Arc::ptr_eq(n, node) {
+                parent = Some(*p);
+                false
+            } else {
+                true
+            }
+        });
+        if Arc::ptr_eq(&e.node, node) {
+            parent = Some(e.parent);
+            if let Some((n, p)) = e.links.pop() {
+                e.node = n;
+                e.parent = p;
+                e.xattr_absent = 0;
+                e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+            }
+        }
+        parent.filter(|p| *p != 0)
     }
 
     /// Drop `n` kernel lookups; the entry goes when none remain. The root stays.
@@ -198,7 +311,47 @@ impl InodeTable {
             e.lookups = e.lookups.saturating_sub(n);
             if e.lookups == 0 {
                 shard.remove(&nodeid);
+                self.count.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// `Ok` when `x` is known to be absent on `node` (the engine node `nodeid` maps to);
+    /// otherwise the epoch to pass to [`InodeTable::set_xattr_absent`] after asking the
+    /// engine (`None` when the node id is unknown or maps to another node).
+    pub fn xattr_absent(
+        &self,
+        nodeid: u64,
+        node: &NodeRef,
+        x: CachedXattr,
+    ) -> Result<(), Option<u32>> {
+        match self.shard(nodeid).lock().get(&nodeid) {
+            Some(e) if Arc::ptr_eq(&e.node, node) => {
+                if e.xattr_absent & x as u8 != 0 {
+                    Ok(())
+                } else {
+                    Err(Some(e.xattr_epoch))
+                }
+            }
+            _ => Err(None),
+        }
+    }
+
+    /// Remember that `x` is absent on `node`, unless `nodeid` maps to another node now or
+    /// its xattrs changed since `epoch` was read.
+    pub fn set_xattr_absent(&self, nodeid: u64, node: &NodeRef, x: CachedXattr, epoch: u32) {
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            if Arc::ptr_eq(&e.node, node) && e.xattr_epoch == epoch {
+                e.xattr_absent |= x as u8;
+            }
+        }
+    }
+
+    /// Forget what is known about the xattrs of `nodeid` (after it set or removed one).
+    pub fn clear_xattr_absent(&self, nodeid: u64) {
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            e.xattr_absent = 0;
+            e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
         }
     }
 
@@ -221,20 +374,86 @@ impl InodeTable {
 
     /// Undo the count of one released open.
     pub fn release_io(&self, nodeid: u64, mode: IoMode) {
-        self.with_io(nodeid, |io| match mode {
-            IoMode::Cached => io.cached = io.cached.saturating_sub(1),
-            IoMode::Passthrough => {
-                io.passthrough = io.passthrough.saturating_sub(1);
-                if io.passthrough == 0 {
-                    io.backing = None;
+        self.with_io(nodeid, |io| {
+            match mode {
+                IoMode::Cached => io.cached = io.cached.saturating_sub(1),
+                IoMode::Passthrough => {
+                    io.passthrough = io.passthrough.saturating_sub(1);
+                    if io.passthrough == 0 {
+                        io.backing = None;
+                    }
                 }
+            }
+            if io.cached == 0 && io.passthrough == 0 {
+                io.upper_file = None;
             }
         });
     }
 
-    /// Number of inodes the table holds (for tests and diagnostics).
+    /// The open upper copy of an inode, if an open of one is live.
+    pub fn upper_file(&self, nodeid: u64) -> Option<Arc<std::fs::File>> {
+        self.shard(nodeid)
+            .lock()
+            .get(&nodeid)
+            .and_then(|e| e.io.upper_file.clone())
+    }
+
+    /// Number of inodes the table holds.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True when the table is over its capacity and no sweep is under way; the caller must
+    /// then run [`InodeTable::cold_entries`] and [`InodeTable::end_eviction`].
+    pub fn begin_eviction(&self) -> bool {
+        self.capacity != 0
+            && self.len() > self.capacity
+            && !self.evicting.swap(true, Ordering::AcqRel)
+    }
+
+    /// Allow the next sweep.
+    pub fn end_eviction(&self) {
+        self.evicting.store(false, Ordering::Release);
+    }
+
+    /// Pick up to `want` entries not used since the last sweep (clock algorithm: used ones
+    /// lose their mark and are passed over), skipping the root and inodes with open files.
+    /// Returns each with the parent node id its name lives in.
+    pub fn cold_entries(&self, want: usize) -> Vec<(u64, NodeRef)> {
+        let mut out = Vec::new();
+        let start = self.cursor.load(Ordering::Relaxed);
+        // Two passes: the first may only clear marks.
+        for step in 0..2 * SHARDS {
+            if out.len() >= want {
+                break;
+            }
+            let i = (start + step) % SHARDS;
+            self.cursor.store((i + 1) % SHARDS, Ordering::Relaxed);
+            let mut shard = self.shards[i].lock();
+            for (id, e) in shard.iter_mut() {
+                if out.len() >= want {
+                    break;
+                }
+                if *id == ROOT_ID || e.evicting || e.parent == 0 {
+                    continue;
+                }
+                if e.io.cached > 0 || e.io.passthrough > 0 {
+                    continue;
+                }
+                if e.referenced {
+                    e.referenced = false;
+                    continue;
+                }
+                e.evicting = true;
+                out.push((e.parent, e.node.clone()));
+            }
+        }
+        out
+    }
+
+    /// The soft capacity (0: unbounded).
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Never true: the root is always there.

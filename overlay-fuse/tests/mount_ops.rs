@@ -381,6 +381,231 @@ fn forget_bounds_the_inode_table() {
 }
 
 #[test]
+fn max_inodes_evicts_cold_inodes() {
+    if !can_mount("max_inodes_evicts_cold_inodes") {
+        return;
+    }
+    let l = Layers::new(1);
+    for d in 0..4 {
+        for i in 0..500 {
+            put(l.lower().join(format!("d{d}/f{i}")), b"x");
+        }
+    }
+    let cfg = FsConfig {
+        max_inodes: 400,
+        ..FsConfig::default()
+    };
+    let m = InProcess::new(&l, cfg);
+    // Stat everything twice: the second walk must see the same attributes after the
+    // evictions in between.
+    let walk = || {
+        let mut seen = Vec::new();
+        for d in 0..4 {
+            for e in fs::read_dir(l.mnt.join(format!("d{d}"))).unwrap() {
+                let p = e.unwrap().path();
+                let md = fs::symlink_metadata(&p).unwrap();
+                seen.push((p, md.ino(), md.len()));
+            }
+        }
+        seen.sort();
+        seen
+    };
+    let first = walk();
+    assert_eq!(first.len(), 2000);
+    // The kernel forgets the evicted inodes asynchronously.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = m.stats().inodes;
+        if now <= 400 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "inode table holds {now} with max_inodes=400"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(walk(), first, "attributes changed after eviction");
+    m.unmount();
+}
+
+#[test]
+fn prefetched_entries_stay_correct() {
+    if !can_mount("prefetched_entries_stay_correct") {
+        return;
+    }
+    let l = Layers::new(2);
+    // Long names: the kernel reads the first chunk with attributes and the rest without,
+    // which the daemon prefetches.
+    let name = |i: usize| format!("{i:04}-{}", "n".repeat(200));
+    for i in 0..1500 {
+        put(l.lowers[1].join("big").join(name(i)), b"bottom");
+    }
+    for i in (0..1500).step_by(3) {
+        put(l.lowers[0].join("big").join(name(i)), b"top!");
+    }
+    let m = InProcess::new(&l, FsConfig::default());
+    let big = l.mnt.join("big");
+    let names: Vec<_> = fs::read_dir(&big)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), 1500);
+    let end = Instant::now() + Duration::from_secs(20);
+    while m.stats().prefetched == 0 {
+        assert!(Instant::now() < end, "nothing was prefetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Change some names after the prefetch: lookups must see the changes.
+    fs::remove_file(big.join(name(1))).unwrap();
+    fs::write(big.join(name(2)), b"changed").unwrap();
+    fs::rename(big.join(name(4)), big.join("renamed")).unwrap();
+    for i in 0..1500 {
+        let p = big.join(name(i));
+        let want: Option<u64> = match i {
+            1 | 4 => None,
+            2 => Some(7),
+            _ if i % 3 == 0 => Some(4),
+            _ => Some(6),
+        };
+        match (fs::symlink_metadata(&p), want) {
+            (Ok(md), Some(len)) => assert_eq!(md.len(), len, "{i}"),
+            (Err(e), None) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{i}"),
+            (r, w) => panic!("{i}: got {r:?}, want size {w:?}"),
+        }
+    }
+    assert_eq!(fs::read(big.join("renamed")).unwrap(), b"bottom");
+    m.unmount();
+}
+
+#[test]
+fn hard_links_survive_removal_of_one_name() {
+    if !can_mount("hard_links_survive_removal_of_one_name") {
+        return;
+    }
+    let l = Layers::new(1);
+    put(l.lower().join("a"), b"x");
+    put(l.lower().join("b"), b"y");
+    let m = InProcess::new(&l, FsConfig::default());
+    let (a, c) = (l.mnt.join("a"), l.mnt.join("c"));
+    // Remove the newer name: the inode stays usable through the older one.
+    fs::hard_link(&a, &c).unwrap();
+    fs::remove_file(&c).unwrap();
+    xattr_set(&a, "user.t", b"1");
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().mode() & 0o7777, 0o600);
+    // Remove the older name: the same through the newer one.
+    let (b, d) = (l.mnt.join("b"), l.mnt.join("d"));
+    fs::hard_link(&b, &d).unwrap();
+    fs::remove_file(&b).unwrap();
+    xattr_set(&d, "user.t", b"2");
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(fs::read(&d).unwrap(), b"y");
+    m.unmount();
+}
+
+#[test]
+fn copy_up_splits_lower_hard_links() {
+    if !can_mount("copy_up_splits_lower_hard_links") {
+        return;
+    }
+    let l = Layers::new(1);
+    put(l.lower().join("a"), b"shared");
+    fs::hard_link(l.lower().join("a"), l.lower().join("b")).unwrap();
+    let m = InProcess::new(&l, FsConfig::default());
+    let (a, b) = (l.mnt.join("a"), l.mnt.join("b"));
+    // Only `a` is looked up before the write: FUSE opens carry no name, and both names
+    // share one inode number (hence one FUSE inode) until the copy-up splits them.
+    let ino = fs::metadata(&a).unwrap().ino();
+    let mut f = OpenOptions::new().append(true).open(&a).unwrap();
+    f.write_all(b"+a").unwrap();
+    drop(f);
+    // As the kernel overlay: the copied-up name gets the upper inode's number, the other
+    // name keeps the lower file and its number.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let md = fs::metadata(&a).unwrap();
+        if md.ino() != ino {
+            assert_eq!(md.ino(), fs::metadata(l.upper.join("a")).unwrap().ino());
+            break;
+        }
+        assert!(Instant::now() < end, "a still shows the lower inode number");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read(&a).unwrap(), b"shared+a");
+    assert_eq!(fs::read(&b).unwrap(), b"shared");
+    let mb = fs::metadata(&b).unwrap();
+    assert_eq!((mb.ino(), mb.len()), (ino, 6));
+    m.unmount();
+}
+
+fn xattr_set(p: &Path, name: &str, value: &[u8]) {
+    rustix::fs::setxattr(p, name, value, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setxattr {}: {e}", p.display()));
+}
+
+#[test]
+fn attribute_changes_through_an_open_file() {
+    if !can_mount("attribute_changes_through_an_open_file") {
+        return;
+    }
+    let l = Layers::new(1);
+    put(l.lower().join("low"), b"lower");
+    let m = InProcess::new(&l, FsConfig::default());
+    let p = l.mnt.join("f");
+    let f = File::create(&p).unwrap();
+    rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o4751)).unwrap();
+    rustix::fs::fchown(
+        &f,
+        Some(rustix::fs::Uid::from_raw(1234)),
+        Some(rustix::fs::Gid::from_raw(5678)),
+    )
+    .unwrap();
+    let md = fs::metadata(&p).unwrap();
+    // chown clears set-user-ID, as on any Linux filesystem.
+    assert_eq!(md.mode() & 0o7777, 0o751);
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let up = fs::metadata(l.upper.join("f")).unwrap();
+    assert_eq!(
+        (up.mode() & 0o7777, up.uid(), up.gid()),
+        (0o751, 1234, 5678)
+    );
+    let t = rustix::fs::Timespec {
+        tv_sec: 1_000_000,
+        tv_nsec: 5,
+    };
+    rustix::fs::futimens(
+        &f,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_000_000);
+    // An open file whose name is gone can still be changed and stat'ed.
+    fs::remove_file(&p).unwrap();
+    rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+    let st = rustix::fs::fstat(&f).unwrap();
+    assert_eq!(st.st_mode & 0o7777, 0o600);
+    assert_eq!(st.st_nlink, 0);
+    drop(f);
+    // A read-only open of a lower file: chmod copies up, the open file still reads.
+    let low = File::open(l.mnt.join("low")).unwrap();
+    fs::set_permissions(l.mnt.join("low"), fs::Permissions::from_mode(0o604)).unwrap();
+    assert_eq!(
+        fs::metadata(l.upper.join("low")).unwrap().mode() & 0o7777,
+        0o604
+    );
+    let mut s = String::new();
+    (&low).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "lower");
+    drop(low);
+    m.unmount();
+}
+
+#[test]
 fn read_only_without_upper() {
     if !can_mount("read_only_without_upper") {
         return;
