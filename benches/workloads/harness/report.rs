@@ -454,9 +454,9 @@ impl Report {
         let _ = writeln!(
             md,
             "\nMedians of the wall-clock time of the timed command; (×r) is the ratio to the \
-             kernel overlay's median in the same run (lower is better). ⚠: some repetitions \
-             failed or gave a result different from the kernel's (listed below); they are left \
-             out of the median.\n"
+             kernel overlay's median in the same run (lower is better). A ⚠ after a time would \
+             mark a cell where some repetitions failed or gave a result different from the \
+             kernel's (listed below, left out of the median).\n"
         );
         if let Some(svg) = svg_name {
             let _ = writeln!(md, "![ratios to the kernel overlay]({svg})\n");
