@@ -184,7 +184,17 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
     if let Err(e) = signals.thread_block() {
         warn!("cannot block signals: {e}");
     }
-    let overlay = Overlay::new(stack)?;
+    // `fsync=0`/`volatile` mean no syncs to the upper at all, as the kernel's `volatile`:
+    // copy-ups are not fsynced before they are renamed into place either.
+    let options = overlay_core::OverlayOptions {
+        fsync: if req.fs.fsync {
+            overlay_core::FsyncMode::Ordered
+        } else {
+            overlay_core::FsyncMode::Volatile
+        },
+        ..overlay_core::OverlayOptions::default()
+    };
+    let overlay = Overlay::with_options(stack, options)?;
     let config = mount_config(req);
     let mountpoint: &Path = &req.mountpoint;
     let mounted = mount_session(overlay, mountpoint, &config)?;

@@ -33,7 +33,7 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      squash_to_root, squash_to_uid=N, squash_to_gid=N
      static_nlink    directories report st_nlink 1
      noacl           no POSIX ACLs
-     fsync=0, volatile   ignore fsync
+     fsync=0, volatile   no syncs to the upper: fsync is ignored, copy-ups are not fsynced
      timeout=SECS    kernel cache TTL (0 disables caching)
      writeback=0     no writeback cache;  passthrough=0  no FUSE passthrough
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
