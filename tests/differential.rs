@@ -287,8 +287,9 @@ fn regression_copy_up_and_links() {
 /// A file opened read-only before a copy-up reads the copied-up data afterwards: the kernel's
 /// overlay file follows the copy-up (stacked file operations, since 4.19).
 #[test]
-#[ignore = "known engine difference, reported to the lead: Overlay::open returns the real lower \
-            file, which does not follow a later copy-up (the FUSE adapter must handle it)"]
+#[ignore = "open engine limitation, documented on Overlay: the File from Overlay::open is the \
+            real lower file and does not follow a later copy-up (the FUSE mount does: \
+            overlay-fuse/tests/mount_ops.rs, passthrough after copy-up)"]
 fn read_fd_opened_before_copy_up_sees_later_writes() {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
