@@ -1717,7 +1717,7 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 /// Apply `changes` (no size change) to an open real file, in the engine's order (owner
 /// first: chown clears the set-ID bits, then the mode, then the times), and `fstat` it.
 fn setattr_fd(f: &File, c: &SetAttr) -> Result<std::fs::Metadata, rustix::io::Errno> {
-    use rustix::fs::{Gid, Mode, Timespec, Timestamps, Uid};
+    use rustix::fs::{Gid, Mode, Timestamps, Uid};
     if c.uid.is_some() || c.gid.is_some() {
         rustix::fs::fchown(f, c.uid.map(Uid::from_raw), c.gid.map(Gid::from_raw))?;
     }
@@ -1725,20 +1725,7 @@ fn setattr_fd(f: &File, c: &SetAttr) -> Result<std::fs::Metadata, rustix::io::Er
         rustix::fs::fchmod(f, Mode::from_raw_mode(m & 0o7777))?;
     }
     if c.atime.is_some() || c.mtime.is_some() {
-        let ts = |t: Option<TimeSet>| match t {
-            None => Timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT as _,
-            },
-            Some(TimeSet::Now) => Timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW as _,
-            },
-            Some(TimeSet::At(t)) => Timespec {
-                tv_sec: t.sec,
-                tv_nsec: t.nsec as _,
-            },
-        };
+        let ts = TimeSet::to_timespec;
         rustix::fs::futimens(
             f,
             &Timestamps {
@@ -1754,15 +1741,7 @@ fn setattr_fd(f: &File, c: &SetAttr) -> Result<std::fs::Metadata, rustix::io::Er
 /// Attributes of an open file whose name is gone, from `fstat` of the real file.
 fn attr_from_metadata(md: &std::fs::Metadata, ino: u64) -> Attr {
     let mode = md.mode();
-    let kind = match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileKind::Directory,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFCHR => FileKind::CharDevice,
-        libc::S_IFBLK => FileKind::BlockDevice,
-        libc::S_IFIFO => FileKind::Fifo,
-        libc::S_IFSOCK => FileKind::Socket,
-        _ => FileKind::File,
-    };
+    let kind = FileKind::from_mode(mode);
     let ts = |sec: i64, nsec: i64| Timestamp {
         sec,
         nsec: nsec as u32,

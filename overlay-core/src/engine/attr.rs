@@ -10,19 +10,27 @@ use super::{Attr, FileKind, NodeRef, Overlay, SetAttr, TimeSet};
 use crate::error::Result;
 
 fn timespec(t: Option<TimeSet>) -> Timespec {
-    match t {
-        None => Timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT as _,
-        },
-        Some(TimeSet::Now) => Timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW as _,
-        },
-        Some(TimeSet::At(t)) => Timespec {
-            tv_sec: t.sec,
-            tv_nsec: t.nsec as _,
-        },
+    TimeSet::to_timespec(t)
+}
+
+impl TimeSet {
+    /// The `utimensat`/`futimens` timespec for an optional time change (`None` is
+    /// `UTIME_OMIT`, [`TimeSet::Now`] is `UTIME_NOW`).
+    pub fn to_timespec(t: Option<TimeSet>) -> Timespec {
+        match t {
+            None => Timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT as _,
+            },
+            Some(TimeSet::Now) => Timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW as _,
+            },
+            Some(TimeSet::At(t)) => Timespec {
+                tv_sec: t.sec,
+                tv_nsec: t.nsec as _,
+            },
+        }
     }
 }
 

@@ -241,14 +241,21 @@ impl std::fmt::Debug for Overlay {
 
 /// Map `st_mode` to a [`FileKind`].
 pub(crate) fn kind_of(mode: u32) -> FileKind {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileKind::Directory,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFCHR => FileKind::CharDevice,
-        libc::S_IFBLK => FileKind::BlockDevice,
-        libc::S_IFIFO => FileKind::Fifo,
-        libc::S_IFSOCK => FileKind::Socket,
-        _ => FileKind::File,
+    FileKind::from_mode(mode)
+}
+
+impl FileKind {
+    /// The kind of file an `st_mode` describes (anything unknown counts as a regular file).
+    pub fn from_mode(mode: u32) -> FileKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => FileKind::File,
+        }
     }
 }
 
