@@ -416,7 +416,7 @@ pub fn check(upper: &Path, work: Option<&Path>, want: XattrArg) -> Result<Report
     if let Ok(canon) = std::fs::canonicalize(upper) {
         if let Ok(mounts) = crate::mountinfo::read() {
             for m in mounts.iter().filter(|m| m.fstype == "overlay") {
-                if m.super_option("upperdir").map(PathBuf::from).as_deref() == Some(&canon) {
+                if m.overlay_upper().as_deref() == Some(&canon) {
                     c.add(
                         Severity::Warning,
                         "upper-mounted",

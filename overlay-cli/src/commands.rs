@@ -210,7 +210,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         managed_work: kept.managed_work,
         tmpfs: kept.tmpfs.clone(),
         fuse_pid: kept.fuse_pid.filter(|p| *p != 0),
-        mount_id: m.id,
+        mount_id: m.mount_id,
         fstype: m.fstype.clone(),
         options: a.options.clone(),
         created: crate::state::now(),

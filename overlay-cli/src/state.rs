@@ -175,7 +175,7 @@ impl Registry {
 pub fn is_live(rec: &MountRecord, mounts: &[MountInfo]) -> bool {
     mounts
         .iter()
-        .any(|m| m.id == rec.mount_id && m.mount_point == rec.target)
+        .any(|m| m.mount_id == rec.mount_id && m.mount_point == rec.target)
 }
 
 /// A stale record may leave a tmpfs upper mounted (the overlay was unmounted by hand):

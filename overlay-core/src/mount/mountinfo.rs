@@ -25,6 +25,21 @@ pub struct MountInfoEntry {
     pub super_options: Vec<(String, Option<String>)>,
 }
 
+impl MountInfoEntry {
+    /// The value of superblock option `key` as shown (first occurrence; `None` for flags).
+    pub fn super_option(&self, key: &str) -> Option<&str> {
+        self.super_options
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// The overlay's upper directory (`upperdir=`, backslash escapes undone), if shown.
+    pub fn overlay_upper(&self) -> Option<PathBuf> {
+        self.super_option("upperdir").map(unescape_backslashes)
+    }
+}
+
 /// Undo the kernel's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
 /// backslash, `\054` comma, `\072` colon).
 pub fn unescape_octal(s: &str) -> Vec<u8> {
@@ -298,6 +313,14 @@ mod tests {
         assert_eq!(e.mount_id, 812);
         assert_eq!(e.mount_point, Path::new("/tmp/kx/t1/m"));
         assert_eq!(e.fstype, "overlay");
+        assert_eq!(e.super_option("redirect_dir"), Some("nofollow"));
+        assert_eq!(e.super_option("userxattr"), None);
+        assert_eq!(e.overlay_upper(), Some(PathBuf::from("/tmp/u")));
+        let escaped = parse_mountinfo_line(
+            "9 1 0:9 / /m rw - overlay overlay rw,lowerdir=/l,upperdir=/u\\134\\054x,workdir=/w",
+        )
+        .unwrap();
+        assert_eq!(escaped.overlay_upper(), Some(PathBuf::from("/u,x")));
         let eo = EffectiveOptions {
             entry: e,
             module_parameters: vec![
