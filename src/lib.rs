@@ -4,7 +4,7 @@
 //! This is the one entry point for embedders. [`mount`] mounts a stack with a [`Backend`]:
 //! [`Backend::Auto`] tries the kernel overlay, then the kernel overlay inside a new user
 //! namespace (when the request allows entering one), then FUSE, and records why it chose
-//! what it chose ([`Mounted::reasons`], from the machine [`probe`]). The mount lives as long
+//! what it chose ([`Mounted::reasons`], from the machine [`probe()`]). The mount lives as long
 //! as the returned [`Mounted`] guard.
 //!
 //! ```no_run
@@ -715,7 +715,7 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
 }
 
 /// Which backend [`mount`] would pick here, and why, without mounting: each backend's line
-/// from the [`probe`].
+/// from the [`probe()`].
 pub fn explain(namespace: Namespace) -> (Option<Chosen>, Vec<String>) {
     let probe = overlay_core::mount::probe();
     let privileged = overlay_core::mount::has_cap_sys_admin_in_initial_namespace();

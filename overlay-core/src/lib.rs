@@ -21,7 +21,7 @@
 //!
 //! # Modules
 //! - [`stack`]: [`LayerStack`], [`LowerLayer`], [`UpperLayer`] and their validation.
-//! - [`format`]: whiteouts, opaque directories, overlay xattrs (`trusted.` vs `user.`).
+//! - [`format`](mod@format): whiteouts, opaque directories, overlay xattrs (`trusted.` vs `user.`).
 //! - [`engine`]: [`Overlay`], the node-based union engine (lookup, readdir, mutations).
 //! - [`mount`]: the kernel mount backend: [`MountSpec`], [`KernelMount`],
 //!   [`OverlayMountOptions`], unprivileged mounts in a user namespace, image lowers and the
