@@ -191,6 +191,16 @@ pub enum FsyncMode {
     Volatile,
 }
 
+/// What `getattr` reports for a node removed from the tree.
+#[derive(Clone)]
+pub(crate) enum RemovedAttr {
+    /// The attributes at removal time (link count decremented).
+    Attr(Attr),
+    /// A non-directory that lived only in a lower layer: its lower object, which stays as it
+    /// was (lower layers do not change), is read when asked (link count decremented).
+    Lower(RealObj),
+}
+
 /// Tunables of an [`Overlay`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OverlayOptions {
@@ -227,7 +237,7 @@ pub struct Overlay {
     dir_fds: DirFdCache,
     /// Attributes of removed nodes at removal time, reported by `getattr` (open files
     /// outlive their name), keyed by node address (the weak reference pins the address).
-    removed: Mutex<std::collections::HashMap<usize, (std::sync::Weak<Node>, Attr)>>,
+    removed: Mutex<std::collections::HashMap<usize, (std::sync::Weak<Node>, RemovedAttr)>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -612,8 +622,16 @@ impl Overlay {
     pub fn getattr(&self, node: &NodeRef) -> Result<Attr> {
         if node.is_unlinked() {
             let key = Arc::as_ptr(node) as usize;
-            if let Some((_, a)) = self.removed.lock().get(&key) {
-                return Ok(*a);
+            let stashed = self.removed.lock().get(&key).map(|(_, a)| a.clone());
+            match stashed {
+                Some(RemovedAttr::Attr(a)) => return Ok(a),
+                Some(RemovedAttr::Lower(real)) => {
+                    let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
+                    let mut a = attr_from_stat(&st, node.ino());
+                    a.nlink = a.nlink.saturating_sub(1);
+                    return Ok(a);
+                }
+                None => {}
             }
         }
         let real = self.top_real("getattr", node)?;

@@ -14,7 +14,9 @@ use rustix::io::Errno;
 use super::layers::{remove_tree_at, LayerRef};
 use super::node::{NodeName, NodeState};
 use super::real::RealObj;
-use super::{check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags};
+use super::{
+    check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RemovedAttr, RenameFlags,
+};
 use crate::error::Result;
 use crate::format;
 
@@ -46,12 +48,24 @@ fn upper_name(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<UpperNam
 impl Overlay {
     /// Remember the attributes of `node` before it is removed (for `getattr` on open files).
     fn stash_attr(&self, node: &NodeRef) {
-        if let Ok(mut a) = self.getattr(node) {
-            a.nlink = a.nlink.saturating_sub(if node.kind == FileKind::Directory {
-                2
-            } else {
-                1
-            });
+        let lower_only = {
+            let st = node.state.read();
+            !st.upper && node.kind != FileKind::Directory
+        };
+        let stashed = if lower_only {
+            // No stat now: the lower object does not change.
+            self.top_real("getattr", node).map(RemovedAttr::Lower)
+        } else {
+            self.getattr(node).map(|mut a| {
+                a.nlink = a.nlink.saturating_sub(if node.kind == FileKind::Directory {
+                    2
+                } else {
+                    1
+                });
+                RemovedAttr::Attr(a)
+            })
+        };
+        if let Ok(a) = stashed {
             let mut dead = Vec::new();
             {
                 let mut m = self.removed.lock();
