@@ -181,10 +181,12 @@ pub struct StatFs {
 /// When copied-up data is made durable (the kernel's `fsync=` mount option).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncMode {
-    /// fsync the staged copy before renaming it into place (the kernel default).
+    /// fsync the staged copy of a file before renaming it into place (the kernel default;
+    /// directories, which carry no data, are not synced, as in the kernel).
     #[default]
     Ordered,
-    /// Like `Ordered`, and also fsync the upper parent directory after the rename.
+    /// Like `Ordered`, and also fsync staged directories and the upper parent directory
+    /// after the rename.
     Strict,
     /// Never fsync (the kernel's `volatile`): faster, but a crash may leave empty or
     /// partial files under their final names.

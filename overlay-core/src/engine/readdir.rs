@@ -33,7 +33,7 @@ struct RawEntry {
 }
 
 fn read_entries(dir: &std::os::fd::OwnedFd) -> std::result::Result<Vec<RawEntry>, Errno> {
-    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut d = super::layers::own_dir_stream(dir)?;
     let mut out = Vec::new();
     while let Some(ent) = d.read() {
         let ent = ent?;
