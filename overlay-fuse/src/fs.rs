@@ -1620,11 +1620,9 @@ impl Inner {
                 continue;
             }
             let e = &entries[(i - 2) as usize];
-            let Ok(node) = self.ovl.lookup(&d.node, &e.name) else {
+            // One `lstat` when the lookup resolves the name (the attributes come with it).
+            let Ok((node, a)) = self.ovl.lookup_attr(&d.node, &e.name) else {
                 continue; // removed since the snapshot
-            };
-            let Ok(a) = self.ovl.getattr(&node) else {
-                continue;
             };
             // Count the lookup first; undo it if the entry does not fit.
             let (id, generation) = self.remember(node, d.nodeid);

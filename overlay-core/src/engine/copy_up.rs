@@ -1,7 +1,8 @@
 //! Copy-up: bring a lower object (and its parents) into the upper layer.
 //!
 //! The copy is built under a fresh name in `workdir/work`, complete with data, xattrs,
-//! owner, mode and times, fsync'ed (unless volatile), and then renamed into place with
+//! owner, mode and times, fsync'ed (file data unless volatile, directories only with
+//! [`FsyncMode::Strict`]), and then renamed into place with
 //! `RENAME_NOREPLACE`: the upper name never shows a partial object, even if the process dies
 //! mid-copy (stale staging files are removed by the next [`Overlay::new`]).
 
@@ -107,7 +108,10 @@ impl Overlay {
                     .map(|fd| RealObj::of_fd(lower.layer, fd))
                     .map_err(err)?;
                 self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
-                if sync {
+                // A directory carries no data: as the kernel, `Ordered` syncs only copied-up
+                // file data (the upper filesystem's journal orders the metadata before the
+                // rename); `Strict` syncs the directory too.
+                if self.opts.fsync == FsyncMode::Strict {
                     rustix::fs::fsync(&*staged.dir).map_err(err)?;
                 }
                 staged

@@ -537,9 +537,21 @@ pub(crate) fn clean_dir(dir: &OwnedFd, display: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A directory stream of its own (own file position) on the directory `dir`: one `openat`
+/// of "." (`Dir::read_from` also asks for the fd's flags first).
+pub(crate) fn own_dir_stream(dir: &OwnedFd) -> std::result::Result<rustix::fs::Dir, Errno> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::Dir::new(fd)
+}
+
 /// Names in a directory (without `.` and `..`).
 pub(crate) fn list_dir_names(dir: &OwnedFd) -> std::result::Result<Vec<OsString>, Errno> {
-    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut d = own_dir_stream(dir)?;
     let mut out = Vec::new();
     while let Some(ent) = d.read() {
         let ent = ent?;

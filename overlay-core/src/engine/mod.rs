@@ -181,14 +181,26 @@ pub struct StatFs {
 /// When copied-up data is made durable (the kernel's `fsync=` mount option).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncMode {
-    /// fsync the staged copy before renaming it into place (the kernel default).
+    /// fsync the staged copy of a file before renaming it into place (the kernel default;
+    /// directories, which carry no data, are not synced, as in the kernel).
     #[default]
     Ordered,
-    /// Like `Ordered`, and also fsync the upper parent directory after the rename.
+    /// Like `Ordered`, and also fsync staged directories and the upper parent directory
+    /// after the rename.
     Strict,
     /// Never fsync (the kernel's `volatile`): faster, but a crash may leave empty or
     /// partial files under their final names.
     Volatile,
+}
+
+/// What `getattr` reports for a node removed from the tree.
+#[derive(Clone)]
+pub(crate) enum RemovedAttr {
+    /// The attributes at removal time (link count decremented).
+    Attr(Attr),
+    /// A non-directory that lived only in a lower layer: its lower object, which stays as it
+    /// was (lower layers do not change), is read when asked (link count decremented).
+    Lower(RealObj),
 }
 
 /// Tunables of an [`Overlay`].
@@ -227,7 +239,7 @@ pub struct Overlay {
     dir_fds: DirFdCache,
     /// Attributes of removed nodes at removal time, reported by `getattr` (open files
     /// outlive their name), keyed by node address (the weak reference pins the address).
-    removed: Mutex<std::collections::HashMap<usize, (std::sync::Weak<Node>, Attr)>>,
+    removed: Mutex<std::collections::HashMap<usize, (std::sync::Weak<Node>, RemovedAttr)>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -612,8 +624,16 @@ impl Overlay {
     pub fn getattr(&self, node: &NodeRef) -> Result<Attr> {
         if node.is_unlinked() {
             let key = Arc::as_ptr(node) as usize;
-            if let Some((_, a)) = self.removed.lock().get(&key) {
-                return Ok(*a);
+            let stashed = self.removed.lock().get(&key).map(|(_, a)| a.clone());
+            match stashed {
+                Some(RemovedAttr::Attr(a)) => return Ok(a),
+                Some(RemovedAttr::Lower(real)) => {
+                    let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
+                    let mut a = attr_from_stat(&st, node.ino());
+                    a.nlink = a.nlink.saturating_sub(1);
+                    return Ok(a);
+                }
+                None => {}
             }
         }
         let real = self.top_real("getattr", node)?;

@@ -14,7 +14,9 @@ use rustix::io::Errno;
 use super::layers::{remove_tree_at, LayerRef};
 use super::node::{NodeName, NodeState};
 use super::real::RealObj;
-use super::{check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RenameFlags};
+use super::{
+    check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RemovedAttr, RenameFlags,
+};
 use crate::error::Result;
 use crate::format;
 
@@ -46,12 +48,24 @@ fn upper_name(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<UpperNam
 impl Overlay {
     /// Remember the attributes of `node` before it is removed (for `getattr` on open files).
     fn stash_attr(&self, node: &NodeRef) {
-        if let Ok(mut a) = self.getattr(node) {
-            a.nlink = a.nlink.saturating_sub(if node.kind == FileKind::Directory {
-                2
-            } else {
-                1
-            });
+        let lower_only = {
+            let st = node.state.read();
+            !st.upper && node.kind != FileKind::Directory
+        };
+        let stashed = if lower_only {
+            // No stat now: the lower object does not change.
+            self.top_real("getattr", node).map(RemovedAttr::Lower)
+        } else {
+            self.getattr(node).map(|mut a| {
+                a.nlink = a.nlink.saturating_sub(if node.kind == FileKind::Directory {
+                    2
+                } else {
+                    1
+                });
+                RemovedAttr::Attr(a)
+            })
+        };
+        if let Ok(a) = stashed {
             let mut dead = Vec::new();
             {
                 let mut m = self.removed.lock();
@@ -461,17 +475,20 @@ impl Overlay {
         Ok(())
     }
 
-    /// Does removing `node` (named `name` in `parent`) need a whiteout? A node that lives
-    /// only in lower layers was found there, so yes without asking the layers again.
+    /// Does removing `node` (named `name` in `parent`) need a whiteout?
     fn need_whiteout(
         &self,
         parent: &NodeRef,
         name: &OsStr,
         node: &NodeRef,
     ) -> std::result::Result<bool, Errno> {
+        // A node that lives only in lower layers, or a directory with lower objects (those
+        // are never renamed: EXDEV), was found in the lower layers (which do not change) under
+        // this name with no whiteout above it: yes without asking the layers again. Renamed
+        // copied-up files keep their lower objects but not their name: ask the layers.
         {
             let st = node.state.read();
-            if !st.upper && !st.lowers.is_empty() {
+            if !st.lowers.is_empty() && (!st.upper || node.kind == FileKind::Directory) {
                 return Ok(true);
             }
         }
@@ -482,6 +499,32 @@ impl Overlay {
     /// creates the complete whiteout atomically (EEXIST if something is there).
     fn place_whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
         rustix::fs::mknodat(pdir, name, FileType::CharacterDevice, Mode::empty(), 0)
+    }
+
+    /// Remove the upper directory of `node`, moved to `work/tmp`, which holds only the
+    /// `whiteouts` listed by the emptiness check (under the directory locks): they are removed
+    /// by name through the directory's fd `dir` (opened before the move), then the
+    /// directory. Anything unexpected left inside is removed as a tree.
+    fn clear_removed_dir(
+        &self,
+        dir: Option<Arc<OwnedFd>>,
+        tmp: &OsStr,
+        whiteouts: &[OsString],
+    ) -> std::result::Result<(), Errno> {
+        let work = self.layers.work();
+        if let Some(fd) = dir {
+            for w in whiteouts {
+                match rustix::fs::unlinkat(fd.as_fd(), w, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        match rustix::fs::unlinkat(work, tmp, AtFlags::REMOVEDIR) {
+            Ok(()) => Ok(()),
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => remove_tree_at(work, tmp),
+            Err(e) => Err(e),
+        }
     }
 
     /// Remove a directory that is empty in the merged view; leaves a whiteout where a lower
@@ -506,9 +549,9 @@ impl Overlay {
             return Err(self.name_err(op, parent, name, Errno::NOTDIR));
         }
         let _cg = node.dir_lock().write();
-        if !self.readdir_locked(&node)?.is_empty() {
+        let Some(whiteouts) = self.merged_empty_locked(&node)? else {
             return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
-        }
+        };
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let _c = node.copy_lock.lock();
@@ -516,23 +559,21 @@ impl Overlay {
         let work = self.layers.work();
         self.stash_attr(&node);
         if node.state.read().upper {
+            let ufd = self.dir_fd(&node, LayerRef::Upper).ok();
             if need_wh {
-                let wh = self.layers.make_staged_whiteout().map_err(err)?;
-                if let Err(e) =
-                    rustix::fs::renameat_with(work, &*wh, pdir.as_fd(), name, RxRename::EXCHANGE)
-                {
-                    let _ = rustix::fs::unlinkat(work, &*wh, AtFlags::empty());
-                    return Err(err(e));
-                }
-                // `wh` now names the old upper directory (holding only whiteouts).
-                remove_tree_at(work, &wh).map_err(err)?;
+                // One step from "empty directory" to "whiteout" in the merged view: the
+                // directory moves into the workdir and leaves a whiteout behind.
+                let tmp = self.layers.staging_name();
+                rustix::fs::renameat_with(pdir.as_fd(), name, work, &*tmp, RxRename::WHITEOUT)
+                    .map_err(err)?;
+                self.clear_removed_dir(ufd, &tmp, &whiteouts).map_err(err)?;
             } else {
                 match rustix::fs::unlinkat(pdir.as_fd(), name, AtFlags::REMOVEDIR) {
                     Ok(()) => {}
                     Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => {
                         let tmp = self.layers.staging_name();
                         rustix::fs::renameat(pdir.as_fd(), name, work, &*tmp).map_err(err)?;
-                        remove_tree_at(work, &tmp).map_err(err)?;
+                        self.clear_removed_dir(ufd, &tmp, &whiteouts).map_err(err)?;
                     }
                     Err(e) => return Err(err(e)),
                 }
@@ -649,7 +690,7 @@ impl Overlay {
         let _dg = match &dst {
             Some(d) if !exchange && d.kind == FileKind::Directory => {
                 let g = d.dir_lock().write();
-                if !self.readdir_locked(d)?.is_empty() {
+                if self.merged_empty_locked(d)?.is_none() {
                     return Err(nerr(Errno::NOTEMPTY));
                 }
                 Some(g)

@@ -33,7 +33,7 @@ struct RawEntry {
 }
 
 fn read_entries(dir: &std::os::fd::OwnedFd) -> std::result::Result<Vec<RawEntry>, Errno> {
-    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut d = super::layers::own_dir_stream(dir)?;
     let mut out = Vec::new();
     while let Some(ent) = d.read() {
         let ent = ent?;
@@ -63,6 +63,26 @@ impl Overlay {
 
     /// Readdir with `dir.dir_lock` held.
     pub(crate) fn readdir_locked(&self, dir: &NodeRef) -> Result<Vec<DirEntry>> {
+        self.list_locked(dir, None)
+    }
+
+    /// Is `dir` empty in the merged view (`dir.dir_lock` held)? When it is, the names of the
+    /// whiteouts in its upper directory (which the caller removes without checking them again);
+    /// None when it holds a visible entry. Stops at the first visible entry and computes no
+    /// inode numbers.
+    pub(crate) fn merged_empty_locked(&self, dir: &NodeRef) -> Result<Option<Vec<OsString>>> {
+        let mut whiteouts = Vec::new();
+        let out = self.list_locked(dir, Some(&mut whiteouts))?;
+        Ok(out.is_empty().then_some(whiteouts))
+    }
+
+    /// The merged listing; with `empty_check`, stop at the first visible entry (returned with
+    /// a dummy inode number) and record the upper whiteouts' names there.
+    fn list_locked(
+        &self,
+        dir: &NodeRef,
+        mut empty_check: Option<&mut Vec<OsString>>,
+    ) -> Result<Vec<DirEntry>> {
         if dir.is_unlinked() {
             return Err(self.node_err("readdir", dir, Errno::NOENT));
         }
@@ -92,12 +112,23 @@ impl Overlay {
                         Err(e) => return Err(err(e)),
                     };
                     if format::is_whiteout_stat(s.st_mode, s.st_rdev) {
+                        if let Some(w) = empty_check.as_deref_mut() {
+                            w.push(e.name.clone());
+                        }
                         seen.insert(e.name);
                         continue;
                     }
                     kind = Some(kind_of(s.st_mode));
                 }
                 let kind = kind.expect("kind");
+                if empty_check.is_some() {
+                    out.push(DirEntry {
+                        name: e.name,
+                        ino: 0,
+                        kind,
+                    });
+                    return Ok(out);
+                }
                 seen.insert(e.name.clone());
                 let ino = if let Some(n) = dir.cached_child(&e.name) {
                     n.ino()
@@ -159,6 +190,14 @@ impl Overlay {
                     kind = Some(kind_of(s.st_mode));
                 }
                 let kind = kind.expect("kind");
+                if empty_check.is_some() {
+                    out.push(DirEntry {
+                        name: e.name,
+                        ino: 0,
+                        kind,
+                    });
+                    return Ok(out);
+                }
                 seen.insert(e.name.clone());
                 let ino = match dir.cached_child(&e.name) {
                     Some(n) => n.ino(),

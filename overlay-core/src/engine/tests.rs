@@ -275,9 +275,18 @@ fn create_write_unlink_leave_whiteouts() {
     let gone = ovl.getattr(&n).unwrap();
     assert_eq!((gone.nlink, gone.size), (0, 5));
     assert_eq!(errno(ovl.lookup(&dir, OsStr::new("new"))), libc::ENOENT);
-    // unlink of a lower file leaves a whiteout.
+    // unlink of a lower file leaves a whiteout; the node held reports the lower object's
+    // attributes with the link count decremented.
+    let low = ovl.lookup(&dir, OsStr::new("lower")).unwrap();
+    let before = ovl.getattr(&low).unwrap();
     ovl.unlink(&dir, OsStr::new("lower")).unwrap();
     assert!(is_whiteout_file(&f.upper.join("dir/lower")));
+    let after = ovl.getattr(&low).unwrap();
+    assert_eq!(
+        (after.nlink, after.size, after.ino),
+        (before.nlink - 1, before.size, before.ino)
+    );
+    drop(low);
     assert_eq!(errno(ovl.lookup(&dir, OsStr::new("lower"))), libc::ENOENT);
     assert_eq!(errno(ovl.unlink(&dir, OsStr::new("lower"))), libc::ENOENT);
     assert!(names(&ovl, &dir).is_empty());
