@@ -24,6 +24,7 @@ use crate::stack::LayerStack;
 
 mod attr;
 mod copy_up;
+mod file;
 mod layers;
 mod lookup;
 mod mutate;
@@ -32,6 +33,7 @@ mod origin;
 mod readdir;
 mod real;
 
+pub use file::OverlayFile;
 use layers::{display_path, ioerr, DirFdCache, LayerRef, Layers, RESOLVE_LAYER};
 pub use node::Node;
 use node::{LowerEntry, NodeState};
@@ -220,7 +222,9 @@ pub struct OverlayOptions {
 ///   files break on copy-up (as the kernel without `index`).
 /// * `.wh.<name>` AUFS whiteouts and `.wh..wh..opq` markers are honoured in lower layers only;
 ///   in the upper layer such names are ordinary files (as for the kernel).
-/// * A file opened read-only before a copy-up keeps reading the lower file.
+/// * A [`File`] from [`Overlay::open`] opened read-only before a copy-up keeps reading the
+///   lower file; [`Overlay::open_file`] gives an [`OverlayFile`] that follows the copy-up, as
+///   the kernel's files do.
 /// * Layers never include submounts, as for the kernel: with CAP_SYS_ADMIN every layer is
 ///   opened on a private detached mount of just its filesystem (`open_tree` without
 ///   `AT_RECURSIVE`), so a mount point inside a layer shows the directory it covers. Without
