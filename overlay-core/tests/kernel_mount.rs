@@ -18,15 +18,19 @@ fn can_mount(what: &str) -> bool {
     let kernel = overlay_core::probe().backend("kernel").cloned();
     match kernel {
         Some(s) if s.is_yes() => true,
-        other => {
-            let why = format!("{what}: cannot mount a kernel overlay here: {other:?}");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true and {why}");
-            }
-            eprintln!("SKIPPED {why}");
-            false
-        }
+        other => skip(&format!(
+            "{what}: cannot mount a kernel overlay here: {other:?}"
+        )),
     }
+}
+
+/// A test that cannot run here: panics under `CI=true`, else prints why and returns false.
+fn skip(why: &str) -> bool {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true and {why}");
+    }
+    eprintln!("SKIPPED {why}");
+    false
 }
 
 fn mkdirs(root: &Path, names: &[&str]) -> Vec<PathBuf> {
@@ -119,7 +123,11 @@ fn check_numbered(merged: &Path, n: usize) {
     assert_eq!(read(&merged.join("shared")), (n - 1).to_string());
 }
 
-fn mount_numbered(n: usize, api: MountApi) {
+/// Mount `n` numbered lowers with `api` and check the merged view (skips via `can_mount`).
+fn mount_numbered(what: &str, n: usize, api: MountApi) {
+    if !can_mount(what) {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let stack = numbered_stack(t.path(), n, true);
     let m = t.path().join("merged");
@@ -215,32 +223,24 @@ fn explicit_options_show_up_in_mountinfo() {
 
 #[test]
 fn fifty_lowers() {
-    if can_mount("fifty_lowers") {
-        mount_numbered(50, MountApi::Auto);
-    }
+    mount_numbered("fifty_lowers", 50, MountApi::Auto);
 }
 
 #[test]
 fn fifty_lowers_with_legacy_mount2() {
-    if can_mount("fifty_lowers_legacy") {
-        mount_numbered(50, MountApi::Legacy);
-    }
+    mount_numbered("fifty_lowers_legacy", 50, MountApi::Legacy);
 }
 
 #[test]
 fn five_hundred_lowers() {
-    if can_mount("five_hundred_lowers") {
-        mount_numbered(500, MountApi::New);
-    }
+    mount_numbered("five_hundred_lowers", 500, MountApi::New);
 }
 
 #[test]
 fn five_hundred_lowers_with_legacy_mount2_uses_relative_paths() {
     // Absolute paths make the option string far longer than a page; the legacy path then
     // mounts from a forked child with paths relative to the common parent.
-    if can_mount("five_hundred_lowers_legacy") {
-        mount_numbered(500, MountApi::Legacy);
-    }
+    mount_numbered("five_hundred_lowers_legacy", 500, MountApi::Legacy);
 }
 
 #[test]
@@ -342,7 +342,7 @@ fn printed_command_mounts_the_same_overlay() {
         return;
     }
     if !Path::new("/bin/mount").exists() && !Path::new("/usr/bin/mount").exists() {
-        eprintln!("SKIPPED printed_command: no mount(8)");
+        skip("printed_command: no mount(8)");
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -424,14 +424,9 @@ fn chown_tree(p: &Path, uid: u32) {
 fn userns_or_skip(what: &str) -> bool {
     match overlay_core::probe().backend("kernel-userns") {
         Some(s) if s.is_yes() => true,
-        other => {
-            let why = format!("{what}: no overlay in a user namespace: {other:?}");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true and {why}");
-            }
-            eprintln!("SKIPPED {why}");
-            false
-        }
+        other => skip(&format!(
+            "{what}: no overlay in a user namespace: {other:?}"
+        )),
     }
 }
 
@@ -566,11 +561,7 @@ fn image_lower(tool: &str, package: &str, build: &dyn Fn(&Path, &Path, &Path) ->
         return;
     }
     let Some(exe) = find_tool(tool) else {
-        let why = format!("{tool} not found (apt-get install {package})");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true and {why}");
-        }
-        eprintln!("SKIPPED {why}");
+        skip(&format!("{tool} not found (apt-get install {package})"));
         return;
     };
     let t = tempfile::tempdir().unwrap();
