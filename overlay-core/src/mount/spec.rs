@@ -194,56 +194,66 @@ impl MountSpec {
         v
     }
 
+    /// The per-mount flags, each with its `mount(8)` option name, its `fsmount` attribute and
+    /// its `mount(2)` flag; `set` says whether this mount asks for it.
+    fn per_mount_flags(&self) -> [PerMountFlag; 4] {
+        let o = &self.options;
+        let ro = o.read_only || self.upper.is_none();
+        [
+            (
+                ro,
+                "ro",
+                MountAttrFlags::MOUNT_ATTR_RDONLY,
+                MountFlags::RDONLY,
+            ),
+            (
+                o.nosuid,
+                "nosuid",
+                MountAttrFlags::MOUNT_ATTR_NOSUID,
+                MountFlags::NOSUID,
+            ),
+            (
+                o.nodev,
+                "nodev",
+                MountAttrFlags::MOUNT_ATTR_NODEV,
+                MountFlags::NODEV,
+            ),
+            (
+                o.noexec,
+                "noexec",
+                MountAttrFlags::MOUNT_ATTR_NOEXEC,
+                MountFlags::NOEXEC,
+            ),
+        ]
+        .map(|(set, name, attr, flag)| PerMountFlag {
+            set,
+            name,
+            attr,
+            flag,
+        })
+    }
+
     /// Per-mount flags as `mount(8)` options (`ro`, `nosuid`, `nodev`, `noexec`).
     pub fn mount_flags(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.options.read_only || self.upper.is_none() {
-            v.push("ro");
-        }
-        if self.options.nosuid {
-            v.push("nosuid");
-        }
-        if self.options.nodev {
-            v.push("nodev");
-        }
-        if self.options.noexec {
-            v.push("noexec");
-        }
-        v
+        self.per_mount_flags()
+            .iter()
+            .filter(|f| f.set)
+            .map(|f| f.name)
+            .collect()
     }
 
     pub(crate) fn fsmount_attrs(&self) -> MountAttrFlags {
-        let mut a = MountAttrFlags::empty();
-        if self.options.read_only || self.upper.is_none() {
-            a |= MountAttrFlags::MOUNT_ATTR_RDONLY;
-        }
-        if self.options.nosuid {
-            a |= MountAttrFlags::MOUNT_ATTR_NOSUID;
-        }
-        if self.options.nodev {
-            a |= MountAttrFlags::MOUNT_ATTR_NODEV;
-        }
-        if self.options.noexec {
-            a |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
-        }
-        a
+        self.per_mount_flags()
+            .iter()
+            .filter(|f| f.set)
+            .fold(MountAttrFlags::empty(), |a, f| a | f.attr)
     }
 
     fn legacy_flags(&self) -> MountFlags {
-        let mut f = MountFlags::empty();
-        if self.options.read_only || self.upper.is_none() {
-            f |= MountFlags::RDONLY;
-        }
-        if self.options.nosuid {
-            f |= MountFlags::NOSUID;
-        }
-        if self.options.nodev {
-            f |= MountFlags::NODEV;
-        }
-        if self.options.noexec {
-            f |= MountFlags::NOEXEC;
-        }
-        f
+        self.per_mount_flags()
+            .iter()
+            .filter(|f| f.set)
+            .fold(MountFlags::empty(), |a, f| a | f.flag)
     }
 
     /// The `mount(2)` data string for the given (top-first) lower directories, with every
@@ -563,6 +573,14 @@ fn common_ancestor(paths: &[&Path]) -> PathBuf {
         }
     }
     base
+}
+
+/// One per-mount flag in its three spellings (see `MountSpec::per_mount_flags`).
+struct PerMountFlag {
+    set: bool,
+    name: &'static str,
+    attr: MountAttrFlags,
+    flag: MountFlags,
 }
 
 #[cfg(test)]
