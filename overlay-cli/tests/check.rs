@@ -30,14 +30,7 @@ fn kernel_written_upper_is_clean() {
     write(r, "lower/a/b", "b");
     write(r, "lower/c", "c");
     write(r, "lower/d/e", "e");
-    mkdirs(r, &["upper", "work", "merged"]);
-    let m = match KernelOverlay::mount(
-        &[&r.join("lower")],
-        &r.join("upper"),
-        &r.join("work"),
-        &r.join("merged"),
-        "redirect_dir=off,index=off",
-    ) {
+    let m = match KernelOverlay::mount_in(r, &["lower"], "redirect_dir=off,index=off") {
         Ok(m) => m,
         Err(e) => return skip_or_fail(&e),
     };

@@ -21,7 +21,6 @@ fn make_lowers(root: &Path) {
     mknod_whiteout(&root.join("patch/etc/old"));
     write(root, "patch/opt/z", "z");
     setxattr(&root.join("patch/opt"), "trusted.overlay.opaque", b"y");
-    mkdirs(root, &["upper", "work", "merged"]);
 }
 
 /// Changes made through a real kernel overlay.
@@ -50,13 +49,8 @@ fn setup() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     let t = open_tempdir();
     let r = t.path().to_path_buf();
     make_lowers(&r);
-    let mount = match KernelOverlay::mount(
-        &[&r.join("base"), &r.join("patch")],
-        &r.join("upper"),
-        &r.join("work"),
-        &r.join("merged"),
-        "redirect_dir=off,index=off",
-    ) {
+    let mount = match KernelOverlay::mount_in(&r, &["base", "patch"], "redirect_dir=off,index=off")
+    {
         Ok(m) => m,
         Err(e) => {
             skip_or_fail(&e);
@@ -149,14 +143,7 @@ fn diff_json_and_renamed_directories() {
     let r = t.path();
     write(r, "lower/d/f", "f");
     write(r, "lower/d/sub/g", "g");
-    mkdirs(r, &["upper", "work", "merged"]);
-    let m = match KernelOverlay::mount(
-        &[&r.join("lower")],
-        &r.join("upper"),
-        &r.join("work"),
-        &r.join("merged"),
-        "redirect_dir=on,index=off",
-    ) {
+    let m = match KernelOverlay::mount_in(r, &["lower"], "redirect_dir=on,index=off") {
         Ok(m) => m,
         Err(e) => return skip_or_fail(&e),
     };

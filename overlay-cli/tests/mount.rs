@@ -3,18 +3,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// `ovl` with a private state directory, so tests do not see each other's records.
-fn ovl_state(state: &Path, args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(ovl_bin())
-        .args(args)
-        .env("OVL_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run ovl")
-}
+use std::path::PathBuf;
 
 macro_rules! args {
     ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new($a)),*] };
@@ -34,11 +23,7 @@ impl Drop for Cleanup {
 }
 
 fn root_or_skip() -> bool {
-    if !is_root() {
-        skip_or_fail("ovl mount in the caller's namespace needs root");
-        return false;
-    }
-    true
+    common::root_or_skip("ovl mount in the caller's namespace needs root")
 }
 
 #[test]
@@ -55,7 +40,7 @@ fn mount_tmp_status_umount() {
     let m = r.join("m");
     let _c = Cleanup(m.clone());
     let state = r.join("state");
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",
@@ -75,7 +60,7 @@ fn mount_tmp_status_umount() {
     std::fs::write(m.join("etc/new"), "x").unwrap();
     assert!(!r.join("base/etc/new").exists() && !r.join("patch/etc/new").exists());
 
-    let o = ovl_state(&state, args!["status", "--json"]);
+    let o = ovl_with_state(&state, args!["status", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let recs = v.as_array().unwrap();
@@ -85,10 +70,10 @@ fn mount_tmp_status_umount() {
     assert_eq!(recs[0]["lowers"][1], r.join("patch").to_str().unwrap());
     let tmpfs = PathBuf::from(recs[0]["tmpfs"].as_str().unwrap());
     assert!(is_mounted(&tmpfs));
-    let text = stdout(&ovl_state(&state, args!["status"]));
+    let text = stdout(&ovl_with_state(&state, args!["status"]));
     assert!(text.contains("lowers (bottom-first)"), "{text}");
 
-    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!is_mounted(&m));
     assert!(
@@ -96,10 +81,10 @@ fn mount_tmp_status_umount() {
         "tmpfs upper released"
     );
     let v: serde_json::Value =
-        serde_json::from_slice(&ovl_state(&state, args!["status", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&ovl_with_state(&state, args!["status", "--json"]).stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 0);
     // Unmounting again is an error naming the path.
-    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).starts_with(&format!("ovl: {}: ", m.display())),
@@ -128,25 +113,25 @@ fn mount_kernel_style_options_and_persistent_upper() {
         r.join("u").display(),
         r.join("w").display()
     );
-    let o = ovl_state(&state, args!["mount", "-o", &opt, m.as_os_str()]);
+    let o = ovl_with_state(&state, args!["mount", "-o", &opt, m.as_os_str()]);
     assert!(o.status.success(), "{}", stderr(&o));
     // lowerdir is top-first.
     assert_eq!(std::fs::read_to_string(m.join("f")).unwrap(), "top");
     std::fs::write(m.join("g"), "written").unwrap();
     // A second mount on the same target is refused.
-    let o = ovl_state(&state, args!["mount", "-o", &opt, m.as_os_str()]);
+    let o = ovl_with_state(&state, args!["mount", "-o", &opt, m.as_os_str()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("already has an overlay mounted"),
         "{}",
         stderr(&o)
     );
-    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(r.join("u/g")).unwrap(), "written");
 
     // --upper with the managed workdir, remounted: the change is still there.
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",
@@ -159,14 +144,14 @@ fn mount_kernel_style_options_and_persistent_upper() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(m.join("f"), "changed").unwrap();
-    assert!(ovl_state(&state, args!["umount", m.as_os_str()])
+    assert!(ovl_with_state(&state, args!["umount", m.as_os_str()])
         .status
         .success());
     assert!(
         r.join(".u2.ovl-work").is_dir(),
         "managed workdir next to the upper"
     );
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",
@@ -179,7 +164,7 @@ fn mount_kernel_style_options_and_persistent_upper() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(m.join("f")).unwrap(), "changed");
-    assert!(ovl_state(&state, args!["umount", m.as_os_str()])
+    assert!(ovl_with_state(&state, args!["umount", m.as_os_str()])
         .status
         .success());
     assert_eq!(
@@ -200,7 +185,7 @@ fn stale_records_disappear_from_status() {
     let m = r.join("m");
     let _c = Cleanup(m.clone());
     let state = r.join("state");
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",
@@ -215,7 +200,7 @@ fn stale_records_disappear_from_status() {
     // Unmounted behind ovl's back.
     rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty()).unwrap();
     let v: serde_json::Value =
-        serde_json::from_slice(&ovl_state(&state, args!["status", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&ovl_with_state(&state, args!["status", "--json"]).stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 0);
     assert_eq!(std::fs::read_dir(state.join("mounts")).unwrap().count(), 0);
 }
@@ -233,7 +218,7 @@ fn mount_with_the_fuse_backend() {
     let m = r.join("m");
     let _c = Cleanup(m.clone());
     let state = r.join("state");
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",
@@ -254,9 +239,9 @@ fn mount_with_the_fuse_backend() {
     assert_eq!(std::fs::read_to_string(m.join("x")).unwrap(), "b");
     std::fs::write(m.join("y"), "y").unwrap();
     let v: serde_json::Value =
-        serde_json::from_slice(&ovl_state(&state, args!["status", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&ovl_with_state(&state, args!["status", "--json"]).stdout).unwrap();
     assert_eq!(v[0]["backend"], "fuse");
-    let o = ovl_state(&state, args!["umount", m.as_os_str()]);
+    let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!is_mounted(&m));
     assert_eq!(std::fs::read_to_string(r.join("u/y")).unwrap(), "y");
@@ -268,7 +253,7 @@ fn mount_usage_errors() {
     let r = t.path();
     mkdirs(r, &["l", "m"]);
     let state = r.join("state");
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",
@@ -283,7 +268,7 @@ fn mount_usage_errors() {
         "{}",
         stderr(&o)
     );
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",
@@ -296,7 +281,7 @@ fn mount_usage_errors() {
         ],
     );
     assert_eq!(o.status.code(), Some(1));
-    let o = ovl_state(
+    let o = ovl_with_state(
         &state,
         args![
             "mount",

@@ -5,29 +5,18 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const NOBODY: u32 = 65534;
-
-fn run_ovl(state: &Path, args: &[&str]) -> Output {
-    Command::new(ovl_bin())
-        .args(args)
-        .env("OVL_STATE_DIR", state)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run ovl")
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
 fn root_or_skip() -> bool {
-    if !is_root() {
-        skip_or_fail("these tests need root (the unprivileged one switches to uid 65534 itself)");
-        return false;
-    }
-    true
+    common::root_or_skip(
+        "these tests need root (the unprivileged one switches to uid 65534 itself)",
+    )
 }
 
 #[test]
@@ -40,9 +29,9 @@ fn run_on_a_throwaway_upper_leaves_the_target_untouched() {
     write(r, "usr/share/doc", "doc");
     let usr = r.join("usr");
     let state = r.join("state");
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &[
+        [
             "run",
             "--tmp=8m",
             "--target",
@@ -76,23 +65,23 @@ fn run_propagates_exit_codes() {
     mkdirs(r, &["d"]);
     let d = s(&r.join("d"));
     let state = r.join("state");
-    let o = run_ovl(&state, &["run", "--target", &d, "--", "sh", "-c", "exit 7"]);
+    let o = ovl_with_state(&state, ["run", "--target", &d, "--", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7));
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &["run", "--target", &d, "--", "sh", "-c", "kill -TERM $$"],
+        ["run", "--target", &d, "--", "sh", "-c", "kill -TERM $$"],
     );
     assert_eq!(o.status.code(), Some(128 + 15));
-    let o = run_ovl(&state, &["run", "--target", &d, "--", "/nonexistent/cmd"]);
+    let o = ovl_with_state(&state, ["run", "--target", &d, "--", "/nonexistent/cmd"]);
     assert_eq!(o.status.code(), Some(127));
     assert!(
         stderr(&o).starts_with("ovl: /nonexistent/cmd: command not found"),
         "{}",
         stderr(&o)
     );
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &["run", "--target", "/nonexistent/dir", "--", "true"],
+        ["run", "--target", "/nonexistent/dir", "--", "true"],
     );
     assert_eq!(o.status.code(), Some(125));
     assert!(
@@ -115,9 +104,9 @@ fn run_keeps_or_persists_the_upper() {
     let state = r.join("state");
     let keep = r.join("kept");
     let script = format!("echo new > {app}/conf && rm {app}/gone && echo a > {app}/added");
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &[
+        [
             "run",
             "--target",
             &app,
@@ -140,18 +129,18 @@ fn run_keeps_or_persists_the_upper() {
         stderr(&o)
     );
     // --keep refuses a non-empty directory before running anything.
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &["run", "--target", &app, "--keep", &s(&keep), "--", "true"],
+        ["run", "--target", &app, "--keep", &s(&keep), "--", "true"],
     );
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
 
     // --upper persists across runs.
     let up = s(&r.join("session"));
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &[
+        [
             "run",
             "--target",
             &app,
@@ -164,9 +153,9 @@ fn run_keeps_or_persists_the_upper() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &[
+        [
             "run",
             "--target",
             &app,
@@ -189,9 +178,9 @@ fn run_with_the_overlay_as_root_file_system() {
     let t = open_tempdir();
     let state = t.path().join("state");
     let marker = format!("/etc/ovl-test-{}", std::process::id());
-    let o = run_ovl(
+    let o = ovl_with_state(
         &state,
-        &[
+        [
             "run",
             "--root",
             "--",

@@ -17,11 +17,30 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(ovl_bin())
-        .args(args)
-        .env_remove("RUST_LOG")
+    ovl_command(args).output().expect("run ovl")
+}
+
+/// Run `ovl` with `args` and a private state directory, so tests do not see each other's
+/// mount records.
+pub fn ovl_with_state<I, S>(state: &Path, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    ovl_command(args)
+        .env("OVL_STATE_DIR", state)
         .output()
         .expect("run ovl")
+}
+
+fn ovl_command<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(ovl_bin());
+    c.args(args).env_remove("RUST_LOG");
+    c
 }
 
 /// stdout as a String.
@@ -41,6 +60,16 @@ pub fn skip_or_fail(why: &str) {
         panic!("cannot run this test under CI: {why}");
     }
     eprintln!("SKIPPED: {why}");
+}
+
+/// True when running as root; otherwise fails under CI=true or skips, saying `why` root is
+/// needed.
+pub fn root_or_skip(why: &str) -> bool {
+    if !is_root() {
+        skip_or_fail(why);
+        return false;
+    }
+    true
 }
 
 /// A temp dir everybody can enter (tests that run commands as another user need that).
@@ -117,6 +146,23 @@ impl KernelOverlay {
         Ok(KernelOverlay {
             target: target.to_path_buf(),
         })
+    }
+}
+
+impl KernelOverlay {
+    /// Mount the `lowers` (names under `root`, bottom-first) with `root/upper` and
+    /// `root/work` on `root/merged`, creating the last three; `extra` kernel options.
+    pub fn mount_in(root: &Path, lowers: &[&str], extra: &str) -> Result<Self, String> {
+        mkdirs(root, &["upper", "work", "merged"]);
+        let lowers: Vec<PathBuf> = lowers.iter().map(|l| root.join(l)).collect();
+        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+        KernelOverlay::mount(
+            &lowers,
+            &root.join("upper"),
+            &root.join("work"),
+            &root.join("merged"),
+            extra,
+        )
     }
 }
 
