@@ -6,6 +6,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use overlay_core::format::Opacity;
+use overlay_core::XattrNamespace;
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -57,10 +59,12 @@ pub struct DiffOptions {
     pub aufs: bool,
 }
 
-/// Names of the xattrs that mark a directory opaque, by option.
+/// Whether the directory `name` in `dir` (`dir` itself for `None`) is opaque:
+/// `overlay.opaque=y` in either xattr namespace, and with `--aufs` also
+/// `user.fuseoverlayfs.opaque=y` or a `.wh..wh..opq` marker inside it.
 fn is_opaque(dir: &LayerDir, name: Option<&OsStr>, opts: &DiffOptions) -> Result<bool, CliError> {
-    for x in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-        if dir.xattr(name, x)?.as_deref() == Some(b"y") {
+    for ns in [XattrNamespace::Trusted, XattrNamespace::User] {
+        if Opacity::from_xattr(dir.xattr(name, &ns.opaque())?.as_deref()) == Opacity::Opaque {
             return Ok(true);
         }
     }
