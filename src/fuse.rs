@@ -1,10 +1,13 @@
 //! The FUSE backend: start the `ovl-fuse` daemon (fuse-overlayfs compatible command line)
 //! and unmount it again.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use overlay_core::mount::escape_option_value;
 use overlay_core::mount::mountinfo::read_mountinfo;
 
 use crate::{Error, PreparedUpper, Request, Result};
@@ -37,18 +40,6 @@ pub(crate) fn find_program() -> std::result::Result<PathBuf, String> {
     )
 }
 
-/// Escape a path for a fuse-overlayfs `-o` value (`\`, `,` and `:` get a backslash).
-fn escape(p: &Path) -> String {
-    let mut s = String::new();
-    for c in p.to_string_lossy().chars() {
-        if matches!(c, '\\' | ',' | ':') {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s
-}
-
 fn fuse_mounted_at(target: &Path) -> bool {
     read_mountinfo()
         .map(|v| {
@@ -77,25 +68,30 @@ impl FuseMount {
             reason,
         };
         let prog = find_program().map_err(fail)?;
-        let lowers: Vec<String> = lowers
-            .iter()
-            .rev()
-            .map(|l| {
-                std::fs::canonicalize(l)
-                    .map(|p| escape(&p))
-                    .map_err(|e| fail(format!("lower layer {}: {e}", l.display())))
-            })
-            .collect::<Result<_>>()?;
-        let mut opts = format!("lowerdir={}", lowers.join(":"));
+        // fuse-overlayfs's `-o` syntax escapes `\`, `,` and `:` as the kernel's does.
+        let escape = |p: &Path| escape_option_value(p.as_os_str().as_bytes());
+        let mut opts = b"lowerdir=".to_vec();
+        for (i, l) in lowers.iter().rev().enumerate() {
+            let p = std::fs::canonicalize(l)
+                .map_err(|e| fail(format!("lower layer {}: {e}", l.display())))?;
+            if i > 0 {
+                opts.push(b':');
+            }
+            opts.extend(escape(&p));
+        }
         if let Some((u, w)) = &upper.upper {
-            opts.push_str(&format!(",upperdir={},workdir={}", escape(u), escape(w)));
+            opts.extend(b",upperdir=");
+            opts.extend(escape(u));
+            opts.extend(b",workdir=");
+            opts.extend(escape(w));
         }
         if !overlay_core::mount::has_cap_sys_admin_in_initial_namespace() {
-            opts.push_str(",userxattr");
+            opts.extend(b",userxattr");
         }
         if req.options.read_only {
-            opts.push_str(",ro");
+            opts.extend(b",ro");
         }
+        let opts = OsString::from_vec(opts);
         let log = match &req.fuse_log {
             Some(p) => p.clone(),
             None => std::env::temp_dir().join(format!("ovl-fuse-{}.log", std::process::id())),
@@ -108,7 +104,12 @@ impl FuseMount {
         let errf = logf
             .try_clone()
             .map_err(|e| fail(format!("log file {}: {e}", log.display())))?;
-        tracing::debug!("starting {} -o {opts} {}", prog.display(), target.display());
+        tracing::debug!(
+            "starting {} -o {} {}",
+            prog.display(),
+            opts.to_string_lossy(),
+            target.display()
+        );
         let start_len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let status = Command::new(&prog)
             .arg("-o")
