@@ -490,6 +490,34 @@ fn ensure_dir(p: &Path, what: &'static str) -> Result<()> {
     }
 }
 
+impl Mounted {
+    /// The guard over a started backend (`kernel` or `fuse`, and which one was chosen) and
+    /// the layers it was mounted from.
+    fn assemble(
+        (kernel, fuse, backend): (Option<KernelMount>, Option<fuse::FuseMount>, Chosen),
+        prepared: PreparedUpper,
+        binds: Vec<LowerBind>,
+        target: PathBuf,
+        reasons: Vec<String>,
+        lowers: Vec<PathBuf>,
+    ) -> Mounted {
+        let (upper, work) = prepared.upper.unzip();
+        Mounted {
+            kernel,
+            fuse,
+            binds,
+            target,
+            backend,
+            reasons,
+            lowers,
+            upper,
+            work,
+            managed_work: prepared.managed_work,
+            tmpfs: prepared.tmpfs,
+        }
+    }
+}
+
 /// Upper and workdir as prepared for mounting.
 struct PreparedUpper {
     tmpfs: Option<Tmpfs>,
@@ -651,19 +679,14 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
                         Chosen::Kernel
                     };
                     reasons.push(format!("{chosen}: mounted"));
-                    return Ok(Mounted {
-                        kernel: Some(k),
-                        fuse: None,
+                    return Ok(Mounted::assemble(
+                        (Some(k), None, chosen),
+                        prepared,
                         binds,
                         target,
-                        backend: chosen,
                         reasons,
-                        lowers: lowers_canon,
-                        upper: prepared.upper.as_ref().map(|u| u.0.clone()),
-                        work: prepared.upper.as_ref().map(|u| u.1.clone()),
-                        managed_work: prepared.managed_work,
-                        tmpfs: prepared.tmpfs,
-                    });
+                        lowers_canon,
+                    ));
                 }
                 Err(e) => {
                     reasons.push(format!("{name}: failed: {e}"));
@@ -686,19 +709,14 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             match fuse::FuseMount::start(req, &lowers_mount, &prepared, &target) {
                 Ok(f) => {
                     reasons.push("fuse: mounted".into());
-                    return Ok(Mounted {
-                        kernel: None,
-                        fuse: Some(f),
+                    return Ok(Mounted::assemble(
+                        (None, Some(f), Chosen::Fuse),
+                        prepared,
                         binds,
                         target,
-                        backend: Chosen::Fuse,
                         reasons,
-                        lowers: lowers_canon,
-                        upper: prepared.upper.as_ref().map(|u| u.0.clone()),
-                        work: prepared.upper.as_ref().map(|u| u.1.clone()),
-                        managed_work: prepared.managed_work,
-                        tmpfs: prepared.tmpfs,
-                    });
+                        lowers_canon,
+                    ));
                 }
                 Err(e) => {
                     reasons.push(format!("fuse: failed: {e}"));
