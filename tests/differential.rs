@@ -12,35 +12,17 @@ mod common;
 use common::engine::EngineBackend;
 use common::kernel::kernel_backend;
 use common::ops::{Op, RenameMode, XattrMode};
-use common::{assert_same, cases, init, require_mounts, run_case, Backend};
-use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use common::{assert_same, init, require_mounts, run_case, Backend};
 
 /// Longest generated sequence.
 const MAX_OPS: usize = 24;
 
-fn config(default_cases: u32) -> Config {
-    Config {
-        cases: cases(default_cases),
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..Config::default()
-    }
-}
-
+/// Generated sequences through `run_property` with this file's shrink budget.
 fn run_property(
     default_cases: u32,
     make: impl Fn() -> (Box<dyn common::Backend>, Box<dyn common::Backend>),
 ) {
-    let mut runner = TestRunner::new(config(default_cases));
-    let result = runner.run(&common::ops::ops(MAX_OPS), |ops| {
-        let (mut a, mut b) = make();
-        run_case(&ops, a.as_mut(), b.as_mut()).map_err(TestCaseError::fail)
-    });
-    match result {
-        Ok(()) => eprintln!("{} sequences agreed", runner.config().cases),
-        Err(e) => panic!("{e}"),
-    }
+    common::run_property(default_cases, MAX_OPS, 4096, make);
 }
 
 /// The harness itself: two kernel mounts of the same fixture must agree on everything. If

@@ -9,10 +9,9 @@ mod common;
 use common::fixture::FixtureStack;
 use common::kernel::{kernel_backend, MountedBackend};
 use common::ops::{Op, RenameMode};
-use common::{assert_same, cases, init, require_mounts, run_case};
+use common::{assert_same, init, require_mounts};
 use overlay_core::{LayerStack, Overlay, XattrNamespace};
 use overlay_fuse::{spawn_mount, FsConfig, FuseMount, MountConfig};
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 const MAX_OPS: usize = 24;
 
@@ -37,20 +36,12 @@ fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
 }
 
 fn run_property(default_cases: u32, fs: FsConfig) {
-    let mut runner = TestRunner::new(Config {
-        cases: cases(default_cases),
-        failure_persistence: None,
-        max_shrink_iters: 2048,
-        ..Config::default()
+    common::run_property(default_cases, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend()),
+            Box::new(fuse_backend(fs.clone())),
+        )
     });
-    let result = runner.run(&common::ops::ops(MAX_OPS), |ops| {
-        let (mut k, mut f) = (kernel_backend(), fuse_backend(fs.clone()));
-        run_case(&ops, &mut k, &mut f).map_err(TestCaseError::fail)
-    });
-    match result {
-        Ok(()) => eprintln!("{} sequences agreed", runner.config().cases),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 /// Generated sequences, FUSE with passthrough (root) against the kernel.

@@ -69,6 +69,33 @@ pub fn require_mounts() -> bool {
     }
 }
 
+/// Generate operation sequences of at most `max_ops` (`cases(default_cases)` of them) and
+/// require the two backends `make` returns (fresh for every sequence) to agree on each; on a
+/// difference proptest shrinks the sequence (at most `max_shrink_iters` steps) and panics
+/// with it.
+pub fn run_property(
+    default_cases: u32,
+    max_ops: usize,
+    max_shrink_iters: u32,
+    make: impl Fn() -> (Box<dyn Backend>, Box<dyn Backend>),
+) {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases: cases(default_cases),
+        failure_persistence: None,
+        max_shrink_iters,
+        ..Config::default()
+    });
+    let result = runner.run(&ops::ops(max_ops), |ops| {
+        let (mut a, mut b) = make();
+        run_case(&ops, a.as_mut(), b.as_mut()).map_err(TestCaseError::fail)
+    });
+    match result {
+        Ok(()) => eprintln!("{} sequences agreed", runner.config().cases),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Number of generated sequences: `OVL_DIFF_CASES`, or `default`.
 pub fn cases(default: u32) -> u32 {
     match std::env::var("OVL_DIFF_CASES") {
