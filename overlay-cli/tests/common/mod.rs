@@ -99,10 +99,7 @@ pub fn write(root: &Path, rel: &str, data: &str) {
 /// True when `path` is a mount point in this mount namespace.
 pub fn is_mounted(path: &Path) -> bool {
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4).map(Path::new) == Some(canon.as_path()))
+    overlay_core::mount::mountinfo::is_mount_point(&canon).unwrap_or(false)
 }
 
 /// A kernel overlay mounted by the test itself (not by ovl); unmounted on drop, also when
