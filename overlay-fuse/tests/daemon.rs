@@ -85,12 +85,10 @@ fn mount8_runs_it_as_a_fuse_helper() {
         return;
     }
     if !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "mount.fuse3 (package fuse3) is missing"
+        skip(
+            "mount8_runs_it_as_a_fuse_helper",
+            "mount.fuse3 (package fuse3) is missing",
         );
-        eprintln!("mount8_runs_it_as_a_fuse_helper: SKIPPED (no mount.fuse3)");
         return;
     }
     let l = Layers::new(1);
@@ -210,12 +208,10 @@ fn rootless_mount_as_nobody() {
         return;
     }
     if Command::new("fusermount3").arg("-V").output().is_err() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "fusermount3 (package fuse3) is missing"
+        skip(
+            "rootless_mount_as_nobody",
+            "fusermount3 (package fuse3) is missing",
         );
-        eprintln!("rootless_mount_as_nobody: SKIPPED (no fusermount3)");
         return;
     }
     const NOBODY: u32 = 65534;

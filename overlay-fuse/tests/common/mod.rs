@@ -23,11 +23,17 @@ pub fn can_mount(test: &str) -> bool {
     if rustix::process::geteuid().is_root() && Path::new("/dev/fuse").exists() {
         return true;
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root and /dev/fuse to mount, and CI=true forbids skipping");
-    }
-    eprintln!("{test}: SKIPPED (needs root and /dev/fuse to mount)");
+    skip(test, "needs root and /dev/fuse to mount");
     false
+}
+
+/// `test` cannot run here because of `why`: under CI=true the test fails, else this prints
+/// that it is skipped and the caller returns.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {why}, and CI=true forbids skipping");
+    }
+    eprintln!("{test}: SKIPPED ({why})");
 }
 
 /// A temp dir with lower layers, an upper, a workdir and a mountpoint.
