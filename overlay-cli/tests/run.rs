@@ -138,34 +138,14 @@ fn run_keeps_or_persists_the_upper() {
 
     // --upper persists across runs.
     let up = s(&r.join("session"));
-    let o = ovl_with_state(
-        &state,
-        [
-            "run",
-            "--target",
-            &app,
-            "--upper",
-            &up,
-            "--",
-            "sh",
-            "-c",
-            &format!("echo 1 > {app}/counter"),
-        ],
-    );
+    let run_with_upper = |cmd: &[&str]| {
+        let mut args = vec!["run", "--target", &app, "--upper", &up, "--"];
+        args.extend(cmd);
+        ovl_with_state(&state, args)
+    };
+    let o = run_with_upper(&["sh", "-c", &format!("echo 1 > {app}/counter")]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = ovl_with_state(
-        &state,
-        [
-            "run",
-            "--target",
-            &app,
-            "--upper",
-            &up,
-            "--",
-            "cat",
-            &format!("{app}/counter"),
-        ],
-    );
+    let o = run_with_upper(&["cat", &format!("{app}/counter")]);
     assert_eq!(stdout(&o), "1\n", "{}", stderr(&o));
     assert!(!r.join("app/counter").exists());
 }
