@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use overlay_core::XattrNamespace;
 use rustix::fs::FileType;
 use serde::Serialize;
 
@@ -112,9 +113,11 @@ impl Checker {
     ) -> Result<bool, CliError> {
         let mut opaque = false;
         for (x, value) in dir.xattrs(name)? {
-            let (trusted, suffix) = if let Some(s) = x.strip_prefix("trusted.overlay.") {
+            let (trusted, suffix) = if let Some(s) =
+                x.strip_prefix(XattrNamespace::Trusted.prefix())
+            {
                 (true, s)
-            } else if let Some(s) = x.strip_prefix("user.overlay.") {
+            } else if let Some(s) = x.strip_prefix(XattrNamespace::User.prefix()) {
                 (false, s)
             } else {
                 if x.starts_with("user.fuseoverlayfs.") {
