@@ -238,27 +238,7 @@ impl Tmpfs {
             .mode(0o700)
             .create(parent)
             .map_err(|e| overlay_core::Error::io("create scratch directory", parent, e))?;
-        let mut dir = None;
-        for i in 0..100u32 {
-            let p = parent.join(format!("ovl-tmp-{}-{i}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => {
-                    dir = Some(p);
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(overlay_core::Error::io("create tmpfs mount point", &p, e).into())
-                }
-            }
-        }
-        let dir = dir.ok_or_else(|| {
-            overlay_core::Error::io(
-                "create tmpfs mount point",
-                parent,
-                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            )
-        })?;
+        let dir = overlay_core::mount::private_dir_in(parent, "ovl-tmp")?;
         let mut data = String::from("mode=0755");
         if let Some(s) = size {
             data.push_str(",size=");
@@ -329,9 +309,7 @@ struct LowerBind {
 
 impl LowerBind {
     fn new(lower: &Path, parent: &Path, n: usize) -> Result<LowerBind> {
-        let dir = parent.join(format!("ovl-lower-{}-{n}", std::process::id()));
-        std::fs::create_dir(&dir)
-            .map_err(|e| overlay_core::Error::io("create lower bind mount point", &dir, e))?;
+        let dir = overlay_core::mount::private_dir_in(parent, &format!("ovl-lower{n}"))?;
         // Recursive: in a user namespace a mount with locked submounts cannot be bound alone
         // (the overlay ignores submounts of a lower either way).
         if let Err(e) = rustix::mount::mount_bind_recursive(lower, &dir) {

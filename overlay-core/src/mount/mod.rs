@@ -40,7 +40,7 @@ pub mod spec;
 pub mod userns;
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use child::MountApi;
@@ -65,8 +65,13 @@ pub fn has_cap_sys_admin_in_initial_namespace() -> bool {
 
 /// Create a new directory `<tmp>/<prefix>-<pid>-<n>` with mode 0700.
 pub(crate) fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
+    private_dir_in(&std::env::temp_dir(), prefix)
+}
+
+/// Create a new directory `<parent>/<prefix>-<pid>-<n>-<nanos>` with mode 0700, a name no
+/// other process or earlier call used (for mount points and scratch space).
+pub fn private_dir_in(parent: &Path, prefix: &str) -> Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -74,7 +79,7 @@ pub(crate) fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
     let mut last = None;
     for _ in 0..64 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let p = base.join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
+        let p = parent.join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&p) {
             Ok(()) => return Ok(p),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
@@ -83,7 +88,7 @@ pub(crate) fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
     }
     Err(Error::io(
         "create private temporary directory",
-        base,
+        parent,
         last.unwrap_or_else(|| std::io::Error::other("no free name")),
     ))
 }
