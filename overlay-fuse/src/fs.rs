@@ -689,31 +689,15 @@ impl Inner {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            let p = self.node(parent)?;
-            let owner = self.owner(req.0, req.1, &p)?;
-            self.ovl
-                .mknod(&p, name, mode, decode_dev(rdev), owner)
-                .map_err(|e| errno("mknod", &e))
-        })();
-        match r {
-            Ok(n) => self.reply_entry(parent, n, reply),
-            Err(e) => reply.error(e),
-        }
+        self.make_entry("mknod", req, parent, reply, |p, owner| {
+            self.ovl.mknod(p, name, mode, decode_dev(rdev), owner)
+        })
     }
 
     fn mkdir(&self, req: (u32, u32), parent: u64, name: &OsStr, mode: u32, reply: ReplyEntry) {
-        let r = (|| {
-            let p = self.node(parent)?;
-            let owner = self.owner(req.0, req.1, &p)?;
-            self.ovl
-                .mkdir(&p, name, mode & 0o7777, owner)
-                .map_err(|e| errno("mkdir", &e))
-        })();
-        match r {
-            Ok(n) => self.reply_entry(parent, n, reply),
-            Err(e) => reply.error(e),
-        }
+        self.make_entry("mkdir", req, parent, reply, |p, owner| {
+            self.ovl.mkdir(p, name, mode & 0o7777, owner)
+        })
     }
 
     fn symlink(
@@ -724,13 +708,25 @@ impl Inner {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            let p = self.node(parent)?;
+        self.make_entry("symlink", req, parent, reply, |p, owner| {
+            self.ovl.symlink(p, name, target.as_os_str(), owner)
+        })
+    }
+
+    /// Create a name in `parent` with `make` (given the parent node and the new object's
+    /// owner for the requesting ids) and answer with its entry.
+    fn make_entry(
+        &self,
+        op: &str,
+        req: (u32, u32),
+        parent: u64,
+        reply: ReplyEntry,
+        make: impl FnOnce(&NodeRef, Option<Owner>) -> overlay_core::Result<NodeRef>,
+    ) {
+        let r = self.node(parent).and_then(|p| {
             let owner = self.owner(req.0, req.1, &p)?;
-            self.ovl
-                .symlink(&p, name, target.as_os_str(), owner)
-                .map_err(|e| errno("symlink", &e))
-        })();
+            make(&p, owner).map_err(|e| errno(op, &e))
+        });
         match r {
             Ok(n) => self.reply_entry(parent, n, reply),
             Err(e) => reply.error(e),
@@ -1085,33 +1081,30 @@ impl Inner {
         if !self.cfg.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.node(ino).and_then(|n| {
-            let was_lower = n.is_lower_only();
-            self.ovl
-                .setxattr(&n, name, value, flags)
-                .map_err(|e| errno("setxattr", &e))?;
-            if was_lower {
-                self.check_split(ino, &n);
-            }
-            Ok(())
-        }) {
-            Ok(()) => {
-                self.table.clear_xattr_absent(ino);
-                reply.ok()
-            }
-            Err(e) => reply.error(e),
-        }
+        self.change_xattr("setxattr", ino, reply, |n| {
+            self.ovl.setxattr(n, name, value, flags)
+        })
     }
 
     fn removexattr(&self, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         if !self.cfg.xattrs {
             return reply.error(Errno::ENOSYS);
         }
+        self.change_xattr("removexattr", ino, reply, |n| self.ovl.removexattr(n, name))
+    }
+
+    /// Change the xattrs of `ino` with `change` (which may copy it up) and forget what the
+    /// table knew about its absent xattrs.
+    fn change_xattr(
+        &self,
+        op: &str,
+        ino: u64,
+        reply: ReplyEmpty,
+        change: impl FnOnce(&NodeRef) -> overlay_core::Result<()>,
+    ) {
         match self.node(ino).and_then(|n| {
             let was_lower = n.is_lower_only();
-            self.ovl
-                .removexattr(&n, name)
-                .map_err(|e| errno("removexattr", &e))?;
+            change(&n).map_err(|e| errno(op, &e))?;
             if was_lower {
                 self.check_split(ino, &n);
             }
@@ -1367,7 +1360,7 @@ impl Inner {
         })
     }
 
-    fn write(&self, fh: u64, offset: u64, data: &[u8], wflags: WriteFlags, reply: ReplyWrite) {
+    fn write(&self, fh: u64, offset: u64, data: &[u8], reply: ReplyWrite) {
         let of = match self.open_file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
@@ -1376,7 +1369,6 @@ impl Inner {
             // Never write to a lower file (a read-only open cannot be written anyway).
             return reply.error(Errno::EBADF);
         }
-        let _ = wflags;
         let file = of.file.read().clone();
         match file.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
@@ -1977,14 +1969,12 @@ impl Filesystem for OverlayFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guarded("write", || {
-            self.inner.write(fh.0, offset, data, write_flags, reply)
-        })
+        guarded("write", || self.inner.write(fh.0, offset, data, reply))
     }
 
     fn flush(
