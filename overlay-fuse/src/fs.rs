@@ -531,6 +531,11 @@ fn negative_attr() -> FileAttr {
     }
 }
 
+fn unknown_node(nodeid: u64) -> Errno {
+    warn!("kernel used unknown node id {nodeid}");
+    Errno::ESTALE
+}
+
 thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -541,10 +546,14 @@ impl Inner {
     }
 
     fn node(&self, nodeid: u64) -> Result<NodeRef, Errno> {
-        self.table.get(nodeid).ok_or_else(|| {
-            warn!("kernel used unknown node id {nodeid}");
-            Errno::ESTALE
-        })
+        self.table.get(nodeid).ok_or_else(|| unknown_node(nodeid))
+    }
+
+    /// [`Inner::node`] with the open upper copy of the inode, if any.
+    fn node_with_upper_file(&self, nodeid: u64) -> Result<(NodeRef, Option<Arc<File>>), Errno> {
+        self.table
+            .get_with_upper_file(nodeid)
+            .ok_or_else(|| unknown_node(nodeid))
     }
 
     fn to_attr(&self, nodeid: u64, a: &Attr) -> FileAttr {
@@ -849,12 +858,12 @@ impl Inner {
     // ---- attributes ----
 
     fn getattr(&self, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let (n, upper_file) = match self.node_with_upper_file(ino) {
+            Ok(v) => v,
             Err(e) => return reply.error(e),
         };
         // An open upper copy answers without resolving the name in the layer.
-        if let Some(f) = self.table.upper_file(ino) {
+        if let Some(f) = upper_file {
             if let Ok(md) = f.metadata() {
                 let a = attr_from_metadata(&md, n.ino());
                 return reply.attr(&self.ttl(), &self.to_attr(ino, &a));
@@ -889,7 +898,7 @@ impl Inner {
         fh: Option<u64>,
         reply: ReplyAttr,
     ) {
-        let n = match self.node(ino) {
+        let (n, upper_file) = match self.node_with_upper_file(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -919,7 +928,7 @@ impl Inner {
             return self.getattr(ino, fh, reply);
         }
         if changes.size.is_none() {
-            if let Some(f) = self.table.upper_file(ino) {
+            if let Some(f) = upper_file {
                 // The file is open and in the upper layer: change it through the open file
                 // (no copy-up needed), in the engine's order.
                 return match setattr_fd(&f, &changes) {

@@ -380,12 +380,17 @@ impl InodeTable {
         });
     }
 
-    /// The open upper copy of an inode, if an open of one is live.
-    pub fn upper_file(&self, nodeid: u64) -> Option<Arc<std::fs::File>> {
-        self.shard(nodeid)
-            .lock()
-            .get(&nodeid)
-            .and_then(|e| e.io.upper_file.clone())
+    /// Like [`InodeTable::get`], with the open upper copy of the inode if an open of one is
+    /// live (one shard lock for both).
+    pub fn get_with_upper_file(
+        &self,
+        nodeid: u64,
+    ) -> Option<(NodeRef, Option<Arc<std::fs::File>>)> {
+        self.shard(nodeid).lock().get_mut(&nodeid).map(|e| {
+            e.referenced = true;
+            e.evicting = false;
+            (e.node.clone(), e.io.upper_file.clone())
+        })
     }
 
     /// Number of inodes the table holds.
