@@ -1920,8 +1920,14 @@ impl Filesystem for OverlayFs {
                 .lookup(&p, name)
                 .is_ok_and(|n| self.inner.long_copy_up(&n))
         });
+        if !long {
+            return guarded("rename", || {
+                self.inner
+                    .rename(parent.0, name, newparent.0, newname, flags, reply)
+            });
+        }
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
-        self.inner.offload("rename", long, move |i| {
+        self.inner.offload("rename", true, move |i| {
             i.rename(parent.0, &name, newparent.0, &newname, flags, reply)
         })
     }
@@ -1939,8 +1945,13 @@ impl Filesystem for OverlayFs {
             .table
             .get(ino.0)
             .is_some_and(|n| self.inner.long_copy_up(&n));
+        if !long {
+            return guarded("link", || {
+                self.inner.link(ino.0, newparent.0, newname, reply)
+            });
+        }
         let newname = newname.to_os_string();
-        self.inner.offload("link", long, move |i| {
+        self.inner.offload("link", true, move |i| {
             i.link(ino.0, newparent.0, &newname, reply)
         })
     }
@@ -2105,8 +2116,13 @@ impl Filesystem for OverlayFs {
             .table
             .get(ino.0)
             .is_some_and(|n| self.inner.long_copy_up(&n));
+        if !long {
+            return guarded("setxattr", || {
+                self.inner.setxattr(ino.0, name, value, flags, reply)
+            });
+        }
         let (name, value) = (name.to_os_string(), value.to_vec());
-        self.inner.offload("setxattr", long, move |i| {
+        self.inner.offload("setxattr", true, move |i| {
             i.setxattr(ino.0, &name, &value, flags, reply)
         })
     }
@@ -2125,8 +2141,11 @@ impl Filesystem for OverlayFs {
             .table
             .get(ino.0)
             .is_some_and(|n| self.inner.long_copy_up(&n));
+        if !long {
+            return guarded("removexattr", || self.inner.removexattr(ino.0, name, reply));
+        }
         let name: OsString = name.to_os_string();
-        self.inner.offload("removexattr", long, move |i| {
+        self.inner.offload("removexattr", true, move |i| {
             i.removexattr(ino.0, &name, reply)
         })
     }
