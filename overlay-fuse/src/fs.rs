@@ -531,6 +531,11 @@ fn negative_attr() -> FileAttr {
     }
 }
 
+fn unknown_node(nodeid: u64) -> Errno {
+    warn!("kernel used unknown node id {nodeid}");
+    Errno::ESTALE
+}
+
 thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -541,10 +546,14 @@ impl Inner {
     }
 
     fn node(&self, nodeid: u64) -> Result<NodeRef, Errno> {
-        self.table.get(nodeid).ok_or_else(|| {
-            warn!("kernel used unknown node id {nodeid}");
-            Errno::ESTALE
-        })
+        self.table.get(nodeid).ok_or_else(|| unknown_node(nodeid))
+    }
+
+    /// [`Inner::node`] with the open upper copy of the inode, if any.
+    fn node_with_upper_file(&self, nodeid: u64) -> Result<(NodeRef, Option<Arc<File>>), Errno> {
+        self.table
+            .get_with_upper_file(nodeid)
+            .ok_or_else(|| unknown_node(nodeid))
     }
 
     fn to_attr(&self, nodeid: u64, a: &Attr) -> FileAttr {
@@ -689,31 +698,15 @@ impl Inner {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            let p = self.node(parent)?;
-            let owner = self.owner(req.0, req.1, &p)?;
-            self.ovl
-                .mknod(&p, name, mode, decode_dev(rdev), owner)
-                .map_err(|e| errno("mknod", &e))
-        })();
-        match r {
-            Ok(n) => self.reply_entry(parent, n, reply),
-            Err(e) => reply.error(e),
-        }
+        self.make_entry("mknod", req, parent, reply, |p, owner| {
+            self.ovl.mknod(p, name, mode, decode_dev(rdev), owner)
+        })
     }
 
     fn mkdir(&self, req: (u32, u32), parent: u64, name: &OsStr, mode: u32, reply: ReplyEntry) {
-        let r = (|| {
-            let p = self.node(parent)?;
-            let owner = self.owner(req.0, req.1, &p)?;
-            self.ovl
-                .mkdir(&p, name, mode & 0o7777, owner)
-                .map_err(|e| errno("mkdir", &e))
-        })();
-        match r {
-            Ok(n) => self.reply_entry(parent, n, reply),
-            Err(e) => reply.error(e),
-        }
+        self.make_entry("mkdir", req, parent, reply, |p, owner| {
+            self.ovl.mkdir(p, name, mode & 0o7777, owner)
+        })
     }
 
     fn symlink(
@@ -724,13 +717,25 @@ impl Inner {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            let p = self.node(parent)?;
+        self.make_entry("symlink", req, parent, reply, |p, owner| {
+            self.ovl.symlink(p, name, target.as_os_str(), owner)
+        })
+    }
+
+    /// Create a name in `parent` with `make` (given the parent node and the new object's
+    /// owner for the requesting ids) and answer with its entry.
+    fn make_entry(
+        &self,
+        op: &str,
+        req: (u32, u32),
+        parent: u64,
+        reply: ReplyEntry,
+        make: impl FnOnce(&NodeRef, Option<Owner>) -> overlay_core::Result<NodeRef>,
+    ) {
+        let r = self.node(parent).and_then(|p| {
             let owner = self.owner(req.0, req.1, &p)?;
-            self.ovl
-                .symlink(&p, name, target.as_os_str(), owner)
-                .map_err(|e| errno("symlink", &e))
-        })();
+            make(&p, owner).map_err(|e| errno(op, &e))
+        });
         match r {
             Ok(n) => self.reply_entry(parent, n, reply),
             Err(e) => reply.error(e),
@@ -853,12 +858,12 @@ impl Inner {
     // ---- attributes ----
 
     fn getattr(&self, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let (n, upper_file) = match self.node_with_upper_file(ino) {
+            Ok(v) => v,
             Err(e) => return reply.error(e),
         };
         // An open upper copy answers without resolving the name in the layer.
-        if let Some(f) = self.table.upper_file(ino) {
+        if let Some(f) = upper_file {
             if let Ok(md) = f.metadata() {
                 let a = attr_from_metadata(&md, n.ino());
                 return reply.attr(&self.ttl(), &self.to_attr(ino, &a));
@@ -893,7 +898,7 @@ impl Inner {
         fh: Option<u64>,
         reply: ReplyAttr,
     ) {
-        let n = match self.node(ino) {
+        let (n, upper_file) = match self.node_with_upper_file(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -923,7 +928,7 @@ impl Inner {
             return self.getattr(ino, fh, reply);
         }
         if changes.size.is_none() {
-            if let Some(f) = self.table.upper_file(ino) {
+            if let Some(f) = upper_file {
                 // The file is open and in the upper layer: change it through the open file
                 // (no copy-up needed), in the engine's order.
                 return match setattr_fd(&f, &changes) {
@@ -1085,33 +1090,30 @@ impl Inner {
         if !self.cfg.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.node(ino).and_then(|n| {
-            let was_lower = n.is_lower_only();
-            self.ovl
-                .setxattr(&n, name, value, flags)
-                .map_err(|e| errno("setxattr", &e))?;
-            if was_lower {
-                self.check_split(ino, &n);
-            }
-            Ok(())
-        }) {
-            Ok(()) => {
-                self.table.clear_xattr_absent(ino);
-                reply.ok()
-            }
-            Err(e) => reply.error(e),
-        }
+        self.change_xattr("setxattr", ino, reply, |n| {
+            self.ovl.setxattr(n, name, value, flags)
+        })
     }
 
     fn removexattr(&self, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         if !self.cfg.xattrs {
             return reply.error(Errno::ENOSYS);
         }
+        self.change_xattr("removexattr", ino, reply, |n| self.ovl.removexattr(n, name))
+    }
+
+    /// Change the xattrs of `ino` with `change` (which may copy it up) and forget what the
+    /// table knew about its absent xattrs.
+    fn change_xattr(
+        &self,
+        op: &str,
+        ino: u64,
+        reply: ReplyEmpty,
+        change: impl FnOnce(&NodeRef) -> overlay_core::Result<()>,
+    ) {
         match self.node(ino).and_then(|n| {
             let was_lower = n.is_lower_only();
-            self.ovl
-                .removexattr(&n, name)
-                .map_err(|e| errno("removexattr", &e))?;
+            change(&n).map_err(|e| errno(op, &e))?;
             if was_lower {
                 self.check_split(ino, &n);
             }
@@ -1367,7 +1369,7 @@ impl Inner {
         })
     }
 
-    fn write(&self, fh: u64, offset: u64, data: &[u8], wflags: WriteFlags, reply: ReplyWrite) {
+    fn write(&self, fh: u64, offset: u64, data: &[u8], reply: ReplyWrite) {
         let of = match self.open_file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
@@ -1376,7 +1378,6 @@ impl Inner {
             // Never write to a lower file (a read-only open cannot be written anyway).
             return reply.error(Errno::EBADF);
         }
-        let _ = wflags;
         let file = of.file.read().clone();
         match file.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
@@ -1919,8 +1920,14 @@ impl Filesystem for OverlayFs {
                 .lookup(&p, name)
                 .is_ok_and(|n| self.inner.long_copy_up(&n))
         });
+        if !long {
+            return guarded("rename", || {
+                self.inner
+                    .rename(parent.0, name, newparent.0, newname, flags, reply)
+            });
+        }
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
-        self.inner.offload("rename", long, move |i| {
+        self.inner.offload("rename", true, move |i| {
             i.rename(parent.0, &name, newparent.0, &newname, flags, reply)
         })
     }
@@ -1938,8 +1945,13 @@ impl Filesystem for OverlayFs {
             .table
             .get(ino.0)
             .is_some_and(|n| self.inner.long_copy_up(&n));
+        if !long {
+            return guarded("link", || {
+                self.inner.link(ino.0, newparent.0, newname, reply)
+            });
+        }
         let newname = newname.to_os_string();
-        self.inner.offload("link", long, move |i| {
+        self.inner.offload("link", true, move |i| {
             i.link(ino.0, newparent.0, &newname, reply)
         })
     }
@@ -1977,14 +1989,12 @@ impl Filesystem for OverlayFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guarded("write", || {
-            self.inner.write(fh.0, offset, data, write_flags, reply)
-        })
+        guarded("write", || self.inner.write(fh.0, offset, data, reply))
     }
 
     fn flush(
@@ -2106,8 +2116,13 @@ impl Filesystem for OverlayFs {
             .table
             .get(ino.0)
             .is_some_and(|n| self.inner.long_copy_up(&n));
+        if !long {
+            return guarded("setxattr", || {
+                self.inner.setxattr(ino.0, name, value, flags, reply)
+            });
+        }
         let (name, value) = (name.to_os_string(), value.to_vec());
-        self.inner.offload("setxattr", long, move |i| {
+        self.inner.offload("setxattr", true, move |i| {
             i.setxattr(ino.0, &name, &value, flags, reply)
         })
     }
@@ -2126,8 +2141,11 @@ impl Filesystem for OverlayFs {
             .table
             .get(ino.0)
             .is_some_and(|n| self.inner.long_copy_up(&n));
+        if !long {
+            return guarded("removexattr", || self.inner.removexattr(ino.0, name, reply));
+        }
         let name: OsString = name.to_os_string();
-        self.inner.offload("removexattr", long, move |i| {
+        self.inner.offload("removexattr", true, move |i| {
             i.removexattr(ino.0, &name, reply)
         })
     }

@@ -82,6 +82,24 @@ struct Entry {
     links: Vec<(NodeRef, u64)>,
 }
 
+impl Entry {
+    /// A freshly looked-up inode: one kernel lookup, used, no I/O state.
+    fn new(node: NodeRef, generation: u64, parent: u64) -> Self {
+        Entry {
+            node,
+            lookups: 1,
+            generation,
+            parent,
+            referenced: true,
+            evicting: false,
+            io: IoState::default(),
+            xattr_absent: 0,
+            xattr_epoch: 0,
+            links: Vec::new(),
+        }
+    }
+}
+
 /// Hard-link names remembered per inode.
 const MAX_LINKS: usize = 8;
 
@@ -149,21 +167,9 @@ impl InodeTable {
             evicting: AtomicBool::new(false),
             cursor: AtomicUsize::new(0),
         };
-        t.shard(ROOT_ID).lock().insert(
-            ROOT_ID,
-            Entry {
-                node: root,
-                lookups: 1,
-                generation: 0,
-                parent: ROOT_ID,
-                referenced: true,
-                evicting: false,
-                io: IoState::default(),
-                xattr_absent: 0,
-                xattr_epoch: 0,
-                links: Vec::new(),
-            },
-        );
+        t.shard(ROOT_ID)
+            .lock()
+            .insert(ROOT_ID, Entry::new(root, 0, ROOT_ID));
         t
     }
 
@@ -210,10 +216,8 @@ impl InodeTable {
                     // Another name of the same inode (a hard link): keep the old one too,
                     // unless a copy-up split it off (it has another number now).
                     e.links.retain(|(n, _)| !Arc::ptr_eq(n, &node));
-                    let old = std::mem::replace(&mut e.node, node.clone());
-                    let same_inode = old.ino() == node.ino();
-                    if same_inode && e.links.len() < MAX_LINKS {
-                        e.links.push((old, e.parent));
+                    if e.node.ino() == node.ino() && e.links.len() < MAX_LINKS {
+                        e.links.push((e.node.clone(), e.parent));
                     }
                 }
                 e.node = node;
@@ -222,21 +226,7 @@ impl InodeTable {
             }
             None => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                shard.insert(
-                    nodeid,
-                    Entry {
-                        node,
-                        lookups: 1,
-                        generation,
-                        parent,
-                        referenced: true,
-                        evicting: false,
-                        io: IoState::default(),
-                        xattr_absent: 0,
-                        xattr_epoch: 0,
-                        links: Vec::new(),
-                    },
-                );
+                shard.insert(nodeid, Entry::new(node, generation, parent));
                 self.count.fetch_add(1, Ordering::Relaxed);
                 (nodeid, generation)
             }
@@ -390,12 +380,17 @@ impl InodeTable {
         });
     }
 
-    /// The open upper copy of an inode, if an open of one is live.
-    pub fn upper_file(&self, nodeid: u64) -> Option<Arc<std::fs::File>> {
-        self.shard(nodeid)
-            .lock()
-            .get(&nodeid)
-            .and_then(|e| e.io.upper_file.clone())
+    /// Like [`InodeTable::get`], with the open upper copy of the inode if an open of one is
+    /// live (one shard lock for both).
+    pub fn get_with_upper_file(
+        &self,
+        nodeid: u64,
+    ) -> Option<(NodeRef, Option<Arc<std::fs::File>>)> {
+        self.shard(nodeid).lock().get_mut(&nodeid).map(|e| {
+            e.referenced = true;
+            e.evicting = false;
+            (e.node.clone(), e.io.upper_file.clone())
+        })
     }
 
     /// Number of inodes the table holds.
