@@ -8,6 +8,8 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use parking_lot::RwLockWriteGuard;
+
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags as RxRename, XattrFlags};
 use rustix::io::Errno;
 
@@ -98,8 +100,34 @@ impl Overlay {
         parent.set_child(name, node);
     }
 
-    /// Create an object in the upper layer; the caller holds `parent.dir_lock` exclusively and
-    /// has checked that `name` does not exist in the merged view.
+    /// Common front of the creating operations, in the VFS's errno order: `parent` must be a
+    /// live directory, `name` a valid new name absent from the merged view (EEXIST before
+    /// EROFS). Returns the exclusive namespace lock of `parent`, to hold across the creation.
+    fn lock_new_name<'p>(
+        &self,
+        op: &'static str,
+        parent: &'p NodeRef,
+        name: &OsStr,
+    ) -> Result<RwLockWriteGuard<'p, ()>> {
+        self.check_dir(op, parent)?;
+        if is_dot(name) {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        check_name(op, parent, name)?;
+        let g = parent.dir_lock().write();
+        if parent.is_unlinked() {
+            return Err(self.name_err(op, parent, name, Errno::NOENT));
+        }
+        if self.lookup_locked(parent, name)?.is_some() {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        self.check_writable(op, || parent.rel_path().join(name))?;
+        Ok(g)
+    }
+
+    /// Create an object in the upper layer; the caller holds `parent.dir_lock` exclusively
+    /// through [`Overlay::lock_new_name`], which checked that `name` does not exist in the
+    /// merged view and that the overlay is writable.
     fn create_upper(
         &self,
         op: &'static str,
@@ -109,7 +137,6 @@ impl Overlay {
         spec: NewObj<'_>,
     ) -> Result<(NodeRef, Option<OwnedFd>, u64)> {
         let err = |e: Errno| self.name_err(op, parent, name, e);
-        self.check_writable(op, || parent.rel_path().join(name))?;
         let pdir = self.upper_dir_of(parent)?;
         // The name is absent from the merged view, so in upper it is absent or a whiteout.
         // Try the direct creation first; EEXIST means a whiteout (checked), which is then
@@ -261,7 +288,7 @@ impl Overlay {
         Ok((node, fd, ino))
     }
 
-    /// Common front of the creating operations: checks and locking.
+    /// Checks, locking and creation for create, mkdir and symlink.
     fn create_common(
         &self,
         op: &'static str,
@@ -270,18 +297,7 @@ impl Overlay {
         owner: Option<Owner>,
         spec: NewObj<'_>,
     ) -> Result<(NodeRef, Option<OwnedFd>)> {
-        self.check_dir(op, parent)?;
-        if is_dot(name) {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
-        check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
-        if parent.is_unlinked() {
-            return Err(self.name_err(op, parent, name, Errno::NOENT));
-        }
-        if self.lookup_locked(parent, name)?.is_some() {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
+        let _g = self.lock_new_name(op, parent, name)?;
         let (n, fd, _) = self.create_upper(op, parent, name, owner, spec)?;
         Ok((n, fd))
     }
@@ -349,19 +365,7 @@ impl Overlay {
         } else {
             0
         };
-        self.check_dir(op, parent)?;
-        if is_dot(name) {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
-        check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
-        if parent.is_unlinked() {
-            return Err(self.name_err(op, parent, name, Errno::NOENT));
-        }
-        if self.lookup_locked(parent, name)?.is_some() {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
-        self.check_writable(op, || parent.rel_path().join(name))?;
+        let _g = self.lock_new_name(op, parent, name)?;
         if mode & libc::S_IFMT == libc::S_IFCHR && dev == 0 {
             // 0/0 is reserved for whiteouts.
             return Err(self.name_err(op, parent, name, Errno::PERM));
@@ -391,19 +395,7 @@ impl Overlay {
     /// inode number.
     pub fn link(&self, node: &NodeRef, new_parent: &NodeRef, new_name: &OsStr) -> Result<NodeRef> {
         let op = "link";
-        self.check_dir(op, new_parent)?;
-        if is_dot(new_name) {
-            return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
-        }
-        check_name(op, new_parent, new_name)?;
-        let _g = new_parent.dir_lock().write();
-        if new_parent.is_unlinked() {
-            return Err(self.name_err(op, new_parent, new_name, Errno::NOENT));
-        }
-        if self.lookup_locked(new_parent, new_name)?.is_some() {
-            return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
-        }
-        self.check_writable(op, || new_parent.rel_path().join(new_name))?;
+        let _g = self.lock_new_name(op, new_parent, new_name)?;
         if node.kind == FileKind::Directory {
             return Err(self.node_err(op, node, Errno::PERM));
         }
