@@ -28,7 +28,8 @@ enum NewObj<'a> {
     Dir { mode: u32 },
     Special { mode: u32, rdev: u64 },
     Symlink { target: &'a OsStr },
-    Link { src: RealObj },
+    // A hard link to `src`, the upper object of node `of` (its kind and inode number).
+    Link { src: RealObj, of: &'a Node },
 }
 
 /// State of a name in an upper directory.
@@ -135,7 +136,7 @@ impl Overlay {
         name: &OsStr,
         owner: Option<Owner>,
         spec: NewObj<'_>,
-    ) -> Result<(NodeRef, Option<OwnedFd>, u64)> {
+    ) -> Result<(NodeRef, Option<OwnedFd>)> {
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let pdir = self.upper_dir_of(parent)?;
         // The name is absent from the merged view, so in upper it is absent or a whiteout.
@@ -178,10 +179,10 @@ impl Overlay {
                 NewObj::Symlink { target } => {
                     rustix::fs::symlinkat(*target, tdir, tname).map(|()| (FileKind::Symlink, None))
                 }
-                NewObj::Link { src } => {
+                NewObj::Link { src, of } => {
                     let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
                     rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
-                        .map(|()| (FileKind::File, None))
+                        .map(|()| (of.kind, None))
                 }
             };
             match r {
@@ -204,7 +205,11 @@ impl Overlay {
         } else {
             (pdir.as_fd(), name)
         };
-        let is_link = matches!(spec, NewObj::Link { .. });
+        let link_of = match spec {
+            NewObj::Link { of, .. } => Some(of),
+            _ => None,
+        };
+        let is_link = link_of.is_some();
         // The new object: through its fd for files, else by name in its directory.
         let is_file_fd = fd.is_some();
         let created = match fd.take() {
@@ -266,14 +271,17 @@ impl Overlay {
         } else {
             drop(created);
         }
-        // The inode does not change with the rename out of the workdir.
-        let st = match stat {
-            Some(st) => st,
-            None => {
-                rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?
+        let ino = match (link_of, stat) {
+            // Same inode as the source: its overlay inode number.
+            (Some(of), _) => of.ino(),
+            // The inode does not change with the rename out of the workdir.
+            (None, Some(st)) => self.layers.map_ino(LayerRef::Upper, st.st_ino),
+            (None, None) => {
+                let st = rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(err)?;
+                self.layers.map_ino(LayerRef::Upper, st.st_ino)
             }
         };
-        let ino = self.layers.map_ino(LayerRef::Upper, st.st_ino);
         let node = Arc::new(Node::new(
             ino,
             kind,
@@ -285,7 +293,7 @@ impl Overlay {
             },
         ));
         self.attach(parent, name, &node);
-        Ok((node, fd, ino))
+        Ok((node, fd))
     }
 
     /// Checks, locking and creation for create, mkdir and symlink.
@@ -298,8 +306,7 @@ impl Overlay {
         spec: NewObj<'_>,
     ) -> Result<(NodeRef, Option<OwnedFd>)> {
         let _g = self.lock_new_name(op, parent, name)?;
-        let (n, fd, _) = self.create_upper(op, parent, name, owner, spec)?;
-        Ok((n, fd))
+        self.create_upper(op, parent, name, owner, spec)
     }
 
     /// Create and open a regular file. Without `O_EXCL` an existing file is opened instead
@@ -370,7 +377,7 @@ impl Overlay {
             // 0/0 is reserved for whiteouts.
             return Err(self.name_err(op, parent, name, Errno::PERM));
         }
-        let (n, _, _) =
+        let (n, _) =
             self.create_upper(op, parent, name, owner, NewObj::Special { mode, rdev: dev })?;
         Ok(n)
     }
@@ -410,21 +417,13 @@ impl Overlay {
         let src = self
             .real(node, LayerRef::Upper)
             .map_err(|e| self.node_err(op, node, e))?;
-        let (created, _, _) =
-            self.create_upper(op, new_parent, new_name, None, NewObj::Link { src })?;
-        // Same inode: report the source's overlay inode number.
-        let n = Arc::new(Node::new(
-            node.ino(),
-            node.kind,
-            Some(new_parent.clone()),
+        let (n, _) = self.create_upper(
+            op,
+            new_parent,
             new_name,
-            NodeState {
-                upper: true,
-                ..Default::default()
-            },
-        ));
-        self.attach(new_parent, new_name, &n);
-        drop(created);
+            None,
+            NewObj::Link { src, of: node },
+        )?;
         Ok(n)
     }
 

@@ -637,6 +637,13 @@ fn link_symlink_mknod() {
         OsString::from("../../etc/passwd")
     );
     assert_eq!(errno(ovl.open(&s, libc::O_RDONLY)), libc::ELOOP);
+    // A hard link to a symlink is a symlink with the same inode number.
+    let sl2 = ovl.link(&s, &root, OsStr::new("sl2")).unwrap();
+    assert_eq!((sl2.kind, sl2.ino()), (FileKind::Symlink, s.ino()));
+    assert_eq!(
+        ovl.readlink(&sl2).unwrap(),
+        OsString::from("../../etc/passwd")
+    );
     assert_eq!(
         errno(ovl.mknod(&root, OsStr::new("wh"), libc::S_IFCHR | 0o644, 0, None)),
         libc::EPERM
