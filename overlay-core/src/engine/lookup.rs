@@ -8,7 +8,7 @@ use rustix::io::Errno;
 
 use super::layers::LayerRef;
 use super::node::{LowerEntry, NodeState};
-use super::{kind_of, FileKind, NodeRef, Overlay};
+use super::{FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format::{self, Opacity};
 
@@ -104,7 +104,7 @@ impl Overlay {
                         if format::is_whiteout_stat(st.st_mode, st.st_rdev) {
                             return Ok(None);
                         }
-                        let k = kind_of(st.st_mode);
+                        let k = FileKind::from_mode(st.st_mode);
                         top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
@@ -150,7 +150,7 @@ impl Overlay {
                     LayerHit::Absent => continue,
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
-                        let k = kind_of(st.st_mode);
+                        let k = FileKind::from_mode(st.st_mode);
                         if top_stat.is_none() {
                             top_stat = Some(st);
                         }

@@ -96,11 +96,6 @@ impl Overlay {
         self.forget_dir_fds(node);
     }
 
-    /// Register a new child node.
-    fn attach(&self, parent: &NodeRef, name: &OsStr, node: &NodeRef) {
-        parent.set_child(name, node);
-    }
-
     /// Common front of the creating operations, in the VFS's errno order: `parent` must be a
     /// live directory, `name` a valid new name absent from the merged view (EEXIST before
     /// EROFS). Returns the exclusive namespace lock of `parent`, to hold across the creation.
@@ -174,7 +169,7 @@ impl Overlay {
                 NewObj::Special { mode, rdev } => {
                     let ft = FileType::from_raw_mode(*mode);
                     rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(*mode & 0o7777), *rdev)
-                        .map(|()| (super::kind_of(*mode), Some(*mode & 0o7777)))
+                        .map(|()| (FileKind::from_mode(*mode), Some(*mode & 0o7777)))
                 }
                 NewObj::Symlink { target } => {
                     rustix::fs::symlinkat(*target, tdir, tname).map(|()| (FileKind::Symlink, None))
@@ -292,7 +287,7 @@ impl Overlay {
                 ..Default::default()
             },
         ));
-        self.attach(parent, name, &node);
+        parent.set_child(name, &node);
         Ok((node, fd))
     }
 
@@ -819,8 +814,8 @@ impl Overlay {
                 ld.parent = Some(parent.clone());
                 ld.name = NodeName::new(name);
             }
-            self.attach(parent, name, d);
-            self.attach(new_parent, new_name, &src);
+            parent.set_child(name, d);
+            new_parent.set_child(new_name, &src);
         } else {
             if let Some(d) = &dst {
                 self.stash_attr(d);
@@ -832,11 +827,8 @@ impl Overlay {
                 ls.parent = Some(new_parent.clone());
                 ls.name = NodeName::new(new_name);
             }
-            self.attach(new_parent, new_name, &src);
+            new_parent.set_child(new_name, &src);
         }
         Ok(())
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: OsString) {}

@@ -9,7 +9,7 @@ use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 
 use super::layers::LayerRef;
-use super::{kind_of, DirEntry, FileKind, NodeRef, Overlay};
+use super::{DirEntry, FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format;
 
@@ -118,7 +118,7 @@ impl Overlay {
                         seen.insert(e.name);
                         continue;
                     }
-                    kind = Some(kind_of(s.st_mode));
+                    kind = Some(FileKind::from_mode(s.st_mode));
                 }
                 let kind = kind.expect("kind");
                 if empty_check.is_some() {
@@ -187,7 +187,7 @@ impl Overlay {
                         seen.insert(e.name);
                         continue;
                     }
-                    kind = Some(kind_of(s.st_mode));
+                    kind = Some(FileKind::from_mode(s.st_mode));
                 }
                 let kind = kind.expect("kind");
                 if empty_check.is_some() {
