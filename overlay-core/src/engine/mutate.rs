@@ -422,22 +422,42 @@ impl Overlay {
         Ok(n)
     }
 
-    /// Remove a non-directory; leaves a whiteout where a lower name exists.
-    pub fn unlink(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
-        let op = "unlink";
+    /// Common front of unlink (`dir` false) and rmdir (`dir` true), in the VFS's errno
+    /// order: EROFS first, then `.`/`..`, the name, ENOENT, and the kind (EISDIR for unlink,
+    /// ENOTDIR for rmdir). Returns the exclusive namespace lock of `parent` and the node.
+    fn lock_old_name<'p>(
+        &self,
+        op: &'static str,
+        parent: &'p NodeRef,
+        name: &OsStr,
+        dir: bool,
+    ) -> Result<(RwLockWriteGuard<'p, ()>, NodeRef)> {
         self.check_dir(op, parent)?;
         self.check_writable(op, || parent.rel_path().join(name))?;
+        let dot = match (dir, name == ".") {
+            (false, _) => Errno::ISDIR,
+            (true, true) => Errno::INVAL,
+            (true, false) => Errno::NOTEMPTY,
+        };
         if is_dot(name) {
-            return Err(self.name_err(op, parent, name, Errno::ISDIR));
+            return Err(self.name_err(op, parent, name, dot));
         }
         check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
+        let g = parent.dir_lock().write();
         let node = self
             .lookup_locked(parent, name)?
             .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
-        if node.kind == FileKind::Directory {
-            return Err(self.name_err(op, parent, name, Errno::ISDIR));
+        if (node.kind == FileKind::Directory) != dir {
+            let e = if dir { Errno::NOTDIR } else { Errno::ISDIR };
+            return Err(self.name_err(op, parent, name, e));
         }
+        Ok((g, node))
+    }
+
+    /// Remove a non-directory; leaves a whiteout where a lower name exists.
+    pub fn unlink(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
+        let op = "unlink";
+        let (_g, node) = self.lock_old_name(op, parent, name, false)?;
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let _c = node.copy_lock.lock();
@@ -518,22 +538,7 @@ impl Overlay {
     /// workdir.
     pub fn rmdir(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "rmdir";
-        self.check_dir(op, parent)?;
-        self.check_writable(op, || parent.rel_path().join(name))?;
-        if name == "." {
-            return Err(self.name_err(op, parent, name, Errno::INVAL));
-        }
-        if name == ".." {
-            return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
-        }
-        check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
-        let node = self
-            .lookup_locked(parent, name)?
-            .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
-        if node.kind != FileKind::Directory {
-            return Err(self.name_err(op, parent, name, Errno::NOTDIR));
-        }
+        let (_g, node) = self.lock_old_name(op, parent, name, true)?;
         let _cg = node.dir_lock().write();
         let Some(whiteouts) = self.merged_empty_locked(&node)? else {
             return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));

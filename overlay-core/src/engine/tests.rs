@@ -310,6 +310,11 @@ fn create_write_unlink_leave_whiteouts() {
     let root = ovl.root();
     assert_eq!(errno(ovl.unlink(&root, OsStr::new("dir"))), libc::EISDIR);
     assert_eq!(errno(ovl.rmdir(&dir, OsStr::new("lower"))), libc::ENOTDIR);
+    // `.` and `..`, as rmdir(2) and unlink(2) report them.
+    assert_eq!(errno(ovl.rmdir(&dir, OsStr::new("."))), libc::EINVAL);
+    assert_eq!(errno(ovl.rmdir(&dir, OsStr::new(".."))), libc::ENOTEMPTY);
+    assert_eq!(errno(ovl.unlink(&dir, OsStr::new("."))), libc::EISDIR);
+    assert_eq!(errno(ovl.unlink(&dir, OsStr::new(".."))), libc::EISDIR);
 }
 
 #[test]
