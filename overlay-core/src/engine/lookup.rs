@@ -230,10 +230,13 @@ impl Overlay {
     pub(crate) fn upper_dir_opaque(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> bool {
         let p = super::layers::proc_path(dir, name);
         let x = self.layers.ns.opaque();
-        matches!(
-            super::layers::read_xattr(|b| rustix::fs::lgetxattr(&p, x.as_str(), b)).as_deref(),
-            Ok(b"y")
-        )
+        // Only "y" counts: a one-byte buffer answers (longer values give ERANGE), with no
+        // heap buffer per lookup.
+        let mut b = [0u8; 1];
+        match rustix::fs::lgetxattr(&p, x.as_str(), &mut b[..]) {
+            Ok(n) => Opacity::from_xattr(Some(&b[..n])) == Opacity::Opaque,
+            Err(_) => false,
+        }
     }
 
     /// The kernel's `ovl_lower_positive`: does `name` exist (not whited out) in the lower
