@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStringExt;
 
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
@@ -33,21 +32,11 @@ struct RawEntry {
 }
 
 fn read_entries(dir: &std::os::fd::OwnedFd) -> std::result::Result<Vec<RawEntry>, Errno> {
-    let mut d = super::layers::own_dir_stream(dir)?;
-    let mut out = Vec::new();
-    while let Some(ent) = d.read() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        out.push(RawEntry {
-            name: OsString::from_vec(n.to_vec()),
-            ino: ent.ino(),
-            ft: ent.file_type(),
-        });
-    }
-    Ok(out)
+    super::layers::map_dir_entries(dir, |name, ent| RawEntry {
+        name,
+        ino: ent.ino(),
+        ft: ent.file_type(),
+    })
 }
 
 impl Overlay {
