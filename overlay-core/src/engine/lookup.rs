@@ -108,17 +108,14 @@ impl Overlay {
                         top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
-                        if k == FileKind::Directory {
-                            let opaque = self.upper_dir_opaque(dir.as_fd(), name);
-                            merge_lowers = !opaque;
-                        } else {
+                        if k != FileKind::Directory {
                             merge_lowers = false;
                             let origin = self.origin_ino_of(dir.as_fd(), name);
                             ino = Some(origin.unwrap_or_else(|| {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
-                        }
-                        if k == FileKind::Directory {
+                        } else {
+                            merge_lowers = !self.upper_dir_opaque(dir.as_fd(), name);
                             ino = Some(
                                 self.layers
                                     .covered_mount_point(LayerRef::Upper, dir.as_fd(), name)
