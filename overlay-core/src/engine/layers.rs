@@ -510,7 +510,7 @@ impl Layers {
 
     /// Read the opacity of a directory in a lower layer (xattr or `.wh..wh..opq`).
     pub fn lower_dir_opacity(&self, dir: BorrowedFd<'_>) -> Opacity {
-        let op = get_xattr_fd(dir, &self.ns.opaque());
+        let op = get_xattr_fd(dir, self.ns.opaque());
         let o = Opacity::from_xattr(op.as_deref());
         if o == Opacity::Opaque {
             return o;

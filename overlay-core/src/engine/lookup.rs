@@ -76,7 +76,7 @@ impl Overlay {
         let p = super::layers::proc_path(dir, name);
         let xname = self.layers.ns.whiteout();
         matches!(
-            rustix::fs::lgetxattr(&p, xname.as_str(), &mut [0u8; 64][..]),
+            rustix::fs::lgetxattr(&p, xname, &mut [0u8; 64][..]),
             Ok(_) | Err(Errno::RANGE)
         )
     }
@@ -230,7 +230,7 @@ impl Overlay {
         // Only "y" counts: a one-byte buffer answers (longer values give ERANGE), with no
         // heap buffer per lookup.
         let mut b = [0u8; 1];
-        match rustix::fs::lgetxattr(&p, x.as_str(), &mut b[..]) {
+        match rustix::fs::lgetxattr(&p, x, &mut b[..]) {
             Ok(n) => Opacity::from_xattr(Some(&b[..n])) == Opacity::Opaque,
             Err(_) => false,
         }

@@ -244,7 +244,7 @@ impl Overlay {
             if over_whiteout {
                 if kind == FileKind::Directory {
                     created.setxattr(
-                        OsStr::new(&self.layers.ns.opaque()),
+                        OsStr::new(self.layers.ns.opaque()),
                         b"y",
                         XattrFlags::empty(),
                     )?;
@@ -716,13 +716,13 @@ impl Overlay {
         let opaque = self.layers.ns.opaque();
         if src.kind == FileKind::Directory && new_parent.state.read().is_merge() {
             let r = self.real(&src, LayerRef::Upper).map_err(serr)?;
-            r.setxattr(OsStr::new(&opaque), b"y", XattrFlags::empty())
+            r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                 .map_err(serr)?;
         }
         if let Some(d) = &dst {
             if exchange && d.kind == FileKind::Directory && parent.state.read().is_merge() {
                 let r = self.real(d, LayerRef::Upper).map_err(nerr)?;
-                r.setxattr(OsStr::new(&opaque), b"y", XattrFlags::empty())
+                r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                     .map_err(nerr)?;
             }
         }
