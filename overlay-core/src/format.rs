@@ -41,29 +41,37 @@ impl XattrNamespace {
         format!("{}{}", self.prefix(), suffix)
     }
 
+    /// The name for this namespace, of two constants (no allocation on lookup paths).
+    fn pick(self, trusted: &'static str, user: &'static str) -> &'static str {
+        match self {
+            XattrNamespace::Trusted => trusted,
+            XattrNamespace::User => user,
+        }
+    }
+
     /// `overlay.opaque`.
-    pub fn opaque(self) -> String {
-        self.name("opaque")
+    pub fn opaque(self) -> &'static str {
+        self.pick("trusted.overlay.opaque", "user.overlay.opaque")
     }
 
     /// `overlay.whiteout` (xwhiteout marker, lower layers only).
-    pub fn whiteout(self) -> String {
-        self.name("whiteout")
+    pub fn whiteout(self) -> &'static str {
+        self.pick("trusted.overlay.whiteout", "user.overlay.whiteout")
     }
 
     /// `overlay.origin`.
-    pub fn origin(self) -> String {
-        self.name("origin")
+    pub fn origin(self) -> &'static str {
+        self.pick("trusted.overlay.origin", "user.overlay.origin")
     }
 
     /// `overlay.impure`.
-    pub fn impure(self) -> String {
-        self.name("impure")
+    pub fn impure(self) -> &'static str {
+        self.pick("trusted.overlay.impure", "user.overlay.impure")
     }
 
     /// `overlay.redirect`.
-    pub fn redirect(self) -> String {
-        self.name("redirect")
+    pub fn redirect(self) -> &'static str {
+        self.pick("trusted.overlay.redirect", "user.overlay.redirect")
     }
 
     /// How an xattr name stored in a layer appears through the overlay.

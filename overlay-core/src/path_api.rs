@@ -435,8 +435,8 @@ impl<'a> PathApi<'a> {
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             for e in self.ovl.readdir(&dir)? {
-                let n = self.ovl.lookup(&dir, &e.name)?;
-                let a = self.ovl.getattr(&n)?;
+                // One lstat gives both, for entries without a live node.
+                let (n, a) = self.ovl.lookup_attr(&dir, &e.name)?;
                 f(&n.path(), &a);
                 if n.kind() == FileKind::Directory {
                     stack.push(n);
@@ -502,6 +502,16 @@ mod tests {
             fs.remove_dir("etc").unwrap_err().raw_os_error(),
             libc::ENOTEMPTY
         );
+        // walk_tree reports what symlink_metadata does, for merged and lower-only entries.
+        let mut walked = Vec::new();
+        fs.walk_tree("", &mut |p, a| walked.push((p.to_path_buf(), *a)))
+            .unwrap();
+        assert!(walked.len() >= 8, "{walked:?}");
+        for (p, a) in &walked {
+            let m = fs.symlink_metadata(p).unwrap();
+            let key = |a: &Attr| (a.ino, a.kind, a.perm, a.nlink, a.size, a.uid, a.mtime);
+            assert_eq!(key(a), key(&m), "{p:?}");
+        }
         fs.remove_dir_all("etc").unwrap();
         assert!(!fs.exists("etc"));
         assert_eq!(

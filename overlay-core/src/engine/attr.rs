@@ -9,10 +9,6 @@ use rustix::io::Errno;
 use super::{Attr, FileKind, NodeRef, Overlay, SetAttr, TimeSet};
 use crate::error::Result;
 
-fn timespec(t: Option<TimeSet>) -> Timespec {
-    TimeSet::to_timespec(t)
-}
-
 impl TimeSet {
     /// The `utimensat`/`futimens` timespec for an optional time change (`None` is
     /// `UTIME_OMIT`, [`TimeSet::Now`] is `UTIME_NOW`).
@@ -67,8 +63,8 @@ impl Overlay {
         }
         if changes.atime.is_some() || changes.mtime.is_some() {
             let ts = Timestamps {
-                last_access: timespec(changes.atime),
-                last_modification: timespec(changes.mtime),
+                last_access: TimeSet::to_timespec(changes.atime),
+                last_modification: TimeSet::to_timespec(changes.mtime),
             };
             real.utimes(&ts).map_err(err)?;
         }

@@ -137,26 +137,20 @@ impl Overlay {
                 }
                 staged
             }
-            FileKind::Symlink => {
-                let target = lower.readlink().map_err(err)?;
-                rustix::fs::symlinkat(&*target, work, &*tmp).map_err(err)?;
-                let staged = RealObj {
-                    layer: LayerRef::Upper,
-                    dir: self.layers.work_arc(),
-                    name: Some(tmp.clone()),
-                };
-                self.copy_meta(&lower, &lower, &staged, &st).map_err(err)?;
-                staged
-            }
-            _ => {
-                rustix::fs::mknodat(
-                    work,
-                    &*tmp,
-                    FileType::from_raw_mode(st.st_mode),
-                    Mode::from_raw_mode(0o600),
-                    st.st_rdev,
-                )
-                .map_err(err)?;
+            kind => {
+                if kind == FileKind::Symlink {
+                    let target = lower.readlink().map_err(err)?;
+                    rustix::fs::symlinkat(&*target, work, &*tmp).map_err(err)?;
+                } else {
+                    rustix::fs::mknodat(
+                        work,
+                        &*tmp,
+                        FileType::from_raw_mode(st.st_mode),
+                        Mode::from_raw_mode(0o600),
+                        st.st_rdev,
+                    )
+                    .map_err(err)?;
+                }
                 let staged = RealObj {
                     layer: LayerRef::Upper,
                     dir: self.layers.work_arc(),

@@ -510,7 +510,7 @@ impl Layers {
 
     /// Read the opacity of a directory in a lower layer (xattr or `.wh..wh..opq`).
     pub fn lower_dir_opacity(&self, dir: BorrowedFd<'_>) -> Opacity {
-        let op = get_xattr_fd(dir, &self.ns.opaque());
+        let op = get_xattr_fd(dir, self.ns.opaque());
         let o = Opacity::from_xattr(op.as_deref());
         if o == Opacity::Opaque {
             return o;
@@ -549,8 +549,11 @@ pub(crate) fn own_dir_stream(dir: &OwnedFd) -> std::result::Result<rustix::fs::D
     rustix::fs::Dir::new(fd)
 }
 
-/// Names in a directory (without `.` and `..`).
-pub(crate) fn list_dir_names(dir: &OwnedFd) -> std::result::Result<Vec<OsString>, Errno> {
+/// `f` of each entry of a directory (without `.` and `..`), given its name.
+pub(crate) fn map_dir_entries<T>(
+    dir: &OwnedFd,
+    mut f: impl FnMut(OsString, &rustix::fs::DirEntry) -> T,
+) -> std::result::Result<Vec<T>, Errno> {
     let mut d = own_dir_stream(dir)?;
     let mut out = Vec::new();
     while let Some(ent) = d.read() {
@@ -559,9 +562,14 @@ pub(crate) fn list_dir_names(dir: &OwnedFd) -> std::result::Result<Vec<OsString>
         if n == b"." || n == b".." {
             continue;
         }
-        out.push(OsString::from_vec(n.to_vec()));
+        out.push(f(OsString::from_vec(n.to_vec()), &ent));
     }
     Ok(out)
+}
+
+/// Names in a directory (without `.` and `..`).
+pub(crate) fn list_dir_names(dir: &OwnedFd) -> std::result::Result<Vec<OsString>, Errno> {
+    map_dir_entries(dir, |name, _| name)
 }
 
 /// Remove `name` in `dir`, recursively for directories, without following symlinks.

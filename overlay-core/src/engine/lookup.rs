@@ -8,7 +8,7 @@ use rustix::io::Errno;
 
 use super::layers::LayerRef;
 use super::node::{LowerEntry, NodeState};
-use super::{kind_of, FileKind, NodeRef, Overlay};
+use super::{FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format::{self, Opacity};
 
@@ -76,7 +76,7 @@ impl Overlay {
         let p = super::layers::proc_path(dir, name);
         let xname = self.layers.ns.whiteout();
         matches!(
-            rustix::fs::lgetxattr(&p, xname.as_str(), &mut [0u8; 64][..]),
+            rustix::fs::lgetxattr(&p, xname, &mut [0u8; 64][..]),
             Ok(_) | Err(Errno::RANGE)
         )
     }
@@ -104,21 +104,18 @@ impl Overlay {
                         if format::is_whiteout_stat(st.st_mode, st.st_rdev) {
                             return Ok(None);
                         }
-                        let k = kind_of(st.st_mode);
+                        let k = FileKind::from_mode(st.st_mode);
                         top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
-                        if k == FileKind::Directory {
-                            let opaque = self.upper_dir_opaque(dir.as_fd(), name);
-                            merge_lowers = !opaque;
-                        } else {
+                        if k != FileKind::Directory {
                             merge_lowers = false;
                             let origin = self.origin_ino_of(dir.as_fd(), name);
                             ino = Some(origin.unwrap_or_else(|| {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
-                        }
-                        if k == FileKind::Directory {
+                        } else {
+                            merge_lowers = !self.upper_dir_opaque(dir.as_fd(), name);
                             ino = Some(
                                 self.layers
                                     .covered_mount_point(LayerRef::Upper, dir.as_fd(), name)
@@ -150,7 +147,7 @@ impl Overlay {
                     LayerHit::Absent => continue,
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
-                        let k = kind_of(st.st_mode);
+                        let k = FileKind::from_mode(st.st_mode);
                         if top_stat.is_none() {
                             top_stat = Some(st);
                         }
@@ -230,10 +227,13 @@ impl Overlay {
     pub(crate) fn upper_dir_opaque(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> bool {
         let p = super::layers::proc_path(dir, name);
         let x = self.layers.ns.opaque();
-        matches!(
-            super::layers::read_xattr(|b| rustix::fs::lgetxattr(&p, x.as_str(), b)).as_deref(),
-            Ok(b"y")
-        )
+        // Only "y" counts: a one-byte buffer answers (longer values give ERANGE), with no
+        // heap buffer per lookup.
+        let mut b = [0u8; 1];
+        match rustix::fs::lgetxattr(&p, x, &mut b[..]) {
+            Ok(n) => Opacity::from_xattr(Some(&b[..n])) == Opacity::Opaque,
+            Err(_) => false,
+        }
     }
 
     /// The kernel's `ovl_lower_positive`: does `name` exist (not whited out) in the lower

@@ -255,11 +255,6 @@ impl std::fmt::Debug for Overlay {
     }
 }
 
-/// Map `st_mode` to a [`FileKind`].
-pub(crate) fn kind_of(mode: u32) -> FileKind {
-    FileKind::from_mode(mode)
-}
-
 impl FileKind {
     /// The kind of file an `st_mode` describes (anything unknown counts as a regular file).
     pub fn from_mode(mode: u32) -> FileKind {
@@ -301,7 +296,7 @@ fn ts(sec: i64, nsec: i64) -> Timestamp {
 pub(crate) fn attr_from_stat(st: &Stat, ino: u64) -> Attr {
     Attr {
         ino,
-        kind: kind_of(st.st_mode),
+        kind: FileKind::from_mode(st.st_mode),
         perm: st.st_mode & 0o7777,
         nlink: st.st_nlink as u32,
         uid: st.st_uid,

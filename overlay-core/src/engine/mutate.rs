@@ -8,6 +8,8 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use parking_lot::RwLockWriteGuard;
+
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags as RxRename, XattrFlags};
 use rustix::io::Errno;
 
@@ -26,7 +28,8 @@ enum NewObj<'a> {
     Dir { mode: u32 },
     Special { mode: u32, rdev: u64 },
     Symlink { target: &'a OsStr },
-    Link { src: RealObj },
+    // A hard link to `src`, the upper object of node `of` (its kind and inode number).
+    Link { src: RealObj, of: &'a Node },
 }
 
 /// State of a name in an upper directory.
@@ -93,13 +96,34 @@ impl Overlay {
         self.forget_dir_fds(node);
     }
 
-    /// Register a new child node.
-    fn attach(&self, parent: &NodeRef, name: &OsStr, node: &NodeRef) {
-        parent.set_child(name, node);
+    /// Common front of the creating operations, in the VFS's errno order: `parent` must be a
+    /// live directory, `name` a valid new name absent from the merged view (EEXIST before
+    /// EROFS). Returns the exclusive namespace lock of `parent`, to hold across the creation.
+    fn lock_new_name<'p>(
+        &self,
+        op: &'static str,
+        parent: &'p NodeRef,
+        name: &OsStr,
+    ) -> Result<RwLockWriteGuard<'p, ()>> {
+        self.check_dir(op, parent)?;
+        if is_dot(name) {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        check_name(op, parent, name)?;
+        let g = parent.dir_lock().write();
+        if parent.is_unlinked() {
+            return Err(self.name_err(op, parent, name, Errno::NOENT));
+        }
+        if self.lookup_locked(parent, name)?.is_some() {
+            return Err(self.name_err(op, parent, name, Errno::EXIST));
+        }
+        self.check_writable(op, || parent.rel_path().join(name))?;
+        Ok(g)
     }
 
-    /// Create an object in the upper layer; the caller holds `parent.dir_lock` exclusively and
-    /// has checked that `name` does not exist in the merged view.
+    /// Create an object in the upper layer; the caller holds `parent.dir_lock` exclusively
+    /// through [`Overlay::lock_new_name`], which checked that `name` does not exist in the
+    /// merged view and that the overlay is writable.
     fn create_upper(
         &self,
         op: &'static str,
@@ -107,9 +131,8 @@ impl Overlay {
         name: &OsStr,
         owner: Option<Owner>,
         spec: NewObj<'_>,
-    ) -> Result<(NodeRef, Option<OwnedFd>, u64)> {
+    ) -> Result<(NodeRef, Option<OwnedFd>)> {
         let err = |e: Errno| self.name_err(op, parent, name, e);
-        self.check_writable(op, || parent.rel_path().join(name))?;
         let pdir = self.upper_dir_of(parent)?;
         // The name is absent from the merged view, so in upper it is absent or a whiteout.
         // Try the direct creation first; EEXIST means a whiteout (checked), which is then
@@ -146,15 +169,15 @@ impl Overlay {
                 NewObj::Special { mode, rdev } => {
                     let ft = FileType::from_raw_mode(*mode);
                     rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(*mode & 0o7777), *rdev)
-                        .map(|()| (super::kind_of(*mode), Some(*mode & 0o7777)))
+                        .map(|()| (FileKind::from_mode(*mode), Some(*mode & 0o7777)))
                 }
                 NewObj::Symlink { target } => {
                     rustix::fs::symlinkat(*target, tdir, tname).map(|()| (FileKind::Symlink, None))
                 }
-                NewObj::Link { src } => {
+                NewObj::Link { src, of } => {
                     let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
                     rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
-                        .map(|()| (FileKind::File, None))
+                        .map(|()| (of.kind, None))
                 }
             };
             match r {
@@ -177,7 +200,11 @@ impl Overlay {
         } else {
             (pdir.as_fd(), name)
         };
-        let is_link = matches!(spec, NewObj::Link { .. });
+        let link_of = match spec {
+            NewObj::Link { of, .. } => Some(of),
+            _ => None,
+        };
+        let is_link = link_of.is_some();
         // The new object: through its fd for files, else by name in its directory.
         let is_file_fd = fd.is_some();
         let created = match fd.take() {
@@ -217,7 +244,7 @@ impl Overlay {
             if over_whiteout {
                 if kind == FileKind::Directory {
                     created.setxattr(
-                        OsStr::new(&self.layers.ns.opaque()),
+                        OsStr::new(self.layers.ns.opaque()),
                         b"y",
                         XattrFlags::empty(),
                     )?;
@@ -239,14 +266,17 @@ impl Overlay {
         } else {
             drop(created);
         }
-        // The inode does not change with the rename out of the workdir.
-        let st = match stat {
-            Some(st) => st,
-            None => {
-                rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?
+        let ino = match (link_of, stat) {
+            // Same inode as the source: its overlay inode number.
+            (Some(of), _) => of.ino(),
+            // The inode does not change with the rename out of the workdir.
+            (None, Some(st)) => self.layers.map_ino(LayerRef::Upper, st.st_ino),
+            (None, None) => {
+                let st = rustix::fs::statat(pdir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(err)?;
+                self.layers.map_ino(LayerRef::Upper, st.st_ino)
             }
         };
-        let ino = self.layers.map_ino(LayerRef::Upper, st.st_ino);
         let node = Arc::new(Node::new(
             ino,
             kind,
@@ -257,11 +287,11 @@ impl Overlay {
                 ..Default::default()
             },
         ));
-        self.attach(parent, name, &node);
-        Ok((node, fd, ino))
+        parent.set_child(name, &node);
+        Ok((node, fd))
     }
 
-    /// Common front of the creating operations: checks and locking.
+    /// Checks, locking and creation for create, mkdir and symlink.
     fn create_common(
         &self,
         op: &'static str,
@@ -270,20 +300,8 @@ impl Overlay {
         owner: Option<Owner>,
         spec: NewObj<'_>,
     ) -> Result<(NodeRef, Option<OwnedFd>)> {
-        self.check_dir(op, parent)?;
-        if is_dot(name) {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
-        check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
-        if parent.is_unlinked() {
-            return Err(self.name_err(op, parent, name, Errno::NOENT));
-        }
-        if self.lookup_locked(parent, name)?.is_some() {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
-        let (n, fd, _) = self.create_upper(op, parent, name, owner, spec)?;
-        Ok((n, fd))
+        let _g = self.lock_new_name(op, parent, name)?;
+        self.create_upper(op, parent, name, owner, spec)
     }
 
     /// Create and open a regular file. Without `O_EXCL` an existing file is opened instead
@@ -349,24 +367,12 @@ impl Overlay {
         } else {
             0
         };
-        self.check_dir(op, parent)?;
-        if is_dot(name) {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
-        check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
-        if parent.is_unlinked() {
-            return Err(self.name_err(op, parent, name, Errno::NOENT));
-        }
-        if self.lookup_locked(parent, name)?.is_some() {
-            return Err(self.name_err(op, parent, name, Errno::EXIST));
-        }
-        self.check_writable(op, || parent.rel_path().join(name))?;
+        let _g = self.lock_new_name(op, parent, name)?;
         if mode & libc::S_IFMT == libc::S_IFCHR && dev == 0 {
             // 0/0 is reserved for whiteouts.
             return Err(self.name_err(op, parent, name, Errno::PERM));
         }
-        let (n, _, _) =
+        let (n, _) =
             self.create_upper(op, parent, name, owner, NewObj::Special { mode, rdev: dev })?;
         Ok(n)
     }
@@ -391,19 +397,7 @@ impl Overlay {
     /// inode number.
     pub fn link(&self, node: &NodeRef, new_parent: &NodeRef, new_name: &OsStr) -> Result<NodeRef> {
         let op = "link";
-        self.check_dir(op, new_parent)?;
-        if is_dot(new_name) {
-            return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
-        }
-        check_name(op, new_parent, new_name)?;
-        let _g = new_parent.dir_lock().write();
-        if new_parent.is_unlinked() {
-            return Err(self.name_err(op, new_parent, new_name, Errno::NOENT));
-        }
-        if self.lookup_locked(new_parent, new_name)?.is_some() {
-            return Err(self.name_err(op, new_parent, new_name, Errno::EXIST));
-        }
-        self.check_writable(op, || new_parent.rel_path().join(new_name))?;
+        let _g = self.lock_new_name(op, new_parent, new_name)?;
         if node.kind == FileKind::Directory {
             return Err(self.node_err(op, node, Errno::PERM));
         }
@@ -418,40 +412,52 @@ impl Overlay {
         let src = self
             .real(node, LayerRef::Upper)
             .map_err(|e| self.node_err(op, node, e))?;
-        let (created, _, _) =
-            self.create_upper(op, new_parent, new_name, None, NewObj::Link { src })?;
-        // Same inode: report the source's overlay inode number.
-        let n = Arc::new(Node::new(
-            node.ino(),
-            node.kind,
-            Some(new_parent.clone()),
+        let (n, _) = self.create_upper(
+            op,
+            new_parent,
             new_name,
-            NodeState {
-                upper: true,
-                ..Default::default()
-            },
-        ));
-        self.attach(new_parent, new_name, &n);
-        drop(created);
+            None,
+            NewObj::Link { src, of: node },
+        )?;
         Ok(n)
+    }
+
+    /// Common front of unlink (`dir` false) and rmdir (`dir` true), in the VFS's errno
+    /// order: EROFS first, then `.`/`..`, the name, ENOENT, and the kind (EISDIR for unlink,
+    /// ENOTDIR for rmdir). Returns the exclusive namespace lock of `parent` and the node.
+    fn lock_old_name<'p>(
+        &self,
+        op: &'static str,
+        parent: &'p NodeRef,
+        name: &OsStr,
+        dir: bool,
+    ) -> Result<(RwLockWriteGuard<'p, ()>, NodeRef)> {
+        self.check_dir(op, parent)?;
+        self.check_writable(op, || parent.rel_path().join(name))?;
+        let dot = match (dir, name == ".") {
+            (false, _) => Errno::ISDIR,
+            (true, true) => Errno::INVAL,
+            (true, false) => Errno::NOTEMPTY,
+        };
+        if is_dot(name) {
+            return Err(self.name_err(op, parent, name, dot));
+        }
+        check_name(op, parent, name)?;
+        let g = parent.dir_lock().write();
+        let node = self
+            .lookup_locked(parent, name)?
+            .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
+        if (node.kind == FileKind::Directory) != dir {
+            let e = if dir { Errno::NOTDIR } else { Errno::ISDIR };
+            return Err(self.name_err(op, parent, name, e));
+        }
+        Ok((g, node))
     }
 
     /// Remove a non-directory; leaves a whiteout where a lower name exists.
     pub fn unlink(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "unlink";
-        self.check_dir(op, parent)?;
-        self.check_writable(op, || parent.rel_path().join(name))?;
-        if is_dot(name) {
-            return Err(self.name_err(op, parent, name, Errno::ISDIR));
-        }
-        check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
-        let node = self
-            .lookup_locked(parent, name)?
-            .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
-        if node.kind == FileKind::Directory {
-            return Err(self.name_err(op, parent, name, Errno::ISDIR));
-        }
+        let (_g, node) = self.lock_old_name(op, parent, name, false)?;
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let _c = node.copy_lock.lock();
@@ -532,22 +538,7 @@ impl Overlay {
     /// workdir.
     pub fn rmdir(&self, parent: &NodeRef, name: &OsStr) -> Result<()> {
         let op = "rmdir";
-        self.check_dir(op, parent)?;
-        self.check_writable(op, || parent.rel_path().join(name))?;
-        if name == "." {
-            return Err(self.name_err(op, parent, name, Errno::INVAL));
-        }
-        if name == ".." {
-            return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
-        }
-        check_name(op, parent, name)?;
-        let _g = parent.dir_lock().write();
-        let node = self
-            .lookup_locked(parent, name)?
-            .ok_or_else(|| self.name_err(op, parent, name, Errno::NOENT))?;
-        if node.kind != FileKind::Directory {
-            return Err(self.name_err(op, parent, name, Errno::NOTDIR));
-        }
+        let (_g, node) = self.lock_old_name(op, parent, name, true)?;
         let _cg = node.dir_lock().write();
         let Some(whiteouts) = self.merged_empty_locked(&node)? else {
             return Err(self.name_err(op, parent, name, Errno::NOTEMPTY));
@@ -725,13 +716,13 @@ impl Overlay {
         let opaque = self.layers.ns.opaque();
         if src.kind == FileKind::Directory && new_parent.state.read().is_merge() {
             let r = self.real(&src, LayerRef::Upper).map_err(serr)?;
-            r.setxattr(OsStr::new(&opaque), b"y", XattrFlags::empty())
+            r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                 .map_err(serr)?;
         }
         if let Some(d) = &dst {
             if exchange && d.kind == FileKind::Directory && parent.state.read().is_merge() {
                 let r = self.real(d, LayerRef::Upper).map_err(nerr)?;
-                r.setxattr(OsStr::new(&opaque), b"y", XattrFlags::empty())
+                r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                     .map_err(nerr)?;
             }
         }
@@ -828,8 +819,8 @@ impl Overlay {
                 ld.parent = Some(parent.clone());
                 ld.name = NodeName::new(name);
             }
-            self.attach(parent, name, d);
-            self.attach(new_parent, new_name, &src);
+            parent.set_child(name, d);
+            new_parent.set_child(new_name, &src);
         } else {
             if let Some(d) = &dst {
                 self.stash_attr(d);
@@ -841,11 +832,8 @@ impl Overlay {
                 ls.parent = Some(new_parent.clone());
                 ls.name = NodeName::new(new_name);
             }
-            self.attach(new_parent, new_name, &src);
+            new_parent.set_child(new_name, &src);
         }
         Ok(())
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: OsString) {}

@@ -79,11 +79,7 @@ impl Overlay {
         };
         let uuid = self.layers.lowers[i as usize].uuid;
         if let Some(v) = encode(&uuid, ty, &handle) {
-            let _ = dst.setxattr(
-                OsStr::new(&self.layers.ns.origin()),
-                &v,
-                XattrFlags::empty(),
-            );
+            let _ = dst.setxattr(OsStr::new(self.layers.ns.origin()), &v, XattrFlags::empty());
         }
     }
 
@@ -99,8 +95,8 @@ impl Overlay {
     /// Mark an upper directory `impure` (it holds entries with an origin), once.
     pub(crate) fn set_impure(&self, dir: BorrowedFd<'_>) {
         let x = self.layers.ns.impure();
-        if rustix::fs::fgetxattr(dir, x.as_str(), &mut [0u8; 4][..]).is_err() {
-            let _ = rustix::fs::fsetxattr(dir, x.as_str(), b"y", XattrFlags::empty());
+        if rustix::fs::fgetxattr(dir, x, &mut [0u8; 4][..]).is_err() {
+            let _ = rustix::fs::fsetxattr(dir, x, b"y", XattrFlags::empty());
         }
     }
 
@@ -109,7 +105,7 @@ impl Overlay {
     pub(crate) fn origin_ino_of(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
         let p = proc_path(dir, name);
         let x = self.layers.ns.origin();
-        let raw = read_xattr(|b| rustix::fs::lgetxattr(&p, x.as_str(), b)).ok()?;
+        let raw = read_xattr(|b| rustix::fs::lgetxattr(&p, x, b)).ok()?;
         let (uuid, ty, handle) = decode(&raw)?;
         let mut tried = Vec::new();
         for (i, l) in self.layers.lowers.iter().enumerate() {

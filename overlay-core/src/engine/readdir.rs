@@ -3,13 +3,12 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStringExt;
 
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 
 use super::layers::LayerRef;
-use super::{kind_of, DirEntry, FileKind, NodeRef, Overlay};
+use super::{DirEntry, FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format;
 
@@ -33,21 +32,11 @@ struct RawEntry {
 }
 
 fn read_entries(dir: &std::os::fd::OwnedFd) -> std::result::Result<Vec<RawEntry>, Errno> {
-    let mut d = super::layers::own_dir_stream(dir)?;
-    let mut out = Vec::new();
-    while let Some(ent) = d.read() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        out.push(RawEntry {
-            name: OsString::from_vec(n.to_vec()),
-            ino: ent.ino(),
-            ft: ent.file_type(),
-        });
-    }
-    Ok(out)
+    super::layers::map_dir_entries(dir, |name, ent| RawEntry {
+        name,
+        ino: ent.ino(),
+        ft: ent.file_type(),
+    })
 }
 
 impl Overlay {
@@ -118,7 +107,7 @@ impl Overlay {
                         seen.insert(e.name);
                         continue;
                     }
-                    kind = Some(kind_of(s.st_mode));
+                    kind = Some(FileKind::from_mode(s.st_mode));
                 }
                 let kind = kind.expect("kind");
                 if empty_check.is_some() {
@@ -187,7 +176,7 @@ impl Overlay {
                         seen.insert(e.name);
                         continue;
                     }
-                    kind = Some(kind_of(s.st_mode));
+                    kind = Some(FileKind::from_mode(s.st_mode));
                 }
                 let kind = kind.expect("kind");
                 if empty_check.is_some() {

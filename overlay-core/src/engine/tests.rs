@@ -310,6 +310,11 @@ fn create_write_unlink_leave_whiteouts() {
     let root = ovl.root();
     assert_eq!(errno(ovl.unlink(&root, OsStr::new("dir"))), libc::EISDIR);
     assert_eq!(errno(ovl.rmdir(&dir, OsStr::new("lower"))), libc::ENOTDIR);
+    // `.` and `..`, as rmdir(2) and unlink(2) report them.
+    assert_eq!(errno(ovl.rmdir(&dir, OsStr::new("."))), libc::EINVAL);
+    assert_eq!(errno(ovl.rmdir(&dir, OsStr::new(".."))), libc::ENOTEMPTY);
+    assert_eq!(errno(ovl.unlink(&dir, OsStr::new("."))), libc::EISDIR);
+    assert_eq!(errno(ovl.unlink(&dir, OsStr::new(".."))), libc::EISDIR);
 }
 
 #[test]
@@ -637,6 +642,13 @@ fn link_symlink_mknod() {
         OsString::from("../../etc/passwd")
     );
     assert_eq!(errno(ovl.open(&s, libc::O_RDONLY)), libc::ELOOP);
+    // A hard link to a symlink is a symlink with the same inode number.
+    let sl2 = ovl.link(&s, &root, OsStr::new("sl2")).unwrap();
+    assert_eq!((sl2.kind, sl2.ino()), (FileKind::Symlink, s.ino()));
+    assert_eq!(
+        ovl.readlink(&sl2).unwrap(),
+        OsString::from("../../etc/passwd")
+    );
     assert_eq!(
         errno(ovl.mknod(&root, OsStr::new("wh"), libc::S_IFCHR | 0o644, 0, None)),
         libc::EPERM
