@@ -64,7 +64,7 @@ pub struct DiffOptions {
 /// `user.fuseoverlayfs.opaque=y` or a `.wh..wh..opq` marker inside it.
 fn is_opaque(dir: &LayerDir, name: Option<&OsStr>, opts: &DiffOptions) -> Result<bool, CliError> {
     for ns in [XattrNamespace::Trusted, XattrNamespace::User] {
-        if Opacity::from_xattr(dir.xattr(name, &ns.opaque())?.as_deref()) == Opacity::Opaque {
+        if Opacity::from_xattr(dir.xattr(name, ns.opaque())?.as_deref()) == Opacity::Opaque {
             return Ok(true);
         }
     }

@@ -335,15 +335,6 @@ fn is_dot(name: &OsStr) -> bool {
     name == "." || name == ".."
 }
 
-impl Node {
-    /// True once this name has left the tree: unlinked, removed with rmdir, or replaced by a
-    /// rename. Hard links are separate nodes with the same inode number, so a caller that maps
-    /// inode numbers to nodes (the FUSE adapter) should prefer a node for which this is false.
-    pub fn is_removed(&self) -> bool {
-        self.is_unlinked()
-    }
-}
-
 impl Overlay {
     /// Open a union view of `stack`. Prepares `work/work` in the workdir (clearing stale
     /// staging files left by a crash) and locks the workdir: a second overlay on the same
