@@ -286,7 +286,7 @@ fn notify_loop(
     while let Ok(msg) = rx.recv() {
         let Some(n) = notifier.get() else {
             if matches!(msg, Invalidation::Evict) {
-                table.end_eviction();
+                table.cancel_eviction();
             }
             continue;
         };
@@ -296,7 +296,9 @@ fn notify_loop(
             }
             Invalidation::Evict => {
                 evict_cold(n, &table);
-                table.end_eviction();
+                while table.end_eviction() {
+                    evict_cold(n, &table);
+                }
                 Ok(())
             }
             Invalidation::Entry { parent, name } => n.inval_entry(INodeNo(*parent), name),
@@ -310,8 +312,7 @@ fn notify_loop(
 /// Ask the kernel to drop the dentries of cold inodes until the table is back at 3/4 of its
 /// capacity; their FORGETs then free the entries and the engine nodes.
 fn evict_cold(n: &Notifier, table: &InodeTable) {
-    let low = table.capacity() / 4 * 3;
-    let want = table.len().saturating_sub(low);
+    let want = table.excess_over(table.capacity() / 4 * 3);
     if want == 0 {
         return;
     }
@@ -325,6 +326,7 @@ fn evict_cold(n: &Notifier, table: &InodeTable) {
         // ENOENT: the kernel no longer has that dentry (swallowed by fuser).
         if let Err(e) = n.inval_entry(INodeNo(parent), name) {
             debug!("evict {}: {e}", path.display());
+            table.eviction_failed(table.nodeid_of(node.ino()));
         }
     }
 }
@@ -589,7 +591,7 @@ impl Inner {
         if self.table.begin_eviction() {
             match self.notify_tx.lock().as_ref() {
                 Some(tx) if tx.send(Invalidation::Evict).is_ok() => {}
-                _ => self.table.end_eviction(),
+                _ => self.table.cancel_eviction(),
             }
         }
         r

@@ -140,6 +140,10 @@ pub struct InodeTable {
     capacity: usize,
     /// An eviction sweep is queued or running.
     evicting: AtomicBool,
+    /// The table went over its capacity while a sweep was running: sweep again after it.
+    sweep_again: AtomicBool,
+    /// Entries chosen for eviction whose FORGET has not come yet.
+    in_flight: AtomicUsize,
     /// Shard where the next sweep starts.
     cursor: AtomicUsize,
 }
@@ -165,6 +169,8 @@ impl InodeTable {
             count: AtomicUsize::new(1),
             capacity,
             evicting: AtomicBool::new(false),
+            sweep_again: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             cursor: AtomicUsize::new(0),
         };
         t.shard(ROOT_ID)
@@ -193,8 +199,7 @@ impl InodeTable {
     /// The engine node of a node id the kernel knows (marks the entry used).
     pub fn get(&self, nodeid: u64) -> Option<NodeRef> {
         self.shard(nodeid).lock().get_mut(&nodeid).map(|e| {
-            e.referenced = true;
-            e.evicting = false;
+            self.touch(e);
             e.node.clone()
         })
     }
@@ -208,8 +213,7 @@ impl InodeTable {
         match shard.get_mut(&nodeid) {
             Some(e) => {
                 e.lookups += 1;
-                e.referenced = true;
-                e.evicting = false;
+                self.touch(e);
                 if !Arc::ptr_eq(&e.node, &node) {
                     e.xattr_absent = 0;
                     e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
@@ -300,6 +304,9 @@ impl InodeTable {
         if let Some(e) = shard.get_mut(&nodeid) {
             e.lookups = e.lookups.saturating_sub(n);
             if e.lookups == 0 {
+                if e.evicting {
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
                 shard.remove(&nodeid);
                 self.count.fetch_sub(1, Ordering::Relaxed);
             }
@@ -387,8 +394,7 @@ impl InodeTable {
         nodeid: u64,
     ) -> Option<(NodeRef, Option<Arc<std::fs::File>>)> {
         self.shard(nodeid).lock().get_mut(&nodeid).map(|e| {
-            e.referenced = true;
-            e.evicting = false;
+            self.touch(e);
             (e.node.clone(), e.io.upper_file.clone())
         })
     }
@@ -398,17 +404,59 @@ impl InodeTable {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// True when the table is over its capacity and no sweep is under way; the caller must
-    /// then run [`InodeTable::cold_entries`] and [`InodeTable::end_eviction`].
-    pub fn begin_eviction(&self) -> bool {
-        self.capacity != 0
-            && self.len() > self.capacity
-            && !self.evicting.swap(true, Ordering::AcqRel)
+    /// Mark an entry used; if it was chosen for eviction, the kernel still wants it.
+    fn touch(&self, e: &mut Entry) {
+        e.referenced = true;
+        if e.evicting {
+            e.evicting = false;
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
-    /// Allow the next sweep.
-    pub fn end_eviction(&self) {
+    /// Entries beyond `limit`, not counting those whose eviction is under way.
+    pub fn excess_over(&self, limit: usize) -> usize {
+        self.len()
+            .saturating_sub(self.in_flight.load(Ordering::Relaxed))
+            .saturating_sub(limit)
+    }
+
+    /// True when the table is over its capacity and no sweep is under way; the caller must
+    /// then run [`InodeTable::cold_entries`] and [`InodeTable::end_eviction`]. When a sweep
+    /// is under way, it is asked to run once more.
+    pub fn begin_eviction(&self) -> bool {
+        if self.capacity == 0 || self.excess_over(self.capacity) == 0 {
+            return false;
+        }
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            self.sweep_again.store(true, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// End a sweep. True when the table went over its capacity again while it ran (new
+    /// lookups came in): the caller then owns a new sweep and must run it, so the table
+    /// never stays above its capacity for want of a lookup to trigger the next one.
+    pub fn end_eviction(&self) -> bool {
         self.evicting.store(false, Ordering::Release);
+        self.sweep_again.swap(false, Ordering::AcqRel) && self.begin_eviction()
+    }
+
+    /// Give up a sweep that cannot run (no notifier yet, or the mount is going away).
+    pub fn cancel_eviction(&self) {
+        self.sweep_again.store(false, Ordering::Release);
+        self.evicting.store(false, Ordering::Release);
+    }
+
+    /// The kernel refused to drop the dentry of `nodeid` (it no longer had that name, say):
+    /// it is no longer counted as being evicted.
+    pub fn eviction_failed(&self, nodeid: u64) {
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            if e.evicting {
+                e.evicting = false;
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Pick up to `want` entries not used since the last sweep (clock algorithm: used ones
@@ -440,6 +488,7 @@ impl InodeTable {
                     continue;
                 }
                 e.evicting = true;
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
                 out.push((e.parent, e.node.clone()));
             }
         }
@@ -459,5 +508,78 @@ impl InodeTable {
     /// Lookup count of a node id (for tests and diagnostics).
     pub fn lookups(&self, nodeid: u64) -> Option<u64> {
         self.shard(nodeid).lock().get(&nodeid).map(|e| e.lookups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlay_core::{LayerStack, Overlay};
+    use std::ffi::OsStr;
+
+    /// An engine over one lower holding `n` files, and their nodes.
+    fn nodes(n: usize) -> (tempfile::TempDir, Overlay, Vec<NodeRef>) {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        let ovl = Overlay::new(LayerStack::builder().lower(dir.path()).build().unwrap()).unwrap();
+        let root = ovl.root();
+        let nodes = (0..n)
+            .map(|i| ovl.lookup(&root, OsStr::new(&format!("f{i}"))).unwrap())
+            .collect();
+        (dir, ovl, nodes)
+    }
+
+    #[test]
+    fn a_sweep_reruns_when_the_table_grew_during_it() {
+        let (_dir, ovl, nodes) = nodes(12);
+        let t = InodeTable::with_capacity(ovl.root(), 8);
+        for n in &nodes[..9] {
+            t.remember(n.clone(), ROOT_ID);
+        }
+        // 10 entries with the root: over capacity, the first caller owns the sweep.
+        assert!(t.begin_eviction());
+        assert!(!t.begin_eviction(), "one sweep at a time");
+        // The first pass only clears the marks; the second picks cold entries.
+        let want = t.excess_over(6);
+        assert_eq!(want, 4);
+        let cold = t.cold_entries(want);
+        assert_eq!(cold.len(), 4);
+        // Those count as leaving: the table is no longer over its capacity for a new sweep...
+        assert_eq!(t.excess_over(8), 0);
+        // ...until lookups arrive while the sweep runs.
+        for n in &nodes[9..] {
+            t.remember(n.clone(), ROOT_ID);
+            assert!(!t.begin_eviction());
+        }
+        assert!(t.end_eviction(), "the sweep must run again");
+        assert!(!t.end_eviction());
+        // The kernel forgets the evicted ones: the count drops, nothing stays in flight.
+        for (_, n) in &cold {
+            t.forget(t.nodeid_of(n.ino()), 1);
+        }
+        assert_eq!(t.len(), 9);
+        assert_eq!(t.excess_over(0), 9);
+    }
+
+    #[test]
+    fn a_used_or_refused_eviction_is_no_longer_in_flight() {
+        let (_dir, ovl, nodes) = nodes(4);
+        let t = InodeTable::with_capacity(ovl.root(), 2);
+        let ids: Vec<u64> = nodes
+            .iter()
+            .map(|n| t.remember(n.clone(), ROOT_ID).0)
+            .collect();
+        let cold = t.cold_entries(4);
+        assert_eq!(cold.len(), 4);
+        assert_eq!(t.excess_over(0), 1, "only the root is not leaving");
+        t.get(ids[0]).unwrap();
+        t.eviction_failed(ids[1]);
+        assert_eq!(t.excess_over(0), 3);
+        // A table without a cap never sweeps.
+        let unbounded = InodeTable::new(ovl.root());
+        unbounded.remember(nodes[0].clone(), ROOT_ID);
+        assert!(!unbounded.begin_eviction());
     }
 }

@@ -412,9 +412,10 @@ fn max_inodes_evicts_cold_inodes() {
     };
     let first = walk();
     assert_eq!(first.len(), 2000);
-    // The kernel forgets the evicted inodes asynchronously. The cap is soft: an inode the
-    // kernel still pins when the eviction is sent (the directory being read, say) stays, so
-    // allow a few over it (seen: 401 under load), far below the 2000 walked.
+    // The kernel forgets the evicted inodes asynchronously, and a sweep reruns when lookups
+    // came in while it ran (CI once saw 446 here before sweeps reran). The cap is soft: an
+    // inode the kernel still pins when the eviction is sent (the directory being read, say)
+    // stays, so allow a few over it, far below the 2000 walked.
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let now = m.stats().inodes;
