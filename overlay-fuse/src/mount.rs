@@ -64,7 +64,9 @@ impl MountConfig {
     fn fuser_config(&self) -> Config {
         let mut opts = vec![
             MountOption::FSName(self.fsname.clone()),
-            MountOption::Subtype("ovl-fuse".into()),
+            // As a kernel option, so the mount's type is `fuse.ovl-fuse` on both paths
+            // (fuser's own mount(2) ignores `Subtype`; fusermount3 takes it either way).
+            MountOption::CUSTOM("subtype=ovl-fuse".into()),
             // The kernel checks permissions from the attributes we report.
             MountOption::DefaultPermissions,
         ];

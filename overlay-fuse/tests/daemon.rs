@@ -33,6 +33,14 @@ fn daemonizes_and_exits_on_umount() {
     );
     // The mount is live as soon as the command returned.
     assert_eq!(fs::read(l.mnt.join("a")).unwrap(), b"lower a");
+    // Its type names the program, as fuse-overlayfs's does (`fuse.fuse-overlayfs`).
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let fstype = mounts
+        .lines()
+        .map(|m| m.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(1).copied() == l.mnt.to_str())
+        .map(|f| f[2].to_string());
+    assert_eq!(fstype.as_deref(), Some("fuse.ovl-fuse"));
     fs::write(l.mnt.join("new"), b"n").unwrap();
     let mut d = d;
     d.unmount_cmd = Some({
@@ -250,6 +258,7 @@ fn rootless_mount_as_nobody() {
         .map(str::to_string)
         .unwrap();
     assert!(line.contains("user_id=65534"), "not a user mount: {line}");
+    assert_eq!(line.split(' ').nth(2), Some("fuse.ovl-fuse"), "{line}");
     let m = l.mnt.display();
     let script = format!(
         "set -e; test \"$(cat {m}/a)\" = 'lower a'; echo new > {m}/new; echo more >> {m}/a; \
