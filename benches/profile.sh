@@ -1,7 +1,7 @@
 #!/bin/sh
 # Profile one workload of the benchmark on ovl-fuse, and show what the FUSE round trips cost.
 #
-#   benches/profile.sh [create-untar|stat-walk|copyup-meta] [OUT_DIR]
+#   benches/profile.sh [create-untar|stat-walk|copyup-meta|delete-tree] [OUT_DIR]
 #
 # Needs root, perf (Debian: linux-perf) and a built benchmark stack (any
 # `cargo bench --bench workloads` run builds target/overlay-bench/stack-full). It
@@ -31,6 +31,7 @@ case $WORKLOAD in
 create-untar) CMD='mkdir "$M/inc" && tar xf "$S/include.tar" -C "$M/inc"' ;;
 stat-walk) CMD='find "$M" -printf "%s %i\n" > /dev/null' ;;
 copyup-meta) CMD='find "$M/doc" -type f -exec touch {} +' ;;
+delete-tree) CMD='rm -rf "$M/doc"' ;;
 *) echo "profile.sh: unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
 
