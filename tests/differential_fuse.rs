@@ -188,3 +188,106 @@ fn fuse_rename_over_a_hard_link_keeps_the_other_name() {
         assert_same(&ops, &mut kernel_backend(), &mut fuse_backend(fs));
     }
 }
+
+/// Every object of both lower layers of a backend's fixture (next to its mount point), with
+/// its atime set to 2020 (older than its mtime, so relatime would update it).
+fn age_lower_atimes<G>(b: &MountedBackend<G>) -> Vec<std::path::PathBuf> {
+    let base = b.root().parent().unwrap();
+    let mut all = Vec::new();
+    for l in ["lower0", "lower1"] {
+        let mut stack = vec![base.join(l)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+                all.push(e.path());
+            }
+            all.push(d);
+        }
+    }
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1_577_836_800,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+    };
+    for p in &all {
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            p,
+            &ts,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+    all
+}
+
+/// Read everything through the mount: list every directory, read every file and symlink,
+/// then append to every regular file (copy-up). Lower atimes must not move, as with the
+/// kernel overlay (which opens lower objects with O_NOATIME and never touches their atime).
+fn read_everything_then_copy_up(root: &std::path::Path) {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_symlink() {
+                let _ = std::fs::read_link(e.path()).unwrap();
+            } else if t.is_file() {
+                let _ = std::fs::read(e.path());
+                files.push(e.path());
+            }
+        }
+    }
+    for f in files {
+        use std::io::Write;
+        if let Ok(mut w) = std::fs::OpenOptions::new().append(true).open(&f) {
+            let _ = w.write_all(b"+");
+        }
+    }
+}
+
+#[test]
+fn lower_atimes_never_change_through_the_mount() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let check = |name: &str, root: &std::path::Path, lowers: &[std::path::PathBuf]| {
+        read_everything_then_copy_up(root);
+        for p in lowers {
+            let md = std::fs::symlink_metadata(p).unwrap();
+            assert_eq!(
+                md.atime(),
+                1_577_836_800,
+                "{name}: lower {} got a new atime",
+                p.display()
+            );
+        }
+    };
+    let k = kernel_backend();
+    let lowers = age_lower_atimes(&k);
+    check("kernel", k.root(), &lowers);
+    for fs in [
+        FsConfig::default(),
+        FsConfig {
+            passthrough: false,
+            ..FsConfig::default()
+        },
+    ] {
+        let f = fuse_backend(fs);
+        let lowers = age_lower_atimes(&f);
+        check("fuse", f.root(), &lowers);
+    }
+}

@@ -202,7 +202,11 @@ pub(crate) const RESOLVE_LAYER: ResolveFlags = ResolveFlags::BENEATH
 /// beneath shows the directory it covers, as in a kernel overlay layer. `None` when not
 /// permitted (EPERM without CAP_SYS_ADMIN; EINVAL in a user namespace when locked mounts lie
 /// beneath) or not supported.
-fn open_detached(path: &Path) -> Option<OwnedFd> {
+///
+/// `noatime`: make the mount noatime while it still has its anonymous namespace (that is,
+/// before the tree fd is closed; `mount_setattr` refuses a dissolved mount). Failing that is
+/// not fatal.
+fn open_detached(path: &Path, noatime: bool) -> Option<OwnedFd> {
     use rustix::mount::{open_tree, OpenTreeFlags};
     let tree = open_tree(
         rustix::fs::CWD,
@@ -210,6 +214,11 @@ fn open_detached(path: &Path) -> Option<OwnedFd> {
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
     .ok()?;
+    if noatime {
+        if let Err(e) = crate::sys::mount_set_noatime(tree.as_fd()) {
+            tracing::debug!("noatime on the layer mount of {}: {e}", path.display());
+        }
+    }
     // The tree fd is O_PATH; a real directory fd (for getdents, fgetxattr, fstatvfs) keeps
     // the detached mount alive as well.
     rustix::fs::openat(
@@ -251,7 +260,7 @@ fn open_upper_detached(
     plain_work: &OwnedFd,
 ) -> Option<(OwnedFd, OwnedFd)> {
     let common = common_ancestor(upper, work);
-    let tree = open_detached(&common)?;
+    let tree = open_detached(&common, false)?;
     let beneath = |p: &Path| -> Option<OwnedFd> {
         let rel = p.strip_prefix(&common).ok()?;
         let rel = if rel.as_os_str().is_empty() {
@@ -367,7 +376,11 @@ impl Layers {
             let mut first = upper_dev;
             for l in stack.lowers_top_first() {
                 let plain = open_root(&l.path, "open lower layer")?;
-                let (fd, detached) = match detach.then(|| open_detached(&l.path)).flatten() {
+                // As the kernel, never update the atime of a lower object: its detached
+                // mount is made noatime (which covers readlink too). Reading opens of lower
+                // objects also ask for O_NOATIME (see `open_noatime`), for layers without one.
+                let lower_mount = || open_detached(&l.path, true);
+                let (fd, detached) = match detach.then(lower_mount).flatten() {
                     Some(t) if same_inode(&t, &plain) => (t, true),
                     _ => (plain, false),
                 };
@@ -538,23 +551,44 @@ pub(crate) fn clean_dir(dir: &OwnedFd, display: &Path) -> Result<()> {
 }
 
 /// A directory stream of its own (own file position) on the directory `dir`: one `openat`
-/// of "." (`Dir::read_from` also asks for the fd's flags first).
-pub(crate) fn own_dir_stream(dir: &OwnedFd) -> std::result::Result<rustix::fs::Dir, Errno> {
-    let fd = rustix::fs::openat(
-        dir,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+/// of "." (`Dir::read_from` also asks for the fd's flags first). `noatime` for a lower
+/// directory: listing it to merge it must not change the lower layer (see [`open_noatime`]).
+pub(crate) fn own_dir_stream(
+    dir: &OwnedFd,
+    noatime: bool,
+) -> std::result::Result<rustix::fs::Dir, Errno> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = if noatime {
+        open_noatime(dir.as_fd(), OsStr::new("."), flags, Mode::empty())?
+    } else {
+        rustix::fs::openat(dir, ".", flags, Mode::empty())?
+    };
     rustix::fs::Dir::new(fd)
+}
+
+/// `openat` with `O_NOATIME`, and without it where that is not permitted (EPERM: neither
+/// the owner nor CAP_FOWNER). For opens that read a layer's objects: the kernel overlay
+/// never updates the atime of a lower object (it opens them with O_NOATIME where it may),
+/// and reading a directory to merge it is not an access by the user either.
+pub(crate) fn open_noatime(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlags,
+    mode: Mode,
+) -> std::result::Result<OwnedFd, Errno> {
+    match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, mode) {
+        Err(Errno::PERM) => rustix::fs::openat(dir, name, flags, mode),
+        r => r,
+    }
 }
 
 /// `f` of each entry of a directory (without `.` and `..`), given its name.
 pub(crate) fn map_dir_entries<T>(
     dir: &OwnedFd,
+    noatime: bool,
     mut f: impl FnMut(OsString, &rustix::fs::DirEntry) -> T,
 ) -> std::result::Result<Vec<T>, Errno> {
-    let mut d = own_dir_stream(dir)?;
+    let mut d = own_dir_stream(dir, noatime)?;
     let mut out = Vec::new();
     while let Some(ent) = d.read() {
         let ent = ent?;
@@ -569,7 +603,7 @@ pub(crate) fn map_dir_entries<T>(
 
 /// Names in a directory (without `.` and `..`).
 pub(crate) fn list_dir_names(dir: &OwnedFd) -> std::result::Result<Vec<OsString>, Errno> {
-    map_dir_entries(dir, |name, _| name)
+    map_dir_entries(dir, false, |name, _| name)
 }
 
 /// Remove `name` in `dir`, recursively for directories, without following symlinks.

@@ -232,6 +232,11 @@ pub struct OverlayOptions {
 ///   `RESOLVE_NO_XDEV` and shows a mount point as an empty directory (attributes of the
 ///   mounted root, inode number of the covered directory); a file bind-mounted over a
 ///   file still shows the mounted file. The kernel refuses such layers unprivileged.
+/// * As the kernel, the engine never updates the atime of a lower object: with CAP_SYS_ADMIN
+///   the private layer mounts are noatime; without, lower files and directories are opened
+///   with `O_NOATIME` where the caller owns them (or has CAP_FOWNER), and reading a lower
+///   symlink (`readlinkat` has no such flag) or an object owned by someone else can update
+///   its atime under the layer's own mount options.
 pub struct Overlay {
     stack: LayerStack,
     layers: Layers,

@@ -31,8 +31,12 @@ struct RawEntry {
     ft: FileType,
 }
 
-fn read_entries(dir: &std::os::fd::OwnedFd) -> std::result::Result<Vec<RawEntry>, Errno> {
-    super::layers::map_dir_entries(dir, |name, ent| RawEntry {
+/// The entries of one layer's directory; `lower`: without touching its atime.
+fn read_entries(
+    dir: &std::os::fd::OwnedFd,
+    lower: bool,
+) -> std::result::Result<Vec<RawEntry>, Errno> {
+    super::layers::map_dir_entries(dir, lower, |name, ent| RawEntry {
         name,
         ino: ent.ino(),
         ft: ent.file_type(),
@@ -91,7 +95,7 @@ impl Overlay {
             None
         };
         if let Some(fd) = upper_fd {
-            for e in read_entries(&fd).map_err(err)? {
+            for e in read_entries(&fd, false).map_err(err)? {
                 let mut kind = kind_of_ft(e.ft);
                 if kind.is_none() || e.ft == FileType::CharacterDevice {
                     let s = match rustix::fs::statat(fd.as_fd(), &e.name, AtFlags::SYMLINK_NOFOLLOW)
@@ -149,7 +153,7 @@ impl Overlay {
                 Err(e) => return Err(err(e)),
             };
             let mut layer_whiteouts = Vec::new();
-            for e in read_entries(&fd).map_err(err)? {
+            for e in read_entries(&fd, true).map_err(err)? {
                 if format::is_aufs_metadata_name(&e.name) {
                     if let Some(t) = format::aufs_whiteout_target(&e.name) {
                         layer_whiteouts.push(t.to_os_string());

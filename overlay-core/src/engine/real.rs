@@ -129,12 +129,19 @@ impl RealObj {
         }
     }
 
-    /// Open the object (`O_NOFOLLOW` is always added).
+    /// Open the object (`O_NOFOLLOW` is always added). A lower object is opened with
+    /// `O_NOATIME` where permitted: reading it must not change the lower layer, as with the
+    /// kernel overlay.
     pub fn open(&self, flags: OFlags, mode: Mode) -> R<OwnedFd> {
         let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match &self.name {
-            None => rustix::fs::openat(self.dirfd(), ".", flags, mode),
-            Some(n) => rustix::fs::openat(self.dirfd(), &**n, flags, mode),
+        let name: &OsStr = match &self.name {
+            None => OsStr::new("."),
+            Some(n) => n,
+        };
+        if matches!(self.layer, LayerRef::Lower(_)) && !flags.contains(OFlags::PATH) {
+            super::layers::open_noatime(self.dirfd(), name, flags, mode)
+        } else {
+            rustix::fs::openat(self.dirfd(), name, flags, mode)
         }
     }
 

@@ -1180,3 +1180,66 @@ fn lookup_attr_matches_lookup_and_getattr() {
     let (dot, _) = ovl.lookup_attr(&d, OsStr::new(".")).unwrap();
     assert!(Arc::ptr_eq(&dot, &d));
 }
+
+/// The kernel overlay never updates the atime of a lower object: not when a lower file is
+/// read, a lower directory listed, a lower symlink read, or a lower file copied up.
+#[test]
+fn lower_atimes_never_change() {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    // With private detached layer mounts (root) and without (plain fds, O_NOATIME).
+    for detach in [true, false] {
+        let f = Fixture::new(1);
+        let l = &f.lowers[0];
+        write(&l.join("d/x"), "x");
+        write(&l.join("f"), "data");
+        write(&l.join("c"), "copy me");
+        std::os::unix::fs::symlink("f", l.join("s")).unwrap();
+        let old = Timespec {
+            tv_sec: 1_577_836_800, // 2020-01-01: older than mtime, so relatime would update
+            tv_nsec: 0,
+        };
+        let ts = Timestamps {
+            last_access: old,
+            last_modification: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+        };
+        for n in ["d", "f", "c", "s"] {
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                l.join(n),
+                &ts,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+        }
+        let ovl = Overlay::open_with(f.stack(), OverlayOptions::default(), detach).unwrap();
+        assert_eq!(names(&ovl, &walk(&ovl, "d").unwrap()), ["x"]);
+        assert_eq!(read_all(&ovl, "f"), "data");
+        let s = walk(&ovl, "s").unwrap();
+        assert_eq!(ovl.readlink(&s).unwrap(), "f");
+        let c = walk(&ovl, "c").unwrap();
+        let mut w = ovl.open(&c, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        w.write_all(b"!").unwrap();
+        drop(w);
+        assert_eq!(
+            std::fs::read(f.upper.join("c")).unwrap(),
+            b"copy me!".to_vec()
+        );
+        let mut checked = vec!["d", "f", "c"];
+        // readlink touches the atime whatever the open flags; only a noatime mount of
+        // the layer (detached, root) keeps it.
+        if detach && rustix::process::geteuid().is_root() {
+            checked.push("s");
+        }
+        for n in checked {
+            let md = std::fs::symlink_metadata(l.join(n)).unwrap();
+            assert_eq!(
+                md.atime(),
+                old.tv_sec,
+                "lower {n} got a new atime (detach={detach})"
+            );
+        }
+    }
+}
