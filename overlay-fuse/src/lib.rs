@@ -24,6 +24,13 @@
 //! the whole mount (FUSE gives that); `st_ino` is the engine's stable inode number and is the
 //! FUSE node id ([`table`]); `readdir`'s `d_ino` equals `st_ino`.
 //!
+//! Differences from the kernel overlay that FUSE itself imposes: `statfs` reports FUSE's
+//! magic, not overlayfs's; `open(O_TMPFILE)` fails with EOPNOTSUPP (the kernel overlay
+//! supports it; fuser 0.18 has no TMPFILE request); the mount's root is node id 1, so its
+//! `st_ino` is 1. Checked side by side with a kernel mount (`nlink` of merged and plain
+//! directories, `d_type`, SEEK_DATA/SEEK_HOLE, fallocate, flock, EXDEV for renaming a lower
+//! directory, hard links, xattr listing, mkfifo, umask, utimes on symlinks): the same.
+//!
 //! Performance: multi-threaded session with cloned fds, PARALLEL_DIROPS, READDIRPLUS (auto),
 //! ATOMIC_O_TRUNC, CACHE_SYMLINKS, long entry/attr TTLs with negative entries and kernel
 //! directory caching, writeback cache, and FUSE passthrough for upper files when the daemon
