@@ -453,6 +453,8 @@ impl EngineBackend {
             kind,
             perm: a.perm & 0o7777,
             nlink: plain.then_some(u64::from(a.nlink)),
+            // The merged view shows no whiteouts.
+            whiteout_links: None,
             size: matches!(kind, EntryKind::File | EntryKind::Symlink).then_some(a.size),
             content,
             target,

@@ -34,6 +34,10 @@ pub struct Entry {
     pub perm: u32,
     /// Link count of non-directories (not of whiteouts).
     pub nlink: Option<u64>,
+    /// Link count of whiteouts: the kernel links all the whiteouts it makes for unlink and
+    /// rmdir to one shared inode, so this is their number (plus the shared one in the
+    /// workdir), while a rename's whiteout (RENAME_WHITEOUT) stands alone.
+    pub whiteout_links: Option<u64>,
     /// Size of regular files and symlinks.
     pub size: Option<u64>,
     /// Content of regular files.
@@ -73,6 +77,9 @@ impl fmt::Debug for Entry {
         write!(f, "{:?} {:04o}", self.kind, self.perm)?;
         if let Some(n) = self.nlink {
             write!(f, " nlink={n}")?;
+        }
+        if let Some(n) = self.whiteout_links {
+            write!(f, " whiteout_links={n}")?;
         }
         if let Some(s) = self.size {
             write!(f, " size={s}")?;
@@ -263,6 +270,7 @@ fn walk_dir(root: &Path, rel: &str, filter: XattrFilter, b: &mut TreeBuilder) {
             md.mode() & 0o7777
         },
         nlink: plain.then_some(md.nlink()),
+        whiteout_links: (kind == EntryKind::Whiteout).then_some(md.nlink()),
         size: matches!(kind, EntryKind::File | EntryKind::Symlink).then_some(md.size()),
         content: (kind == EntryKind::File)
             .then(|| fs::read(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))),

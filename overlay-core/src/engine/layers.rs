@@ -6,10 +6,10 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
@@ -77,6 +77,11 @@ pub(crate) struct Layers {
     /// Bit `i` (lower `i`, the last bit for 63 and up): `FICLONE` from that lower layer
     /// failed as unsupported, do not try again.
     pub no_reflink: AtomicU64,
+    /// Name in `workdir/work` of the whiteout that new whiteouts are hard links to (as the
+    /// kernel does since 5.8: one inode for all whiteouts). Created on first use.
+    shared_whiteout: RwLock<Option<OsString>>,
+    /// The upper filesystem refused a hard link to the shared whiteout: make each one anew.
+    no_shared_whiteout: AtomicBool,
 }
 
 /// A bounded cache of directory fds, keyed by (node, layer).
@@ -436,6 +441,8 @@ impl Layers {
             staging_counter: AtomicU64::new(0),
             pid: std::process::id(),
             no_reflink: AtomicU64::new(0),
+            shared_whiteout: RwLock::new(None),
+            no_shared_whiteout: AtomicBool::new(false),
         })
     }
 
@@ -511,14 +518,56 @@ impl Layers {
     /// Create a whiteout (char 0/0) in the staging area and return its name.
     pub fn make_staged_whiteout(&self) -> std::result::Result<OsString, Errno> {
         let name = self.staging_name();
-        rustix::fs::mknodat(
-            self.work(),
-            &*name,
-            FileType::CharacterDevice,
-            Mode::empty(),
-            0,
-        )?;
+        self.make_whiteout(self.work(), &name)?;
         Ok(name)
+    }
+
+    /// Create a whiteout named `name` in directory `dir` of the upper filesystem, atomically
+    /// (EEXIST if something is there). As the kernel overlay, a whiteout is a hard link to one
+    /// shared whiteout inode in `workdir/work`; when the upper filesystem refuses that link,
+    /// each whiteout is a char 0/0 device of its own (the kernel's fallback too). A shared
+    /// whiteout that reached the link limit is left to its links and replaced.
+    pub fn make_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> std::result::Result<(), Errno> {
+        let fresh = |d: BorrowedFd<'_>, n: &OsStr| {
+            rustix::fs::mknodat(d, n, FileType::CharacterDevice, Mode::empty(), 0)
+        };
+        let work = self.work();
+        for _ in 0..3 {
+            if self.no_shared_whiteout.load(Ordering::Relaxed) {
+                break;
+            }
+            let current = self.shared_whiteout.read().clone();
+            let Some(shared) = current else {
+                let mut slot = self.shared_whiteout.write();
+                if slot.is_none() {
+                    let n = self.staging_name();
+                    fresh(work, &n)?;
+                    *slot = Some(n);
+                }
+                continue;
+            };
+            match rustix::fs::linkat(work, &*shared, dir, name, AtFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EXIST) => return Err(Errno::EXIST),
+                // Full (or gone): start a new shared whiteout, once per old one.
+                Err(Errno::MLINK) | Err(Errno::NOENT) => {
+                    let mut slot = self.shared_whiteout.write();
+                    if slot.as_ref() == Some(&shared) {
+                        let _ = rustix::fs::unlinkat(work, &*shared, AtFlags::empty());
+                        *slot = None;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("hard link to the shared whiteout: {e}; not sharing");
+                    self.no_shared_whiteout.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        fresh(dir, name)
     }
 
     /// Read the opacity of a directory in a lower layer (xattr or `.wh..wh..opq`).

@@ -501,10 +501,11 @@ impl Overlay {
         self.lower_positive(parent, name)
     }
 
-    /// Put a whiteout at `name` in upper dir `pdir` where nothing is: one `mknodat`, which
-    /// creates the complete whiteout atomically (EEXIST if something is there).
+    /// Put a whiteout at `name` in upper dir `pdir` where nothing is: one `linkat` to the
+    /// shared whiteout (or `mknodat`), which creates the complete whiteout atomically (EEXIST
+    /// if something is there).
     fn place_whiteout(&self, pdir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
-        rustix::fs::mknodat(pdir, name, FileType::CharacterDevice, Mode::empty(), 0)
+        self.layers.make_whiteout(pdir, name)
     }
 
     /// Remove the upper directory of `node`, moved to `work/tmp`, which holds only the
@@ -552,11 +553,16 @@ impl Overlay {
         if node.state.read().upper {
             let ufd = self.dir_fd(&node, LayerRef::Upper).ok();
             if need_wh {
-                // One step from "empty directory" to "whiteout" in the merged view: the
-                // directory moves into the workdir and leaves a whiteout behind.
-                let tmp = self.layers.staging_name();
-                rustix::fs::renameat_with(pdir.as_fd(), name, work, &*tmp, RxRename::WHITEOUT)
-                    .map_err(err)?;
+                // One step from "empty directory" to "whiteout" in the merged view: a staged
+                // whiteout and the directory change places (as the kernel does), then the
+                // directory is removed from the workdir.
+                let tmp = self.layers.make_staged_whiteout().map_err(err)?;
+                if let Err(e) =
+                    rustix::fs::renameat_with(work, &*tmp, pdir.as_fd(), name, RxRename::EXCHANGE)
+                {
+                    let _ = rustix::fs::unlinkat(work, &*tmp, AtFlags::empty());
+                    return Err(err(e));
+                }
                 self.clear_removed_dir(ufd, &tmp, &whiteouts).map_err(err)?;
             } else {
                 match rustix::fs::unlinkat(pdir.as_fd(), name, AtFlags::REMOVEDIR) {

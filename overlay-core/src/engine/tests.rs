@@ -100,6 +100,20 @@ fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     super::layers::read_xattr(|b| rustix::fs::lgetxattr(p, name, b)).ok()
 }
 
+/// `workdir/work` holds nothing but the shared whiteout (the inode the whiteouts are hard
+/// links to, as with the kernel): no staged copy, directory or whiteout was left behind.
+fn assert_no_staging_left(work: &Path) {
+    let all: Vec<_> = std::fs::read_dir(work.join("work"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let whiteouts = all.iter().filter(|p| is_whiteout_file(p)).count();
+    assert!(
+        whiteouts <= 1 && whiteouts == all.len(),
+        "left in workdir/work: {all:?}"
+    );
+}
+
 fn is_whiteout_file(p: &Path) -> bool {
     match std::fs::symlink_metadata(p) {
         Ok(m) => m.file_type().is_char_device() && m.rdev() == 0,
@@ -302,10 +316,7 @@ fn create_write_unlink_leave_whiteouts() {
         .unwrap();
     file.write_all(b"again").unwrap();
     assert_eq!(read_all(&ovl, "dir/lower"), "again");
-    assert!(std::fs::read_dir(f.work.join("work"))
-        .unwrap()
-        .next()
-        .is_none());
+    assert_no_staging_left(&f.work);
     // unlink of a directory: EISDIR; rmdir of a file: ENOTDIR.
     let root = ovl.root();
     assert_eq!(errno(ovl.unlink(&root, OsStr::new("dir"))), libc::EISDIR);
@@ -333,10 +344,7 @@ fn mkdir_rmdir_opaque_and_merged() {
     assert!(is_whiteout_file(&f.upper.join("m/a")));
     ovl.rmdir(&root, OsStr::new("m")).unwrap();
     assert!(is_whiteout_file(&f.upper.join("m")));
-    assert!(std::fs::read_dir(f.work.join("work"))
-        .unwrap()
-        .next()
-        .is_none());
+    assert_no_staging_left(&f.work);
     // mkdir over the whiteout: opaque.
     let m2 = ovl.mkdir(&root, OsStr::new("m"), 0o750, None).unwrap();
     assert!(names(&ovl, &m2).is_empty());
@@ -810,10 +818,7 @@ fn stale_staging_cleaned_and_workdir_locked() {
     std::fs::create_dir_all(f.work.join("work/#ovl.1.1/deep")).unwrap();
     std::fs::write(f.work.join("work/#ovl.1.2"), b"partial").unwrap();
     let ovl = f.overlay();
-    assert!(std::fs::read_dir(f.work.join("work"))
-        .unwrap()
-        .next()
-        .is_none());
+    assert_no_staging_left(&f.work);
     assert_eq!(
         Overlay::new(f.stack()).unwrap_err().raw_os_error(),
         libc::EBUSY
@@ -982,10 +987,7 @@ fn concurrent_copy_up_and_namespace_changes() {
     want.sort();
     assert_eq!(all, want);
     assert_eq!(names(&ovl, &ovl.root()), vec!["a", "b", "shared"]);
-    assert!(std::fs::read_dir(f.work.join("work"))
-        .unwrap()
-        .next()
-        .is_none());
+    assert_no_staging_left(&f.work);
 }
 
 #[test]
