@@ -344,17 +344,7 @@ impl Layers {
                         ioerr("lock workdir", &u.work, e)
                     }
                 })?;
-                match rustix::fs::mkdirat(&workdir, "work", Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(ioerr("create workdir/work", u.work.join("work"), e)),
-                }
-                let work = rustix::fs::openat(
-                    &workdir,
-                    "work",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| ioerr("open workdir/work", u.work.join("work"), e))?;
+                let work = open_staging_dir(&workdir, &u.work.join("work"))?;
                 clean_dir(&work, &u.work.join("work"))?;
                 let uuid = crate::sys::fs_uuid(fd.as_fd()).unwrap_or_default();
                 Some(Upper {
@@ -597,6 +587,53 @@ pub(crate) fn clean_dir(dir: &OwnedFd, display: &Path) -> Result<()> {
             .map_err(|e| ioerr("clean workdir", display.join(&name), e))?;
     }
     Ok(())
+}
+
+/// Create (if needed) and open `workdir/work`, the staging area, prepared as the kernel
+/// prepares it: no ACL that staged files could inherit (a copied-up file would get an ACL
+/// its lower file does not have), and mode 0 (users have no business in it) when we can
+/// still work in a mode-0 directory (CAP_DAC_OVERRIDE), 0700 otherwise. A mode-0
+/// `work/` left by a kernel mount is opened up to 0700 for an unprivileged owner.
+fn open_staging_dir(workdir: &OwnedFd, path: &Path) -> Result<OwnedFd> {
+    let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
+        c.effective
+            .contains(rustix::thread::CapabilitySet::DAC_OVERRIDE)
+    });
+    let mode = if privileged { 0 } else { 0o700 };
+    match rustix::fs::mkdirat(workdir, "work", Mode::from_raw_mode(mode)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(ioerr("create workdir/work", path, e)),
+    }
+    let open = || {
+        rustix::fs::openat(
+            workdir,
+            "work",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let work = match open() {
+        Err(Errno::ACCESS) if !privileged => rustix::fs::chmodat(
+            workdir,
+            "work",
+            Mode::from_raw_mode(0o700),
+            AtFlags::empty(),
+        )
+        .and_then(|()| open()),
+        r => r,
+    }
+    .map_err(|e| ioerr("open workdir/work", path, e))?;
+    for acl in ["system.posix_acl_default", "system.posix_acl_access"] {
+        match rustix::fs::fremovexattr(&work, acl) {
+            Ok(()) | Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(ioerr("remove the ACL of workdir/work", path, e)),
+        }
+    }
+    // fchmod after the ACL is gone (an access ACL would keep group bits alive otherwise).
+    if let Err(e) = rustix::fs::fchmod(&work, Mode::from_raw_mode(mode)) {
+        tracing::debug!("chmod {:o} {}: {e}", mode, path.display());
+    }
+    Ok(work)
 }
 
 /// A directory stream of its own (own file position) on the directory `dir`: one `openat`

@@ -1245,3 +1245,59 @@ fn lower_atimes_never_change() {
         }
     }
 }
+
+/// A default ACL on the workdir must not reach copied-up files (the kernel strips the ACLs
+/// of `workdir/work`): the upper copy has exactly the lower file's xattrs.
+#[test]
+fn workdir_acl_is_not_inherited_by_copy_up() {
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("f"), "data");
+    // system.posix_acl_default: user::rwx user:65534:rwx group::r-x mask::rwx other::r-x
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 7u16, u32::MAX),
+        (0x02, 7, 65534),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    match rustix::fs::setxattr(
+        &f.work,
+        "system.posix_acl_default",
+        &acl,
+        rustix::fs::XattrFlags::empty(),
+    ) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            eprintln!("skipped: no POSIX ACLs on the temp dir's filesystem");
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI needs ACLs on the temp dir"
+            );
+            return;
+        }
+        Err(e) => panic!("set default ACL: {e}"),
+    }
+    let ovl = f.overlay();
+    let node = walk(&ovl, "f").unwrap();
+    let mut w = ovl.open(&node, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    w.write_all(b"!").unwrap();
+    drop(w);
+    let up = f.upper.join("f");
+    assert_eq!(std::fs::read(&up).unwrap(), b"data!");
+    assert_eq!(get_xattr(&up, "system.posix_acl_access"), None);
+    assert_eq!(
+        std::fs::metadata(&up).unwrap().mode() & 0o7777,
+        std::fs::metadata(f.lowers[0].join("f")).unwrap().mode() & 0o7777
+    );
+    // workdir/work itself: no ACL left, and (as root) mode 0 as the kernel makes it.
+    let work = f.work.join("work");
+    assert_eq!(get_xattr(&work, "system.posix_acl_default"), None);
+    if rustix::process::geteuid().is_root() {
+        assert_eq!(std::fs::metadata(&work).unwrap().mode() & 0o7777, 0);
+    }
+}
