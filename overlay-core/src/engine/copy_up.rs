@@ -199,6 +199,10 @@ impl Overlay {
     ) -> std::result::Result<(), Errno> {
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         self.set_origin(origin, dst);
+        // The owner first: chown(2) drops `security.capability` and the set-ID bits (the
+        // kernel's copy-up sets the owner without those kill flags), so the xattrs and
+        // the mode go on after it.
+        dst.chown(Some(st.st_uid), Some(st.st_gid))?;
         for name in src.listxattr().unwrap_or_default() {
             if self.layers.ns.is_private(&name) {
                 continue;
@@ -216,7 +220,6 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
         }
-        dst.chown(Some(st.st_uid), Some(st.st_gid))?;
         if !is_link {
             dst.chmod(st.st_mode & 0o7777)?;
         }

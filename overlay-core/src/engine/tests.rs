@@ -1301,3 +1301,57 @@ fn workdir_acl_is_not_inherited_by_copy_up() {
         assert_eq!(std::fs::metadata(&work).unwrap().mode() & 0o7777, 0);
     }
 }
+
+/// Copy-up keeps `security.capability` (and set-ID bits): the owner is set before the
+/// xattrs and the mode, since chown(2) drops both. A chmod through the overlay keeps the
+/// capability, as with the kernel; a write drops it (the upper filesystem does).
+#[test]
+fn copy_up_keeps_file_capabilities() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: setting security.capability needs CAP_SETFCAP");
+        assert!(std::env::var("CI").is_err(), "CI runs as root");
+        return;
+    }
+    let f = Fixture::new(1);
+    // VFS_CAP_REVISION_2, cap_net_raw permitted.
+    let cap: [u8; 20] = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    for n in ["c", "s"] {
+        write(&f.lowers[0].join(n), "data");
+        std::os::unix::fs::chown(f.lowers[0].join(n), Some(65534), Some(65534)).unwrap();
+    }
+    set_xattr(&f.lowers[0].join("c"), "security.capability", &cap);
+    std::fs::set_permissions(
+        f.lowers[0].join("s"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    let ovl = f.overlay();
+    let c = walk(&ovl, "c").unwrap();
+    let mode = SetAttr {
+        mode: Some(0o700),
+        ..SetAttr::default()
+    };
+    ovl.setattr(&c, &mode).unwrap();
+    let up = f.upper.join("c");
+    assert_eq!(
+        get_xattr(&up, "security.capability").as_deref(),
+        Some(&cap[..])
+    );
+    assert_eq!(std::fs::metadata(&up).unwrap().uid(), 65534);
+    // A metadata-only change of another file keeps its set-uid bit and owner.
+    let s = walk(&ovl, "s").unwrap();
+    let times = SetAttr {
+        mtime: Some(TimeSet::Now),
+        ..SetAttr::default()
+    };
+    ovl.setattr(&s, &times).unwrap();
+    let md = std::fs::metadata(f.upper.join("s")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid()), (0o4755, 65534));
+    // Writing drops the capability (the upper filesystem's file_remove_privs).
+    let mut w = ovl.open(&c, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    w.write_all(b"!").unwrap();
+    drop(w);
+    assert_eq!(get_xattr(&up, "security.capability"), None);
+}
