@@ -551,6 +551,25 @@ impl Inner {
         self.table.get(nodeid).ok_or_else(|| unknown_node(nodeid))
     }
 
+    /// The mode a new object in `parent` is created with: as POSIX requires, the caller's
+    /// umask applies only when the parent has no default ACL; with one, the upper
+    /// filesystem derives the mode from the ACL (the daemon's own umask is 0). Without
+    /// FUSE_DONT_MASK the kernel has masked `mode` already (masking twice changes nothing).
+    fn creation_mode(&self, parent: u64, mode: u32, umask: u32) -> u32 {
+        let default_acl = self.cfg.acl
+            && self.cfg.xattrs
+            && self.node(parent).is_ok_and(|p| {
+                self.ovl
+                    .getxattr(&p, OsStr::new("system.posix_acl_default"))
+                    .is_ok()
+            });
+        if default_acl {
+            mode
+        } else {
+            mode & !umask
+        }
+    }
+
     /// [`Inner::node`] with the open upper copy of the inode, if any.
     fn node_with_upper_file(&self, nodeid: u64) -> Result<(NodeRef, Option<Arc<File>>), Errno> {
         self.table
@@ -1674,8 +1693,10 @@ impl Inner {
         if add(config, InitFlags::FUSE_DO_READDIRPLUS, "DO_READDIRPLUS") {
             add(config, InitFlags::FUSE_READDIRPLUS_AUTO, "READDIRPLUS_AUTO");
         }
-        if self.cfg.acl && self.cfg.xattrs {
-            add(config, InitFlags::FUSE_POSIX_ACL, "POSIX_ACL");
+        if self.cfg.acl && self.cfg.xattrs && add(config, InitFlags::FUSE_POSIX_ACL, "POSIX_ACL") {
+            // The caller's umask comes separately: it applies only where the parent has
+            // no default ACL (see `Inner::creation_mode`).
+            add(config, InitFlags::FUSE_DONT_MASK, "DONT_MASK");
         }
         let mut passthrough = false;
         if self.cfg.passthrough && self.cfg.fsync && !self.cfg.read_only {
@@ -1861,12 +1882,13 @@ impl Filesystem for OverlayFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let r = (req.uid(), req.gid());
         guarded("mknod", || {
+            let mode = self.inner.creation_mode(parent.0, mode, umask);
             self.inner.mknod(r, parent.0, name, mode, rdev, reply)
         })
     }
@@ -1877,11 +1899,14 @@ impl Filesystem for OverlayFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let r = (req.uid(), req.gid());
-        guarded("mkdir", || self.inner.mkdir(r, parent.0, name, mode, reply))
+        guarded("mkdir", || {
+            let mode = self.inner.creation_mode(parent.0, mode, umask);
+            self.inner.mkdir(r, parent.0, name, mode, reply)
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -2163,12 +2188,13 @@ impl Filesystem for OverlayFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let r = (req.uid(), req.gid());
         guarded("create", || {
+            let mode = self.inner.creation_mode(parent.0, mode, umask);
             self.inner.create(r, parent.0, name, mode, flags, reply)
         })
     }

@@ -22,6 +22,7 @@ use rustix::io::Errno;
 use crate::error::{Error, Result};
 use crate::stack::LayerStack;
 
+mod acl;
 mod attr;
 mod copy_up;
 mod file;

@@ -219,6 +219,17 @@ impl Overlay {
                 name: Some(tname.to_os_string()),
             },
         };
+        // With a default ACL on the upper parent, the permission bits come from the ACL and
+        // the requested mode (the process umask does not apply), as the upper filesystem
+        // computed them for a direct creation; one made in the workdir gets the ACL and
+        // bits it would have inherited (the kernel's posix_acl_create).
+        let default_acl = match perm {
+            Some(_) => super::layers::read_xattr(|b| {
+                rustix::fs::fgetxattr(pdir.as_fd(), super::acl::DEFAULT_ACL, b)
+            })
+            .ok(),
+            None => None,
+        };
         let mut stat = None;
         let mut finish = || -> std::result::Result<(), Errno> {
             if !is_link {
@@ -232,7 +243,31 @@ impl Overlay {
                     } else {
                         0
                     };
-                    let want = perm | keep_sgid;
+                    let bits = match &default_acl {
+                        None => perm & 0o777,
+                        Some(_) if !over_whiteout => st.st_mode & 0o777,
+                        Some(dacl) => match super::acl::inherit(dacl, perm) {
+                            Some((bits, access)) => {
+                                if let Some(a) = access {
+                                    created.setxattr(
+                                        OsStr::new(super::acl::ACCESS_ACL),
+                                        &a,
+                                        XattrFlags::empty(),
+                                    )?;
+                                }
+                                if kind == FileKind::Directory {
+                                    created.setxattr(
+                                        OsStr::new(super::acl::DEFAULT_ACL),
+                                        dacl,
+                                        XattrFlags::empty(),
+                                    )?;
+                                }
+                                bits
+                            }
+                            None => perm & 0o777,
+                        },
+                    };
+                    let want = bits | (perm & 0o7000) | keep_sgid;
                     // chown may have cleared set-id bits.
                     let setid = want & (libc::S_ISUID | libc::S_ISGID) != 0;
                     if st.st_mode & 0o7777 != want || (owner.is_some() && setid) {
