@@ -402,3 +402,88 @@ fn default_acl_inheritance_matches_kernel() {
         create_under_default_acl(f.root())
     );
 }
+
+/// `lsattr`/`chattr` through the mount (FS_IOC_GETFLAGS/SETFLAGS, which FUSE forwards as
+/// ioctls), and the flags copy-up carries (`A`, `S`), reported for comparison.
+fn inode_flags_through(root: &std::path::Path) -> Vec<String> {
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    let lower0 = root.parent().unwrap().join("lower0");
+    let upper = root.parent().unwrap().join("upper");
+    let flags_of = |p: &std::path::Path| -> String {
+        match std::fs::File::open(p) {
+            Ok(f) => match ioctl_getflags(&f) {
+                Ok(fl) => format!("{:#x}", fl.bits() & !0x80000), // not EXTENTS_FL
+                Err(e) => format!("getflags: {e}"),
+            },
+            Err(e) => format!("open: {e}"),
+        }
+    };
+    let set = |p: &std::path::Path, add: IFlags, clear: IFlags| -> String {
+        let f = std::fs::File::open(p).unwrap();
+        match ioctl_getflags(&f).and_then(|fl| ioctl_setflags(&f, (fl | add) & !clear)) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    // A lower file with `A` (no atime updates): shown through the mount, kept by copy-up.
+    let la = std::fs::File::open(lower0.join("a")).unwrap();
+    let fl = ioctl_getflags(&la).unwrap();
+    if ioctl_setflags(&la, fl | IFlags::NOATIME).is_err() {
+        return vec!["no inode flags on this filesystem".into()];
+    }
+    let mut out = vec![format!(
+        "a through the mount: {}",
+        flags_of(&root.join("a"))
+    )];
+    std::fs::set_permissions(
+        root.join("a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    out.push(format!(
+        "a in upper after chmod: {}",
+        flags_of(&upper.join("a"))
+    ));
+    // chattr +d on a lower file copies it up and sets the flag there.
+    out.push(format!(
+        "+d b: {}",
+        set(&root.join("b"), IFlags::NODUMP, IFlags::empty())
+    ));
+    out.push(format!("b in upper: {}", flags_of(&upper.join("b"))));
+    // chattr +i: the file cannot be written or removed until -i.
+    out.push(format!(
+        "+i d/a: {}",
+        set(&root.join("d/a"), IFlags::IMMUTABLE, IFlags::empty())
+    ));
+    let w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("d/a"));
+    out.push(format!(
+        "append d/a: {:?}",
+        w.map(|_| ()).map_err(|e| e.kind())
+    ));
+    let rm = std::fs::remove_file(root.join("d/a"));
+    out.push(format!("rm d/a: {:?}", rm.map_err(|e| e.kind())));
+    out.push(format!(
+        "-i d/a: {}",
+        set(&root.join("d/a"), IFlags::empty(), IFlags::IMMUTABLE)
+    ));
+    out.push(format!(
+        "rm d/a: {:?}",
+        std::fs::remove_file(root.join("d/a")).map_err(|e| e.kind())
+    ));
+    out
+}
+
+#[test]
+fn inode_flags_match_kernel() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let k = kernel_backend();
+    let f = fuse_backend(FsConfig::default());
+    let want = inode_flags_through(k.root());
+    assert!(want.len() > 1, "the kernel run did not get far: {want:?}");
+    assert_eq!(want, inode_flags_through(f.root()));
+}

@@ -37,9 +37,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier,
+    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use overlay_core::{
     Attr, DirEntry, FileKind, NodeRef, Overlay, Owner, RenameFlags, SetAttr, TimeSet, Timestamp,
@@ -1440,6 +1441,59 @@ impl Inner {
         }
     }
 
+    /// The inode-flags ioctls (`lsattr`, `chattr`; the kernel sends them for
+    /// `FS_IOC_GETFLAGS`/`SETFLAGS` and for fileattr calls), on the topmost real object, a
+    /// set after a copy-up. Every other ioctl: ENOTTY, for that call only.
+    fn ioctl(&self, ino: u64, cmd: u32, in_data: &[u8], out_size: u32, reply: ReplyIoctl) {
+        // _IOR('f', 1, long) and _IOW('f', 2, long), and their 32-bit forms.
+        const GET: [u32; 2] = [0x8008_6601, 0x8004_6601];
+        const SET: [u32; 2] = [0x4008_6602, 0x4004_6602];
+        // _IOR('X', 31, struct fsxattr): the kernel asks it before every SETFLAGS.
+        const FSGETXATTR: u32 = 0x801c_581f;
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if cmd == FSGETXATTR {
+            // struct fsxattr, its flags derived from the inode flags as the kernel's
+            // fileattr_fill_flags does; extent size hints and project id read as 0.
+            return match self.ovl.inode_flags(&n) {
+                Ok(f) => {
+                    let mut out = [0u8; 28];
+                    out[..4].copy_from_slice(&fs_xflags(f.bits()).to_ne_bytes());
+                    reply.ioctl(0, &out[..(out_size as usize).min(out.len())])
+                }
+                Err(e) => reply.error(errno("ioctl", &e)),
+            };
+        }
+        if GET.contains(&cmd) {
+            match self.ovl.inode_flags(&n) {
+                Ok(f) => {
+                    let b = f.bits().to_ne_bytes();
+                    reply.ioctl(0, &b[..(out_size as usize).min(b.len())])
+                }
+                Err(e) => reply.error(errno("ioctl", &e)),
+            }
+        } else if SET.contains(&cmd) {
+            let Some(raw) = in_data.first_chunk::<4>() else {
+                return reply.error(Errno::EINVAL);
+            };
+            let flags = rustix::fs::IFlags::from_bits_retain(u32::from_ne_bytes(*raw));
+            let was_lower = n.is_lower_only();
+            match self.ovl.set_inode_flags(&n, flags) {
+                Ok(()) => {
+                    if was_lower {
+                        self.check_split(ino, &n);
+                    }
+                    reply.ioctl(0, &[])
+                }
+                Err(e) => reply.error(errno("ioctl", &e)),
+            }
+        } else {
+            reply.error(Errno::ENOTTY)
+        }
+    }
+
     fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
         let of = match self.open_file(fh) {
             Ok(f) => f,
@@ -1724,6 +1778,22 @@ impl Inner {
             self.cfg.acl
         );
     }
+}
+
+/// `fsx_xflags` for inode flags `FS_*_FL` (the kernel's `fileattr_fill_flags`).
+fn fs_xflags(flags: u32) -> u32 {
+    const MAP: [(u32, u32); 7] = [
+        (0x0000_0008, 0x0000_0020), // SYNC
+        (0x0000_0010, 0x0000_0008), // IMMUTABLE
+        (0x0000_0020, 0x0000_0010), // APPEND
+        (0x0000_0040, 0x0000_0080), // NODUMP
+        (0x0000_0080, 0x0000_0040), // NOATIME
+        (0x0200_0000, 0x0000_8000), // DAX
+        (0x2000_0000, 0x0000_0200), // PROJINHERIT
+    ];
+    MAP.iter()
+        .filter(|(fl, _)| flags & fl != 0)
+        .fold(0, |x, (_, xfl)| x | xfl)
 }
 
 fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
@@ -2196,6 +2266,29 @@ impl Filesystem for OverlayFs {
         guarded("create", || {
             let mode = self.inner.creation_mode(parent.0, mode, umask);
             self.inner.create(r, parent.0, name, mode, flags, reply)
+        })
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let long = cmd & 0xffff == 0x6602
+            && self
+                .inner
+                .table
+                .get(ino.0)
+                .is_some_and(|n| self.inner.long_copy_up(&n));
+        let in_data = in_data.to_vec();
+        self.inner.offload("ioctl", long, move |i| {
+            i.ioctl(ino.0, cmd, &in_data, out_size, reply)
         })
     }
 

@@ -27,9 +27,12 @@
 //! Differences from the kernel overlay that FUSE itself imposes: `statfs` reports FUSE's
 //! magic, not overlayfs's; `open(O_TMPFILE)` fails with EOPNOTSUPP (the kernel overlay
 //! supports it; fuser 0.18 has no TMPFILE request); the mount's root is node id 1, so its
-//! `st_ino` is 1. Checked side by side with a kernel mount (`nlink` of merged and plain
+//! `st_ino` is 1. Inode flags (`lsattr`/`chattr`) work through the mount; the xfs-style
+//! `FS_IOC_FSSETXATTR` (project ids, extent size hints) does not (EOPNOTSUPP), and
+//! `FS_IOC_FSGETXATTR` reports only the flags. Checked side by side with a kernel mount (`nlink` of merged and plain
 //! directories, `d_type`, SEEK_DATA/SEEK_HOLE, fallocate, flock, EXDEV for renaming a lower
-//! directory, hard links, xattr listing, mkfifo, umask, utimes on symlinks): the same.
+//! directory, hard links, xattr listing, mkfifo, umask and default ACLs, utimes on
+//! symlinks, inode flags): the same.
 //!
 //! Performance: multi-threaded session with cloned fds, PARALLEL_DIROPS, READDIRPLUS (auto),
 //! ATOMIC_O_TRUNC, CACHE_SYMLINKS, long entry/attr TTLs with negative entries and kernel

@@ -71,6 +71,48 @@ impl Overlay {
         self.getattr(node)
     }
 
+    /// The inode flags (`lsattr`, `FS_IOC_GETFLAGS`) of a regular file or directory: those
+    /// of its topmost real object. Other kinds give ENOTTY, as from the kernel.
+    pub fn inode_flags(&self, node: &NodeRef) -> Result<rustix::fs::IFlags> {
+        let op = "get inode flags";
+        let real = self.top_real(op, node)?;
+        let fd = self.open_for_flags(op, node, &real)?;
+        rustix::fs::ioctl_getflags(&fd).map_err(|e| self.node_err(op, node, e))
+    }
+
+    /// Set the inode flags (`chattr`, `FS_IOC_SETFLAGS`) of a regular file or directory,
+    /// copying it up first (as the kernel overlay). Permission checks (owner, and
+    /// CAP_LINUX_IMMUTABLE for `i` and `a`) are the caller's; the kernel makes them before a
+    /// FUSE request.
+    pub fn set_inode_flags(&self, node: &NodeRef, flags: rustix::fs::IFlags) -> Result<()> {
+        let op = "set inode flags";
+        if !matches!(node.kind, FileKind::File | FileKind::Directory) {
+            return Err(self.node_err(op, node, Errno::NOTTY));
+        }
+        self.check_writable(op, || node.rel_path())?;
+        self.copy_up_node(node, true)?;
+        let real = self.top_real(op, node)?;
+        let fd = self.open_for_flags(op, node, &real)?;
+        rustix::fs::ioctl_setflags(&fd, flags).map_err(|e| self.node_err(op, node, e))
+    }
+
+    /// An fd of `real` for the flags ioctls (which need an open file, and work on a
+    /// read-only one).
+    fn open_for_flags(
+        &self,
+        op: &'static str,
+        node: &NodeRef,
+        real: &super::real::RealObj,
+    ) -> Result<std::os::fd::OwnedFd> {
+        let flags = match node.kind {
+            FileKind::File => OFlags::RDONLY | OFlags::NONBLOCK,
+            FileKind::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+            _ => return Err(self.node_err(op, node, Errno::NOTTY)),
+        };
+        real.open(flags, Mode::empty())
+            .map_err(|e| self.node_err(op, node, e))
+    }
+
     /// Read an xattr (private overlay attributes are invisible: ENODATA; escaped names
     /// `<ns>overlay.overlay.X` read as `<ns>overlay.X`).
     pub fn getxattr(&self, node: &NodeRef, name: &OsStr) -> Result<Vec<u8>> {

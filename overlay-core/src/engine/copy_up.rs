@@ -221,6 +221,7 @@ impl Overlay {
             }
         }
         if !is_link {
+            copy_inode_flags(src, dst);
             dst.chmod(st.st_mode & 0o7777)?;
         }
         dst.utimes(&stat_times(st))?;
@@ -365,4 +366,25 @@ fn copy_rw(
         w += rustix::io::pwrite(dst, &buf[w..n], off + w as u64)?;
     }
     Ok(n)
+}
+
+/// The inode flags copy-up carries over, as the kernel's (`OVL_COPY_FS_FLAGS_MASK`):
+/// synchronous updates and no atime updates (`chattr +S`, `+A`). Best effort, as for the
+/// kernel when a filesystem has no such flags; both objects are open fds (files and
+/// directories).
+fn copy_inode_flags(src: &RealObj, dst: &RealObj) {
+    use rustix::fs::IFlags;
+    let Ok(flags) = src.inode_flags() else {
+        return;
+    };
+    let carried = flags & (IFlags::SYNC | IFlags::NOATIME);
+    if carried.is_empty() {
+        return;
+    }
+    if let Err(e) = dst
+        .inode_flags()
+        .and_then(|now| dst.set_inode_flags(now | carried))
+    {
+        tracing::debug!("copy-up: inode flags {carried:?} not set: {e}");
+    }
 }

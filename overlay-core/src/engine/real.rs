@@ -35,6 +35,23 @@ impl RealObj {
         self.dir.as_fd()
     }
 
+    /// The inode flags (`FS_IOC_GETFLAGS`) of an object held as an fd (ENOTTY for one held
+    /// by name: the ioctl needs an open file).
+    pub fn inode_flags(&self) -> R<rustix::fs::IFlags> {
+        match &self.name {
+            None => rustix::fs::ioctl_getflags(self.dirfd()),
+            Some(_) => Err(Errno::NOTTY),
+        }
+    }
+
+    /// Set the inode flags (`FS_IOC_SETFLAGS`) of an object held as an fd.
+    pub fn set_inode_flags(&self, flags: rustix::fs::IFlags) -> R<()> {
+        match &self.name {
+            None => rustix::fs::ioctl_setflags(self.dirfd(), flags),
+            Some(_) => Err(Errno::NOTTY),
+        }
+    }
+
     /// `lstat`.
     pub fn stat(&self) -> R<Stat> {
         match &self.name {
