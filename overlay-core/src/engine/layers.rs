@@ -543,6 +543,13 @@ impl Layers {
             match rustix::fs::linkat(work, &*shared, dir, name, AtFlags::empty()) {
                 Ok(()) => return Ok(()),
                 Err(Errno::EXIST) => return Err(Errno::EXIST),
+                // ENOENT for the target directory (removed meanwhile), not for the shared
+                // whiteout: nothing to replace.
+                Err(Errno::NOENT)
+                    if rustix::fs::statat(work, &*shared, AtFlags::SYMLINK_NOFOLLOW).is_ok() =>
+                {
+                    return Err(Errno::NOENT);
+                }
                 // Full (or gone): start a new shared whiteout, once per old one.
                 Err(Errno::MLINK) | Err(Errno::NOENT) => {
                     let mut slot = self.shared_whiteout.write();
