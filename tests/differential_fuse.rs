@@ -487,3 +487,91 @@ fn inode_flags_match_kernel() {
     assert!(want.len() > 1, "the kernel run did not get far: {want:?}");
     assert_eq!(want, inode_flags_through(f.root()));
 }
+
+/// Unmounts on drop (for the kernel mounts this file makes by hand).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        use rustix::mount::{unmount, UnmountFlags};
+        if unmount(&self.0, UnmountFlags::empty()).is_err() {
+            let _ = unmount(&self.0, UnmountFlags::DETACH);
+        }
+    }
+}
+
+fn kernel_mount(data: &str, target: &std::path::Path) -> Unmount {
+    let data = std::ffi::CString::new(data).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .unwrap_or_else(|e| panic!("mount -o {data:?}: {e}"));
+    Unmount(target.to_path_buf())
+}
+
+/// An upper written by a kernel mount with metacopy=on holds a metadata-only copy (a chown
+/// copies up no data). The kernel with metacopy=off refuses it (EPERM); so must we, rather
+/// than show the file's empty data.
+#[test]
+fn metacopy_upper_is_refused_as_by_the_kernel() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let d = |n: &str| {
+        let p = t.path().join(n);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let (l, u, w, m) = (d("l"), d("u"), d("w"), d("m"));
+    std::fs::write(l.join("f"), b"lower data").unwrap();
+    std::fs::write(l.join("g"), b"g").unwrap();
+    let opts = |extra: &str, w: &std::path::Path| {
+        format!(
+            "lowerdir={},upperdir={},workdir={},{extra}",
+            l.display(),
+            u.display(),
+            w.display()
+        )
+    };
+    {
+        let _k = kernel_mount(&opts("metacopy=on,redirect_dir=on", &w), &m);
+        std::os::unix::fs::chown(m.join("f"), Some(65534), None).unwrap();
+    }
+    let up = std::fs::metadata(u.join("f")).unwrap();
+    assert_eq!((up.size(), up.uid()), (10, 65534));
+    let outcome = |root: &std::path::Path| {
+        (
+            std::fs::metadata(root.join("f")).map_err(|e| e.raw_os_error()),
+            std::fs::read(root.join("g")).map_err(|e| e.raw_os_error()),
+        )
+    };
+    let want = {
+        let _k = kernel_mount(&opts("metacopy=off", &d("w2")), &m);
+        let o = outcome(&m);
+        (o.0.map(|md| md.size()), o.1)
+    };
+    assert_eq!(want, (Err(Some(libc::EPERM)), Ok(b"g".to_vec())));
+    let stack = LayerStack::builder()
+        .lower(&l)
+        .upper(&u, d("w3"))
+        .xattr_namespace(XattrNamespace::Trusted)
+        .build()
+        .unwrap();
+    let ovl = Overlay::new(stack).unwrap();
+    let mut cfg = MountConfig::for_current_user(FsConfig::default());
+    cfg.threads = 2;
+    let fm = spawn_mount(ovl, &m, &cfg).unwrap();
+    let got = {
+        let o = outcome(&m);
+        (o.0.map(|md| md.size()), o.1)
+    };
+    drop(fm);
+    assert_eq!(got, want);
+}

@@ -69,6 +69,11 @@ impl XattrNamespace {
         self.pick("trusted.overlay.impure", "user.overlay.impure")
     }
 
+    /// `overlay.metacopy` (a metadata-only copy whose data lives below).
+    pub fn metacopy(self) -> &'static str {
+        self.pick("trusted.overlay.metacopy", "user.overlay.metacopy")
+    }
+
     /// `overlay.redirect`.
     pub fn redirect(self) -> &'static str {
         self.pick("trusted.overlay.redirect", "user.overlay.redirect")

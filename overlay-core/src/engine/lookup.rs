@@ -29,6 +29,11 @@ pub(crate) enum LayerHit {
     Found(Stat),
 }
 
+/// The operation named in the error for a metacopy file (see [`Overlay::is_metacopy`]).
+const METACOPY_REFUSED: &str =
+    "lookup (a metacopy file: its data lives in a lower layer; metacopy is not supported, \
+     as with the kernel's metacopy=off)";
+
 impl Overlay {
     /// Classify `name` in directory `dir` of a lower layer whose directory is xwhiteout-capable
     /// when `xwh`.
@@ -105,6 +110,9 @@ impl Overlay {
                             return Ok(None);
                         }
                         let k = FileKind::from_mode(st.st_mode);
+                        if self.is_metacopy(dir.as_fd(), name, &st) {
+                            return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
+                        }
                         top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
@@ -148,6 +156,9 @@ impl Overlay {
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
                         let k = FileKind::from_mode(st.st_mode);
+                        if kind.is_none() && self.is_metacopy(dir.as_fd(), name, &st) {
+                            return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
+                        }
                         if top_stat.is_none() {
                             top_stat = Some(st);
                         }
@@ -221,6 +232,27 @@ impl Overlay {
             })),
             _ => Ok(None),
         }
+    }
+
+    /// True when regular file `name` in `dir` (stat `st`) is a metadata-only copy
+    /// (`overlay.metacopy`), whose data lives in a lower layer. The engine does not follow
+    /// metacopy, so such a file is refused (EPERM), as the kernel refuses one in any layer
+    /// with `metacopy=off` ("refusing to follow metacopy origin"), instead of showing its
+    /// empty data. An empty file has no data to hide: it costs no xattr read.
+    pub(crate) fn is_metacopy(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+    ) -> bool {
+        if FileKind::from_mode(st.st_mode) != FileKind::File || st.st_size == 0 {
+            return false;
+        }
+        let p = super::layers::proc_path(dir, name);
+        matches!(
+            rustix::fs::lgetxattr(&p, self.layers.ns.metacopy(), &mut [0u8; 0][..]),
+            Ok(_) | Err(Errno::RANGE)
+        )
     }
 
     /// True when an upper directory `name` in `dir` is opaque (`overlay.opaque=y`).

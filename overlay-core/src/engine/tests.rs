@@ -1355,3 +1355,29 @@ fn copy_up_keeps_file_capabilities() {
     drop(w);
     assert_eq!(get_xattr(&up, "security.capability"), None);
 }
+
+/// A metacopy file (data in a lower layer) is refused with EPERM, in the upper layer and in
+/// a lower one, as the kernel refuses it with metacopy=off, instead of showing empty data.
+#[test]
+fn metacopy_files_are_refused_not_shown_empty() {
+    let f = Fixture::new(2);
+    write(&f.lowers[0].join("data"), "lower data");
+    // A metacopy upper file: the size of its data, no data, the marker.
+    let up = f.upper.join("data");
+    std::fs::File::create(&up).unwrap().set_len(10).unwrap();
+    set_xattr(&up, "trusted.overlay.metacopy", b"");
+    // A metacopy file in the top lower layer, and an empty one (nothing to hide).
+    let low = f.lowers[1].join("low");
+    std::fs::File::create(&low).unwrap().set_len(4).unwrap();
+    set_xattr(&low, "trusted.overlay.metacopy", b"");
+    write(&f.lowers[0].join("low"), "real");
+    let empty = f.lowers[1].join("empty");
+    std::fs::File::create(&empty).unwrap();
+    set_xattr(&empty, "trusted.overlay.metacopy", b"");
+    let ovl = f.overlay();
+    assert_eq!(errno(walk(&ovl, "data")), libc::EPERM);
+    assert_eq!(errno(walk(&ovl, "low")), libc::EPERM);
+    assert_eq!(read_all(&ovl, "empty"), "");
+    let e = walk(&ovl, "data").unwrap_err().to_string();
+    assert!(e.contains("metacopy") && e.contains("data"), "{e}");
+}
