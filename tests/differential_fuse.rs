@@ -575,3 +575,67 @@ fn metacopy_upper_is_refused_as_by_the_kernel() {
     drop(fm);
     assert_eq!(got, want);
 }
+
+/// An upper where a kernel mount with redirect_dir=on renamed a merged directory: the
+/// kernel with redirect_dir=nofollow refuses the renamed directory and leaves it out of the
+/// listing; so must we (we do not follow redirects), rather than show only its upper part.
+#[test]
+fn redirected_directory_is_refused_as_by_the_kernel() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = |n: &str| {
+        let p = t.path().join(n);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let (l, u, m) = (d("l"), d("u"), d("m"));
+    std::fs::create_dir(l.join("d")).unwrap();
+    std::fs::write(l.join("d/a"), b"a").unwrap();
+    std::fs::write(l.join("b"), b"b").unwrap();
+    let opts = |extra: &str, w: &std::path::Path| {
+        format!(
+            "lowerdir={},upperdir={},workdir={},{extra}",
+            l.display(),
+            u.display(),
+            w.display()
+        )
+    };
+    {
+        let _k = kernel_mount(&opts("redirect_dir=on", &d("w")), &m);
+        std::fs::write(m.join("d/new"), b"n").unwrap();
+        std::fs::rename(m.join("d"), m.join("d2")).unwrap();
+    }
+    let outcome = |root: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        (
+            names,
+            std::fs::metadata(root.join("d2"))
+                .map(|md| md.is_dir())
+                .map_err(|e| e.raw_os_error()),
+        )
+    };
+    let want = {
+        let _k = kernel_mount(&opts("redirect_dir=nofollow", &d("w2")), &m);
+        outcome(&m)
+    };
+    assert_eq!(want.1, Err(Some(libc::EPERM)), "kernel: {want:?}");
+    let stack = LayerStack::builder()
+        .lower(&l)
+        .upper(&u, d("w3"))
+        .xattr_namespace(XattrNamespace::Trusted)
+        .build()
+        .unwrap();
+    let mut cfg = MountConfig::for_current_user(FsConfig::default());
+    cfg.threads = 2;
+    let fm = spawn_mount(Overlay::new(stack).unwrap(), &m, &cfg).unwrap();
+    let got = outcome(&m);
+    drop(fm);
+    assert_eq!(got, want);
+}

@@ -29,6 +29,20 @@ pub(crate) enum LayerHit {
     Found(Stat),
 }
 
+/// The operation named in the error for a redirected directory (see
+/// [`Overlay::has_redirect`]).
+const REDIRECT_REFUSED: &str =
+    "lookup (a directory renamed by a kernel mount with redirect_dir=on: its lower part lives \
+     under another name; redirects are not followed, as with the kernel's redirect_dir=nofollow)";
+
+/// True when the object `fd` carries xattr `name` (its value is not read).
+fn xattr_present(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> bool {
+    matches!(
+        rustix::fs::fgetxattr(fd, name, &mut [0u8; 0][..]),
+        Ok(_) | Err(Errno::RANGE)
+    )
+}
+
 /// The operation named in the error for a metacopy file (see [`Overlay::is_metacopy`]).
 const METACOPY_REFUSED: &str =
     "lookup (a metacopy file: its data lives in a lower layer; metacopy is not supported, \
@@ -123,6 +137,14 @@ impl Overlay {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
                         } else {
+                            if self.has_redirect(dir.as_fd(), name) {
+                                return Err(self.name_err(
+                                    REDIRECT_REFUSED,
+                                    parent,
+                                    name,
+                                    Errno::PERM,
+                                ));
+                            }
                             merge_lowers = !self.upper_dir_opaque(dir.as_fd(), name);
                             ino = Some(
                                 self.layers
@@ -188,6 +210,14 @@ impl Overlay {
                                         rustix::fs::Mode::empty(),
                                     )
                                     .map_err(err)?;
+                                    if xattr_present(sub.as_fd(), self.layers.ns.redirect()) {
+                                        return Err(self.name_err(
+                                            REDIRECT_REFUSED,
+                                            parent,
+                                            name,
+                                            Errno::PERM,
+                                        ));
+                                    }
                                     self.layers.lower_dir_opacity(sub.as_fd())
                                 };
                                 state.lowers.push(LowerEntry {
@@ -251,6 +281,19 @@ impl Overlay {
         let p = super::layers::proc_path(dir, name);
         matches!(
             rustix::fs::lgetxattr(&p, self.layers.ns.metacopy(), &mut [0u8; 0][..]),
+            Ok(_) | Err(Errno::RANGE)
+        )
+    }
+
+    /// True when directory `name` in `dir` carries `overlay.redirect`: a kernel mount with
+    /// `redirect_dir=on` renamed a merged directory, and its lower part lives under another
+    /// name. The engine does not follow redirects, so such a directory is refused (EPERM),
+    /// as the kernel refuses it with `redirect_dir=nofollow`, instead of showing only its
+    /// upper part.
+    pub(crate) fn has_redirect(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> bool {
+        let p = super::layers::proc_path(dir, name);
+        matches!(
+            rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), &mut [0u8; 0][..]),
             Ok(_) | Err(Errno::RANGE)
         )
     }

@@ -220,9 +220,10 @@ pub struct OverlayOptions {
 /// Differences from the kernel overlay (documented, deliberate or not yet done):
 /// * `redirect_dir`, `metacopy`, `index` and `nfs_export` are not supported: renaming a lower
 ///   or merged directory gives EXDEV (the kernel's default configuration), hard links to lower
-///   files break on copy-up (as the kernel without `index`), and a metacopy file found in a
-///   layer (made by a kernel mount with `metacopy=on`) is refused with EPERM, as the kernel
-///   refuses it with `metacopy=off`.
+///   files break on copy-up (as the kernel without `index`). A metacopy file or a redirected
+///   directory found in a layer (made by a kernel mount with `metacopy=on` or
+///   `redirect_dir=on`) is refused with EPERM and the directory left out of listings, as the
+///   kernel does with `metacopy=off` and `redirect_dir=nofollow`.
 /// * `.wh.<name>` AUFS whiteouts and `.wh..wh..opq` markers are honoured in lower layers only;
 ///   in the upper layer such names are ordinary files (as for the kernel).
 /// * A [`File`] from [`Overlay::open`] opened read-only before a copy-up keeps reading the

@@ -129,9 +129,13 @@ impl Overlay {
                     self.layers.map_ino(LayerRef::Upper, e.ino)
                 } else if kind == FileKind::Directory {
                     // May be merged with lower directories: compute as lookup does.
-                    match self.resolve(dir, &e.name)? {
-                        Some(r) => r.ino,
-                        None => continue,
+                    match self.resolve(dir, &e.name) {
+                        Ok(Some(r)) => r.ino,
+                        Ok(None) => continue,
+                        // A directory the engine refuses (a redirect it does not follow) is
+                        // left out of the listing, as the kernel leaves it out.
+                        Err(e) if e.raw_os_error() == libc::EPERM => continue,
+                        Err(e) => return Err(e),
                     }
                 } else {
                     self.origin_ino_of(fd.as_fd(), &e.name)

@@ -1381,3 +1381,32 @@ fn metacopy_files_are_refused_not_shown_empty() {
     let e = walk(&ovl, "data").unwrap_err().to_string();
     assert!(e.contains("metacopy") && e.contains("data"), "{e}");
 }
+
+/// A directory carrying `overlay.redirect` (renamed by a kernel mount with redirect_dir=on)
+/// is refused with EPERM and left out of its parent's listing, as the kernel does with
+/// redirect_dir=nofollow, instead of showing only its upper part.
+#[test]
+fn redirected_directories_are_refused() {
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("d/a"), "a");
+    write(&f.lowers[0].join("keep"), "k");
+    write(&f.upper.join("d2/new"), "n");
+    set_xattr(&f.upper.join("d2"), "trusted.overlay.redirect", b"d");
+    // The old name is whited out in upper, as the kernel leaves it.
+    whiteout(&f.upper.join("d"));
+    let ovl = f.overlay();
+    assert_eq!(errno(walk(&ovl, "d2")), libc::EPERM);
+    let e = walk(&ovl, "d2").unwrap_err().to_string();
+    assert!(e.contains("redirect") && e.contains("d2"), "{e}");
+    assert_eq!(names(&ovl, &ovl.root()), ["keep"]);
+    // The same in a lower layer.
+    let g = Fixture::new(1);
+    write(&g.lowers[0].join("r/x"), "x");
+    set_xattr(
+        &g.lowers[0].join("r"),
+        "trusted.overlay.redirect",
+        b"/elsewhere",
+    );
+    let ovl = g.overlay();
+    assert_eq!(errno(walk(&ovl, "r")), libc::EPERM);
+}
