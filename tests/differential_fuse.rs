@@ -576,66 +576,123 @@ fn metacopy_upper_is_refused_as_by_the_kernel() {
     assert_eq!(got, want);
 }
 
-/// An upper where a kernel mount with redirect_dir=on renamed a merged directory: the
-/// kernel with redirect_dir=nofollow refuses the renamed directory and leaves it out of the
-/// listing; so must we (we do not follow redirects), rather than show only its upper part.
-#[test]
-fn redirected_directory_is_refused_as_by_the_kernel() {
-    init();
-    if !require_mounts() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
+/// A stack whose upper holds directories a kernel mount with redirect_dir=on renamed: `d`
+/// to `d2` (relative redirect) and `top/inner` to `x/moved` (absolute redirect).
+fn redirected_stack(base: &std::path::Path) -> [std::path::PathBuf; 3] {
     let d = |n: &str| {
-        let p = t.path().join(n);
+        let p = base.join(n);
         std::fs::create_dir_all(&p).unwrap();
         p
     };
     let (l, u, m) = (d("l"), d("u"), d("m"));
-    std::fs::create_dir(l.join("d")).unwrap();
-    std::fs::write(l.join("d/a"), b"a").unwrap();
-    std::fs::write(l.join("b"), b"b").unwrap();
-    let opts = |extra: &str, w: &std::path::Path| {
-        format!(
-            "lowerdir={},upperdir={},workdir={},{extra}",
-            l.display(),
-            u.display(),
-            w.display()
-        )
-    };
+    for (p, c) in [
+        ("d/a", "a"),
+        ("d/sub/s", "s"),
+        ("top/inner/i", "i"),
+        ("b", "b"),
+    ] {
+        std::fs::create_dir_all(l.join(p).parent().unwrap()).unwrap();
+        std::fs::write(l.join(p), c).unwrap();
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=on",
+        l.display(),
+        u.display(),
+        d("w").display()
+    );
     {
-        let _k = kernel_mount(&opts("redirect_dir=on", &d("w")), &m);
+        let _k = kernel_mount(&data, &m);
         std::fs::write(m.join("d/new"), b"n").unwrap();
         std::fs::rename(m.join("d"), m.join("d2")).unwrap();
+        std::fs::create_dir(m.join("x")).unwrap();
+        std::fs::rename(m.join("top/inner"), m.join("x/moved")).unwrap();
     }
-    let outcome = |root: &std::path::Path| {
-        let mut names: Vec<_> = std::fs::read_dir(root)
+    [l, u, m]
+}
+
+/// Read and change the tree through a mount; report what was seen, and the upper layer.
+fn use_redirected(root: &std::path::Path, upper: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+        let mut names: Vec<_> = std::fs::read_dir(p)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         names.sort();
-        (
-            names,
-            std::fs::metadata(root.join("d2"))
-                .map(|md| md.is_dir())
-                .map_err(|e| e.raw_os_error()),
-        )
-    };
+        for n in names {
+            let child = p.join(&n);
+            let r = format!("{rel}/{}", n.to_string_lossy());
+            let md = std::fs::symlink_metadata(&child).unwrap();
+            out.push(format!(
+                "{r} dir={} size={} nlink={}",
+                md.is_dir(),
+                md.len(),
+                md.nlink()
+            ));
+            if md.is_dir() {
+                walk(&child, &r, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, "", &mut out);
+    for f in ["d2/a", "d2/sub/s", "x/moved/i"] {
+        out.push(format!("{f}: {:?}", std::fs::read_to_string(root.join(f))));
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("d2/a"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
+        .unwrap();
+    std::fs::remove_file(root.join("d2/sub/s")).unwrap();
+    std::fs::remove_dir(root.join("d2/sub")).unwrap();
+    std::fs::write(root.join("x/moved/j"), b"j").unwrap();
+    out.push(format!(
+        "rmdir x/moved: {:?}",
+        std::fs::remove_dir(root.join("x/moved")).map_err(|e| e.kind())
+    ));
+    out.push("-- after".into());
+    walk(root, "", &mut out);
+    out.push("-- upper".into());
+    walk(upper, "", &mut out);
+    out
+}
+
+/// Directories renamed by a kernel mount with redirect_dir=on (the default here): we follow
+/// their redirects as the kernel does by default, so the merged view, the changes made in
+/// them and the resulting upper layer are the kernel's.
+#[test]
+fn redirected_directories_match_kernel() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let tk = tempfile::tempdir().unwrap();
+    let [kl, ku, km] = redirected_stack(tk.path());
     let want = {
-        let _k = kernel_mount(&opts("redirect_dir=nofollow", &d("w2")), &m);
-        outcome(&m)
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=follow",
+            kl.display(),
+            ku.display(),
+            tk.path().join("w2").display()
+        );
+        std::fs::create_dir(tk.path().join("w2")).unwrap();
+        let _k = kernel_mount(&data, &km);
+        use_redirected(&km, &ku)
     };
-    assert_eq!(want.1, Err(Some(libc::EPERM)), "kernel: {want:?}");
+    let tf = tempfile::tempdir().unwrap();
+    let [fl, fu, fm] = redirected_stack(tf.path());
+    std::fs::create_dir(tf.path().join("w3")).unwrap();
     let stack = LayerStack::builder()
-        .lower(&l)
-        .upper(&u, d("w3"))
+        .lower(&fl)
+        .upper(&fu, tf.path().join("w3"))
         .xattr_namespace(XattrNamespace::Trusted)
         .build()
         .unwrap();
     let mut cfg = MountConfig::for_current_user(FsConfig::default());
     cfg.threads = 2;
-    let fm = spawn_mount(Overlay::new(stack).unwrap(), &m, &cfg).unwrap();
-    let got = outcome(&m);
-    drop(fm);
+    let mount = spawn_mount(Overlay::new(stack).unwrap(), &fm, &cfg).unwrap();
+    let got = use_redirected(&fm, &fu);
+    drop(mount);
     assert_eq!(got, want);
 }

@@ -2,12 +2,15 @@
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Stat};
 use rustix::io::Errno;
 
 use super::layers::LayerRef;
-use super::node::{LowerEntry, NodeState};
+use super::node::{LowerEntry, Lowers, NodeState};
 use super::{FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format::{self, Opacity};
@@ -29,11 +32,24 @@ pub(crate) enum LayerHit {
     Found(Stat),
 }
 
-/// The operation named in the error for a redirected directory (see
-/// [`Overlay::has_redirect`]).
+/// The operation named in the error for a lower directory that carries a redirect itself
+/// (an upper with redirects later used as a lower layer): such nested redirects are not
+/// followed, as the kernel does not follow them with redirect_dir=nofollow.
 const REDIRECT_REFUSED: &str =
-    "lookup (a directory renamed by a kernel mount with redirect_dir=on: its lower part lives \
-     under another name; redirects are not followed, as with the kernel's redirect_dir=nofollow)";
+    "lookup (a lower directory with its own overlay.redirect: redirects in lower layers are \
+     not followed, as with the kernel's redirect_dir=nofollow)";
+
+/// The operation named in the error for an upper directory whose redirect is malformed.
+const REDIRECT_INVALID: &str = "lookup (invalid overlay.redirect)";
+
+/// Where the lower directories of a redirected upper directory are.
+struct Redirect {
+    /// Relative to each lower layer's root.
+    path: PathBuf,
+    /// An absolute redirect (`/a/b`): looked up in every lower layer; a relative one (a bare
+    /// name) in the parent's lower directories.
+    absolute: bool,
+}
 
 /// True when the object `fd` carries xattr `name` (its value is not read).
 fn xattr_present(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> bool {
@@ -109,6 +125,8 @@ impl Overlay {
         let mut ino: Option<u64> = None;
         let mut merge_lowers = true;
         let mut top_stat: Option<Stat> = None;
+        // Where the lower directories are when the upper directory is redirected.
+        let mut redirect: Option<Redirect> = None;
 
         if pstate.upper {
             let dir = match self.dir_fd(parent, LayerRef::Upper) {
@@ -137,14 +155,9 @@ impl Overlay {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
                         } else {
-                            if self.has_redirect(dir.as_fd(), name) {
-                                return Err(self.name_err(
-                                    REDIRECT_REFUSED,
-                                    parent,
-                                    name,
-                                    Errno::PERM,
-                                ));
-                            }
+                            redirect = self
+                                .upper_redirect(parent, dir.as_fd(), name)
+                                .map_err(|e| self.name_err(REDIRECT_INVALID, parent, name, e))?;
                             merge_lowers = !self.upper_dir_opaque(dir.as_fd(), name);
                             ino = Some(
                                 self.layers
@@ -163,22 +176,41 @@ impl Overlay {
 
         if merge_lowers {
             let mut first_lower_ino: Option<u64> = None;
-            for le in &pstate.lowers {
+            // An absolute redirect is looked up from the root of every lower layer; a
+            // relative one (a bare name) in the parent's lower directories.
+            let (layers, lname): (Lowers, &OsStr) = match &redirect {
+                Some(r) if r.absolute => (
+                    self.root().state.read().lowers.clone(),
+                    r.path.file_name().unwrap_or_default(),
+                ),
+                Some(r) => (
+                    pstate.lowers.clone(),
+                    r.path.file_name().unwrap_or_default(),
+                ),
+                None => (pstate.lowers.clone(), name),
+            };
+            for le in &layers {
                 let layer = LayerRef::Lower(le.layer);
-                let dir = match self.dir_fd(parent, layer) {
+                let dir = match &redirect {
+                    Some(r) if r.absolute => {
+                        self.open_lower_path(layer, r.path.parent().unwrap_or(Path::new("")))
+                    }
+                    _ => self.dir_fd(parent, layer),
+                };
+                let dir = match dir {
                     Ok(d) => d,
                     Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
                     Err(e) => return Err(err(e)),
                 };
                 match self
-                    .lower_hit(dir.as_fd(), name, le.xwhiteouts)
+                    .lower_hit(dir.as_fd(), lname, le.xwhiteouts)
                     .map_err(err)?
                 {
                     LayerHit::Absent => continue,
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
                         let k = FileKind::from_mode(st.st_mode);
-                        if kind.is_none() && self.is_metacopy(dir.as_fd(), name, &st) {
+                        if kind.is_none() && self.is_metacopy(dir.as_fd(), lname, &st) {
                             return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
                         }
                         if top_stat.is_none() {
@@ -189,7 +221,7 @@ impl Overlay {
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
                                 kind = Some(k);
                                 let covered =
-                                    self.layers.covered_mount_point(layer, dir.as_fd(), name);
+                                    self.layers.covered_mount_point(layer, dir.as_fd(), lname);
                                 if first_lower_ino.is_none() {
                                     first_lower_ino =
                                         Some(covered.unwrap_or_else(|| {
@@ -202,7 +234,7 @@ impl Overlay {
                                 } else {
                                     let sub = rustix::fs::openat(
                                         dir.as_fd(),
-                                        name,
+                                        lname,
                                         rustix::fs::OFlags::RDONLY
                                             | rustix::fs::OFlags::DIRECTORY
                                             | rustix::fs::OFlags::NOFOLLOW
@@ -227,7 +259,7 @@ impl Overlay {
                                 if op == Opacity::Opaque
                                     || rustix::fs::statat(
                                         dir.as_fd(),
-                                        format::aufs_whiteout_name(name),
+                                        format::aufs_whiteout_name(lname),
                                         AtFlags::SYMLINK_NOFOLLOW,
                                     )
                                     .is_ok()
@@ -251,6 +283,11 @@ impl Overlay {
             }
             if let Some(i) = first_lower_ino {
                 ino = Some(i);
+            }
+            if let Some(r) = redirect {
+                if !state.lowers.is_empty() {
+                    state.lower_path = Some(Arc::from(r.path));
+                }
             }
         }
         match (kind, ino) {
@@ -285,17 +322,82 @@ impl Overlay {
         )
     }
 
-    /// True when directory `name` in `dir` carries `overlay.redirect`: a kernel mount with
-    /// `redirect_dir=on` renamed a merged directory, and its lower part lives under another
-    /// name. The engine does not follow redirects, so such a directory is refused (EPERM),
-    /// as the kernel refuses it with `redirect_dir=nofollow`, instead of showing only its
-    /// upper part.
-    pub(crate) fn has_redirect(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> bool {
+    /// The redirect of upper directory `name` in `dir` (child of `parent`), if it has one: a
+    /// kernel mount with `redirect_dir=on` renamed a merged directory, whose lower part lives
+    /// under another name. As the kernel does by default (`redirect_dir=on`/`follow`), the
+    /// engine follows it: an absolute value (`/a/b`) names a path from the lower layers' roots,
+    /// a relative one a name in the parent's lower directories. EINVAL for a malformed value
+    /// (empty, `.`/`..` components, a `/` in a relative one); the kernel refuses those too.
+    fn upper_redirect(
+        &self,
+        parent: &NodeRef,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> std::result::Result<Option<Redirect>, Errno> {
         let p = super::layers::proc_path(dir, name);
-        matches!(
-            rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), &mut [0u8; 0][..]),
-            Ok(_) | Err(Errno::RANGE)
+        let v = match super::layers::read_xattr(|b| {
+            rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b)
+        }) {
+            Ok(v) => v,
+            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (absolute, body) = match v.strip_prefix(b"/") {
+            Some(rest) => (true, rest),
+            None => (false, &v[..]),
+        };
+        let parts: Vec<&[u8]> = body.split(|c| *c == b'/').collect();
+        let valid = !body.is_empty()
+            && parts
+                .iter()
+                .all(|c| !c.is_empty() && *c != b"." && *c != b".." && !c.contains(&0))
+            && (absolute || parts.len() == 1);
+        if !valid {
+            return Err(Errno::INVAL);
+        }
+        let rel = Path::new(OsStr::from_bytes(body));
+        let path = if absolute {
+            rel.to_path_buf()
+        } else {
+            self.lower_rel_path(parent).join(rel)
+        };
+        Ok(Some(Redirect { path, absolute }))
+    }
+
+    /// Where directory `node`'s lower directories are, relative to the lower layers' roots:
+    /// its path, or the path its nearest redirected ancestor points to.
+    pub(crate) fn lower_rel_path(&self, node: &NodeRef) -> PathBuf {
+        if let Some(p) = node.state.read().lower_path.clone() {
+            return p.to_path_buf();
+        }
+        match node.parent_name() {
+            Some((parent, name)) => self.lower_rel_path(&parent).join(name.as_os_str()),
+            None => PathBuf::new(),
+        }
+    }
+
+    /// Open directory `path` (relative, no `..`) beneath the root of lower `layer`, never
+    /// following a symlink or leaving the layer.
+    pub(crate) fn open_lower_path(
+        &self,
+        layer: LayerRef,
+        path: &Path,
+    ) -> std::result::Result<Arc<std::os::fd::OwnedFd>, Errno> {
+        let root = self.layers.root(layer).fd.clone();
+        if path.as_os_str().is_empty() {
+            return Ok(root);
+        }
+        rustix::fs::openat2(
+            &*root,
+            path,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+            super::layers::RESOLVE_LAYER,
         )
+        .map(Arc::new)
     }
 
     /// True when an upper directory `name` in `dir` is opaque (`overlay.opaque=y`).

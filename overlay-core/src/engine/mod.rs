@@ -220,10 +220,11 @@ pub struct OverlayOptions {
 /// Differences from the kernel overlay (documented, deliberate or not yet done):
 /// * `redirect_dir`, `metacopy`, `index` and `nfs_export` are not supported: renaming a lower
 ///   or merged directory gives EXDEV (the kernel's default configuration), hard links to lower
-///   files break on copy-up (as the kernel without `index`). A metacopy file or a redirected
-///   directory found in a layer (made by a kernel mount with `metacopy=on` or
-///   `redirect_dir=on`) is refused with EPERM and the directory left out of listings, as the
-///   kernel does with `metacopy=off` and `redirect_dir=nofollow`.
+///   files break on copy-up (as the kernel without `index`). Redirects that a kernel mount
+///   with `redirect_dir=on` left on upper directories are followed, as the kernel follows them
+///   by default; a redirect inside a lower layer is refused (EPERM, the directory left out of
+///   listings), as with `redirect_dir=nofollow`. A metacopy file (from `metacopy=on`) is
+///   refused with EPERM, as the kernel refuses it with `metacopy=off`.
 /// * `.wh.<name>` AUFS whiteouts and `.wh..wh..opq` markers are honoured in lower layers only;
 ///   in the upper layer such names are ordinary files (as for the kernel).
 /// * A [`File`] from [`Overlay::open`] opened read-only before a copy-up keeps reading the
@@ -439,6 +440,15 @@ impl Overlay {
         use rustix::fs::{Mode, OFlags};
         if let Some(fd) = self.dir_fds.get(dir, layer) {
             return Ok(fd);
+        }
+        // A redirected directory's lower directories are where its redirect points.
+        if let LayerRef::Lower(_) = layer {
+            let redirected = dir.state.read().lower_path.clone();
+            if let Some(p) = redirected {
+                let fd = self.open_lower_path(layer, &p)?;
+                self.dir_fds.insert(dir, layer, fd.clone());
+                return Ok(fd);
+            }
         }
         for _ in 0..8 {
             let Some((parent, name)) = dir.parent_name() else {

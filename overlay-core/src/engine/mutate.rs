@@ -529,7 +529,11 @@ impl Overlay {
         // copied-up files keep their lower objects but not their name: ask the layers.
         {
             let st = node.state.read();
-            if !st.lowers.is_empty() && (!st.upper || node.kind == FileKind::Directory) {
+            // A redirected directory's lower part lives under another name: ask the layers.
+            if !st.lowers.is_empty()
+                && st.lower_path.is_none()
+                && (!st.upper || node.kind == FileKind::Directory)
+            {
                 return Ok(true);
             }
         }

@@ -104,6 +104,10 @@ pub(crate) struct NodeState {
     /// Lower layers holding the object, top-first. For a directory: every merged lower
     /// directory. For a non-directory: the one lower object (kept after copy-up as origin).
     pub lowers: Lowers,
+    /// For a directory whose upper copy carries `overlay.redirect` (a kernel rename of a
+    /// merged directory): where its lower directories are, relative to each lower layer's
+    /// root. `None`: under the parent's lower directories, by name.
+    pub lower_path: Option<Arc<std::path::Path>>,
 }
 
 impl NodeState {
@@ -347,16 +351,38 @@ impl Node {
     }
 
     /// Register `node` as the child `name`, unless a live child of that name exists: then
-    /// that one is returned.
+    /// that one is returned. The check and the insertion happen under one lock, so two
+    /// lookups of the same name racing under the shared directory lock cannot both register
+    /// a node (two live nodes for one name would each copy the object up: EEXIST).
     pub(crate) fn child_or_insert(&self, name: &OsStr, node: NodeRef) -> NodeRef {
-        if let Some(existing) = self.cached_child(name) {
-            return existing;
-        }
         let h = name_hash(name);
-        let mut t = self.dir().children.lock();
-        t.insert_unique(h, (h, Arc::downgrade(&node)), |(eh, _)| *eh);
-        drop(t);
-        node
+        // As in `cached_child`: upgraded references are dropped after the lock is released.
+        let mut spare: Vec<NodeRef> = Vec::new();
+        let mut found = None;
+        {
+            let mut t = self.dir().children.lock();
+            t.find(h, |(eh, w)| {
+                if *eh != h {
+                    return false;
+                }
+                match w.upgrade() {
+                    Some(n) if n.name_is(name) => {
+                        found = Some(n);
+                        true
+                    }
+                    Some(n) => {
+                        spare.push(n);
+                        false
+                    }
+                    None => false,
+                }
+            });
+            if found.is_none() {
+                t.insert_unique(h, (h, Arc::downgrade(&node)), |(eh, _)| *eh);
+            }
+        }
+        drop(spare);
+        found.unwrap_or(node)
     }
 
     /// Register `node` as the child `name` (replacing any other registration of the name).

@@ -1383,23 +1383,47 @@ fn metacopy_files_are_refused_not_shown_empty() {
 }
 
 /// A directory carrying `overlay.redirect` (renamed by a kernel mount with redirect_dir=on)
-/// is refused with EPERM and left out of its parent's listing, as the kernel does with
-/// redirect_dir=nofollow, instead of showing only its upper part.
+/// is merged with the lower directory its redirect names, as the kernel follows it by
+/// default: a relative redirect (a bare name) in the same parent, an absolute one from the
+/// lower roots. A redirect inside a lower layer is not followed: EPERM, as with
+/// redirect_dir=nofollow.
 #[test]
-fn redirected_directories_are_refused() {
+fn redirected_directories_are_followed() {
     let f = Fixture::new(1);
     write(&f.lowers[0].join("d/a"), "a");
+    write(&f.lowers[0].join("deep/inner/i"), "i");
     write(&f.lowers[0].join("keep"), "k");
+    // `mv d d2` and `mv deep/inner x/moved` as the kernel records them.
     write(&f.upper.join("d2/new"), "n");
     set_xattr(&f.upper.join("d2"), "trusted.overlay.redirect", b"d");
-    // The old name is whited out in upper, as the kernel leaves it.
     whiteout(&f.upper.join("d"));
+    std::fs::create_dir_all(f.upper.join("x/moved")).unwrap();
+    set_xattr(
+        &f.upper.join("x/moved"),
+        "trusted.overlay.redirect",
+        b"/deep/inner",
+    );
+    std::fs::create_dir_all(f.upper.join("deep")).unwrap();
+    whiteout(&f.upper.join("deep/inner"));
     let ovl = f.overlay();
-    assert_eq!(errno(walk(&ovl, "d2")), libc::EPERM);
-    let e = walk(&ovl, "d2").unwrap_err().to_string();
-    assert!(e.contains("redirect") && e.contains("d2"), "{e}");
-    assert_eq!(names(&ovl, &ovl.root()), ["keep"]);
-    // The same in a lower layer.
+    assert_eq!(names(&ovl, &ovl.root()), ["d2", "deep", "keep", "x"]);
+    assert_eq!(names(&ovl, &walk(&ovl, "d2").unwrap()), ["a", "new"]);
+    assert_eq!(read_all(&ovl, "d2/a"), "a");
+    assert_eq!(names(&ovl, &walk(&ovl, "x/moved").unwrap()), ["i"]);
+    assert_eq!(read_all(&ovl, "x/moved/i"), "i");
+    assert!(names(&ovl, &walk(&ovl, "deep").unwrap()).is_empty());
+    // Removing a lower name inside the redirected directory leaves a whiteout there.
+    let d2 = walk(&ovl, "d2").unwrap();
+    ovl.unlink(&d2, OsStr::new("a")).unwrap();
+    assert!(is_whiteout_file(&f.upper.join("d2/a")));
+    assert_eq!(names(&ovl, &d2), ["new"]);
+    // A malformed redirect is refused.
+    std::fs::create_dir(f.upper.join("bad")).unwrap();
+    set_xattr(&f.upper.join("bad"), "trusted.overlay.redirect", b"../d");
+    drop(ovl);
+    let ovl = f.overlay();
+    assert_eq!(errno(walk(&ovl, "bad")), libc::EINVAL);
+    // A redirect in a lower layer is not followed.
     let g = Fixture::new(1);
     write(&g.lowers[0].join("r/x"), "x");
     set_xattr(
@@ -1409,4 +1433,39 @@ fn redirected_directories_are_refused() {
     );
     let ovl = g.overlay();
     assert_eq!(errno(walk(&ovl, "r")), libc::EPERM);
+}
+
+/// Concurrent lookups of one name (FUSE sends them in parallel) get one node: two live nodes
+/// for one name would each copy the object up, and the second would fail with EEXIST.
+#[test]
+fn concurrent_lookups_of_a_name_share_one_node() {
+    let f = Fixture::new(1);
+    for i in 0..200 {
+        write(&f.lowers[0].join(format!("n{i}")), "x");
+    }
+    let ovl = Arc::new(f.overlay());
+    let barrier = Arc::new(std::sync::Barrier::new(6));
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (ovl, barrier) = (ovl.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let root = ovl.root();
+                (0..200)
+                    .map(|i| {
+                        barrier.wait();
+                        ovl.lookup(&root, OsStr::new(&format!("n{i}"))).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<Vec<NodeRef>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for i in 0..200 {
+        for t in 1..all.len() {
+            assert!(
+                Arc::ptr_eq(&all[0][i], &all[t][i]),
+                "n{i}: two live nodes for one name"
+            );
+        }
+    }
 }
