@@ -29,7 +29,10 @@
 //! supports it; fuser 0.18 has no TMPFILE request); the mount's root is node id 1, so its
 //! `st_ino` is 1. Inode flags (`lsattr`/`chattr`) work through the mount; the xfs-style
 //! `FS_IOC_FSSETXATTR` (project ids, extent size hints) does not (EOPNOTSUPP), and
-//! `FS_IOC_FSGETXATTR` reports only the flags. Checked side by side with a kernel mount (`nlink` of merged and plain
+//! `FS_IOC_FSGETXATTR` reports only the flags. A FUSE open carries no name: when a lower
+//! file has several hard links (one FUSE inode until a copy-up splits them), a write copies up
+//! the name the kernel looked up last, which need not be the name the program opened (the
+//! kernel overlay copies up the opened one). Checked side by side with a kernel mount (`nlink` of merged and plain
 //! directories, `d_type`, SEEK_DATA/SEEK_HOLE, fallocate, flock, EXDEV for renaming a lower
 //! directory, hard links, xattr listing, mkfifo, umask and default ACLs, utimes on
 //! symlinks, inode flags): the same.
