@@ -326,26 +326,7 @@ impl Node {
         // Upgraded references are dropped only after the table lock is released: dropping
         // the last one runs `Node::drop`, which takes this lock.
         let mut spare: Vec<NodeRef> = Vec::new();
-        let mut found = None;
-        {
-            let t = d.children.lock();
-            t.find(h, |(eh, w)| {
-                if *eh != h {
-                    return false;
-                }
-                match w.upgrade() {
-                    Some(n) if n.name_is(name) => {
-                        found = Some(n);
-                        true
-                    }
-                    Some(n) => {
-                        spare.push(n);
-                        false
-                    }
-                    None => false,
-                }
-            });
-        }
+        let found = live_child(&d.children.lock(), h, name, &mut spare);
         drop(spare);
         found
     }
@@ -358,29 +339,14 @@ impl Node {
         let h = name_hash(name);
         // As in `cached_child`: upgraded references are dropped after the lock is released.
         let mut spare: Vec<NodeRef> = Vec::new();
-        let mut found = None;
-        {
+        let found = {
             let mut t = self.dir().children.lock();
-            t.find(h, |(eh, w)| {
-                if *eh != h {
-                    return false;
-                }
-                match w.upgrade() {
-                    Some(n) if n.name_is(name) => {
-                        found = Some(n);
-                        true
-                    }
-                    Some(n) => {
-                        spare.push(n);
-                        false
-                    }
-                    None => false,
-                }
-            });
+            let found = live_child(&t, h, name, &mut spare);
             if found.is_none() {
                 t.insert_unique(h, (h, Arc::downgrade(&node)), |(eh, _)| *eh);
             }
-        }
+            found
+        };
         drop(spare);
         found.unwrap_or(node)
     }
@@ -441,6 +407,35 @@ impl Node {
         }
         false
     }
+}
+
+/// The live child registered as `name` (hash `h`) in a children table. Other live
+/// children met on the way are pushed to `spare`, for the caller to drop once the table
+/// lock is released.
+fn live_child(
+    t: &HashTable<(u64, Weak<Node>)>,
+    h: u64,
+    name: &OsStr,
+    spare: &mut Vec<NodeRef>,
+) -> Option<NodeRef> {
+    let mut found = None;
+    t.find(h, |(eh, w)| {
+        if *eh != h {
+            return false;
+        }
+        match w.upgrade() {
+            Some(n) if n.name_is(name) => {
+                found = Some(n);
+                true
+            }
+            Some(n) => {
+                spare.push(n);
+                false
+            }
+            None => false,
+        }
+    });
+    found
 }
 
 impl Drop for Node {
