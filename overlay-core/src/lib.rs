@@ -39,8 +39,8 @@ pub mod stack;
 mod sys;
 
 pub use engine::{
-    Attr, DirEntry, FileKind, FsyncMode, Node, NodeRef, Overlay, OverlayFile, OverlayOptions,
-    Owner, RenameFlags, SetAttr, StatFs, TimeSet, Timestamp,
+    Attr, DirEntry, FileKind, FsyncMode, NewMode, Node, NodeRef, Overlay, OverlayFile,
+    OverlayOptions, Owner, RenameFlags, SetAttr, StatFs, TimeSet, Timestamp,
 };
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};

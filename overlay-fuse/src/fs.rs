@@ -43,7 +43,8 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 use overlay_core::{
-    Attr, DirEntry, FileKind, NodeRef, Overlay, Owner, RenameFlags, SetAttr, TimeSet, Timestamp,
+    Attr, DirEntry, FileKind, NewMode, NodeRef, Overlay, Owner, RenameFlags, SetAttr, TimeSet,
+    Timestamp,
 };
 use parking_lot::{Mutex, RwLock};
 use tracing::{debug, error, info, warn};
@@ -552,25 +553,6 @@ impl Inner {
         self.table.get(nodeid).ok_or_else(|| unknown_node(nodeid))
     }
 
-    /// The mode a new object in `parent` is created with: as POSIX requires, the caller's
-    /// umask applies only when the parent has no default ACL; with one, the upper
-    /// filesystem derives the mode from the ACL (the daemon's own umask is 0). Without
-    /// FUSE_DONT_MASK the kernel has masked `mode` already (masking twice changes nothing).
-    fn creation_mode(&self, parent: u64, mode: u32, umask: u32) -> u32 {
-        let default_acl = self.cfg.acl
-            && self.cfg.xattrs
-            && self.node(parent).is_ok_and(|p| {
-                self.ovl
-                    .getxattr(&p, OsStr::new("system.posix_acl_default"))
-                    .is_ok()
-            });
-        if default_acl {
-            mode
-        } else {
-            mode & !umask
-        }
-    }
-
     /// [`Inner::node`] with the open upper copy of the inode, if any.
     fn node_with_upper_file(&self, nodeid: u64) -> Result<(NodeRef, Option<Arc<File>>), Errno> {
         self.table
@@ -716,7 +698,7 @@ impl Inner {
         req: (u32, u32),
         parent: u64,
         name: &OsStr,
-        mode: u32,
+        mode: NewMode,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -725,9 +707,13 @@ impl Inner {
         })
     }
 
-    fn mkdir(&self, req: (u32, u32), parent: u64, name: &OsStr, mode: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: (u32, u32), parent: u64, name: &OsStr, mode: NewMode, reply: ReplyEntry) {
+        let mode = NewMode {
+            mode: mode.mode & 0o7777,
+            ..mode
+        };
         self.make_entry("mkdir", req, parent, reply, |p, owner| {
-            self.ovl.mkdir(p, name, mode & 0o7777, owner)
+            self.ovl.mkdir(p, name, mode, owner)
         })
     }
 
@@ -1290,17 +1276,21 @@ impl Inner {
         req: (u32, u32),
         parent: u64,
         name: &OsStr,
-        mode: u32,
+        mode: NewMode,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = NewMode {
+            mode: mode.mode & 0o7777,
+            ..mode
+        };
         let r = (|| {
             let p = self.node(parent)?;
             let owner = self.owner(req.0, req.1, &p)?;
             let real = self.backing_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
             let (node, file) = self
                 .ovl
-                .create(&p, name, mode & 0o7777, real, owner)
+                .create(&p, name, mode, real, owner)
                 .map_err(|e| errno("create", &e))?;
             // The new file is an upper file: its attributes are those of the open file.
             let a = match file.metadata() {
@@ -1748,8 +1738,8 @@ impl Inner {
             add(config, InitFlags::FUSE_READDIRPLUS_AUTO, "READDIRPLUS_AUTO");
         }
         if self.cfg.acl && self.cfg.xattrs && add(config, InitFlags::FUSE_POSIX_ACL, "POSIX_ACL") {
-            // The caller's umask comes separately: it applies only where the parent has
-            // no default ACL (see `Inner::creation_mode`).
+            // The caller's umask comes separately: the engine applies it only where the
+            // parent has no default ACL (see `overlay_core::NewMode`).
             add(config, InitFlags::FUSE_DONT_MASK, "DONT_MASK");
         }
         let mut passthrough = false;
@@ -1957,8 +1947,9 @@ impl Filesystem for OverlayFs {
         reply: ReplyEntry,
     ) {
         let r = (req.uid(), req.gid());
+        // The engine applies the umask unless the parent has a default ACL (DONT_MASK).
+        let mode = NewMode { mode, umask };
         guarded("mknod", || {
-            let mode = self.inner.creation_mode(parent.0, mode, umask);
             self.inner.mknod(r, parent.0, name, mode, rdev, reply)
         })
     }
@@ -1973,10 +1964,8 @@ impl Filesystem for OverlayFs {
         reply: ReplyEntry,
     ) {
         let r = (req.uid(), req.gid());
-        guarded("mkdir", || {
-            let mode = self.inner.creation_mode(parent.0, mode, umask);
-            self.inner.mkdir(r, parent.0, name, mode, reply)
-        })
+        let mode = NewMode { mode, umask };
+        guarded("mkdir", || self.inner.mkdir(r, parent.0, name, mode, reply))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -2263,8 +2252,8 @@ impl Filesystem for OverlayFs {
         reply: ReplyCreate,
     ) {
         let r = (req.uid(), req.gid());
+        let mode = NewMode { mode, umask };
         guarded("create", || {
-            let mode = self.inner.creation_mode(parent.0, mode, umask);
             self.inner.create(r, parent.0, name, mode, flags, reply)
         })
     }

@@ -139,6 +139,23 @@ pub struct SetAttr {
     pub mtime: Option<TimeSet>,
 }
 
+/// The mode of a new object: permission bits (and file type for `mknod`) and the creator's
+/// umask. As POSIX requires, the umask applies only where the parent directory has no
+/// default ACL; with one, the ACL and `mode` decide. A bare `u32` converts with umask 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NewMode {
+    /// Requested mode (`mode_t`).
+    pub mode: u32,
+    /// The creator's umask.
+    pub umask: u32,
+}
+
+impl From<u32> for NewMode {
+    fn from(mode: u32) -> Self {
+        NewMode { mode, umask: 0 }
+    }
+}
+
 /// Who creates a new object: its owner is set to these ids (as the kernel overlay does with
 /// the caller's fsuid/fsgid). `None` keeps the engine process's own ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

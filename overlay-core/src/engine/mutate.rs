@@ -17,7 +17,7 @@ use super::layers::{remove_tree_at, LayerRef};
 use super::node::{NodeName, NodeState};
 use super::real::RealObj;
 use super::{
-    check_name, is_dot, FileKind, Node, NodeRef, Overlay, Owner, RemovedAttr, RenameFlags,
+    check_name, is_dot, FileKind, NewMode, Node, NodeRef, Overlay, Owner, RemovedAttr, RenameFlags,
 };
 use crate::error::Result;
 use crate::format;
@@ -131,9 +131,45 @@ impl Overlay {
         name: &OsStr,
         owner: Option<Owner>,
         spec: NewObj<'_>,
+        umask: u32,
     ) -> Result<(NodeRef, Option<OwnedFd>)> {
         let err = |e: Errno| self.name_err(op, parent, name, e);
         let pdir = self.upper_dir_of(parent)?;
+        // With a default ACL on the upper parent, the permission bits come from the ACL and
+        // the requested mode (the umask does not apply), as the upper filesystem computes
+        // them for a direct creation; one made in the workdir gets the ACL and bits it would
+        // have inherited (the kernel's posix_acl_create). Without one, the umask applies.
+        let has_mode = matches!(
+            spec,
+            NewObj::File { .. } | NewObj::Dir { .. } | NewObj::Special { .. }
+        );
+        let default_acl = if has_mode {
+            super::layers::read_xattr(|b| {
+                rustix::fs::fgetxattr(pdir.as_fd(), super::acl::DEFAULT_ACL, b)
+            })
+            .ok()
+        } else {
+            None
+        };
+        let mask = |mode: u32| {
+            if default_acl.is_some() {
+                mode
+            } else {
+                mode & !(umask & 0o777)
+            }
+        };
+        let spec = match spec {
+            NewObj::File { mode, flags } => NewObj::File {
+                mode: mask(mode),
+                flags,
+            },
+            NewObj::Dir { mode } => NewObj::Dir { mode: mask(mode) },
+            NewObj::Special { mode, rdev } => NewObj::Special {
+                mode: mask(mode),
+                rdev,
+            },
+            other => other,
+        };
         // The name is absent from the merged view, so in upper it is absent or a whiteout.
         // Try the direct creation first; EEXIST means a whiteout (checked), which is then
         // replaced through the workdir.
@@ -218,17 +254,6 @@ impl Overlay {
                 },
                 name: Some(tname.to_os_string()),
             },
-        };
-        // With a default ACL on the upper parent, the permission bits come from the ACL and
-        // the requested mode (the process umask does not apply), as the upper filesystem
-        // computed them for a direct creation; one made in the workdir gets the ACL and
-        // bits it would have inherited (the kernel's posix_acl_create).
-        let default_acl = match perm {
-            Some(_) => super::layers::read_xattr(|b| {
-                rustix::fs::fgetxattr(pdir.as_fd(), super::acl::DEFAULT_ACL, b)
-            })
-            .ok(),
-            None => None,
         };
         let mut stat = None;
         let mut finish = || -> std::result::Result<(), Errno> {
@@ -334,21 +359,23 @@ impl Overlay {
         name: &OsStr,
         owner: Option<Owner>,
         spec: NewObj<'_>,
+        umask: u32,
     ) -> Result<(NodeRef, Option<OwnedFd>)> {
         let _g = self.lock_new_name(op, parent, name)?;
-        self.create_upper(op, parent, name, owner, spec)
+        self.create_upper(op, parent, name, owner, spec, umask)
     }
 
     /// Create and open a regular file. Without `O_EXCL` an existing file is opened instead
-    /// (EISDIR for a directory), as `open(O_CREAT)` does.
+    /// (EISDIR for a directory), as `open(O_CREAT)` does. `mode`: see [`NewMode`].
     pub fn create(
         &self,
         parent: &NodeRef,
         name: &OsStr,
-        mode: u32,
+        mode: impl Into<NewMode>,
         flags: i32,
         owner: Option<Owner>,
     ) -> Result<(NodeRef, File)> {
+        let NewMode { mode, umask } = mode.into();
         let op = "create";
         if flags & libc::O_EXCL == 0 && !is_dot(name) {
             self.check_dir(op, parent)?;
@@ -362,20 +389,23 @@ impl Overlay {
                 return Ok((n, f));
             }
         }
-        let (n, fd) = self.create_common(op, parent, name, owner, NewObj::File { mode, flags })?;
+        let (n, fd) =
+            self.create_common(op, parent, name, owner, NewObj::File { mode, flags }, umask)?;
         Ok((n, File::from(fd.expect("created file fd"))))
     }
 
     /// Create a directory. It is opaque when it replaces a whiteout in the upper layer.
+    /// `mode`: see [`NewMode`].
     pub fn mkdir(
         &self,
         parent: &NodeRef,
         name: &OsStr,
-        mode: u32,
+        mode: impl Into<NewMode>,
         owner: Option<Owner>,
     ) -> Result<NodeRef> {
+        let NewMode { mode, umask } = mode.into();
         Ok(self
-            .create_common("mkdir", parent, name, owner, NewObj::Dir { mode })?
+            .create_common("mkdir", parent, name, owner, NewObj::Dir { mode }, umask)?
             .0)
     }
 
@@ -385,11 +415,12 @@ impl Overlay {
         &self,
         parent: &NodeRef,
         name: &OsStr,
-        mode: u32,
+        mode: impl Into<NewMode>,
         rdev: u64,
         owner: Option<Owner>,
     ) -> Result<NodeRef> {
         let op = "mknod";
+        let NewMode { mode, umask } = mode.into();
         let fmt = mode & libc::S_IFMT;
         let mode = if fmt == 0 { mode | libc::S_IFREG } else { mode };
         match mode & libc::S_IFMT {
@@ -407,8 +438,14 @@ impl Overlay {
             // 0/0 is reserved for whiteouts.
             return Err(self.name_err(op, parent, name, Errno::PERM));
         }
-        let (n, _) =
-            self.create_upper(op, parent, name, owner, NewObj::Special { mode, rdev: dev })?;
+        let (n, _) = self.create_upper(
+            op,
+            parent,
+            name,
+            owner,
+            NewObj::Special { mode, rdev: dev },
+            umask,
+        )?;
         Ok(n)
     }
 
@@ -424,7 +461,14 @@ impl Overlay {
             return Err(self.name_err("symlink", parent, name, Errno::NOENT));
         }
         Ok(self
-            .create_common("symlink", parent, name, owner, NewObj::Symlink { target })?
+            .create_common(
+                "symlink",
+                parent,
+                name,
+                owner,
+                NewObj::Symlink { target },
+                0,
+            )?
             .0)
     }
 
@@ -453,6 +497,7 @@ impl Overlay {
             new_name,
             None,
             NewObj::Link { src, of: node },
+            0,
         )?;
         Ok(n)
     }

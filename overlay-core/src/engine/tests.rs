@@ -1469,3 +1469,57 @@ fn concurrent_lookups_of_a_name_share_one_node() {
         }
     }
 }
+
+/// The creator's umask applies where the parent has no default ACL, and not where it has
+/// one (the ACL and the mode decide), as POSIX and the kernel overlay do.
+#[test]
+fn umask_applies_only_without_a_default_acl() {
+    let f = Fixture::new(1);
+    std::fs::create_dir(f.lowers[0].join("plain")).unwrap();
+    std::fs::create_dir(f.lowers[0].join("acl")).unwrap();
+    // user::rwx group::rwx other::rwx: equivalent to the mode, no umask.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 7), (0x20, 7)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    if rustix::fs::setxattr(
+        f.lowers[0].join("acl"),
+        "system.posix_acl_default",
+        &acl,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!("skipped: no POSIX ACLs on the temp dir's filesystem");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI needs ACLs on the temp dir"
+        );
+        return;
+    }
+    let ovl = f.overlay();
+    let mode = NewMode {
+        mode: 0o666,
+        umask: 0o022,
+    };
+    for (dir, want) in [("plain", 0o644), ("acl", 0o666)] {
+        let d = walk(&ovl, dir).unwrap();
+        ovl.create(
+            &d,
+            OsStr::new("f"),
+            mode,
+            libc::O_WRONLY | libc::O_EXCL,
+            None,
+        )
+        .unwrap();
+        let md = std::fs::metadata(f.upper.join(dir).join("f")).unwrap();
+        assert_eq!(md.mode() & 0o777, want, "{dir}");
+    }
+    // A bare mode is taken as given.
+    let d = walk(&ovl, "plain").unwrap();
+    ovl.mkdir(&d, OsStr::new("sub"), 0o777, None).unwrap();
+    let md = std::fs::metadata(f.upper.join("plain/sub")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o777);
+}
