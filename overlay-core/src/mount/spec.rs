@@ -273,6 +273,14 @@ impl MountSpec {
             }
             d.extend(escape_option_value(&rel(l)));
         }
+        d.extend(self.options_after_lowers(rel));
+        d
+    }
+
+    /// `,upperdir=…,workdir=…` (escaped, each path through `rel`) and `,key[=value]` for
+    /// every feature option: what follows `lowerdir=` in an option string.
+    fn options_after_lowers(&self, rel: impl Fn(&Path) -> Vec<u8>) -> Vec<u8> {
+        let mut d = Vec::new();
         if let Some(u) = &self.upper {
             d.extend_from_slice(b",upperdir=");
             d.extend(escape_option_value(&rel(&u.upper)));
@@ -331,24 +339,7 @@ impl MountSpec {
             opts.push_str(&flags);
             opts.push(',');
         }
-        let rest = {
-            let mut d = Vec::new();
-            if let Some(u) = &self.upper {
-                d.extend_from_slice(b",upperdir=");
-                d.extend(escape_option_value(u.upper.as_os_str().as_bytes()));
-                d.extend_from_slice(b",workdir=");
-                d.extend(escape_option_value(u.work.as_os_str().as_bytes()));
-            }
-            for (k, v) in &self.resolved.params {
-                d.push(b',');
-                d.extend_from_slice(k.as_bytes());
-                if let Some(v) = v {
-                    d.push(b'=');
-                    d.extend_from_slice(v.as_bytes());
-                }
-            }
-            d
-        };
+        let rest = self.options_after_lowers(|p| p.as_os_str().as_bytes().to_vec());
         let option_arg = if plain {
             let lowers: Vec<PathBuf> = self.lowers.iter().map(|l| l.path.clone()).collect();
             let mut b = opts.into_bytes();
