@@ -21,18 +21,26 @@ fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
     let s = FixtureStack::create(tmp.path());
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let stack = LayerStack::builder()
-        .lower(&s.lower0)
-        .lower(&s.lower1)
-        .upper(&s.upper, &s.work)
-        .xattr_namespace(XattrNamespace::Trusted)
-        .build()
-        .unwrap_or_else(|e| panic!("fixture stack: {e}"));
+    let m = mount_fuse(s.layer_stack(), &mnt, fs);
+    MountedBackend::new("fuse", mnt, s.upper.clone(), m, tmp)
+}
+
+/// Our FUSE mount of `stack` at `mnt`, served in this process (2 worker threads).
+fn mount_fuse(stack: LayerStack, mnt: &std::path::Path, fs: FsConfig) -> FuseMount {
     let ovl = Overlay::new(stack).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
     let mut cfg = MountConfig::for_current_user(fs);
     cfg.threads = 2;
-    let m = spawn_mount(ovl, &mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"));
-    MountedBackend::new("fuse", mnt, s.upper.clone(), m, tmp)
+    spawn_mount(ovl, mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"))
+}
+
+/// The stack of one lower `l` and an upper `u` with workdir `w`, `trusted.` xattrs.
+fn one_lower_stack(l: &std::path::Path, u: &std::path::Path, w: &std::path::Path) -> LayerStack {
+    LayerStack::builder()
+        .lower(l)
+        .upper(u, w)
+        .xattr_namespace(XattrNamespace::Trusted)
+        .build()
+        .unwrap_or_else(|e| panic!("stack: {e}"))
 }
 
 fn run_property(default_cases: u32, fs: FsConfig) {
@@ -558,16 +566,7 @@ fn metacopy_upper_is_refused_as_by_the_kernel() {
         (o.0.map(|md| md.size()), o.1)
     };
     assert_eq!(want, (Err(Some(libc::EPERM)), Ok(b"g".to_vec())));
-    let stack = LayerStack::builder()
-        .lower(&l)
-        .upper(&u, d("w3"))
-        .xattr_namespace(XattrNamespace::Trusted)
-        .build()
-        .unwrap();
-    let ovl = Overlay::new(stack).unwrap();
-    let mut cfg = MountConfig::for_current_user(FsConfig::default());
-    cfg.threads = 2;
-    let fm = spawn_mount(ovl, &m, &cfg).unwrap();
+    let fm = mount_fuse(one_lower_stack(&l, &u, &d("w3")), &m, FsConfig::default());
     let got = {
         let o = outcome(&m);
         (o.0.map(|md| md.size()), o.1)
@@ -683,15 +682,11 @@ fn redirected_directories_match_kernel() {
     let tf = tempfile::tempdir().unwrap();
     let [fl, fu, fm] = redirected_stack(tf.path());
     std::fs::create_dir(tf.path().join("w3")).unwrap();
-    let stack = LayerStack::builder()
-        .lower(&fl)
-        .upper(&fu, tf.path().join("w3"))
-        .xattr_namespace(XattrNamespace::Trusted)
-        .build()
-        .unwrap();
-    let mut cfg = MountConfig::for_current_user(FsConfig::default());
-    cfg.threads = 2;
-    let mount = spawn_mount(Overlay::new(stack).unwrap(), &fm, &cfg).unwrap();
+    let mount = mount_fuse(
+        one_lower_stack(&fl, &fu, &tf.path().join("w3")),
+        &fm,
+        FsConfig::default(),
+    );
     let got = use_redirected(&fm, &fu);
     drop(mount);
     assert_eq!(got, want);

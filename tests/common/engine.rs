@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use overlay_core::{FileKind, LayerStack, NodeRef, Overlay, RenameFlags, SetAttr, XattrNamespace};
+use overlay_core::{FileKind, NodeRef, Overlay, RenameFlags, SetAttr};
 
 use super::fixture::FixtureStack;
 use super::kernel::describe;
@@ -75,14 +75,7 @@ impl EngineBackend {
     fn build(cache: Option<NodeCache>) -> EngineBackend {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = FixtureStack::create(tmp.path());
-        let stack = LayerStack::builder()
-            .lower(&s.lower0)
-            .lower(&s.lower1)
-            .upper(&s.upper, &s.work)
-            .xattr_namespace(XattrNamespace::Trusted)
-            .build()
-            .unwrap_or_else(|e| panic!("fixture stack: {e}"));
-        let ovl = Overlay::new(stack).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
+        let ovl = Overlay::new(s.layer_stack()).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
         EngineBackend {
             ovl,
             upper: s.upper.clone(),

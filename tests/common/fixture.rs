@@ -79,6 +79,17 @@ fn set_fixture_mtime(p: &Path) {
 }
 
 impl FixtureStack {
+    /// The validated engine stack of this fixture (`trusted.` xattrs, as the kernel mount).
+    pub fn layer_stack(&self) -> overlay_core::LayerStack {
+        overlay_core::LayerStack::builder()
+            .lower(&self.lower0)
+            .lower(&self.lower1)
+            .upper(&self.upper, &self.work)
+            .xattr_namespace(overlay_core::XattrNamespace::Trusted)
+            .build()
+            .unwrap_or_else(|e| panic!("fixture stack: {e}"))
+    }
+
     /// Build a fresh copy of the fixture under `base` (which must exist and be empty).
     pub fn create(base: &Path) -> FixtureStack {
         let s = FixtureStack {
