@@ -61,6 +61,14 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The stack of lower `d[0]`, upper `d[1]` and workdir `d[2]`, validated.
+fn stack_of(d: &[PathBuf]) -> overlay_core::Result<LayerStack> {
+    LayerStack::builder()
+        .lower(&d[0])
+        .upper(&d[1], &d[2])
+        .build()
+}
+
 fn one_line(e: &Error) -> String {
     let s = e.to_string();
     assert!(!s.contains('\n'), "error is not one line: {s:?}");
@@ -201,11 +209,7 @@ fn explicit_options_show_up_in_mountinfo() {
     }
     let t = tempfile::tempdir().unwrap();
     let d = mkdirs(t.path(), &["l", "u", "w", "m"]);
-    let stack = LayerStack::builder()
-        .lower(&d[0])
-        .upper(&d[1], &d[2])
-        .build()
-        .unwrap();
+    let stack = stack_of(&d).unwrap();
     let o = OverlayMountOptions {
         redirect_dir: Some(overlay_core::RedirectDir::On),
         index: true,
@@ -320,11 +324,7 @@ fn backslash_in_upper_path() {
         let t = tempfile::tempdir().unwrap();
         let d = mkdirs(t.path(), &["l\\ow", "u\\p", "w\\k", "m"]);
         write(&d[0].join("f"), "f");
-        let stack = LayerStack::builder()
-            .lower(&d[0])
-            .upper(&d[1], &d[2])
-            .build()
-            .unwrap();
+        let stack = stack_of(&d).unwrap();
         let spec = MountSpec::new(&stack, &OverlayMountOptions::default(), &d[3])
             .unwrap()
             .with_api(api);
@@ -671,11 +671,7 @@ fn workdir_on_another_filesystem() {
     let t = tempfile::tempdir().unwrap();
     let d = mkdirs(t.path(), &["l", "u", "w"]);
     let _tmpfs = TmpfsMount::new(&d[2]);
-    let e = LayerStack::builder()
-        .lower(&d[0])
-        .upper(&d[1], &d[2])
-        .build()
-        .unwrap_err();
+    let e = stack_of(&d).unwrap_err();
     let s = one_line(&e);
     assert!(s.contains(d[2].to_str().unwrap()), "{s}");
     assert!(s.contains("workdir is on another filesystem"), "{s}");
@@ -686,11 +682,7 @@ fn non_empty_workdir() {
     let t = tempfile::tempdir().unwrap();
     let d = mkdirs(t.path(), &["l", "u", "w"]);
     write(&d[2].join("leftover"), "x");
-    let e = LayerStack::builder()
-        .lower(&d[0])
-        .upper(&d[1], &d[2])
-        .build()
-        .unwrap_err();
+    let e = stack_of(&d).unwrap_err();
     let s = one_line(&e);
     assert!(
         s.contains("leftover") && s.contains("workdir is not empty"),
@@ -705,11 +697,7 @@ fn upper_on_an_overlay() {
     }
     let t = tempfile::tempdir().unwrap();
     let d = mkdirs(t.path(), &["l", "u", "w", "m", "l2"]);
-    let stack = LayerStack::builder()
-        .lower(&d[0])
-        .upper(&d[1], &d[2])
-        .build()
-        .unwrap();
+    let stack = stack_of(&d).unwrap();
     let _g = MountSpec::new(&stack, &OverlayMountOptions::default(), &d[3])
         .unwrap()
         .mount()
@@ -775,11 +763,7 @@ fn upper_in_use_with_index_explained() {
     // kernel says why in dmesg only, so the error names the likely cause).
     let t = tempfile::tempdir().unwrap();
     let d = mkdirs(t.path(), &["l", "u", "w", "m1", "m2"]);
-    let stack = LayerStack::builder()
-        .lower(&d[0])
-        .upper(&d[1], &d[2])
-        .build()
-        .unwrap();
+    let stack = stack_of(&d).unwrap();
     let o = OverlayMountOptions {
         index: true,
         ..Default::default()
@@ -827,11 +811,7 @@ fn guard_unmounts_when_the_test_panics() {
     }
     let t = tempfile::tempdir().unwrap();
     let d = mkdirs(t.path(), &["l", "u", "w", "m"]);
-    let stack = LayerStack::builder()
-        .lower(&d[0])
-        .upper(&d[1], &d[2])
-        .build()
-        .unwrap();
+    let stack = stack_of(&d).unwrap();
     let spec = MountSpec::new(&stack, &OverlayMountOptions::default(), &d[3]).unwrap();
     let r = std::panic::catch_unwind(|| {
         let _g = spec.mount().unwrap();
@@ -855,11 +835,7 @@ fn detach_keeps_the_mount() {
     }
     let t = tempfile::tempdir().unwrap();
     let d = mkdirs(t.path(), &["l", "u", "w", "m"]);
-    let stack = LayerStack::builder()
-        .lower(&d[0])
-        .upper(&d[1], &d[2])
-        .build()
-        .unwrap();
+    let stack = stack_of(&d).unwrap();
     let g = MountSpec::new(&stack, &OverlayMountOptions::default(), &d[3])
         .unwrap()
         .mount()
