@@ -12,10 +12,12 @@
 //! time the first operation on a freshly opened `Overlay` (no engine caches; the OS page and
 //! dentry caches are warm); "warm" ones repeat the operation on one `Overlay`.
 
+#[path = "workloads/harness/random.rs"]
+mod random;
+
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::hint::black_box;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -88,21 +90,7 @@ fn lookup_path(ovl: &Overlay, path: &[&str]) -> NodeRef {
 /// Write `len` bytes of incompressible pseudo-random data (no sparse or dedup shortcuts).
 fn write_random_file(path: &Path, len: u64) {
     let mut file = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(path).unwrap());
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for chunk in block.chunks_exact_mut(8) {
-            // xorshift64*
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            chunk.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        file.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
+    random::write_stream(&mut file, len, 0x9E37_79B9_7F4A_7C15).unwrap();
     file.into_inner().unwrap().sync_all().unwrap();
 }
 

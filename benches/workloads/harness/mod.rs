@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod options;
+pub mod random;
 pub mod report;
 pub mod stack;
 pub mod util;

@@ -294,21 +294,8 @@ fn shadow_doc(bottom: &Path, top: &Path) -> Result<()> {
 pub fn write_random_file(path: &Path, len: u64) -> Result<()> {
     let file = fs::File::create(path).context(|| format!("create {}", path.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ len;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for chunk in block.chunks_exact_mut(8) {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            chunk.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        out.write_all(&block[..n])
-            .context(|| format!("write {}", path.display()))?;
-        left -= n as u64;
-    }
+    super::random::write_stream(&mut out, len, 0x9E37_79B9_7F4A_7C15 ^ len)
+        .context(|| format!("write {}", path.display()))?;
     let file = out
         .into_inner()
         .map_err(|e| Error::new(format!("write {}: {e}", path.display())))?;
