@@ -42,6 +42,14 @@ const REDIRECT_REFUSED: &str =
 /// The operation named in the error for an upper directory whose redirect is malformed.
 const REDIRECT_INVALID: &str = "lookup (invalid overlay.redirect)";
 
+/// Which overlay xattrs an upper object carries (names only).
+struct OverlayXattrs {
+    origin: bool,
+    metacopy: bool,
+    redirect: bool,
+    opaque: bool,
+}
+
 /// Where the lower directories of a redirected upper directory are.
 struct Redirect {
     /// Relative to each lower layer's root.
@@ -142,7 +150,9 @@ impl Overlay {
                             return Ok(None);
                         }
                         let k = FileKind::from_mode(st.st_mode);
-                        if self.is_metacopy(dir.as_fd(), name, &st) {
+                        // One listxattr tells which overlay xattrs to read (usually none).
+                        let x = self.overlay_xattrs(dir.as_fd(), name);
+                        if x.metacopy && self.is_metacopy(dir.as_fd(), name, &st) {
                             return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
                         }
                         top_stat = Some(st);
@@ -150,15 +160,21 @@ impl Overlay {
                         kind = Some(k);
                         if k != FileKind::Directory {
                             merge_lowers = false;
-                            let origin = self.origin_ino_of(dir.as_fd(), name);
+                            let origin = if x.origin {
+                                self.origin_ino_of(dir.as_fd(), name)
+                            } else {
+                                None
+                            };
                             ino = Some(origin.unwrap_or_else(|| {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
                         } else {
-                            redirect = self
-                                .upper_redirect(parent, dir.as_fd(), name)
-                                .map_err(|e| self.name_err(REDIRECT_INVALID, parent, name, e))?;
-                            merge_lowers = !self.upper_dir_opaque(dir.as_fd(), name);
+                            if x.redirect {
+                                redirect = self.upper_redirect(parent, dir.as_fd(), name).map_err(
+                                    |e| self.name_err(REDIRECT_INVALID, parent, name, e),
+                                )?;
+                            }
+                            merge_lowers = !(x.opaque && self.upper_dir_opaque(dir.as_fd(), name));
                             ino = Some(
                                 self.layers
                                     .covered_mount_point(LayerRef::Upper, dir.as_fd(), name)
@@ -320,6 +336,31 @@ impl Overlay {
             rustix::fs::lgetxattr(&p, self.layers.ns.metacopy(), &mut [0u8; 0][..]),
             Ok(_) | Err(Errno::RANGE)
         )
+    }
+
+    /// The overlay xattrs upper object `name` in `dir` carries, from one `llistxattr`, so a
+    /// lookup reads only those it has (most objects have none). When the list cannot be
+    /// read, every one counts as present and is read on its own.
+    fn overlay_xattrs(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> OverlayXattrs {
+        let p = super::layers::proc_path(dir, name);
+        let ns = self.layers.ns;
+        match super::layers::read_xattr(|b| rustix::fs::llistxattr(&p, b)) {
+            Ok(list) => {
+                let has = |x: &str| list.split(|c| *c == 0).any(|n| n == x.as_bytes());
+                OverlayXattrs {
+                    origin: has(ns.origin()),
+                    metacopy: has(ns.metacopy()),
+                    redirect: has(ns.redirect()),
+                    opaque: has(ns.opaque()),
+                }
+            }
+            Err(_) => OverlayXattrs {
+                origin: true,
+                metacopy: true,
+                redirect: true,
+                opaque: true,
+            },
+        }
     }
 
     /// The redirect of upper directory `name` in `dir` (child of `parent`), if it has one: a
