@@ -496,29 +496,9 @@ fn inode_flags_match_kernel() {
     assert_eq!(want, inode_flags_through(f.root()));
 }
 
-/// Unmounts on drop (for the kernel mounts this file makes by hand).
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        use rustix::mount::{unmount, UnmountFlags};
-        if unmount(&self.0, UnmountFlags::empty()).is_err() {
-            let _ = unmount(&self.0, UnmountFlags::DETACH);
-        }
-    }
-}
-
-fn kernel_mount(data: &str, target: &std::path::Path) -> Unmount {
-    let data = std::ffi::CString::new(data).unwrap();
-    rustix::mount::mount(
-        "overlay",
-        target,
-        "overlay",
-        rustix::mount::MountFlags::empty(),
-        data.as_c_str(),
-    )
-    .unwrap_or_else(|e| panic!("mount -o {data:?}: {e}"));
-    Unmount(target.to_path_buf())
+/// A kernel overlay mounted with option string `data` (unmounted on drop).
+fn kernel_mount(data: &str, target: &std::path::Path) -> common::kernel::KernelOverlay {
+    common::kernel::KernelOverlay::mount_data(data, target).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An upper written by a kernel mount with metacopy=on holds a metadata-only copy (a chown

@@ -37,6 +37,11 @@ impl KernelOverlay {
             stack.upper.display(),
             stack.work.display()
         );
+        Self::mount_data(&data, mountpoint)
+    }
+
+    /// Mount a kernel overlay with the option string `data` at `mountpoint`.
+    pub fn mount_data(data: &str, mountpoint: &Path) -> std::io::Result<KernelOverlay> {
         let data = std::ffi::CString::new(data).expect("no NUL in paths");
         rustix::mount::mount(
             "overlay",
