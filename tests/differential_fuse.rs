@@ -78,6 +78,47 @@ fn fuse_writeback_matches_kernel() {
     );
 }
 
+/// Generated sequences with requests served through FUSE over io_uring.
+#[test]
+fn fuse_io_uring_matches_kernel() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let Some(_uring) = common::FuseUringSwitch::on() else {
+        return;
+    };
+    // The transport is really in use (the property below cannot tell).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = FixtureStack::create(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = mount_fuse(s.layer_stack(), &mnt, FsConfig::default());
+    std::fs::write(mnt.join("new"), b"through the ring").unwrap();
+    assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"through the ring");
+    assert!(std::fs::read_dir(&mnt).unwrap().count() > 0);
+    let stats = m.inspector().stats();
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let last: usize = cpus
+        .trim()
+        .rsplit(['-', ','])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        stats.io_uring_queues,
+        last + 1,
+        "one queue per possible CPU"
+    );
+    assert!(
+        stats.io_uring_requests > 0,
+        "no request came through a ring"
+    );
+    m.unmount().unwrap();
+    run_property(40, FsConfig::default());
+}
+
 fn p(s: &str) -> String {
     s.to_string()
 }

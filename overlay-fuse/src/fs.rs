@@ -76,6 +76,11 @@ pub struct FsConfig {
     pub passthrough: bool,
     /// Support xattrs (off with `noxattrs=1`: every xattr call answers ENOSYS).
     pub xattrs: bool,
+    /// Serve requests through FUSE over io_uring when the kernel offers it (`io_uring=0`
+    /// off): one ring per CPU, each served by a thread on that CPU, so a request and its
+    /// reply never cross CPUs. The kernel offers it only while
+    /// `/sys/module/fuse/parameters/enable_uring` is `Y`.
+    pub io_uring: bool,
     /// Mount read-only (no upper layer, or `ro`).
     pub read_only: bool,
     /// Soft limit on the inodes the daemon keeps (`max_inodes=`, 0: none). The kernel keeps
@@ -100,6 +105,7 @@ impl Default for FsConfig {
             writeback: true,
             passthrough: true,
             xattrs: true,
+            io_uring: true,
             read_only: false,
             max_inodes: 128 * 1024,
             panic_on_lookup: None,
@@ -126,6 +132,11 @@ pub struct FsStats {
     pub cached_opens: u64,
     /// Directory entries resolved ahead of the kernel's lookups so far.
     pub prefetched: u64,
+    /// FUSE-over-io_uring queues serving the mount (one per possible CPU), 0 when requests
+    /// come through `/dev/fuse` reads.
+    pub io_uring_queues: usize,
+    /// Requests served through the io_uring queues so far.
+    pub io_uring_requests: u64,
 }
 
 /// A cheap, cloneable view of a running [`OverlayFs`]'s counters.
@@ -146,6 +157,12 @@ impl FsInspector {
             passthrough_opens: self.inner.passthrough_opens.load(Ordering::Relaxed),
             cached_opens: self.inner.cached_opens.load(Ordering::Relaxed),
             prefetched: self.inner.prefetch.resolved(),
+            io_uring_queues: self.inner.io_uring.get().map_or(0, |s| s.queues),
+            io_uring_requests: self
+                .inner
+                .io_uring
+                .get()
+                .map_or(0, |s| s.served.load(Ordering::Relaxed)),
         }
     }
 }
@@ -183,6 +200,7 @@ impl OverlayFs {
             stack_depth,
             notify_tx: Mutex::new(Some(tx)),
             notifier,
+            io_uring: OnceLock::new(),
             long_ops: LongOpPool::new(MAX_OFFLOADED, "ovl-long-op"),
             prefetch: Prefetcher::default(),
             passthrough_opens: AtomicU64::new(0),
@@ -216,6 +234,17 @@ impl OverlayFs {
     /// kernel cache invalidation.
     pub fn set_notifier(inspector: &FsInspector, notifier: Notifier) {
         let _ = inspector.inner.notifier.set(notifier);
+    }
+
+    /// Record the session's io_uring transport (after `Session::new`), for [`FsStats`].
+    pub fn set_io_uring(inspector: &FsInspector, status: Option<fuser::IoUringStatus>) {
+        if let Some(status) = status {
+            info!(
+                "FUSE over io_uring: {} queues of {} entries",
+                status.queues, status.depth
+            );
+            let _ = inspector.inner.io_uring.set(status);
+        }
     }
 }
 
@@ -411,6 +440,8 @@ struct Inner {
     stack_depth: u32,
     notify_tx: Mutex<Option<mpsc::Sender<Invalidation>>>,
     notifier: Arc<OnceLock<Notifier>>,
+    /// The io_uring transport of the session, once known.
+    io_uring: OnceLock<fuser::IoUringStatus>,
     long_ops: LongOpPool,
     prefetch: Prefetcher,
     passthrough_opens: AtomicU64,
@@ -1718,7 +1749,8 @@ impl Inner {
     fn negotiate(&self, config: &mut KernelConfig) {
         // add_capabilities is all-or-nothing: add each flag on its own. Never add flags that
         // change the wire format in ways fuser 0.18 does not parse (SETXATTR_EXT,
-        // SECURITY_CTX, CREATE_SUPP_GROUP, ALLOW_IDMAP, OVER_IO_URING).
+        // SECURITY_CTX, CREATE_SUPP_GROUP, ALLOW_IDMAP). OVER_IO_URING is served by the
+        // transport our vendored fuser adds (third_party/fuser/src/uring.rs).
         fn add(config: &mut KernelConfig, flag: InitFlags, name: &str) -> bool {
             match config.add_capabilities(flag) {
                 Ok(()) => true,
@@ -1759,6 +1791,9 @@ impl Inner {
         if !passthrough && self.cfg.writeback && !self.cfg.read_only {
             let wb = add(config, InitFlags::FUSE_WRITEBACK_CACHE, "WRITEBACK_CACHE");
             self.writeback.store(wb, Ordering::Relaxed);
+        }
+        if self.cfg.io_uring {
+            add(config, InitFlags::FUSE_OVER_IO_URING, "OVER_IO_URING");
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);

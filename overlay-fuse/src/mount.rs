@@ -187,6 +187,7 @@ pub fn mount_session(
         }
     })?;
     OverlayFs::set_notifier(&inspector, session.notifier());
+    OverlayFs::set_io_uring(&inspector, session.io_uring());
     let unmounter = Unmounter {
         inner: session.unmount_callable(),
         mountpoint: mountpoint.to_path_buf(),

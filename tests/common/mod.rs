@@ -69,6 +69,43 @@ pub fn require_mounts() -> bool {
     }
 }
 
+/// The kernel's switch for FUSE over io_uring, turned on while this guard lives and put back
+/// as it was on drop. Global: FUSE mounts made meanwhile by other tests may use io_uring too,
+/// which is one of their two valid transports.
+pub struct FuseUringSwitch {
+    before: String,
+}
+
+/// `/sys/module/fuse/parameters/enable_uring`.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+impl FuseUringSwitch {
+    /// Turn FUSE over io_uring on. `None` (after printing why) where this kernel has no
+    /// io_uring FUSE transport or the switch cannot be written; panics then if `CI=true`.
+    pub fn on() -> Option<FuseUringSwitch> {
+        let attempt = std::fs::read_to_string(ENABLE_URING)
+            .and_then(|before| std::fs::write(ENABLE_URING, "Y").map(|()| before));
+        match attempt {
+            Ok(before) => Some(FuseUringSwitch {
+                before: before.trim().to_string(),
+            }),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("CI=true but FUSE over io_uring cannot be enabled ({ENABLE_URING}: {e})")
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: FUSE over io_uring cannot be enabled ({ENABLE_URING}: {e})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for FuseUringSwitch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(ENABLE_URING, &self.before);
+    }
+}
+
 /// Generate operation sequences of at most `max_ops` (`cases(default_cases)` of them) and
 /// require the two backends `make` returns (fresh for every sequence) to agree on each; on a
 /// difference proptest shrinks the sequence (at most `max_shrink_iters` steps) and panics
