@@ -85,7 +85,7 @@ fn fuse_io_uring_matches_kernel() {
     if !require_mounts() {
         return;
     }
-    let Some(_uring) = common::FuseUringSwitch::on() else {
+    let Some(_uring) = common::require_fuse_uring() else {
         return;
     };
     // The transport is really in use (the property below cannot tell).

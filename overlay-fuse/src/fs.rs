@@ -1792,8 +1792,20 @@ impl Inner {
             let wb = add(config, InitFlags::FUSE_WRITEBACK_CACHE, "WRITEBACK_CACHE");
             self.writeback.store(wb, Ordering::Relaxed);
         }
-        if self.cfg.io_uring {
-            add(config, InitFlags::FUSE_OVER_IO_URING, "OVER_IO_URING");
+        if self.cfg.io_uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_err()
+        {
+            let switch = "/sys/module/fuse/parameters/enable_uring";
+            if std::fs::read_to_string(switch).is_ok_and(|v| v.trim() == "N") {
+                info!(
+                    "FUSE over io_uring is switched off in this kernel: `echo Y > {switch}` (as \
+                     root) makes requests cheaper for mounts made after it"
+                );
+            } else {
+                info!("kernel does not offer FUSE over io_uring");
+            }
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);

@@ -12,6 +12,8 @@
 
 pub mod engine;
 pub mod fixture;
+#[path = "../../benches/workloads/harness/fuse_uring.rs"]
+pub mod fuse_uring;
 pub mod kernel;
 pub mod ops;
 pub mod tree;
@@ -69,41 +71,26 @@ pub fn require_mounts() -> bool {
     }
 }
 
-/// The kernel's switch for FUSE over io_uring, turned on while this guard lives and put back
-/// as it was on drop. Global: FUSE mounts made meanwhile by other tests may use io_uring too,
-/// which is one of their two valid transports.
-pub struct FuseUringSwitch {
-    before: String,
-}
-
-/// `/sys/module/fuse/parameters/enable_uring`.
-const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
-
-impl FuseUringSwitch {
-    /// Turn FUSE over io_uring on. `None` (after printing why) where this kernel has no
-    /// io_uring FUSE transport or the switch cannot be written; panics then if `CI=true`.
-    pub fn on() -> Option<FuseUringSwitch> {
-        let attempt = std::fs::read_to_string(ENABLE_URING)
-            .and_then(|before| std::fs::write(ENABLE_URING, "Y").map(|()| before));
-        match attempt {
-            Ok(before) => Some(FuseUringSwitch {
-                before: before.trim().to_string(),
-            }),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("CI=true but FUSE over io_uring cannot be enabled ({ENABLE_URING}: {e})")
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: FUSE over io_uring cannot be enabled ({ENABLE_URING}: {e})");
-                None
-            }
-        }
+/// Turn the kernel's FUSE-over-io_uring switch on while the returned guard lives (put back as
+/// it was on drop). Global: FUSE mounts made meanwhile by other tests may use io_uring too,
+/// which is one of their two valid transports. `None` (after printing why) where the switch
+/// cannot be turned on; panics then if `CI=true`.
+pub fn require_fuse_uring() -> Option<fuse_uring::FuseUringSwitch> {
+    let switch = fuse_uring::FuseUringSwitch::apply(Some(true));
+    if switch.state.ends_with("enable_uring=Y") {
+        return Some(switch);
     }
-}
-
-impl Drop for FuseUringSwitch {
-    fn drop(&mut self) {
-        let _ = std::fs::write(ENABLE_URING, &self.before);
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "CI=true but FUSE over io_uring cannot be enabled: {}",
+            switch.state
+        );
     }
+    eprintln!(
+        "SKIPPED: FUSE over io_uring cannot be enabled: {}",
+        switch.state
+    );
+    None
 }
 
 /// Generate operation sequences of at most `max_ops` (`cases(default_cases)` of them) and

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod fuse_uring;
 pub mod options;
 pub mod random;
 pub mod report;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use backend::{mount, Backend, BackendKind, RunDir};
+use fuse_uring::FuseUringSwitch;
 use options::{Mode, Options};
 use report::{MemLine, MemResult, Meta, Outcome, Report, RunRecord};
 use stack::Stack;
@@ -96,6 +98,7 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
     let runs_dir = work_dir.join("runs");
     fs::create_dir_all(&runs_dir).context(|| format!("mkdir {}", runs_dir.display()))?;
     let drop_caches = opts.drop_caches && is_root();
+    let uring = FuseUringSwitch::apply(opts.fuse_uring);
 
     let mut meta = Meta::gather(&work_dir);
     let load1: f64 = meta
@@ -111,7 +114,7 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
         );
     }
     meta.settings = format!(
-        "{} run, {} repetition{} per cell, page cache {}",
+        "{} run, {} repetition{} per cell, page cache {}, {}",
         if opts.quick { "quick (smoke)" } else { "full" },
         opts.reps,
         if opts.reps == 1 { "" } else { "s" },
@@ -119,7 +122,8 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
             "dropped before every timed run"
         } else {
             "warm (not dropped)"
-        }
+        },
+        uring.state
     );
     meta.stack = format!(
         "bottom lower: copies of /usr/share/doc ({} files{}) and /usr/share/man, a {} random file, a \
@@ -431,6 +435,7 @@ pub fn run_mem(opts: &Options) -> Result<String> {
     let owner = is_root().then_some(opts.rootless_user);
     let lower = ensure_mem_tree(&work_dir, opts.mem_entries, owner)?;
     let stack = Stack::single_lower(&lower, owner);
+    let _uring = FuseUringSwitch::apply(opts.fuse_uring);
     let mut mem_opts = opts.clone();
     mem_opts.backends.retain(|b| b.has_daemon());
     let prepared = backend::prepare(&mem_opts, &stack)?;

@@ -49,6 +49,9 @@ pub struct Options {
     pub rootless_user: RunAs,
     /// Extra `-o` options for both ovl-fuse backends.
     pub ovl_opts: Option<String>,
+    /// Turn the kernel's FUSE-over-io_uring switch on for the run (restored after); `None`:
+    /// leave it as it is.
+    pub fuse_uring: Option<bool>,
     /// Entries of the tree in `mem` mode.
     pub mem_entries: usize,
     /// Limit for one workload run.
@@ -101,6 +104,7 @@ impl Options {
             ovl_opts: std::env::var("OVL_FUSE_OPTS")
                 .ok()
                 .filter(|s| !s.is_empty()),
+            fuse_uring: Some(true),
             mem_entries: 1_000_000,
             timeout: Duration::from_secs(1800),
             verbose: true,
@@ -112,6 +116,7 @@ impl Options {
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut opts = Options::defaults();
         let mut drop_caches: Option<bool> = None;
+        let mut fuse_uring: Option<Option<bool>> = None;
         let mut reps: Option<usize> = None;
         let mut entries: Option<usize> = None;
         let mut readme_off = false;
@@ -182,6 +187,16 @@ impl Options {
                     };
                 }
                 "--ovl-opts" => opts.ovl_opts = Some(value("--ovl-opts")?),
+                "--fuse-uring" => {
+                    fuse_uring = Some(match value("--fuse-uring")?.as_str() {
+                        "on" => Some(true),
+                        "off" => Some(false),
+                        "keep" => None,
+                        v => {
+                            return Err(Error::new(format!("--fuse-uring {v:?}: on, off or keep")))
+                        }
+                    })
+                }
                 "--entries" => entries = Some(parse_num(&value("--entries")?, "--entries")?),
                 "--timeout" => {
                     opts.timeout =
@@ -198,6 +213,8 @@ impl Options {
         opts.reps = reps.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
         // Quick runs are smoke tests: keep them from disturbing a shared machine.
         opts.drop_caches = drop_caches.unwrap_or(!opts.quick);
+        // Quick runs leave the machine's FUSE settings alone, like its page cache.
+        opts.fuse_uring = fuse_uring.unwrap_or(if opts.quick { None } else { Some(true) });
         opts.mem_entries = entries.unwrap_or(if opts.quick { 10_000 } else { 1_000_000 });
         if opts.quick {
             opts.timeout = opts.timeout.min(Duration::from_secs(300));
@@ -241,6 +258,11 @@ options:
   --no-build         do not build ovl-fuse; use <target>/<profile>/ovl-fuse if present
   --no-install       do not apt-get install fuse-overlayfs / fuse3 when missing
   --ovl-opts OPTS    extra -o options for ovl-fuse (or $OVL_FUSE_OPTS)
+  --fuse-uring on|off|keep
+                     set the kernel's FUSE-over-io_uring switch
+                     (/sys/module/fuse/parameters/enable_uring) for the run and restore it
+                     after (default: on; quick: keep). ovl-fuse uses io_uring when it is on;
+                     fuse-overlayfs (libfuse without io_uring) reads /dev/fuse either way
   --rootless-user U:G  user of ovl-rootless when run as root (default 65534:65534)
   --entries N        tree size for mem mode
   --timeout SECS     limit per workload run (default 1800)
