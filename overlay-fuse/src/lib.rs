@@ -37,7 +37,10 @@
 //! directory, hard links, xattr listing, mkfifo, umask and default ACLs, utimes on
 //! symlinks, inode flags): the same.
 //!
-//! Performance: multi-threaded session with cloned fds, PARALLEL_DIROPS, READDIRPLUS (auto),
+//! Performance: FUSE over io_uring where the kernel offers it (one ring per CPU, served by a
+//! thread pinned to that CPU, so a request and its reply stay on the caller's CPU; the
+//! transport is in the vendored fuser, `third_party/fuser/src/uring.rs`; see
+//! [`FsConfig::io_uring`]), else a multi-threaded session with cloned fds; PARALLEL_DIROPS, READDIRPLUS (auto),
 //! ATOMIC_O_TRUNC, CACHE_SYMLINKS, long entry/attr TTLs with negative entries and kernel
 //! directory caching, writeback cache, and FUSE passthrough for upper files when the daemon
 //! has CAP_SYS_ADMIN in the initial user namespace (see [`fs`] for the copy-up rule and the
