@@ -405,7 +405,14 @@ pub(crate) fn serve<FS: Filesystem>(
                 continue;
             }
             served.fetch_add(1, Ordering::Relaxed);
-            handle(&mut ents[i], &shared, i, se);
+            // A panic must not end the queue's only thread: its CPU's callers would wait
+            // forever. Unwinding drops the request's reply object, which answers EIO.
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handle(&mut ents[i], &shared, i, se)
+            }));
+            if handled.is_err() {
+                error!("io_uring queue {qid}: a request handler panicked");
+            }
         }
         commits.clear();
         std::mem::swap(&mut commits, &mut *shared.done.lock());
