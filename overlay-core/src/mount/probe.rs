@@ -99,10 +99,37 @@ pub struct Probe {
     pub fusermount3: Option<PathBuf>,
     /// `fusermount3` is setuid root.
     pub fusermount3_setuid_root: bool,
-    /// Backends: `kernel`, `kernel-userns`, `fuse`, `fuse-unprivileged`, `fuse-passthrough`.
+    /// Backends: `kernel`, `kernel-userns`, `fuse`, `fuse-unprivileged`, `fuse-passthrough`,
+    /// `fuse-io_uring` (whether the kernel offers FUSE over io_uring, which ovl-fuse uses).
     pub backends: Vec<Feature>,
     /// Overlay options.
     pub options: Vec<Feature>,
+}
+
+/// Whether the kernel offers FUSE over io_uring to a FUSE server that asks (ovl-fuse does).
+fn fuse_io_uring(kv: (u32, u32, u32), kernel_release: &str) -> Support {
+    const SWITCH: &str = "/sys/module/fuse/parameters/enable_uring";
+    if (kv.0, kv.1) < (6, 14) {
+        return Support::No(format!(
+            "FUSE over io_uring needs Linux 6.14 (this is {kernel_release})"
+        ));
+    }
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if disabled == 2 {
+        return Support::No("io_uring is disabled (kernel.io_uring_disabled=2)".into());
+    }
+    match std::fs::read_to_string(SWITCH) {
+        Ok(v) if v.trim() == "Y" => Support::Yes,
+        Ok(_) => Support::No(format!(
+            "switched off: `echo Y > {SWITCH}` as root turns it on for mounts made after it"
+        )),
+        Err(_) => Support::No(format!(
+            "{SWITCH} is absent (a kernel without CONFIG_FUSE_IO_URING, or the fuse module is not loaded)"
+        )),
+    }
 }
 
 /// The cached probe of this machine (computed on first use).
@@ -507,6 +534,10 @@ impl Probe {
             name: "fuse-passthrough",
             support: passthrough,
         });
+        backends.push(Feature {
+            name: "fuse-io_uring",
+            support: fuse_io_uring(kv, &kernel_release),
+        });
 
         // Options: real test mounts where we can mount at all.
         let mut options = Vec::new();
@@ -654,7 +685,7 @@ impl Probe {
     }
 
     /// The named backend's support (`kernel`, `kernel-userns`, `fuse`, `fuse-unprivileged`,
-    /// `fuse-passthrough`).
+    /// `fuse-passthrough`, `fuse-io_uring`).
     pub fn backend(&self, name: &str) -> Option<&Support> {
         self.backends
             .iter()
@@ -822,5 +853,28 @@ mod tests {
         assert_eq!(parse_kernel_version("6.18.44-fc-v657"), (6, 18, 44));
         assert_eq!(parse_kernel_version("5.15.0-91-generic"), (5, 15, 0));
         assert_eq!(parse_kernel_version("6.8"), (6, 8, 0));
+    }
+
+    #[test]
+    fn fuse_io_uring_follows_the_kernel_switch() {
+        let old = fuse_io_uring((6, 13, 0), "6.13.0");
+        assert!(
+            matches!(&old, Support::No(why) if why.contains("6.14")),
+            "{old:?}"
+        );
+        // On a kernel with the transport, the answer is the switch's value.
+        let switch = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring");
+        let now = fuse_io_uring((6, 18, 0), "6.18.0");
+        match switch.as_deref().map(str::trim) {
+            Ok("Y") => assert!(now.is_yes(), "{now:?}"),
+            Ok(_) => assert!(
+                matches!(&now, Support::No(why) if why.contains("echo Y")),
+                "{now:?}"
+            ),
+            Err(_) => assert!(
+                matches!(&now, Support::No(why) if why.contains("absent")),
+                "{now:?}"
+            ),
+        }
     }
 }
