@@ -119,6 +119,46 @@ fn fuse_io_uring_matches_kernel() {
     run_property(40, FsConfig::default());
 }
 
+/// When the io_uring queues cannot be served after the kernel was told io_uring, the mount
+/// falls back to `/dev/fuse` reads instead of holding every request forever.
+#[test]
+fn fuse_io_uring_failure_falls_back_to_dev_fuse() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let Some(_uring) = common::require_fuse_uring() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = FixtureStack::create(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let ovl = Overlay::new(s.layer_stack()).unwrap();
+    let mut cfg = MountConfig::for_current_user(FsConfig::default());
+    cfg.threads = 2;
+    cfg.io_uring_fail_for_test = true;
+    let m = spawn_mount(ovl, &mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"));
+    // Without the fall-back this blocks forever: run it where a hang becomes a failure.
+    let probe = mnt.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        std::fs::write(probe.join("new"), b"through /dev/fuse").unwrap();
+        let _ = tx.send(std::fs::read(probe.join("new")).unwrap());
+    });
+    let Ok(read) = rx.recv_timeout(std::time::Duration::from_secs(20)) else {
+        // Unmounting would wait on the stuck request too: detach the mount and leave the
+        // session to the end of the process, which closes /dev/fuse and so aborts it.
+        std::mem::forget(m);
+        let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+        panic!("the mount hangs: no fall-back from io_uring to /dev/fuse");
+    };
+    assert_eq!(read, b"through /dev/fuse");
+    let stats = m.inspector().stats();
+    assert_eq!(stats.io_uring_requests, 0, "no ring was serving");
+    m.unmount().unwrap();
+}
+
 fn p(s: &str) -> String {
     s.to_string()
 }

@@ -77,8 +77,8 @@ pub struct FsConfig {
     /// Support xattrs (off with `noxattrs=1`: every xattr call answers ENOSYS).
     pub xattrs: bool,
     /// Serve requests through FUSE over io_uring when the kernel offers it (`io_uring=0`
-    /// off): one ring per CPU, each served by a thread on that CPU, so a request and its
-    /// reply never cross CPUs. The kernel offers it only while
+    /// off): one ring per CPU, each served by a thread pinned to that CPU, so a request is
+    /// served on the CPU of its caller. The kernel offers it only while
     /// `/sys/module/fuse/parameters/enable_uring` is `Y`.
     pub io_uring: bool,
     /// Mount read-only (no upper layer, or `ro`).

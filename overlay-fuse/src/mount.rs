@@ -36,6 +36,10 @@ pub struct MountConfig {
     pub dirsync: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Test hook: the io_uring queues fail to start, so the fall-back to `/dev/fuse` reads
+    /// can be tested.
+    #[doc(hidden)]
+    pub io_uring_fail_for_test: bool,
 }
 
 impl MountConfig {
@@ -58,6 +62,7 @@ impl MountConfig {
             sync: false,
             dirsync: false,
             threads: (cpus * 2).clamp(4, 16),
+            io_uring_fail_for_test: false,
         }
     }
 
@@ -111,6 +116,7 @@ impl MountConfig {
             SessionACL::Owner
         };
         cfg.n_threads = Some(self.threads.max(1));
+        cfg.io_uring_fail_for_test = self.io_uring_fail_for_test;
         // Each worker reads its own clone of the session fd (less contention), which needs
         // /dev/fuse to be openable; rootless mounts via fusermount3 may not manage that.
         cfg.clone_fd = std::fs::OpenOptions::new()

@@ -319,7 +319,10 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
-        if let Some((rings, status)) = uring {
+        if let Some((rings, _)) = uring.as_ref().filter(|_| config.io_uring_fail_for_test) {
+            error!("io_uring: failing {} ring threads (test hook)", rings.len());
+            crate::uring::fall_back_to_dev_fuse(std::os::fd::AsRawFd::as_raw_fd(&fuse_fd.as_fd()));
+        } else if let Some((rings, status)) = uring {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&fuse_fd.as_fd());
             for prepared in rings {
                 let event_loop = SessionEventLoop {
@@ -330,11 +333,18 @@ impl<FS: Filesystem> Session<FS> {
                     session_owner,
                 };
                 let served = status.served.clone();
-                threads.push(
-                    thread::Builder::new()
-                        .name(event_loop.thread_name.clone())
-                        .spawn(move || crate::uring::serve(prepared, fd, &event_loop, &served))?,
-                );
+                let spawned = thread::Builder::new()
+                    .name(event_loop.thread_name.clone())
+                    .spawn(move || crate::uring::serve(prepared, fd, &event_loop, &served));
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => {
+                        // The /dev/fuse readers are running: serve through them.
+                        error!("io_uring: cannot start a ring thread: {e}");
+                        crate::uring::fall_back_to_dev_fuse(fd);
+                        break;
+                    }
+                }
             }
         }
 

@@ -328,6 +328,31 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// Make the kernel give up on io_uring for this connection and serve it through `/dev/fuse`
+/// reads, for when a queue cannot be served (its thread or ring failed): told io_uring at
+/// `FUSE_INIT`, the kernel would otherwise hold every request until each queue has an entry.
+/// A `REGISTER` that the kernel refuses does that; one for a queue that cannot exist is
+/// refused before anything is registered.
+pub(crate) fn fall_back_to_dev_fuse(fd: RawFd) {
+    let attempt = (|| -> io::Result<i32> {
+        let mut ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2)?;
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 2];
+        let sqe = fuse_cmd(fd, CMD_REGISTER, u16::MAX, 0, Some(iov.as_mut_ptr() as u64));
+        push(&mut ring, &sqe)?;
+        ring.submit_and_wait(1)?;
+        let res = ring.completion().next().map_or(0, |c| c.result());
+        Ok(res)
+    })();
+    match attempt {
+        Ok(res) if res < 0 => warn!("io_uring abandoned for this mount; serving through /dev/fuse"),
+        Ok(_) => error!("io_uring: the kernel accepted a REGISTER meant to fail"),
+        Err(e) => error!("io_uring: cannot tell the kernel to fall back to /dev/fuse: {e}"),
+    }
+}
+
 /// Register `prepared`'s entries and serve its queue until the connection ends.
 pub(crate) fn serve<FS: Filesystem>(
     prepared: PreparedRing,
@@ -343,7 +368,10 @@ pub(crate) fn serve<FS: Filesystem>(
     } = prepared;
     let depth = ents.len();
     pin_to_cpu(usize::from(qid));
-    ring.submitter().register_enable_rings()?;
+    if let Err(e) = ring.submitter().register_enable_rings() {
+        fall_back_to_dev_fuse(fd);
+        return Err(e);
+    }
     let shared = Arc::new(RingShared {
         replies: (0..depth).map(|_| Mutex::new(Vec::new())).collect(),
         done: Mutex::new(Vec::new()),
@@ -363,15 +391,21 @@ pub(crate) fn serve<FS: Filesystem>(
         )
     };
 
-    for (i, ent) in ents.iter_mut().enumerate() {
-        let iov = ent.iov.as_ptr() as u64;
-        push(
-            &mut ring,
-            &fuse_cmd(fd, CMD_REGISTER, qid, 0, Some(iov)).user_data(i as u64),
-        )?;
+    let registered = (|| {
+        for (i, ent) in ents.iter_mut().enumerate() {
+            let iov = ent.iov.as_ptr() as u64;
+            push(
+                &mut ring,
+                &fuse_cmd(fd, CMD_REGISTER, qid, 0, Some(iov)).user_data(i as u64),
+            )?;
+        }
+        push(&mut ring, &efd_read(&mut efd_buf))?;
+        ring.submit()
+    })();
+    if let Err(e) = registered {
+        fall_back_to_dev_fuse(fd);
+        return Err(e);
     }
-    push(&mut ring, &efd_read(&mut efd_buf))?;
-    ring.submit()?;
 
     let mut alive = depth;
     let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);

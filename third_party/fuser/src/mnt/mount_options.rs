@@ -21,6 +21,10 @@ pub struct Config {
     /// Ring entries per CPU queue when the filesystem asks for `FUSE_OVER_IO_URING` in its
     /// `init` (added by overlay; `None`: 8).
     pub io_uring_depth: Option<usize>,
+    /// Test hook (added by overlay): the ring threads fail before registering, as if
+    /// their rings could not be used, so the fall-back to `/dev/fuse` can be tested.
+    #[doc(hidden)]
+    pub io_uring_fail_for_test: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
