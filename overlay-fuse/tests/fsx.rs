@@ -1,7 +1,8 @@
 //! fsx (the `fsx` crate's binary, `cargo install fsx --version 0.3.2 --locked`) against the
 //! FUSE mount: on a file that starts in a lower layer (block mode: the first open copies the
 //! data up, then random reads, writes, mmap I/O and copy_file_range), and on a new file with
-//! every operation fsx has, in passthrough mode and in writeback-cache mode.
+//! every operation fsx has, in passthrough mode and in writeback-cache mode, read from
+//! `/dev/fuse` and through FUSE over io_uring.
 
 mod common;
 
@@ -151,4 +152,31 @@ fn fsx_on_a_new_file_with_writeback_cache() {
     let d = Daemon::foreground(&opts, &l.mnt);
     run_fsx(&fsx, FULL_CONFIG, l.tmp.path(), &l.mnt.join("new"), "13");
     d.unmount_and_wait();
+}
+
+/// The same data paths with requests served through FUSE over io_uring (the kernel's switch
+/// turned on for the test): passthrough, and the writeback cache, whose WRITE and READ
+/// payloads travel in the ring buffers.
+#[test]
+fn fsx_through_io_uring() {
+    if !can_mount("fsx_through_io_uring") {
+        return;
+    }
+    let Some(fsx) = have_fsx("fsx_through_io_uring") else {
+        return;
+    };
+    let Some(_switch) = require_fuse_uring("fsx_through_io_uring") else {
+        return;
+    };
+    for (extra, seed) in [("", "17"), (",passthrough=0", "19")] {
+        let l = Layers::new(1);
+        let d = Daemon::foreground(&format!("{}{extra}", l.options()), &l.mnt);
+        let pid = d.pid.expect("daemon pid");
+        assert!(
+            io_uring_threads(pid) > 0,
+            "ovl-fuse{extra} serves no io_uring queue"
+        );
+        run_fsx(&fsx, FULL_CONFIG, l.tmp.path(), &l.mnt.join("new"), seed);
+        d.unmount_and_wait();
+    }
 }

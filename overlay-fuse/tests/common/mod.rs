@@ -36,6 +36,38 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("{test}: SKIPPED ({why})");
 }
 
+#[path = "../../../benches/workloads/harness/fuse_uring.rs"]
+mod fuse_uring;
+pub use fuse_uring::FuseUringSwitch;
+
+/// Turn the kernel's FUSE-over-io_uring switch on while the returned guard lives (put back as
+/// it was on drop). `None` where it cannot be turned on: under CI=true the test fails, else
+/// it is skipped. Global: other tests' mounts made meanwhile may use io_uring too.
+pub fn require_fuse_uring(test: &str) -> Option<FuseUringSwitch> {
+    let switch = FuseUringSwitch::apply(Some(true));
+    if switch.state.ends_with("enable_uring=Y") {
+        return Some(switch);
+    }
+    skip(
+        test,
+        &format!("FUSE over io_uring cannot be enabled: {}", switch.state),
+    );
+    None
+}
+
+/// Names of the threads of process `pid` that serve io_uring queues.
+pub fn io_uring_threads(pid: i32) -> usize {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("fuser-uring"))
+        })
+        .count()
+}
+
 /// A temp dir with lower layers, an upper, a workdir and a mountpoint.
 pub struct Layers {
     pub tmp: tempfile::TempDir,
