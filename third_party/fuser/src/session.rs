@@ -381,14 +381,6 @@ impl<FS: Filesystem> Session<FS> {
         &self,
         config: &mut KernelConfig,
     ) -> Option<(Vec<crate::uring::PreparedRing>, crate::uring::IoUringStatus)> {
-        let depth = self.config.io_uring_depth.unwrap_or(8).clamp(1, 1024);
-        // Every ring entry needs a payload buffer of the connection's largest payload:
-        // writes are never larger than `max_pages`, so keep `max_write` there too.
-        let limit = crate::uring::payload_size(0, u16::MAX) as u32;
-        if config.max_write > limit {
-            config.max_write = limit;
-        }
-        let payload = crate::uring::payload_size(config.max_write, config.max_pages());
         let queues = match crate::uring::possible_cpus() {
             Ok(n) if n > 0 => n,
             Ok(_) | Err(_) => {
@@ -396,6 +388,20 @@ impl<FS: Filesystem> Session<FS> {
                 return None;
             }
         };
+        // Each entry's payload buffer (up to 1 MiB) stays resident once a large READ or
+        // WRITE used it: fewer entries per queue where there are many queues.
+        let depth = self
+            .config
+            .io_uring_depth
+            .unwrap_or((64 / queues).clamp(2, 8))
+            .clamp(1, 1024);
+        // Every ring entry needs a payload buffer of the connection's largest payload:
+        // writes are never larger than `max_pages`, so keep `max_write` there too.
+        let limit = crate::uring::payload_size(0, u16::MAX) as u32;
+        if config.max_write > limit {
+            config.max_write = limit;
+        }
+        let payload = crate::uring::payload_size(config.max_write, config.max_pages());
         match crate::uring::prepare(queues, depth, payload) {
             Ok(rings) => {
                 info!("io_uring: {queues} queues of {depth} entries, payload {payload} bytes");

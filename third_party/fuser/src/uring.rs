@@ -18,9 +18,11 @@
 //! - the reply goes back the same way (`fuse_out_header` in `in_out`, every reply argument in
 //!   the payload) with `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also re-arms the entry.
 //!
-//! Replies may come from other threads (the filesystem may hand a reply to a worker): a reply
-//! is staged in its entry and the entry queued as done; a thread other than the ring's owner
-//! also signals the ring's eventfd, which the ring thread keeps a read pending on.
+//! Replies may come from other threads (the filesystem may hand a reply to a worker). A
+//! reply is written in place into its entry (or staged, when it would overlap request bytes
+//! that a running dispatch still borrows) and the entry queued as done; a sender on a thread
+//! other than the ring's also signals the ring's eventfd, which the ring thread keeps a read
+//! pending on. The ring thread commits done entries after each batch.
 //!
 //! All of the module's `unsafe` is here, each block with its reason.
 
@@ -30,6 +32,7 @@ use std::os::fd::FromRawFd;
 use std::os::fd::OwnedFd;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::thread::ThreadId;
@@ -121,58 +124,131 @@ pub(crate) fn possible_cpus() -> io::Result<usize> {
     Ok(n)
 }
 
+/// A heap buffer of 8-byte aligned bytes, reached through a raw pointer: the kernel writes
+/// into it and replies are written into it from other threads, so no Rust reference to the
+/// whole buffer may live across those accesses.
+struct RawBuf {
+    ptr: *mut u8,
+    words: usize,
+}
+
+impl RawBuf {
+    fn new(bytes: usize) -> Self {
+        let words = bytes.div_ceil(8);
+        let boxed: Box<[u64]> = vec![0u64; words].into_boxed_slice();
+        RawBuf {
+            ptr: Box::into_raw(boxed).cast::<u8>(),
+            words,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.words * 8
+    }
+
+    /// `len` bytes from `off`.
+    ///
+    /// # Safety
+    /// The range must be inside the buffer, and nothing else may access it while the slice
+    /// lives (the entry protocol: see [`RingShared`]).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn bytes(&self, off: usize, len: usize) -> &mut [u8] {
+        debug_assert!(off + len <= self.len());
+        // SAFETY: in bounds and exclusive, as the caller promises; u8 has no alignment or
+        // validity requirements.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
+    }
+}
+
+impl Drop for RawBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from `Box::into_raw` of a `[u64]` of `words` elements and is
+        // freed only here.
+        drop(unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.cast::<u64>(),
+                self.words,
+            ))
+        });
+    }
+}
+
 /// One ring entry's buffers: the header and `PREFIX + payload` bytes, 8-byte aligned.
 struct EntBuffers {
-    header: Box<[u64]>,
-    body: Box<[u64]>,
+    header: RawBuf,
+    body: RawBuf,
     iov: Box<[libc::iovec; 2]>,
 }
 
-// SAFETY: the iovecs' raw pointers point into the entry's own heap buffers, which move
-// with it and are only touched by the thread that owns the entry.
+// SAFETY: plain heap memory and pointers into it, not tied to a thread; which thread may
+// touch the buffers is the entry protocol's business (see `RingShared`).
 unsafe impl Send for EntBuffers {}
 
 impl EntBuffers {
     fn new(payload: usize) -> Self {
-        let mut header = vec![0u64; HEADER_SZ / 8].into_boxed_slice();
-        let mut body = vec![0u64; (PREFIX + payload).div_ceil(8)].into_boxed_slice();
+        let header = RawBuf::new(HEADER_SZ);
+        let body = RawBuf::new(PREFIX + payload);
         let iov = Box::new([
             libc::iovec {
-                iov_base: header.as_mut_ptr().cast(),
+                iov_base: header.ptr.cast(),
                 iov_len: HEADER_SZ,
             },
             libc::iovec {
-                // SAFETY: PREFIX is within `body` (its length is PREFIX + payload).
-                iov_base: unsafe { body.as_mut_ptr().cast::<u8>().add(PREFIX) }.cast(),
+                // SAFETY: PREFIX is within `body` (its length is at least PREFIX + payload).
+                iov_base: unsafe { body.ptr.add(PREFIX) }.cast(),
                 iov_len: payload,
             },
         ]);
         EntBuffers { header, body, iov }
     }
 
-    fn header(&mut self) -> &mut [u8] {
-        // SAFETY: a u64 slice viewed as bytes: same memory, u8 has no alignment or validity
-        // requirements, and the borrow of `self` keeps it exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.header.as_mut_ptr().cast::<u8>(), HEADER_SZ) }
-    }
-
-    fn body(&mut self) -> &mut [u8] {
-        let len = self.body.len() * 8;
-        // SAFETY: as in `header`.
-        unsafe { std::slice::from_raw_parts_mut(self.body.as_mut_ptr().cast::<u8>(), len) }
+    /// Room for a reply's arguments.
+    fn payload_room(&self) -> usize {
+        self.iov[1].iov_len
     }
 }
 
+/// One entry of a ring, shared with the senders of its replies.
+struct EntSlot {
+    bufs: EntBuffers,
+    /// Replies that cannot be written in place wait here until the ring thread copies them.
+    staged: Mutex<Vec<u8>>,
+    /// The current request has a payload (its bytes lie from `PREFIX` on).
+    request_payload: AtomicBool,
+    /// The ring thread is dispatching the current request (its bytes are borrowed).
+    dispatching: AtomicBool,
+}
+
 /// State shared between a ring's thread and the senders of its replies.
-#[derive(Debug)]
+///
+/// The entry protocol, which makes the raw buffer accesses exclusive: an entry's buffers
+/// belong to the kernel from REGISTER or COMMIT_AND_FETCH until its CQE; then to the ring
+/// thread, which parses the request and dispatches it; then to the one sender of the reply
+/// (the reply object is single-use), which writes the reply in place, unless that would
+/// overlap request bytes still borrowed by the dispatch, and then queues the entry as done
+/// (under the `done` lock, which orders the write before the commit); then to the ring
+/// thread again, which commits it.
 pub(crate) struct RingShared {
-    /// Staged reply per entry (reused buffers).
-    replies: Vec<Mutex<Vec<u8>>>,
-    /// Entries whose reply is staged, in order.
-    done: Mutex<Vec<usize>>,
+    ents: Vec<EntSlot>,
+    /// Entries with a reply, in order, and whether the reply is staged (not in place).
+    done: Mutex<Vec<(usize, bool)>>,
     /// Signalled by senders on other threads.
     eventfd: OwnedFd,
     owner: ThreadId,
+}
+
+// SAFETY: the raw buffers are accessed by one thread at a time, per the entry protocol above;
+// the rest is `Sync` on its own.
+unsafe impl Sync for RingShared {}
+// SAFETY: as above; the buffers are plain heap memory, not tied to a thread.
+unsafe impl Send for RingShared {}
+
+impl std::fmt::Debug for RingShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingShared")
+            .field("entries", &self.ents.len())
+            .finish()
+    }
 }
 
 /// The reply sender of a request that came through a ring.
@@ -190,14 +266,27 @@ impl UringReply {
     }
 
     pub(crate) fn send(&self, data: &[io::IoSlice<'_>]) -> io::Result<()> {
-        {
-            let mut r = self.ring.replies[self.ent].lock();
+        let slot = &self.ring.ents[self.ent];
+        let total: usize = data.iter().map(|d| d.len()).sum();
+        let fits = total >= OUT_HEADER_LEN && total - OUT_HEADER_LEN <= slot.bufs.payload_room();
+        // The reply's arguments go from PREFIX on: in place unless request bytes there are
+        // still borrowed by the dispatch.
+        let in_place = fits
+            && !(slot.request_payload.load(Ordering::Acquire)
+                && slot.dispatching.load(Ordering::Acquire));
+        if in_place {
+            // SAFETY: per the entry protocol, this sender owns the entry's buffers now, apart
+            // from request bytes borrowed by a running dispatch, which lie before PREFIX
+            // (the request has no payload) and in neither range written here.
+            unsafe { write_in_place(&slot.bufs, data, total) };
+        } else {
+            let mut r = slot.staged.lock();
             r.clear();
             for d in data {
                 r.extend_from_slice(d);
             }
         }
-        self.ring.done.lock().push(self.ent);
+        self.ring.done.lock().push((self.ent, !in_place));
         if std::thread::current().id() != self.ring.owner {
             let one = 1u64.to_ne_bytes();
             // A failed wake-up (only possible once the ring is gone) loses nothing: the ring
@@ -215,6 +304,40 @@ impl UringReply {
         // SAFETY: the caller's contract, passed on.
         unsafe { self.ch.wrap_backing(id) }
     }
+}
+
+/// Write a reply (`fuse_out_header`, then its arguments) into the entry: the header into
+/// `in_out`, the arguments from PREFIX on, their length into `ring_ent_in_out`.
+///
+/// # Safety
+/// The caller owns the header and the body from PREFIX on (the entry protocol), and the
+/// arguments fit (`total - OUT_HEADER_LEN <= payload_room`).
+unsafe fn write_in_place(bufs: &EntBuffers, data: &[io::IoSlice<'_>], total: usize) {
+    // SAFETY: in bounds (HEADER_SZ, and PREFIX + payload_room) and owned, per the caller;
+    // the three ranges are disjoint.
+    let (out, args, args_len) = unsafe {
+        (
+            bufs.header.bytes(0, OUT_HEADER_LEN),
+            bufs.body.bytes(PREFIX, total - OUT_HEADER_LEN),
+            bufs.header.bytes(ENT_IN_OUT_OFF + 16, 4),
+        )
+    };
+    let mut pos = 0usize;
+    for d in data {
+        let mut d: &[u8] = d;
+        if pos < OUT_HEADER_LEN {
+            let n = d.len().min(OUT_HEADER_LEN - pos);
+            out[pos..pos + n].copy_from_slice(&d[..n]);
+            pos += n;
+            d = &d[n..];
+        }
+        if !d.is_empty() {
+            let at = pos - OUT_HEADER_LEN;
+            args[at..at + d.len()].copy_from_slice(d);
+            pos += d.len();
+        }
+    }
+    args_len.copy_from_slice(&((total - OUT_HEADER_LEN) as u32).to_ne_bytes());
 }
 
 /// A ring prepared before `FUSE_INIT` is answered (so a failure can still turn io_uring
@@ -310,8 +433,9 @@ fn push(
     sqe: &squeue::Entry128,
 ) -> io::Result<()> {
     loop {
-        // SAFETY: every buffer an SQE points to (entry buffers, iovecs, the eventfd word)
-        // lives in `serve`'s frame until the ring is dropped at its end.
+        // SAFETY: every buffer an SQE points to (entry buffers and iovecs, owned by the
+        // `RingShared` that `serve` holds, and the eventfd word) outlives the ring: `serve`
+        // drops the ring first.
         if unsafe { ring.submission().push(sqe) }.is_ok() {
             return Ok(());
         }
@@ -361,19 +485,23 @@ pub(crate) fn serve<FS: Filesystem>(
     served: &AtomicU64,
 ) -> io::Result<()> {
     let PreparedRing {
-        mut ring,
+        ring: prepared_ring,
         qid,
-        mut ents,
+        ents,
         eventfd,
     } = prepared;
     let depth = ents.len();
     pin_to_cpu(usize::from(qid));
-    if let Err(e) = ring.submitter().register_enable_rings() {
-        fall_back_to_dev_fuse(fd);
-        return Err(e);
-    }
     let shared = Arc::new(RingShared {
-        replies: (0..depth).map(|_| Mutex::new(Vec::new())).collect(),
+        ents: ents
+            .into_iter()
+            .map(|bufs| EntSlot {
+                bufs,
+                staged: Mutex::new(Vec::new()),
+                request_payload: AtomicBool::new(false),
+                dispatching: AtomicBool::new(false),
+            })
+            .collect(),
         done: Mutex::new(Vec::new()),
         eventfd,
         owner: std::thread::current().id(),
@@ -390,10 +518,17 @@ pub(crate) fn serve<FS: Filesystem>(
             .user_data(EVENTFD_TAG),
         )
     };
+    // Declared after every buffer its commands point to, so it is dropped first (which
+    // cancels them) on every way out of this function.
+    let mut ring = prepared_ring;
+    if let Err(e) = ring.submitter().register_enable_rings() {
+        fall_back_to_dev_fuse(fd);
+        return Err(e);
+    }
 
     let registered = (|| {
-        for (i, ent) in ents.iter_mut().enumerate() {
-            let iov = ent.iov.as_ptr() as u64;
+        for (i, slot) in shared.ents.iter().enumerate() {
+            let iov = slot.bufs.iov.as_ptr() as u64;
             push(
                 &mut ring,
                 &fuse_cmd(fd, CMD_REGISTER, qid, 0, Some(iov)).user_data(i as u64),
@@ -409,7 +544,7 @@ pub(crate) fn serve<FS: Filesystem>(
 
     let mut alive = depth;
     let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(depth + 1);
-    let mut commits: Vec<usize> = Vec::with_capacity(depth);
+    let mut commits: Vec<(usize, bool)> = Vec::with_capacity(depth);
     while alive > 0 {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -441,17 +576,26 @@ pub(crate) fn serve<FS: Filesystem>(
             served.fetch_add(1, Ordering::Relaxed);
             // A panic must not end the queue's only thread: its CPU's callers would wait
             // forever. Unwinding drops the request's reply object, which answers EIO.
-            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handle(&mut ents[i], &shared, i, se)
-            }));
+            let handled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(&shared, i, se)));
             if handled.is_err() {
                 error!("io_uring queue {qid}: a request handler panicked");
             }
         }
         commits.clear();
         std::mem::swap(&mut commits, &mut *shared.done.lock());
-        for &i in &commits {
-            let commit_id = stage_reply(&mut ents[i], &shared.replies[i]);
+        for &(i, staged) in &commits {
+            let slot = &shared.ents[i];
+            if staged {
+                // SAFETY: the entry is queued as done: its buffers are the ring thread's.
+                unsafe { copy_staged_reply(slot) };
+            }
+            // SAFETY: as above. The reply's `unique` (the commit id) is where the request's was.
+            let commit_id = u64::from_ne_bytes(
+                unsafe { slot.bufs.header.bytes(8, 8) }
+                    .try_into()
+                    .expect("8 bytes"),
+            );
             push(
                 &mut ring,
                 &fuse_cmd(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, None).user_data(i as u64),
@@ -463,18 +607,14 @@ pub(crate) fn serve<FS: Filesystem>(
 }
 
 /// Parse the request in entry `i` and dispatch it with a reply sender for this ring.
-fn handle<FS: Filesystem>(
-    ent: &mut EntBuffers,
-    shared: &Arc<RingShared>,
-    i: usize,
-    se: &SessionEventLoop<FS>,
-) {
-    let header = ent.header();
-    let mut in_header = [0u8; IN_HEADER_LEN];
-    in_header.copy_from_slice(&header[..IN_HEADER_LEN]);
-    let op_in: [u8; OP_IN_SZ] = header[IN_OUT_SZ..IN_OUT_SZ + OP_IN_SZ]
-        .try_into()
-        .expect("fixed size");
+fn handle<FS: Filesystem>(shared: &Arc<RingShared>, i: usize, se: &SessionEventLoop<FS>) {
+    let slot = &shared.ents[i];
+    let bufs = &slot.bufs;
+    let mut header = [0u8; HEADER_SZ];
+    // SAFETY: the entry's CQE came: its buffers are the ring thread's (entry protocol).
+    header.copy_from_slice(unsafe { bufs.header.bytes(0, HEADER_SZ) });
+    let in_header = &header[..IN_HEADER_LEN];
+    let op_in = &header[IN_OUT_SZ..IN_OUT_SZ + OP_IN_SZ];
     let payload_sz = u32::from_ne_bytes(
         header[ENT_IN_OUT_OFF + 16..ENT_IN_OUT_OFF + 20]
             .try_into()
@@ -487,24 +627,29 @@ fn handle<FS: Filesystem>(
         ent: i,
         ch: se.ch.sender(),
     };
+    slot.request_payload
+        .store(payload_sz > 0, Ordering::Release);
     // The first argument's length is what the header's total leaves over.
     let arg0 = total.checked_sub(IN_HEADER_LEN + payload_sz);
-    let body = ent.body();
-    let Some(arg0) = arg0.filter(|&a| a <= OP_IN_SZ && PREFIX + payload_sz <= body.len()) else {
+    let Some(arg0) = arg0.filter(|&a| a <= OP_IN_SZ && payload_sz <= bufs.payload_room()) else {
         error!("io_uring: malformed request {unique}: len {total}, payload {payload_sz}");
         reply_errno(&sender, unique, libc::EIO);
         return;
     };
     let start = PREFIX - IN_HEADER_LEN - arg0;
-    body[start..start + IN_HEADER_LEN].copy_from_slice(&in_header);
-    body[PREFIX - arg0..PREFIX].copy_from_slice(&op_in[..arg0]);
-    let data: &[u8] = if start % 8 == 0 {
-        &body[start..PREFIX + payload_sz]
+    // SAFETY: as above; the range ends at the payload's end, inside the buffer (checked).
+    let data: &mut [u8] = unsafe { bufs.body.bytes(start, PREFIX + payload_sz - start) };
+    data[..IN_HEADER_LEN].copy_from_slice(in_header);
+    data[IN_HEADER_LEN..IN_HEADER_LEN + arg0].copy_from_slice(&op_in[..arg0]);
+    let data: &[u8] = data;
+    slot.dispatching.store(true, Ordering::Release);
+    if start % 8 == 0 {
+        dispatch(data, sender, se);
     } else {
         // An argument of odd length would misalign the header: parse from an aligned copy.
-        return handle_copied(&body[start..PREFIX + payload_sz], sender, se);
-    };
-    dispatch(data, sender, se);
+        handle_copied(data, sender, se);
+    }
+    slot.dispatching.store(false, Ordering::Release);
 }
 
 #[cold]
@@ -548,37 +693,33 @@ fn reply_errno(sender: &UringReply, unique: u64, errno: i32) {
     let _ = sender.send(&[io::IoSlice::new(&out)]);
 }
 
-/// Copy a staged reply into the entry's buffers; returns the request's unique id (the
-/// commit id).
-fn stage_reply(ent: &mut EntBuffers, staged: &Mutex<Vec<u8>>) -> u64 {
-    let reply = staged.lock();
-    let header = ent.header();
-    let mut unique_bytes = [0u8; 8];
-    unique_bytes.copy_from_slice(&header[8..16]); // the request's unique, still in `in_out`
+/// Copy a staged reply into the entry's buffers (as [`write_in_place`] does), or an EIO
+/// reply if it does not fit.
+///
+/// # Safety
+/// The entry is queued as done and not yet committed: its buffers are the ring thread's.
+unsafe fn copy_staged_reply(slot: &EntSlot) {
+    let reply = slot.staged.lock();
+    // SAFETY: owned, per the caller; in bounds.
+    let header = unsafe { slot.bufs.header.bytes(0, HEADER_SZ) };
+    let mut unique = [0u8; 8];
+    unique.copy_from_slice(&header[8..16]); // the request's, still in `in_out`
+    let room = slot.bufs.payload_room();
+    if reply.len() >= OUT_HEADER_LEN && reply.len() - OUT_HEADER_LEN <= room {
+        let one = [io::IoSlice::new(&reply)];
+        // SAFETY: owned, per the caller, and the arguments fit (checked).
+        unsafe { write_in_place(&slot.bufs, &one, reply.len()) };
+        return;
+    }
+    error!(
+        "io_uring: reply of {} bytes does not fit the entry ({room} bytes of payload)",
+        reply.len()
+    );
     let mut out = [0u8; OUT_HEADER_LEN];
-    let mut rest: &[u8] = &[];
-    if reply.len() >= OUT_HEADER_LEN {
-        out.copy_from_slice(&reply[..OUT_HEADER_LEN]);
-        rest = &reply[OUT_HEADER_LEN..];
-    } else {
-        warn!("io_uring: short reply ({} bytes)", reply.len());
-        out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-        out[8..16].copy_from_slice(&unique_bytes);
-    }
-    let body = ent.body();
-    let room = body.len() - PREFIX;
-    if rest.len() > room {
-        error!(
-            "io_uring: reply of {} bytes over the payload buffer",
-            rest.len()
-        );
-        out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-        rest = &[];
-    }
-    body[PREFIX..PREFIX + rest.len()].copy_from_slice(rest);
-    let payload_sz = rest.len() as u32;
-    let header = ent.header();
-    header[..OUT_HEADER_LEN].copy_from_slice(&out);
-    header[ENT_IN_OUT_OFF + 16..ENT_IN_OUT_OFF + 20].copy_from_slice(&payload_sz.to_ne_bytes());
-    u64::from_ne_bytes(unique_bytes)
+    out[0..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_ne_bytes());
+    out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
+    out[8..16].copy_from_slice(&unique);
+    let one = [io::IoSlice::new(&out)];
+    // SAFETY: as above; no arguments.
+    unsafe { write_in_place(&slot.bufs, &one, OUT_HEADER_LEN) };
 }

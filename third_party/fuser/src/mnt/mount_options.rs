@@ -19,7 +19,7 @@ pub struct Config {
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
     /// Ring entries per CPU queue when the filesystem asks for `FUSE_OVER_IO_URING` in its
-    /// `init` (added by overlay; `None`: 8).
+    /// `init` (added by overlay; `None`: 64 / CPUs, from 2 to 8).
     pub io_uring_depth: Option<usize>,
     /// Test hook (added by overlay): the ring threads fail before registering, as if
     /// their rings could not be used, so the fall-back to `/dev/fuse` can be tested.
