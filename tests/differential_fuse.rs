@@ -15,20 +15,30 @@ use overlay_fuse::{spawn_mount, FsConfig, FuseMount, MountConfig};
 
 const MAX_OPS: usize = 24;
 
-/// A fresh fixture with our FUSE mount on it (passthrough or writeback cache per `fs`).
-fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
+/// A fresh fixture stack in its own temp dir, with an empty mountpoint `mnt` there.
+fn fixture_with_mountpoint() -> (tempfile::TempDir, FixtureStack, std::path::PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = FixtureStack::create(tmp.path());
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
+    (tmp, s, mnt)
+}
+
+/// A fresh fixture with our FUSE mount on it (passthrough or writeback cache per `fs`).
+fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
+    let (tmp, s, mnt) = fixture_with_mountpoint();
     let m = mount_fuse(s.layer_stack(), &mnt, fs);
     MountedBackend::new("fuse", mnt, s.upper.clone(), m, tmp)
 }
 
 /// Our FUSE mount of `stack` at `mnt`, served in this process (2 worker threads).
 fn mount_fuse(stack: LayerStack, mnt: &std::path::Path, fs: FsConfig) -> FuseMount {
+    mount_fuse_with(stack, mnt, MountConfig::for_current_user(fs))
+}
+
+/// The same with a mount configuration of the caller's (its worker threads set to 2).
+fn mount_fuse_with(stack: LayerStack, mnt: &std::path::Path, mut cfg: MountConfig) -> FuseMount {
     let ovl = Overlay::new(stack).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
-    let mut cfg = MountConfig::for_current_user(fs);
     cfg.threads = 2;
     spawn_mount(ovl, mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"))
 }
@@ -89,10 +99,7 @@ fn fuse_io_uring_matches_kernel() {
         return;
     };
     // The transport is really in use (the property below cannot tell).
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let s = FixtureStack::create(tmp.path());
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let (_tmp, s, mnt) = fixture_with_mountpoint();
     let m = mount_fuse(s.layer_stack(), &mnt, FsConfig::default());
     std::fs::write(mnt.join("new"), b"through the ring").unwrap();
     assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"through the ring");
@@ -130,15 +137,10 @@ fn fuse_io_uring_failure_falls_back_to_dev_fuse() {
     let Some(_uring) = common::require_fuse_uring() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let s = FixtureStack::create(tmp.path());
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ovl = Overlay::new(s.layer_stack()).unwrap();
+    let (_tmp, s, mnt) = fixture_with_mountpoint();
     let mut cfg = MountConfig::for_current_user(FsConfig::default());
-    cfg.threads = 2;
     cfg.io_uring_fail_for_test = true;
-    let m = spawn_mount(ovl, &mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"));
+    let m = mount_fuse_with(s.layer_stack(), &mnt, cfg);
     // Without the fall-back this blocks forever: run it where a hang becomes a failure.
     let probe = mnt.clone();
     let (tx, rx) = std::sync::mpsc::channel();
