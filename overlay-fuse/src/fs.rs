@@ -238,11 +238,8 @@ impl OverlayFs {
 
     /// Record the session's io_uring transport (after `Session::new`), for [`FsStats`].
     pub fn set_io_uring(inspector: &FsInspector, status: Option<fuser::IoUringStatus>) {
+        // fuser logs the transport itself.
         if let Some(status) = status {
-            info!(
-                "FUSE over io_uring: {} queues of {} entries",
-                status.queues, status.depth
-            );
             let _ = inspector.inner.io_uring.set(status);
         }
     }
@@ -739,10 +736,6 @@ impl Inner {
     }
 
     fn mkdir(&self, req: (u32, u32), parent: u64, name: &OsStr, mode: NewMode, reply: ReplyEntry) {
-        let mode = NewMode {
-            mode: mode.mode & 0o7777,
-            ..mode
-        };
         self.make_entry("mkdir", req, parent, reply, |p, owner| {
             self.ovl.mkdir(p, name, mode, owner)
         })
@@ -1311,10 +1304,6 @@ impl Inner {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = NewMode {
-            mode: mode.mode & 0o7777,
-            ..mode
-        };
         let r = (|| {
             let p = self.node(parent)?;
             let owner = self.owner(req.0, req.1, &p)?;
@@ -1901,6 +1890,13 @@ fn needs_copy_up_of_data(node: &NodeRef) -> bool {
 const SHORT_COPY_UP: u64 = 1 << 20;
 
 impl Inner {
+    /// [`Inner::long_copy_up`] of the node the kernel calls `nodeid` (false if unknown).
+    fn long_copy_up_of(&self, nodeid: u64) -> bool {
+        self.table
+            .get(nodeid)
+            .is_some_and(|n| self.long_copy_up(&n))
+    }
+
     /// True when an operation on `node` may copy a big file up (so it should not hold a
     /// fuser worker).
     fn long_copy_up(&self, node: &NodeRef) -> bool {
@@ -1959,11 +1955,7 @@ impl Filesystem for OverlayFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let long = self
-            .inner
-            .table
-            .get(ino.0)
-            .is_some_and(|n| self.inner.long_copy_up(&n));
+        let long = self.inner.long_copy_up_of(ino.0);
         self.inner.offload("setattr", long, move |i| {
             i.setattr(
                 ino.0,
@@ -2073,11 +2065,7 @@ impl Filesystem for OverlayFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let long = self
-            .inner
-            .table
-            .get(ino.0)
-            .is_some_and(|n| self.inner.long_copy_up(&n));
+        let long = self.inner.long_copy_up_of(ino.0);
         if !long {
             return guarded("link", || {
                 self.inner.link(ino.0, newparent.0, newname, reply)
@@ -2244,11 +2232,7 @@ impl Filesystem for OverlayFs {
         if position != 0 {
             return reply.error(Errno::EINVAL);
         }
-        let long = self
-            .inner
-            .table
-            .get(ino.0)
-            .is_some_and(|n| self.inner.long_copy_up(&n));
+        let long = self.inner.long_copy_up_of(ino.0);
         if !long {
             return guarded("setxattr", || {
                 self.inner.setxattr(ino.0, name, value, flags, reply)
@@ -2269,11 +2253,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let long = self
-            .inner
-            .table
-            .get(ino.0)
-            .is_some_and(|n| self.inner.long_copy_up(&n));
+        let long = self.inner.long_copy_up_of(ino.0);
         if !long {
             return guarded("removexattr", || self.inner.removexattr(ino.0, name, reply));
         }
@@ -2316,12 +2296,7 @@ impl Filesystem for OverlayFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let long = cmd & 0xffff == 0x6602
-            && self
-                .inner
-                .table
-                .get(ino.0)
-                .is_some_and(|n| self.inner.long_copy_up(&n));
+        let long = cmd & 0xffff == 0x6602 && self.inner.long_copy_up_of(ino.0);
         let in_data = in_data.to_vec();
         self.inner.offload("ioctl", long, move |i| {
             i.ioctl(ino.0, cmd, &in_data, out_size, reply)
