@@ -61,10 +61,20 @@ struct Redirect {
 
 /// True when the object `fd` carries xattr `name` (its value is not read).
 fn xattr_present(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> bool {
-    matches!(
-        rustix::fs::fgetxattr(fd, name, &mut [0u8; 0][..]),
-        Ok(_) | Err(Errno::RANGE)
-    )
+    present(rustix::fs::fgetxattr(fd, name, &mut [0u8; 0][..]))
+}
+
+/// True when `name` in `dir` (not followed if a symlink) carries xattr `xname` (its value is
+/// not read).
+fn xattr_present_at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, xname: &str) -> bool {
+    let p = super::layers::proc_path(dir, name);
+    present(rustix::fs::lgetxattr(&p, xname, &mut [0u8; 0][..]))
+}
+
+/// A size query of an xattr: it exists (ERANGE cannot come with an empty buffer, but
+/// counts as present).
+fn present(r: std::result::Result<usize, Errno>) -> bool {
+    matches!(r, Ok(_) | Err(Errno::RANGE))
 }
 
 /// The operation named in the error for a metacopy file (see [`Overlay::is_metacopy`]).
@@ -116,12 +126,7 @@ impl Overlay {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
             return false;
         }
-        let p = super::layers::proc_path(dir, name);
-        let xname = self.layers.ns.whiteout();
-        matches!(
-            rustix::fs::lgetxattr(&p, xname, &mut [0u8; 64][..]),
-            Ok(_) | Err(Errno::RANGE)
-        )
+        xattr_present_at(dir, name, self.layers.ns.whiteout())
     }
 
     /// Resolve `name` in directory `parent` through the layers.
@@ -194,18 +199,17 @@ impl Overlay {
             let mut first_lower_ino: Option<u64> = None;
             // An absolute redirect is looked up from the root of every lower layer; a
             // relative one (a bare name) in the parent's lower directories.
-            let (layers, lname): (Lowers, &OsStr) = match &redirect {
-                Some(r) if r.absolute => (
-                    self.root().state.read().lowers.clone(),
-                    r.path.file_name().unwrap_or_default(),
-                ),
-                Some(r) => (
-                    pstate.lowers.clone(),
-                    r.path.file_name().unwrap_or_default(),
-                ),
-                None => (pstate.lowers.clone(), name),
+            // (`pstate` is a copy already: borrowed, not copied again.)
+            let root_lowers: Lowers;
+            let (layers, lname): (&Lowers, &OsStr) = match &redirect {
+                Some(r) if r.absolute => {
+                    root_lowers = self.root().state.read().lowers.clone();
+                    (&root_lowers, r.path.file_name().unwrap_or_default())
+                }
+                Some(r) => (&pstate.lowers, r.path.file_name().unwrap_or_default()),
+                None => (&pstate.lowers, name),
             };
-            for le in &layers {
+            for le in layers {
                 let layer = LayerRef::Lower(le.layer);
                 let dir = match &redirect {
                     Some(r) if r.absolute => {
@@ -331,11 +335,7 @@ impl Overlay {
         if FileKind::from_mode(st.st_mode) != FileKind::File || st.st_size == 0 {
             return false;
         }
-        let p = super::layers::proc_path(dir, name);
-        matches!(
-            rustix::fs::lgetxattr(&p, self.layers.ns.metacopy(), &mut [0u8; 0][..]),
-            Ok(_) | Err(Errno::RANGE)
-        )
+        xattr_present_at(dir, name, self.layers.ns.metacopy())
     }
 
     /// The overlay xattrs upper object `name` in `dir` carries, from one `llistxattr`, so a
