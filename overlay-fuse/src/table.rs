@@ -407,6 +407,11 @@ impl InodeTable {
     /// Mark an entry used; if it was chosen for eviction, the kernel still wants it.
     fn touch(&self, e: &mut Entry) {
         e.referenced = true;
+        self.stop_evicting(e);
+    }
+
+    /// The entry is no longer on its way out: it stops counting as in flight.
+    fn stop_evicting(&self, e: &mut Entry) {
         if e.evicting {
             e.evicting = false;
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -452,10 +457,7 @@ impl InodeTable {
     /// it is no longer counted as being evicted.
     pub fn eviction_failed(&self, nodeid: u64) {
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
-            if e.evicting {
-                e.evicting = false;
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.stop_evicting(e);
         }
     }
 

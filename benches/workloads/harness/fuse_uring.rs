@@ -26,13 +26,13 @@ impl FuseUringSwitch {
             };
         };
         let mut before = None;
-        let mut note = "";
+        let mut note = String::new();
         if let Some(on) = want {
             let value = if on { "Y" } else { "N" };
             if now != value {
                 match fs::write(ENABLE_URING, value) {
                     Ok(()) => before = Some(now.clone()),
-                    Err(_) => note = " (could not be changed: not root)",
+                    Err(e) => note = format!(" (could not be changed: {e})"),
                 }
             }
         }
@@ -42,6 +42,19 @@ impl FuseUringSwitch {
         FuseUringSwitch {
             before,
             state: format!("FUSE over io_uring enable_uring={effective}{note}"),
+        }
+    }
+}
+
+impl FuseUringSwitch {
+    /// Switch FUSE over io_uring on for as long as the guard lives; the state it is in
+    /// instead when that cannot be done.
+    pub fn on() -> Result<FuseUringSwitch, String> {
+        let switch = FuseUringSwitch::apply(Some(true));
+        if switch.state.ends_with("enable_uring=Y") {
+            Ok(switch)
+        } else {
+            Err(switch.state.clone())
         }
     }
 }

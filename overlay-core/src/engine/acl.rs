@@ -80,18 +80,25 @@ pub(crate) fn inherit(default_acl: &[u8], mode: u32) -> Option<(u32, Option<Vec<
     Some((m & 0o777, access))
 }
 
+/// The xattr value of an ACL of `(tag, perm, id)` entries (`id` `u32::MAX` for the entries
+/// that have none), for tests.
+#[cfg(test)]
+pub(crate) fn encode(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut out = VERSION.to_le_bytes().to_vec();
+    for (t, p, i) in entries {
+        out.extend_from_slice(&t.to_le_bytes());
+        out.extend_from_slice(&p.to_le_bytes());
+        out.extend_from_slice(&i.to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut out = VERSION.to_le_bytes().to_vec();
-        for (t, p, i) in entries {
-            out.extend_from_slice(&t.to_le_bytes());
-            out.extend_from_slice(&p.to_le_bytes());
-            out.extend_from_slice(&i.to_le_bytes());
-        }
-        out
+        encode(entries)
     }
 
     const ANY: u32 = u32::MAX;

@@ -1246,41 +1246,45 @@ fn lower_atimes_never_change() {
     }
 }
 
-/// A default ACL on the workdir must not reach copied-up files (the kernel strips the ACLs
-/// of `workdir/work`): the upper copy has exactly the lower file's xattrs.
-#[test]
-fn workdir_acl_is_not_inherited_by_copy_up() {
-    let f = Fixture::new(1);
-    write(&f.lowers[0].join("f"), "data");
-    // system.posix_acl_default: user::rwx user:65534:rwx group::r-x mask::rwx other::r-x
-    let mut acl = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [
-        (0x01u16, 7u16, u32::MAX),
-        (0x02, 7, 65534),
-        (0x04, 5, u32::MAX),
-        (0x10, 7, u32::MAX),
-        (0x20, 5, u32::MAX),
-    ] {
-        acl.extend_from_slice(&tag.to_le_bytes());
-        acl.extend_from_slice(&perm.to_le_bytes());
-        acl.extend_from_slice(&id.to_le_bytes());
-    }
+/// Give directory `dir` a default ACL of `entries` (see `acl::encode`). False (the test
+/// then returns) where the temp dir's filesystem has no POSIX ACLs, which fails under CI.
+fn set_default_acl_or_skip(dir: &Path, entries: &[(u16, u16, u32)]) -> bool {
+    let value = super::acl::encode(entries);
     match rustix::fs::setxattr(
-        &f.work,
-        "system.posix_acl_default",
-        &acl,
+        dir,
+        super::acl::DEFAULT_ACL,
+        &value,
         rustix::fs::XattrFlags::empty(),
     ) {
-        Ok(()) => {}
+        Ok(()) => true,
         Err(rustix::io::Errno::OPNOTSUPP) => {
             eprintln!("skipped: no POSIX ACLs on the temp dir's filesystem");
             assert!(
                 std::env::var("CI").is_err(),
                 "CI needs ACLs on the temp dir"
             );
-            return;
+            false
         }
-        Err(e) => panic!("set default ACL: {e}"),
+        Err(e) => panic!("set the default ACL of {}: {e}", dir.display()),
+    }
+}
+
+/// A default ACL on the workdir must not reach copied-up files (the kernel strips the ACLs
+/// of `workdir/work`): the upper copy has exactly the lower file's xattrs.
+#[test]
+fn workdir_acl_is_not_inherited_by_copy_up() {
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("f"), "data");
+    // user::rwx user:65534:rwx group::r-x mask::rwx other::r-x
+    let entries = [
+        (0x01, 7, u32::MAX),
+        (0x02, 7, 65534),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ];
+    if !set_default_acl_or_skip(&f.work, &entries) {
+        return;
     }
     let ovl = f.overlay();
     let node = walk(&ovl, "f").unwrap();
@@ -1478,25 +1482,12 @@ fn umask_applies_only_without_a_default_acl() {
     std::fs::create_dir(f.lowers[0].join("plain")).unwrap();
     std::fs::create_dir(f.lowers[0].join("acl")).unwrap();
     // user::rwx group::rwx other::rwx: equivalent to the mode, no umask.
-    let mut acl = 2u32.to_le_bytes().to_vec();
-    for (tag, perm) in [(0x01u16, 7u16), (0x04, 7), (0x20, 7)] {
-        acl.extend_from_slice(&tag.to_le_bytes());
-        acl.extend_from_slice(&perm.to_le_bytes());
-        acl.extend_from_slice(&u32::MAX.to_le_bytes());
-    }
-    if rustix::fs::setxattr(
-        f.lowers[0].join("acl"),
-        "system.posix_acl_default",
-        &acl,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .is_err()
-    {
-        eprintln!("skipped: no POSIX ACLs on the temp dir's filesystem");
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI needs ACLs on the temp dir"
-        );
+    let entries = [
+        (0x01, 7, u32::MAX),
+        (0x04, 7, u32::MAX),
+        (0x20, 7, u32::MAX),
+    ];
+    if !set_default_acl_or_skip(&f.lowers[0].join("acl"), &entries) {
         return;
     }
     let ovl = f.overlay();

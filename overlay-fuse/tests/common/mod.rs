@@ -44,15 +44,14 @@ pub use fuse_uring::FuseUringSwitch;
 /// it was on drop). `None` where it cannot be turned on: under CI=true the test fails, else
 /// it is skipped. Global: other tests' mounts made meanwhile may use io_uring too.
 pub fn require_fuse_uring(test: &str) -> Option<FuseUringSwitch> {
-    let switch = FuseUringSwitch::apply(Some(true));
-    if switch.state.ends_with("enable_uring=Y") {
-        return Some(switch);
-    }
-    skip(
-        test,
-        &format!("FUSE over io_uring cannot be enabled: {}", switch.state),
-    );
-    None
+    FuseUringSwitch::on()
+        .map_err(|state| {
+            skip(
+                test,
+                &format!("FUSE over io_uring cannot be enabled: {state}"),
+            )
+        })
+        .ok()
 }
 
 /// Names of the threads of process `pid` that serve io_uring queues.
