@@ -31,6 +31,11 @@ struct RawEntry {
     ft: FileType,
 }
 
+/// The one entry an emptiness check returns: the first visible one (no inode number).
+fn visible_entry(name: OsString, kind: FileKind) -> DirEntry {
+    DirEntry { name, ino: 0, kind }
+}
+
 /// The entries of one layer's directory; `lower`: without touching its atime.
 fn read_entries(
     dir: &std::os::fd::OwnedFd,
@@ -115,12 +120,7 @@ impl Overlay {
                 }
                 let kind = kind.expect("kind");
                 if empty_check.is_some() {
-                    out.push(DirEntry {
-                        name: e.name,
-                        ino: 0,
-                        kind,
-                    });
-                    return Ok(out);
+                    return Ok(vec![visible_entry(e.name, kind)]);
                 }
                 seen.insert(e.name.clone());
                 let ino = if let Some(n) = dir.cached_child(&e.name) {
@@ -188,12 +188,7 @@ impl Overlay {
                 }
                 let kind = kind.expect("kind");
                 if empty_check.is_some() {
-                    out.push(DirEntry {
-                        name: e.name,
-                        ino: 0,
-                        kind,
-                    });
-                    return Ok(out);
+                    return Ok(vec![visible_entry(e.name, kind)]);
                 }
                 seen.insert(e.name.clone());
                 let ino = match dir.cached_child(&e.name) {
