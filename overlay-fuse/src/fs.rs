@@ -1786,11 +1786,12 @@ impl Inner {
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                 .is_err()
         {
-            let switch = "/sys/module/fuse/parameters/enable_uring";
-            if std::fs::read_to_string(switch).is_ok_and(|v| v.trim() == "N") {
+            use overlay_core::mount::probe::{fuse_uring_switch_on, FUSE_URING_SWITCH};
+            if fuse_uring_switch_on() == Some(false) {
                 info!(
-                    "FUSE over io_uring is switched off in this kernel: `echo Y > {switch}` (as \
-                     root) makes requests cheaper for mounts made after it"
+                    "FUSE over io_uring is switched off in this kernel: `echo Y > \
+                     {FUSE_URING_SWITCH}` (as root) makes requests cheaper for mounts made \
+                     after it"
                 );
             } else {
                 info!("kernel does not offer FUSE over io_uring");

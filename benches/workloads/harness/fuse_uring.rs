@@ -1,11 +1,10 @@
 //! The kernel's switch for FUSE over io_uring, set for a benchmark run or a test and put back
-//! as it was. Self-contained (std only): the tests include this file too.
+//! as it was. The test crates include this file too.
 
 use std::fs;
 
-/// `/sys/module/fuse/parameters/enable_uring`: whether the kernel offers FUSE over io_uring
-/// to the FUSE servers that ask for it.
-const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+/// Whether the kernel offers FUSE over io_uring to the FUSE servers that ask for it.
+const ENABLE_URING: &str = overlay_core::mount::probe::FUSE_URING_SWITCH;
 
 /// The kernel's FUSE-over-io_uring switch, set for a run and put back as it was on drop.
 #[derive(Debug)]

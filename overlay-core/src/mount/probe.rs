@@ -106,9 +106,21 @@ pub struct Probe {
     pub options: Vec<Feature>,
 }
 
+/// The kernel's switch for FUSE over io_uring (Linux 6.14+): while it reads `Y`, the kernel
+/// offers the transport to the FUSE servers that ask for it (ovl-fuse does).
+pub const FUSE_URING_SWITCH: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// The value of [`FUSE_URING_SWITCH`]: `None` where this kernel has no such switch (or the
+/// fuse module is not loaded).
+pub fn fuse_uring_switch_on() -> Option<bool> {
+    std::fs::read_to_string(FUSE_URING_SWITCH)
+        .ok()
+        .map(|v| v.trim() == "Y")
+}
+
 /// Whether the kernel offers FUSE over io_uring to a FUSE server that asks (ovl-fuse does).
 fn fuse_io_uring(kv: (u32, u32, u32), kernel_release: &str) -> Support {
-    const SWITCH: &str = "/sys/module/fuse/parameters/enable_uring";
+    const SWITCH: &str = FUSE_URING_SWITCH;
     if (kv.0, kv.1) < (6, 14) {
         return Support::No(format!(
             "FUSE over io_uring needs Linux 6.14 (this is {kernel_release})"
@@ -121,12 +133,12 @@ fn fuse_io_uring(kv: (u32, u32, u32), kernel_release: &str) -> Support {
     if disabled == 2 {
         return Support::No("io_uring is disabled (kernel.io_uring_disabled=2)".into());
     }
-    match std::fs::read_to_string(SWITCH) {
-        Ok(v) if v.trim() == "Y" => Support::Yes,
-        Ok(_) => Support::No(format!(
+    match fuse_uring_switch_on() {
+        Some(true) => Support::Yes,
+        Some(false) => Support::No(format!(
             "switched off: `echo Y > {SWITCH}` as root turns it on for mounts made after it"
         )),
-        Err(_) => Support::No(format!(
+        None => Support::No(format!(
             "{SWITCH} is absent (a kernel without CONFIG_FUSE_IO_URING, or the fuse module is not loaded)"
         )),
     }
@@ -863,7 +875,7 @@ mod tests {
             "{old:?}"
         );
         // On a kernel with the transport, the answer is the switch's value.
-        let switch = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring");
+        let switch = std::fs::read_to_string(FUSE_URING_SWITCH);
         let now = fuse_io_uring((6, 18, 0), "6.18.0");
         match switch.as_deref().map(str::trim) {
             Ok("Y") => assert!(now.is_yes(), "{now:?}"),
