@@ -88,14 +88,20 @@ fn fuse_writeback_matches_kernel() {
     );
 }
 
+/// The set-up of the io_uring tests: mounts possible and the kernel's io_uring switch on
+/// (for as long as the guard lives). `None`: skip (which fails under CI=true).
+fn mounts_with_fuse_uring() -> Option<common::fuse_uring::FuseUringSwitch> {
+    init();
+    if !require_mounts() {
+        return None;
+    }
+    common::require_fuse_uring()
+}
+
 /// Generated sequences with requests served through FUSE over io_uring.
 #[test]
 fn fuse_io_uring_matches_kernel() {
-    init();
-    if !require_mounts() {
-        return;
-    }
-    let Some(_uring) = common::require_fuse_uring() else {
+    let Some(_uring) = mounts_with_fuse_uring() else {
         return;
     };
     // The transport is really in use (the property below cannot tell).
@@ -130,11 +136,7 @@ fn fuse_io_uring_matches_kernel() {
 /// falls back to `/dev/fuse` reads instead of holding every request forever.
 #[test]
 fn fuse_io_uring_failure_falls_back_to_dev_fuse() {
-    init();
-    if !require_mounts() {
-        return;
-    }
-    let Some(_uring) = common::require_fuse_uring() else {
+    let Some(_uring) = mounts_with_fuse_uring() else {
         return;
     };
     let (_tmp, s, mnt) = fixture_with_mountpoint();
