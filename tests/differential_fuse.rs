@@ -513,7 +513,7 @@ fn inode_flags_through(root: &std::path::Path) -> Vec<String> {
     };
     let set = |p: &std::path::Path, add: IFlags, clear: IFlags| -> String {
         let f = std::fs::File::open(p).unwrap();
-        match ioctl_getflags(&f).and_then(|fl| ioctl_setflags(&f, (fl | add) & !clear)) {
+        match ioctl_getflags(&f).and_then(|fl| ioctl_setflags(&f, (fl | add).difference(clear))) {
             Ok(()) => "ok".into(),
             Err(e) => e.to_string(),
         }

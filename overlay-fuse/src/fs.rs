@@ -49,6 +49,7 @@ use overlay_core::{
 use parking_lot::{Mutex, RwLock};
 use tracing::{debug, error, info, warn};
 
+use crate::caller::{Caller, Capability};
 use crate::idmap::IdPolicy;
 use crate::pool::LongOpPool;
 use crate::prefetch::{Job, Prefetcher};
@@ -414,6 +415,8 @@ struct OpenFile {
     /// The file is the lower one (read-only open of a lower-only file).
     from_lower: AtomicBool,
     mode: IoMode,
+    /// Generation of inode `nodeid` the open belongs to (see [`InodeTable::release_io`]).
+    generation: u64,
 }
 
 /// An open directory with its listing snapshot (taken at the first read from offset 0).
@@ -526,6 +529,15 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
         TimeOrNow::SpecificTime(t) => TimeSet::At(timestamp(t)),
+    }
+}
+
+/// The credentials of the process behind `req`.
+fn caller_of(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -807,11 +819,12 @@ impl Inner {
             Ok(p) => {
                 // The kernel holds the name, so this is the engine's live child (cheap).
                 let victim = self.ovl.lookup(&p, name).ok();
+                let last_link = victim.as_ref().is_some_and(|v| self.is_last_link(v));
                 match self.ovl.unlink(&p, name) {
                     Ok(()) => {
                         // Before the reply: the kernel may send the next request at once.
                         if let Some(v) = victim {
-                            self.table.unlinked(&v);
+                            self.table.unlinked(&v, last_link);
                         }
                         reply.ok();
                     }
@@ -824,10 +837,18 @@ impl Inner {
 
     fn rmdir(&self, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         match self.node(parent) {
-            Ok(p) => match self.ovl.rmdir(&p, name) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rmdir", &e)),
-            },
+            Ok(p) => {
+                let victim = self.ovl.lookup(&p, name).ok();
+                match self.ovl.rmdir(&p, name) {
+                    Ok(()) => {
+                        if let Some(v) = victim {
+                            self.table.unlinked(&v, true);
+                        }
+                        reply.ok()
+                    }
+                    Err(e) => reply.error(errno("rmdir", &e)),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -863,13 +884,14 @@ impl Inner {
         } else {
             self.ovl.lookup(&np, newname).ok()
         };
+        let last_link = victim.as_ref().is_some_and(|v| self.is_last_link(v));
         match self.ovl.rename(&p, name, &np, newname, f) {
             Ok(()) => {
                 // Before the reply (the kernel may send the next request at once): keep the
                 // table's engine nodes current for the moved object(s), and the parent of a
                 // moved directory (for "..").
                 if let Some(v) = victim {
-                    self.table.unlinked(&v);
+                    self.table.unlinked(&v, last_link);
                 }
                 self.refresh_name(newparent, &np, newname);
                 if f.contains(RenameFlags::EXCHANGE) {
@@ -879,6 +901,13 @@ impl Inner {
             }
             Err(e) => reply.error(errno("rename", &e)),
         }
+    }
+
+    /// True when removing the name of `node` removes the object: a directory, or a file
+    /// with one link (asked before the removal; an error counts as the last link, which at
+    /// worst makes the kernel drop its inode early).
+    fn is_last_link(&self, node: &NodeRef) -> bool {
+        node.kind() == FileKind::Directory || self.ovl.getattr(node).map_or(true, |a| a.nlink <= 1)
     }
 
     fn refresh_name(&self, parent: u64, p: &NodeRef, name: &OsStr) {
@@ -1098,7 +1127,9 @@ impl Inner {
         }
     }
 
-    fn listxattr(&self, ino: u64, size: u32, reply: ReplyXattr) {
+    /// The names of the inode's xattrs; `trusted.*` ones only for a caller with
+    /// `CAP_SYS_ADMIN`, as the kernel overlay lists them (the daemon itself may see them all).
+    fn listxattr(&self, caller: Caller, ino: u64, size: u32, reply: ReplyXattr) {
         if !self.cfg.xattrs {
             return reply.error(Errno::ENOSYS);
         }
@@ -1106,7 +1137,11 @@ impl Inner {
             .node(ino)
             .and_then(|n| self.ovl.listxattr(&n).map_err(|e| errno("listxattr", &e)))
         {
-            Ok(names) => {
+            Ok(mut names) => {
+                let trusted = |n: &OsString| n.as_bytes().starts_with(b"trusted.");
+                if names.iter().any(trusted) && !caller.has_capability(Capability::SysAdmin) {
+                    names.retain(|n| !trusted(n));
+                }
                 let mut buf = Vec::new();
                 for n in names {
                     buf.extend_from_slice(n.as_bytes());
@@ -1184,7 +1219,7 @@ impl Inner {
         upper_file: bool,
         file: &Arc<File>,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
-    ) -> (IoMode, FopenFlags, Option<Arc<BackingId>>) {
+    ) -> (IoMode, FopenFlags, Option<Arc<BackingId>>, u64) {
         let want_pt = upper_file && self.passthrough.load(Ordering::Relaxed);
         let keep = if self.ttl().is_zero() {
             FopenFlags::empty()
@@ -1229,13 +1264,14 @@ impl Inner {
             };
             (IoMode::Cached, flags, None)
         });
-        let decided = decided.unwrap_or((IoMode::Cached, FopenFlags::empty(), None));
-        let counter = match decided.0 {
+        let ((mode, fopen, backing), generation) =
+            decided.unwrap_or(((IoMode::Cached, FopenFlags::empty(), None), 0));
+        let counter = match mode {
             IoMode::Passthrough => &self.passthrough_opens,
             IoMode::Cached => &self.cached_opens,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        decided
+        (mode, fopen, backing, generation)
     }
 
     fn open(&self, ino: u64, node: NodeRef, flags: i32, reply: ReplyOpen) {
@@ -1272,7 +1308,7 @@ impl Inner {
         }
         let upper_file = !from_lower && !split && node.kind() == FileKind::File;
         let file = Arc::new(file);
-        let (mode, fopen, backing) =
+        let (mode, fopen, backing, generation) =
             self.choose_io(ino, upper_file, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: ino,
@@ -1280,6 +1316,7 @@ impl Inner {
             file: RwLock::new(file),
             from_lower: AtomicBool::new(from_lower),
             mode,
+            generation,
         });
         match backing {
             Some(b) => reply.opened_passthrough(FileHandle(fh), fopen, &b),
@@ -1325,13 +1362,15 @@ impl Inner {
         };
         let (id, generation) = self.remember(node.clone(), parent);
         let file = Arc::new(file);
-        let (mode, fopen, backing) = self.choose_io(id, true, &file, |f| reply.open_backing(f));
+        let (mode, fopen, backing, io_generation) =
+            self.choose_io(id, true, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: id,
             node,
             file: RwLock::new(file),
             from_lower: AtomicBool::new(false),
             mode,
+            generation: io_generation,
         });
         let attr = self.to_attr(id, &a);
         match backing {
@@ -1419,7 +1458,7 @@ impl Inner {
 
     fn release(&self, fh: u64, reply: ReplyEmpty) {
         if let Some(of) = self.files.remove(fh) {
-            self.table.release_io(of.nodeid, of.mode);
+            self.table.release_io(of.nodeid, of.generation, of.mode);
         }
         reply.ok();
     }
@@ -1454,54 +1493,95 @@ impl Inner {
     /// The inode-flags ioctls (`lsattr`, `chattr`; the kernel sends them for
     /// `FS_IOC_GETFLAGS`/`SETFLAGS` and for fileattr calls), on the topmost real object, a
     /// set after a copy-up. Every other ioctl: ENOTTY, for that call only.
-    fn ioctl(&self, ino: u64, cmd: u32, in_data: &[u8], out_size: u32, reply: ReplyIoctl) {
-        // _IOR('f', 1, long) and _IOW('f', 2, long), and their 32-bit forms.
-        const GET: [u32; 2] = [0x8008_6601, 0x8004_6601];
-        const SET: [u32; 2] = [0x4008_6602, 0x4004_6602];
+    ///
+    /// Only the 64-bit numbers, which the kernel sends after its own checks, are served. The
+    /// 32-bit ones (`FS_IOC32_*`) reach a FUSE server from a 64-bit process with no check at
+    /// all; the kernel overlay answers them ENOTTY, and so do we. A set is checked here
+    /// again all the same, with the caller's credentials (the daemon's would allow
+    /// anything): the owner or `CAP_FOWNER`, and `CAP_LINUX_IMMUTABLE` to change the
+    /// immutable or append-only flag, as the kernel's `fileattr_set_prepare` does.
+    fn ioctl(
+        &self,
+        caller: Caller,
+        ino: u64,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // _IOR('f', 1, long) and _IOW('f', 2, long).
+        const GETFLAGS: u32 = 0x8008_6601;
+        const SETFLAGS: u32 = 0x4008_6602;
         // _IOR('X', 31, struct fsxattr): the kernel asks it before every SETFLAGS.
         const FSGETXATTR: u32 = 0x801c_581f;
         let n = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        if cmd == FSGETXATTR {
-            // struct fsxattr, its flags derived from the inode flags as the kernel's
-            // fileattr_fill_flags does; extent size hints and project id read as 0.
-            return match self.ovl.inode_flags(&n) {
-                Ok(f) => {
-                    let mut out = [0u8; 28];
-                    out[..4].copy_from_slice(&fs_xflags(f.bits()).to_ne_bytes());
-                    reply.ioctl(0, &out[..(out_size as usize).min(out.len())])
+        match cmd {
+            FSGETXATTR => {
+                // struct fsxattr, its flags derived from the inode flags as the kernel's
+                // fileattr_fill_flags does; extent size hints and project id read as 0.
+                match self.ovl.inode_flags(&n) {
+                    Ok(f) => {
+                        let mut out = [0u8; 28];
+                        out[..4].copy_from_slice(&fs_xflags(f.bits()).to_ne_bytes());
+                        reply.ioctl(0, &out[..(out_size as usize).min(out.len())])
+                    }
+                    Err(e) => reply.error(errno("ioctl", &e)),
                 }
-                Err(e) => reply.error(errno("ioctl", &e)),
-            };
-        }
-        if GET.contains(&cmd) {
-            match self.ovl.inode_flags(&n) {
+            }
+            GETFLAGS => match self.ovl.inode_flags(&n) {
                 Ok(f) => {
                     let b = f.bits().to_ne_bytes();
                     reply.ioctl(0, &b[..(out_size as usize).min(b.len())])
                 }
                 Err(e) => reply.error(errno("ioctl", &e)),
-            }
-        } else if SET.contains(&cmd) {
-            let Some(raw) = in_data.first_chunk::<4>() else {
-                return reply.error(Errno::EINVAL);
-            };
-            let flags = rustix::fs::IFlags::from_bits_retain(u32::from_ne_bytes(*raw));
-            let was_lower = n.is_lower_only();
-            match self.ovl.set_inode_flags(&n, flags) {
-                Ok(()) => {
-                    if was_lower {
-                        self.check_split(ino, &n);
-                    }
-                    reply.ioctl(0, &[])
+            },
+            SETFLAGS => {
+                let Some(raw) = in_data.first_chunk::<4>() else {
+                    return reply.error(Errno::EINVAL);
+                };
+                let flags = rustix::fs::IFlags::from_bits_retain(u32::from_ne_bytes(*raw));
+                if let Err(e) = self.may_set_inode_flags(caller, &n, flags) {
+                    return reply.error(e);
                 }
-                Err(e) => reply.error(errno("ioctl", &e)),
+                let was_lower = n.is_lower_only();
+                match self.ovl.set_inode_flags(&n, flags) {
+                    Ok(()) => {
+                        if was_lower {
+                            self.check_split(ino, &n);
+                        }
+                        reply.ioctl(0, &[])
+                    }
+                    Err(e) => reply.error(errno("ioctl", &e)),
+                }
             }
-        } else {
-            reply.error(Errno::ENOTTY)
+            _ => reply.error(Errno::ENOTTY),
         }
+    }
+
+    /// The kernel's checks for an inode-flags change, with the caller's credentials: EPERM
+    /// unless it owns the inode (as the mount shows the owner) or holds `CAP_FOWNER`, and
+    /// unless it holds `CAP_LINUX_IMMUTABLE` when the immutable or append-only flag changes.
+    fn may_set_inode_flags(
+        &self,
+        caller: Caller,
+        n: &NodeRef,
+        flags: rustix::fs::IFlags,
+    ) -> Result<(), Errno> {
+        use rustix::fs::IFlags;
+        let a = self.ovl.getattr(n).map_err(|e| errno("ioctl", &e))?;
+        let owner = self.cfg.ids.view_uid(a.uid) == caller.uid;
+        if !owner && !caller.has_capability(Capability::Fowner) {
+            return Err(Errno::EPERM);
+        }
+        let old = self.ovl.inode_flags(n).map_err(|e| errno("ioctl", &e))?;
+        let guarded = IFlags::IMMUTABLE | IFlags::APPEND;
+        if (old ^ flags).intersects(guarded) && !caller.has_capability(Capability::LinuxImmutable) {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
     }
 
     fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
@@ -2249,8 +2329,11 @@ impl Filesystem for OverlayFs {
         guarded("getxattr", || self.inner.getxattr(ino.0, name, size, reply))
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        guarded("listxattr", || self.inner.listxattr(ino.0, size, reply))
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let caller = caller_of(req);
+        guarded("listxattr", || {
+            self.inner.listxattr(caller, ino.0, size, reply)
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -2288,7 +2371,7 @@ impl Filesystem for OverlayFs {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
@@ -2299,8 +2382,9 @@ impl Filesystem for OverlayFs {
     ) {
         let long = cmd & 0xffff == 0x6602 && self.inner.long_copy_up_of(ino.0);
         let in_data = in_data.to_vec();
+        let caller = caller_of(req);
         self.inner.offload("ioctl", long, move |i| {
-            i.ioctl(ino.0, cmd, &in_data, out_size, reply)
+            i.ioctl(caller, ino.0, cmd, &in_data, out_size, reply)
         })
     }
 

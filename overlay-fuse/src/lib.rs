@@ -47,6 +47,7 @@
 //! round-trip savings); a bounded inode table (`max_inodes=`).
 #![warn(missing_docs)]
 
+pub mod caller;
 pub mod daemon;
 pub mod error;
 pub mod fs;

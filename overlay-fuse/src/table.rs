@@ -10,6 +10,17 @@
 //! new generation, so an inode number reused after a forget is a different inode for the
 //! kernel.
 //!
+//! An inode number can also be reused *while* the kernel still holds the old inode: a file
+//! deleted through the mount while a process keeps an `O_PATH` descriptor or a working
+//! directory in it (no open file, so the daemon holds nothing and the filesystem frees the
+//! inode), then a new file that gets the same number (ext4 does that at once). The entry of
+//! a removed object is marked gone when its last name goes ([`InodeTable::unlinked`]), and
+//! the next object remembered under its number gets a new generation: the kernel then
+//! takes the old inode for a stale one (it fails further use of it with EIO) instead of
+//! handing the new object to whoever holds the old one. Lookups of both kernel inodes are
+//! counted in the one entry (FORGET carries no generation); its I/O state starts afresh and
+//! releases of the old inode's opens no longer touch it.
+//!
 //! The table is sharded; shard locks are leaf locks, never held across engine calls.
 //!
 //! The kernel keeps dentries (and with them our entries and the engine's nodes) for as long
@@ -80,6 +91,9 @@ struct Entry {
     /// Further names (hard links) of the inode the kernel looked up; `node` falls back to
     /// one of them when its own name is removed.
     links: Vec<(NodeRef, u64)>,
+    /// The object was removed through the mount (its last name went): another object
+    /// remembered under this number is a new inode, with a new generation.
+    gone: bool,
 }
 
 impl Entry {
@@ -96,6 +110,7 @@ impl Entry {
             xattr_absent: 0,
             xattr_epoch: 0,
             links: Vec::new(),
+            gone: false,
         }
     }
 }
@@ -207,6 +222,10 @@ impl InodeTable {
     /// Record one kernel lookup of `node` (a lookup, create, mkdir, ... reply or a
     /// readdirplus entry), reached as a name in directory `parent`. The newest engine node
     /// replaces an older one for the same inode. Returns (node id, generation).
+    ///
+    /// When the entry's object is gone (removed through the mount) and `node` is another
+    /// object that got its inode number, the entry starts a new generation: the kernel must
+    /// not take the new object for the old inode it may still hold.
     pub fn remember(&self, node: NodeRef, parent: u64) -> (u64, u64) {
         let nodeid = self.nodeid_of(node.ino());
         let mut shard = self.shard(nodeid).lock();
@@ -214,7 +233,14 @@ impl InodeTable {
             Some(e) => {
                 e.lookups += 1;
                 self.touch(e);
-                if !Arc::ptr_eq(&e.node, &node) {
+                if e.gone && !Arc::ptr_eq(&e.node, &node) {
+                    e.generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    e.gone = false;
+                    e.io = IoState::default();
+                    e.links.clear();
+                    e.xattr_absent = 0;
+                    e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+                } else if !Arc::ptr_eq(&e.node, &node) {
                     e.xattr_absent = 0;
                     e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
                     // Another name of the same inode (a hard link): keep the old one too,
@@ -250,10 +276,12 @@ impl InodeTable {
         }
     }
 
-    /// The name of `node` was removed (unlink, or replaced by a rename): if the inode has
-    /// another known name, the entry switches to it, so operations on the inode keep working
-    /// through its remaining links.
-    pub fn unlinked(&self, node: &NodeRef) {
+    /// The name of `node` was removed (unlink, rmdir, or replaced by a rename): if the inode
+    /// has another known name, the entry switches to it, so operations on the inode keep
+    /// working through its remaining links. Otherwise, when `last_link` (the object had no
+    /// other link: a directory, or a file whose `st_nlink` was 1), the object is gone, and
+    /// another object remembered under its number is a new inode.
+    pub fn unlinked(&self, node: &NodeRef, last_link: bool) {
         let nodeid = self.nodeid_of(node.ino());
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
             e.links.retain(|(n, _)| !Arc::ptr_eq(n, node));
@@ -263,6 +291,8 @@ impl InodeTable {
                     e.parent = p;
                     e.xattr_absent = 0;
                     e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+                } else if last_link {
+                    e.gone = true;
                 }
             }
         }
@@ -361,30 +391,38 @@ impl InodeTable {
             .filter(|p| *p != 0)
     }
 
-    /// Run `f` on the I/O state of an inode under its shard lock.
-    pub fn with_io<R>(&self, nodeid: u64, f: impl FnOnce(&mut IoState) -> R) -> Option<R> {
+    /// Run `f` on the I/O state of an inode under its shard lock; returns its result and the
+    /// inode's generation (to hand back to [`InodeTable::release_io`]).
+    pub fn with_io<R>(&self, nodeid: u64, f: impl FnOnce(&mut IoState) -> R) -> Option<(R, u64)> {
         self.shard(nodeid)
             .lock()
             .get_mut(&nodeid)
-            .map(|e| f(&mut e.io))
+            .map(|e| (f(&mut e.io), e.generation))
     }
 
-    /// Undo the count of one released open.
-    pub fn release_io(&self, nodeid: u64, mode: IoMode) {
-        self.with_io(nodeid, |io| {
-            match mode {
-                IoMode::Cached => io.cached = io.cached.saturating_sub(1),
-                IoMode::Passthrough => {
-                    io.passthrough = io.passthrough.saturating_sub(1);
-                    if io.passthrough == 0 {
-                        io.backing = None;
-                    }
+    /// Undo the count of one released open of generation `generation` of `nodeid` (the
+    /// open of an older inode under the same number counts no more).
+    pub fn release_io(&self, nodeid: u64, generation: u64, mode: IoMode) {
+        let mut shard = self.shard(nodeid).lock();
+        let Some(e) = shard
+            .get_mut(&nodeid)
+            .filter(|e| e.generation == generation)
+        else {
+            return;
+        };
+        let io = &mut e.io;
+        match mode {
+            IoMode::Cached => io.cached = io.cached.saturating_sub(1),
+            IoMode::Passthrough => {
+                io.passthrough = io.passthrough.saturating_sub(1);
+                if io.passthrough == 0 {
+                    io.backing = None;
                 }
             }
-            if io.cached == 0 && io.passthrough == 0 {
-                io.upper_file = None;
-            }
-        });
+        }
+        if io.cached == 0 && io.passthrough == 0 {
+            io.upper_file = None;
+        }
     }
 
     /// Like [`InodeTable::get`], with the open upper copy of the inode if an open of one is

@@ -79,9 +79,14 @@ pub struct Layers {
 
 impl Layers {
     pub fn new(n_lowers: usize) -> Layers {
+        Self::new_in(&std::env::temp_dir(), n_lowers)
+    }
+
+    /// Same, in a temp dir under `dir` (for a test that needs a given filesystem).
+    pub fn new_in(dir: &Path, n_lowers: usize) -> Layers {
         let tmp = tempfile::Builder::new()
             .prefix("ovl-fuse-test.")
-            .tempdir()
+            .tempdir_in(dir)
             .unwrap();
         let mk = |n: &str| {
             let p = tmp.path().join(n);
