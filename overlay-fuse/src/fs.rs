@@ -1,8 +1,9 @@
 //! [`OverlayFs`]: the fuser `Filesystem` over an [`overlay_core::Overlay`].
 //!
 //! Design (see the crate docs for the why):
-//! * node id == `st_ino` (fuser's rule), taken from the engine's stable overlay inode number
-//!   ([`crate::table`]); `readdir`'s `d_ino` uses the same mapping.
+//! * node id == `st_ino` (fuser's rule), taken from the engine's stable overlay inode number,
+//!   or a fresh one for a new object whose number a removed object the kernel still holds
+//!   had ([`crate::table`]); `readdir`'s `d_ino` uses the same mapping.
 //! * Every handler runs under `catch_unwind`: a panic answers EIO to that request (the
 //!   dropped reply does it) and the worker goes on.
 //! * No global lock: the inode table and the handle tables are sharded, and no lock of this
@@ -415,8 +416,6 @@ struct OpenFile {
     /// The file is the lower one (read-only open of a lower-only file).
     from_lower: AtomicBool,
     mode: IoMode,
-    /// Generation of inode `nodeid` the open belongs to (see [`InodeTable::release_io`]).
-    generation: u64,
 }
 
 /// An open directory with its listing snapshot (taken at the first read from offset 0).
@@ -628,7 +627,7 @@ impl Inner {
     /// Record one kernel lookup of `node` as a name in `parent` (see
     /// [`InodeTable::remember`]), and start an eviction sweep when the table is over its
     /// capacity.
-    fn remember(&self, node: NodeRef, parent: u64) -> (u64, u64) {
+    fn remember(&self, node: NodeRef, parent: u64) -> Option<(u64, u64)> {
         let r = self.table.remember(node, parent);
         if self.table.begin_eviction() {
             match self.notify_tx.lock().as_ref() {
@@ -704,10 +703,13 @@ impl Inner {
 
     fn reply_entry(&self, parent: u64, node: NodeRef, reply: ReplyEntry) {
         match self.ovl.getattr(&node) {
-            Ok(a) => {
-                let (id, generation) = self.remember(node, parent);
-                reply.entry(&self.ttl(), &self.to_attr(id, &a), Generation(generation));
-            }
+            Ok(a) => match self.remember(node, parent) {
+                Some((id, generation)) => {
+                    reply.entry(&self.ttl(), &self.to_attr(id, &a), Generation(generation))
+                }
+                // Removed by another request since: the name is gone.
+                None => reply.error(Errno::ENOENT),
+            },
             Err(e) => reply.error(errno("getattr", &e)),
         }
     }
@@ -820,6 +822,9 @@ impl Inner {
                 // The kernel holds the name, so this is the engine's live child (cheap).
                 let victim = self.ovl.lookup(&p, name).ok();
                 let last_link = victim.as_ref().is_some_and(|v| self.is_last_link(v));
+                let marked = victim
+                    .as_ref()
+                    .and_then(|v| self.table.removing(v, last_link));
                 match self.ovl.unlink(&p, name) {
                     Ok(()) => {
                         // Before the reply: the kernel may send the next request at once.
@@ -828,7 +833,10 @@ impl Inner {
                         }
                         reply.ok();
                     }
-                    Err(e) => reply.error(errno("unlink", &e)),
+                    Err(e) => {
+                        self.table.removal_failed(marked);
+                        reply.error(errno("unlink", &e))
+                    }
                 }
             }
             Err(e) => reply.error(e),
@@ -839,6 +847,7 @@ impl Inner {
         match self.node(parent) {
             Ok(p) => {
                 let victim = self.ovl.lookup(&p, name).ok();
+                let marked = victim.as_ref().and_then(|v| self.table.removing(v, true));
                 match self.ovl.rmdir(&p, name) {
                     Ok(()) => {
                         if let Some(v) = victim {
@@ -846,7 +855,10 @@ impl Inner {
                         }
                         reply.ok()
                     }
-                    Err(e) => reply.error(errno("rmdir", &e)),
+                    Err(e) => {
+                        self.table.removal_failed(marked);
+                        reply.error(errno("rmdir", &e))
+                    }
                 }
             }
             Err(e) => reply.error(e),
@@ -885,6 +897,9 @@ impl Inner {
             self.ovl.lookup(&np, newname).ok()
         };
         let last_link = victim.as_ref().is_some_and(|v| self.is_last_link(v));
+        let marked = victim
+            .as_ref()
+            .and_then(|v| self.table.removing(v, last_link));
         match self.ovl.rename(&p, name, &np, newname, f) {
             Ok(()) => {
                 // Before the reply (the kernel may send the next request at once): keep the
@@ -899,7 +914,10 @@ impl Inner {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno("rename", &e)),
+            Err(e) => {
+                self.table.removal_failed(marked);
+                reply.error(errno("rename", &e))
+            }
         }
     }
 
@@ -1219,7 +1237,7 @@ impl Inner {
         upper_file: bool,
         file: &Arc<File>,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
-    ) -> (IoMode, FopenFlags, Option<Arc<BackingId>>, u64) {
+    ) -> (IoMode, FopenFlags, Option<Arc<BackingId>>) {
         let want_pt = upper_file && self.passthrough.load(Ordering::Relaxed);
         let keep = if self.ttl().is_zero() {
             FopenFlags::empty()
@@ -1264,14 +1282,13 @@ impl Inner {
             };
             (IoMode::Cached, flags, None)
         });
-        let ((mode, fopen, backing), generation) =
-            decided.unwrap_or(((IoMode::Cached, FopenFlags::empty(), None), 0));
-        let counter = match mode {
+        let decided = decided.unwrap_or((IoMode::Cached, FopenFlags::empty(), None));
+        let counter = match decided.0 {
             IoMode::Passthrough => &self.passthrough_opens,
             IoMode::Cached => &self.cached_opens,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        (mode, fopen, backing, generation)
+        decided
     }
 
     fn open(&self, ino: u64, node: NodeRef, flags: i32, reply: ReplyOpen) {
@@ -1308,7 +1325,7 @@ impl Inner {
         }
         let upper_file = !from_lower && !split && node.kind() == FileKind::File;
         let file = Arc::new(file);
-        let (mode, fopen, backing, generation) =
+        let (mode, fopen, backing) =
             self.choose_io(ino, upper_file, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: ino,
@@ -1316,7 +1333,6 @@ impl Inner {
             file: RwLock::new(file),
             from_lower: AtomicBool::new(from_lower),
             mode,
-            generation,
         });
         match backing {
             Some(b) => reply.opened_passthrough(FileHandle(fh), fopen, &b),
@@ -1360,17 +1376,18 @@ impl Inner {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let (id, generation) = self.remember(node.clone(), parent);
+        let Some((id, generation)) = self.remember(node.clone(), parent) else {
+            // Removed by another request since: the name is gone.
+            return reply.error(Errno::ENOENT);
+        };
         let file = Arc::new(file);
-        let (mode, fopen, backing, io_generation) =
-            self.choose_io(id, true, &file, |f| reply.open_backing(f));
+        let (mode, fopen, backing) = self.choose_io(id, true, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(OpenFile {
             nodeid: id,
             node,
             file: RwLock::new(file),
             from_lower: AtomicBool::new(false),
             mode,
-            generation: io_generation,
         });
         let attr = self.to_attr(id, &a);
         match backing {
@@ -1458,7 +1475,7 @@ impl Inner {
 
     fn release(&self, fh: u64, reply: ReplyEmpty) {
         if let Some(of) = self.files.remove(fh) {
-            self.table.release_io(of.nodeid, of.generation, of.mode);
+            self.table.release_io(of.nodeid, of.mode);
         }
         reply.ok();
     }
@@ -1791,7 +1808,9 @@ impl Inner {
                 continue; // removed since the snapshot
             };
             // Count the lookup first; undo it if the entry does not fit.
-            let (id, generation) = self.remember(node, d.nodeid);
+            let Some((id, generation)) = self.remember(node, d.nodeid) else {
+                continue; // removed since the lookup
+            };
             let attr = self.to_attr(id, &a);
             if reply.add(
                 INodeNo(id),

@@ -22,7 +22,10 @@
 //! Behaviour, as the kernel overlay: whiteouts, opaque directories and the overlay xattrs are
 //! the engine's (kernel format, `user.overlay.*` for unprivileged mounts); one `st_dev` for
 //! the whole mount (FUSE gives that); `st_ino` is the engine's stable inode number and is the
-//! FUSE node id ([`table`]); `readdir`'s `d_ino` equals `st_ino`.
+//! FUSE node id ([`table`]), except for a new object that got the number of a removed one
+//! the kernel still holds (an `O_PATH` descriptor or a working directory in a deleted
+//! file): it gets a node id never used before, and that is its `st_ino` while it exists;
+//! `readdir`'s `d_ino` equals `st_ino`.
 //!
 //! Differences from the kernel overlay that FUSE itself imposes: `statfs` reports FUSE's
 //! magic, not overlayfs's; `open(O_TMPFILE)` fails with EOPNOTSUPP (the kernel overlay

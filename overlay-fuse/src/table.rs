@@ -14,12 +14,13 @@
 //! deleted through the mount while a process keeps an `O_PATH` descriptor or a working
 //! directory in it (no open file, so the daemon holds nothing and the filesystem frees the
 //! inode), then a new file that gets the same number (ext4 does that at once). The entry of
-//! a removed object is marked gone when its last name goes ([`InodeTable::unlinked`]), and
-//! the next object remembered under its number gets a new generation: the kernel then
-//! takes the old inode for a stale one (it fails further use of it with EIO) instead of
-//! handing the new object to whoever holds the old one. Lookups of both kernel inodes are
-//! counted in the one entry (FORGET carries no generation); its I/O state starts afresh and
-//! releases of the old inode's opens no longer touch it.
+//! a removed object is marked gone when its last name goes ([`InodeTable::removing`]); a
+//! new object that comes with the number of a gone entry the kernel still holds gets a node
+//! id of its own, never used before (counted down from `u64::MAX - 1`, a range no
+//! filesystem's inode numbers reach), and keeps it while it exists (the remap is dropped
+//! when it is removed through the mount). The old inode goes on answering as the removed
+//! object it was (attributes from removal time, no opens), as the kernel overlay's does;
+//! the new object's `st_ino` is its node id.
 //!
 //! The table is sharded; shard locks are leaf locks, never held across engine calls.
 //!
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuser::BackingId;
-use overlay_core::NodeRef;
+use overlay_core::{FileKind, NodeRef};
 use parking_lot::Mutex;
 
 /// FUSE's root node id.
@@ -161,6 +162,13 @@ pub struct InodeTable {
     in_flight: AtomicUsize,
     /// Shard where the next sweep starts.
     cursor: AtomicUsize,
+    /// Engine inode numbers whose object has a node id of its own (see the module docs).
+    /// Lock order: this lock, then a shard lock; never the other way round.
+    remaps: Mutex<HashMap<u64, u64>>,
+    /// `remaps` is not empty (the common case reads no lock).
+    any_remaps: AtomicBool,
+    /// The next node id to hand out for a remap (counts down).
+    next_remap: AtomicU64,
 }
 
 impl InodeTable {
@@ -187,6 +195,9 @@ impl InodeTable {
             sweep_again: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             cursor: AtomicUsize::new(0),
+            remaps: Mutex::new(HashMap::new()),
+            any_remaps: AtomicBool::new(false),
+            next_remap: AtomicU64::new(u64::MAX - 1),
         };
         t.shard(ROOT_ID)
             .lock()
@@ -202,6 +213,16 @@ impl InodeTable {
 
     /// The node id (= `st_ino` shown) for an engine inode number.
     pub fn nodeid_of(&self, engine_ino: u64) -> u64 {
+        if self.any_remaps.load(Ordering::Acquire) {
+            if let Some(id) = self.remaps.lock().get(&engine_ino) {
+                return *id;
+            }
+        }
+        self.natural_nodeid(engine_ino)
+    }
+
+    /// The node id of an engine inode number without a remap.
+    fn natural_nodeid(&self, engine_ino: u64) -> u64 {
         if engine_ino == self.root_engine_ino {
             ROOT_ID
         } else if engine_ino == ROOT_ID {
@@ -226,40 +247,89 @@ impl InodeTable {
     /// When the entry's object is gone (removed through the mount) and `node` is another
     /// object that got its inode number, the entry starts a new generation: the kernel must
     /// not take the new object for the old inode it may still hold.
-    pub fn remember(&self, node: NodeRef, parent: u64) -> (u64, u64) {
-        let nodeid = self.nodeid_of(node.ino());
-        let mut shard = self.shard(nodeid).lock();
-        match shard.get_mut(&nodeid) {
-            Some(e) => {
-                e.lookups += 1;
-                self.touch(e);
-                if e.gone && !Arc::ptr_eq(&e.node, &node) {
-                    e.generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    e.gone = false;
-                    e.io = IoState::default();
-                    e.links.clear();
-                    e.xattr_absent = 0;
-                    e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
-                } else if !Arc::ptr_eq(&e.node, &node) {
-                    e.xattr_absent = 0;
-                    e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
-                    // Another name of the same inode (a hard link): keep the old one too,
-                    // unless a copy-up split it off (it has another number now).
-                    e.links.retain(|(n, _)| !Arc::ptr_eq(n, &node));
-                    if e.node.ino() == node.ino() && e.links.len() < MAX_LINKS {
-                        e.links.push((e.node.clone(), e.parent));
+    ///
+    /// `None` when `node` was removed from the tree meanwhile (a race with an unlink or a
+    /// rename): the name is gone, and its number may already be another object's.
+    pub fn remember(&self, node: NodeRef, parent: u64) -> Option<(u64, u64)> {
+        loop {
+            let nodeid = self.nodeid_of(node.ino());
+            let mut shard = self.shard(nodeid).lock();
+            // Checked under the shard lock: an unlink marks the node before the entry.
+            if node.is_unlinked() {
+                return None;
+            }
+            match shard.get_mut(&nodeid) {
+                Some(e) if e.gone && !Arc::ptr_eq(&e.node, &node) => {
+                    // A new object with the number of a removed one the kernel still holds.
+                    drop(shard);
+                    if let Some(r) = self.remap(node.clone(), parent, nodeid) {
+                        return Some(r);
                     }
+                    // Another request remapped it meanwhile: look again.
                 }
-                e.node = node;
-                e.parent = parent;
-                (nodeid, e.generation)
+                Some(e) => {
+                    e.lookups += 1;
+                    self.touch(e);
+                    if !Arc::ptr_eq(&e.node, &node) {
+                        e.xattr_absent = 0;
+                        e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
+                        // Another name of the same inode (a hard link): keep the old one
+                        // too, unless a copy-up split it off (it has another number now).
+                        e.links.retain(|(n, _)| !Arc::ptr_eq(n, &node));
+                        if e.node.ino() == node.ino() && e.links.len() < MAX_LINKS {
+                            e.links.push((e.node.clone(), e.parent));
+                        }
+                    }
+                    e.node = node;
+                    e.parent = parent;
+                    return Some((nodeid, e.generation));
+                }
+                None => {
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    shard.insert(nodeid, Entry::new(node, generation, parent));
+                    self.count.fetch_add(1, Ordering::Relaxed);
+                    return Some((nodeid, generation));
+                }
             }
-            None => {
-                let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                shard.insert(nodeid, Entry::new(node, generation, parent));
-                self.count.fetch_add(1, Ordering::Relaxed);
-                (nodeid, generation)
-            }
+        }
+    }
+
+    /// Give `node`'s object a node id of its own, in place of `taken` (the node id of a
+    /// removed object the kernel still holds), and record its first lookup. `None` when
+    /// another request changed the object's node id meanwhile.
+    fn remap(&self, node: NodeRef, parent: u64, taken: u64) -> Option<(u64, u64)> {
+        let ino = node.ino();
+        let mut remaps = self.remaps.lock();
+        if remaps
+            .get(&ino)
+            .copied()
+            .unwrap_or_else(|| self.natural_nodeid(ino))
+            != taken
+        {
+            return None;
+        }
+        let nodeid = self.next_remap.fetch_sub(1, Ordering::Relaxed);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        // Under the remap lock, so that no request sees the remap before the entry.
+        self.shard(nodeid)
+            .lock()
+            .insert(nodeid, Entry::new(node, generation, parent));
+        self.count.fetch_add(1, Ordering::Relaxed);
+        remaps.insert(ino, nodeid);
+        self.any_remaps.store(true, Ordering::Release);
+        Some((nodeid, generation))
+    }
+
+    /// The object of `engine_ino` that had node id `nodeid` was removed: later objects with
+    /// the number get the natural node id again (or a new remap while the kernel holds it).
+    fn drop_remap(&self, engine_ino: u64, nodeid: u64) {
+        if !self.any_remaps.load(Ordering::Acquire) {
+            return;
+        }
+        let mut remaps = self.remaps.lock();
+        if remaps.get(&engine_ino) == Some(&nodeid) {
+            remaps.remove(&engine_ino);
+            self.any_remaps.store(!remaps.is_empty(), Ordering::Release);
         }
     }
 
@@ -276,6 +346,38 @@ impl InodeTable {
         }
     }
 
+    /// The name of `node` is about to be removed (unlink, rmdir, or replaced by a rename).
+    /// When that removes the object (`last_link`: a directory, or a file whose `st_nlink`
+    /// is 1), its entry is marked gone *before* the removal: the filesystem may hand the
+    /// freed number to a new object the moment the removal is done, and that object must
+    /// be a new inode for the kernel. Returns what [`InodeTable::removal_failed`] needs.
+    pub fn removing(&self, node: &NodeRef, last_link: bool) -> Option<(u64, u64)> {
+        if !last_link {
+            return None;
+        }
+        let nodeid = self.nodeid_of(node.ino());
+        let mut shard = self.shard(nodeid).lock();
+        let e = shard.get_mut(&nodeid)?;
+        if !Arc::ptr_eq(&e.node, node) && node.kind() != FileKind::Directory {
+            return None;
+        }
+        let was_gone = std::mem::replace(&mut e.gone, true);
+        (!was_gone).then_some((nodeid, e.generation))
+    }
+
+    /// The removal announced by [`InodeTable::removing`] failed: the object lives on,
+    /// unless the entry moved on to a new generation meanwhile.
+    pub fn removal_failed(&self, marked: Option<(u64, u64)>) {
+        let Some((nodeid, generation)) = marked else {
+            return;
+        };
+        if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
+            if e.generation == generation {
+                e.gone = false;
+            }
+        }
+    }
+
     /// The name of `node` was removed (unlink, rmdir, or replaced by a rename): if the inode
     /// has another known name, the entry switches to it, so operations on the inode keep
     /// working through its remaining links. Otherwise, when `last_link` (the object had no
@@ -283,18 +385,26 @@ impl InodeTable {
     /// another object remembered under its number is a new inode.
     pub fn unlinked(&self, node: &NodeRef, last_link: bool) {
         let nodeid = self.nodeid_of(node.ino());
+        let mut gone = false;
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
             e.links.retain(|(n, _)| !Arc::ptr_eq(n, node));
-            if Arc::ptr_eq(&e.node, node) {
+            if last_link && (Arc::ptr_eq(&e.node, node) || e.node.kind() == FileKind::Directory) {
+                // The other nodes the entry knew were older nodes of the same name, not
+                // other links: the object is gone with this name.
+                e.links.clear();
+                e.gone = true;
+                gone = true;
+            } else if Arc::ptr_eq(&e.node, node) {
                 if let Some((n, p)) = e.links.pop() {
                     e.node = n;
                     e.parent = p;
                     e.xattr_absent = 0;
                     e.xattr_epoch = e.xattr_epoch.wrapping_add(1);
-                } else if last_link {
-                    e.gone = true;
                 }
             }
+        }
+        if gone || last_link {
+            self.drop_remap(node.ino(), nodeid);
         }
     }
 
@@ -391,23 +501,18 @@ impl InodeTable {
             .filter(|p| *p != 0)
     }
 
-    /// Run `f` on the I/O state of an inode under its shard lock; returns its result and the
-    /// inode's generation (to hand back to [`InodeTable::release_io`]).
-    pub fn with_io<R>(&self, nodeid: u64, f: impl FnOnce(&mut IoState) -> R) -> Option<(R, u64)> {
+    /// Run `f` on the I/O state of an inode under its shard lock.
+    pub fn with_io<R>(&self, nodeid: u64, f: impl FnOnce(&mut IoState) -> R) -> Option<R> {
         self.shard(nodeid)
             .lock()
             .get_mut(&nodeid)
-            .map(|e| (f(&mut e.io), e.generation))
+            .map(|e| f(&mut e.io))
     }
 
-    /// Undo the count of one released open of generation `generation` of `nodeid` (the
-    /// open of an older inode under the same number counts no more).
-    pub fn release_io(&self, nodeid: u64, generation: u64, mode: IoMode) {
+    /// Undo the count of one released open.
+    pub fn release_io(&self, nodeid: u64, mode: IoMode) {
         let mut shard = self.shard(nodeid).lock();
-        let Some(e) = shard
-            .get_mut(&nodeid)
-            .filter(|e| e.generation == generation)
-        else {
+        let Some(e) = shard.get_mut(&nodeid) else {
             return;
         };
         let io = &mut e.io;
@@ -609,7 +714,7 @@ mod tests {
         let t = InodeTable::with_capacity(ovl.root(), 2);
         let ids: Vec<u64> = nodes
             .iter()
-            .map(|n| t.remember(n.clone(), ROOT_ID).0)
+            .map(|n| t.remember(n.clone(), ROOT_ID).unwrap().0)
             .collect();
         let cold = t.cold_entries(4);
         assert_eq!(cold.len(), 4);

@@ -123,13 +123,14 @@ print(leaked, flush=True)
         .collect();
     assert_eq!(attacker_inos.len(), N, "attacker set-up failed: {line:?}");
 
-    // Root writes its secrets; ext4 hands them the freed inode numbers.
+    // Root writes its secrets; ext4 hands them the freed inode numbers (of the upper
+    // layer: ovl-fuse may show a reused number's new file under a node id of its own).
     let mut reused = 0;
     for i in 0..N {
-        let p = l.mnt.join("secret").join(format!("s{i}"));
-        std::fs::write(&p, format!("SECRET {i}")).unwrap();
-        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
-        reused += usize::from(attacker_inos.contains(&ino));
+        let name = format!("s{i}");
+        std::fs::write(l.mnt.join("secret").join(&name), format!("SECRET {i}")).unwrap();
+        let real = std::fs::symlink_metadata(l.upper.join("secret").join(&name)).unwrap();
+        reused += usize::from(attacker_inos.contains(&std::os::unix::fs::MetadataExt::ino(&real)));
     }
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     line.clear();

@@ -302,7 +302,9 @@ impl Node {
         self.loc.lock().name.as_os_str() == name
     }
 
-    pub(crate) fn is_unlinked(&self) -> bool {
+    /// True once the name was removed from the tree (unlinked, rmdir'ed, or replaced by a
+    /// rename): the node then stands for a name that no longer exists.
+    pub fn is_unlinked(&self) -> bool {
         self.unlinked.load(Ordering::Acquire)
     }
 
