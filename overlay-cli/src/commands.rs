@@ -217,7 +217,9 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     };
     if let Err(e) = reg.save(&rec) {
         // Without a record `ovl umount` still works; say so rather than undo the mount.
-        eprintln!("ovl: warning: {e}; the mount works, but `ovl status` will not list it");
+        crate::say(format_args!(
+            "ovl: warning: {e}; the mount works, but `ovl status` will not list it"
+        ));
     }
     Ok(0)
 }

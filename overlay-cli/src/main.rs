@@ -14,6 +14,7 @@ mod run;
 mod state;
 mod sys;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -39,6 +40,18 @@ fn init_tracing(verbose: u8) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Write one line to stderr. A closed stderr is no reason to panic (as `eprintln!` would):
+/// the line is dropped.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_fmt(line).and_then(|()| e.write_all(b"\n"));
+}
+
+/// [`say`] without the newline (progress lines that rewrite themselves).
+pub(crate) fn say_raw(text: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(text);
 }
 
 /// Write a stdout result; a closed pipe (`ovl diff | head`) is not an error.
@@ -69,8 +82,12 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(report.exit_code() as u8)
         }
         Command::Completions(a) => {
+            // clap_complete panics when its writer fails: generate into memory, then write
+            // the way every other output is written (a closed pipe is fine).
             let mut cmd = Cli::command();
-            clap_complete::generate(a.shell, &mut cmd, "ovl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "ovl", &mut script);
+            output(std::io::stdout().lock().write_all(&script))?;
             Ok(0)
         }
         Command::Mount(a) => commands::mount(a),
@@ -90,7 +107,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("ovl: {e}");
+            say(format_args!("ovl: {e}"));
             // `ovl run` reserves 1..=124 for the command: its own failures are 125.
             ExitCode::from(if is_run { 125 } else { EXIT_FAILURE })
         }

@@ -422,3 +422,45 @@ fn interchange_kernel_upper_mounted_by_fuse() {
         "kernel-written upper, FUSE view",
     );
 }
+
+/// A pipe whose reading end is already closed (writing to it fails with EPIPE).
+fn closed_pipe() -> Stdio {
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    drop(r);
+    Stdio::from(w)
+}
+
+/// `ovl-fuse --help | true` and a warning or error written to a closed stderr end with the
+/// exit status they would have anyway, not with a panic (101).
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    for flag in ["--help", "--version"] {
+        let out = Command::new(BIN)
+            .arg(flag)
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}: {out:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // A warning (plugins= is not implemented), then an error (no such lower).
+    let out = Command::new(BIN)
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},plugins=x.so",
+            tmp.path().join("missing").display()
+        ))
+        .arg(tmp.path())
+        .stdin(Stdio::null())
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // A usage error.
+    let out = Command::new(BIN)
+        .arg("--frobnicate")
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
