@@ -91,6 +91,14 @@ impl FuseMount {
         if req.options.read_only {
             opts.extend(b",ro");
         }
+        // The same per-mount flags as a kernel overlay of this request (nodev,nosuid unless
+        // asked otherwise; ovl-fuse's own default is nodev,nosuid too).
+        let o = &req.options;
+        opts.extend(if o.nodev { &b",nodev"[..] } else { b",dev" });
+        opts.extend(if o.nosuid { &b",nosuid"[..] } else { b",suid" });
+        if o.noexec {
+            opts.extend(b",noexec");
+        }
         let opts = OsString::from_vec(opts);
         let log = match &req.fuse_log {
             Some(p) => p.clone(),

@@ -237,6 +237,18 @@ fn mount_with_the_fuse_backend() {
         return skip_or_fail(&format!("FUSE mount failed: {}", stderr(&o)));
     }
     assert_eq!(std::fs::read_to_string(m.join("x")).unwrap(), "b");
+    // nodev,nosuid like the kernel backend's mounts.
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let flags = mi
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .rfind(|f| f.get(4).copied() == m.to_str())
+        .map(|f| f[5].to_string())
+        .unwrap();
+    assert!(
+        flags.contains("nodev") && flags.contains("nosuid"),
+        "{flags}"
+    );
     std::fs::write(m.join("y"), "y").unwrap();
     let v: serde_json::Value =
         serde_json::from_slice(&ovl_with_state(&state, args!["status", "--json"]).stdout).unwrap();

@@ -464,3 +464,41 @@ fn a_closed_pipe_is_not_a_panic() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// The per-mount options (mountinfo's sixth field) of the mount on `mnt`.
+fn mount_flags_of(mnt: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .rfind(|f| f.get(4).copied() == mnt.to_str())
+        .map(|f| f[5].split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Even for root, the mount is `nodev,nosuid` unless `-o dev`/`-o suid` ask otherwise (as
+/// fuse-overlayfs's): a device node or a setuid binary in a layer does not take effect.
+#[test]
+fn nodev_nosuid_unless_asked() {
+    if !can_mount("nodev_nosuid_unless_asked") {
+        return;
+    }
+    let l = Layers::new(1);
+    sample_lower(&l);
+    let d = Daemon::foreground(&l.options(), &l.mnt);
+    let flags = mount_flags_of(&l.mnt);
+    assert!(
+        flags.iter().any(|f| f == "nodev") && flags.iter().any(|f| f == "nosuid"),
+        "default mount flags: {flags:?}"
+    );
+    d.unmount_and_wait();
+    let d = Daemon::foreground(&format!("{},dev,suid", l.options()), &l.mnt);
+    let flags = mount_flags_of(&l.mnt);
+    assert!(
+        !flags.iter().any(|f| f == "nodev" || f == "nosuid"),
+        "-o dev,suid: {flags:?}"
+    );
+    d.unmount_and_wait();
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("nodev,nosuid unless -o dev"));
+}
