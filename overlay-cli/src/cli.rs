@@ -120,7 +120,8 @@ pub struct UpperArgs {
     pub upper: Option<PathBuf>,
 
     /// Upper on a fresh tmpfs, discarded at unmount; SIZE caps it (bytes with an optional
-    /// k/m/g/t suffix, or a percentage of RAM, as tmpfs takes it: 512m, 2g, 25%).
+    /// k/m/g/t suffix, or a percentage of RAM, as tmpfs takes it: 512m, 2g, 25%; 0 is
+    /// refused, tmpfs would take it as no limit). Without SIZE, tmpfs's default: half of RAM.
     #[arg(
         long,
         value_name = "SIZE",
@@ -139,6 +140,7 @@ Lower layers are given bottom-first with --lower (repeatable). Then exactly one 
   --upper DIR    a persistent upper; the workdir is created next to it as .DIR.ovl-work
                  (or given with --work; it must be on the same filesystem, and empty)
   --tmp[=SIZE]   an upper on a private tmpfs, size-capped, gone at unmount
+                 (SIZE 0 is refused: tmpfs would take it as no limit)
   --read-only    no upper at all (needs at least two lowers for the kernel, like bwrap
                  --ro-overlay; one lower is mounted as a read-only view)
 
@@ -146,6 +148,9 @@ Kernel-style options are accepted too: -o lowerdir=TOP:...:BOTTOM,upperdir=U,wor
 (note: lowerdir is TOP-first there, as mount(8) takes it; `\\:` escapes a colon and `\\,`
 a comma). Other -o options (userxattr, redirect_dir=, metacopy=, index=, volatile, ro) are
 passed to the kernel overlay.
+
+Upper and workdir must not overlap a lower or the mount point. That is checked before
+anything is created, and a mount that fails later removes the directories it created.
 
 --backend auto (the default) tries the kernel overlay, then the kernel overlay inside a new
 user namespace (not usable from the calling namespace, so `ovl mount` only picks it when
