@@ -372,6 +372,9 @@ pub struct KeptMount {
     pub tmpfs: Option<PathBuf>,
     /// FUSE daemon process id.
     pub fuse_pid: Option<u32>,
+    /// Mount points of image lowers (squashfs, EROFS) loop-mounted for the overlay; release
+    /// each with [`release_image`] after unmounting the overlay.
+    pub images: Vec<PathBuf>,
 }
 
 impl Mounted {
@@ -429,6 +432,16 @@ impl Mounted {
 
     /// Leave the stack mounted after the guard is gone; returns what to undo later.
     pub fn keep(mut self) -> KeptMount {
+        let images = self
+            .kernel
+            .as_ref()
+            .map(|k| {
+                k.image_mounts()
+                    .iter()
+                    .map(|i| i.dir().to_path_buf())
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some(k) = self.kernel.take() {
             k.detach();
         }
@@ -450,6 +463,7 @@ impl Mounted {
             managed_work: self.managed_work,
             tmpfs,
             fuse_pid,
+            images,
         }
     }
 }
@@ -877,6 +891,9 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
                         lowers_canon,
                     ));
                 }
+                // The layers themselves are wrong: every backend would say the same, once is
+                // enough.
+                Err(e @ Error::Core(overlay_core::Error::InvalidStack { .. })) => return Err(e),
                 Err(e) => {
                     reasons.push(format!("{name}: failed: {e}"));
                     last_err = Some(e);
@@ -956,7 +973,7 @@ pub fn explain(namespace: Namespace) -> (Option<Chosen>, Vec<String>) {
 }
 
 /// Unmount the overlay (kernel or FUSE) on `target`; `lazy` detaches a busy mount
-/// (`MNT_DETACH`). A FUSE daemon exits once its mount is gone. Fails when `target` is not
+/// (`MNT_DETACH`); without it a busy mount fails with EBUSY. A FUSE daemon exits once its mount is gone. Fails when `target` is not
 /// an overlay or FUSE mount point.
 pub fn unmount(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     let target = target.as_ref();
@@ -970,7 +987,7 @@ pub fn unmount(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
         .into());
     };
     if m.fstype.starts_with("fuse") {
-        return fuse::unmount_fuse(target, lazy);
+        return fuse::unmount_fuse(target, lazy, false);
     }
     if m.fstype != "overlay" {
         return Err(overlay_core::Error::Mount {
@@ -1001,6 +1018,38 @@ pub fn release_tmpfs(dir: impl AsRef<Path>) -> Result<()> {
         armed: true,
     }
     .release()
+}
+
+/// Release an image lower left mounted by [`Mounted::keep`] (see [`KeptMount::images`]):
+/// unmount it, which also frees its auto-clearing loop device, and remove its mount point.
+/// Call it after the overlay that uses it is unmounted.
+pub fn release_image(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    let flags = rustix::mount::UnmountFlags::NOFOLLOW;
+    match rustix::mount::unmount(dir, flags) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::BUSY) => {
+            rustix::mount::unmount(dir, flags | rustix::mount::UnmountFlags::DETACH).map_err(
+                |e| overlay_core::Error::io("unmount image lower", dir, std::io::Error::from(e)),
+            )?
+        }
+        // Already unmounted (by hand, or by an earlier attempt): only the directory is left.
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => {
+            return Err(overlay_core::Error::io(
+                "unmount image lower",
+                dir,
+                std::io::Error::from(e),
+            )
+            .into())
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(overlay_core::Error::io("remove image mount point", dir, e).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

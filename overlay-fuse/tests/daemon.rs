@@ -502,3 +502,25 @@ fn nodev_nosuid_unless_asked() {
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("nodev,nosuid unless -o dev"));
 }
+
+/// A warning and an error are each printed once (not again through the log, which is stderr
+/// too).
+#[test]
+fn each_message_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let out = Command::new(BIN)
+        .arg("-o")
+        .arg(format!("lowerdir={},plugins=x.so", missing.display()))
+        .arg(tmp.path())
+        .stdin(Stdio::null())
+        .env_remove("RUST_LOG")
+        .env_remove("OVL_FUSE_LOG_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("plugins=x.so").count(), 1, "{err}");
+    assert_eq!(err.matches("missing").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+}
