@@ -91,6 +91,14 @@ impl FuseMount {
         if req.options.read_only {
             opts.extend(b",ro");
         }
+        // The same per-mount flags as a kernel overlay of this request (nodev,nosuid unless
+        // asked otherwise; ovl-fuse's own default is nodev,nosuid too).
+        let o = &req.options;
+        opts.extend(if o.nodev { &b",nodev"[..] } else { b",dev" });
+        opts.extend(if o.nosuid { &b",nosuid"[..] } else { b",suid" });
+        if o.noexec {
+            opts.extend(b",noexec");
+        }
         let opts = OsString::from_vec(opts);
         let log = match &req.fuse_log {
             Some(p) => p.clone(),
@@ -132,13 +140,14 @@ impl FuseMount {
             s
         };
         if !status.success() {
+            // ovl-fuse's own one-line message says what is wrong; without one, its status.
             let msg = read_log();
-            return Err(fail(format!(
-                "{} exited with {status}{}{}",
-                prog.display(),
-                if msg.is_empty() { "" } else { ": " },
-                msg
-            )));
+            let msg = msg.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+            return Err(fail(match msg.strip_prefix("ovl-fuse: ") {
+                Some(m) => m.to_string(),
+                None if !msg.is_empty() => msg.to_string(),
+                None => format!("ovl-fuse exited with {status}"),
+            }));
         }
         // The daemon reports readiness before its parent exits; confirm in mountinfo.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -165,7 +174,7 @@ impl FuseMount {
             return Ok(());
         }
         self.armed = false;
-        unmount_fuse(&self.target, false)
+        unmount_fuse(&self.target, false, true)
     }
 
     /// Leave the mount; returns no pid (the daemon detached itself).
@@ -175,8 +184,9 @@ impl FuseMount {
     }
 }
 
-/// Unmount a FUSE mount: `umount2` when allowed, else `fusermount3 -u`.
-pub(crate) fn unmount_fuse(target: &Path, lazy: bool) -> Result<()> {
+/// Unmount a FUSE mount: `umount2` when allowed, else `fusermount3 -u`. A busy mount is
+/// detached lazily when `detach_if_busy`, else the EBUSY error is returned.
+pub(crate) fn unmount_fuse(target: &Path, lazy: bool, detach_if_busy: bool) -> Result<()> {
     let mut flags = rustix::mount::UnmountFlags::NOFOLLOW;
     if lazy {
         flags |= rustix::mount::UnmountFlags::DETACH;
@@ -202,9 +212,9 @@ pub(crate) fn unmount_fuse(target: &Path, lazy: bool) -> Result<()> {
                 })
             }
         }
-        Err(rustix::io::Errno::BUSY) if !lazy => {
+        Err(rustix::io::Errno::BUSY) if !lazy && detach_if_busy => {
             tracing::warn!("{} busy; detaching lazily", target.display());
-            unmount_fuse(target, true)
+            unmount_fuse(target, true, false)
         }
         Err(e) => {
             Err(

@@ -372,6 +372,9 @@ pub struct KeptMount {
     pub tmpfs: Option<PathBuf>,
     /// FUSE daemon process id.
     pub fuse_pid: Option<u32>,
+    /// Mount points of image lowers (squashfs, EROFS) loop-mounted for the overlay; release
+    /// each with [`release_image`] after unmounting the overlay.
+    pub images: Vec<PathBuf>,
 }
 
 impl Mounted {
@@ -429,6 +432,16 @@ impl Mounted {
 
     /// Leave the stack mounted after the guard is gone; returns what to undo later.
     pub fn keep(mut self) -> KeptMount {
+        let images = self
+            .kernel
+            .as_ref()
+            .map(|k| {
+                k.image_mounts()
+                    .iter()
+                    .map(|i| i.dir().to_path_buf())
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some(k) = self.kernel.take() {
             k.detach();
         }
@@ -450,6 +463,7 @@ impl Mounted {
             managed_work: self.managed_work,
             tmpfs,
             fuse_pid,
+            images,
         }
     }
 }
@@ -458,13 +472,6 @@ fn support_line(name: &str, s: Option<&Support>) -> String {
     match s {
         Some(s) => format!("{name}: {s}"),
         None => format!("{name}: not probed"),
-    }
-}
-
-fn ensure_dir(p: &Path, what: &'static str) -> Result<()> {
-    match std::fs::create_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) => Err(overlay_core::Error::io(what, p, e).into()),
     }
 }
 
@@ -479,6 +486,8 @@ impl Mounted {
         reasons: Vec<String>,
         lowers: Vec<PathBuf>,
     ) -> Mounted {
+        let mut prepared = prepared;
+        prepared.created.keep();
         let (upper, work) = prepared.upper.unzip();
         Mounted {
             kernel,
@@ -501,39 +510,258 @@ struct PreparedUpper {
     tmpfs: Option<Tmpfs>,
     upper: Option<(PathBuf, PathBuf)>,
     managed_work: bool,
+    /// Directories created for this mount, removed again if it fails.
+    created: CreatedDirs,
 }
 
-fn prepare_upper(req: &Request) -> Result<PreparedUpper> {
+/// Directories [`mount`] created (outermost first); removed again on drop unless the mount
+/// succeeded ([`CreatedDirs::keep`]), so a refused or failed mount leaves nothing behind.
+#[derive(Debug, Default)]
+struct CreatedDirs {
+    /// `(path, is a workdir)`: a workdir may hold `work/` made by a failed kernel mount.
+    dirs: Vec<(PathBuf, bool)>,
+}
+
+impl CreatedDirs {
+    /// Create `p` and its missing parents, remembering each directory created.
+    fn ensure(&mut self, p: &Path, what: &'static str, workdir: bool) -> Result<()> {
+        let missing: Vec<&Path> = p
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+            .collect();
+        for d in missing.into_iter().rev() {
+            match std::fs::create_dir(d) {
+                Ok(()) => self.dirs.push((d.to_path_buf(), workdir && d == p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(overlay_core::Error::io(what, d, e).into()),
+            }
+        }
+        if !p.is_dir() {
+            return Err(overlay_core::Error::InvalidStack {
+                path: p.to_path_buf(),
+                reason: format!("{what}: exists and is not a directory"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The mount succeeded: keep the directories.
+    fn keep(&mut self) {
+        self.dirs.clear();
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        for (d, workdir) in self.dirs.drain(..).rev() {
+            // A workdir we just created only holds what this mount attempt put there.
+            let r = if workdir {
+                std::fs::remove_dir_all(&d)
+            } else {
+                std::fs::remove_dir(&d)
+            };
+            if let Err(e) = r {
+                tracing::warn!(
+                    "cannot remove {} created for a failed mount: {e}",
+                    d.display()
+                );
+            }
+        }
+    }
+}
+
+/// The absolute, symlink-free path `p` will have once created: its longest existing prefix
+/// canonicalized, the rest appended (`..` resolved lexically).
+fn planned_path(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| overlay_core::Error::io("resolve path", p, e))?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(existing).is_err() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name.to_os_string());
+        existing = parent;
+    }
+    let mut out = std::fs::canonicalize(existing)
+        .map_err(|e| overlay_core::Error::io("resolve path", existing, e))?;
+    for c in rest.iter().rev() {
+        out.push(c);
+    }
+    // `absolute` keeps `..` in the part that does not exist yet.
+    let mut norm = PathBuf::new();
+    for c in out.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                norm.pop();
+            }
+            c => norm.push(c),
+        }
+    }
+    Ok(norm)
+}
+
+/// The device of `p`, or of its nearest existing ancestor (where `p` will be created).
+fn planned_dev(p: &Path) -> Option<u64> {
+    p.ancestors()
+        .find_map(|a| std::fs::metadata(a).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+}
+
+/// `inner` lies inside (or is) `outer` without crossing a mount point, counting the parts of
+/// `inner` that do not exist yet as on their parent's filesystem. Layers on different
+/// filesystems may nest (a layer never includes its submounts); the kernel and the stack
+/// validation refuse only this kind.
+fn nested_same_fs(inner: &Path, outer: &Path) -> bool {
+    if !inner.starts_with(outer) {
+        return false;
+    }
+    let Some(outer_dev) = planned_dev(outer) else {
+        return true;
+    };
+    let mut cur = Some(inner);
+    while let Some(p) = cur {
+        if p == outer {
+            return true;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if std::os::unix::fs::MetadataExt::dev(&m) != outer_dev => return false,
+            _ => cur = p.parent(),
+        }
+    }
+    true
+}
+
+/// Refuse an upper or workdir that overlaps a lower layer or the mount point, before anything
+/// is created. The kernel itself accepts an upper that is the mount point (the mount then
+/// hides its own upper) and, on some paths, an upper inside a lower; ovl refuses both.
+fn check_planned_layout(
+    upper: &Path,
+    work: &Path,
+    lowers: &[PathBuf],
+    target: &Path,
+) -> Result<()> {
+    let refuse = |path: &Path, reason: String| -> Result<()> {
+        Err(overlay_core::Error::InvalidStack {
+            path: path.to_path_buf(),
+            reason,
+        }
+        .into())
+    };
+    for (p, what) in [(upper, "upper directory"), (work, "workdir")] {
+        if p == target {
+            return refuse(
+                p,
+                format!("the {what} is the mount point: the overlay would hide its own {what}; put it outside the mount point"),
+            );
+        }
+        if target.starts_with(p) {
+            return refuse(
+                p,
+                format!(
+                    "the mount point {} is inside the {what}; put the {what} elsewhere",
+                    target.display()
+                ),
+            );
+        }
+        for l in lowers {
+            if p == l {
+                return refuse(p, format!("the {what} is also a lower layer"));
+            }
+            if nested_same_fs(p, l) {
+                return refuse(
+                    p,
+                    format!(
+                        "the {what} is inside lower layer {}; layers must not overlap",
+                        l.display()
+                    ),
+                );
+            }
+            if nested_same_fs(l, p) {
+                return refuse(
+                    p,
+                    format!(
+                        "lower layer {} is inside the {what}; layers must not overlap",
+                        l.display()
+                    ),
+                );
+            }
+        }
+    }
+    if upper.starts_with(work) || work.starts_with(upper) {
+        return refuse(
+            work,
+            format!(
+                "workdir and upper dir {} must be separate subtrees",
+                upper.display()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Resolve the lowers (all must exist), before anything is created for the mount.
+fn resolve_lowers(lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    lowers
+        .iter()
+        .map(|l| {
+            std::fs::canonicalize(l).map_err(|e| {
+                overlay_core::Error::InvalidStack {
+                    path: l.clone(),
+                    reason: format!("lower layer: {}", io_words(&e)),
+                }
+                .into()
+            })
+        })
+        .collect()
+}
+
+/// An I/O error in words, without std's " (os error N)".
+fn io_words(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
+fn prepare_upper(req: &Request, lowers: &[PathBuf], target: &Path) -> Result<PreparedUpper> {
     match &req.upper {
         Upper::ReadOnly => Ok(PreparedUpper {
             tmpfs: None,
             upper: None,
             managed_work: false,
+            created: CreatedDirs::default(),
         }),
         Upper::Dir { upper, work } => {
-            ensure_dir(upper, "create upper directory")?;
-            let (work, managed) = match work {
-                Some(w) => (w.clone(), false),
+            let upper_abs = planned_path(upper)?;
+            let (work_abs, managed) = match work {
+                Some(w) => (planned_path(w)?, false),
                 None => (
-                    managed_workdir(&std::path::absolute(upper).map_err(|e| {
-                        overlay_core::Error::io("resolve upper directory", upper, e)
-                    })?)
-                    .ok_or_else(|| overlay_core::Error::InvalidStack {
-                        path: upper.clone(),
-                        reason: "the upper directory has no name to derive a workdir from".into(),
+                    managed_workdir(&upper_abs).ok_or_else(|| {
+                        overlay_core::Error::InvalidStack {
+                            path: upper.clone(),
+                            reason: "the upper directory has no name to derive a workdir from"
+                                .into(),
+                        }
                     })?,
                     true,
                 ),
             };
-            ensure_dir(&work, "create workdir")?;
+            check_planned_layout(&upper_abs, &work_abs, lowers, target)?;
+            let mut created = CreatedDirs::default();
+            created.ensure(&upper_abs, "create upper directory", false)?;
+            created.ensure(&work_abs, "create workdir", true)?;
             let canon = |p: &Path| {
                 std::fs::canonicalize(p)
                     .map_err(|e| Error::from(overlay_core::Error::io("resolve layer", p, e)))
             };
             Ok(PreparedUpper {
                 tmpfs: None,
-                upper: Some((canon(upper)?, canon(&work)?)),
+                upper: Some((canon(&upper_abs)?, canon(&work_abs)?)),
                 managed_work: managed,
+                created,
             })
         }
         Upper::Tmpfs { size } => {
@@ -544,6 +772,7 @@ fn prepare_upper(req: &Request) -> Result<PreparedUpper> {
                 tmpfs: Some(t),
                 upper: Some(u),
                 managed_work: false,
+                created: CreatedDirs::default(),
             })
         }
     }
@@ -590,12 +819,8 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
         }
     }
 
-    let prepared = prepare_upper(req)?;
-    let lowers_canon: Vec<PathBuf> = req
-        .lowers
-        .iter()
-        .map(|l| std::fs::canonicalize(l).unwrap_or_else(|_| l.clone()))
-        .collect();
+    let lowers_canon = resolve_lowers(&req.lowers)?;
+    let prepared = prepare_upper(req, &lowers_canon, &target)?;
     // In a private namespace, reach lowers that contain the upper through bind mounts.
     let mut binds = Vec::new();
     let mut lowers_mount = req.lowers.clone();
@@ -666,6 +891,9 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
                         lowers_canon,
                     ));
                 }
+                // The layers themselves are wrong: every backend would say the same, once is
+                // enough.
+                Err(e @ Error::Core(overlay_core::Error::InvalidStack { .. })) => return Err(e),
                 Err(e) => {
                     reasons.push(format!("{name}: failed: {e}"));
                     last_err = Some(e);
@@ -745,7 +973,7 @@ pub fn explain(namespace: Namespace) -> (Option<Chosen>, Vec<String>) {
 }
 
 /// Unmount the overlay (kernel or FUSE) on `target`; `lazy` detaches a busy mount
-/// (`MNT_DETACH`). A FUSE daemon exits once its mount is gone. Fails when `target` is not
+/// (`MNT_DETACH`); without it a busy mount fails with EBUSY. A FUSE daemon exits once its mount is gone. Fails when `target` is not
 /// an overlay or FUSE mount point.
 pub fn unmount(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
     let target = target.as_ref();
@@ -759,7 +987,7 @@ pub fn unmount(target: impl AsRef<Path>, lazy: bool) -> Result<()> {
         .into());
     };
     if m.fstype.starts_with("fuse") {
-        return fuse::unmount_fuse(target, lazy);
+        return fuse::unmount_fuse(target, lazy, false);
     }
     if m.fstype != "overlay" {
         return Err(overlay_core::Error::Mount {
@@ -790,6 +1018,38 @@ pub fn release_tmpfs(dir: impl AsRef<Path>) -> Result<()> {
         armed: true,
     }
     .release()
+}
+
+/// Release an image lower left mounted by [`Mounted::keep`] (see [`KeptMount::images`]):
+/// unmount it, which also frees its auto-clearing loop device, and remove its mount point.
+/// Call it after the overlay that uses it is unmounted.
+pub fn release_image(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    let flags = rustix::mount::UnmountFlags::NOFOLLOW;
+    match rustix::mount::unmount(dir, flags) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::BUSY) => {
+            rustix::mount::unmount(dir, flags | rustix::mount::UnmountFlags::DETACH).map_err(
+                |e| overlay_core::Error::io("unmount image lower", dir, std::io::Error::from(e)),
+            )?
+        }
+        // Already unmounted (by hand, or by an earlier attempt): only the directory is left.
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => {
+            return Err(overlay_core::Error::io(
+                "unmount image lower",
+                dir,
+                std::io::Error::from(e),
+            )
+            .into())
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(overlay_core::Error::io("remove image mount point", dir, e).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ pub enum Command {
     #[command(
         alias = "unmount",
         long_about = UMOUNT_ABOUT,
-        after_long_help = "EXAMPLES:\n    ovl umount /mnt/merged\n    ovl umount --lazy /mnt/busy"
+        after_long_help = "EXAMPLES:\n    ovl umount /mnt/merged\n    ovl umount --lazy /mnt/busy\n    ovl umount --force /mnt/made-by-mount8"
     )]
     Umount(UmountArgs),
     /// List the overlays ovl mounted, with their layers and backends.
@@ -120,7 +120,8 @@ pub struct UpperArgs {
     pub upper: Option<PathBuf>,
 
     /// Upper on a fresh tmpfs, discarded at unmount; SIZE caps it (bytes with an optional
-    /// k/m/g/t suffix, or a percentage of RAM, as tmpfs takes it: 512m, 2g, 25%).
+    /// k/m/g/t suffix, or a percentage of RAM, as tmpfs takes it: 512m, 2g, 25%; 0 is
+    /// refused, tmpfs would take it as no limit). Without SIZE, tmpfs's default: half of RAM.
     #[arg(
         long,
         value_name = "SIZE",
@@ -139,6 +140,7 @@ Lower layers are given bottom-first with --lower (repeatable). Then exactly one 
   --upper DIR    a persistent upper; the workdir is created next to it as .DIR.ovl-work
                  (or given with --work; it must be on the same filesystem, and empty)
   --tmp[=SIZE]   an upper on a private tmpfs, size-capped, gone at unmount
+                 (SIZE 0 is refused: tmpfs would take it as no limit)
   --read-only    no upper at all (needs at least two lowers for the kernel, like bwrap
                  --ro-overlay; one lower is mounted as a read-only view)
 
@@ -146,6 +148,9 @@ Kernel-style options are accepted too: -o lowerdir=TOP:...:BOTTOM,upperdir=U,wor
 (note: lowerdir is TOP-first there, as mount(8) takes it; `\\:` escapes a colon and `\\,`
 a comma). Other -o options (userxattr, redirect_dir=, metacopy=, index=, volatile, ro) are
 passed to the kernel overlay.
+
+Upper and workdir must not overlap a lower or the mount point. That is checked before
+anything is created, and a mount that fails later removes the directories it created.
 
 --backend auto (the default) tries the kernel overlay, then the kernel overlay inside a new
 user namespace (not usable from the calling namespace, so `ovl mount` only picks it when
@@ -170,13 +175,19 @@ EXAMPLES:
 
 const UMOUNT_ABOUT: &str = "\
 Unmount TARGET. For mounts ovl made, also stop the FUSE daemon, unmount the tmpfs upper and
-remove the managed workdir's scratch contents, then drop the record `ovl status` lists.
-Refuses a target that is not mounted.";
+the image lowers (freeing their loop devices), then drop the record `ovl status` lists. This
+also cleans up after an `ovl mount` that died half-way.
+
+Refuses a target that is not mounted, and an overlay ovl did not mount unless --force is
+given. A busy mount is not detached behind your back: ovl says so, and `fuser -vm TARGET`
+shows who uses it; --lazy detaches it at once (it goes away when no longer used).";
 
 const STATUS_ABOUT: &str = "\
-List the overlays ovl mounted: target, backend, layers (bottom-first), upper and workdir.
-Records live under /run/ovl (root) or $XDG_RUNTIME_DIR/ovl (other users); records whose
-mount is gone from /proc/self/mountinfo are dropped.";
+List the overlays ovl mounted: target, backend, layers (bottom-first), upper, workdir and image
+lowers. Records live under /run/ovl (root) or $XDG_RUNTIME_DIR/ovl (other users); records whose
+mount is gone from /proc/self/mountinfo are dropped (releasing the tmpfs upper and image lowers
+they left). A broken mount says so (BROKEN; \"health\" in --json): a FUSE mount whose daemon
+is gone, or an `ovl mount` that died before finishing. `ovl umount` removes either.";
 
 const PROBE_ABOUT: &str = "\
 Say what works on this machine: the kernel overlay (as this user, and inside a user namespace
@@ -228,7 +239,9 @@ List the paths an upper layer changes, one per line like `docker diff`:
   D PATH    deleted (a whiteout: character device 0/0, or an opaque directory hiding lower entries)
 
 The upper is read on disk without mounting (do not run it against an upper that is mounted
-read-write). Paths are absolute, as seen in the merged view, sorted.
+read-write). Paths are absolute, as seen in the merged view, sorted. Given the mount point of an
+overlay, ovl diffs that overlay's upper (from its record of the mount, or the kernel's
+upperdir=), against its lowers unless --lower is given; never the merged tree itself.
 
 With --lower (bottom-first, repeatable) ovl resolves each path in the merged lowers the way
 the kernel does (whiteouts, opaque directories, redirects), so A and C are exact, whiteouts
@@ -334,6 +347,9 @@ pub struct UmountArgs {
     /// Detach now, clean up when the mount is no longer busy (MNT_DETACH).
     #[arg(long, short = 'l')]
     pub lazy: bool,
+    /// Also unmount an overlay (or FUSE mount) that ovl did not mount.
+    #[arg(long)]
+    pub force: bool,
     /// The mount point.
     #[arg(value_name = "TARGET")]
     pub target: PathBuf,

@@ -181,17 +181,55 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         }
     }
     let reg = Registry::open();
+    let scratch = reg.scratch_dir()?;
+    // Recorded before anything is mounted: if this process dies half-way, `ovl umount` and
+    // `ovl status` find what it left by this record (image and tmpfs mount points carry our
+    // pid in their names).
+    let mut rec = MountRecord {
+        target: target.clone(),
+        backend: String::new(),
+        reasons: Vec::new(),
+        lowers: lowers
+            .iter()
+            .map(|l| std::path::absolute(l).unwrap_or_else(|_| l.clone()))
+            .collect(),
+        upper: None,
+        work: None,
+        managed_work: false,
+        tmpfs: None,
+        fuse_pid: None,
+        mount_id: 0,
+        fstype: String::new(),
+        options: a.options.clone(),
+        created: crate::state::now(),
+        images: Vec::new(),
+        pending: true,
+        pid: Some(std::process::id()),
+        scratch_dirs: vec![std::env::temp_dir(), scratch.clone()],
+    };
+    reg.save(&rec)?;
     let req = Request::new(lowers)
         .upper(upper)
         .options(options)
         .backend(a.backend.into())
         .namespace(Namespace::Current)
-        .scratch_dir(reg.scratch_dir()?);
-    let mounted = overlay::mount(&req, &target).map_err(|e| CliError::from_overlay(e, &target))?;
+        .scratch_dir(scratch);
+    let mounted = match overlay::mount(&req, &target) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = reg.remove(&target);
+            return Err(CliError::from_overlay(e, &target));
+        }
+    };
     for r in mounted.reasons() {
         tracing::info!("{r}");
     }
     let kept = mounted.keep();
+    if std::env::var_os("OVL_TEST_DIE_AFTER_MOUNT").is_some() {
+        // Test hook: die as a crash would, between mounting and recording the mount.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
     let mounts = crate::mountinfo::read()
         .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
     let Some(m) = mounts.iter().rev().find(|m| m.mount_point == target) else {
@@ -200,59 +238,152 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
             "mounted, but not found in /proc/self/mountinfo",
         ));
     };
-    let rec = MountRecord {
-        target: target.clone(),
-        backend: kept.backend.to_string(),
-        reasons: kept.reasons.clone(),
-        lowers: kept.lowers.clone(),
-        upper: kept.upper.clone(),
-        work: kept.work.clone(),
-        managed_work: kept.managed_work,
-        tmpfs: kept.tmpfs.clone(),
-        fuse_pid: kept.fuse_pid.filter(|p| *p != 0),
-        mount_id: m.mount_id,
-        fstype: m.fstype.clone(),
-        options: a.options.clone(),
-        created: crate::state::now(),
-    };
+    rec.backend = kept.backend.to_string();
+    rec.reasons = kept.reasons.clone();
+    rec.lowers = kept.lowers.clone();
+    rec.upper = kept.upper.clone();
+    rec.work = kept.work.clone();
+    rec.managed_work = kept.managed_work;
+    rec.tmpfs = kept.tmpfs.clone();
+    rec.fuse_pid = kept.fuse_pid.filter(|p| *p != 0);
+    rec.mount_id = m.mount_id;
+    rec.fstype = m.fstype.clone();
+    rec.images = kept.images.clone();
+    rec.pending = false;
     if let Err(e) = reg.save(&rec) {
-        // Without a record `ovl umount` still works; say so rather than undo the mount.
-        eprintln!("ovl: warning: {e}; the mount works, but `ovl status` will not list it");
+        // The pending record stays: `ovl umount` still undoes everything.
+        crate::say(format_args!(
+            "ovl: warning: {e}; the mount works, but `ovl status` may not list it"
+        ));
     }
     Ok(0)
 }
 
+/// The mount point `p` names, absolute: canonical where possible; a FUSE mount whose daemon
+/// died cannot be resolved itself (ENOTCONN), so then its parent is.
+fn mount_point_path(p: &Path) -> Result<PathBuf, CliError> {
+    match std::fs::canonicalize(p) {
+        Ok(c) => Ok(c),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let abs = std::path::absolute(p).map_err(|e| CliError::io(p, "cannot resolve", e))?;
+            match (abs.parent(), abs.file_name()) {
+                (Some(d), Some(n)) => Ok(canonical(d)?.join(n)),
+                _ => Err(CliError::io(p, "cannot resolve", e)),
+            }
+        }
+        Err(e) => Err(CliError::io(p, "cannot resolve", e)),
+    }
+}
+
+/// Unmount the overlay on `target`, turning EBUSY into advice.
+fn unmount_overlay(target: &Path, lazy: bool) -> Result<(), CliError> {
+    overlay::unmount(target, lazy).map_err(|e| {
+        let busy = matches!(
+            &e,
+            overlay::Error::Core(overlay::core::Error::Io { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY)
+        );
+        if busy {
+            let t = target.display();
+            CliError::path(
+                target,
+                format!(
+                    "busy: a process still has files or its working directory in it (see which with `fuser -vm {t}`); stop them, or detach it now with `ovl umount --lazy {t}` (it goes away once they are done)"
+                ),
+            )
+        } else {
+            CliError::from_overlay(e, target)
+        }
+    })
+}
+
 /// `ovl umount`.
 pub fn umount(a: UmountArgs) -> Result<u8, CliError> {
-    let target = canonical(&a.target)?;
+    let target = mount_point_path(&a.target)?;
     let reg = Registry::open();
     let rec = reg.get(&target);
     let mounts = crate::mountinfo::read()
         .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
-    let live = rec
-        .as_ref()
-        .is_some_and(|r| crate::state::is_live(r, &mounts));
-    if let (Some(r), false) = (&rec, live) {
-        // Unmounted behind our back: clean up what is left.
-        if let Some(t) = &r.tmpfs {
-            let _ = overlay::release_tmpfs(t);
+    let mounted = crate::state::overlay_at(&target, &mounts);
+    let state_dir = crate::state::registry_dir();
+    match rec {
+        Some(r) if r.pending && !r.is_abandoned() => Err(CliError::path(
+            &target,
+            format!(
+                "ovl (pid {}) is still mounting it; try again once it is done",
+                r.pid.unwrap_or(0)
+            ),
+        )),
+        // Ours: the live mount, or what an ovl that died while mounting left.
+        Some(r) if crate::state::is_live(&r, &mounts) || (r.is_abandoned() && mounted) => {
+            unmount_overlay(&target, a.lazy)?;
+            let mounts = crate::mountinfo::read()
+                .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
+            crate::state::release_leftovers(&r, &mounts)?;
+            reg.remove(&target)
         }
-        reg.remove(&target)?;
-        if !mounts.iter().any(|m| m.mount_point == target) {
-            return Err(CliError::path(
-                &target,
-                "not mounted (its stale record was removed)",
-            ));
+        Some(r) => {
+            // Unmounted behind our back: clean up what is left.
+            crate::state::release_leftovers(&r, &mounts)?;
+            reg.remove(&target)?;
+            if mounted {
+                umount_foreign(&target, &a, &state_dir)
+            } else {
+                Err(CliError::path(
+                    &target,
+                    "not mounted (its stale record was removed, and what it left released)",
+                ))
+            }
+        }
+        None if mounted => umount_foreign(&target, &a, &state_dir),
+        None => Err(CliError::path(&target, "not mounted")),
+    }
+    .map(|()| 0)
+}
+
+/// An overlay ovl has no record of: unmounted only with `--force`.
+fn umount_foreign(target: &Path, a: &UmountArgs, state_dir: &Path) -> Result<(), CliError> {
+    if !a.force {
+        return Err(CliError::path(
+            target,
+            format!(
+                "this overlay was not mounted by ovl (no record under {}); unmount it anyway with `ovl umount --force {}`",
+                state_dir.display(),
+                target.display()
+            ),
+        ));
+    }
+    unmount_overlay(target, a.lazy)
+}
+
+/// What is wrong with a recorded mount, if anything: `(health, explanation)`.
+fn health(r: &MountRecord) -> (&'static str, Option<String>) {
+    let t = r.target.display();
+    if r.is_abandoned() {
+        return (
+            "interrupted",
+            Some(format!(
+                "the ovl that mounted it died before finishing; `ovl umount {t}` cleans up"
+            )),
+        );
+    }
+    if r.fstype.starts_with("fuse") {
+        let dead_pid = r.fuse_pid.is_some_and(|p| !crate::state::pid_alive(p));
+        // statfs always reaches the daemon (a stat may be answered from the kernel's cache).
+        let notconn = matches!(
+            rustix::fs::statfs(&r.target),
+            Err(rustix::io::Errno::NOTCONN)
+        );
+        if dead_pid || notconn {
+            return (
+                "daemon-gone",
+                Some(format!(
+                    "its FUSE daemon is gone, the mount answers \"Transport endpoint is not connected\"; `ovl umount {t}` removes it"
+                )),
+            );
         }
     }
-    overlay::unmount(&target, a.lazy).map_err(|e| CliError::from_overlay(e, &target))?;
-    if let Some(r) = rec.filter(|_| live) {
-        if let Some(t) = &r.tmpfs {
-            overlay::release_tmpfs(t).map_err(|e| CliError::from_overlay(e, t))?;
-        }
-        reg.remove(&target)?;
-    }
-    Ok(0)
+    ("ok", None)
 }
 
 /// `ovl status`.
@@ -264,7 +395,21 @@ pub fn status(a: StatusArgs) -> Result<u8, CliError> {
     let mut w = stdout.lock();
     let r = (|| -> std::io::Result<()> {
         if a.json {
-            serde_json::to_writer_pretty(&mut w, &recs)?;
+            let v: Vec<serde_json::Value> = recs
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).expect("records serialize");
+                    let (h, why) = health(r);
+                    if let serde_json::Value::Object(m) = &mut v {
+                        m.insert("health".into(), h.into());
+                        if let Some(why) = why {
+                            m.insert("problem".into(), why.into());
+                        }
+                    }
+                    v
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut w, &v)?;
             writeln!(w)?;
             return Ok(());
         }
@@ -273,7 +418,12 @@ pub fn status(a: StatusArgs) -> Result<u8, CliError> {
         }
         for r in &recs {
             writeln!(w, "{}", r.target.display())?;
-            writeln!(w, "  backend: {} ({})", r.backend, r.fstype)?;
+            if let (_, Some(why)) = health(r) {
+                writeln!(w, "  BROKEN: {why}")?;
+            }
+            if !r.pending {
+                writeln!(w, "  backend: {} ({})", r.backend, r.fstype)?;
+            }
             let lowers: Vec<String> = r.lowers.iter().map(|l| l.display().to_string()).collect();
             writeln!(w, "  lowers (bottom-first): {}", lowers.join(" "))?;
             match (&r.upper, &r.tmpfs) {
@@ -281,6 +431,7 @@ pub fn status(a: StatusArgs) -> Result<u8, CliError> {
                     writeln!(w, "  upper: {} (tmpfs, discarded at unmount)", u.display())?
                 }
                 (Some(u), None) => writeln!(w, "  upper: {}", u.display())?,
+                (None, _) if r.pending => {}
                 (None, _) => writeln!(w, "  upper: none (read-only)")?,
             }
             if let Some(wk) = &r.work {
@@ -290,6 +441,9 @@ pub fn status(a: StatusArgs) -> Result<u8, CliError> {
                     wk.display(),
                     if r.managed_work { " (managed)" } else { "" }
                 )?;
+            }
+            for im in &r.images {
+                writeln!(w, "  image lower mounted on: {}", im.display())?;
             }
         }
         Ok(())

@@ -48,23 +48,23 @@ impl Progress {
         if self.enabled && self.last.elapsed() >= Duration::from_millis(200) {
             self.last = Instant::now();
             self.shown = true;
-            eprint!(
+            crate::say_raw(format_args!(
                 "\rovl: {}: {} entries, {:.1} MiB ",
                 self.what,
                 s.entries,
                 s.bytes as f64 / (1024.0 * 1024.0)
-            );
+            ));
         }
     }
 
     fn finish(&mut self, s: &CopyStats) {
         if self.shown {
-            eprintln!(
+            crate::say(format_args!(
                 "\rovl: {}: {} entries, {:.1} MiB, done",
                 self.what,
                 s.entries,
                 s.bytes as f64 / (1024.0 * 1024.0)
-            );
+            ));
         }
     }
 }

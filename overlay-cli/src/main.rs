@@ -14,6 +14,7 @@ mod run;
 mod state;
 mod sys;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -41,6 +42,18 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
+/// Write one line to stderr. A closed stderr is no reason to panic (as `eprintln!` would):
+/// the line is dropped.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_fmt(line).and_then(|()| e.write_all(b"\n"));
+}
+
+/// [`say`] without the newline (progress lines that rewrite themselves).
+pub(crate) fn say_raw(text: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(text);
+}
+
 /// Write a stdout result; a closed pipe (`ovl diff | head`) is not an error.
 pub(crate) fn output(r: std::io::Result<()>) -> Result<(), CliError> {
     match r {
@@ -50,16 +63,91 @@ pub(crate) fn output(r: std::io::Result<()>) -> Result<(), CliError> {
     }
 }
 
+/// The upper and lowers `ovl diff PATH` reads. PATH is normally an upper directory; when it
+/// is the mount point of an overlay, its upper is diffed instead (from ovl's record of the
+/// mount, or the kernel's `upperdir=`), against its lowers unless `--lower` was given. The
+/// merged tree itself is never diffed as if it were an upper.
+fn diff_layers(
+    path: &std::path::Path,
+    lowers: &[std::path::PathBuf],
+) -> Result<(std::path::PathBuf, Vec<std::path::PathBuf>), CliError> {
+    let plain = || Ok((path.to_path_buf(), lowers.to_vec()));
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return plain();
+    };
+    let mounts =
+        mountinfo::read().map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
+    let Some(m) = mounts.iter().rev().find(|m| m.mount_point == canon) else {
+        return plain();
+    };
+    if m.fstype != "overlay" && !m.fstype.starts_with("fuse.ovl") {
+        return plain();
+    }
+    let pick = |found: Vec<std::path::PathBuf>| {
+        let usable = found.iter().all(|l| l.is_absolute() && l.is_dir());
+        if lowers.is_empty() && usable {
+            found
+        } else {
+            lowers.to_vec()
+        }
+    };
+    if let Some(r) = state::Registry::open().get(&canon).filter(|r| !r.pending) {
+        return match r.upper {
+            Some(u) => Ok((u, pick(r.lowers))),
+            None => Err(CliError::path(
+                &canon,
+                "is the mount point of a read-only overlay: it has no upper to diff",
+            )),
+        };
+    }
+    if m.fstype == "overlay" {
+        let found_lowers: Vec<_> = m
+            .super_option("lowerdir")
+            .map(overlay_core::mount::mountinfo::split_lowerdir)
+            .unwrap_or_else(|| {
+                // Mounted with the new mount API: one `lowerdir+=` per layer.
+                m.super_options
+                    .iter()
+                    .filter(|(k, _)| k == "lowerdir+")
+                    .filter_map(|(_, v)| v.as_deref())
+                    .flat_map(overlay_core::mount::mountinfo::split_lowerdir)
+                    .collect()
+            })
+            .into_iter()
+            .rev() // top-first there, bottom-first here
+            .collect();
+        return match m.overlay_upper() {
+            Some(u) if u.is_absolute() => Ok((u, pick(found_lowers))),
+            Some(u) => Err(CliError::path(
+                &canon,
+                format!(
+                    "is an overlay mount point whose upper the kernel shows as the relative path {}; give the upper directory instead",
+                    u.display()
+                ),
+            )),
+            None => Err(CliError::path(
+                &canon,
+                "is the mount point of a read-only overlay: it has no upper to diff",
+            )),
+        };
+    }
+    Err(CliError::path(
+        &canon,
+        "is an ovl-fuse mount point that ovl has no record of; give its upper directory instead",
+    ))
+}
+
 fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Diff(a) => {
             let opts = diff::DiffOptions { aufs: a.aufs };
-            let lowers = if a.lowers.is_empty() {
+            let (upper, lowers) = diff_layers(&a.upper, &a.lowers)?;
+            let lowers = if lowers.is_empty() {
                 None
             } else {
-                Some(diff::LowerStack::open(&a.lowers, opts.clone())?)
+                Some(diff::LowerStack::open(&lowers, opts.clone())?)
             };
-            let changes = diff::diff(&a.upper, lowers.as_ref(), &opts)?;
+            let changes = diff::diff(&upper, lowers.as_ref(), &opts)?;
             output(diff::print(&changes, lowers.is_some(), a.json))?;
             Ok(0)
         }
@@ -69,8 +157,12 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(report.exit_code() as u8)
         }
         Command::Completions(a) => {
+            // clap_complete panics when its writer fails: generate into memory, then write
+            // the way every other output is written (a closed pipe is fine).
             let mut cmd = Cli::command();
-            clap_complete::generate(a.shell, &mut cmd, "ovl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "ovl", &mut script);
+            output(std::io::stdout().lock().write_all(&script))?;
             Ok(0)
         }
         Command::Mount(a) => commands::mount(a),
@@ -90,7 +182,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("ovl: {e}");
+            say(format_args!("ovl: {e}"));
             // `ovl run` reserves 1..=124 for the command: its own failures are 125.
             ExitCode::from(if is_run { 125 } else { EXIT_FAILURE })
         }

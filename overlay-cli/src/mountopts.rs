@@ -121,6 +121,12 @@ pub fn check_tmpfs_size(s: &str) -> Result<Option<String>, CliError> {
             "" | "k" | "m" | "g" | "t" | "p" | "e" | "%"
         )
         && (suffix != "%" || digits.parse::<u32>().is_ok_and(|p| (1..=100).contains(&p)));
+    if ok && digits.chars().all(|c| c == '0') {
+        // tmpfs takes size=0 as "no limit": the opposite of what it looks like.
+        return Err(CliError::msg(format!(
+            "--tmp={s}: a size of 0 would make tmpfs unlimited; give a size (512m, 2g, 25%), or --tmp alone for tmpfs's default (half of RAM)"
+        )));
+    }
     if ok {
         Ok(Some(s.to_ascii_lowercase()))
     } else {
@@ -172,7 +178,7 @@ mod tests {
         assert_eq!(check_tmpfs_size("512M").unwrap().as_deref(), Some("512m"));
         assert_eq!(check_tmpfs_size("25%").unwrap().as_deref(), Some("25%"));
         assert_eq!(check_tmpfs_size("4096").unwrap().as_deref(), Some("4096"));
-        for bad in ["m", "12q", "0%", "101%", "1.5g", "-1"] {
+        for bad in ["m", "12q", "0%", "101%", "1.5g", "-1", "0", "0k", "000m"] {
             assert!(check_tmpfs_size(bad).is_err(), "{bad}");
         }
     }

@@ -175,11 +175,11 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
                 std::io::ErrorKind::PermissionDenied => (126, "cannot execute"),
                 _ => (126, "cannot start"),
             };
-            eprintln!(
+            crate::say(format_args!(
                 "ovl: {}: {what}: {}",
                 a.command[0].to_string_lossy(),
                 crate::error::describe(&e)
-            );
+            ));
             code
         }
     };

@@ -46,6 +46,66 @@ pub struct MountRecord {
     pub options: Vec<String>,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Mount points of image lowers (squashfs, EROFS) loop-mounted for the overlay; unmounted
+    /// (which frees their loop devices) after the overlay.
+    #[serde(default)]
+    pub images: Vec<PathBuf>,
+    /// True while `ovl mount` is still setting the mount up: written before anything is
+    /// mounted, so that what an `ovl` that died half-way left behind can be found.
+    #[serde(default)]
+    pub pending: bool,
+    /// Process id of the `ovl mount` that made it (image and tmpfs mount points carry it in
+    /// their names: `ovl-image-PID-*`, `ovl-tmp-PID-*`).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Where that process created image mount points (its temp dir) and tmpfs uppers.
+    #[serde(default)]
+    pub scratch_dirs: Vec<PathBuf>,
+}
+
+impl MountRecord {
+    /// A pending record whose `ovl mount` process is gone: it died before finishing.
+    pub fn is_abandoned(&self) -> bool {
+        self.pending && !self.pid.is_some_and(pid_alive)
+    }
+
+    /// Image and tmpfs mounts a dead `ovl mount` of this record left, found by the pid in
+    /// their names; mount points of this namespace, innermost first.
+    pub fn leftovers(&self, mounts: &[MountInfo]) -> Vec<PathBuf> {
+        let Some(pid) = self.pid else {
+            return Vec::new();
+        };
+        let prefixes = [format!("ovl-image-{pid}-"), format!("ovl-tmp-{pid}-")];
+        let mut out: Vec<PathBuf> = mounts
+            .iter()
+            .rev()
+            .filter(|m| {
+                let p = &m.mount_point;
+                p.parent()
+                    .is_some_and(|d| self.scratch_dirs.iter().any(|s| s == d))
+                    && p.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        prefixes.iter().any(|pre| n.starts_with(pre.as_str()))
+                    })
+            })
+            .map(|m| m.mount_point.clone())
+            .collect();
+        out.dedup();
+        out
+    }
+}
+
+/// True while process `pid` runs (a zombie counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !matches!(
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next()),
+            Some("Z") | Some("X") | None
+        ),
+        Err(_) => false,
+    }
 }
 
 /// The registry directory for the current user.
@@ -133,8 +193,9 @@ impl Registry {
         }
     }
 
-    /// All records whose mount still exists; stale ones are removed (unreadable files are
-    /// skipped with a log line).
+    /// All records whose mount still exists, and those an `ovl mount` that died left mounted;
+    /// stale ones are removed after releasing what they left (unreadable files are skipped
+    /// with a log line). Records of mounts still being set up are not listed.
     pub fn live(&self, mounts: &[MountInfo]) -> Vec<MountRecord> {
         let Ok(rd) = std::fs::read_dir(self.mounts_dir()) else {
             return Vec::new();
@@ -155,7 +216,10 @@ impl Registry {
                     continue;
                 }
             };
-            if is_live(&rec, mounts) {
+            if rec.pending && !rec.is_abandoned() {
+                continue;
+            }
+            if is_live(&rec, mounts) || (rec.is_abandoned() && overlay_at(&rec.target, mounts)) {
                 out.push(rec);
             } else {
                 tracing::info!(
@@ -171,6 +235,15 @@ impl Registry {
     }
 }
 
+/// An overlay or FUSE mount is on top of `target`.
+pub fn overlay_at(target: &Path, mounts: &[MountInfo]) -> bool {
+    mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == target)
+        .is_some_and(|m| m.fstype == "overlay" || m.fstype.starts_with("fuse"))
+}
+
 /// Is the mount a record describes still there (same mount ID at the same place)?
 pub fn is_live(rec: &MountRecord, mounts: &[MountInfo]) -> bool {
     mounts
@@ -178,14 +251,41 @@ pub fn is_live(rec: &MountRecord, mounts: &[MountInfo]) -> bool {
         .any(|m| m.mount_id == rec.mount_id && m.mount_point == rec.target)
 }
 
-/// A stale record may leave a tmpfs upper mounted (the overlay was unmounted by hand):
-/// release it.
-fn cleanup_stale(rec: &MountRecord, mounts: &[MountInfo]) {
-    if let Some(t) = &rec.tmpfs {
-        if mounts.iter().any(|m| &m.mount_point == t) {
-            let _ = rustix::mount::unmount(t, rustix::mount::UnmountFlags::DETACH);
+/// What a record's mount leaves once the overlay itself is gone: image lowers (their loop
+/// devices clear themselves once unmounted), the tmpfs upper, and for an `ovl mount` that
+/// died half-way whatever it had mounted. Release it all; errors are returned, the first one
+/// (every release is attempted).
+pub fn release_leftovers(rec: &MountRecord, mounts: &[MountInfo]) -> Result<(), CliError> {
+    let mut first = None;
+    let mut release = |dir: &Path, r: overlay::Result<()>| {
+        if let Err(e) = r {
+            first.get_or_insert(CliError::from_overlay(e, dir));
         }
-        let _ = std::fs::remove_dir(t);
+    };
+    for im in rec.images.iter().rev() {
+        release(im, overlay::release_image(im));
+    }
+    if let Some(t) = &rec.tmpfs {
+        if mounts.iter().any(|m| &m.mount_point == t) || t.exists() {
+            release(t, overlay::release_tmpfs(t));
+        }
+    }
+    if rec.is_abandoned() {
+        for d in rec.leftovers(mounts) {
+            if rec.images.contains(&d) || rec.tmpfs.as_ref() == Some(&d) {
+                continue;
+            }
+            release(&d, overlay::release_image(&d));
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// A stale record may leave image lowers and a tmpfs upper mounted (the overlay was
+/// unmounted by hand): release them.
+fn cleanup_stale(rec: &MountRecord, mounts: &[MountInfo]) {
+    if let Err(e) = release_leftovers(rec, mounts) {
+        tracing::warn!("{e}");
     }
 }
 

@@ -50,3 +50,42 @@ fn usage_errors_exit_2() {
     let o = ovl(["run", "--target", "/usr"]);
     assert_eq!(o.status.code(), Some(2), "run needs a command");
 }
+
+/// A pipe whose reading end is already closed: writing to it fails with EPIPE, as writing
+/// into `| true` or `| head` does once the reader is gone.
+fn closed_pipe() -> std::process::Stdio {
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    drop(r);
+    std::process::Stdio::from(w)
+}
+
+/// Run `ovl ARGS` with stdout and/or stderr going into a closed pipe.
+fn ovl_into_closed_pipe(args: &[&str], stdout: bool, stderr: bool) -> std::process::Output {
+    let mut c = std::process::Command::new(ovl_bin());
+    c.args(args).env_remove("RUST_LOG");
+    if stdout {
+        c.stdout(closed_pipe());
+    }
+    if stderr {
+        c.stderr(closed_pipe());
+    }
+    c.output().expect("run ovl")
+}
+
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    for args in [
+        &["completions", "bash"][..],
+        &["--help"],
+        &["mount", "--help"],
+        &["probe"],
+    ] {
+        let o = ovl_into_closed_pipe(args, true, false);
+        assert_eq!(o.status.code(), Some(0), "ovl {args:?} | true: {o:?}");
+    }
+    // An error written to a closed stderr: the exit status still says what happened.
+    let o = ovl_into_closed_pipe(&["check", "/no/such/upper"], false, true);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let o = ovl_into_closed_pipe(&["frobnicate"], false, true);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

@@ -237,6 +237,18 @@ fn mount_with_the_fuse_backend() {
         return skip_or_fail(&format!("FUSE mount failed: {}", stderr(&o)));
     }
     assert_eq!(std::fs::read_to_string(m.join("x")).unwrap(), "b");
+    // nodev,nosuid like the kernel backend's mounts.
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let flags = mi
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .rfind(|f| f.get(4).copied() == m.to_str())
+        .map(|f| f[5].to_string())
+        .unwrap();
+    assert!(
+        flags.contains("nodev") && flags.contains("nosuid"),
+        "{flags}"
+    );
     std::fs::write(m.join("y"), "y").unwrap();
     let v: serde_json::Value =
         serde_json::from_slice(&ovl_with_state(&state, args!["status", "--json"]).stdout).unwrap();
@@ -317,4 +329,95 @@ fn probe_says_what_works() {
             "root in CI can mount the kernel overlay"
         );
     }
+}
+
+/// Names of the entries of `dir`, sorted.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A refused mount creates nothing: an upper inside the lower, the lower as upper, the mount
+/// point as upper, a dirty workdir (refused after the upper was created: it is removed
+/// again), and --tmp=0.
+#[test]
+fn a_refused_mount_has_no_side_effects() {
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "d/f", "lower");
+    write(r, "dirty/leftover", "x");
+    mkdirs(r, &["m", "l"]);
+    let (d, m) = (r.join("d"), r.join("m"));
+    let _c = Cleanup(m.clone());
+    let state = r.join("state");
+    let before = entries(r);
+    let refused = |args: &[&std::ffi::OsStr], expect: &[&str]| {
+        let o = ovl_with_state(&state, args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?} was not refused: {err}");
+        assert!(!is_mounted(&m), "{args:?} mounted");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        for e in expect {
+            assert!(err.contains(e), "{args:?}: {err} lacks {e}");
+        }
+        assert_eq!(entries(&d), ["f"], "{args:?} wrote into the lower");
+        let mut now = entries(r);
+        now.retain(|e| e != "state");
+        assert_eq!(now, before, "{args:?} left something behind");
+    };
+    let up = d.join("up");
+    refused(
+        args![
+            "mount",
+            "--lower",
+            d.as_os_str(),
+            "--upper",
+            up.as_os_str(),
+            m.as_os_str()
+        ],
+        &[up.to_str().unwrap(), "inside lower layer"],
+    );
+    refused(
+        args![
+            "mount",
+            "--lower",
+            d.as_os_str(),
+            "--upper",
+            d.as_os_str(),
+            m.as_os_str()
+        ],
+        &[d.to_str().unwrap(), "also a lower layer"],
+    );
+    refused(
+        args![
+            "mount",
+            "--lower",
+            r.join("l").as_os_str(),
+            "--upper",
+            m.as_os_str(),
+            m.as_os_str()
+        ],
+        &[m.to_str().unwrap(), "mount point"],
+    );
+    refused(
+        args![
+            "mount",
+            "--lower",
+            d.as_os_str(),
+            "--upper",
+            r.join("new-upper").as_os_str(),
+            "--work",
+            r.join("dirty").as_os_str(),
+            m.as_os_str()
+        ],
+        &["dirty"],
+    );
+    refused(
+        args!["mount", "--lower", d.as_os_str(), "--tmp=0", m.as_os_str()],
+        &["--tmp=0", "unlimited"],
+    );
 }

@@ -20,6 +20,14 @@ use crate::mount::{mount_session, MountConfig};
 use crate::options::MountRequest;
 use crate::sys::{fork_single_threaded, Forked};
 
+/// Write one line to stderr. A closed or broken stderr (`ovl-fuse ... 2>&- `, a pipe whose
+/// reader went away) is not worth a panic, which `eprintln!` would make of it: the line is
+/// dropped.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_fmt(line).and_then(|()| e.write_all(b"\n"));
+}
+
 /// Build the validated layer stack of a request.
 pub fn layer_stack(req: &MountRequest) -> Result<LayerStack> {
     let ns = if req.userxattr || !has_initial_cap_sys_admin() {
@@ -82,30 +90,33 @@ fn thread_count() -> usize {
 
 /// Run a mount request to completion; returns the process exit code.
 pub fn run(req: MountRequest) -> i32 {
+    // Once each, on stderr (which is the log file when ovl starts the daemon).
     for w in &req.warnings {
-        eprintln!("ovl-fuse: warning: {w}");
-        warn!("{w}");
+        say(format_args!("ovl-fuse: warning: {w}"));
     }
     // Modes come from the kernel already masked with the caller's umask.
     rustix::process::umask(rustix::fs::Mode::empty());
     let stack = match layer_stack(&req) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ovl-fuse: {e}");
+            say(format_args!("ovl-fuse: {e}"));
             return 1;
         }
     };
     match std::fs::metadata(&req.mountpoint) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            eprintln!(
+            say(format_args!(
                 "ovl-fuse: mountpoint {} is not a directory",
                 req.mountpoint.display()
-            );
+            ));
             return 1;
         }
         Err(e) => {
-            eprintln!("ovl-fuse: mountpoint {}: {e}", req.mountpoint.display());
+            say(format_args!(
+                "ovl-fuse: mountpoint {}: {e}",
+                req.mountpoint.display()
+            ));
             return 1;
         }
     }
@@ -113,25 +124,27 @@ pub fn run(req: MountRequest) -> i32 {
         return match serve(&req, stack, &mut None) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("ovl-fuse: {e}");
+                say(format_args!("ovl-fuse: {e}"));
                 1
             }
         };
     }
     if thread_count() != 1 {
-        eprintln!("ovl-fuse: cannot daemonize a multi-threaded process; use -f");
+        say(format_args!(
+            "ovl-fuse: cannot daemonize a multi-threaded process; use -f"
+        ));
         return 1;
     }
     let (rd, wr) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ovl-fuse: daemonize: pipe: {e}");
+            say(format_args!("ovl-fuse: daemonize: pipe: {e}"));
             return 1;
         }
     };
     match fork_single_threaded() {
         Err(e) => {
-            eprintln!("ovl-fuse: daemonize: fork: {e}");
+            say(format_args!("ovl-fuse: daemonize: fork: {e}"));
             1
         }
         Ok(Forked::Parent(_child)) => {
@@ -145,11 +158,13 @@ pub fn run(req: MountRequest) -> i32 {
             match serve(&req, stack, &mut ready) {
                 Ok(()) => 0,
                 Err(e) => {
-                    // Before readiness this reaches the parent; afterwards the log.
-                    if let Some(mut w) = ready.take() {
-                        let _ = write!(w, "ERR {e}");
+                    // Before readiness the parent prints it (once); afterwards the log.
+                    match ready.take() {
+                        Some(mut w) => {
+                            let _ = write!(w, "ERR {e}");
+                        }
+                        None => error!("{e}"),
                     }
-                    error!("{e}");
                     1
                 }
             }
@@ -165,10 +180,12 @@ fn wait_ready(rd: OwnedFd) -> i32 {
     if msg.starts_with("OK") {
         0
     } else if let Some(err) = msg.strip_prefix("ERR ") {
-        eprintln!("ovl-fuse: {err}");
+        say(format_args!("ovl-fuse: {err}"));
         1
     } else {
-        eprintln!("ovl-fuse: the daemon exited before the mount was ready");
+        say(format_args!(
+            "ovl-fuse: the daemon exited before the mount was ready"
+        ));
         1
     }
 }

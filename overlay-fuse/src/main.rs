@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+use std::io::Write;
+
+use overlay_fuse::daemon::say;
 use overlay_fuse::options::{parse_args, Command, USAGE};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -22,7 +25,10 @@ fn init_logging(debug: bool) {
         {
             Ok(f) => BoxMakeWriter::new(std::sync::Mutex::new(f)),
             Err(e) => {
-                eprintln!("ovl-fuse: log file {}: {e}", path.to_string_lossy());
+                say(format_args!(
+                    "ovl-fuse: log file {}: {e}",
+                    path.to_string_lossy()
+                ));
                 BoxMakeWriter::new(std::io::stderr)
             }
         },
@@ -35,21 +41,30 @@ fn init_logging(debug: bool) {
         .try_init();
 }
 
+/// Write one line to stdout; a closed pipe (`ovl-fuse --help | true`) is not an error.
+fn print_stdout(line: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let _ = o
+        .write_fmt(line)
+        .and_then(|()| o.write_all(b"\n"))
+        .and_then(|()| o.flush());
+}
+
 fn main() -> ExitCode {
     let cmd = match parse_args(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ovl-fuse: {e}\n{USAGE}");
+            say(format_args!("ovl-fuse: {e}\n{USAGE}"));
             return ExitCode::from(2);
         }
     };
     match cmd {
         Command::Help => {
-            println!("{USAGE}");
+            print_stdout(format_args!("{USAGE}"));
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("ovl-fuse {}", env!("CARGO_PKG_VERSION"));
+            print_stdout(format_args!("ovl-fuse {}", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Command::Mount(req) => {

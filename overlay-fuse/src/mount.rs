@@ -22,9 +22,11 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Let root use the mount as well as the owner (`allow_root`).
     pub allow_root: bool,
-    /// Allow device nodes. Default: when root.
+    /// Allow device nodes (`dev`). Default: no (`nodev`), as fuse-overlayfs and the kernel
+    /// overlay mounted by `ovl`; only root can turn it on.
     pub dev: bool,
-    /// Honour set-user/group-ID bits. Default: when root.
+    /// Honour set-user/group-ID bits (`suid`). Default: no (`nosuid`); only root can turn
+    /// it on.
     pub suid: bool,
     /// Allow execution.
     pub exec: bool,
@@ -43,8 +45,9 @@ pub struct MountConfig {
 }
 
 impl MountConfig {
-    /// Defaults for the calling user, like fuse-overlayfs: root gets `allow_other`, `dev`
-    /// and `suid`; everyone gets `default_permissions` and `noatime`.
+    /// Defaults for the calling user, like fuse-overlayfs: root gets `allow_other`; everyone
+    /// gets `nodev`, `nosuid`, `default_permissions` and `noatime` (set [`MountConfig::dev`]
+    /// and [`MountConfig::suid`] to allow device nodes and set-id bits).
     pub fn for_current_user(fs: FsConfig) -> Self {
         let root = rustix::process::geteuid().is_root();
         let cpus = std::thread::available_parallelism()
@@ -55,8 +58,8 @@ impl MountConfig {
             fsname: "ovl-fuse".into(),
             allow_other: root,
             allow_root: false,
-            dev: root,
-            suid: root,
+            dev: false,
+            suid: false,
             exec: true,
             noatime: true,
             sync: false,

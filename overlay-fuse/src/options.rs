@@ -43,6 +43,8 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
      allow_other, allow_root, default_permissions, ...
+     The mount is nodev,nosuid unless -o dev or -o suid is given (those need root), as
+     fuse-overlayfs's is; root's mounts are allow_other.
 Logging: RUST_LOG (e.g. RUST_LOG=debug); OVL_FUSE_LOG_FILE=PATH keeps daemon logs.";
 
 /// What the command line asks for.
@@ -87,7 +89,8 @@ pub struct MountRequest {
     pub warnings: Vec<String>,
 }
 
-/// Generic mount flags; `None` means the default for the caller (root or not).
+/// Generic mount flags; `None` means the default ([`crate::MountConfig::for_current_user`]:
+/// `nodev`, `nosuid`, `exec`, `noatime`, `allow_other` for root).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MountFlags {
     /// `ro`.

@@ -422,3 +422,105 @@ fn interchange_kernel_upper_mounted_by_fuse() {
         "kernel-written upper, FUSE view",
     );
 }
+
+/// A pipe whose reading end is already closed (writing to it fails with EPIPE).
+fn closed_pipe() -> Stdio {
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    drop(r);
+    Stdio::from(w)
+}
+
+/// `ovl-fuse --help | true` and a warning or error written to a closed stderr end with the
+/// exit status they would have anyway, not with a panic (101).
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    for flag in ["--help", "--version"] {
+        let out = Command::new(BIN)
+            .arg(flag)
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}: {out:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // A warning (plugins= is not implemented), then an error (no such lower).
+    let out = Command::new(BIN)
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},plugins=x.so",
+            tmp.path().join("missing").display()
+        ))
+        .arg(tmp.path())
+        .stdin(Stdio::null())
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // A usage error.
+    let out = Command::new(BIN)
+        .arg("--frobnicate")
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// The per-mount options (mountinfo's sixth field) of the mount on `mnt`.
+fn mount_flags_of(mnt: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .rfind(|f| f.get(4).copied() == mnt.to_str())
+        .map(|f| f[5].split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Even for root, the mount is `nodev,nosuid` unless `-o dev`/`-o suid` ask otherwise (as
+/// fuse-overlayfs's): a device node or a setuid binary in a layer does not take effect.
+#[test]
+fn nodev_nosuid_unless_asked() {
+    if !can_mount("nodev_nosuid_unless_asked") {
+        return;
+    }
+    let l = Layers::new(1);
+    sample_lower(&l);
+    let d = Daemon::foreground(&l.options(), &l.mnt);
+    let flags = mount_flags_of(&l.mnt);
+    assert!(
+        flags.iter().any(|f| f == "nodev") && flags.iter().any(|f| f == "nosuid"),
+        "default mount flags: {flags:?}"
+    );
+    d.unmount_and_wait();
+    let d = Daemon::foreground(&format!("{},dev,suid", l.options()), &l.mnt);
+    let flags = mount_flags_of(&l.mnt);
+    assert!(
+        !flags.iter().any(|f| f == "nodev" || f == "nosuid"),
+        "-o dev,suid: {flags:?}"
+    );
+    d.unmount_and_wait();
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("nodev,nosuid unless -o dev"));
+}
+
+/// A warning and an error are each printed once (not again through the log, which is stderr
+/// too).
+#[test]
+fn each_message_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let out = Command::new(BIN)
+        .arg("-o")
+        .arg(format!("lowerdir={},plugins=x.so", missing.display()))
+        .arg(tmp.path())
+        .stdin(Stdio::null())
+        .env_remove("RUST_LOG")
+        .env_remove("OVL_FUSE_LOG_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("plugins=x.so").count(), 1, "{err}");
+    assert_eq!(err.matches("missing").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+}
