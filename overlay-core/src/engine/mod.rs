@@ -242,6 +242,15 @@ pub struct OverlayOptions {
 ///   by default; a redirect inside a lower layer is refused (EPERM, the directory left out of
 ///   listings), as with `redirect_dir=nofollow`. A metacopy file (from `metacopy=on`) is
 ///   refused with EPERM, as the kernel refuses it with `metacopy=off`.
+/// * With `user.overlay.*` xattrs ([`crate::XattrNamespace::User`], the kernel's
+///   `userxattr`) redirects are never followed, as the kernel forces `redirect_dir=nofollow`
+///   there: any user can write `user.overlay.redirect` on an upper directory they own, and
+///   following it would show them a lower directory they cannot read. Such a directory's
+///   lookup fails with EPERM where its parent has lower directories (the xattr is ignored
+///   where it has none), as the kernel's "refusing to follow redirect".
+/// * A bad `overlay.redirect` fails only its own directory, with the kernel's errno: EINVAL
+///   for a malformed value, EACCES for `.`/`..` components; the parent's listing leaves the
+///   directory out (as the kernel does when it computes the entry's d_ino) and goes on.
 /// * `.wh.<name>` AUFS whiteouts and `.wh..wh..opq` markers are honoured in lower layers only;
 ///   in the upper layer such names are ordinary files (as for the kernel).
 /// * A [`File`] from [`Overlay::open`] opened read-only before a copy-up keeps reading the

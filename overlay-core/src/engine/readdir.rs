@@ -132,10 +132,14 @@ impl Overlay {
                     match self.resolve(dir, &e.name) {
                         Ok(Some(r)) => r.ino,
                         Ok(None) => continue,
-                        // A directory the engine refuses (a redirect it does not follow) is
-                        // left out of the listing, as the kernel leaves it out.
-                        Err(e) if e.raw_os_error() == libc::EPERM => continue,
-                        Err(e) => return Err(e),
+                        // A directory whose lookup fails (a bad or refused redirect, a
+                        // swapped object) fails alone: it is left out of the listing, as the
+                        // kernel leaves out an entry it cannot look up for its d_ino ("failed
+                        // to look up (name) for ino"), and the listing goes on.
+                        Err(e) => {
+                            tracing::warn!("readdir: left out: {e}");
+                            continue;
+                        }
                     }
                 } else {
                     self.origin_ino_of(fd.as_fd(), &e.name)

@@ -1,0 +1,302 @@
+//! Tests for layers written by someone else and mounts serving hostile users (issue 10):
+//! the engine must neither crash, hang nor show what the layers' owner could not see.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
+use super::*;
+
+/// A kernel overlay mounted by a test, unmounted on drop (also when the test panics).
+struct KernelMountGuard {
+    target: tempfile::TempDir,
+    _work: tempfile::TempDir,
+}
+
+impl KernelMountGuard {
+    /// Mount `lowers` (bottom first, as in [`Fixture`]) under `upper` with a fresh workdir
+    /// next to the upper (same filesystem) and the extra options `opts`.
+    fn mount(lowers: &[PathBuf], upper: &Path, opts: &str) -> KernelMountGuard {
+        let work = tempfile::tempdir_in(upper.parent().unwrap()).unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let lowerdir: Vec<String> = lowers
+            .iter()
+            .rev()
+            .map(|p| p.to_str().unwrap().to_string())
+            .collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={},{opts}",
+            lowerdir.join(":"),
+            upper.display(),
+            work.path().display()
+        );
+        let data = CString::new(data).unwrap();
+        rustix::mount::mount(
+            "overlay",
+            target.path(),
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .unwrap_or_else(|e| panic!("kernel overlay mount ({data:?}): {e}"));
+        KernelMountGuard {
+            target,
+            _work: work,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.target.path()
+    }
+}
+
+impl Drop for KernelMountGuard {
+    fn drop(&mut self) {
+        let t = self.target.path();
+        if rustix::mount::unmount(t, rustix::mount::UnmountFlags::empty()).is_err() {
+            let _ = rustix::mount::unmount(t, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// 0 when `lstat` of `p` succeeds, else its errno.
+fn lstat_errno(p: &Path) -> i32 {
+    match std::fs::symlink_metadata(p) {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap(),
+    }
+}
+
+/// 0 when the engine's lookup of `name` in the root succeeds, else its errno.
+fn lookup_errno(ovl: &Overlay, dir: &NodeRef, name: &OsStr) -> i32 {
+    match ovl.lookup(dir, name) {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error(),
+    }
+}
+
+fn sorted_os_names(ovl: &Overlay, dir: &NodeRef) -> Vec<OsString> {
+    let mut v: Vec<OsString> = ovl
+        .readdir(dir)
+        .unwrap_or_else(|e| panic!("readdir: {e}"))
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The names in directory `p` of a kernel overlay, read with `getdents64` and read on past
+/// failed calls: the kernel marks an entry it cannot look up (to compute its d_ino) stale, and
+/// the call that meets it first fails with that lookup's errno; the next call goes on
+/// without it (`std::fs::read_dir` stops at the first error).
+fn sorted_dir_names(p: &Path) -> Vec<OsString> {
+    use rustix::fs::{Mode, OFlags, RawDir};
+    let fd = rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let mut buf = Vec::with_capacity(4096);
+    let mut dir = RawDir::new(&fd, buf.spare_capacity_mut());
+    let mut v = Vec::new();
+    let mut failures = 0;
+    while let Some(ent) = dir.next() {
+        match ent {
+            Ok(e) => {
+                let n = e.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    v.push(OsStr::from_bytes(n).to_os_string());
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                assert!(failures < 100, "getdents64 {}: {e}", p.display());
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Redirect values a stranger may leave on upper directories, each with the kernel's answer
+/// on Linux 6.18 with redirect_dir=on (lookup of the directory; a directory whose lookup fails
+/// is left out of its parent's listing when the kernel computes d_ino, as in an impure parent).
+const FORGED_REDIRECTS: &[(&str, &[u8])] = &[
+    ("dotdot2", b"../../x"),  // EINVAL: a '/' in a relative redirect
+    ("relslash", b"a/b"),     // EINVAL
+    ("empty", b""),           // EINVAL: an empty value
+    ("slash", b"/"),          // EINVAL: an empty component
+    ("dblslash", b"/d//x"),   // EINVAL
+    ("trailing", b"/d/"),     // EINVAL
+    ("dot", b"."),            // EACCES: the lower lookup of "." is refused
+    ("dotdot", b".."),        // EACCES
+    ("absdotdot", b"/../d"),  // EACCES
+    ("nonutf8", b"\xff\xfe"), // followed, nothing there: a plain upper directory
+    ("long", &[b'/'; 1]),     // replaced below by a 300-byte absolute value
+    ("nul", b"e\0junk"),      // a C string: followed as "e"
+    ("good", b"d"),           // followed
+];
+
+fn forged_value(name: &str, v: &[u8]) -> Vec<u8> {
+    if name == "long" {
+        let mut l = b"/".to_vec();
+        l.extend(std::iter::repeat_n(b'a', 300));
+        l
+    } else {
+        v.to_vec()
+    }
+}
+
+/// One bad `overlay.redirect` fails only its own directory: the parent's listing works and
+/// leaves it out, and its lookup fails with the kernel's errno. Checked against a kernel
+/// mount (redirect_dir=on) over the same layers.
+#[test]
+fn a_bad_redirect_fails_only_its_own_entry() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("d/f"), "lower");
+    write(&f.lowers[0].join("e/g"), "lower");
+    std::fs::create_dir(f.lowers[0].join("sub")).unwrap();
+    write(&f.upper.join("plain/p"), "upper");
+    // The same directories in a merged parent (the root) and in a pure upper one (`pu`).
+    for parent in ["", "pu"] {
+        for (name, v) in FORGED_REDIRECTS {
+            let p = f.upper.join(parent).join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            set_xattr(&p, "trusted.overlay.redirect", &forged_value(name, v));
+        }
+    }
+    // As a kernel copy-up or rename leaves it: the kernel then computes d_ino in readdir.
+    set_xattr(&f.upper, "trusted.overlay.impure", b"y");
+    let engine = {
+        let ovl = f.overlay();
+        let root = ovl.root();
+        let pu = walk(&ovl, "pu").unwrap();
+        let errnos: Vec<(String, i32, i32)> = FORGED_REDIRECTS
+            .iter()
+            .map(|(n, _)| {
+                (
+                    n.to_string(),
+                    lookup_errno(&ovl, &root, OsStr::new(n)),
+                    lookup_errno(&ovl, &pu, OsStr::new(n)),
+                )
+            })
+            .collect();
+        let listing = (sorted_os_names(&ovl, &root), sorted_os_names(&ovl, &pu));
+        let good = [
+            names(&ovl, &walk(&ovl, "good").unwrap()),
+            names(&ovl, &walk(&ovl, "nul").unwrap()),
+        ];
+        (errnos, listing, good)
+    };
+    let kernel = {
+        let k = KernelMountGuard::mount(&f.lowers, &f.upper, "redirect_dir=on,index=off");
+        let m = k.path();
+        let errnos: Vec<(String, i32, i32)> = FORGED_REDIRECTS
+            .iter()
+            .map(|(n, _)| {
+                (
+                    n.to_string(),
+                    lstat_errno(&m.join(n)),
+                    lstat_errno(&m.join("pu").join(n)),
+                )
+            })
+            .collect();
+        let listing = (sorted_dir_names(m), sorted_dir_names(&m.join("pu")));
+        let good = ["good", "nul"].map(|d| {
+            sorted_dir_names(&m.join(d))
+                .into_iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        });
+        (errnos, listing, good)
+    };
+    assert_eq!(engine.0, kernel.0, "lookup errnos (name, in root, in pu)");
+    assert_eq!(engine.1, kernel.1, "listings of the root and of pu");
+    assert_eq!(engine.2, kernel.2, "the followed redirects");
+    assert_eq!(engine.2, [["f"], ["g"]]);
+}
+
+/// With `user.overlay.*` (the kernel's userxattr) redirects are never followed: a user who
+/// owns an upper directory can write `user.overlay.redirect` on it, and following it would
+/// show a lower directory the user may not read. As the kernel (redirect_dir=nofollow): the
+/// lookup fails with EPERM (EINVAL for a malformed value) where the parent has lower
+/// directories, and the xattr is ignored where it has none. Checked against a kernel mount
+/// with userxattr.
+#[test]
+fn userxattr_redirects_are_not_followed() {
+    need_root!();
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("private/secret"), "secret");
+    std::fs::set_permissions(
+        f.lowers[0].join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    write(&f.lowers[0].join("d/f"), "lower");
+    let forged: &[(&str, &[u8])] = &[
+        ("abs", b"/private"),
+        ("rel", b"private"),
+        ("missing", b"/nothing"),
+        ("bad", b"../private"),
+    ];
+    for parent in ["", "pu"] {
+        for (name, v) in forged {
+            let p = f.upper.join(parent).join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            set_xattr(&p, "user.overlay.redirect", v);
+        }
+    }
+    let stack = LayerStack::builder()
+        .lowers(f.lowers.iter())
+        .upper(&f.upper, &f.work)
+        .xattr_namespace(XattrNamespace::User)
+        .build()
+        .unwrap();
+    let engine = {
+        let ovl = Overlay::new(stack).unwrap();
+        let root = ovl.root();
+        let pu = walk(&ovl, "pu").unwrap();
+        let errnos: Vec<(String, i32, i32)> = forged
+            .iter()
+            .map(|(n, _)| {
+                (
+                    n.to_string(),
+                    lookup_errno(&ovl, &root, OsStr::new(n)),
+                    lookup_errno(&ovl, &pu, OsStr::new(n)),
+                )
+            })
+            .collect();
+        // Nothing of the private directory shows through a redirected directory.
+        for (n, _) in forged {
+            if let Ok(d) = walk(&ovl, &format!("pu/{n}")) {
+                assert!(names(&ovl, &d).is_empty(), "pu/{n} shows lower entries");
+            }
+        }
+        let listing = sorted_os_names(&ovl, &pu);
+        (errnos, listing)
+    };
+    assert_eq!(
+        engine.0,
+        [
+            ("abs".to_string(), libc::EPERM, 0),
+            ("rel".to_string(), libc::EPERM, 0),
+            ("missing".to_string(), libc::EPERM, 0),
+            ("bad".to_string(), libc::EINVAL, 0),
+        ]
+    );
+    let kernel = {
+        let k = KernelMountGuard::mount(&f.lowers, &f.upper, "userxattr");
+        let m = k.path();
+        let errnos: Vec<(String, i32, i32)> = forged
+            .iter()
+            .map(|(n, _)| {
+                (
+                    n.to_string(),
+                    lstat_errno(&m.join(n)),
+                    lstat_errno(&m.join("pu").join(n)),
+                )
+            })
+            .collect();
+        (errnos, sorted_dir_names(&m.join("pu")))
+    };
+    assert_eq!(engine.0, kernel.0, "lookup errnos (name, in root, in pu)");
+    assert_eq!(engine.1, kernel.1, "listing of pu");
+}
