@@ -55,15 +55,32 @@ impl Drop for StagingGuard<'_> {
 
 impl Overlay {
     /// Copy `node` (and its parents) up; `with_data` false skips the data (for `O_TRUNC`).
+    ///
+    /// The ancestors not yet in upper are collected on the heap and copied up from the top
+    /// down (as the kernel does), so a node at any depth costs no stack.
     pub(crate) fn copy_up_node(&self, node: &NodeRef, with_data: bool) -> Result<()> {
         if node.state.read().upper {
             return Ok(());
         }
         self.check_writable("copy-up", || node.rel_path())?;
-        let Some((parent, _)) = node.parent_name() else {
-            return Ok(());
-        };
-        self.copy_up_node(&parent, true)?;
+        // Nearest first.
+        let mut ancestors: Vec<NodeRef> = Vec::new();
+        let mut cur = node.parent_name().map(|(p, _)| p);
+        while let Some(p) = cur {
+            if p.state.read().upper {
+                break;
+            }
+            cur = p.parent_name().map(|(pp, _)| pp);
+            ancestors.push(p);
+        }
+        for a in ancestors.iter().rev() {
+            self.copy_up_one(a, true)?;
+        }
+        self.copy_up_one(node, with_data)
+    }
+
+    /// Copy `node` up, its parent being in upper already.
+    fn copy_up_one(&self, node: &NodeRef, with_data: bool) -> Result<()> {
         let _g = node.copy_lock.lock();
         if node.state.read().upper {
             return Ok(());

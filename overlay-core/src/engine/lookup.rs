@@ -468,14 +468,26 @@ impl Overlay {
 
     /// Where directory `node`'s lower directories are, relative to the lower layers' roots:
     /// its path, or the path its nearest redirected ancestor points to.
+    /// Iterative: any depth costs heap, not stack.
     pub(crate) fn lower_rel_path(&self, node: &NodeRef) -> PathBuf {
-        if let Some(p) = node.state.read().lower_path.clone() {
-            return p.to_path_buf();
+        let mut names = Vec::new();
+        let mut cur = node.clone();
+        let mut path = loop {
+            if let Some(p) = cur.state.read().lower_path.clone() {
+                break p.to_path_buf();
+            }
+            match cur.parent_name() {
+                Some((parent, name)) => {
+                    names.push(name);
+                    cur = parent;
+                }
+                None => break PathBuf::new(),
+            }
+        };
+        for n in names.iter().rev() {
+            path.push(n.as_os_str());
         }
-        match node.parent_name() {
-            Some((parent, name)) => self.lower_rel_path(&parent).join(name.as_os_str()),
-            None => PathBuf::new(),
-        }
+        path
     }
 
     /// Open directory `path` (relative, no `..`) beneath the root of lower `layer`, never

@@ -9,6 +9,13 @@
 //! overlay and stable across copy-up, like the kernel's samefs/xino behaviour.
 //!
 //! Concurrency: an [`Overlay`] is `Send + Sync`; there is no global lock.
+//!
+//! Depth: nothing in the engine recurses over the depth of the tree. Opening a directory
+//! through its ancestors, copying up the ancestors of a node, building a redirected
+//! directory's lower path, dropping the last node of a long chain (each node holds its
+//! parent), removing a tree (the workdir's staging leftovers, [`crate::PathApi`]'s
+//! `remove_dir_all`) all walk iteratively, so a directory at any depth the kernel allows costs
+//! heap, not stack: a deep tree cannot overflow the stack of a FUSE worker thread.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -458,14 +465,63 @@ impl Overlay {
 
     /// The directory of directory node `dir` in `layer` (cached; opened beneath the
     /// parent's directory, one component, never following a symlink or crossing a mount).
+    ///
+    /// Iterative: the ancestors up to the nearest one whose directory is at hand (cached, the
+    /// layer root, or a redirected one) are collected on the heap and opened from the top
+    /// down, so a directory at any depth costs no stack.
     pub(crate) fn dir_fd(
         &self,
         dir: &NodeRef,
         layer: LayerRef,
     ) -> std::result::Result<Arc<std::os::fd::OwnedFd>, Errno> {
-        use rustix::fs::{Mode, OFlags};
+        // A concurrent rename of a pure upper directory on the way: start again.
+        for _ in 0..8 {
+            if let Some(fd) = self.dir_fd_at_hand(dir, layer)? {
+                return Ok(fd);
+            }
+            // `chain[i + 1]` is the parent of `chain[i]`; the last one's parent is at hand.
+            let mut chain: Vec<NodeRef> = vec![dir.clone()];
+            let mut fd = loop {
+                let (parent, _) = chain
+                    .last()
+                    .and_then(|n| n.parent_name())
+                    .expect("the root is at hand");
+                if let Some(fd) = self.dir_fd_at_hand(&parent, layer)? {
+                    chain.push(parent);
+                    break fd;
+                }
+                chain.push(parent);
+            };
+            let mut moved = false;
+            for pair in chain.windows(2).rev() {
+                let (node, parent) = (&pair[0], &pair[1]);
+                match self.open_child_dir(&fd, parent, node, layer)? {
+                    Some(child) => fd = child,
+                    None => {
+                        moved = true;
+                        break;
+                    }
+                }
+            }
+            if !moved {
+                return Ok(fd);
+            }
+        }
+        Err(Errno::NOENT)
+    }
+
+    /// The directory of `dir` in `layer` when it needs no walk from an ancestor: cached, the
+    /// layer root, or (in a lower layer) where its redirect points.
+    fn dir_fd_at_hand(
+        &self,
+        dir: &NodeRef,
+        layer: LayerRef,
+    ) -> std::result::Result<Option<Arc<std::os::fd::OwnedFd>>, Errno> {
         if let Some(fd) = self.dir_fds.get(dir, layer) {
-            return Ok(fd);
+            return Ok(Some(fd));
+        }
+        if dir.parent_name().is_none() {
+            return Ok(Some(self.layers.root(layer).fd.clone()));
         }
         // A redirected directory's lower directories are where its redirect points.
         if let LayerRef::Lower(_) = layer {
@@ -473,37 +529,50 @@ impl Overlay {
             if let Some(p) = redirected {
                 let fd = self.open_lower_path(layer, &p)?;
                 self.dir_fds.insert(dir, layer, fd.clone());
-                return Ok(fd);
+                return Ok(Some(fd));
             }
         }
-        for _ in 0..8 {
-            let Some((parent, name)) = dir.parent_name() else {
-                return Ok(self.layers.root(layer).fd.clone());
-            };
-            if dir.is_unlinked() {
-                return Err(Errno::NOENT);
-            }
-            let pfd = self.dir_fd(&parent, layer)?;
-            let fd = rustix::fs::openat2(
-                &*pfd,
-                name.as_os_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                RESOLVE_LAYER,
-            )?;
-            // Only pure upper directories move (renames of merged ones are EXDEV): check
-            // that a concurrent rename did not make us open another directory.
-            if layer == LayerRef::Upper && dir.state.read().lowers.is_empty() {
-                let st = rustix::fs::fstat(&fd)?;
-                if self.layers.map_ino(LayerRef::Upper, st.st_ino) != dir.ino() {
-                    continue;
-                }
-            }
-            let fd = Arc::new(fd);
-            self.dir_fds.insert(dir, layer, fd.clone());
-            return Ok(fd);
+        Ok(None)
+    }
+
+    /// Open directory node `dir` in `layer` beneath `parent_fd`, the directory of `parent`,
+    /// and cache it. `None` when `dir` is no longer a child of `parent`, or (pure upper
+    /// directories move) the name now holds another directory: a concurrent rename.
+    fn open_child_dir(
+        &self,
+        parent_fd: &std::os::fd::OwnedFd,
+        parent: &NodeRef,
+        dir: &NodeRef,
+        layer: LayerRef,
+    ) -> std::result::Result<Option<Arc<std::os::fd::OwnedFd>>, Errno> {
+        use rustix::fs::{Mode, OFlags};
+        let Some((now_parent, name)) = dir.parent_name() else {
+            return Ok(None);
+        };
+        if !Arc::ptr_eq(&now_parent, parent) {
+            return Ok(None);
         }
-        Err(Errno::NOENT)
+        if dir.is_unlinked() {
+            return Err(Errno::NOENT);
+        }
+        let fd = rustix::fs::openat2(
+            parent_fd,
+            name.as_os_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE_LAYER,
+        )?;
+        // Only pure upper directories move (renames of merged ones are EXDEV): check
+        // that a concurrent rename did not make us open another directory.
+        if layer == LayerRef::Upper && dir.state.read().lowers.is_empty() {
+            let st = rustix::fs::fstat(&fd)?;
+            if self.layers.map_ino(LayerRef::Upper, st.st_ino) != dir.ino() {
+                return Ok(None);
+            }
+        }
+        let fd = Arc::new(fd);
+        self.dir_fds.insert(dir, layer, fd.clone());
+        Ok(Some(fd))
     }
 
     /// Forget the cached directory fds of a directory node removed from the tree (or

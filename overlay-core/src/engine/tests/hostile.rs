@@ -300,3 +300,185 @@ fn userxattr_redirects_are_not_followed() {
     assert_eq!(engine.0, kernel.0, "lookup errnos (name, in root, in pu)");
     assert_eq!(engine.1, kernel.1, "listing of pu");
 }
+
+/// Stack size for the depth tests' thread: smaller than a FUSE worker thread's (fuser's
+/// threads get Rust's default 2 MiB), so recursion over tree depth overflows it.
+const SMALL_STACK: usize = 256 * 1024;
+
+/// Run `f` on a thread with [`SMALL_STACK`]; a panic in it fails the caller (a stack
+/// overflow aborts the whole test binary, which fails the run too).
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(SMALL_STACK)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Create a chain of `depth` directories named `d` as `top` (created), `top/d`, `top/d/d`, ...
+/// with a file `leaf` holding `data` in the deepest one. Each level is made relative to an fd
+/// of the previous one: the whole path is far longer than PATH_MAX.
+fn deep_chain(top: &Path, depth: usize, data: &str) {
+    use rustix::fs::{Mode, OFlags};
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    std::fs::create_dir(top).unwrap();
+    let mut fd = rustix::fs::open(top, dir_flags, Mode::empty()).unwrap();
+    for _ in 1..depth {
+        rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(&fd, "d", dir_flags, Mode::empty()).unwrap();
+    }
+    let leaf = rustix::fs::openat(
+        &fd,
+        "leaf",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    rustix::io::write(&leaf, data.as_bytes()).unwrap();
+}
+
+/// Removes a deep tree on drop without recursion and with two fds at a time (going back up
+/// through `..`; the tree is a test's own): `std::fs::remove_dir_all` holds an fd per level
+/// and may recurse.
+struct DeepTreeGuard(PathBuf);
+
+impl Drop for DeepTreeGuard {
+    fn drop(&mut self) {
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let Ok(mut fd) = rustix::fs::open(&self.0, dir_flags, Mode::empty()) else {
+            return;
+        };
+        // Names of the directories entered below `self.0`.
+        let mut names: Vec<OsString> = Vec::new();
+        loop {
+            let mut sub = None;
+            for name in super::super::layers::list_dir_names(&fd).unwrap() {
+                match rustix::fs::unlinkat(&fd, &name, AtFlags::empty()) {
+                    Err(rustix::io::Errno::ISDIR) => {
+                        sub = Some(name);
+                        break;
+                    }
+                    r => r.unwrap(),
+                }
+            }
+            if let Some(name) = sub {
+                fd = rustix::fs::openat(&fd, &name, dir_flags, Mode::empty()).unwrap();
+                names.push(name);
+                continue;
+            }
+            let Some(name) = names.pop() else { break };
+            fd = rustix::fs::openat(&fd, "..", dir_flags, Mode::empty()).unwrap();
+            rustix::fs::unlinkat(&fd, &name, AtFlags::REMOVEDIR).unwrap();
+        }
+        drop(fd);
+        std::fs::remove_dir(&self.0).unwrap();
+    }
+}
+
+/// Look `path` (`/`-separated, `d*N` for N levels of `d`) up from the root.
+fn walk_deep(ovl: &Overlay, top: &str, depth: usize, last: &str) -> NodeRef {
+    let mut n = ovl.lookup(&ovl.root(), OsStr::new(top)).unwrap();
+    for _ in 1..depth {
+        n = ovl.lookup(&n, OsStr::new("d")).unwrap();
+    }
+    ovl.lookup(&n, OsStr::new(last)).unwrap()
+}
+
+/// Tree depth costs heap, not stack (issue 10): a 6,000-deep lower chain is looked up,
+/// stat'ed, listed and read after its cached directory fds are gone (as a flood of other
+/// directories evicts them), a 2,500-deep one copied up by an open for write, a relative
+/// redirect at depth 2,500 resolved, and a 3,000-deep stale tree in the workdir cleaned, all
+/// on a thread with a 256 KiB stack; then the long chains of nodes are dropped there too.
+/// Each of these recursed once per level and overflowed the stack.
+#[test]
+fn depth_costs_heap_not_stack() {
+    need_root!();
+    let f = Fixture::new(2);
+    let _trees = [
+        DeepTreeGuard(f.lowers[0].join("deep")),
+        DeepTreeGuard(f.lowers[1].join("cu")),
+        DeepTreeGuard(f.upper.join("cu")),
+        DeepTreeGuard(f.work.join("work")),
+    ];
+    deep_chain(&f.lowers[0].join("deep"), 6000, "deep leaf");
+    deep_chain(&f.lowers[1].join("cu"), 2500, "copy me");
+    // What a crash could leave in the staging area (cleaned by Overlay::new).
+    std::fs::create_dir(f.work.join("work")).unwrap();
+    deep_chain(&f.work.join("work/stale"), 3000, "stale");
+    let (stack, restack, work) = (f.stack(), f.stack(), f.work.clone());
+    on_small_stack(move || {
+        let ovl = Overlay::new(stack).unwrap();
+        // Lookup, stat, readdir and read at the bottom of the 6,000-deep chain, once with
+        // the directory fds cached and once with the cache emptied.
+        let leaf = walk_deep(&ovl, "deep", 6000, "leaf");
+        for _ in 0..2 {
+            assert_eq!(ovl.getattr(&leaf).unwrap().size, 9);
+            let bottom = leaf.parent_name().unwrap().0;
+            assert_eq!(names(&ovl, &bottom), ["leaf"]);
+            let mut s = String::new();
+            ovl.open(&leaf, libc::O_RDONLY)
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
+            assert_eq!(s, "deep leaf");
+            assert_eq!(leaf.path().components().count(), 6001);
+            ovl.dir_fds.clear();
+        }
+        // Copy-up of 2,500 ancestors by an open for write.
+        let cu = walk_deep(&ovl, "cu", 2500, "leaf");
+        ovl.dir_fds.clear();
+        let mut w = ovl.open(&cu, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        w.write_all(b", copied").unwrap();
+        drop(w);
+        assert!(!cu.is_lower_only());
+        // A relative redirect at depth 2,500: its lower path is built from the ancestors.
+        let bottom = cu.parent_name().unwrap().0;
+        let r = ovl.mkdir(&bottom, OsStr::new("r"), 0o755, None).unwrap();
+        let upper_bottom = ovl.dir_fd(&bottom, LayerRef::Upper).unwrap();
+        rustix::fs::mkdirat(
+            &*upper_bottom,
+            "moved",
+            rustix::fs::Mode::from_raw_mode(0o755),
+        )
+        .unwrap();
+        let moved = rustix::fs::openat(
+            &*upper_bottom,
+            "moved",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        rustix::fs::fsetxattr(
+            &moved,
+            "trusted.overlay.redirect",
+            b"r",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        drop((r, moved, upper_bottom));
+        // Drop every node (the chains' last references) and look up afresh.
+        drop((leaf, cu, bottom));
+        drop(ovl);
+        let ovl = Overlay::new(restack).unwrap();
+        let moved = walk_deep(&ovl, "cu", 2500, "moved");
+        assert!(names(&ovl, &moved).is_empty());
+        let mut s = String::new();
+        let leaf = walk_deep(&ovl, "cu", 2500, "leaf");
+        ovl.dir_fds.clear();
+        ovl.open(&leaf, libc::O_RDONLY)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "copy me, copied");
+        drop((moved, leaf));
+        // Removing the whole chain through the path API.
+        ovl.path().remove_dir_all("cu").unwrap();
+        assert!(ovl.lookup(&ovl.root(), OsStr::new("cu")).is_err());
+        drop(ovl);
+        // The stale tree is gone from the staging area.
+        // (Only the shared whiteout the removals left.)
+        assert_no_staging_left(&work);
+    });
+}
