@@ -100,7 +100,20 @@ impl Overlay {
         };
         let pdir = self.dir_fd(&parent, LayerRef::Upper).map_err(err)?;
         let pstat = rustix::fs::fstat(&*pdir).ok();
-        let st = lower.stat().map_err(err)?;
+        // A file or directory is copied from an fd, opened non-blocking and checked to be
+        // what the node says (see `open_real`); its stat is that fd's. Other kinds are
+        // copied by name, after a check of their type.
+        let (mut src_fd, st) = match node.kind {
+            FileKind::File | FileKind::Directory => {
+                let (fd, st) = self.open_real("copy-up", node, &lower, OFlags::RDONLY)?;
+                (Some(fd), st)
+            }
+            _ => {
+                let st = lower.stat().map_err(err)?;
+                self.check_kind("copy-up", node, &st)?;
+                (None, st)
+            }
+        };
         let work = self.layers.work();
         let tmp = self.layers.staging_name();
         let mut guard = StagingGuard {
@@ -120,10 +133,7 @@ impl Overlay {
                 )
                 .map_err(err)?;
                 let staged = RealObj::of_fd(LayerRef::Upper, fd);
-                let src = lower
-                    .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                    .map(|fd| RealObj::of_fd(lower.layer, fd))
-                    .map_err(err)?;
+                let src = RealObj::of_fd(lower.layer, src_fd.take().expect("opened above"));
                 self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
                 // A directory carries no data: as the kernel, `Ordered` syncs only copied-up
                 // file data (the upper filesystem's journal orders the metadata before the
@@ -134,7 +144,7 @@ impl Overlay {
                 staged
             }
             FileKind::File => {
-                let src = lower.open(OFlags::RDONLY, Mode::empty()).map_err(err)?;
+                let src = src_fd.take().expect("opened above");
                 let dst = rustix::fs::openat(
                     work,
                     &*tmp,

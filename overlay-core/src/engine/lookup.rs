@@ -282,6 +282,8 @@ impl Overlay {
                                         rustix::fs::OFlags::RDONLY
                                             | rustix::fs::OFlags::DIRECTORY
                                             | rustix::fs::OFlags::NOFOLLOW
+                                            | rustix::fs::OFlags::NONBLOCK
+                                            | rustix::fs::OFlags::NOCTTY
                                             | rustix::fs::OFlags::CLOEXEC,
                                         rustix::fs::Mode::empty(),
                                     )
@@ -507,6 +509,8 @@ impl Overlay {
             rustix::fs::OFlags::RDONLY
                 | rustix::fs::OFlags::DIRECTORY
                 | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::NOCTTY
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
             super::layers::RESOLVE_LAYER,

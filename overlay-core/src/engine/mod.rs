@@ -16,6 +16,13 @@
 //! parent), removing a tree (the workdir's staging leftovers, [`crate::PathApi`]'s
 //! `remove_dir_all`) all walk iteratively, so a directory at any depth the kernel allows costs
 //! heap, not stack: a deep tree cannot overflow the stack of a FUSE worker thread.
+//!
+//! Layers may be writable by others while mounted: every open of a layer object is
+//! non-blocking where the object is a regular file or directory (`O_NONBLOCK`, which those
+//! ignore), never follows a symlink nor takes a terminal (`O_NOFOLLOW`, `O_NOCTTY`), and is
+//! checked with `fstat` to be of the node's type; an object replaced behind the engine's back
+//! (a FIFO where a file was) gives [`crate::Error::Changed`] (ESTALE, as the kernel overlay
+//! for a changed lower object) instead of blocking a worker thread.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -555,10 +562,16 @@ impl Overlay {
         if dir.is_unlinked() {
             return Err(Errno::NOENT);
         }
+        // O_DIRECTORY: a FIFO put in its place is refused (ENOTDIR) before it is opened.
         let fd = rustix::fs::openat2(
             parent_fd,
             name.as_os_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY
+                | OFlags::DIRECTORY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY
+                | OFlags::CLOEXEC,
             Mode::empty(),
             RESOLVE_LAYER,
         )?;
@@ -764,8 +777,13 @@ impl Overlay {
     /// `O_TRUNC`, `O_APPEND`, ...). Write access or `O_TRUNC` copies the file up first (no data
     /// is copied with `O_TRUNC`). The returned file is the real file in its layer.
     /// A directory may be opened read-only (EISDIR for write access); a symlink gives ELOOP.
+    ///
+    /// A regular file or directory is opened with `O_NONBLOCK` (which they ignore; the
+    /// returned file keeps the flag) and checked to be one: an object replaced behind the
+    /// overlay's back (a FIFO where a file was) gives [`Error::Changed`] (ESTALE) at once
+    /// instead of blocking.
     pub fn open(&self, node: &NodeRef, flags: i32) -> Result<File> {
-        use rustix::fs::{Mode, OFlags};
+        use rustix::fs::OFlags;
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if node.kind == FileKind::Symlink {
@@ -782,9 +800,7 @@ impl Overlay {
             f &= !(libc::O_TRUNC | libc::O_APPEND);
         }
         let real = self.top_real("open", node)?;
-        let fd = real
-            .open(OFlags::from_bits_retain(f as u32), Mode::empty())
-            .map_err(|e| self.node_err("open", node, e))?;
+        let (fd, _) = self.open_real("open", node, &real, OFlags::from_bits_retain(f as u32))?;
         Ok(File::from(fd))
     }
 
@@ -792,7 +808,7 @@ impl Overlay {
     /// has nothing to flush (the kernel does not sync lower files either). Use the open
     /// file's own `sync_all` when one is at hand; this is for callers holding only the node.
     pub fn fsync(&self, node: &NodeRef, datasync: bool) -> Result<()> {
-        use rustix::fs::{Mode, OFlags};
+        use rustix::fs::OFlags;
         if node.kind == FileKind::Directory {
             return self.fsync_dir(node, datasync);
         }
@@ -806,16 +822,14 @@ impl Overlay {
         if node.kind != FileKind::File {
             return Ok(());
         }
-        let fd = real
-            .open(OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
-            .map_err(|e| self.node_err("fsync", node, e))?;
+        let (fd, _) = self.open_real("fsync", node, &real, OFlags::RDONLY)?;
         sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
     }
 
     /// Flush a directory's upper copy (its entries) to disk. Nothing to do for a directory
     /// that lives only in lower layers. ENOTDIR for a non-directory.
     pub fn fsync_dir(&self, node: &NodeRef, datasync: bool) -> Result<()> {
-        use rustix::fs::{Mode, OFlags};
+        use rustix::fs::OFlags;
         self.check_dir("fsync", node)?;
         if !node.state.read().upper || node.is_unlinked() {
             return Ok(());
@@ -823,9 +837,7 @@ impl Overlay {
         let real = self
             .real(node, LayerRef::Upper)
             .map_err(|e| self.node_err("fsync", node, e))?;
-        let fd = real
-            .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-            .map_err(|e| self.node_err("fsync", node, e))?;
+        let (fd, _) = self.open_real("fsync", node, &real, OFlags::RDONLY)?;
         sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
     }
 

@@ -89,11 +89,20 @@ impl Overlay {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
 
+        // A directory of `dir` (or of an ancestor) that is no longer a directory was
+        // replaced behind the overlay's back.
+        let changed = || crate::error::Error::Changed {
+            op: "readdir",
+            path: super::layers::display_path(&dir.rel_path()),
+            detail: "a directory was expected (on its path in a layer), something else is there"
+                .into(),
+        };
         let upper_fd = if st.upper {
             match self.dir_fd(dir, LayerRef::Upper) {
                 Ok(fd) => Some(fd),
                 // A mount point without a detached layer mount: empty.
                 Err(Errno::XDEV) => None,
+                Err(Errno::NOTDIR) | Err(Errno::LOOP) => return Err(changed()),
                 Err(e) => return Err(err(e)),
             }
         } else {
@@ -157,7 +166,8 @@ impl Overlay {
             let layer = LayerRef::Lower(le.layer);
             let fd = match self.dir_fd(dir, layer) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
+                Err(Errno::NOENT) | Err(Errno::XDEV) => continue,
+                Err(Errno::NOTDIR) | Err(Errno::LOOP) => return Err(changed()),
                 Err(e) => return Err(err(e)),
             };
             let mut layer_whiteouts = Vec::new();

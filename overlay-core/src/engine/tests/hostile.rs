@@ -482,3 +482,151 @@ fn depth_costs_heap_not_stack() {
         assert_no_staging_left(&work);
     });
 }
+
+/// Run `f` on a thread and wait at most 10 s for it: a hang guard (not a timing assertion)
+/// for opens that would block on a FIFO. On a hang the FIFO at `fifo` is opened for reading
+/// and writing, which lets a blocked open go on, and the test fails.
+fn without_hanging<T: Send + 'static>(
+    what: &str,
+    fifo: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(v) => {
+            h.join().unwrap();
+            v
+        }
+        Err(_) => {
+            let _unblock = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(fifo);
+            panic!("{what}: still blocked after 10 s (opened a FIFO?)");
+        }
+    }
+}
+
+fn mkfifo(p: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .unwrap();
+}
+
+/// Replace whatever is at `p` by `with` ("fifo", "dir" or "file").
+fn replace_with(p: &Path, with: &str) {
+    if std::fs::symlink_metadata(p).unwrap().is_dir() {
+        std::fs::remove_dir_all(p).unwrap();
+    } else {
+        std::fs::remove_file(p).unwrap();
+    }
+    match with {
+        "fifo" => mkfifo(p),
+        "dir" => std::fs::create_dir(p).unwrap(),
+        _ => std::fs::write(p, "file").unwrap(),
+    }
+}
+
+/// One engine call on a swapped object, run on its own thread.
+type Attempt = Box<dyn FnOnce(&Overlay) -> Result<()> + Send>;
+
+/// A user who can write to a layer replaces an object the overlay has looked up (a regular
+/// file by a FIFO or a directory, a directory by a FIFO). Opening it through the engine
+/// returns ESTALE at once (an `Error::Changed` naming both types) instead of blocking the
+/// worker on the FIFO or serving the other object: read and write opens (the latter copy
+/// up from the swapped lower object), truncation, readdir and fsync, in lower and upper.
+#[test]
+fn swapped_layer_objects_are_refused_not_opened() {
+    let f = Fixture::new(1);
+    let cases = [
+        // (object, in which layer, replaced with)
+        ("file", "lower", "fifo"),
+        ("file", "upper", "fifo"),
+        ("file", "lower", "dir"),
+        ("file", "upper", "dir"),
+        ("dir", "lower", "fifo"),
+        ("dir", "upper", "fifo"),
+        ("dir", "upper", "file"),
+    ];
+    let layer_dir = |layer: &str| {
+        if layer == "lower" {
+            f.lowers[0].clone()
+        } else {
+            f.upper.clone()
+        }
+    };
+    for (i, (kind, layer, _)) in cases.iter().enumerate() {
+        let p = layer_dir(layer).join(format!("{kind}{i}"));
+        if *kind == "dir" {
+            write(&p.join("inside"), "x");
+        } else {
+            write(&p, "data");
+        }
+    }
+    let ovl = Arc::new(f.overlay());
+    let root = ovl.root();
+    let nodes: Vec<NodeRef> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, _, _))| {
+            ovl.lookup(&root, OsStr::new(&format!("{kind}{i}")))
+                .unwrap()
+        })
+        .collect();
+    for (i, (kind, layer, with)) in cases.iter().enumerate() {
+        let p = layer_dir(layer).join(format!("{kind}{i}"));
+        replace_with(&p, with);
+        let node = nodes[i].clone();
+        let mut attempts: Vec<(&str, Attempt)> = vec![(
+            "open O_RDONLY",
+            Box::new(move |o: &Overlay| o.open(&node, libc::O_RDONLY).map(drop)),
+        )];
+        if *kind == "file" {
+            let (n1, n2, n3) = (nodes[i].clone(), nodes[i].clone(), nodes[i].clone());
+            attempts.push((
+                "open O_WRONLY",
+                Box::new(move |o: &Overlay| o.open(&n1, libc::O_WRONLY).map(drop)),
+            ));
+            attempts.push((
+                "truncate",
+                Box::new(move |o: &Overlay| {
+                    let size = SetAttr {
+                        size: Some(1),
+                        ..SetAttr::default()
+                    };
+                    o.setattr(&n2, &size).map(drop)
+                }),
+            ));
+            attempts.push(("fsync", Box::new(move |o: &Overlay| o.fsync(&n3, false))));
+        } else {
+            let n1 = nodes[i].clone();
+            attempts.push((
+                "readdir",
+                Box::new(move |o: &Overlay| o.readdir(&n1).map(drop)),
+            ));
+        }
+        for (what, attempt) in attempts {
+            let what = format!("{what} of {kind}{i} ({layer}) replaced by a {with}");
+            let o = ovl.clone();
+            let r = without_hanging(&what, &p, move || attempt(&o));
+            match r {
+                Err(e @ Error::Changed { .. }) => {
+                    assert_eq!(e.raw_os_error(), libc::ESTALE, "{what}");
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("{kind}{i}")), "{what}: {msg}");
+                }
+                // fsync of a lower-only file has nothing to sync and opens nothing.
+                Ok(()) if what.starts_with("fsync") && *layer == "lower" => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+}
