@@ -146,7 +146,8 @@ impl Overlay {
                         // kernel leaves out an entry it cannot look up for its d_ino ("failed
                         // to look up (name) for ino"), and the listing goes on.
                         Err(e) => {
-                            tracing::warn!("readdir: left out: {e}");
+                            // Not a warning: a user who can write to a layer could flood the log.
+                            tracing::debug!("readdir: left out: {e}");
                             continue;
                         }
                     }
