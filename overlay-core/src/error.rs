@@ -56,6 +56,20 @@ pub enum Error {
         /// Why it is not possible, and what would make it possible.
         reason: String,
     },
+    /// An object in a layer is not what the overlay found there: it was replaced behind the
+    /// overlay's back (a regular file by a FIFO, a directory by a file, ...), as a user who
+    /// can write to a layer may do. The engine refuses to use it (ESTALE from
+    /// [`Error::raw_os_error`], as the kernel overlay returns for a changed lower object)
+    /// instead of blocking on a FIFO or serving another object.
+    #[error("{op} {}: changed in its layer behind the overlay's back: {detail}", path.display())]
+    Changed {
+        /// What was being done, e.g. "open", "copy-up".
+        op: &'static str,
+        /// The path concerned (relative to the overlay root).
+        path: PathBuf,
+        /// What was expected and what is there.
+        detail: String,
+    },
     /// The upper layer's on-disk format is damaged or foreign.
     #[error("invalid overlay format at {}: {reason}", path.display())]
     Format {
@@ -88,6 +102,7 @@ impl Error {
             Error::InvalidStack { .. } | Error::OptionConflict(_) => libc::EINVAL,
             Error::Mount { errno, .. } => errno.unwrap_or(libc::EINVAL),
             Error::Format { .. } => libc::EIO,
+            Error::Changed { .. } => libc::ESTALE,
             Error::Unsupported { .. } => libc::EOPNOTSUPP,
         }
     }

@@ -282,16 +282,37 @@ impl<'a> PathApi<'a> {
         self.remove_tree(&dir, &name)
     }
 
+    /// Remove `name` in `dir` with everything inside. Iterative: the directories entered are
+    /// kept on the heap (a directory is listed again after each subdirectory it held is
+    /// gone), so a tree of any depth costs no stack.
     fn remove_tree(&self, dir: &NodeRef, name: &OsStr) -> Result<()> {
         let n = self.ovl.lookup(dir, name)?;
         if n.kind() != FileKind::Directory {
             return self.ovl.unlink(dir, name);
         }
-        for e in self.ovl.readdir(&n)? {
-            self.remove_tree(&n, &e.name)?;
-        }
         drop(n);
-        self.ovl.rmdir(dir, name)
+        // The directories entered, top first: each one's parent and name.
+        let mut entered: Vec<(NodeRef, OsString)> = vec![(dir.clone(), name.to_os_string())];
+        while let Some((parent, name)) = entered.last().cloned() {
+            let n = self.ovl.lookup(&parent, &name)?;
+            let mut subdir = None;
+            for e in self.ovl.readdir(&n)? {
+                if e.kind == FileKind::Directory {
+                    subdir = Some(e.name);
+                    break;
+                }
+                self.ovl.unlink(&n, &e.name)?;
+            }
+            match subdir {
+                Some(s) => entered.push((n, s)),
+                None => {
+                    drop(n);
+                    entered.pop();
+                    self.ovl.rmdir(&parent, &name)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Rename (replacing a non-directory or empty directory target).

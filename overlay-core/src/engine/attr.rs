@@ -3,7 +3,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use rustix::fs::{Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use super::{Attr, FileKind, NodeRef, Overlay, SetAttr, TimeSet};
@@ -58,7 +58,7 @@ impl Overlay {
             }
         }
         if let Some(size) = changes.size {
-            let fd = real.open(OFlags::WRONLY, Mode::empty()).map_err(err)?;
+            let (fd, _) = self.open_real(op, node, &real, OFlags::WRONLY)?;
             rustix::fs::ftruncate(&fd, size).map_err(err)?;
         }
         if changes.atime.is_some() || changes.mtime.is_some() {
@@ -104,13 +104,10 @@ impl Overlay {
         node: &NodeRef,
         real: &super::real::RealObj,
     ) -> Result<std::os::fd::OwnedFd> {
-        let flags = match node.kind {
-            FileKind::File => OFlags::RDONLY | OFlags::NONBLOCK,
-            FileKind::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
-            _ => return Err(self.node_err(op, node, Errno::NOTTY)),
-        };
-        real.open(flags, Mode::empty())
-            .map_err(|e| self.node_err(op, node, e))
+        if !matches!(node.kind, FileKind::File | FileKind::Directory) {
+            return Err(self.node_err(op, node, Errno::NOTTY));
+        }
+        Ok(self.open_real(op, node, real, OFlags::RDONLY)?.0)
     }
 
     /// Read an xattr (private overlay attributes are invisible: ENODATA; escaped names

@@ -55,15 +55,32 @@ impl Drop for StagingGuard<'_> {
 
 impl Overlay {
     /// Copy `node` (and its parents) up; `with_data` false skips the data (for `O_TRUNC`).
+    ///
+    /// The ancestors not yet in upper are collected on the heap and copied up from the top
+    /// down (as the kernel does), so a node at any depth costs no stack.
     pub(crate) fn copy_up_node(&self, node: &NodeRef, with_data: bool) -> Result<()> {
         if node.state.read().upper {
             return Ok(());
         }
         self.check_writable("copy-up", || node.rel_path())?;
-        let Some((parent, _)) = node.parent_name() else {
-            return Ok(());
-        };
-        self.copy_up_node(&parent, true)?;
+        // Nearest first.
+        let mut ancestors: Vec<NodeRef> = Vec::new();
+        let mut cur = node.parent_name().map(|(p, _)| p);
+        while let Some(p) = cur {
+            if p.state.read().upper {
+                break;
+            }
+            cur = p.parent_name().map(|(pp, _)| pp);
+            ancestors.push(p);
+        }
+        for a in ancestors.iter().rev() {
+            self.copy_up_one(a, true)?;
+        }
+        self.copy_up_one(node, with_data)
+    }
+
+    /// Copy `node` up, its parent being in upper already.
+    fn copy_up_one(&self, node: &NodeRef, with_data: bool) -> Result<()> {
         let _g = node.copy_lock.lock();
         if node.state.read().upper {
             return Ok(());
@@ -83,7 +100,20 @@ impl Overlay {
         };
         let pdir = self.dir_fd(&parent, LayerRef::Upper).map_err(err)?;
         let pstat = rustix::fs::fstat(&*pdir).ok();
-        let st = lower.stat().map_err(err)?;
+        // A file or directory is copied from an fd, opened non-blocking and checked to be
+        // what the node says (see `open_real`); its stat is that fd's. Other kinds are
+        // copied by name, after a check of their type.
+        let (mut src_fd, st) = match node.kind {
+            FileKind::File | FileKind::Directory => {
+                let (fd, st) = self.open_real("copy-up", node, &lower, OFlags::RDONLY)?;
+                (Some(fd), st)
+            }
+            _ => {
+                let st = lower.stat().map_err(err)?;
+                self.check_kind("copy-up", node, &st)?;
+                (None, st)
+            }
+        };
         let work = self.layers.work();
         let tmp = self.layers.staging_name();
         let mut guard = StagingGuard {
@@ -103,10 +133,7 @@ impl Overlay {
                 )
                 .map_err(err)?;
                 let staged = RealObj::of_fd(LayerRef::Upper, fd);
-                let src = lower
-                    .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                    .map(|fd| RealObj::of_fd(lower.layer, fd))
-                    .map_err(err)?;
+                let src = RealObj::of_fd(lower.layer, src_fd.take().expect("opened above"));
                 self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
                 // A directory carries no data: as the kernel, `Ordered` syncs only copied-up
                 // file data (the upper filesystem's journal orders the metadata before the
@@ -117,7 +144,7 @@ impl Overlay {
                 staged
             }
             FileKind::File => {
-                let src = lower.open(OFlags::RDONLY, Mode::empty()).map_err(err)?;
+                let src = src_fd.take().expect("opened above");
                 let dst = rustix::fs::openat(
                     work,
                     &*tmp,

@@ -174,6 +174,13 @@ impl DirFdCache {
         drop(old);
     }
 
+    /// Forget every cached fd (tests: as a flood of other directories would evict them).
+    #[cfg(test)]
+    pub fn clear(&self) {
+        let old = std::mem::take(&mut self.map.lock().map);
+        drop(old);
+    }
+
     /// Forget the upper fd of `node`.
     pub fn remove(&self, node: &super::NodeRef, layer: LayerRef) {
         let old = self.map.lock().map.remove(&Self::key(node, layer));
@@ -699,27 +706,51 @@ pub(crate) fn list_dir_names(dir: &OwnedFd) -> std::result::Result<Vec<OsString>
     map_dir_entries(dir, false, |name, _| name)
 }
 
-/// Remove `name` in `dir`, recursively for directories, without following symlinks.
+/// Remove `name` in `dir`, with everything inside when it is a directory, without following
+/// symlinks. Iterative and with two fds at a time, whatever the depth: a tree of any depth
+/// costs heap (a name and an inode number per level entered), neither stack nor fds. It goes
+/// back up through `..`, checking that it lands in the directory it came from (ESTALE if
+/// the tree was moved meanwhile).
 pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(), Errno> {
-    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
         Err(e) => return Err(e),
-    };
-    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        let sub = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        for n in list_dir_names(&sub)? {
-            remove_tree_at(sub.as_fd(), &n)?;
-        }
-        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-    } else {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty())
     }
+    let id = |fd: BorrowedFd<'_>| rustix::fs::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let mut cur = rustix::fs::openat(dir, name, dir_flags, Mode::empty())?;
+    // The directories entered below `name`: their names and their parents' identities.
+    let mut entered: Vec<(OsString, (u64, u64))> = Vec::new();
+    loop {
+        let mut sub = None;
+        for n in list_dir_names(&cur)? {
+            match rustix::fs::unlinkat(&cur, &n, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR) => {
+                    sub = Some(n);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(n) = sub {
+            let parent_id = id(cur.as_fd())?;
+            cur = rustix::fs::openat(&cur, &n, dir_flags, Mode::empty())?;
+            entered.push((n, parent_id));
+            continue;
+        }
+        let Some((n, parent_id)) = entered.pop() else {
+            break;
+        };
+        cur = rustix::fs::openat(&cur, "..", dir_flags, Mode::empty())?;
+        if id(cur.as_fd())? != parent_id {
+            return Err(Errno::STALE);
+        }
+        rustix::fs::unlinkat(&cur, &n, AtFlags::REMOVEDIR)?;
+    }
+    drop(cur);
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
 
 /// The `/proc/self/fd/<dir>/<name>` path: the directory fd is followed (it was opened safely),

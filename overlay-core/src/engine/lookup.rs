@@ -13,7 +13,7 @@ use super::layers::LayerRef;
 use super::node::{LowerEntry, Lowers, NodeState};
 use super::{FileKind, NodeRef, Overlay};
 use crate::error::Result;
-use crate::format::{self, Opacity};
+use crate::format::{self, Opacity, XattrNamespace};
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -39,8 +39,21 @@ const REDIRECT_REFUSED: &str =
     "lookup (a lower directory with its own overlay.redirect: redirects in lower layers are \
      not followed, as with the kernel's redirect_dir=nofollow)";
 
-/// The operation named in the error for an upper directory whose redirect is malformed.
+/// The operation named in the error for an upper directory whose redirect is malformed
+/// (EINVAL, as the kernel's "invalid redirect").
 const REDIRECT_INVALID: &str = "lookup (invalid overlay.redirect)";
+
+/// The operation named in the error for an upper directory whose redirect names `.`, `..`
+/// or an empty name (EACCES: the kernel's lookup of such a name in a lower layer is refused).
+const REDIRECT_DOTS: &str = "lookup (overlay.redirect names '.', '..' or an empty name)";
+
+/// The operation named in the error for an upper directory whose redirect is not followed
+/// because the stack uses `user.overlay.*` xattrs, which any user can write on what they own
+/// (EPERM, as the kernel's "refusing to follow redirect" with userxattr, which forces
+/// redirect_dir=nofollow).
+const REDIRECT_NOT_FOLLOWED: &str =
+    "lookup (overlay.redirect not followed: with user.overlay.* xattrs (userxattr) redirects \
+     are not followed, as the kernel's redirect_dir=nofollow)";
 
 /// Which overlay xattrs an upper object carries (names only).
 struct OverlayXattrs {
@@ -112,6 +125,8 @@ impl Overlay {
                     Err(e) => Err(e),
                 }
             }
+            // Only a redirect can ask for a name this long: it finds nothing.
+            Err(Errno::NAMETOOLONG) => Ok(LayerHit::Absent),
             Err(e) => Err(e),
         }
     }
@@ -174,12 +189,15 @@ impl Overlay {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
                         } else {
-                            if x.redirect {
-                                redirect = self.upper_redirect(parent, dir.as_fd(), name).map_err(
-                                    |e| self.name_err(REDIRECT_INVALID, parent, name, e),
-                                )?;
-                            }
                             merge_lowers = !(x.opaque && self.upper_dir_opaque(dir.as_fd(), name));
+                            // As the kernel, the redirect of an opaque directory is not read:
+                            // nothing below it is merged.
+                            if x.redirect && merge_lowers {
+                                let parent_has_lowers = !pstate.lowers.is_empty();
+                                redirect = self
+                                    .upper_redirect(parent, parent_has_lowers, dir.as_fd(), name)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                            }
                             ino = Some(
                                 self.layers
                                     .covered_mount_point(LayerRef::Upper, dir.as_fd(), name)
@@ -219,7 +237,13 @@ impl Overlay {
                 };
                 let dir = match dir {
                     Ok(d) => d,
-                    Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
+                    // ENAMETOOLONG, ELOOP: a redirect through an over-long name or a
+                    // symlink finds nothing, as in the kernel.
+                    Err(Errno::NOENT)
+                    | Err(Errno::NOTDIR)
+                    | Err(Errno::XDEV)
+                    | Err(Errno::NAMETOOLONG)
+                    | Err(Errno::LOOP) => continue,
                     Err(e) => return Err(err(e)),
                 };
                 match self
@@ -258,6 +282,8 @@ impl Overlay {
                                         rustix::fs::OFlags::RDONLY
                                             | rustix::fs::OFlags::DIRECTORY
                                             | rustix::fs::OFlags::NOFOLLOW
+                                            | rustix::fs::OFlags::NONBLOCK
+                                            | rustix::fs::OFlags::NOCTTY
                                             | rustix::fs::OFlags::CLOEXEC,
                                         rustix::fs::Mode::empty(),
                                     )
@@ -365,36 +391,73 @@ impl Overlay {
 
     /// The redirect of upper directory `name` in `dir` (child of `parent`), if it has one: a
     /// kernel mount with `redirect_dir=on` renamed a merged directory, whose lower part lives
-    /// under another name. As the kernel does by default (`redirect_dir=on`/`follow`), the
-    /// engine follows it: an absolute value (`/a/b`) names a path from the lower layers' roots,
-    /// a relative one a name in the parent's lower directories. EINVAL for a malformed value
-    /// (empty, `.`/`..` components, a `/` in a relative one); the kernel refuses those too.
+    /// under another name. An absolute value (`/a/b`) names a path from the lower layers'
+    /// roots, a relative one a name in the parent's lower directories.
+    ///
+    /// What the kernel (6.18) does, observed, and done here alike; the value is a C string
+    /// (cut at its first NUL):
+    /// * an empty value, a `/` in a relative one, or an empty component in an absolute one:
+    ///   EINVAL (malformed);
+    /// * `.`, `..` or an empty name as a component: EACCES (the kernel's lookup of such a
+    ///   name in a lower layer is refused), for a relative value only where the parent has
+    ///   lower directories (otherwise it is never used);
+    /// * anything else is followed (non-UTF-8 or over-long names simply find nothing).
+    ///
+    /// With `user.overlay.*` xattrs (the kernel's `userxattr`) any user can write a redirect
+    /// on an upper directory they own, so, as the kernel (which forces
+    /// `redirect_dir=nofollow` there), redirects are never followed: where the parent has
+    /// lower directories a well-formed one gives EPERM (a malformed one EINVAL), and where it
+    /// has none the xattr is not even read.
+    ///
+    /// The error is the operation to name and the errno.
     fn upper_redirect(
         &self,
         parent: &NodeRef,
+        parent_has_lowers: bool,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &OsStr,
-    ) -> std::result::Result<Option<Redirect>, Errno> {
+    ) -> std::result::Result<Option<Redirect>, (&'static str, Errno)> {
+        let follow = self.layers.ns == XattrNamespace::Trusted;
+        if !follow && !parent_has_lowers {
+            return Ok(None);
+        }
         let p = super::layers::proc_path(dir, name);
         let v = match super::layers::read_xattr(|b| {
             rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b)
         }) {
             Ok(v) => v,
             Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(("lookup (read overlay.redirect)", e)),
         };
+        if v.is_empty() {
+            return Err((REDIRECT_INVALID, Errno::INVAL));
+        }
+        let v = &v[..v.iter().position(|c| *c == 0).unwrap_or(v.len())];
         let (absolute, body) = match v.strip_prefix(b"/") {
             Some(rest) => (true, rest),
-            None => (false, &v[..]),
+            None => (false, v),
         };
         let parts: Vec<&[u8]> = body.split(|c| *c == b'/').collect();
-        let valid = !body.is_empty()
-            && parts
-                .iter()
-                .all(|c| !c.is_empty() && *c != b"." && *c != b".." && !c.contains(&0))
-            && (absolute || parts.len() == 1);
-        if !valid {
-            return Err(Errno::INVAL);
+        let well_formed = if absolute {
+            parts.iter().all(|c| !c.is_empty())
+        } else {
+            parts.len() == 1
+        };
+        if !well_formed {
+            return Err((REDIRECT_INVALID, Errno::INVAL));
+        }
+        if !follow {
+            return Err((REDIRECT_NOT_FOLLOWED, Errno::PERM));
+        }
+        if parts
+            .iter()
+            .any(|c| c.is_empty() || *c == b"." || *c == b"..")
+        {
+            return if absolute || parent_has_lowers {
+                Err((REDIRECT_DOTS, Errno::ACCESS))
+            } else {
+                Ok(None)
+            };
         }
         let rel = Path::new(OsStr::from_bytes(body));
         let path = if absolute {
@@ -407,14 +470,26 @@ impl Overlay {
 
     /// Where directory `node`'s lower directories are, relative to the lower layers' roots:
     /// its path, or the path its nearest redirected ancestor points to.
+    /// Iterative: any depth costs heap, not stack.
     pub(crate) fn lower_rel_path(&self, node: &NodeRef) -> PathBuf {
-        if let Some(p) = node.state.read().lower_path.clone() {
-            return p.to_path_buf();
+        let mut names = Vec::new();
+        let mut cur = node.clone();
+        let mut path = loop {
+            if let Some(p) = cur.state.read().lower_path.clone() {
+                break p.to_path_buf();
+            }
+            match cur.parent_name() {
+                Some((parent, name)) => {
+                    names.push(name);
+                    cur = parent;
+                }
+                None => break PathBuf::new(),
+            }
+        };
+        for n in names.iter().rev() {
+            path.push(n.as_os_str());
         }
-        match node.parent_name() {
-            Some((parent, name)) => self.lower_rel_path(&parent).join(name.as_os_str()),
-            None => PathBuf::new(),
-        }
+        path
     }
 
     /// Open directory `path` (relative, no `..`) beneath the root of lower `layer`, never
@@ -434,6 +509,8 @@ impl Overlay {
             rustix::fs::OFlags::RDONLY
                 | rustix::fs::OFlags::DIRECTORY
                 | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::NOCTTY
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
             super::layers::RESOLVE_LAYER,

@@ -9,6 +9,20 @@
 //! overlay and stable across copy-up, like the kernel's samefs/xino behaviour.
 //!
 //! Concurrency: an [`Overlay`] is `Send + Sync`; there is no global lock.
+//!
+//! Depth: nothing in the engine recurses over the depth of the tree. Opening a directory
+//! through its ancestors, copying up the ancestors of a node, building a redirected
+//! directory's lower path, dropping the last node of a long chain (each node holds its
+//! parent), removing a tree (the workdir's staging leftovers, [`crate::PathApi`]'s
+//! `remove_dir_all`) all walk iteratively, so a directory at any depth the kernel allows costs
+//! heap, not stack: a deep tree cannot overflow the stack of a FUSE worker thread.
+//!
+//! Layers may be writable by others while mounted: every open of a layer object is
+//! non-blocking where the object is a regular file or directory (`O_NONBLOCK`, which those
+//! ignore), never follows a symlink nor takes a terminal (`O_NOFOLLOW`, `O_NOCTTY`), and is
+//! checked with `fstat` to be of the node's type; an object replaced behind the engine's back
+//! (a FIFO where a file was) gives [`crate::Error::Changed`] (ESTALE, as the kernel overlay
+//! for a changed lower object) instead of blocking a worker thread.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -242,6 +256,15 @@ pub struct OverlayOptions {
 ///   by default; a redirect inside a lower layer is refused (EPERM, the directory left out of
 ///   listings), as with `redirect_dir=nofollow`. A metacopy file (from `metacopy=on`) is
 ///   refused with EPERM, as the kernel refuses it with `metacopy=off`.
+/// * With `user.overlay.*` xattrs ([`crate::XattrNamespace::User`], the kernel's
+///   `userxattr`) redirects are never followed, as the kernel forces `redirect_dir=nofollow`
+///   there: any user can write `user.overlay.redirect` on an upper directory they own, and
+///   following it would show them a lower directory they cannot read. Such a directory's
+///   lookup fails with EPERM where its parent has lower directories (the xattr is ignored
+///   where it has none), as the kernel's "refusing to follow redirect".
+/// * A bad `overlay.redirect` fails only its own directory, with the kernel's errno: EINVAL
+///   for a malformed value, EACCES for `.`/`..` components; the parent's listing leaves the
+///   directory out (as the kernel does when it computes the entry's d_ino) and goes on.
 /// * `.wh.<name>` AUFS whiteouts and `.wh..wh..opq` markers are honoured in lower layers only;
 ///   in the upper layer such names are ordinary files (as for the kernel).
 /// * A [`File`] from [`Overlay::open`] opened read-only before a copy-up keeps reading the
@@ -449,14 +472,63 @@ impl Overlay {
 
     /// The directory of directory node `dir` in `layer` (cached; opened beneath the
     /// parent's directory, one component, never following a symlink or crossing a mount).
+    ///
+    /// Iterative: the ancestors up to the nearest one whose directory is at hand (cached, the
+    /// layer root, or a redirected one) are collected on the heap and opened from the top
+    /// down, so a directory at any depth costs no stack.
     pub(crate) fn dir_fd(
         &self,
         dir: &NodeRef,
         layer: LayerRef,
     ) -> std::result::Result<Arc<std::os::fd::OwnedFd>, Errno> {
-        use rustix::fs::{Mode, OFlags};
+        // A concurrent rename of a pure upper directory on the way: start again.
+        for _ in 0..8 {
+            if let Some(fd) = self.dir_fd_at_hand(dir, layer)? {
+                return Ok(fd);
+            }
+            // `chain[i + 1]` is the parent of `chain[i]`; the last one's parent is at hand.
+            let mut chain: Vec<NodeRef> = vec![dir.clone()];
+            let mut fd = loop {
+                let (parent, _) = chain
+                    .last()
+                    .and_then(|n| n.parent_name())
+                    .expect("the root is at hand");
+                if let Some(fd) = self.dir_fd_at_hand(&parent, layer)? {
+                    chain.push(parent);
+                    break fd;
+                }
+                chain.push(parent);
+            };
+            let mut moved = false;
+            for pair in chain.windows(2).rev() {
+                let (node, parent) = (&pair[0], &pair[1]);
+                match self.open_child_dir(&fd, parent, node, layer)? {
+                    Some(child) => fd = child,
+                    None => {
+                        moved = true;
+                        break;
+                    }
+                }
+            }
+            if !moved {
+                return Ok(fd);
+            }
+        }
+        Err(Errno::NOENT)
+    }
+
+    /// The directory of `dir` in `layer` when it needs no walk from an ancestor: cached, the
+    /// layer root, or (in a lower layer) where its redirect points.
+    fn dir_fd_at_hand(
+        &self,
+        dir: &NodeRef,
+        layer: LayerRef,
+    ) -> std::result::Result<Option<Arc<std::os::fd::OwnedFd>>, Errno> {
         if let Some(fd) = self.dir_fds.get(dir, layer) {
-            return Ok(fd);
+            return Ok(Some(fd));
+        }
+        if dir.parent_name().is_none() {
+            return Ok(Some(self.layers.root(layer).fd.clone()));
         }
         // A redirected directory's lower directories are where its redirect points.
         if let LayerRef::Lower(_) = layer {
@@ -464,37 +536,56 @@ impl Overlay {
             if let Some(p) = redirected {
                 let fd = self.open_lower_path(layer, &p)?;
                 self.dir_fds.insert(dir, layer, fd.clone());
-                return Ok(fd);
+                return Ok(Some(fd));
             }
         }
-        for _ in 0..8 {
-            let Some((parent, name)) = dir.parent_name() else {
-                return Ok(self.layers.root(layer).fd.clone());
-            };
-            if dir.is_unlinked() {
-                return Err(Errno::NOENT);
-            }
-            let pfd = self.dir_fd(&parent, layer)?;
-            let fd = rustix::fs::openat2(
-                &*pfd,
-                name.as_os_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                RESOLVE_LAYER,
-            )?;
-            // Only pure upper directories move (renames of merged ones are EXDEV): check
-            // that a concurrent rename did not make us open another directory.
-            if layer == LayerRef::Upper && dir.state.read().lowers.is_empty() {
-                let st = rustix::fs::fstat(&fd)?;
-                if self.layers.map_ino(LayerRef::Upper, st.st_ino) != dir.ino() {
-                    continue;
-                }
-            }
-            let fd = Arc::new(fd);
-            self.dir_fds.insert(dir, layer, fd.clone());
-            return Ok(fd);
+        Ok(None)
+    }
+
+    /// Open directory node `dir` in `layer` beneath `parent_fd`, the directory of `parent`,
+    /// and cache it. `None` when `dir` is no longer a child of `parent`, or (pure upper
+    /// directories move) the name now holds another directory: a concurrent rename.
+    fn open_child_dir(
+        &self,
+        parent_fd: &std::os::fd::OwnedFd,
+        parent: &NodeRef,
+        dir: &NodeRef,
+        layer: LayerRef,
+    ) -> std::result::Result<Option<Arc<std::os::fd::OwnedFd>>, Errno> {
+        use rustix::fs::{Mode, OFlags};
+        let Some((now_parent, name)) = dir.parent_name() else {
+            return Ok(None);
+        };
+        if !Arc::ptr_eq(&now_parent, parent) {
+            return Ok(None);
         }
-        Err(Errno::NOENT)
+        if dir.is_unlinked() {
+            return Err(Errno::NOENT);
+        }
+        // O_DIRECTORY: a FIFO put in its place is refused (ENOTDIR) before it is opened.
+        let fd = rustix::fs::openat2(
+            parent_fd,
+            name.as_os_str(),
+            OFlags::RDONLY
+                | OFlags::DIRECTORY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY
+                | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE_LAYER,
+        )?;
+        // Only pure upper directories move (renames of merged ones are EXDEV): check
+        // that a concurrent rename did not make us open another directory.
+        if layer == LayerRef::Upper && dir.state.read().lowers.is_empty() {
+            let st = rustix::fs::fstat(&fd)?;
+            if self.layers.map_ino(LayerRef::Upper, st.st_ino) != dir.ino() {
+                return Ok(None);
+            }
+        }
+        let fd = Arc::new(fd);
+        self.dir_fds.insert(dir, layer, fd.clone());
+        Ok(Some(fd))
     }
 
     /// Forget the cached directory fds of a directory node removed from the tree (or
@@ -686,8 +777,13 @@ impl Overlay {
     /// `O_TRUNC`, `O_APPEND`, ...). Write access or `O_TRUNC` copies the file up first (no data
     /// is copied with `O_TRUNC`). The returned file is the real file in its layer.
     /// A directory may be opened read-only (EISDIR for write access); a symlink gives ELOOP.
+    ///
+    /// A regular file or directory is opened with `O_NONBLOCK` (which they ignore; the
+    /// returned file keeps the flag) and checked to be one: an object replaced behind the
+    /// overlay's back (a FIFO where a file was) gives [`Error::Changed`] (ESTALE) at once
+    /// instead of blocking.
     pub fn open(&self, node: &NodeRef, flags: i32) -> Result<File> {
-        use rustix::fs::{Mode, OFlags};
+        use rustix::fs::OFlags;
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if node.kind == FileKind::Symlink {
@@ -704,9 +800,7 @@ impl Overlay {
             f &= !(libc::O_TRUNC | libc::O_APPEND);
         }
         let real = self.top_real("open", node)?;
-        let fd = real
-            .open(OFlags::from_bits_retain(f as u32), Mode::empty())
-            .map_err(|e| self.node_err("open", node, e))?;
+        let (fd, _) = self.open_real("open", node, &real, OFlags::from_bits_retain(f as u32))?;
         Ok(File::from(fd))
     }
 
@@ -714,7 +808,7 @@ impl Overlay {
     /// has nothing to flush (the kernel does not sync lower files either). Use the open
     /// file's own `sync_all` when one is at hand; this is for callers holding only the node.
     pub fn fsync(&self, node: &NodeRef, datasync: bool) -> Result<()> {
-        use rustix::fs::{Mode, OFlags};
+        use rustix::fs::OFlags;
         if node.kind == FileKind::Directory {
             return self.fsync_dir(node, datasync);
         }
@@ -728,16 +822,14 @@ impl Overlay {
         if node.kind != FileKind::File {
             return Ok(());
         }
-        let fd = real
-            .open(OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
-            .map_err(|e| self.node_err("fsync", node, e))?;
+        let (fd, _) = self.open_real("fsync", node, &real, OFlags::RDONLY)?;
         sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
     }
 
     /// Flush a directory's upper copy (its entries) to disk. Nothing to do for a directory
     /// that lives only in lower layers. ENOTDIR for a non-directory.
     pub fn fsync_dir(&self, node: &NodeRef, datasync: bool) -> Result<()> {
-        use rustix::fs::{Mode, OFlags};
+        use rustix::fs::OFlags;
         self.check_dir("fsync", node)?;
         if !node.state.read().upper || node.is_unlinked() {
             return Ok(());
@@ -745,9 +837,7 @@ impl Overlay {
         let real = self
             .real(node, LayerRef::Upper)
             .map_err(|e| self.node_err("fsync", node, e))?;
-        let fd = real
-            .open(OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-            .map_err(|e| self.node_err("fsync", node, e))?;
+        let (fd, _) = self.open_real("fsync", node, &real, OFlags::RDONLY)?;
         sync_fd(&fd, datasync).map_err(|e| self.node_err("fsync", node, e))
     }
 

@@ -441,11 +441,29 @@ fn live_child(
 }
 
 impl Drop for Node {
+    /// Unregisters the node from its parent and releases its reference to the parent. When
+    /// that was the parent's last reference, the parent is taken apart here as well, and so
+    /// on up the chain, in a loop: dropping the last node of a long chain (each child holds
+    /// its parent) costs no stack per level.
     fn drop(&mut self) {
         let me: *const Node = self;
         let l = self.loc.get_mut();
-        if let Some(p) = &l.parent {
+        let mut parent = l.parent.take();
+        if let Some(p) = &parent {
             p.remove_child(l.name.as_os_str(), me);
+        }
+        while let Some(p) = parent {
+            // The address the parent's own parent knows it by (it is moved out below).
+            let addr = Arc::as_ptr(&p);
+            let Some(mut node) = Arc::into_inner(p) else {
+                break;
+            };
+            let l = node.loc.get_mut();
+            parent = l.parent.take();
+            if let Some(pp) = &parent {
+                pp.remove_child(l.name.as_os_str(), addr);
+            }
+            // `node` drops here with no parent left: no recursion.
         }
     }
 }

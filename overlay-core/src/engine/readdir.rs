@@ -89,11 +89,20 @@ impl Overlay {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
 
+        // A directory of `dir` (or of an ancestor) that is no longer a directory was
+        // replaced behind the overlay's back.
+        let changed = || crate::error::Error::Changed {
+            op: "readdir",
+            path: super::layers::display_path(&dir.rel_path()),
+            detail: "a directory was expected (on its path in a layer), something else is there"
+                .into(),
+        };
         let upper_fd = if st.upper {
             match self.dir_fd(dir, LayerRef::Upper) {
                 Ok(fd) => Some(fd),
                 // A mount point without a detached layer mount: empty.
                 Err(Errno::XDEV) => None,
+                Err(Errno::NOTDIR) | Err(Errno::LOOP) => return Err(changed()),
                 Err(e) => return Err(err(e)),
             }
         } else {
@@ -132,10 +141,15 @@ impl Overlay {
                     match self.resolve(dir, &e.name) {
                         Ok(Some(r)) => r.ino,
                         Ok(None) => continue,
-                        // A directory the engine refuses (a redirect it does not follow) is
-                        // left out of the listing, as the kernel leaves it out.
-                        Err(e) if e.raw_os_error() == libc::EPERM => continue,
-                        Err(e) => return Err(e),
+                        // A directory whose lookup fails (a bad or refused redirect, a
+                        // swapped object) fails alone: it is left out of the listing, as the
+                        // kernel leaves out an entry it cannot look up for its d_ino ("failed
+                        // to look up (name) for ino"), and the listing goes on.
+                        Err(e) => {
+                            // Not a warning: a user who can write to a layer could flood the log.
+                            tracing::debug!("readdir: left out: {e}");
+                            continue;
+                        }
                     }
                 } else {
                     self.origin_ino_of(fd.as_fd(), &e.name)
@@ -153,7 +167,8 @@ impl Overlay {
             let layer = LayerRef::Lower(le.layer);
             let fd = match self.dir_fd(dir, layer) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) => continue,
+                Err(Errno::NOENT) | Err(Errno::XDEV) => continue,
+                Err(Errno::NOTDIR) | Err(Errno::LOOP) => return Err(changed()),
                 Err(e) => return Err(err(e)),
             };
             let mut layer_whiteouts = Vec::new();

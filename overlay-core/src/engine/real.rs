@@ -9,7 +9,9 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Stat, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 
-use super::layers::{proc_fd_path, proc_path, read_xattr, LayerRef};
+use super::layers::{display_path, proc_fd_path, proc_path, read_xattr, LayerRef};
+use super::{FileKind, Node, Overlay};
+use crate::error::{Error, Result};
 
 /// One real object: `name` in directory `dir`, or `dir` itself when `name` is `None`.
 #[derive(Debug, Clone)]
@@ -146,11 +148,13 @@ impl RealObj {
         }
     }
 
-    /// Open the object (`O_NOFOLLOW` is always added). A lower object is opened with
+    /// Open the object (`O_NOFOLLOW` and `O_NOCTTY` are always added: a layer object is
+    /// never followed nor made a controlling terminal). A lower object is opened with
     /// `O_NOATIME` where permitted: reading it must not change the lower layer, as with the
-    /// kernel overlay.
+    /// kernel overlay. The engine opens objects through [`super::Overlay::open_real`], which
+    /// also makes the open non-blocking and checks the type of what it opened.
     pub fn open(&self, flags: OFlags, mode: Mode) -> R<OwnedFd> {
-        let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = flags | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
         let name: &OsStr = match &self.name {
             None => OsStr::new("."),
             Some(n) => n,
@@ -170,6 +174,85 @@ impl RealObj {
                 let t = rustix::fs::readlinkat(self.dirfd(), &**n, Vec::new())?;
                 Ok(std::os::unix::ffi::OsStringExt::from_vec(t.into_bytes()))
             }
+        }
+    }
+}
+
+/// What an `st_mode` names, for error messages.
+pub(crate) fn kind_name(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::File => "a regular file",
+        FileKind::Directory => "a directory",
+        FileKind::Symlink => "a symlink",
+        FileKind::CharDevice => "a character device",
+        FileKind::BlockDevice => "a block device",
+        FileKind::Fifo => "a FIFO",
+        FileKind::Socket => "a socket",
+    }
+}
+
+impl Overlay {
+    /// Open `real`, the object of `node` in one of its layers, as what the node says it is.
+    ///
+    /// A layer may be writable by someone else, who can replace a regular file by a FIFO
+    /// (an open would block the worker thread until someone writes to it) or by anything
+    /// else. So a regular file or a directory is opened with `O_NONBLOCK` (which regular
+    /// files and directories ignore; the returned fd keeps it), a directory with
+    /// `O_DIRECTORY`, everything with `O_NOFOLLOW` and `O_NOCTTY`, and the open fd is
+    /// `fstat`'ed: an object of another type is refused with [`Error::Changed`] (ESTALE).
+    /// Nodes that are FIFOs or devices themselves are opened as `flags` ask (their own
+    /// blocking semantics; a FUSE kernel never forwards opens of special files). Returns the
+    /// fd and its `fstat`.
+    pub(crate) fn open_real(
+        &self,
+        op: &'static str,
+        node: &Node,
+        real: &RealObj,
+        flags: OFlags,
+    ) -> Result<(OwnedFd, Stat)> {
+        let flags = match node.kind {
+            FileKind::File => flags | OFlags::NONBLOCK,
+            FileKind::Directory => flags | OFlags::NONBLOCK | OFlags::DIRECTORY,
+            _ => flags,
+        };
+        let fd = match real.open(flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // Not a directory, a directory opened for write, a symlink (O_NOFOLLOW), a FIFO
+            // without reader or a socket (ENXIO): what is there now?
+            Err(e @ (Errno::NOTDIR | Errno::ISDIR | Errno::LOOP | Errno::NXIO)) => {
+                return Err(match real.stat() {
+                    Ok(st) if FileKind::from_mode(st.st_mode) != node.kind => {
+                        self.changed(op, node, FileKind::from_mode(st.st_mode))
+                    }
+                    _ => self.node_err(op, node, e),
+                });
+            }
+            Err(e) => return Err(self.node_err(op, node, e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.node_err(op, node, e))?;
+        self.check_kind(op, node, &st)?;
+        Ok((fd, st))
+    }
+
+    /// [`Error::Changed`] unless `st` is of the kind `node` says.
+    pub(crate) fn check_kind(&self, op: &'static str, node: &Node, st: &Stat) -> Result<()> {
+        let found = FileKind::from_mode(st.st_mode);
+        if found != node.kind {
+            return Err(self.changed(op, node, found));
+        }
+        Ok(())
+    }
+
+    /// The error for `node`'s object found to be of kind `found`.
+    pub(crate) fn changed(&self, op: &'static str, node: &Node, found: FileKind) -> Error {
+        Error::Changed {
+            op,
+            path: display_path(&node.rel_path()),
+            detail: format!(
+                "{} was expected, {} is there",
+                kind_name(node.kind),
+                kind_name(found)
+            ),
         }
     }
 }

@@ -1514,3 +1514,6 @@ fn umask_applies_only_without_a_default_acl() {
     let md = std::fs::metadata(f.upper.join("plain/sub")).unwrap();
     assert_eq!(md.mode() & 0o777, 0o777);
 }
+
+/// Layers from strangers, users of a shared mount: depth, forged redirects, swapped objects.
+mod hostile;
