@@ -755,6 +755,9 @@ impl Overlay {
         }
         let real = self.top_real("getattr", node)?;
         let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
+        if FileKind::from_mode(st.st_mode) != node.kind {
+            return self.attr_after_removal_race("getattr", node);
+        }
         let mut a = attr_from_stat(&st, node.ino());
         if node.kind == FileKind::Directory && node.state.read().is_merge() {
             // As the kernel: counting subdirectories of a merged directory is not worth it.
@@ -800,8 +803,36 @@ impl Overlay {
             f &= !(libc::O_TRUNC | libc::O_APPEND);
         }
         let real = self.top_real("open", node)?;
-        let (fd, _) = self.open_real("open", node, &real, OFlags::from_bits_retain(f as u32))?;
-        Ok(File::from(fd))
+        match self.open_real("open", node, &real, OFlags::from_bits_retain(f as u32)) {
+            Ok((fd, _)) => Ok(File::from(fd)),
+            Err(e @ Error::Changed { .. }) => {
+                // The name was being removed (a whiteout, or another file renamed over it,
+                // took its place): once the removal is done, the name is gone.
+                drop(node.copy_lock.lock());
+                if node.is_unlinked() {
+                    Err(self.node_err("open", node, Errno::NOENT))
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `node`'s name showed an object of another kind: an unlink, rmdir or rename is
+    /// replacing it (a whiteout takes a file's place in one rename) while we look. Once
+    /// that removal is done (it holds the node's copy lock throughout), the attributes are
+    /// those of the removed object, as `fstat` of a deleted file gives them; an object that
+    /// is still not of the node's kind was changed behind the overlay's back.
+    fn attr_after_removal_race(&self, op: &'static str, node: &NodeRef) -> Result<Attr> {
+        drop(node.copy_lock.lock());
+        if node.is_unlinked() {
+            return self.getattr(node);
+        }
+        let real = self.top_real(op, node)?;
+        let st = real.stat().map_err(|e| self.node_err(op, node, e))?;
+        self.check_kind(op, node, &st)?;
+        Ok(attr_from_stat(&st, node.ino()))
     }
 
     /// Flush a file's upper copy to disk (`fdatasync` when `datasync`). A lower-only file
