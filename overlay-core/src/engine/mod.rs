@@ -739,6 +739,16 @@ impl Overlay {
     /// A node removed from the tree reports its attributes from removal time (link count
     /// decremented), as `fstat` on an open, unlinked file does.
     pub fn getattr(&self, node: &NodeRef) -> Result<Attr> {
+        match self.getattr_now(node) {
+            // Another kind of object at the name: a removal may be replacing it.
+            Err(Error::Changed { .. }) => self.attr_after_removal_race(node),
+            r => r,
+        }
+    }
+
+    /// [`Overlay::getattr`] without waiting for a removal in flight (for callers holding
+    /// the node's copy lock): an object of another kind at the name is [`Error::Changed`].
+    pub(crate) fn getattr_now(&self, node: &NodeRef) -> Result<Attr> {
         if node.is_unlinked() {
             let key = Arc::as_ptr(node) as usize;
             let stashed = self.removed.lock().get(&key).map(|(_, a)| a.clone());
@@ -755,9 +765,7 @@ impl Overlay {
         }
         let real = self.top_real("getattr", node)?;
         let st = real.stat().map_err(|e| self.node_err("getattr", node, e))?;
-        if FileKind::from_mode(st.st_mode) != node.kind {
-            return self.attr_after_removal_race("getattr", node);
-        }
+        self.check_kind("getattr", node, &st)?;
         let mut a = attr_from_stat(&st, node.ino());
         if node.kind == FileKind::Directory && node.state.read().is_merge() {
             // As the kernel: counting subdirectories of a merged directory is not worth it.
@@ -824,15 +832,9 @@ impl Overlay {
     /// that removal is done (it holds the node's copy lock throughout), the attributes are
     /// those of the removed object, as `fstat` of a deleted file gives them; an object that
     /// is still not of the node's kind was changed behind the overlay's back.
-    fn attr_after_removal_race(&self, op: &'static str, node: &NodeRef) -> Result<Attr> {
+    fn attr_after_removal_race(&self, node: &NodeRef) -> Result<Attr> {
         drop(node.copy_lock.lock());
-        if node.is_unlinked() {
-            return self.getattr(node);
-        }
-        let real = self.top_real(op, node)?;
-        let st = real.stat().map_err(|e| self.node_err(op, node, e))?;
-        self.check_kind(op, node, &st)?;
-        Ok(attr_from_stat(&st, node.ino()))
+        self.getattr_now(node)
     }
 
     /// Flush a file's upper copy to disk (`fdatasync` when `datasync`). A lower-only file

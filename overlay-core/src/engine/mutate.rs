@@ -59,7 +59,8 @@ impl Overlay {
             // No stat now: the lower object does not change.
             self.top_real("getattr", node).map(RemovedAttr::Lower)
         } else {
-            self.getattr(node).map(|mut a| {
+            // The caller holds the node's copy lock: no waiting for a removal in flight.
+            self.getattr_now(node).map(|mut a| {
                 a.nlink = a.nlink.saturating_sub(if node.kind == FileKind::Directory {
                     2
                 } else {
@@ -817,6 +818,11 @@ impl Overlay {
             }
         }
 
+        // The replaced object's attributes from removal time, taken while its name still
+        // holds it.
+        if let (false, Some(d)) = (exchange, &dst) {
+            self.stash_attr(d);
+        }
         if exchange {
             rustix::fs::renameat_with(
                 pdir.as_fd(),
@@ -913,7 +919,6 @@ impl Overlay {
             new_parent.set_child(new_name, &src);
         } else {
             if let Some(d) = &dst {
-                self.stash_attr(d);
                 self.detach(new_parent, new_name, d);
             }
             parent.remove_child(name, Arc::as_ptr(&src));

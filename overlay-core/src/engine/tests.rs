@@ -1517,3 +1517,39 @@ fn umask_applies_only_without_a_default_acl() {
 
 /// Layers from strangers, users of a shared mount: depth, forged redirects, swapped objects.
 mod hostile;
+
+/// A rename over an object of another kind (a symlink over a file): the replaced node
+/// answers with the replaced file's attributes from removal time, not with what took its
+/// name (before, the rename stashed the newcomer's attributes; with getattr waiting out
+/// removals in flight, it deadlocked on its own lock).
+#[test]
+fn rename_over_another_kind_keeps_the_replaced_objects_attributes() {
+    let f = Fixture::new(1);
+    write(&f.upper.join("file"), "twelve bytes");
+    std::os::unix::fs::symlink("file", f.upper.join("link")).unwrap();
+    let ovl = Arc::new(f.overlay());
+    let victim = walk(&ovl, "file").unwrap();
+    let ino = victim.ino();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // On a thread of its own, so that a hang fails the test instead of stopping it.
+    let o = ovl.clone();
+    std::thread::spawn(move || {
+        let r = o.rename(
+            &o.root(),
+            OsStr::new("link"),
+            &o.root(),
+            OsStr::new("file"),
+            RenameFlags::empty(),
+        );
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("rename hung")
+        .unwrap();
+    let a = ovl.getattr(&victim).unwrap();
+    assert_eq!(
+        (a.kind, a.size, a.nlink, a.ino),
+        (FileKind::File, 12, 0, ino)
+    );
+    assert_eq!(walk(&ovl, "file").unwrap().kind(), FileKind::Symlink);
+}
