@@ -257,9 +257,14 @@ pub fn is_live(rec: &MountRecord, mounts: &[MountInfo]) -> bool {
 /// (every release is attempted).
 pub fn release_leftovers(rec: &MountRecord, mounts: &[MountInfo]) -> Result<(), CliError> {
     let mut first = None;
-    let mut release = |dir: &Path, r: overlay::Result<()>| {
+    let mut release = |_dir: &Path, r: overlay::Result<()>| {
         if let Err(e) = r {
-            first.get_or_insert(CliError::from_overlay(e, dir));
+            // The facade names image files and the tmpfs upper, not our directories; say
+            // which mount they belonged to.
+            first.get_or_insert(CliError::path(
+                &rec.target,
+                format!("cleaning up: {}", CliError::from_overlay(e, &rec.target)),
+            ));
         }
     };
     for im in rec.images.iter().rev() {
