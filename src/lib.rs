@@ -418,7 +418,8 @@ pub struct KeptMount {
     pub managed_work: bool,
     /// Mount point of the tmpfs holding upper and work, if any.
     pub tmpfs: Option<PathBuf>,
-    /// FUSE daemon process id.
+    /// FUSE daemon process id (`None` for the kernel backends, or when `ovl-fuse` did not
+    /// report it).
     pub fuse_pid: Option<u32>,
     /// Mount points of image lowers (squashfs, EROFS) loop-mounted for the overlay; release
     /// each with [`release_image`] after unmounting the overlay.
@@ -493,7 +494,7 @@ impl Mounted {
         if let Some(k) = self.kernel.take() {
             k.detach();
         }
-        let fuse_pid = self.fuse.take().map(fuse::FuseMount::keep);
+        let fuse_pid = self.fuse.take().and_then(fuse::FuseMount::keep);
         for b in self.binds.drain(..) {
             std::mem::forget(b);
         }

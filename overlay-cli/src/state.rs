@@ -108,6 +108,31 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// True while `pid` is the `ovl-fuse` daemon serving `target`: it runs, its program is
+/// `ovl-fuse` (`/proc/PID/cmdline` or `/proc/PID/exe`), and its last argument is `target`.
+/// Pids are reused, so a live pid alone proves nothing.
+pub fn is_fuse_daemon_of(pid: u32, target: &Path) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmd
+        .strip_suffix(b"\0")
+        .unwrap_or(&cmd)
+        .split(|b| *b == 0)
+        .collect();
+    let named_ovl_fuse = |p: &[u8]| {
+        let name = p.rsplit(|b| *b == b'/').next().unwrap_or(p);
+        name == b"ovl-fuse" || name == b"ovl-fuse (deleted)"
+    };
+    let program = args.first().is_some_and(|a| named_ovl_fuse(a))
+        || std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|e| named_ovl_fuse(e.as_os_str().as_encoded_bytes()));
+    program && args.last() == Some(&target.as_os_str().as_encoded_bytes())
+}
+
 /// The registry directory for the current user.
 pub fn registry_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("OVL_STATE_DIR") {

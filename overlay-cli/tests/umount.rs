@@ -245,6 +245,10 @@ fn status_reports_a_killed_fuse_daemon_and_umount_removes_the_mount() {
     assert_eq!(v[0]["health"], "ok", "{v}");
     let pids = fuse_daemons_for(&m);
     assert_eq!(pids.len(), 1);
+    assert_eq!(
+        v[0]["fuse_pid"], pids[0],
+        "the daemon's pid is recorded: {v}"
+    );
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pids[0]).unwrap(),
         rustix::process::Signal::KILL,
@@ -258,7 +262,7 @@ fn status_reports_a_killed_fuse_daemon_and_umount_removes_the_mount() {
         serde_json::from_slice(&ovl_with_state(&state, args!["status", "--json"]).stdout).unwrap();
     assert_eq!(v[0]["health"], "daemon-gone", "{v}");
     let s = stdout(&ovl_with_state(&state, args!["status"]));
-    assert!(s.contains("FUSE daemon is gone"), "{s}");
+    assert!(s.contains("BROKEN: daemon PID gone"), "{s}");
     let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!is_mounted(&m));
