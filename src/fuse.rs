@@ -53,6 +53,8 @@ fn fuse_mounted_at(target: &Path) -> bool {
 #[derive(Debug)]
 pub(crate) struct FuseMount {
     target: PathBuf,
+    /// The daemon's pid, as `ovl-fuse` reported it (`OVL_FUSE_PID_FILE`).
+    pid: Option<u32>,
     armed: bool,
 }
 
@@ -119,7 +121,13 @@ impl FuseMount {
             target.display()
         );
         let start_len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let status = Command::new(&prog)
+        // ovl-fuse writes the daemon's pid into a file of a private directory of ours.
+        let pid_dir = PidDir::new();
+        let mut cmd = Command::new(&prog);
+        if let Some(d) = &pid_dir {
+            cmd.env("OVL_FUSE_PID_FILE", d.file());
+        }
+        let status = cmd
             .arg("-o")
             .arg(&opts)
             .arg(target)
@@ -162,8 +170,13 @@ impl FuseMount {
             // The daemon keeps the file open; the name is not needed.
             let _ = std::fs::remove_file(&log);
         }
+        let pid = pid_dir.as_ref().and_then(PidDir::read);
+        if pid.is_none() {
+            tracing::debug!("ovl-fuse reported no daemon pid");
+        }
         Ok(FuseMount {
             target: target.to_path_buf(),
+            pid,
             armed: true,
         })
     }
@@ -177,10 +190,46 @@ impl FuseMount {
         unmount_fuse(&self.target, false, true)
     }
 
-    /// Leave the mount; returns no pid (the daemon detached itself).
-    pub(crate) fn keep(mut self) -> u32 {
+    /// Leave the mount; returns the daemon's pid, if `ovl-fuse` reported it.
+    pub(crate) fn keep(mut self) -> Option<u32> {
         self.armed = false;
-        0
+        self.pid
+    }
+}
+
+/// A private temporary directory for `ovl-fuse`'s pid file; removed on drop.
+struct PidDir(PathBuf);
+
+impl PidDir {
+    /// None when no private directory can be made (the pid is then not known).
+    fn new() -> Option<PidDir> {
+        match overlay_core::mount::private_dir_in(&std::env::temp_dir(), "ovl-fuse-pid") {
+            Ok(d) => Some(PidDir(d)),
+            Err(e) => {
+                tracing::debug!("no directory for the FUSE daemon's pid file: {e}");
+                None
+            }
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.join("pid")
+    }
+
+    fn read(&self) -> Option<u32> {
+        std::fs::read_to_string(self.file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+    }
+}
+
+impl Drop for PidDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.file());
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 

@@ -63,6 +63,29 @@ pub enum Error {
     Namespace(String),
 }
 
+impl Error {
+    /// Name internal paths (see [`overlay_core::Error::rename_paths`]) by what the caller
+    /// gave.
+    fn rename_paths(self, renames: &[(PathBuf, PathBuf)]) -> Error {
+        use overlay_core::error::rename_in_text;
+        match self {
+            Error::Core(e) => Error::Core(e.rename_paths(renames)),
+            Error::NoBackend { target, reasons } => Error::NoBackend {
+                target,
+                reasons: reasons
+                    .into_iter()
+                    .map(|r| rename_in_text(r, renames))
+                    .collect(),
+            },
+            Error::Fuse { target, reason } => Error::Fuse {
+                target,
+                reason: rename_in_text(reason, renames),
+            },
+            Error::Namespace(m) => Error::Namespace(rename_in_text(m, renames)),
+        }
+    }
+}
+
 /// Result alias of the facade.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -223,7 +246,15 @@ pub fn managed_workdir(upper: &Path) -> Option<PathBuf> {
     Some(upper.with_file_name(n))
 }
 
-/// A tmpfs mounted on a directory we created; unmounted and removed on drop.
+/// How errors and log lines name a tmpfs upper ([`Upper::Tmpfs`]): its mount point is ovl's
+/// own temporary directory, not something the caller gave, so messages never show it.
+pub const TMPFS_UPPER: &str = "the tmpfs upper";
+
+/// How errors and log lines name the workdir inside a tmpfs upper.
+pub const TMPFS_WORKDIR: &str = "the tmpfs upper's workdir";
+
+/// A tmpfs mounted on a directory we created; unmounted and removed on drop. Its errors name
+/// it [`TMPFS_UPPER`], never by its directory.
 #[derive(Debug)]
 struct Tmpfs {
     dir: PathBuf,
@@ -238,7 +269,12 @@ impl Tmpfs {
             .mode(0o700)
             .create(parent)
             .map_err(|e| overlay_core::Error::io("create scratch directory", parent, e))?;
-        let dir = overlay_core::mount::private_dir_in(parent, "ovl-tmp")?;
+        let dir = overlay_core::mount::private_dir_in(parent, "ovl-tmp").map_err(|e| match e {
+            overlay_core::Error::Io { source, .. } => {
+                overlay_core::Error::io("create the mount point of", TMPFS_UPPER, source)
+            }
+            e => e,
+        })?;
         let mut data = String::from("mode=0755");
         if let Some(s) = size {
             data.push_str(",size=");
@@ -254,17 +290,18 @@ impl Tmpfs {
         ) {
             let _ = std::fs::remove_dir(&dir);
             return Err(overlay_core::Error::Mount {
-                path: dir,
-                detail: format!("mount tmpfs for the upper layer: {e}"),
+                path: TMPFS_UPPER.into(),
+                detail: format!("mount tmpfs: {}", io_words(&std::io::Error::from(e))),
                 errno: Some(e.raw_os_error()),
             }
             .into());
         }
-        for sub in ["upper", "work"] {
-            std::fs::create_dir(dir.join(sub))
-                .map_err(|e| overlay_core::Error::io("create tmpfs upper", dir.join(sub), e))?;
+        let t = Tmpfs { dir, armed: true };
+        for (sub, name) in [("upper", TMPFS_UPPER), ("work", TMPFS_WORKDIR)] {
+            std::fs::create_dir(t.dir.join(sub))
+                .map_err(|e| overlay_core::Error::io("create", name, e))?;
         }
-        Ok(Tmpfs { dir, armed: true })
+        Ok(t)
     }
 
     fn release(&mut self) -> Result<()> {
@@ -277,15 +314,11 @@ impl Tmpfs {
             tracing::debug!("unmount tmpfs {}: {e}; detaching", self.dir.display());
             rustix::mount::unmount(&self.dir, flags | rustix::mount::UnmountFlags::DETACH)
                 .map_err(|e| {
-                    overlay_core::Error::io(
-                        "unmount tmpfs upper",
-                        &self.dir,
-                        std::io::Error::from(e),
-                    )
+                    overlay_core::Error::io("unmount", TMPFS_UPPER, std::io::Error::from(e))
                 })?;
         }
         std::fs::remove_dir(&self.dir)
-            .map_err(|e| overlay_core::Error::io("remove tmpfs mount point", &self.dir, e))?;
+            .map_err(|e| overlay_core::Error::io("remove the mount point of", TMPFS_UPPER, e))?;
         Ok(())
     }
 }
@@ -305,11 +338,23 @@ impl Drop for Tmpfs {
 #[derive(Debug)]
 struct LowerBind {
     dir: PathBuf,
+    /// The lower it binds (errors name it instead of `dir`).
+    lower: PathBuf,
 }
 
 impl LowerBind {
     fn new(lower: &Path, parent: &Path, n: usize) -> Result<LowerBind> {
-        let dir = overlay_core::mount::private_dir_in(parent, &format!("ovl-lower{n}"))?;
+        let dir =
+            overlay_core::mount::private_dir_in(parent, &format!("ovl-lower{n}")).map_err(|e| {
+                match e {
+                    overlay_core::Error::Io { source, .. } => overlay_core::Error::io(
+                        "create a mount point to bind lower layer",
+                        lower,
+                        source,
+                    ),
+                    e => e,
+                }
+            })?;
         // Recursive: in a user namespace a mount with locked submounts cannot be bound alone
         // (the overlay ignores submounts of a lower either way).
         if let Err(e) = rustix::mount::mount_bind_recursive(lower, &dir) {
@@ -321,7 +366,10 @@ impl LowerBind {
             )
             .into());
         }
-        Ok(LowerBind { dir })
+        Ok(LowerBind {
+            dir,
+            lower: lower.to_path_buf(),
+        })
     }
 }
 
@@ -370,7 +418,8 @@ pub struct KeptMount {
     pub managed_work: bool,
     /// Mount point of the tmpfs holding upper and work, if any.
     pub tmpfs: Option<PathBuf>,
-    /// FUSE daemon process id.
+    /// FUSE daemon process id (`None` for the kernel backends, or when `ovl-fuse` did not
+    /// report it).
     pub fuse_pid: Option<u32>,
     /// Mount points of image lowers (squashfs, EROFS) loop-mounted for the overlay; release
     /// each with [`release_image`] after unmounting the overlay.
@@ -445,7 +494,7 @@ impl Mounted {
         if let Some(k) = self.kernel.take() {
             k.detach();
         }
-        let fuse_pid = self.fuse.take().map(fuse::FuseMount::keep);
+        let fuse_pid = self.fuse.take().and_then(fuse::FuseMount::keep);
         for b in self.binds.drain(..) {
             std::mem::forget(b);
         }
@@ -836,13 +885,17 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
                 let ldev = dev(l);
                 if u.starts_with(l) && udev.is_some() && ldev.is_some() && udev != ldev {
                     let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
-                    let b = LowerBind::new(l, &parent, i)?;
+                    let b = LowerBind::new(l, &parent, i)
+                        .map_err(|e| e.rename_paths(&internal_names(&prepared, &binds)))?;
                     lowers_mount[i] = b.dir.clone();
                     binds.push(b);
                 }
             }
         }
     }
+    // Errors name the tmpfs upper and bound lowers by what the caller gave, not by our
+    // temporary directories.
+    let renames = internal_names(&prepared, &binds);
     let mut last_err: Option<Error> = None;
 
     // 2. The kernel overlay.
@@ -869,11 +922,13 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             } else {
                 XattrNamespace::Trusted
             };
-            let attempt = build_stack(&lowers_mount, &prepared, ns).and_then(|stack| {
-                let spec = MountSpec::new(&stack, &req.options, &target)?;
-                tracing::debug!("mounting: {spec}");
-                Ok(spec.mount()?)
-            });
+            let attempt = build_stack(&lowers_mount, &prepared, ns)
+                .and_then(|stack| {
+                    let spec = MountSpec::new(&stack, &req.options, &target)?;
+                    tracing::debug!("mounting: {spec}");
+                    Ok(spec.mount()?)
+                })
+                .map_err(|e| e.rename_paths(&renames));
             match attempt {
                 Ok(k) => {
                     let chosen = if in_userns {
@@ -912,7 +967,9 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
         if !fuse_ok.is_some_and(Support::is_yes) {
             reasons.push(support_line("fuse", fuse_ok));
         } else {
-            match fuse::FuseMount::start(req, &lowers_mount, &prepared, &target) {
+            match fuse::FuseMount::start(req, &lowers_mount, &prepared, &target)
+                .map_err(|e| e.rename_paths(&renames))
+            {
                 Ok(f) => {
                     reasons.push("fuse: mounted".into());
                     return Ok(Mounted::assemble(
@@ -936,6 +993,22 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
         (Backend::Kernel | Backend::Fuse, Some(e)) => Err(e),
         _ => Err(Error::NoBackend { target, reasons }),
     }
+}
+
+/// Our temporary directories behind a prepared mount, each with the name errors give it
+/// instead: the tmpfs upper ([`TMPFS_UPPER`]) and the bind mounts of lowers (the lower).
+/// More specific paths first.
+fn internal_names(prepared: &PreparedUpper, binds: &[LowerBind]) -> Vec<(PathBuf, PathBuf)> {
+    let mut v = Vec::new();
+    if let Some(t) = &prepared.tmpfs {
+        v.push((t.dir.join("upper"), PathBuf::from(TMPFS_UPPER)));
+        v.push((t.dir.join("work"), PathBuf::from(TMPFS_WORKDIR)));
+        v.push((t.dir.clone(), PathBuf::from(TMPFS_UPPER)));
+    }
+    for b in binds {
+        v.push((b.dir.clone(), b.lower.clone()));
+    }
+    v
 }
 
 /// Which backend [`mount`] would pick here, and why, without mounting: each backend's line
@@ -1023,14 +1096,17 @@ pub fn release_tmpfs(dir: impl AsRef<Path>) -> Result<()> {
 /// Release an image lower left mounted by [`Mounted::keep`] (see [`KeptMount::images`]):
 /// unmount it, which also frees its auto-clearing loop device, and remove its mount point.
 /// Call it after the overlay that uses it is unmounted.
+/// Errors name the image file (found through the loop device), never the mount directory.
 pub fn release_image(dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
+    let image = image_file_of(dir);
+    let image = image.as_deref().unwrap_or(Path::new("an image lower"));
     let flags = rustix::mount::UnmountFlags::NOFOLLOW;
     match rustix::mount::unmount(dir, flags) {
         Ok(()) => {}
         Err(rustix::io::Errno::BUSY) => {
             rustix::mount::unmount(dir, flags | rustix::mount::UnmountFlags::DETACH).map_err(
-                |e| overlay_core::Error::io("unmount image lower", dir, std::io::Error::from(e)),
+                |e| overlay_core::Error::io("unmount image lower", image, std::io::Error::from(e)),
             )?
         }
         // Already unmounted (by hand, or by an earlier attempt): only the directory is left.
@@ -1038,7 +1114,7 @@ pub fn release_image(dir: impl AsRef<Path>) -> Result<()> {
         Err(e) => {
             return Err(overlay_core::Error::io(
                 "unmount image lower",
-                dir,
+                image,
                 std::io::Error::from(e),
             )
             .into())
@@ -1046,10 +1122,31 @@ pub fn release_image(dir: impl AsRef<Path>) -> Result<()> {
     }
     match std::fs::remove_dir(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(overlay_core::Error::io("remove image mount point", dir, e).into())
+            Err(
+                overlay_core::Error::io("remove the mount directory of image lower", image, e)
+                    .into(),
+            )
         }
         _ => Ok(()),
     }
+}
+
+/// The image file mounted on `dir`: the backing file of the loop device of the topmost loop
+/// mount there (something else may be mounted over it).
+pub fn image_file_of(dir: &Path) -> Option<PathBuf> {
+    let mounts = overlay_core::mount::mountinfo::read_mountinfo().ok()?;
+    mounts
+        .iter()
+        .rev()
+        .filter(|m| m.mount_point == dir)
+        .find_map(|m| {
+            let dev = m.source.strip_prefix("/dev/")?;
+            if !dev.starts_with("loop") || dev.contains('/') {
+                return None;
+            }
+            let b = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).ok()?;
+            Some(PathBuf::from(b.trim_end_matches('\n')))
+        })
 }
 
 #[cfg(test)]

@@ -245,7 +245,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     rec.work = kept.work.clone();
     rec.managed_work = kept.managed_work;
     rec.tmpfs = kept.tmpfs.clone();
-    rec.fuse_pid = kept.fuse_pid.filter(|p| *p != 0);
+    rec.fuse_pid = kept.fuse_pid;
     rec.mount_id = m.mount_id;
     rec.fstype = m.fstype.clone();
     rec.images = kept.images.clone();
@@ -368,13 +368,24 @@ fn health(r: &MountRecord) -> (&'static str, Option<String>) {
         );
     }
     if r.fstype.starts_with("fuse") {
-        let dead_pid = r.fuse_pid.is_some_and(|p| !crate::state::pid_alive(p));
+        // The recorded daemon must still be this mount's ovl-fuse (pids are reused).
+        if let Some(pid) = r
+            .fuse_pid
+            .filter(|p| !crate::state::is_fuse_daemon_of(*p, &r.target))
+        {
+            return (
+                "daemon-gone",
+                Some(format!(
+                    "daemon PID gone: its FUSE daemon (pid {pid}) no longer runs; `ovl umount {t}` removes the mount"
+                )),
+            );
+        }
         // statfs always reaches the daemon (a stat may be answered from the kernel's cache).
         let notconn = matches!(
             rustix::fs::statfs(&r.target),
             Err(rustix::io::Errno::NOTCONN)
         );
-        if dead_pid || notconn {
+        if notconn {
             return (
                 "daemon-gone",
                 Some(format!(

@@ -38,9 +38,53 @@ impl CliError {
     }
 }
 
+/// How messages name the tmpfs upper: by the option that asked for it.
+const TMPFS_UPPER_BY_OPTION: &str = "the tmpfs upper (--tmp)";
+
 impl CliError {
+    /// The path `from` (and paths under it) named `to` instead, in the path and the cause;
+    /// `to` is shown as the [`TMPFS_UPPER_BY_OPTION`] when it is [`overlay::TMPFS_UPPER`].
+    pub fn rename_prefix(self, from: &Path, to: &Path) -> Self {
+        let renames = [(from.to_path_buf(), to.to_path_buf())];
+        let e = match self {
+            CliError::Path { path, cause } => CliError::Path {
+                path: overlay::core::error::rename_path(path, &renames),
+                cause: overlay::core::error::rename_in_text(cause, &renames),
+            },
+            CliError::Message(m) => {
+                CliError::Message(overlay::core::error::rename_in_text(m, &renames))
+            }
+        };
+        e.tmpfs_by_option()
+    }
+
+    /// Name the facade's [`overlay::TMPFS_UPPER`] by the option the user gave (`--tmp`).
+    fn tmpfs_by_option(self) -> Self {
+        let fix = |s: &str| s.replace(overlay::TMPFS_UPPER, TMPFS_UPPER_BY_OPTION);
+        match self {
+            CliError::Path { path, cause } => {
+                let shown = path.to_string_lossy();
+                let path = if shown.starts_with(overlay::TMPFS_UPPER) {
+                    PathBuf::from(fix(&shown))
+                } else {
+                    path
+                };
+                CliError::Path {
+                    path,
+                    cause: fix(&cause),
+                }
+            }
+            CliError::Message(m) => CliError::Message(fix(&m)),
+        }
+    }
+
     /// Convert a facade error; errors that name no path are reported against `context`.
+    /// The facade names a tmpfs upper [`overlay::TMPFS_UPPER`]; here it is named by `--tmp`.
     pub fn from_overlay(e: overlay::Error, context: &Path) -> Self {
+        Self::from_overlay_raw(e, context).tmpfs_by_option()
+    }
+
+    fn from_overlay_raw(e: overlay::Error, context: &Path) -> Self {
         use overlay::core::Error as E;
         match e {
             overlay::Error::Core(E::Io { op, path, source }) => {

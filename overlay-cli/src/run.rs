@@ -122,7 +122,7 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     };
 
     let req = Request::new(lowers)
-        .upper(upper)
+        .upper(upper.clone())
         .backend(a.backend.into())
         .namespace(Namespace::Private)
         .scratch_dir(&scratch);
@@ -197,7 +197,14 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
             .unmount_overlay()
             .map_err(|e| CliError::from_overlay(e, &mountpoint))?;
         if let (Some(k), Some(u)) = (&keep, mounted.upper()) {
-            let stats = crate::copy::copy_upper(u, k)?;
+            let stats = crate::copy::copy_upper(u, k).map_err(|e| {
+                // A tmpfs upper lives in our temporary directory: name it by --tmp.
+                if matches!(upper, Upper::Tmpfs { .. }) {
+                    e.rename_prefix(u, Path::new(overlay::TMPFS_UPPER))
+                } else {
+                    e
+                }
+            })?;
             tracing::info!(
                 "kept {} entries ({} bytes) in {}",
                 stats.entries,

@@ -108,6 +108,31 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// True while `pid` is the `ovl-fuse` daemon serving `target`: it runs, its program is
+/// `ovl-fuse` (`/proc/PID/cmdline` or `/proc/PID/exe`), and its last argument is `target`.
+/// Pids are reused, so a live pid alone proves nothing.
+pub fn is_fuse_daemon_of(pid: u32, target: &Path) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmd
+        .strip_suffix(b"\0")
+        .unwrap_or(&cmd)
+        .split(|b| *b == 0)
+        .collect();
+    let named_ovl_fuse = |p: &[u8]| {
+        let name = p.rsplit(|b| *b == b'/').next().unwrap_or(p);
+        name == b"ovl-fuse" || name == b"ovl-fuse (deleted)"
+    };
+    let program = args.first().is_some_and(|a| named_ovl_fuse(a))
+        || std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|e| named_ovl_fuse(e.as_os_str().as_encoded_bytes()));
+    program && args.last() == Some(&target.as_os_str().as_encoded_bytes())
+}
+
 /// The registry directory for the current user.
 pub fn registry_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("OVL_STATE_DIR") {
@@ -257,9 +282,14 @@ pub fn is_live(rec: &MountRecord, mounts: &[MountInfo]) -> bool {
 /// (every release is attempted).
 pub fn release_leftovers(rec: &MountRecord, mounts: &[MountInfo]) -> Result<(), CliError> {
     let mut first = None;
-    let mut release = |dir: &Path, r: overlay::Result<()>| {
+    let mut release = |_dir: &Path, r: overlay::Result<()>| {
         if let Err(e) = r {
-            first.get_or_insert(CliError::from_overlay(e, dir));
+            // The facade names image files and the tmpfs upper, not our directories; say
+            // which mount they belonged to.
+            first.get_or_insert(CliError::path(
+                &rec.target,
+                format!("cleaning up: {}", CliError::from_overlay(e, &rec.target)),
+            ));
         }
     };
     for im in rec.images.iter().rev() {

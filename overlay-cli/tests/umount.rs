@@ -245,6 +245,10 @@ fn status_reports_a_killed_fuse_daemon_and_umount_removes_the_mount() {
     assert_eq!(v[0]["health"], "ok", "{v}");
     let pids = fuse_daemons_for(&m);
     assert_eq!(pids.len(), 1);
+    assert_eq!(
+        v[0]["fuse_pid"], pids[0],
+        "the daemon's pid is recorded: {v}"
+    );
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pids[0]).unwrap(),
         rustix::process::Signal::KILL,
@@ -258,7 +262,7 @@ fn status_reports_a_killed_fuse_daemon_and_umount_removes_the_mount() {
         serde_json::from_slice(&ovl_with_state(&state, args!["status", "--json"]).stdout).unwrap();
     assert_eq!(v[0]["health"], "daemon-gone", "{v}");
     let s = stdout(&ovl_with_state(&state, args!["status"]));
-    assert!(s.contains("FUSE daemon is gone"), "{s}");
+    assert!(s.contains("BROKEN: daemon PID gone"), "{s}");
     let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!is_mounted(&m));
@@ -401,4 +405,166 @@ fn each_error_once_on_one_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(err.matches("not empty").count(), 1, "{err}");
     assert!(!err.contains("ovl-fuse exited"), "{err}");
+}
+
+/// No message names ovl's own temporary directories (a tmpfs upper's mount point, an image
+/// lower's mount directory): what the user gave instead, `--tmp` or the image file.
+fn assert_no_internal_paths(err: &str, state: &Path) {
+    for bad in ["/run/ovl/", "ovl-image-", "ovl-tmp-"] {
+        assert!(!err.contains(bad), "names an internal path ({bad}): {err}");
+    }
+    assert!(
+        !err.contains(&*state.join("tmp").to_string_lossy()),
+        "names the scratch directory: {err}"
+    );
+}
+
+/// A stand-in for ovl-fuse that fails naming the layers it was given, as the real one does
+/// when a layer is wrong.
+fn failing_fuse(r: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = r.join("fake-ovl-fuse");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\necho \"ovl-fuse: cannot use these layers: $2\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn failed_mounts_name_tmp_and_image_lowers_as_given() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "l/f", "lower");
+    mkdirs(r, &["m"]);
+    let (m, state) = (r.join("m"), r.join("state"));
+    let _c = Cleanup::new(&m);
+    let fake = failing_fuse(r);
+    // The FUSE backend's error quotes its options, upperdir= and workdir= inside the tmpfs.
+    let o = Command::new(ovl_bin())
+        .args(args![
+            "mount",
+            "--backend",
+            "fuse",
+            "--lower",
+            r.join("l").as_os_str(),
+            "--tmp",
+            m.as_os_str()
+        ])
+        .env("OVL_STATE_DIR", &state)
+        .env("OVL_FUSE", &fake)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = stderr(&o);
+    assert_no_internal_paths(&err, &state);
+    assert!(err.contains("upperdir=the tmpfs upper (--tmp)"), "{err}");
+    assert!(!is_mounted(&m));
+    assert_eq!(scratch_mounts(r), BTreeSet::new(), "left mounted");
+
+    let Some((sq, _)) = images(r) else { return };
+    let missing = r.join("missing");
+    let cases: [&[&std::ffi::OsStr]; 3] = [
+        // An image lower under a second layer that does not exist.
+        args![
+            "mount",
+            "--lower",
+            sq.as_os_str(),
+            "--lower",
+            missing.as_os_str(),
+            "--tmp",
+            m.as_os_str()
+        ],
+        // A mount point that does not exist.
+        args![
+            "mount",
+            "--lower",
+            sq.as_os_str(),
+            "--tmp",
+            missing.as_os_str()
+        ],
+        // Kernel refused (conflicting options), then FUSE, which cannot take images.
+        args![
+            "mount",
+            "--lower",
+            sq.as_os_str(),
+            "--tmp",
+            "-o",
+            "userxattr",
+            m.as_os_str()
+        ],
+    ];
+    for a in cases {
+        let o = Command::new(ovl_bin())
+            .args(a)
+            .env("OVL_STATE_DIR", &state)
+            .env("OVL_FUSE", &fake)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{a:?}: {o:?}");
+        assert_no_internal_paths(&stderr(&o), &state);
+        assert!(!is_mounted(&m));
+        assert_eq!(scratch_mounts(r), BTreeSet::new(), "{a:?}: left mounted");
+    }
+    assert_eq!(loops_left(r), Vec::<String>::new(), "loop devices left");
+}
+
+/// Releasing an image lower at `ovl umount` fails (here: something is mounted on its
+/// directory): the message names the image file, not its mount directory.
+#[test]
+fn umount_names_an_image_lower_by_its_file() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    let Some((sq, er)) = images(r) else { return };
+    mkdirs(r, &["m"]);
+    let (m, state) = (r.join("m"), r.join("state"));
+    let _c = Cleanup::new(&m);
+    let o = mount_images(&state, &sq, &er, &m, false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dirs: Vec<PathBuf> = scratch_mounts(r)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("ovl-image-"))
+        .collect();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    /// Unmounts everything on the image directories, also on panic.
+    struct Under(Vec<PathBuf>);
+    impl Drop for Under {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                while rustix::mount::unmount(d, rustix::mount::UnmountFlags::DETACH).is_ok() {}
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    let _u = Under(dirs.clone());
+    for d in &dirs {
+        rustix::mount::mount(
+            "tmpfs",
+            d,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap();
+    }
+    let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_no_internal_paths(&err, &state);
+    assert!(
+        err.contains(&*sq.to_string_lossy()) || err.contains(&*er.to_string_lossy()),
+        "names the image file: {err}"
+    );
+    assert!(!is_mounted(&m));
 }

@@ -111,9 +111,114 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         self.raw_os_error() == libc::ENOENT
     }
+
+    /// Name internal paths by what the user gave instead: every `(internal, shown)` pair
+    /// replaces `internal` (and paths under it) in the path field and in the text of the
+    /// error, e.g. an image lower's private mount directory by the image file. Longer
+    /// internal paths should come first when one contains another.
+    pub fn rename_paths(self, renames: &[(PathBuf, PathBuf)]) -> Self {
+        if renames.is_empty() {
+            return self;
+        }
+        let path = |p: PathBuf| rename_path(p, renames);
+        let text = |s: String| rename_in_text(s, renames);
+        match self {
+            Error::Io {
+                op,
+                path: p,
+                source,
+            } => Error::Io {
+                op,
+                path: path(p),
+                source,
+            },
+            Error::InvalidStack { path: p, reason } => Error::InvalidStack {
+                path: path(p),
+                reason: text(reason),
+            },
+            Error::Mount {
+                path: p,
+                detail,
+                errno,
+            } => Error::Mount {
+                path: path(p),
+                detail: text(detail),
+                errno,
+            },
+            Error::OptionConflict(m) => Error::OptionConflict(text(m)),
+            Error::Unsupported {
+                op,
+                path: p,
+                reason,
+            } => Error::Unsupported {
+                op,
+                path: path(p),
+                reason: text(reason),
+            },
+            Error::Format { path: p, reason } => Error::Format {
+                path: path(p),
+                reason: text(reason),
+            },
+        }
+    }
+}
+
+/// `p` with the first matching internal prefix of `renames` replaced by its shown name.
+pub fn rename_path(p: PathBuf, renames: &[(PathBuf, PathBuf)]) -> PathBuf {
+    for (from, to) in renames {
+        if let Ok(rest) = p.strip_prefix(from) {
+            return if rest.as_os_str().is_empty() {
+                to.clone()
+            } else {
+                to.join(rest)
+            };
+        }
+    }
+    p
+}
+
+/// `s` with every internal path of `renames` replaced by its shown name.
+pub fn rename_in_text(mut s: String, renames: &[(PathBuf, PathBuf)]) -> String {
+    for (from, to) in renames {
+        let from = from.to_string_lossy();
+        if !from.is_empty() && s.contains(from.as_ref()) {
+            s = s.replace(from.as_ref(), &to.to_string_lossy());
+        }
+    }
+    s
 }
 
 /// Convert a rustix errno into an io::Error.
 pub(crate) fn from_rustix(e: rustix::io::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_paths_names_internal_paths_as_given() {
+        let renames = [(
+            PathBuf::from("/tmp/ovl-image-1-2-3"),
+            PathBuf::from("/srv/base.sqfs"),
+        )];
+        let e = Error::Mount {
+            path: "/tmp/ovl-image-1-2-3/etc".into(),
+            detail: "fsconfig lowerdir+=/tmp/ovl-image-1-2-3: kernel says \"no\"".into(),
+            errno: Some(libc::EINVAL),
+        }
+        .rename_paths(&renames);
+        let s = e.to_string();
+        assert!(!s.contains("ovl-image-"), "{s}");
+        assert_eq!(
+            s,
+            "mount /srv/base.sqfs/etc: fsconfig lowerdir+=/srv/base.sqfs: kernel says \"no\""
+        );
+        let other = Error::io("open", "/srv/x", io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(
+            other.rename_paths(&renames).to_string(),
+            Error::io("open", "/srv/x", io::Error::from_raw_os_error(libc::ENOENT)).to_string()
+        );
+    }
 }

@@ -5,6 +5,10 @@
 //! mount is live when the command returns), or prints the child's error and exits 1. The
 //! child serves requests until the filesystem is unmounted (`umount`, `fusermount3 -u`) or
 //! it gets SIGINT/SIGTERM/SIGHUP (then it unmounts itself), and exits 0.
+//!
+//! With `OVL_FUSE_PID_FILE=PATH` the parent writes the daemon's pid there (decimal, one line)
+//! once the mount is ready, so whoever started it can tell later whether the daemon still
+//! runs. With `-f` the process itself is the daemon and writes its own pid once mounted.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -147,9 +151,13 @@ pub fn run(req: MountRequest) -> i32 {
             say(format_args!("ovl-fuse: daemonize: fork: {e}"));
             1
         }
-        Ok(Forked::Parent(_child)) => {
+        Ok(Forked::Parent(child)) => {
             drop(wr);
-            wait_ready(rd)
+            let code = wait_ready(rd);
+            if code == 0 {
+                write_pid_file(child);
+            }
+            code
         }
         Ok(Forked::Child) => {
             drop(rd);
@@ -168,6 +176,19 @@ pub fn run(req: MountRequest) -> i32 {
                     1
                 }
             }
+        }
+    }
+}
+
+/// Write `pid` to `$OVL_FUSE_PID_FILE`, if set. A failure is logged, not fatal: the mount
+/// works either way.
+fn write_pid_file(pid: i32) {
+    if let Some(p) = std::env::var_os("OVL_FUSE_PID_FILE") {
+        if let Err(e) = std::fs::write(&p, format!("{pid}\n")) {
+            say(format_args!(
+                "ovl-fuse: warning: pid file {}: {e}",
+                Path::new(&p).display()
+            ));
         }
     }
 }
@@ -236,6 +257,9 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
         let _ = w.write_all(b"OK");
         drop(w);
         detach_stdio();
+    } else {
+        // Foreground: this process is the daemon.
+        write_pid_file(std::process::id() as i32);
     }
     match session.run() {
         Ok(()) => {}

@@ -45,7 +45,8 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      allow_other, allow_root, default_permissions, ...
      The mount is nodev,nosuid unless -o dev or -o suid is given (those need root), as
      fuse-overlayfs's is; root's mounts are allow_other.
-Logging: RUST_LOG (e.g. RUST_LOG=debug); OVL_FUSE_LOG_FILE=PATH keeps daemon logs.";
+Logging: RUST_LOG (e.g. RUST_LOG=debug); OVL_FUSE_LOG_FILE=PATH keeps daemon logs.
+OVL_FUSE_PID_FILE=PATH: the daemon's pid is written there once the mount is ready.";
 
 /// What the command line asks for.
 #[derive(Debug, Clone)]

@@ -104,7 +104,15 @@ impl ImageMount {
             Ok(d) => d,
             Err(e) => {
                 let _ = crate::sys::loop_clear(loop_fd.as_fd());
-                return Err(e);
+                // The directory's name is ours; say what it was for.
+                return Err(match e {
+                    Error::Io { source, .. } => Error::io(
+                        "create a temporary mount directory for image lower",
+                        image,
+                        source,
+                    ),
+                    e => e,
+                });
             }
         };
         if let Err(e) = mount_block_fs(format.fstype(), &loop_device, &dir) {
@@ -182,9 +190,10 @@ impl ImageMount {
             }
             Err(e) => Err(e),
         };
-        r.map_err(|e| Error::io("unmount image lower", &self.dir, from_rustix(e)))?;
+        // Errors name the image file: the directory is ours, not something the user gave.
+        r.map_err(|e| Error::io("unmount image lower", &self.image, from_rustix(e)))?;
         std::fs::remove_dir(&self.dir)
-            .map_err(|e| Error::io("remove image mount point", &self.dir, e))
+            .map_err(|e| Error::io("remove the mount directory of image lower", &self.image, e))
     }
 }
 

@@ -124,7 +124,18 @@ impl MountSpec {
                 None => lowers.push(l.path.clone()),
             }
         }
-        let mut prepared = self.prepare(&lowers, &self.resolved)?;
+        // An image lower's mount directory is ours: errors name the image file instead.
+        let renames: Vec<(PathBuf, PathBuf)> = images
+            .iter()
+            .map(|im| (im.dir().to_path_buf(), im.image().to_path_buf()))
+            .collect();
+        self.mount_layers(&lowers, images)
+            .map_err(|e| e.rename_paths(&renames))
+    }
+
+    /// [`MountSpec::mount`] once image lowers are mounted: `lowers` are directories.
+    fn mount_layers(&self, lowers: &[PathBuf], images: Vec<ImageMount>) -> Result<KernelMount> {
+        let mut prepared = self.prepare(lowers, &self.resolved)?;
         let mut msg = Vec::new();
         let mut relative_to = None;
         match prepared.execute(&mut msg, false) {
