@@ -159,6 +159,15 @@ impl Error {
                 path: path(p),
                 reason: text(reason),
             },
+            Error::Changed {
+                op,
+                path: p,
+                detail,
+            } => Error::Changed {
+                op,
+                path: path(p),
+                detail: text(detail),
+            },
         }
     }
 }
