@@ -380,22 +380,48 @@ fn health(r: &MountRecord) -> (&'static str, Option<String>) {
                 )),
             );
         }
-        // statfs always reaches the daemon (a stat may be answered from the kernel's cache).
-        let notconn = matches!(
-            rustix::fs::statfs(&r.target),
-            Err(rustix::io::Errno::NOTCONN)
-        );
-        if notconn {
+        if let Some(pid) = r.fuse_pid.filter(|p| crate::state::is_stopped(*p)) {
             return (
-                "daemon-gone",
+                "daemon-stopped",
                 Some(format!(
-                    "its FUSE daemon is gone, the mount answers \"Transport endpoint is not connected\"; `ovl umount {t}` removes it"
+                    "its FUSE daemon (pid {pid}) is stopped, so every access to the mount waits; `kill -CONT {pid}` resumes it, `ovl umount --lazy {t}` detaches the mount"
                 )),
             );
+        }
+        // statfs always reaches the daemon (a stat may be answered from the kernel's cache),
+        // and waits for it: asked on a thread of its own, so a daemon that does not answer
+        // cannot hang `ovl status`.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let target = r.target.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(rustix::fs::statfs(&target).err());
+        });
+        match rx.recv_timeout(STATFS_PATIENCE) {
+            Ok(Some(rustix::io::Errno::NOTCONN)) => {
+                return (
+                    "daemon-gone",
+                    Some(format!(
+                        "its FUSE daemon is gone, the mount answers \"Transport endpoint is not connected\"; `ovl umount {t}` removes it"
+                    )),
+                );
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return (
+                    "daemon-unresponsive",
+                    Some(format!(
+                        "its FUSE daemon did not answer within {} s; `ovl umount --lazy {t}` detaches the mount",
+                        STATFS_PATIENCE.as_secs()
+                    )),
+                );
+            }
         }
     }
     ("ok", None)
 }
+
+/// How long `ovl status` waits for a FUSE daemon to answer `statfs`.
+const STATFS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `ovl status`.
 pub fn status(a: StatusArgs) -> Result<u8, CliError> {

@@ -133,6 +133,17 @@ pub fn is_fuse_daemon_of(pid: u32, target: &Path) -> bool {
     program && args.last() == Some(&target.as_os_str().as_encoded_bytes())
 }
 
+/// True when process `pid` is stopped (SIGSTOP, or held by a tracer): a FUSE daemon in
+/// that state answers nothing, and anything that asks its mount waits.
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
+}
+
 /// The registry directory for the current user.
 pub fn registry_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("OVL_STATE_DIR") {

@@ -249,11 +249,14 @@ fn status_reports_a_killed_fuse_daemon_and_umount_removes_the_mount() {
         v[0]["fuse_pid"], pids[0],
         "the daemon's pid is recorded: {v}"
     );
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pids[0]).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    let daemon = rustix::process::Pid::from_raw(pids[0]).unwrap();
+    // A stopped daemon answers nothing: status says so, and does not wait for it.
+    rustix::process::kill_process(daemon, rustix::process::Signal::STOP).unwrap();
+    let status = status_within(&state, std::time::Duration::from_secs(20));
+    rustix::process::kill_process(daemon, rustix::process::Signal::CONT).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.expect("ovl status hung")).unwrap();
+    assert_eq!(v[0]["health"], "daemon-stopped", "{v}");
+    rustix::process::kill_process(daemon, rustix::process::Signal::KILL).unwrap();
     let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !fuse_daemons_for(&m).is_empty() && std::time::Instant::now() < end {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -567,4 +570,27 @@ fn umount_names_an_image_lower_by_its_file() {
         "names the image file: {err}"
     );
     assert!(!is_mounted(&m));
+}
+
+/// The stdout of `ovl status --json`, or `None` if it did not finish within `limit` (it is
+/// killed then): a hang guard, not a timing assertion.
+fn status_within(state: &std::path::Path, limit: std::time::Duration) -> Option<Vec<u8>> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ovl"))
+        .args(["status", "--json"])
+        .env("OVL_STATE_DIR", state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    Some(out)
 }
