@@ -93,7 +93,7 @@ struct Entry {
     /// one of them when its own name is removed.
     links: Vec<(NodeRef, u64)>,
     /// The object was removed through the mount (its last name went): another object
-    /// remembered under this number is a new inode, with a new generation.
+    /// remembered under this number is a new inode, and gets a node id of its own.
     gone: bool,
 }
 
@@ -245,8 +245,8 @@ impl InodeTable {
     /// replaces an older one for the same inode. Returns (node id, generation).
     ///
     /// When the entry's object is gone (removed through the mount) and `node` is another
-    /// object that got its inode number, the entry starts a new generation: the kernel must
-    /// not take the new object for the old inode it may still hold.
+    /// object that got its inode number, `node` gets a node id of its own (see the module
+    /// docs): the kernel must not take the new object for the old inode it may still hold.
     ///
     /// `None` when `node` was removed from the tree meanwhile (a race with an unlink or a
     /// rename): the name is gone, and its number may already be another object's.
@@ -350,8 +350,9 @@ impl InodeTable {
     /// When that removes the object (`last_link`: a directory, or a file whose `st_nlink`
     /// is 1), its entry is marked gone *before* the removal: the filesystem may hand the
     /// freed number to a new object the moment the removal is done, and that object must
-    /// be a new inode for the kernel. Returns what [`InodeTable::removal_failed`] needs.
-    pub fn removing(&self, node: &NodeRef, last_link: bool) -> Option<(u64, u64)> {
+    /// be a new inode for the kernel. Returns what [`InodeTable::removal_failed`] needs
+    /// (the node id it marked).
+    pub fn removing(&self, node: &NodeRef, last_link: bool) -> Option<u64> {
         if !last_link {
             return None;
         }
@@ -362,19 +363,16 @@ impl InodeTable {
             return None;
         }
         let was_gone = std::mem::replace(&mut e.gone, true);
-        (!was_gone).then_some((nodeid, e.generation))
+        (!was_gone).then_some(nodeid)
     }
 
-    /// The removal announced by [`InodeTable::removing`] failed: the object lives on,
-    /// unless the entry moved on to a new generation meanwhile.
-    pub fn removal_failed(&self, marked: Option<(u64, u64)>) {
-        let Some((nodeid, generation)) = marked else {
+    /// The removal announced by [`InodeTable::removing`] failed: the object lives on.
+    pub fn removal_failed(&self, marked: Option<u64>) {
+        let Some(nodeid) = marked else {
             return;
         };
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
-            if e.generation == generation {
-                e.gone = false;
-            }
+            e.gone = false;
         }
     }
 
