@@ -45,14 +45,22 @@ impl CliError {
     /// The path `from` (and paths under it) named `to` instead, in the path and the cause;
     /// `to` is shown as the [`TMPFS_UPPER_BY_OPTION`] when it is [`overlay::TMPFS_UPPER`].
     pub fn rename_prefix(self, from: &Path, to: &Path) -> Self {
-        let renames = [(from.to_path_buf(), to.to_path_buf())];
+        self.rename_prefixes(&[(from.to_path_buf(), to.to_path_buf())])
+    }
+
+    /// [`CliError::rename_prefix`] for several `(from, to)` pairs (longer `from` first when
+    /// one contains another).
+    pub fn rename_prefixes(self, renames: &[(PathBuf, PathBuf)]) -> Self {
+        if renames.is_empty() {
+            return self;
+        }
         let e = match self {
             CliError::Path { path, cause } => CliError::Path {
-                path: overlay::core::error::rename_path(path, &renames),
-                cause: overlay::core::error::rename_in_text(cause, &renames),
+                path: overlay::core::error::rename_path(path, renames),
+                cause: overlay::core::error::rename_in_text(cause, renames),
             },
             CliError::Message(m) => {
-                CliError::Message(overlay::core::error::rename_in_text(m, &renames))
+                CliError::Message(overlay::core::error::rename_in_text(m, renames))
             }
         };
         e.tmpfs_by_option()

@@ -63,6 +63,15 @@ pub(crate) fn output(r: std::io::Result<()>) -> Result<(), CliError> {
     }
 }
 
+/// What `ovl diff PATH` reads: the upper, the lowers, and how to name the internal
+/// directories among them in messages (`(internal, shown)`: a `--tmp` upper, image lowers'
+/// mount points).
+type DiffLayers = (
+    std::path::PathBuf,
+    Vec<std::path::PathBuf>,
+    Vec<(std::path::PathBuf, std::path::PathBuf)>,
+);
+
 /// The upper and lowers `ovl diff PATH` reads. PATH is normally an upper directory; when it
 /// is the mount point of an overlay, its upper is diffed instead (from ovl's record of the
 /// mount, or the kernel's `upperdir=`), against its lowers unless `--lower` was given. The
@@ -70,8 +79,8 @@ pub(crate) fn output(r: std::io::Result<()>) -> Result<(), CliError> {
 fn diff_layers(
     path: &std::path::Path,
     lowers: &[std::path::PathBuf],
-) -> Result<(std::path::PathBuf, Vec<std::path::PathBuf>), CliError> {
-    let plain = || Ok((path.to_path_buf(), lowers.to_vec()));
+) -> Result<DiffLayers, CliError> {
+    let plain = || Ok((path.to_path_buf(), lowers.to_vec(), Vec::new()));
     let Ok(canon) = std::fs::canonicalize(path) else {
         return plain();
     };
@@ -93,7 +102,11 @@ fn diff_layers(
     };
     if let Some(r) = state::Registry::open().get(&canon).filter(|r| !r.pending) {
         return match r.upper {
-            Some(u) => Ok((u, pick(r.lowers))),
+            Some(u) => {
+                let lowers = pick(r.lowers);
+                let renames = internal_names(&u, &lowers, &mounts);
+                Ok((u, lowers, renames))
+            }
             None => Err(CliError::path(
                 &canon,
                 "is the mount point of a read-only overlay: it has no upper to diff",
@@ -117,7 +130,11 @@ fn diff_layers(
             .rev() // top-first there, bottom-first here
             .collect();
         return match m.overlay_upper() {
-            Some(u) if u.is_absolute() => Ok((u, pick(found_lowers))),
+            Some(u) if u.is_absolute() => {
+                let lowers = pick(found_lowers);
+                let renames = internal_names(&u, &lowers, &mounts);
+                Ok((u, lowers, renames))
+            }
             Some(u) => Err(CliError::path(
                 &canon,
                 format!(
@@ -137,17 +154,43 @@ fn diff_layers(
     ))
 }
 
+/// How messages name ovl's own directories among an overlay's layers, as the user gave
+/// them: a `--tmp` upper (`ovl-tmp-*/upper` on its own tmpfs) as "the tmpfs upper", an
+/// image lower (`ovl-image-*`, loop-mounted) by its image file. Found from the mounts, so
+/// it works for a user who cannot read the owner's records.
+fn internal_names(
+    upper: &std::path::Path,
+    lowers: &[std::path::PathBuf],
+    mounts: &[mountinfo::MountInfo],
+) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    let ours = |p: &std::path::Path, prefix: &str| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            && mounts.iter().any(|m| m.mount_point == p)
+    };
+    let mut renames: Vec<_> = lowers
+        .iter()
+        .filter(|l| ours(l, "ovl-image-"))
+        .filter_map(|l| overlay::image_file_of(l).map(|f| (l.clone(), f)))
+        .collect();
+    if upper.parent().is_some_and(|t| ours(t, "ovl-tmp-")) {
+        renames.push((upper.to_path_buf(), overlay::TMPFS_UPPER.into()));
+    }
+    renames
+}
+
 fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Diff(a) => {
             let opts = diff::DiffOptions { aufs: a.aufs };
-            let (upper, lowers) = diff_layers(&a.upper, &a.lowers)?;
+            let (upper, lowers, renames) = diff_layers(&a.upper, &a.lowers)?;
+            let named = |e: CliError| e.rename_prefixes(&renames);
             let lowers = if lowers.is_empty() {
                 None
             } else {
-                Some(diff::LowerStack::open(&lowers, opts.clone())?)
+                Some(diff::LowerStack::open(&lowers, opts.clone()).map_err(named)?)
             };
-            let changes = diff::diff(&upper, lowers.as_ref(), &opts)?;
+            let changes = diff::diff(&upper, lowers.as_ref(), &opts).map_err(named)?;
             output(diff::print(&changes, lowers.is_some(), a.json))?;
             Ok(0)
         }

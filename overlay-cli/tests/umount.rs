@@ -594,3 +594,50 @@ fn status_within(state: &std::path::Path, limit: std::time::Duration) -> Option<
     std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     Some(out)
 }
+
+/// `ovl diff MOUNTPOINT` of a `--tmp` mount, run by a user who cannot read ovl's records
+/// nor the upper (it is under root's 0700 scratch directory): the error names "the tmpfs
+/// upper (--tmp)", found from the mount table, never ovl's own directory for it.
+#[test]
+fn diff_errors_name_the_tmpfs_upper_as_given() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "l/f", "lower");
+    mkdirs(r, &["m", "state"]);
+    let (m, state) = (r.join("m"), r.join("state"));
+    let _c = Cleanup::new(&m);
+    let o = ovl_with_state(
+        &state,
+        args![
+            "mount",
+            "--lower",
+            r.join("l").as_os_str(),
+            "--tmp",
+            m.as_os_str()
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_ovl"))
+        .args(["diff".as_ref(), m.as_os_str()])
+        .env("OVL_STATE_DIR", &state)
+        .output()
+        .expect("run ovl diff as nobody (setpriv)");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("the tmpfs upper (--tmp)"), "{err}");
+    assert_no_internal_paths(&err, &state);
+    let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
