@@ -102,9 +102,17 @@ impl FuseMount {
             opts.extend(b",noexec");
         }
         let opts = OsString::from_vec(opts);
+        // A private directory of ours for the daemon's pid file and, unless the caller
+        // chose a log file, its log: never a predictable name in a shared temp dir, where a
+        // planted symlink would have a root daemon append to any file.
+        let daemon_dir = DaemonDir::new().map_err(|e| {
+            fail(format!(
+                "cannot make a private directory for the daemon's log and pid: {e}"
+            ))
+        })?;
         let log = match &req.fuse_log {
             Some(p) => p.clone(),
-            None => std::env::temp_dir().join(format!("ovl-fuse-{}.log", std::process::id())),
+            None => daemon_dir.log(),
         };
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -121,13 +129,9 @@ impl FuseMount {
             target.display()
         );
         let start_len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        // ovl-fuse writes the daemon's pid into a file of a private directory of ours.
-        let pid_dir = PidDir::new();
-        let mut cmd = Command::new(&prog);
-        if let Some(d) = &pid_dir {
-            cmd.env("OVL_FUSE_PID_FILE", d.file());
-        }
-        let status = cmd
+        // ovl-fuse writes the daemon's pid into a file of that directory.
+        let status = Command::new(&prog)
+            .env("OVL_FUSE_PID_FILE", daemon_dir.pid_file())
             .arg("-o")
             .arg(&opts)
             .arg(target)
@@ -170,7 +174,7 @@ impl FuseMount {
             // The daemon keeps the file open; the name is not needed.
             let _ = std::fs::remove_file(&log);
         }
-        let pid = pid_dir.as_ref().and_then(PidDir::read);
+        let pid = daemon_dir.read_pid();
         if pid.is_none() {
             tracing::debug!("ovl-fuse reported no daemon pid");
         }
@@ -197,27 +201,25 @@ impl FuseMount {
     }
 }
 
-/// A private temporary directory for `ovl-fuse`'s pid file; removed on drop.
-struct PidDir(PathBuf);
+/// A private directory (mode 0700, random name) for the daemon's pid file and log;
+/// removed with what is in it when dropped (the daemon keeps its log open).
+struct DaemonDir(PathBuf);
 
-impl PidDir {
-    /// None when no private directory can be made (the pid is then not known).
-    fn new() -> Option<PidDir> {
-        match overlay_core::mount::private_dir_in(&std::env::temp_dir(), "ovl-fuse-pid") {
-            Ok(d) => Some(PidDir(d)),
-            Err(e) => {
-                tracing::debug!("no directory for the FUSE daemon's pid file: {e}");
-                None
-            }
-        }
+impl DaemonDir {
+    fn new() -> overlay_core::Result<DaemonDir> {
+        overlay_core::mount::private_dir_in(&std::env::temp_dir(), "ovl-fuse").map(DaemonDir)
     }
 
-    fn file(&self) -> PathBuf {
+    fn pid_file(&self) -> PathBuf {
         self.0.join("pid")
     }
 
-    fn read(&self) -> Option<u32> {
-        std::fs::read_to_string(self.file())
+    fn log(&self) -> PathBuf {
+        self.0.join("log")
+    }
+
+    fn read_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.pid_file())
             .ok()?
             .trim()
             .parse()
@@ -226,9 +228,10 @@ impl PidDir {
     }
 }
 
-impl Drop for PidDir {
+impl Drop for DaemonDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.file());
+        let _ = std::fs::remove_file(self.pid_file());
+        let _ = std::fs::remove_file(self.log());
         let _ = std::fs::remove_dir(&self.0);
     }
 }

@@ -641,3 +641,58 @@ fn diff_errors_name_the_tmpfs_upper_as_given() {
     let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// The FUSE daemon's log, when the caller chose none, lives in a private directory of
+/// ovl's (0700, a name nobody could plant a symlink at), never under a predictable name in
+/// the shared temp dir, where a planted symlink would make root append to any file.
+#[test]
+fn the_fuse_daemons_log_is_in_a_private_directory() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "l/f", "lower");
+    mkdirs(r, &["m", "tmp"]);
+    let (m, state, tmp) = (r.join("m"), r.join("state"), r.join("tmp"));
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let _c = Cleanup::new(&m);
+    let o = Command::new(env!("CARGO_BIN_EXE_ovl"))
+        .args(["mount", "--backend", "fuse", "--read-only", "--lower"])
+        .arg(r.join("l"))
+        .arg(&m)
+        .env("OVL_STATE_DIR", &state)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        return skip_or_fail(&format!("FUSE mount failed: {}", stderr(&o)));
+    }
+    let pids = fuse_daemons_for(&m);
+    assert_eq!(pids.len(), 1);
+    // The daemon's open files in the temp dir: its log.
+    let in_tmp: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{}/fd", pids[0]))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|p| std::path::PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+        .filter(|p| p.starts_with(&tmp))
+        .collect();
+    assert_eq!(in_tmp.len(), 1, "the daemon's files in TMPDIR: {in_tmp:?}");
+    let log = &in_tmp[0];
+    let dir = log.parent().unwrap();
+    assert_ne!(
+        dir,
+        tmp,
+        "the log is right in the shared temp dir: {}",
+        log.display()
+    );
+    assert!(dir.starts_with(&tmp), "{}", log.display());
+    // Made by private_dir_in (0700, exclusive), and gone once the mount is up (the daemon
+    // keeps its log open).
+    let name = dir.file_name().unwrap().to_string_lossy();
+    assert!(name.starts_with("ovl-fuse-"), "{}", log.display());
+    assert!(!dir.exists(), "left behind: {}", dir.display());
+    let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
