@@ -225,7 +225,9 @@ impl Request {
         self
     }
 
-    /// Where the FUSE daemon writes its log (default: inherit stderr).
+    /// Where the FUSE daemon writes its log. Default: a file in a private directory (0700)
+    /// of the temp dir, read for the daemon's error message and removed once the mount is
+    /// up or has failed.
     pub fn fuse_log(mut self, file: impl Into<PathBuf>) -> Self {
         self.fuse_log = Some(file.into());
         self
