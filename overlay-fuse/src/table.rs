@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuser::BackingId;
-use overlay_core::{FileKind, NodeRef};
-use parking_lot::Mutex;
+use overlay_core::NodeRef;
+use parking_lot::{Mutex, RwLock};
 
 /// FUSE's root node id.
 pub const ROOT_ID: u64 = 1;
@@ -164,7 +164,7 @@ pub struct InodeTable {
     cursor: AtomicUsize,
     /// Engine inode numbers whose object has a node id of its own (see the module docs).
     /// Lock order: this lock, then a shard lock; never the other way round.
-    remaps: Mutex<HashMap<u64, u64>>,
+    remaps: RwLock<HashMap<u64, u64>>,
     /// `remaps` is not empty (the common case reads no lock).
     any_remaps: AtomicBool,
     /// The next node id to hand out for a remap (counts down).
@@ -195,7 +195,7 @@ impl InodeTable {
             sweep_again: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             cursor: AtomicUsize::new(0),
-            remaps: Mutex::new(HashMap::new()),
+            remaps: RwLock::new(HashMap::new()),
             any_remaps: AtomicBool::new(false),
             next_remap: AtomicU64::new(u64::MAX - 1),
         };
@@ -214,7 +214,7 @@ impl InodeTable {
     /// The node id (= `st_ino` shown) for an engine inode number.
     pub fn nodeid_of(&self, engine_ino: u64) -> u64 {
         if self.any_remaps.load(Ordering::Acquire) {
-            if let Some(id) = self.remaps.lock().get(&engine_ino) {
+            if let Some(id) = self.remaps.read().get(&engine_ino) {
                 return *id;
             }
         }
@@ -299,7 +299,7 @@ impl InodeTable {
     /// another request changed the object's node id meanwhile.
     fn remap(&self, node: NodeRef, parent: u64, taken: u64) -> Option<(u64, u64)> {
         let ino = node.ino();
-        let mut remaps = self.remaps.lock();
+        let mut remaps = self.remaps.write();
         if remaps
             .get(&ino)
             .copied()
@@ -326,7 +326,7 @@ impl InodeTable {
         if !self.any_remaps.load(Ordering::Acquire) {
             return;
         }
-        let mut remaps = self.remaps.lock();
+        let mut remaps = self.remaps.write();
         if remaps.get(&engine_ino) == Some(&nodeid) {
             remaps.remove(&engine_ino);
             self.any_remaps.store(!remaps.is_empty(), Ordering::Release);
@@ -350,8 +350,9 @@ impl InodeTable {
     /// When that removes the object (`last_link`: a directory, or a file whose `st_nlink`
     /// is 1), its entry is marked gone *before* the removal: the filesystem may hand the
     /// freed number to a new object the moment the removal is done, and that object must
-    /// be a new inode for the kernel. Returns what [`InodeTable::removal_failed`] needs
-    /// (the node id it marked).
+    /// be a new inode for the kernel. With one link left, whatever node the entry holds
+    /// (an older node of the same name) stands for that object. Returns what
+    /// [`InodeTable::removal_failed`] needs (the node id it marked).
     pub fn removing(&self, node: &NodeRef, last_link: bool) -> Option<u64> {
         if !last_link {
             return None;
@@ -359,9 +360,6 @@ impl InodeTable {
         let nodeid = self.nodeid_of(node.ino());
         let mut shard = self.shard(nodeid).lock();
         let e = shard.get_mut(&nodeid)?;
-        if !Arc::ptr_eq(&e.node, node) && node.kind() != FileKind::Directory {
-            return None;
-        }
         let was_gone = std::mem::replace(&mut e.gone, true);
         (!was_gone).then_some(nodeid)
     }
@@ -378,20 +376,15 @@ impl InodeTable {
 
     /// The name of `node` was removed (unlink, rmdir, or replaced by a rename): if the inode
     /// has another known name, the entry switches to it, so operations on the inode keep
-    /// working through its remaining links. Otherwise, when `last_link` (the object had no
-    /// other link: a directory, or a file whose `st_nlink` was 1), the object is gone, and
-    /// another object remembered under its number is a new inode.
+    /// working through its remaining links. When `last_link`, the object is gone (its entry
+    /// was marked by [`InodeTable::removing`]): the other nodes the entry knew were older
+    /// nodes of the same name, and its remap, if any, is dropped.
     pub fn unlinked(&self, node: &NodeRef, last_link: bool) {
         let nodeid = self.nodeid_of(node.ino());
-        let mut gone = false;
         if let Some(e) = self.shard(nodeid).lock().get_mut(&nodeid) {
             e.links.retain(|(n, _)| !Arc::ptr_eq(n, node));
-            if last_link && (Arc::ptr_eq(&e.node, node) || e.node.kind() == FileKind::Directory) {
-                // The other nodes the entry knew were older nodes of the same name, not
-                // other links: the object is gone with this name.
+            if last_link {
                 e.links.clear();
-                e.gone = true;
-                gone = true;
             } else if Arc::ptr_eq(&e.node, node) {
                 if let Some((n, p)) = e.links.pop() {
                     e.node = n;
@@ -401,7 +394,7 @@ impl InodeTable {
                 }
             }
         }
-        if gone || last_link {
+        if last_link {
             self.drop_remap(node.ino(), nodeid);
         }
     }
