@@ -16,6 +16,9 @@ use super::handles::OpenDir;
 use super::Inner;
 use crate::prefetch::Job;
 
+/// An open directory, its listing snapshot and its parent's node id.
+type Listing = (Arc<OpenDir>, Arc<Vec<DirEntry>>, u64);
+
 impl Inner {
     pub(super) fn opendir(&self, ino: u64, reply: ReplyOpen) {
         let n = match self.node(ino) {
@@ -52,16 +55,19 @@ impl Inner {
         Ok(slot.clone().unwrap_or_default())
     }
 
+    /// The open directory `fh`, its listing from `offset` on, and its parent's node id.
+    fn listing(&self, fh: u64, offset: u64) -> Result<Listing, Errno> {
+        let d = self.dirs.get(fh).ok_or(Errno::EBADF)?;
+        let entries = self.dir_entries(&d, offset)?;
+        let parent = self.table.parent_of(d.nodeid).unwrap_or(d.nodeid);
+        Ok((d, entries, parent))
+    }
+
     pub(super) fn readdir(&self, fh: u64, offset: u64, mut reply: ReplyDirectory) {
-        let d = match self.dirs.get(fh) {
-            Some(d) => d,
-            None => return reply.error(Errno::EBADF),
-        };
-        let entries = match self.dir_entries(&d, offset) {
-            Ok(e) => e,
+        let (d, entries, parent) = match self.listing(fh, offset) {
+            Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let parent = self.table.parent_of(d.nodeid).unwrap_or(d.nodeid);
         let total = entries.len() as u64 + 2;
         let mut sent = offset;
         for i in offset..total {
@@ -97,15 +103,10 @@ impl Inner {
     }
 
     pub(super) fn readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let d = match self.dirs.get(fh) {
-            Some(d) => d,
-            None => return reply.error(Errno::EBADF),
-        };
-        let entries = match self.dir_entries(&d, offset) {
-            Ok(e) => e,
+        let (d, entries, parent) = match self.listing(fh, offset) {
+            Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let parent = self.table.parent_of(d.nodeid).unwrap_or(d.nodeid);
         let ttl = self.ttl();
         let total = entries.len() as u64 + 2;
         for i in offset..total {
