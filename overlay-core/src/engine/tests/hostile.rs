@@ -189,16 +189,7 @@ fn a_bad_redirect_fails_only_its_own_entry() {
     let kernel = {
         let k = KernelMountGuard::mount(&f.lowers, &f.upper, "redirect_dir=on,index=off");
         let m = k.path();
-        let errnos: Vec<(String, i32, i32)> = FORGED_REDIRECTS
-            .iter()
-            .map(|(n, _)| {
-                (
-                    n.to_string(),
-                    lstat_errno(&m.join(n)),
-                    lstat_errno(&m.join("pu").join(n)),
-                )
-            })
-            .collect();
+        let errnos = kernel_lstat_errnos(m, FORGED_REDIRECTS.iter().map(|(n, _)| *n));
         let listing = (sorted_dir_names(m), sorted_dir_names(&m.join("pu")));
         let good = ["good", "nul"].map(|d| {
             sorted_dir_names(&m.join(d))
@@ -285,16 +276,7 @@ fn userxattr_redirects_are_not_followed() {
     let kernel = {
         let k = KernelMountGuard::mount(&f.lowers, &f.upper, "userxattr");
         let m = k.path();
-        let errnos: Vec<(String, i32, i32)> = forged
-            .iter()
-            .map(|(n, _)| {
-                (
-                    n.to_string(),
-                    lstat_errno(&m.join(n)),
-                    lstat_errno(&m.join("pu").join(n)),
-                )
-            })
-            .collect();
+        let errnos = kernel_lstat_errnos(m, forged.iter().map(|(n, _)| *n));
         (errnos, sorted_dir_names(&m.join("pu")))
     };
     assert_eq!(engine.0, kernel.0, "lookup errnos (name, in root, in pu)");
@@ -629,4 +611,21 @@ fn swapped_layer_objects_are_refused_not_opened() {
             }
         }
     }
+}
+
+/// `(name, lstat errno of m/name, of m/pu/name)` for each name, through a kernel mount on
+/// `m` (0 for success).
+fn kernel_lstat_errnos<'a>(
+    m: &Path,
+    names: impl Iterator<Item = &'a str>,
+) -> Vec<(String, i32, i32)> {
+    names
+        .map(|n| {
+            (
+                n.to_string(),
+                lstat_errno(&m.join(n)),
+                lstat_errno(&m.join("pu").join(n)),
+            )
+        })
+        .collect()
 }
