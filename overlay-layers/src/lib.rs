@@ -2,11 +2,13 @@
 pub mod apply;
 pub mod changes;
 pub mod check;
+pub mod commit;
 pub mod compress;
 pub mod digest;
 pub mod error;
 pub mod export;
 pub mod layer_dir;
+pub mod squash;
 pub mod tar;
 mod target;
 pub use changes::{changes, Change, ChangeKind};

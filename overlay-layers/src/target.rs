@@ -83,11 +83,6 @@ impl Root {
         self.fd.as_fd()
     }
 
-    /// The path the root was opened by.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The path of `rel` below the root, for messages.
     pub fn shown(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
@@ -201,7 +196,12 @@ pub fn set_xattr(
     value: &[u8],
 ) -> Result<(), Errno> {
     let key = OsStr::from_bytes(key);
-    rustix::fs::lsetxattr(proc_path(dir, name), key, value, rustix::fs::XattrFlags::empty())
+    let flags = rustix::fs::XattrFlags::empty();
+    match name {
+        Some(_) => rustix::fs::lsetxattr(proc_path(dir, name), key, value, flags),
+        // The directory itself: through its descriptor's /proc link (our own descriptor).
+        None => rustix::fs::setxattr(proc_path(dir, None), key, value, flags),
+    }
 }
 
 /// Names in the directory `dir` (an `O_PATH` or open descriptor), without `.` and `..`.
