@@ -31,9 +31,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use overlay_core as core;
-pub use overlay_layers as layers;
 pub use overlay_core::mount::{probe, Probe, Support};
 use overlay_core::{KernelMount, LayerStack, MountSpec, OverlayMountOptions, XattrNamespace};
+pub use overlay_layers as layers;
 
 pub use namespace::{enter_private_namespace, PrivateNamespace};
 

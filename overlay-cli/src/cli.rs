@@ -91,6 +91,15 @@ pub enum Command {
     /// Validate the on-disk format of an upper layer and its workdir.
     #[command(long_about = CHECK_ABOUT, after_long_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
+    /// Make and apply OCI image layers (export an upper as a layer tar, apply a layer tar).
+    #[command(subcommand)]
+    Layer(LayerCommand),
+    /// Apply the changes of a kept upper layer to a real directory.
+    #[command(long_about = COMMIT_ABOUT, after_long_help = COMMIT_EXAMPLES)]
+    Commit(CommitArgs),
+    /// Flatten lowers and an upper into one directory, or a squashfs or erofs image.
+    #[command(long_about = SQUASH_ABOUT, after_long_help = SQUASH_EXAMPLES)]
+    Squash(SquashArgs),
     /// Print a shell completion script.
     #[command(
         long_about = "Print a completion script for SHELL on stdout.",
@@ -459,6 +468,190 @@ pub struct CheckArgs {
     #[arg(value_name = "UPPER")]
     pub upper: PathBuf,
 }
+
+/// `ovl layer ...`.
+#[derive(Debug, Subcommand)]
+pub enum LayerCommand {
+    /// Export an upper layer (over its lowers) as an OCI image layer tar.
+    #[command(long_about = EXPORT_ABOUT, after_long_help = EXPORT_EXAMPLES)]
+    Export(ExportArgs),
+    /// Apply an OCI image layer tar (compression detected) onto a directory.
+    #[command(long_about = APPLY_ABOUT, after_long_help = APPLY_EXAMPLES)]
+    Apply(ApplyArgs),
+}
+
+/// Layer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum CompressArg {
+    /// gzip (tar+gzip), accepted everywhere.
+    #[default]
+    Gzip,
+    /// zstd (tar+zstd).
+    Zstd,
+    /// A plain tar.
+    None,
+}
+
+/// `ovl layer export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A lower layer under the upper, bottom-first (needed for renamed directories and
+    /// metacopy files); repeat for more.
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lowers: Vec<PathBuf>,
+
+    /// Where to write the layer (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Compression.
+    #[arg(long, value_enum, default_value_t = CompressArg::Gzip)]
+    pub compress: CompressArg,
+
+    /// Same tree, same digest: times clamped to $SOURCE_DATE_EPOCH, no owner names.
+    #[arg(long)]
+    pub reproducible: bool,
+
+    /// Print the digests as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The upper (or any layer directory) to export.
+    #[arg(value_name = "UPPER")]
+    pub upper: PathBuf,
+}
+
+/// How `ovl layer apply` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum FormatArg {
+    /// The kernel overlay's format: whiteouts as 0/0 devices, opaque directories as xattrs
+    /// (a layer directory to use as a lower or upper).
+    #[default]
+    Overlay,
+    /// A plain tree: whiteouts delete, opaque markers empty the directory.
+    Plain,
+}
+
+/// `ovl layer apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Overlay)]
+    pub format: FormatArg,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The layer file (`-` for stdin): tar, tar+gzip or tar+zstd.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// The directory to apply it to (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// `ovl commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The directory the upper was made over (it receives the changes).
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+
+    /// List what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the changes as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The kept upper layer.
+    #[arg(value_name = "UPPER")]
+    pub upper: PathBuf,
+}
+
+/// `ovl squash`.
+#[derive(Debug, Args)]
+pub struct SquashArgs {
+    /// A lower layer, bottom-first; repeat for more.
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lowers: Vec<PathBuf>,
+
+    /// The output: a new (or empty) directory, or an image file named *.squashfs, *.sqfs or
+    /// *.erofs.
+    #[arg(short = 'o', long = "output", value_name = "DIR|IMAGE")]
+    pub output: PathBuf,
+
+    /// The upper layer on top (optional).
+    #[arg(value_name = "UPPER")]
+    pub upper: Option<PathBuf>,
+}
+
+const EXPORT_ABOUT: &str = "\
+Export UPPER (an upper layer, over the lowers given with --lower) as an OCI image layer:
+a tar, tar+gzip (the default) or tar+zstd that containerd, podman and docker accept. The
+digests are printed: diff_id (sha256 of the tar, for the image config), digest and size (of
+the file, for the manifest).
+
+Whiteouts become .wh.NAME entries, opaque directories get .wh..wh..opq, a renamed directory
+(overlay.redirect) is exported with its full content plus a whiteout of its old name, a
+metacopy file with its data (both need the lowers), hard links stay hard links, xattrs go in
+PAX records (overlay-private ones left out, security.capability kept), files with holes stay
+sparse. --reproducible clamps times to $SOURCE_DATE_EPOCH and writes no owner names, so the
+same tree gives the same digests.";
+
+const EXPORT_EXAMPLES: &str = "\
+EXAMPLES:
+    ovl layer export --lower /srv/base /srv/changes -o layer.tar.gz
+    SOURCE_DATE_EPOCH=0 ovl layer export --reproducible --compress zstd /srv/changes -o layer.tar.zst
+    ovl layer export --json --compress none /srv/changes -o - > layer.tar";
+
+const APPLY_ABOUT: &str = "\
+Apply the OCI image layer FILE (tar, tar+gzip or tar+zstd, detected) onto DIR.
+
+--format overlay (the default) writes the kernel overlay's on-disk format, for a layer
+directory to stack with `ovl mount --lower`: .wh.NAME becomes a whiteout (a 0/0 character
+device, or an xattr whiteout where none can be made) and .wh..wh..opq the opaque xattr.
+--format plain applies the layer to a plain tree: whiteouts delete, opaque markers empty the
+directory of what the layer did not put there.
+
+Every path is resolved inside DIR through file descriptors: a symlink (from the layer or
+already in DIR) is never followed, `..` is refused, a leading / is dropped, hard links must
+point inside DIR. A hostile or broken layer stops at the first bad entry with one error
+naming it. Owners, set-ID bits, device nodes and privileged xattrs are applied as far as the
+caller may; what was changed or skipped is listed. Duplicate entries: the last one wins.";
+
+const APPLY_EXAMPLES: &str = "\
+EXAMPLES:
+    mkdir -p layers/0 && ovl layer apply blobs/sha256/3f5... layers/0
+    ovl layer apply --format plain update.tar.gz /srv/rootfs
+    curl -sL https://example.org/layer.tar.gz | ovl layer apply - layers/1";
+
+const COMMIT_ABOUT: &str = "\
+Apply the changes of UPPER (an upper layer kept with `ovl run --keep` or `ovl mount --upper`)
+to the directory it was made over: whiteouts delete, opaque directories replace their
+content, renamed directories move, and each file is written under a temporary name and
+renamed into place, so a reader never sees half a file. --dry-run lists what would change
+(A add, R replace, U update metadata, D delete, M move) and changes nothing. Unmount the
+overlay first.";
+
+const COMMIT_EXAMPLES: &str = "\
+EXAMPLES:
+    ovl run --target /usr/local --keep ./changes -- make install
+    ovl commit ./changes --into /usr/local --dry-run
+    ovl commit ./changes --into /usr/local";
+
+const SQUASH_ABOUT: &str = "\
+Flatten the lowers (bottom-first) and an optional UPPER into one layer without overlay
+format in it: a new or empty directory, or, for an output named *.squashfs/*.sqfs or
+*.erofs, an image made with the system's mksquashfs or mkfs.erofs.";
+
+const SQUASH_EXAMPLES: &str = "\
+EXAMPLES:
+    ovl squash --lower /srv/base --lower /srv/app /srv/changes -o /srv/flat
+    ovl squash --lower /srv/base /srv/changes -o /srv/flat.squashfs";
 
 /// `ovl completions`.
 #[derive(Debug, Args)]

@@ -129,3 +129,17 @@ pub fn describe(e: &std::io::Error) -> String {
         _ => s,
     }
 }
+
+impl From<overlay::layers::Error> for CliError {
+    fn from(e: overlay::layers::Error) -> Self {
+        use overlay::layers::Error as E;
+        match e {
+            E::Io { op, path, source } => {
+                CliError::path(path, format!("{op}: {}", describe(&source)))
+            }
+            E::Path { path, reason } => CliError::path(path, reason),
+            E::Archive { archive, reason } => CliError::path(archive, reason),
+            other => CliError::msg(other.to_string()),
+        }
+    }
+}

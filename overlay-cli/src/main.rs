@@ -7,7 +7,7 @@ mod commands;
 mod copy;
 mod diff;
 mod error;
-mod layer;
+mod layers;
 mod mountinfo;
 mod mountopts;
 mod run;
@@ -182,20 +182,22 @@ fn internal_names(
 fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Diff(a) => {
-            let opts = diff::DiffOptions { aufs: a.aufs };
+            let opts = overlay::layers::changes::DiffOptions { aufs: a.aufs };
             let (upper, lowers, renames) = diff_layers(&a.upper, &a.lowers)?;
-            let named = |e: CliError| e.rename_prefixes(&renames);
-            let lowers = if lowers.is_empty() {
-                None
-            } else {
-                Some(diff::LowerStack::open(&lowers, opts.clone()).map_err(named)?)
-            };
-            let changes = diff::diff(&upper, lowers.as_ref(), &opts).map_err(named)?;
-            output(diff::print(&changes, lowers.is_some(), a.json))?;
+            let named = |e: overlay::layers::Error| CliError::from(e).rename_prefixes(&renames);
+            let changes: Vec<_> = overlay::layers::changes::changes_with(&lowers, &upper, &opts)
+                .map_err(named)?
+                .collect();
+            output(diff::print(&changes, !lowers.is_empty(), a.json))?;
             Ok(0)
         }
         Command::Check(a) => {
-            let report = check::check(&a.upper, a.work.as_deref(), a.xattr)?;
+            let want = match a.xattr {
+                cli::XattrArg::Auto => overlay::layers::check::XattrChoice::Auto,
+                cli::XattrArg::Trusted => overlay::layers::check::XattrChoice::Trusted,
+                cli::XattrArg::User => overlay::layers::check::XattrChoice::User,
+            };
+            let report = overlay::layers::check::check_with(&a.upper, a.work.as_deref(), want)?;
             output(check::print(&report, a.json))?;
             Ok(report.exit_code() as u8)
         }
@@ -208,6 +210,9 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             output(std::io::stdout().lock().write_all(&script))?;
             Ok(0)
         }
+        Command::Layer(a) => layers::layer(a),
+        Command::Commit(a) => layers::commit(a),
+        Command::Squash(a) => layers::squash(a),
         Command::Mount(a) => commands::mount(a),
         Command::Umount(a) => commands::umount(a),
         Command::Status(a) => commands::status(a),

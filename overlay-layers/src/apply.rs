@@ -256,7 +256,9 @@ pub(crate) fn clean(path: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     for c in path.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err("a `..` component (it could lead outside the target): refused".into()),
+            b".." => {
+                return Err("a `..` component (it could lead outside the target): refused".into())
+            }
             c => out.push(c.to_vec()),
         }
     }
@@ -312,7 +314,8 @@ impl Applier {
     fn parent(&mut self, e: &Entry, comps: &[Vec<u8>]) -> Result<OwnedFd, Error> {
         if let Some((c, fd)) = &self.parent_cache {
             if c.as_slice() == comps {
-                return rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|er| self.fail(e, format!("dup: {er}")));
+                return rustix::io::fcntl_dupfd_cloexec(fd, 0)
+                    .map_err(|er| self.fail(e, format!("dup: {er}")));
             }
         }
         let written = &mut self.written;
@@ -329,7 +332,8 @@ impl Applier {
                 }
                 _ => self.fail(e, format!("cannot open its parent: {}", w.describe())),
             })?;
-        let dup = rustix::io::fcntl_dupfd_cloexec(&fd, 0).map_err(|er| self.fail(e, format!("dup: {er}")))?;
+        let dup = rustix::io::fcntl_dupfd_cloexec(&fd, 0)
+            .map_err(|er| self.fail(e, format!("dup: {er}")))?;
         self.parent_cache = Some((comps.to_vec(), dup));
         Ok(fd)
     }
@@ -365,7 +369,11 @@ impl Applier {
             if v.len() > self.opts.limits.max_xattr_value {
                 return Err(self.fail(
                     e,
-                    format!("xattr {} of {} bytes is over the limit", String::from_utf8_lossy(k), v.len()),
+                    format!(
+                        "xattr {} of {} bytes is over the limit",
+                        String::from_utf8_lossy(k),
+                        v.len()
+                    ),
                 ));
             }
         }
@@ -376,11 +384,14 @@ impl Applier {
         let nm = OsStr::from_bytes(name);
         let key = join(&comps);
         // What is there now: kept if both are directories, otherwise replaced.
-        let existing = target::lstat(parent.as_fd(), nm).map_err(|er| self.fail(e, format!("cannot stat it in the target: {er}")))?;
+        let existing = target::lstat(parent.as_fd(), nm)
+            .map_err(|er| self.fail(e, format!("cannot stat it in the target: {er}")))?;
         if let Some(st) = existing {
             let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
             if !(is_dir && e.kind == EntryType::Dir) {
-                if e.kind == EntryType::HardLink && clean(&e.link).ok().as_deref() == Some(comps.as_slice()) {
+                if e.kind == EntryType::HardLink
+                    && clean(&e.link).ok().as_deref() == Some(comps.as_slice())
+                {
                     return Err(self.fail(e, "a hard link to itself"));
                 }
                 target::remove_tree(parent.as_fd(), nm)
@@ -394,7 +405,9 @@ impl Applier {
             EntryType::Dir => {
                 match rustix::fs::mkdirat(&parent, nm, Mode::from_raw_mode(0o700)) {
                     Ok(()) | Err(Errno::EXIST) => {}
-                    Err(er) => return Err(self.fail(e, format!("cannot create the directory: {er}"))),
+                    Err(er) => {
+                        return Err(self.fail(e, format!("cannot create the directory: {er}")))
+                    }
                 }
                 self.owner_and_xattrs(e, &comps, parent.as_fd(), nm, false)?;
                 self.dirs.push((comps.clone(), e.mode, e.mtime));
@@ -407,14 +420,24 @@ impl Applier {
                 let _ = rustix::fs::utimensat(&parent, nm, &ts(e.mtime), AtFlags::SYMLINK_NOFOLLOW);
             }
             EntryType::HardLink => {
-                let src = clean(&e.link).map_err(|r| self.fail(e, format!("hard link target: {r}")))?;
+                let src =
+                    clean(&e.link).map_err(|r| self.fail(e, format!("hard link target: {r}")))?;
                 let Some((sname, sparent)) = src.split_last() else {
                     return Err(self.fail(e, "a hard link to the target's root"));
                 };
                 let sdir = self
                     .root
                     .dir(sparent, false, &mut |_, _, _| {})
-                    .map_err(|w| self.fail(e, format!("hard link target {}: {}", String::from_utf8_lossy(&e.link), w.describe())))?;
+                    .map_err(|w| {
+                        self.fail(
+                            e,
+                            format!(
+                                "hard link target {}: {}",
+                                String::from_utf8_lossy(&e.link),
+                                w.describe()
+                            ),
+                        )
+                    })?;
                 let snm = OsStr::from_bytes(sname);
                 match target::lstat(sdir.as_fd(), snm) {
                     Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
@@ -442,21 +465,38 @@ impl Applier {
         Ok(())
     }
 
-    fn special(&mut self, e: &Entry, comps: &[Vec<u8>], parent: BorrowedFd<'_>, nm: &OsStr) -> Result<(), Error> {
+    fn special(
+        &mut self,
+        e: &Entry,
+        comps: &[Vec<u8>],
+        parent: BorrowedFd<'_>,
+        nm: &OsStr,
+    ) -> Result<(), Error> {
         let (ft, what) = match e.kind {
             EntryType::Char => (FileType::CharacterDevice, "character device"),
             EntryType::Block => (FileType::BlockDevice, "block device"),
             _ => (FileType::Fifo, "FIFO"),
         };
         if e.kind == EntryType::Char && e.dev == (0, 0) && self.opts.format == Format::Overlay {
-            self.adjust(comps, "skipped", "a character device 0/0 reads as a whiteout in an overlay layer");
+            self.adjust(
+                comps,
+                "skipped",
+                "a character device 0/0 reads as a whiteout in an overlay layer",
+            );
             return Ok(());
         }
         let dev = rustix::fs::makedev(e.dev.0, e.dev.1);
         match rustix::fs::mknodat(parent, nm, ft, Mode::from_raw_mode(0o600), dev) {
             Ok(()) => {}
             Err(Errno::PERM) | Err(Errno::ACCESS) if ft != FileType::Fifo => {
-                self.adjust(comps, "skipped", format!("{what} {}:{}: not permitted here (no CAP_MKNOD)", e.dev.0, e.dev.1));
+                self.adjust(
+                    comps,
+                    "skipped",
+                    format!(
+                        "{what} {}:{}: not permitted here (no CAP_MKNOD)",
+                        e.dev.0, e.dev.1
+                    ),
+                );
                 return Ok(());
             }
             Err(er) => return Err(self.fail(e, format!("cannot create the {what}: {er}"))),
@@ -473,7 +513,11 @@ impl Applier {
         let mut mode = e.mode & 0o7777;
         if !self.same_owner && mode & 0o6000 != 0 && e.kind != EntryType::Dir {
             mode &= !0o6000;
-            self.adjust(comps, "changed", "set-ID bits dropped: the archive's owner could not be kept");
+            self.adjust(
+                comps,
+                "changed",
+                "set-ID bits dropped: the archive's owner could not be kept",
+            );
         }
         mode
     }
@@ -501,12 +545,15 @@ impl Applier {
         });
         r.map_err(entry_err)?;
         if end < e.size {
-            rustix::fs::ftruncate(&fd, e.size).map_err(|er| self.fail(e, format!("cannot set its size: {er}")))?;
+            rustix::fs::ftruncate(&fd, e.size)
+                .map_err(|er| self.fail(e, format!("cannot set its size: {er}")))?;
         }
         self.owner_and_xattrs(e, comps, parent, nm, false)?;
         let mode = self.mode_bits(e, comps);
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|er| self.fail(e, format!("chmod: {er}")))?;
-        rustix::fs::futimens(&fd, &ts(e.mtime)).map_err(|er| self.fail(e, format!("cannot set its time: {er}")))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+            .map_err(|er| self.fail(e, format!("chmod: {er}")))?;
+        rustix::fs::futimens(&fd, &ts(e.mtime))
+            .map_err(|er| self.fail(e, format!("cannot set its time: {er}")))?;
         Ok(())
     }
 
@@ -532,7 +579,10 @@ impl Applier {
                 Err(er) => return Err(self.fail(e, format!("chown: {er}"))),
             }
         } else {
-            let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+            let me = (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            );
             if (e.uid, e.gid) != me {
                 self.report.owners_not_kept += 1;
             }
@@ -546,7 +596,9 @@ impl Applier {
                 match self.opts.format {
                     // Stored escaped, as the kernel stores what a user sets through a mount:
                     // data, never format.
-                    Format::Overlay if k.starts_with(self.ns.prefix().as_bytes()) => self.ns.stored_name(k),
+                    Format::Overlay if k.starts_with(self.ns.prefix().as_bytes()) => {
+                        self.ns.stored_name(k)
+                    }
                     Format::Overlay => k.clone(),
                     Format::Plain => {
                         self.adjust(comps, "changed", format!("xattr {shown} left out: overlay-private, it would be read as format if this tree became a layer"));
@@ -572,7 +624,13 @@ impl Applier {
         Ok(())
     }
 
-    fn whiteout(&mut self, e: &Entry, parent_comps: &[Vec<u8>], name: &[u8], tc: &[Vec<u8>]) -> Result<(), Error> {
+    fn whiteout(
+        &mut self,
+        e: &Entry,
+        parent_comps: &[Vec<u8>],
+        name: &[u8],
+        tc: &[Vec<u8>],
+    ) -> Result<(), Error> {
         let key = join(tc);
         if self.written.contains(&key) {
             // OCI: a whiteout hides lower layers only, never an entry of its own layer.
@@ -580,24 +638,52 @@ impl Applier {
         }
         let parent = self.parent(e, parent_comps)?;
         let nm = OsStr::from_bytes(name);
-        let existing = target::lstat(parent.as_fd(), nm).map_err(|er| self.fail(e, format!("cannot stat {}: {er}", String::from_utf8_lossy(&key))))?;
+        let existing = target::lstat(parent.as_fd(), nm).map_err(|er| {
+            self.fail(
+                e,
+                format!("cannot stat {}: {er}", String::from_utf8_lossy(&key)),
+            )
+        })?;
         if existing.is_some() {
-            target::remove_tree(parent.as_fd(), nm).map_err(|er| self.fail(e, format!("cannot remove what it deletes: {er}")))?;
+            target::remove_tree(parent.as_fd(), nm)
+                .map_err(|er| self.fail(e, format!("cannot remove what it deletes: {er}")))?;
             self.parent_cache = None;
         }
         if self.opts.format == Format::Plain {
             return Ok(());
         }
-        match rustix::fs::mknodat(&parent, nm, FileType::CharacterDevice, Mode::from_raw_mode(0o600), 0) {
+        match rustix::fs::mknodat(
+            &parent,
+            nm,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o600),
+            0,
+        ) {
             Ok(()) => {}
             Err(Errno::PERM) | Err(Errno::ACCESS) | Err(Errno::NOTSUP) => {
                 // An xattr whiteout, which the kernel honours in lower layers (Linux 6.7+).
-                let fd = rustix::fs::openat(&parent, nm, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
-                    .map_err(|er| self.fail(e, format!("cannot create an xattr whiteout: {er}")))?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    nm,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|er| self.fail(e, format!("cannot create an xattr whiteout: {er}")))?;
                 drop(fd);
-                target::set_xattr(parent.as_fd(), Some(nm), self.ns.whiteout().as_bytes(), b"y")
-                    .and_then(|()| target::set_xattr(parent.as_fd(), None, self.ns.opaque().as_bytes(), b"x"))
-                    .map_err(|er| self.fail(e, format!("cannot mark an xattr whiteout: {er}")))?;
+                target::set_xattr(
+                    parent.as_fd(),
+                    Some(nm),
+                    self.ns.whiteout().as_bytes(),
+                    b"y",
+                )
+                .and_then(|()| {
+                    target::set_xattr(parent.as_fd(), None, self.ns.opaque().as_bytes(), b"x")
+                })
+                .map_err(|er| self.fail(e, format!("cannot mark an xattr whiteout: {er}")))?;
                 self.adjust(tc, "changed", "whiteout written as an xattr whiteout (no 0/0 device allowed here); the kernel honours it in lower layers");
             }
             Err(er) => return Err(self.fail(e, format!("cannot create the whiteout: {er}"))),
@@ -609,12 +695,15 @@ impl Applier {
     fn opaque(&mut self, e: &Entry, dir_comps: &[Vec<u8>]) -> Result<(), Error> {
         let dir = self.parent(e, dir_comps)?;
         // Whatever this archive did not put there is hidden: removed.
-        let names = target::list(dir.as_fd()).map_err(|er| self.fail(e, format!("cannot list its directory: {er}")))?;
+        let names = target::list(dir.as_fd())
+            .map_err(|er| self.fail(e, format!("cannot list its directory: {er}")))?;
         for n in names {
             let mut c = dir_comps.to_vec();
             c.push(n.clone());
             if !self.written.contains(&join(&c)) {
-                target::remove_tree(dir.as_fd(), OsStr::from_bytes(&n)).map_err(|er| self.fail(e, format!("cannot empty the opaque directory: {er}")))?;
+                target::remove_tree(dir.as_fd(), OsStr::from_bytes(&n)).map_err(|er| {
+                    self.fail(e, format!("cannot empty the opaque directory: {er}"))
+                })?;
             }
         }
         self.parent_cache = None;
@@ -641,7 +730,8 @@ impl Applier {
             };
             let shown = self.root.shown(&join(&comps));
             let p = target::proc_path(fd.as_fd(), None);
-            rustix::fs::chmod(&p, Mode::from_raw_mode(mode & 0o7777)).map_err(|e| Error::errno(&shown, "cannot set the directory's mode", e))?;
+            rustix::fs::chmod(&p, Mode::from_raw_mode(mode & 0o7777))
+                .map_err(|e| Error::errno(&shown, "cannot set the directory's mode", e))?;
             rustix::fs::utimensat(rustix::fs::CWD, &p, &ts(mtime), AtFlags::empty())
                 .map_err(|e| Error::errno(&shown, "cannot set the directory's time", e))?;
         }

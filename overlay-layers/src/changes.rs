@@ -495,7 +495,9 @@ fn walk(
                         Some(LowerEntry::Dir(d)) if opaque => {
                             (ChangeKind::Modified, Some(d), Context::Opaque)
                         }
-                        Some(LowerEntry::Dir(d)) => (ChangeKind::Modified, Some(d), Context::Normal),
+                        Some(LowerEntry::Dir(d)) => {
+                            (ChangeKind::Modified, Some(d), Context::Normal)
+                        }
                     }
                 };
                 push(out, kind, path, redirect);

@@ -153,7 +153,12 @@ fn shown(c: &[OsString]) -> PathBuf {
     crate::layer_dir::merged_path(c)
 }
 
-fn ns_xattr(dir: &LayerDir, name: Option<&OsStr>, suffix: &str, ns: Option<XattrNamespace>) -> Result<Option<Vec<u8>>, Error> {
+fn ns_xattr(
+    dir: &LayerDir,
+    name: Option<&OsStr>,
+    suffix: &str,
+    ns: Option<XattrNamespace>,
+) -> Result<Option<Vec<u8>>, Error> {
     let spaces: &[XattrNamespace] = match ns {
         Some(XattrNamespace::Trusted) => &[XattrNamespace::Trusted],
         Some(XattrNamespace::User) => &[XattrNamespace::User],
@@ -199,7 +204,10 @@ impl Committer {
             Ok(fd) => Ok(Some(fd)),
             Err(target::WalkError::Missing(_)) if self.opts.dry_run => Ok(None),
             Err(target::WalkError::NotDir(_)) if self.opts.dry_run => Ok(None),
-            Err(w) => Err(Error::path(self.root.shown(&crate::target::join(&bytes(rel))), w.describe())),
+            Err(w) => Err(Error::path(
+                self.root.shown(&crate::target::join(&bytes(rel))),
+                w.describe(),
+            )),
         }
     }
 
@@ -242,14 +250,18 @@ impl Committer {
                 Some(fd) => fd,
                 None => continue,
             };
-            if target::lstat(pfd.as_fd(), &name).map_err(|e| self.terr(&old, "cannot stat", e))?.is_none() {
+            if target::lstat(pfd.as_fd(), &name)
+                .map_err(|e| self.terr(&old, "cannot stat", e))?
+                .is_none()
+            {
                 self.staged.push((new, old, None));
                 continue;
             }
             self.counter += 1;
             let sname = OsString::from(self.counter.to_string());
             let st = self.staging_dir()?;
-            rustix::fs::renameat(&pfd, &name, st, &sname).map_err(|e| self.terr(&old, "cannot move aside", e))?;
+            rustix::fs::renameat(&pfd, &name, st, &sname)
+                .map_err(|e| self.terr(&old, "cannot move aside", e))?;
             self.staged.push((new, old, Some(sname)));
         }
         Ok(())
@@ -270,7 +282,16 @@ impl Committer {
                     let mut cur = rustix::io::fcntl_dupfd_cloexec(sfd, 0).ok();
                     for c in comps {
                         cur = cur.and_then(|fd| {
-                            rustix::fs::openat(&fd, &c, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()
+                            rustix::fs::openat(
+                                &fd,
+                                &c,
+                                OFlags::PATH
+                                    | OFlags::DIRECTORY
+                                    | OFlags::NOFOLLOW
+                                    | OFlags::CLOEXEC,
+                                Mode::empty(),
+                            )
+                            .ok()
                         });
                     }
                     return (cur, Some(name.clone()));
@@ -284,10 +305,22 @@ impl Committer {
     fn staging_dir(&mut self) -> Result<BorrowedFd<'_>, Error> {
         if self.staging.is_none() {
             let name = OsString::from(format!(".ovl-commit-{}", std::process::id()));
-            rustix::fs::mkdirat(self.root.fd(), &name, Mode::from_raw_mode(0o700))
-                .map_err(|e| Error::errno(self.root.shown(name.as_bytes()), "cannot create a staging directory", e))?;
-            let fd = rustix::fs::openat(self.root.fd(), &name, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| Error::errno(self.root.shown(name.as_bytes()), "cannot open", e))?;
+            rustix::fs::mkdirat(self.root.fd(), &name, Mode::from_raw_mode(0o700)).map_err(
+                |e| {
+                    Error::errno(
+                        self.root.shown(name.as_bytes()),
+                        "cannot create a staging directory",
+                        e,
+                    )
+                },
+            )?;
+            let fd = rustix::fs::openat(
+                self.root.fd(),
+                &name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::errno(self.root.shown(name.as_bytes()), "cannot open", e))?;
             self.staging = Some((name, fd));
         }
         Ok(self.staging.as_ref().expect("staging").1.as_fd())
@@ -295,8 +328,13 @@ impl Committer {
 
     fn drop_staging(&mut self) -> Result<(), Error> {
         if let Some((name, _)) = self.staging.take() {
-            target::remove_tree(self.root.fd(), &name)
-                .map_err(|e| Error::errno(self.root.shown(name.as_bytes()), "cannot remove the staging directory", e))?;
+            target::remove_tree(self.root.fd(), &name).map_err(|e| {
+                Error::errno(
+                    self.root.shown(name.as_bytes()),
+                    "cannot remove the staging directory",
+                    e,
+                )
+            })?;
         }
         Ok(())
     }
@@ -308,7 +346,11 @@ impl Committer {
             .map(|(_, old, s)| (old.clone(), s.clone()))
     }
 
-    fn dir(&mut self, dir: &LayerDir, rel: &[OsString]) -> Result<Vec<(LayerDir, Vec<OsString>)>, Error> {
+    fn dir(
+        &mut self,
+        dir: &LayerDir,
+        rel: &[OsString],
+    ) -> Result<Vec<(LayerDir, Vec<OsString>)>, Error> {
         let ns = self.opts.xattr_namespace;
         let tfd = self.tdir(rel)?;
         let parent_x = ns_xattr(dir, None, "opaque", ns)?.as_deref() == Some(b"x");
@@ -324,7 +366,8 @@ impl Committer {
             let mut r = rel.to_vec();
             r.push(e.name.clone());
             let existing = match &tfd {
-                Some(t) => target::lstat(t.as_fd(), &e.name).map_err(|er| self.terr(&r, "cannot stat", er))?,
+                Some(t) => target::lstat(t.as_fd(), &e.name)
+                    .map_err(|er| self.terr(&r, "cannot stat", er))?,
                 None => None,
             };
             let xwhiteout = parent_x
@@ -335,8 +378,10 @@ impl Committer {
                 EntryKind::Whiteout => self.delete(tfd.as_ref(), &r, existing.is_some())?,
                 _ if xwhiteout => self.delete(tfd.as_ref(), &r, existing.is_some())?,
                 EntryKind::Dir => {
-                    let opaque = ns_xattr(dir, Some(&e.name), "opaque", ns)?.as_deref() == Some(b"y");
-                    let ex_dir = existing.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
+                    let opaque =
+                        ns_xattr(dir, Some(&e.name), "opaque", ns)?.as_deref() == Some(b"y");
+                    let ex_dir = existing
+                        .is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
                     if let Some((old, sname)) = self.staged_for(&r) {
                         // A renamed directory: its old content moves here, then the upper's
                         // changes inside it apply.
@@ -349,10 +394,13 @@ impl Committer {
                             match (sname, opaque) {
                                 (Some(s), false) => {
                                     let st = self.staging_dir()?;
-                                    rustix::fs::renameat(st, &s, t, &e.name).map_err(|er| self.terr(&r, "cannot move into place", er))?;
+                                    rustix::fs::renameat(st, &s, t, &e.name).map_err(|er| {
+                                        self.terr(&r, "cannot move into place", er)
+                                    })?;
                                 }
                                 _ => {
-                                    rustix::fs::mkdirat(t, &e.name, Mode::from_raw_mode(0o700)).map_err(|er| self.terr(&r, "cannot create", er))?;
+                                    rustix::fs::mkdirat(t, &e.name, Mode::from_raw_mode(0o700))
+                                        .map_err(|er| self.terr(&r, "cannot create", er))?;
                                 }
                             }
                         }
@@ -365,7 +413,8 @@ impl Committer {
                         }
                         if !self.opts.dry_run {
                             let t = tfd.as_ref().expect("parent exists when not a dry run");
-                            rustix::fs::mkdirat(t, &e.name, Mode::from_raw_mode(0o700)).map_err(|er| self.terr(&r, "cannot create", er))?;
+                            rustix::fs::mkdirat(t, &e.name, Mode::from_raw_mode(0o700))
+                                .map_err(|er| self.terr(&r, "cannot create", er))?;
                         }
                     } else if opaque {
                         let sub = dir.open_child(&e.name)?;
@@ -391,7 +440,12 @@ impl Committer {
     }
 
     /// Delete what the target has at `rel` (a whiteout).
-    fn delete(&mut self, parent: Option<&OwnedFd>, rel: &[OsString], exists: bool) -> Result<(), Error> {
+    fn delete(
+        &mut self,
+        parent: Option<&OwnedFd>,
+        rel: &[OsString],
+        exists: bool,
+    ) -> Result<(), Error> {
         if !exists {
             return Ok(());
         }
@@ -409,7 +463,12 @@ impl Committer {
     }
 
     /// An opaque directory: delete what the upper does not hold.
-    fn empty_except(&mut self, t: BorrowedFd<'_>, rel: &[OsString], keep: &[Entry]) -> Result<(), Error> {
+    fn empty_except(
+        &mut self,
+        t: BorrowedFd<'_>,
+        rel: &[OsString],
+        keep: &[Entry],
+    ) -> Result<(), Error> {
         let names = target::list(t).map_err(|e| self.terr(rel, "cannot list", e))?;
         for n in names {
             let n = OsString::from_vec_compat(n);
@@ -427,36 +486,82 @@ impl Committer {
     }
 
     /// Write a non-directory under a temporary name and rename it over the old one.
-    fn replace(&mut self, dir: &LayerDir, e: &Entry, parent: Option<&OwnedFd>, rel: &[OsString], exists: bool) -> Result<(), Error> {
-        self.push(rel, if exists { Action::Replace } else { Action::Add }, None);
+    fn replace(
+        &mut self,
+        dir: &LayerDir,
+        e: &Entry,
+        parent: Option<&OwnedFd>,
+        rel: &[OsString],
+        exists: bool,
+    ) -> Result<(), Error> {
+        self.push(
+            rel,
+            if exists { Action::Replace } else { Action::Add },
+            None,
+        );
         if self.opts.dry_run {
             return Ok(());
         }
         let t = parent.expect("parent exists when not a dry run");
         self.counter += 1;
-        let tmp = OsString::from(format!(".{}.ovl-commit-{}-{}", e.name.to_string_lossy().chars().take(64).collect::<String>(), std::process::id(), self.counter));
+        let tmp = OsString::from(format!(
+            ".{}.ovl-commit-{}-{}",
+            e.name
+                .to_string_lossy()
+                .chars()
+                .take(64)
+                .collect::<String>(),
+            std::process::id(),
+            self.counter
+        ));
         let st = e.stat;
         let ft = e.file_type();
         let key = (st.st_dev, st.st_ino);
-        let linked = if st.st_nlink > 1 { self.links.get(&key).cloned() } else { None };
+        let linked = if st.st_nlink > 1 {
+            self.links.get(&key).cloned()
+        } else {
+            None
+        };
         if let Some(first) = linked {
-            let (fp, fname) = first.split_last().map(|(n, p)| (p.to_vec(), n.clone())).expect("name");
-            let ffd = self.root.dir(&bytes(&fp), false, &mut |_, _, _| {}).map_err(|w| Error::path(shown(&first), w.describe()))?;
-            rustix::fs::linkat(&ffd, &fname, t, &tmp, AtFlags::empty()).map_err(|er| self.terr(rel, "cannot link", er))?;
+            let (fp, fname) = first
+                .split_last()
+                .map(|(n, p)| (p.to_vec(), n.clone()))
+                .expect("name");
+            let ffd = self
+                .root
+                .dir(&bytes(&fp), false, &mut |_, _, _| {})
+                .map_err(|w| Error::path(shown(&first), w.describe()))?;
+            rustix::fs::linkat(&ffd, &fname, t, &tmp, AtFlags::empty())
+                .map_err(|er| self.terr(rel, "cannot link", er))?;
         } else {
             match ft {
                 FileType::RegularFile => {
                     let src = dir.open_file(&e.name)?;
-                    let dst = rustix::fs::openat(t, &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
-                        .map_err(|er| self.terr(rel, "cannot create", er))?;
-                    copy_data(&src, &dst, st.st_size as u64).map_err(|er| self.terr(rel, "cannot copy", er))?;
+                    let dst = rustix::fs::openat(
+                        t,
+                        &tmp,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                    .map_err(|er| self.terr(rel, "cannot create", er))?;
+                    copy_data(&src, &dst, st.st_size as u64)
+                        .map_err(|er| self.terr(rel, "cannot copy", er))?;
                 }
                 FileType::Symlink => {
                     let l = dir.readlink(&e.name)?;
-                    rustix::fs::symlinkat(OsStr::from_bytes(&l), t, &tmp).map_err(|er| self.terr(rel, "cannot create", er))?;
+                    rustix::fs::symlinkat(OsStr::from_bytes(&l), t, &tmp)
+                        .map_err(|er| self.terr(rel, "cannot create", er))?;
                 }
-                FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice | FileType::Socket => {
-                    rustix::fs::mknodat(t, &tmp, ft, Mode::from_raw_mode(0o600), st.st_rdev).map_err(|er| self.terr(rel, "cannot create", er))?;
+                FileType::Fifo
+                | FileType::CharacterDevice
+                | FileType::BlockDevice
+                | FileType::Socket => {
+                    rustix::fs::mknodat(t, &tmp, ft, Mode::from_raw_mode(0o600), st.st_rdev)
+                        .map_err(|er| self.terr(rel, "cannot create", er))?;
                 }
                 _ => return Err(Error::path(dir.path().join(&e.name), "unknown file type")),
             }
@@ -468,15 +573,24 @@ impl Committer {
         // A directory in the way cannot be renamed over: it goes first.
         if let Ok(Some(s)) = target::lstat(t.as_fd(), rel.last().expect("name")) {
             if FileType::from_raw_mode(s.st_mode) == FileType::Directory {
-                target::remove_tree(t.as_fd(), rel.last().expect("name")).map_err(|er| self.terr(rel, "cannot delete", er))?;
+                target::remove_tree(t.as_fd(), rel.last().expect("name"))
+                    .map_err(|er| self.terr(rel, "cannot delete", er))?;
             }
         }
-        rustix::fs::renameat(t, &tmp, t, rel.last().expect("name")).map_err(|er| self.terr(rel, "cannot rename into place", er))
+        rustix::fs::renameat(t, &tmp, t, rel.last().expect("name"))
+            .map_err(|er| self.terr(rel, "cannot rename into place", er))
     }
 
     /// A metadata-only copy-up: the data stays (or moves from the old name), the metadata
     /// changes.
-    fn metacopy(&mut self, dir: &LayerDir, e: &Entry, parent: Option<&OwnedFd>, rel: &[OsString], existing: Option<rustix::fs::Stat>) -> Result<(), Error> {
+    fn metacopy(
+        &mut self,
+        dir: &LayerDir,
+        e: &Entry,
+        parent: Option<&OwnedFd>,
+        rel: &[OsString],
+        existing: Option<rustix::fs::Stat>,
+    ) -> Result<(), Error> {
         if let Some((old, sname)) = self.staged_for(rel) {
             self.push(rel, Action::Move, Some(shown(&old)));
             if self.opts.dry_run {
@@ -484,10 +598,17 @@ impl Committer {
             }
             let t = parent.expect("parent");
             let Some(s) = sname else {
-                return Err(Error::path(dir.path().join(&e.name), format!("a metacopy file whose data ({}) is not in the target", shown(&old).display())));
+                return Err(Error::path(
+                    dir.path().join(&e.name),
+                    format!(
+                        "a metacopy file whose data ({}) is not in the target",
+                        shown(&old).display()
+                    ),
+                ));
             };
             let st = self.staging_dir()?;
-            rustix::fs::renameat(st, &s, t, &e.name).map_err(|er| self.terr(rel, "cannot move into place", er))?;
+            rustix::fs::renameat(st, &s, t, &e.name)
+                .map_err(|er| self.terr(rel, "cannot move into place", er))?;
         } else {
             if existing.is_none() {
                 return Err(Error::path(dir.path().join(&e.name), "a metacopy file whose data is not in the target (was the upper made over another directory?)"));
@@ -503,10 +624,24 @@ impl Committer {
 
     /// Owner, mode, xattrs and times of the upper's `e` onto `name` in `t`. With `sync`, the
     /// target's xattrs that the upper does not have are removed.
-    fn metadata(&mut self, dir: &LayerDir, e: &Entry, t: BorrowedFd<'_>, name: &OsStr, rel: &[OsString], sync: bool) -> Result<(), Error> {
+    fn metadata(
+        &mut self,
+        dir: &LayerDir,
+        e: &Entry,
+        t: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &[OsString],
+        sync: bool,
+    ) -> Result<(), Error> {
         let st = e.stat;
         let ft = e.file_type();
-        match rustix::fs::chownat(t, name, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)), AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::chownat(
+            t,
+            name,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
             Ok(()) | Err(Errno::PERM) => {}
             Err(er) => return Err(self.terr(rel, "cannot chown", er)),
         }
@@ -520,7 +655,9 @@ impl Committer {
                 };
                 for s in spaces {
                     if k.starts_with(s.prefix()) {
-                        return s.visible_name(k.as_bytes()).map(|n| (String::from_utf8_lossy(&n).into_owned(), v));
+                        return s
+                            .visible_name(k.as_bytes())
+                            .map(|n| (String::from_utf8_lossy(&n).into_owned(), v));
                     }
                 }
                 Some((k, v))
@@ -546,9 +683,16 @@ impl Committer {
             }
         }
         if ft != FileType::Symlink {
-            rustix::fs::chmodat(t, name, Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty()).map_err(|er| self.terr(rel, "cannot chmod", er))?;
+            rustix::fs::chmodat(
+                t,
+                name,
+                Mode::from_raw_mode(st.st_mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|er| self.terr(rel, "cannot chmod", er))?;
         }
-        rustix::fs::utimensat(t, name, &ts(&st), AtFlags::SYMLINK_NOFOLLOW).map_err(|er| self.terr(rel, "cannot set times", er))
+        rustix::fs::utimensat(t, name, &ts(&st), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|er| self.terr(rel, "cannot set times", er))
     }
 
     fn finish_dirs(&mut self) -> Result<(), Error> {
@@ -559,7 +703,10 @@ impl Committer {
         dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         for (rel, parent, e) in dirs {
             let (name, p) = rel.split_last().expect("name");
-            let pfd = self.root.dir(&bytes(p), false, &mut |_, _, _| {}).map_err(|w| Error::path(shown(p), w.describe()))?;
+            let pfd = self
+                .root
+                .dir(&bytes(p), false, &mut |_, _, _| {})
+                .map_err(|w| Error::path(shown(p), w.describe()))?;
             self.metadata(&parent, &e, pfd.as_fd(), name, &rel, true)?;
         }
         Ok(())
@@ -582,7 +729,8 @@ impl FromVecCompat for OsString {
 pub(crate) fn copy_data(src: &OwnedFd, dst: &OwnedFd, len: u64) -> Result<(), Errno> {
     let mut done = 0u64;
     while done < len {
-        match rustix::fs::copy_file_range(src, None, dst, None, (len - done).min(1 << 30) as usize) {
+        match rustix::fs::copy_file_range(src, None, dst, None, (len - done).min(1 << 30) as usize)
+        {
             Ok(0) => break,
             Ok(n) => done += n as u64,
             Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => {

@@ -148,10 +148,9 @@ pub fn open_stream<'a, R: Read + 'a>(
     let raw = Counting::new(io::Cursor::new(head).chain(r), count.clone());
     let inner: Box<dyn Read + 'a> = match kind {
         Compression::None => Box::new(raw),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(
-            128 * 1024,
-            raw,
-        ))),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(128 * 1024, raw),
+        )),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
     };
     Ok((
@@ -182,9 +181,9 @@ impl<W: Write> Encoder<W> {
         Ok(match c {
             Compression::None => Encoder::None(w),
             // The gzip header carries no name and mtime 0: the same tar gives the same bytes.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new().write(w, flate2::Compression::default()),
-            ),
+            Compression::Gzip => {
+                Encoder::Gzip(flate2::GzBuilder::new().write(w, flate2::Compression::default()))
+            }
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(w, 3)?),
         })
     }

@@ -181,7 +181,10 @@ fn export_named<L: AsRef<Path>>(
             Some(e) => Some(e),
             None => match std::env::var("SOURCE_DATE_EPOCH") {
                 Ok(v) => Some(v.trim().parse().map_err(|_| {
-                    Error::path(upper, format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
+                    Error::path(
+                        upper,
+                        format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"),
+                    )
                 })?),
                 Err(_) => None,
             },
@@ -252,7 +255,11 @@ fn is_private(ns: Option<XattrNamespace>, name: &str) -> Option<String> {
     Some(name.to_string())
 }
 
-fn overlay_xattr(dir: &LayerDir, name: Option<&OsStr>, suffix: &str) -> Result<Option<Vec<u8>>, Error> {
+fn overlay_xattr(
+    dir: &LayerDir,
+    name: Option<&OsStr>,
+    suffix: &str,
+) -> Result<Option<Vec<u8>>, Error> {
     for ns in [XattrNamespace::Trusted, XattrNamespace::User] {
         if let Some(v) = dir.xattr(name, &ns.name(suffix))? {
             return Ok(Some(v));
@@ -317,7 +324,13 @@ impl<W: Write> Exporter<W> {
         };
         self.entries += 1;
         self.tar
-            .entry(&meta, &Body::File { size: 0, sparse: None })
+            .entry(
+                &meta,
+                &Body::File {
+                    size: 0,
+                    sparse: None,
+                },
+            )
             .map_err(|e| self.io(e))
     }
 
@@ -340,12 +353,23 @@ impl<W: Write> Exporter<W> {
         };
         self.entries += 1;
         self.tar
-            .entry(&meta, &Body::File { size: 0, sparse: None })
+            .entry(
+                &meta,
+                &Body::File {
+                    size: 0,
+                    sparse: None,
+                },
+            )
             .map_err(|e| self.io(e))
     }
 
     /// Export a non-directory. `data` is where a metacopy file's data is (else the source).
-    fn emit_other(&mut self, src: &Source<'_>, path: Vec<u8>, data: Option<(&LayerDir, &OsStr)>) -> Result<(), Error> {
+    fn emit_other(
+        &mut self,
+        src: &Source<'_>,
+        path: Vec<u8>,
+        data: Option<(&LayerDir, &OsStr)>,
+    ) -> Result<(), Error> {
         let st = src.entry.stat;
         let meta = self.meta(src, path.clone())?;
         self.entries += 1;
@@ -354,7 +378,10 @@ impl<W: Write> Exporter<W> {
             let key = (st.st_dev, st.st_ino);
             if let Some(first) = self.links.get(&key) {
                 let first = first.clone();
-                return self.tar.entry(&meta, &Body::HardLink(first)).map_err(|e| self.io(e));
+                return self
+                    .tar
+                    .entry(&meta, &Body::HardLink(first))
+                    .map_err(|e| self.io(e));
             }
             self.links.insert(key, path);
         }
@@ -368,7 +395,10 @@ impl<W: Write> Exporter<W> {
                 } else {
                     None
                 };
-                let body = Body::File { size, sparse: sparse.clone() };
+                let body = Body::File {
+                    size,
+                    sparse: sparse.clone(),
+                };
                 self.tar.entry(&meta, &body).map_err(|e| self.io(e))?;
                 let segs = sparse.unwrap_or_else(|| vec![(0, size)]);
                 let shown = ddir.path().join(dname);
@@ -378,10 +408,14 @@ impl<W: Write> Exporter<W> {
                         let n = rustix::io::pread(&fd, &mut self.buf[..k], off)
                             .map_err(|e| Error::errno(&shown, "cannot read", e))?;
                         if n == 0 {
-                            return Err(Error::path(&shown, "the file shrank while it was exported"));
+                            return Err(Error::path(
+                                &shown,
+                                "the file shrank while it was exported",
+                            ));
                         }
                         let (tar, buf) = (&mut self.tar, &self.buf);
-                        tar.data(&buf[..n]).map_err(|e| Error::io(&self.out_name, "cannot write the layer", e))?;
+                        tar.data(&buf[..n])
+                            .map_err(|e| Error::io(&self.out_name, "cannot write the layer", e))?;
                         off += n as u64;
                         len -= n as u64;
                         if let Some(p) = &self.opts.progress {
@@ -392,8 +426,12 @@ impl<W: Write> Exporter<W> {
                 return Ok(());
             }
             FileType::Symlink => Body::Symlink(src.dir.readlink(&src.entry.name)?),
-            FileType::CharacterDevice => Body::Char(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)),
-            FileType::BlockDevice => Body::Block(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)),
+            FileType::CharacterDevice => {
+                Body::Char(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev))
+            }
+            FileType::BlockDevice => {
+                Body::Block(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev))
+            }
             FileType::Fifo => Body::Fifo,
             // Sockets have no place in a tar (GNU tar skips them too).
             _ => {
@@ -411,22 +449,37 @@ impl<W: Write> Exporter<W> {
     }
 
     /// Where a metacopy file's data is in the lowers: its redirect, or its own path.
-    fn metacopy_data(&self, dir: &LayerDir, e: &Entry, rel: &[OsString]) -> Result<Option<(LayerDir, OsString)>, Error> {
+    fn metacopy_data(
+        &self,
+        dir: &LayerDir,
+        e: &Entry,
+        rel: &[OsString],
+    ) -> Result<Option<(LayerDir, OsString)>, Error> {
         if overlay_xattr(dir, Some(&e.name), "metacopy")?.is_none() {
             return Ok(None);
         }
         let shown = dir.path().join(&e.name);
         let Some(stack) = &self.lowers else {
-            return Err(Error::path(&shown, "a metacopy file (its data is in the lowers): give the lowers to export it"));
+            return Err(Error::path(
+                &shown,
+                "a metacopy file (its data is in the lowers): give the lowers to export it",
+            ));
         };
         let comps: Vec<OsString> = match overlay_xattr(dir, Some(&e.name), "redirect")? {
-            Some(v) => redirect_target(rel, &v).components().skip(1).map(|c| c.as_os_str().to_os_string()).collect(),
+            Some(v) => redirect_target(rel, &v)
+                .components()
+                .skip(1)
+                .map(|c| c.as_os_str().to_os_string())
+                .collect(),
             None => rel.to_vec(),
         };
         let found = find_lower_file(stack, &comps)?;
         match found {
             Some(f) => Ok(Some(f)),
-            None => Err(Error::path(&shown, "a metacopy file whose data is not in the lowers given")),
+            None => Err(Error::path(
+                &shown,
+                "a metacopy file whose data is not in the lowers given",
+            )),
         }
     }
 
@@ -456,8 +509,13 @@ impl<W: Write> Exporter<W> {
                     let sub = dir.open_child(&e.name)?;
                     if let Some(v) = overlay_xattr(dir, Some(&e.name), "redirect")? {
                         let from = redirect_target(&r, &v);
-                        let comps: Vec<OsString> = from.components().skip(1).map(|c| c.as_os_str().to_os_string()).collect();
-                        let opaque = overlay_xattr(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y");
+                        let comps: Vec<OsString> = from
+                            .components()
+                            .skip(1)
+                            .map(|c| c.as_os_str().to_os_string())
+                            .collect();
+                        let opaque =
+                            overlay_xattr(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y");
                         let lowers = match (&self.lowers, opaque) {
                             (Some(s), false) => match s.resolve(&comps)? {
                                 LowerEntry::Dir(d) => d,
@@ -473,7 +531,11 @@ impl<W: Write> Exporter<W> {
                         };
                         self.emit_opaque(&path, self.mtime(&e.stat))?;
                         self.renamed_from.push(comps);
-                        work.push(Work::Full { upper: Some(sub), lowers, rel: r });
+                        work.push(Work::Full {
+                            upper: Some(sub),
+                            lowers,
+                            rel: r,
+                        });
                     } else {
                         if overlay_xattr(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y") {
                             self.emit_opaque(&path, self.mtime(&e.stat))?;
@@ -495,7 +557,12 @@ impl<W: Write> Exporter<W> {
         Ok(work)
     }
 
-    fn full_dir(&mut self, upper: Option<&LayerDir>, lowers: &[LayerDir], rel: &[OsString]) -> Result<Vec<Work>, Error> {
+    fn full_dir(
+        &mut self,
+        upper: Option<&LayerDir>,
+        lowers: &[LayerDir],
+        rel: &[OsString],
+    ) -> Result<Vec<Work>, Error> {
         let mut names: BTreeSet<OsString> = BTreeSet::new();
         let upper_entries: Vec<Entry> = match upper {
             Some(u) => u.entries()?,
@@ -525,47 +592,76 @@ impl<W: Write> Exporter<W> {
                         EntryKind::Dir => {
                             self.emit_dir(&Source { dir: u, entry: e }, path.clone())?;
                             let sub = u.open_child(&name)?;
-                            let opaque = overlay_xattr(u, Some(&name), "opaque")?.as_deref() == Some(b"y");
-                            let below = match (&stack, opaque, overlay_xattr(u, Some(&name), "redirect")?) {
+                            let opaque =
+                                overlay_xattr(u, Some(&name), "opaque")?.as_deref() == Some(b"y");
+                            let below = match (
+                                &stack,
+                                opaque,
+                                overlay_xattr(u, Some(&name), "redirect")?,
+                            ) {
                                 (_, true, _) => Vec::new(),
                                 (Some(s), false, Some(v)) => {
                                     let from = redirect_target(&r, &v);
-                                    let comps: Vec<OsString> = from.components().skip(1).map(|c| c.as_os_str().to_os_string()).collect();
+                                    let comps: Vec<OsString> = from
+                                        .components()
+                                        .skip(1)
+                                        .map(|c| c.as_os_str().to_os_string())
+                                        .collect();
                                     self.renamed_from.push(comps.clone());
                                     match s.resolve(&comps)? {
                                         LowerEntry::Dir(d) => d,
                                         _ => Vec::new(),
                                     }
                                 }
-                                (Some(s), false, None) if !lowers.is_empty() => match s.lookup(lowers, &name)? {
-                                    LowerEntry::Dir(d) => d,
-                                    _ => Vec::new(),
-                                },
+                                (Some(s), false, None) if !lowers.is_empty() => {
+                                    match s.lookup(lowers, &name)? {
+                                        LowerEntry::Dir(d) => d,
+                                        _ => Vec::new(),
+                                    }
+                                }
                                 _ => Vec::new(),
                             };
-                            work.push(Work::Full { upper: Some(sub), lowers: below, rel: r });
+                            work.push(Work::Full {
+                                upper: Some(sub),
+                                lowers: below,
+                                rel: r,
+                            });
                         }
                         EntryKind::Other => {
-                            let data = match (&stack, overlay_xattr(u, Some(&e.name), "metacopy")?) {
+                            let data = match (&stack, overlay_xattr(u, Some(&e.name), "metacopy")?)
+                            {
                                 (Some(s), Some(_)) => {
-                                    let comps: Vec<OsString> = match overlay_xattr(u, Some(&e.name), "redirect")? {
-                                        Some(v) => redirect_target(&r, &v).components().skip(1).map(|c| c.as_os_str().to_os_string()).collect(),
-                                        None => {
-                                            // Its data is where the renamed directory's content comes from.
-                                            match find_in_dirs(s, lowers, &name)? {
-                                                Some(f) => {
-                                                    self.emit_other(&Source { dir: u, entry: e }, path, Some((&f.0, f.1.as_os_str())))?;
-                                                    continue;
+                                    let comps: Vec<OsString> =
+                                        match overlay_xattr(u, Some(&e.name), "redirect")? {
+                                            Some(v) => redirect_target(&r, &v)
+                                                .components()
+                                                .skip(1)
+                                                .map(|c| c.as_os_str().to_os_string())
+                                                .collect(),
+                                            None => {
+                                                // Its data is where the renamed directory's content comes from.
+                                                match find_in_dirs(s, lowers, &name)? {
+                                                    Some(f) => {
+                                                        self.emit_other(
+                                                            &Source { dir: u, entry: e },
+                                                            path,
+                                                            Some((&f.0, f.1.as_os_str())),
+                                                        )?;
+                                                        continue;
+                                                    }
+                                                    None => rel.to_vec(),
                                                 }
-                                                None => rel.to_vec(),
                                             }
-                                        }
-                                    };
+                                        };
                                     find_lower_file(s, &comps)?
                                 }
                                 _ => None,
                             };
-                            self.emit_other(&Source { dir: u, entry: e }, path, data.as_ref().map(|(d, n)| (d, n.as_os_str())))?;
+                            self.emit_other(
+                                &Source { dir: u, entry: e },
+                                path,
+                                data.as_ref().map(|(d, n)| (d, n.as_os_str())),
+                            )?;
                         }
                     }
                     continue;
@@ -577,16 +673,38 @@ impl<W: Write> Exporter<W> {
                     LowerEntry::Dir(d) => {
                         let parent_of_top = lowers
                             .iter()
-                            .find(|l| l.stat_child(&name).ok().flatten().is_some_and(|e| e.kind() == EntryKind::Dir))
+                            .find(|l| {
+                                l.stat_child(&name)
+                                    .ok()
+                                    .flatten()
+                                    .is_some_and(|e| e.kind() == EntryKind::Dir)
+                            })
                             .expect("a lower holds the directory");
                         let e = parent_of_top.stat_child(&name)?.expect("exists");
-                        self.emit_dir(&Source { dir: parent_of_top, entry: &e }, path)?;
-                        work.push(Work::Full { upper: None, lowers: d, rel: r });
+                        self.emit_dir(
+                            &Source {
+                                dir: parent_of_top,
+                                entry: &e,
+                            },
+                            path,
+                        )?;
+                        work.push(Work::Full {
+                            upper: None,
+                            lowers: d,
+                            rel: r,
+                        });
                     }
                     LowerEntry::Other => {
                         if let Some((ld, n)) = find_in_dirs(s, lowers, &name)? {
                             let e = ld.stat_child(&n)?.expect("exists");
-                            self.emit_other(&Source { dir: &ld, entry: &e }, path, None)?;
+                            self.emit_other(
+                                &Source {
+                                    dir: &ld,
+                                    entry: &e,
+                                },
+                                path,
+                                None,
+                            )?;
                         }
                     }
                 }
@@ -601,7 +719,9 @@ impl<W: Write> Exporter<W> {
     fn old_names(&mut self) -> Result<(), Error> {
         let olds = std::mem::take(&mut self.renamed_from);
         for comps in olds {
-            let Some((name, _)) = comps.split_last() else { continue };
+            let Some((name, _)) = comps.split_last() else {
+                continue;
+            };
             let path = arch_path(&comps);
             if let Some(s) = &self.lowers {
                 if matches!(s.resolve(&comps)?, LowerEntry::Absent) {
@@ -615,7 +735,11 @@ impl<W: Write> Exporter<W> {
 }
 
 /// The lower directory holding the non-directory `name` among merged `dirs` (top-first).
-fn find_in_dirs(stack: &LowerStack, dirs: &[LayerDir], name: &OsStr) -> Result<Option<(LayerDir, OsString)>, Error> {
+fn find_in_dirs(
+    stack: &LowerStack,
+    dirs: &[LayerDir],
+    name: &OsStr,
+) -> Result<Option<(LayerDir, OsString)>, Error> {
     let _ = stack;
     for d in dirs {
         if let Some(e) = d.stat_child(name)? {
@@ -629,7 +753,10 @@ fn find_in_dirs(stack: &LowerStack, dirs: &[LayerDir], name: &OsStr) -> Result<O
 }
 
 /// The lower directory and name holding the file at `comps` in the merged lowers.
-fn find_lower_file(stack: &LowerStack, comps: &[OsString]) -> Result<Option<(LayerDir, OsString)>, Error> {
+fn find_lower_file(
+    stack: &LowerStack,
+    comps: &[OsString],
+) -> Result<Option<(LayerDir, OsString)>, Error> {
     let Some((name, parent)) = comps.split_last() else {
         return Ok(None);
     };

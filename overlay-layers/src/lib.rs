@@ -15,6 +15,9 @@ pub use changes::{changes, Change, ChangeKind};
 pub use check::check;
 pub use error::{Error, Result};
 
-pub(crate) fn ser_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+pub(crate) fn ser_path<S: serde::Serializer>(
+    p: &std::path::Path,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
 }

@@ -79,7 +79,10 @@ pub fn squash<L: AsRef<Path>>(
         }
         SquashFormat::Squashfs | SquashFormat::Erofs => {
             if output.exists() {
-                return Err(Error::path(output, "exists already: refusing to overwrite it"));
+                return Err(Error::path(
+                    output,
+                    "exists already: refusing to overwrite it",
+                ));
             }
             let parent = match output.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -95,7 +98,9 @@ pub fn squash<L: AsRef<Path>>(
             let image_tmp = tmp.path().join("image");
             let (program, mut cmd) = if format == SquashFormat::Squashfs {
                 let mut c = Command::new("mksquashfs");
-                c.arg(&tree).arg(&image_tmp).args(["-noappend", "-quiet", "-no-progress"]);
+                c.arg(&tree)
+                    .arg(&image_tmp)
+                    .args(["-noappend", "-quiet", "-no-progress"]);
                 ("mksquashfs", c)
             } else {
                 let mut c = Command::new("mkfs.erofs");
@@ -104,15 +109,23 @@ pub fn squash<L: AsRef<Path>>(
             };
             let out = cmd.output().map_err(|e| Error::Tool {
                 program: program.into(),
-                reason: format!("cannot run it: {} (install squashfs-tools or erofs-utils)", crate::error::describe(&e)),
+                reason: format!(
+                    "cannot run it: {} (install squashfs-tools or erofs-utils)",
+                    crate::error::describe(&e)
+                ),
             })?;
             if !out.status.success() {
                 return Err(Error::Tool {
                     program: program.into(),
-                    reason: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                    reason: format!(
+                        "{}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
                 });
             }
-            std::fs::rename(&image_tmp, output).map_err(|e| Error::io(output, "cannot move the image into place", e))?;
+            std::fs::rename(&image_tmp, output)
+                .map_err(|e| Error::io(output, "cannot move the image into place", e))?;
         }
     }
     Ok(SquashReport {
@@ -128,7 +141,10 @@ fn make_empty_dir(p: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let mut it = std::fs::read_dir(p).map_err(|e| Error::io(p, "cannot read", e))?;
             if it.next().is_some() {
-                return Err(Error::path(p, "is not empty: squash writes into a new or empty directory"));
+                return Err(Error::path(
+                    p,
+                    "is not empty: squash writes into a new or empty directory",
+                ));
             }
             Ok(())
         }

@@ -159,12 +159,14 @@ impl Root {
 fn classify(dir: &OwnedFd, name: &OsStr, prefix: Vec<u8>, e: Errno) -> WalkError {
     match e {
         Errno::NOENT => WalkError::Missing(prefix),
-        Errno::LOOP | Errno::NOTDIR => match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                WalkError::Symlink(prefix)
+        Errno::LOOP | Errno::NOTDIR => {
+            match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                    WalkError::Symlink(prefix)
+                }
+                _ => WalkError::NotDir(prefix),
             }
-            _ => WalkError::NotDir(prefix),
-        },
+        }
         e => WalkError::Io(prefix, e),
     }
 }
@@ -238,8 +240,11 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
     let top = rustix::fs::openat(dir, name, dir_flags(), Mode::empty())?;
     let mut cur = top;
     // Each frame: (names left to look at, stat of the directory, its name in its parent).
-    let mut frames: Vec<(Vec<Vec<u8>>, rustix::fs::Stat, std::ffi::OsString)> =
-        vec![(list(cur.as_fd())?, rustix::fs::fstat(&cur)?, name.to_os_string())];
+    let mut frames: Vec<(Vec<Vec<u8>>, rustix::fs::Stat, std::ffi::OsString)> = vec![(
+        list(cur.as_fd())?,
+        rustix::fs::fstat(&cur)?,
+        name.to_os_string(),
+    )];
     loop {
         let Some((names, _, _)) = frames.last_mut() else {
             break;

@@ -25,7 +25,13 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 const MAX_OPS: usize = 24;
 
-fn mount(lowers_top_first: [&Path; 2], upper: &Path, work: &Path, options: &str, mnt: &Path) -> KernelOverlay {
+fn mount(
+    lowers_top_first: [&Path; 2],
+    upper: &Path,
+    work: &Path,
+    options: &str,
+    mnt: &Path,
+) -> KernelOverlay {
     let data = format!(
         "lowerdir={}:{},upperdir={},workdir={},{options}",
         lowers_top_first[0].display(),
@@ -81,18 +87,33 @@ fn round_trip(ops: &[Op], options: &str, compression: Compression) -> Result<(),
         compression,
         ..Default::default()
     };
-    export(&[&stack.lower0, &stack.lower1], &stack.upper, &mut layer, &opts)
-        .map_err(|e| format!("export: {e}"))?;
+    export(
+        &[&stack.lower0, &stack.lower1],
+        &stack.upper,
+        &mut layer,
+        &opts,
+    )
+    .map_err(|e| format!("export: {e}"))?;
     let upper2 = tmp.path().join("upper2");
     let work2 = tmp.path().join("work2");
     std::fs::create_dir(&upper2).unwrap();
     std::fs::create_dir(&work2).unwrap();
-    let report = apply(&layer[..], &upper2, &ApplyOptions { format: Format::Overlay, ..Default::default() })
-        .map_err(|e| format!("apply: {e}"))?;
+    let report = apply(
+        &layer[..],
+        &upper2,
+        &ApplyOptions {
+            format: Format::Overlay,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("apply: {e}"))?;
     // An OCI layer carries no entry for its root: the new upper's own times are the old
     // one's (the merged root shows them).
     let st = rustix::fs::stat(&stack.upper).unwrap();
-    let t = |s: i64, ns: i64| rustix::fs::Timespec { tv_sec: s, tv_nsec: ns as _ };
+    let t = |s: i64, ns: i64| rustix::fs::Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
     rustix::fs::utimensat(
         rustix::fs::CWD,
         &upper2,
@@ -146,7 +167,10 @@ fn round_trip_differential_options() {
 
 #[test]
 fn round_trip_redirect_and_metacopy() {
-    run(100, "redirect_dir=on,metacopy=on,index=off,xino=off,uuid=null");
+    run(
+        100,
+        "redirect_dir=on,metacopy=on,index=off,xino=off,uuid=null",
+    );
     if !common::require_mounts() {
         return;
     }
@@ -154,5 +178,8 @@ fn round_trip_redirect_and_metacopy() {
     // exporter (the other test never makes either).
     let (r, m) = *SEEN.lock().unwrap();
     eprintln!("uppers with renamed directories: {r}, with metacopy files: {m}");
-    assert!(r > 0 && m > 0, "no renamed directory ({r}) or metacopy file ({m}) was generated");
+    assert!(
+        r > 0 && m > 0,
+        "no renamed directory ({r}) or metacopy file ({m}) was generated"
+    );
 }

@@ -103,7 +103,10 @@ pub fn parse_number(f: &[u8]) -> Option<i128> {
         }
     }
     let text: &[u8] = {
-        let start = f.iter().position(|&b| b != b' ' && b != 0).unwrap_or(f.len());
+        let start = f
+            .iter()
+            .position(|&b| b != b' ' && b != 0)
+            .unwrap_or(f.len());
         let rest = &f[start..];
         let end = rest
             .iter()
@@ -249,7 +252,16 @@ mod tests {
 
     #[test]
     fn numbers_round_trip() {
-        for v in [0i128, 1, 0o777, 8_589_934_591, 8_589_934_592, 1 << 40, -1, -1_000_000] {
+        for v in [
+            0i128,
+            1,
+            0o777,
+            8_589_934_591,
+            8_589_934_592,
+            1 << 40,
+            -1,
+            -1_000_000,
+        ] {
             let mut f = [0u8; 12];
             assert!(put_number(&mut f, v), "{v}");
             assert_eq!(parse_number(&f), Some(v), "{v} {f:?}");

@@ -251,7 +251,9 @@ impl<R: Read> TarReader<R> {
                 // end of the input is accepted (some writers stop there).
                 match self.read_block() {
                     Ok(_) => {}
-                    Err(e) => return Err(self.io_err(b"", offset, e, "cannot read the end marker")),
+                    Err(e) => {
+                        return Err(self.io_err(b"", offset, e, "cannot read the end marker"))
+                    }
                 }
                 if ext.path.is_some() || !ext.xattrs.is_empty() {
                     return Err(self.err(
@@ -270,7 +272,12 @@ impl<R: Read> TarReader<R> {
                         Ok(n) => self.pos += n as u64,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            return Err(self.io_err(b"", offset, e, "after the end-of-archive marker"))
+                            return Err(self.io_err(
+                                b"",
+                                offset,
+                                e,
+                                "after the end-of-archive marker",
+                            ))
                         }
                     }
                 }
@@ -287,9 +294,8 @@ impl<R: Read> TarReader<R> {
                 ));
             }
             let num = |f: (usize, usize), what: &str| -> Result<i128, ReadError> {
-                header::parse_number(header::get(&block, f)).ok_or_else(|| {
-                    self.err(&name_field, offset, format!("malformed {what} field"))
-                })
+                header::parse_number(header::get(&block, f))
+                    .ok_or_else(|| self.err(&name_field, offset, format!("malformed {what} field")))
             };
             let size = num(field::SIZE, "size")?;
             if size < 0 || size > i128::from(u64::MAX / 2) {
@@ -300,8 +306,9 @@ impl<R: Read> TarReader<R> {
             match typeflag {
                 kind::PAX | kind::PAX_GLOBAL => {
                     let data = self.header_data(size, offset, "a PAX extended header")?;
-                    let recs = header::parse_pax(&data)
-                        .map_err(|r| self.err(&name_field, offset, format!("bad PAX header: {r}")))?;
+                    let recs = header::parse_pax(&data).map_err(|r| {
+                        self.err(&name_field, offset, format!("bad PAX header: {r}"))
+                    })?;
                     if typeflag == kind::PAX_GLOBAL {
                         for (k, v) in recs {
                             if let Some(x) = k.strip_prefix(b"SCHILY.xattr.") {
@@ -331,11 +338,12 @@ impl<R: Read> TarReader<R> {
                 Some(p) => p,
                 None => {
                     let magic = header::get(&block, field::MAGIC);
-                    let prefix = if magic[..6] == header::USTAR_MAGIC[..6] && magic != header::GNU_MAGIC {
-                        header::text(header::get(&block, field::PREFIX)).to_vec()
-                    } else {
-                        Vec::new()
-                    };
+                    let prefix =
+                        if magic[..6] == header::USTAR_MAGIC[..6] && magic != header::GNU_MAGIC {
+                            header::text(header::get(&block, field::PREFIX)).to_vec()
+                        } else {
+                            Vec::new()
+                        };
                     if prefix.is_empty() {
                         name_field.clone()
                     } else {
@@ -371,7 +379,10 @@ impl<R: Read> TarReader<R> {
                         ),
                     ));
                 }
-                if let Some(c) = p.split(|&b| b == b'/').find(|c| c.len() > self.limits.max_name) {
+                if let Some(c) = p
+                    .split(|&b| b == b'/')
+                    .find(|c| c.len() > self.limits.max_name)
+                {
                     return Err(self.err(
                         &path,
                         offset,
@@ -420,7 +431,11 @@ impl<R: Read> TarReader<R> {
                 Some(t) => t,
                 None => {
                     let t = num(field::MTIME, "mtime")?;
-                    (i64::try_from(t).map_err(|_| self.err(&path, offset, "mtime out of range"))?, 0)
+                    (
+                        i64::try_from(t)
+                            .map_err(|_| self.err(&path, offset, "mtime out of range"))?,
+                        0,
+                    )
                 }
             };
             let dev = if matches!(entry_kind, EntryType::Char | EntryType::Block) {
@@ -463,9 +478,15 @@ impl<R: Read> TarReader<R> {
                 let mut end = 0u64;
                 for &(o, l) in segs {
                     if o < end {
-                        return Err(self.err(&path, offset, "sparse map segments overlap or are out of order"));
+                        return Err(self.err(
+                            &path,
+                            offset,
+                            "sparse map segments overlap or are out of order",
+                        ));
                     }
-                    end = o.checked_add(l).ok_or_else(|| self.err(&path, offset, "sparse map overflows"))?;
+                    end = o
+                        .checked_add(l)
+                        .ok_or_else(|| self.err(&path, offset, "sparse map overflows"))?;
                     total += l;
                 }
                 if end > logical || total != stored {
@@ -492,7 +513,11 @@ impl<R: Read> TarReader<R> {
                 uid,
                 gid,
                 mtime,
-                size: if entry_kind == EntryType::File { logical } else { 0 },
+                size: if entry_kind == EntryType::File {
+                    logical
+                } else {
+                    0
+                },
                 dev,
                 xattrs,
                 sparse,
@@ -584,7 +609,9 @@ impl<R: Read> TarReader<R> {
         while extended {
             let b = match self.read_block() {
                 Ok(Some(b)) => b,
-                Ok(None) => return Err(self.err(path, offset, "the archive is truncated in a sparse map")),
+                Ok(None) => {
+                    return Err(self.err(path, offset, "the archive is truncated in a sparse map"))
+                }
                 Err(e) => return Err(self.io_err(path, offset, e, "cannot read a sparse map")),
             };
             for i in 0..21 {
@@ -620,11 +647,21 @@ impl<R: Read> TarReader<R> {
             }
             if !text.contains(&b'\n') {
                 if used + BLOCK as u64 > stored {
-                    return Err(self.err(path, offset, "PAX sparse map runs past the entry's data"));
+                    return Err(self.err(
+                        path,
+                        offset,
+                        "PAX sparse map runs past the entry's data",
+                    ));
                 }
                 let b = match self.read_block() {
                     Ok(Some(b)) => b,
-                    _ => return Err(self.err(path, offset, "the archive is truncated in a sparse map")),
+                    _ => {
+                        return Err(self.err(
+                            path,
+                            offset,
+                            "the archive is truncated in a sparse map",
+                        ))
+                    }
                 };
                 used += BLOCK as u64;
                 text.extend_from_slice(&b);
@@ -663,8 +700,9 @@ impl<R: Read> TarReader<R> {
         for (mut off, mut len) in segs {
             while len > 0 {
                 let k = len.min(buf.len() as u64) as usize;
-                self.read_exact(&mut buf[..k])
-                    .map_err(|e| self.io_err(&entry.path, entry.offset, e, "cannot read entry data"))?;
+                self.read_exact(&mut buf[..k]).map_err(|e| {
+                    self.io_err(&entry.path, entry.offset, e, "cannot read entry data")
+                })?;
                 self.pending -= k as u64;
                 sink(off, &buf[..k]).map_err(|e| ReadError {
                     reason: format!("cannot write its data: {}", crate::error::describe(&e)),

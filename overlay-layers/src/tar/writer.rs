@@ -117,12 +117,19 @@ impl<W: Write> TarWriter<W> {
             _ => (0, 0),
         };
         let mut b = [0u8; BLOCK];
-        let short_name: &[u8] = if path_in_header { &name } else { &path[path.len().saturating_sub(100)..] };
+        let short_name: &[u8] = if path_in_header {
+            &name
+        } else {
+            &path[path.len().saturating_sub(100)..]
+        };
         header::get_mut(&mut b, field::NAME)[..short_name.len()].copy_from_slice(short_name);
         if path_in_header {
             header::get_mut(&mut b, field::PREFIX)[..prefix.len()].copy_from_slice(&prefix);
         }
-        header::put_number(header::get_mut(&mut b, field::MODE), i128::from(meta.mode & 0o7777));
+        header::put_number(
+            header::get_mut(&mut b, field::MODE),
+            i128::from(meta.mode & 0o7777),
+        );
         if !header::put_number(header::get_mut(&mut b, field::UID), i128::from(meta.uid)) {
             header::pax_record(&mut pax, b"uid", meta.uid.to_string().as_bytes());
         }
@@ -138,7 +145,11 @@ impl<W: Write> TarWriter<W> {
             let t = if nsec != 0 {
                 if sec < 0 {
                     // -1.5 s is written as "-1.5": seconds toward zero, then the fraction.
-                    let (s, n) = if nsec > 0 { (sec + 1, 1_000_000_000 - nsec) } else { (sec, 0) };
+                    let (s, n) = if nsec > 0 {
+                        (sec + 1, 1_000_000_000 - nsec)
+                    } else {
+                        (sec, 0)
+                    };
                     format!("-{}.{:09}", s.unsigned_abs(), n)
                 } else {
                     format!("{sec}.{nsec:09}")
@@ -146,12 +157,21 @@ impl<W: Write> TarWriter<W> {
             } else {
                 sec.to_string()
             };
-            let t = if t.contains('.') { t.trim_end_matches('0').to_string() } else { t };
+            let t = if t.contains('.') {
+                t.trim_end_matches('0').to_string()
+            } else {
+                t
+            };
             header::pax_record(&mut pax, b"mtime", t.as_bytes());
         }
-        header::put_number(header::get_mut(&mut b, field::MTIME), i128::from(sec.max(0)));
+        header::put_number(
+            header::get_mut(&mut b, field::MTIME),
+            i128::from(sec.max(0)),
+        );
         let typeflag = match body {
-            Body::File { sparse: Some(_), .. } => kind::GNU_SPARSE,
+            Body::File {
+                sparse: Some(_), ..
+            } => kind::GNU_SPARSE,
             Body::File { .. } => kind::FILE,
             Body::HardLink(_) => kind::LINK,
             Body::Symlink(_) => kind::SYMLINK,
@@ -200,7 +220,10 @@ impl<W: Write> TarWriter<W> {
             for (i, s) in segs.iter().take(4).enumerate() {
                 put_pair(&mut b, field::GNU_SPARSE + i * 24, *s);
             }
-            header::put_number(header::get_mut(&mut b, field::GNU_REALSIZE), i128::from(real));
+            header::put_number(
+                header::get_mut(&mut b, field::GNU_REALSIZE),
+                i128::from(real),
+            );
             let rest = if segs.len() > 4 { &segs[4..] } else { &[][..] };
             for chunk in rest.chunks(21) {
                 let mut e = [0u8; BLOCK];
@@ -255,7 +278,10 @@ impl<W: Write> TarWriter<W> {
         header::put_number(header::get_mut(&mut b, field::UID), 0);
         header::put_number(header::get_mut(&mut b, field::GID), 0);
         header::put_number(header::get_mut(&mut b, field::SIZE), data.len() as i128);
-        header::put_number(header::get_mut(&mut b, field::MTIME), i128::from(mtime.max(0)));
+        header::put_number(
+            header::get_mut(&mut b, field::MTIME),
+            i128::from(mtime.max(0)),
+        );
         b[field::TYPEFLAG] = kind::PAX;
         header::get_mut(&mut b, field::MAGIC).copy_from_slice(header::USTAR_MAGIC);
         header::seal(&mut b);
