@@ -57,9 +57,11 @@ pub enum Format {
 pub struct Limits {
     /// Most bytes of (uncompressed) tar stream. Default 1 TiB.
     pub max_bytes: u64,
-    /// Most tar bytes per compressed byte once 256 MiB are out. Default 1024 (gzip cannot
+    /// Most tar bytes per compressed byte once `ratio_after` bytes are out. Default 1024 (gzip cannot
     /// do better than ~1032:1; zstd can, only on data made to be a bomb).
     pub max_ratio: u64,
+    /// Tar bytes out after which the ratio is checked. Default 256 MiB.
+    pub ratio_after: u64,
     /// Most entries. Default 10 million.
     pub max_entries: u64,
     /// Longest path or link target, bytes. Default 4096 (PATH_MAX).
@@ -79,6 +81,7 @@ impl Default for Limits {
         Limits {
             max_bytes: 1 << 40,
             max_ratio: 1024,
+            ratio_after: 256 << 20,
             max_entries: 10_000_000,
             max_path: 4096,
             max_name: 255,
@@ -173,7 +176,7 @@ fn apply_named(
         BombLimits {
             max_bytes: l.max_bytes,
             max_ratio: l.max_ratio,
-            ratio_after: 256 << 20,
+            ratio_after: l.ratio_after,
         },
     )
     .map_err(|e| Error::Archive {
@@ -429,14 +432,14 @@ impl Applier {
                     .root
                     .dir(sparent, false, &mut |_, _, _| {})
                     .map_err(|w| {
-                        self.fail(
-                            e,
-                            format!(
-                                "hard link target {}: {}",
-                                String::from_utf8_lossy(&e.link),
-                                w.describe()
+                        let l = String::from_utf8_lossy(&e.link);
+                        match w {
+                            WalkError::Missing(_) => self.fail(
+                                e,
+                                format!("hard link to {l}, which is not in the target: refused"),
                             ),
-                        )
+                            w => self.fail(e, format!("hard link to {l}: {}", w.describe())),
+                        }
                     })?;
                 let snm = OsStr::from_bytes(sname);
                 match target::lstat(sdir.as_fd(), snm) {
