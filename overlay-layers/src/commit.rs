@@ -115,6 +115,7 @@ pub fn commit(
         staging: None,
         dirs: Vec::new(),
         counter: 0,
+        moved_away: Default::default(),
     };
     let up = LayerDir::open_root(upper)?;
     c.stage_renames(&up)?;
@@ -143,6 +144,8 @@ struct Committer {
     /// Directories whose metadata is applied after their content.
     dirs: Vec<(Vec<OsString>, LayerDir, Entry)>,
     counter: u64,
+    /// Dry run: old places of renamed entries the real run would move aside.
+    moved_away: std::collections::HashSet<Vec<OsString>>,
 }
 
 fn bytes(c: &[OsString]) -> Vec<Vec<u8>> {
@@ -200,10 +203,26 @@ impl Committer {
 
     /// The target directory at `rel`, if it exists as a directory.
     fn tdir(&mut self, rel: &[OsString]) -> Result<Option<OwnedFd>, Error> {
+        let mut rel = rel.to_vec();
+        if self.opts.dry_run {
+            // Inside a directory the real run moves here: look at its old place.
+            let best = self
+                .staged
+                .iter()
+                .filter(|(new, _, s)| s.is_some() && rel.starts_with(new))
+                .max_by_key(|(new, _, _)| new.len());
+            if let Some((new, old, _)) = best {
+                let mut r = old.clone();
+                r.extend(rel[new.len()..].iter().cloned());
+                rel = r;
+            }
+        }
+        let rel = &rel[..];
         match self.root.dir(&bytes(rel), false, &mut |_, _, _| {}) {
             Ok(fd) => Ok(Some(fd)),
             Err(target::WalkError::Missing(_)) if self.opts.dry_run => Ok(None),
             Err(target::WalkError::NotDir(_)) if self.opts.dry_run => Ok(None),
+            Err(target::WalkError::Symlink(_)) if self.opts.dry_run => Ok(None),
             Err(w) => Err(Error::path(
                 self.root.shown(&crate::target::join(&bytes(rel))),
                 w.describe(),
@@ -239,8 +258,31 @@ impl Committer {
             }
         }
         for (new, old) in found {
+            // Hard links of one metacopy file share their old place: staged once.
+            if let Some(s) = self
+                .staged
+                .iter()
+                .find(|(_, o, s)| *o == old && s.is_some())
+                .map(|(_, _, s)| s.clone())
+            {
+                self.staged.push((new, old, s));
+                continue;
+            }
             if self.opts.dry_run {
-                self.staged.push((new, old, None));
+                // What the real run would move aside is gone from its old place.
+                let (p, n) = self.locate(&old);
+                let exists = match (p, n) {
+                    (Some(p), Some(n)) => {
+                        !self.moved_away.contains(&old)
+                            && target::lstat(p.as_fd(), &n).ok().flatten().is_some()
+                    }
+                    _ => false,
+                };
+                let sname = exists.then(|| OsString::from("dry-run"));
+                if exists {
+                    self.moved_away.insert(old.clone());
+                }
+                self.staged.push((new, old, sname));
                 continue;
             }
             // Where `old` is now: an earlier move may have taken a directory above it.
@@ -370,6 +412,9 @@ impl Committer {
                     .map_err(|er| self.terr(&r, "cannot stat", er))?,
                 None => None,
             };
+            // A dry run sees the old places of renamed entries as the real run will: moved.
+            let existing =
+                existing.filter(|_| !(self.opts.dry_run && self.moved_away.contains(&r)));
             let xwhiteout = parent_x
                 && e.file_type() == FileType::RegularFile
                 && e.stat.st_size == 0
@@ -446,7 +491,7 @@ impl Committer {
         rel: &[OsString],
         exists: bool,
     ) -> Result<(), Error> {
-        if !exists {
+        if !exists || (self.opts.dry_run && self.moved_away.contains(rel)) {
             return Ok(());
         }
         self.push(rel, Action::Delete, None);
@@ -499,7 +544,11 @@ impl Committer {
             if exists { Action::Replace } else { Action::Add },
             None,
         );
+        let key = (e.stat.st_dev, e.stat.st_ino);
         if self.opts.dry_run {
+            if e.stat.st_nlink > 1 {
+                self.links.entry(key).or_insert_with(|| rel.to_vec());
+            }
             return Ok(());
         }
         let t = parent.expect("parent exists when not a dry run");
@@ -591,6 +640,14 @@ impl Committer {
         rel: &[OsString],
         existing: Option<rustix::fs::Stat>,
     ) -> Result<(), Error> {
+        // Another name of an inode already committed: a hard link to it.
+        let key = (e.stat.st_dev, e.stat.st_ino);
+        if e.stat.st_nlink > 1 && self.links.contains_key(&key) {
+            return self.replace(dir, e, parent, rel, existing.is_some());
+        }
+        if e.stat.st_nlink > 1 {
+            self.links.insert(key, rel.to_vec());
+        }
         if let Some((old, sname)) = self.staged_for(rel) {
             self.push(rel, Action::Move, Some(shown(&old)));
             if self.opts.dry_run {
@@ -610,7 +667,8 @@ impl Committer {
             rustix::fs::renameat(st, &s, t, &e.name)
                 .map_err(|er| self.terr(rel, "cannot move into place", er))?;
         } else {
-            if existing.is_none() {
+            // (A dry run cannot always see inside directories only the real run moves.)
+            if existing.is_none() && !self.opts.dry_run {
                 return Err(Error::path(dir.path().join(&e.name), "a metacopy file whose data is not in the target (was the upper made over another directory?)"));
             }
             self.push(rel, Action::Update, None);
