@@ -151,6 +151,25 @@ enum Work {
     },
 }
 
+/// A directory being walked, and how far.
+struct Frame {
+    work: Work,
+    upper_list: Option<(Vec<Entry>, bool)>,
+    full_list: Option<(Vec<OsString>, Vec<Entry>, bool)>,
+    next: usize,
+}
+
+impl Frame {
+    fn new(work: Work) -> Frame {
+        Frame {
+            work,
+            upper_list: None,
+            full_list: None,
+            next: 0,
+        }
+    }
+}
+
 fn arch_path(rel: &[OsString]) -> Vec<u8> {
     let mut v = Vec::new();
     for (i, c) in rel.iter().enumerate() {
@@ -207,18 +226,25 @@ fn export_named<L: AsRef<Path>>(
         emitted: BTreeSet::new(),
     };
     let root = LayerDir::open_root(upper)?;
-    let mut stack: Vec<Work> = vec![Work::Upper {
+    // Depth-first, in name order, each directory's content right after it (as GNU tar and
+    // containerd write layers); the depth is a heap stack of frames.
+    let mut frames: Vec<Frame> = vec![Frame::new(Work::Upper {
         dir: root,
         rel: Vec::new(),
-    }];
-    while let Some(w) = stack.pop() {
-        let mut children = match w {
-            Work::Upper { dir, rel } => x.upper_dir(&dir, &rel)?,
-            Work::Full { upper, lowers, rel } => x.full_dir(upper.as_ref(), &lowers, &rel)?,
+    })];
+    while let Some(f) = frames.last_mut() {
+        let child = match &f.work {
+            Work::Upper { dir, rel } => x.upper_dir(dir, rel, &mut f.upper_list, &mut f.next)?,
+            Work::Full { upper, lowers, rel } => {
+                x.full_dir(upper.as_ref(), lowers, rel, &mut f.full_list, &mut f.next)?
+            }
         };
-        // Depth-first in name order: push in reverse.
-        children.reverse();
-        stack.extend(children);
+        match child {
+            Some(w) => frames.push(Frame::new(w)),
+            None => {
+                frames.pop();
+            }
+        }
     }
     x.old_names()?;
     let Exporter { tar, entries, .. } = x;
@@ -490,14 +516,28 @@ impl<W: Write> Exporter<W> {
             && overlay_xattr(dir, Some(&e.name), "whiteout")?.is_some())
     }
 
-    fn upper_dir(&mut self, dir: &LayerDir, rel: &[OsString]) -> Result<Vec<Work>, Error> {
-        let parent_x = overlay_xattr(dir, None, "opaque")?.as_deref() == Some(b"x");
-        if rel.is_empty() && overlay_xattr(dir, None, "opaque")?.as_deref() == Some(b"y") {
-            let st = dir.stat()?;
-            self.emit_opaque(b"", self.mtime(&st))?;
+    /// Export the entries of an upper directory from `*next` on, up to and including the next
+    /// subdirectory, whose walk is returned (its content comes right after it in the tar).
+    fn upper_dir(
+        &mut self,
+        dir: &LayerDir,
+        rel: &[OsString],
+        listed: &mut Option<(Vec<Entry>, bool)>,
+        next: &mut usize,
+    ) -> Result<Option<Work>, Error> {
+        if listed.is_none() {
+            if rel.is_empty() && overlay_xattr(dir, None, "opaque")?.as_deref() == Some(b"y") {
+                let st = dir.stat()?;
+                self.emit_opaque(b"", self.mtime(&st))?;
+            }
+            let parent_x = overlay_xattr(dir, None, "opaque")?.as_deref() == Some(b"x");
+            *listed = Some((dir.entries()?, parent_x));
         }
-        let mut work = Vec::new();
-        for e in dir.entries()? {
+        let (list, parent_x) = listed.as_ref().expect("listed");
+        let parent_x = *parent_x;
+        while *next < list.len() {
+            let e = list[*next].clone();
+            *next += 1;
             let mut r = rel.to_vec();
             r.push(e.name.clone());
             let path = arch_path(&r);
@@ -531,16 +571,16 @@ impl<W: Write> Exporter<W> {
                         };
                         self.emit_opaque(&path, self.mtime(&e.stat))?;
                         self.renamed_from.push(comps);
-                        work.push(Work::Full {
+                        return Ok(Some(Work::Full {
                             upper: Some(sub),
                             lowers,
                             rel: r,
-                        });
+                        }));
                     } else {
                         if overlay_xattr(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y") {
                             self.emit_opaque(&path, self.mtime(&e.stat))?;
                         }
-                        work.push(Work::Upper { dir: sub, rel: r });
+                        return Ok(Some(Work::Upper { dir: sub, rel: r }));
                     }
                 }
                 EntryKind::Other => {
@@ -554,34 +594,43 @@ impl<W: Write> Exporter<W> {
                 }
             }
         }
-        Ok(work)
+        Ok(None)
     }
 
+    /// [`Exporter::upper_dir`] for a directory exported with its full merged content.
     fn full_dir(
         &mut self,
         upper: Option<&LayerDir>,
         lowers: &[LayerDir],
         rel: &[OsString],
-    ) -> Result<Vec<Work>, Error> {
-        let mut names: BTreeSet<OsString> = BTreeSet::new();
-        let upper_entries: Vec<Entry> = match upper {
-            Some(u) => u.entries()?,
-            None => Vec::new(),
-        };
-        let parent_x = match upper {
-            Some(u) => overlay_xattr(u, None, "opaque")?.as_deref() == Some(b"x"),
-            None => false,
-        };
-        names.extend(upper_entries.iter().map(|e| e.name.clone()));
+        listed: &mut Option<(Vec<OsString>, Vec<Entry>, bool)>,
+        next: &mut usize,
+    ) -> Result<Option<Work>, Error> {
         let stack = self.lowers.take();
-        let result = (|| -> Result<Vec<Work>, Error> {
-            if let Some(s) = &stack {
-                if !lowers.is_empty() {
-                    names.extend(s.list(lowers)?);
+        let result = (|| -> Result<Option<Work>, Error> {
+            if listed.is_none() {
+                let mut names: BTreeSet<OsString> = BTreeSet::new();
+                let upper_entries: Vec<Entry> = match upper {
+                    Some(u) => u.entries()?,
+                    None => Vec::new(),
+                };
+                let parent_x = match upper {
+                    Some(u) => overlay_xattr(u, None, "opaque")?.as_deref() == Some(b"x"),
+                    None => false,
+                };
+                names.extend(upper_entries.iter().map(|e| e.name.clone()));
+                if let Some(s) = &stack {
+                    if !lowers.is_empty() {
+                        names.extend(s.list(lowers)?);
+                    }
                 }
+                *listed = Some((names.into_iter().collect(), upper_entries, parent_x));
             }
-            let mut work = Vec::new();
-            for name in names {
+            let (names, upper_entries, parent_x) = listed.as_ref().expect("listed");
+            let parent_x = *parent_x;
+            while *next < names.len() {
+                let name = names[*next].clone();
+                *next += 1;
                 let mut r = rel.to_vec();
                 r.push(name.clone());
                 let path = arch_path(&r);
@@ -621,11 +670,11 @@ impl<W: Write> Exporter<W> {
                                 }
                                 _ => Vec::new(),
                             };
-                            work.push(Work::Full {
+                            return Ok(Some(Work::Full {
                                 upper: Some(sub),
                                 lowers: below,
                                 rel: r,
-                            });
+                            }));
                         }
                         EntryKind::Other => {
                             let data = match (&stack, overlay_xattr(u, Some(&e.name), "metacopy")?)
@@ -688,11 +737,11 @@ impl<W: Write> Exporter<W> {
                             },
                             path,
                         )?;
-                        work.push(Work::Full {
+                        return Ok(Some(Work::Full {
                             upper: None,
                             lowers: d,
                             rel: r,
-                        });
+                        }));
                     }
                     LowerEntry::Other => {
                         if let Some((ld, n)) = find_in_dirs(s, lowers, &name)? {
@@ -709,7 +758,7 @@ impl<W: Write> Exporter<W> {
                     }
                 }
             }
-            Ok(work)
+            Ok(None)
         })();
         self.lowers = stack;
         result

@@ -67,7 +67,7 @@ fn fits_ustar(path: &[u8]) -> Option<(&[u8], &[u8])> {
     // Split at a '/' so that prefix <= 155 and name <= 100.
     let mut best = None;
     for (i, &b) in path.iter().enumerate() {
-        if b == b'/' && i <= 155 && path.len() - i - 1 <= 100 && i > 0 {
+        if b == b'/' && i <= 155 && path.len() - i - 1 <= 100 && i > 0 && path.len() - i - 1 > 1 {
             best = Some(i);
             break;
         }
@@ -213,8 +213,9 @@ impl<W: Write> TarWriter<W> {
                 header::put_number(&mut blk[at + 12..at + 24], i128::from(l));
             };
             let mut segs = segs.clone();
-            if segs.is_empty() {
-                // GNU tar writes one empty segment at the end for an all-hole file.
+            if segs.last().is_none_or(|&(o, l)| o + l < real) {
+                // A file ending in a hole: an empty segment at its end carries the size
+                // (as GNU tar writes it; readers extend the file to it).
                 segs.push((real, 0));
             }
             for (i, s) in segs.iter().take(4).enumerate() {
