@@ -270,6 +270,9 @@ pub(crate) fn clean(path: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
+/// A directory's final mode and time: (components, mode, mtime).
+type DirMeta = (Vec<Vec<u8>>, u32, (i64, u32));
+
 struct Applier {
     root: Root,
     opts: ApplyOptions,
@@ -278,7 +281,7 @@ struct Applier {
     /// Paths this archive wrote (whiteouts and opaque markers never remove them).
     written: HashSet<Vec<u8>>,
     /// Directories whose mode and mtime are set at the end: (components, mode, mtime).
-    dirs: Vec<(Vec<Vec<u8>>, u32, (i64, u32))>,
+    dirs: Vec<DirMeta>,
     report: ApplyReport,
     /// The last parent directory opened: (its components, descriptor).
     parent_cache: Option<(Vec<Vec<u8>>, OwnedFd)>,
@@ -724,7 +727,7 @@ impl Applier {
         let mut seen = HashSet::new();
         dirs.reverse();
         dirs.retain(|(c, _, _)| seen.insert(c.clone()));
-        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
         for (comps, mode, mtime) in dirs {
             let fd = match self.root.dir(&comps, false, &mut |_, _, _| {}) {
                 Ok(fd) => fd,

@@ -758,7 +758,7 @@ impl Committer {
             return Ok(());
         }
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
         for (rel, parent, e) in dirs {
             let (name, p) = rel.split_last().expect("name");
             let pfd = self

@@ -39,6 +39,9 @@ impl WalkError {
     }
 }
 
+/// Told of each directory a walk creates: (parent components, parent, name).
+pub type Created<'a> = dyn FnMut(&[Vec<u8>], BorrowedFd<'_>, &[u8]) + 'a;
+
 /// The root of a target directory.
 pub struct Root {
     fd: OwnedFd,
@@ -98,7 +101,7 @@ impl Root {
         &mut self,
         comps: &[Vec<u8>],
         create: bool,
-        created: &mut dyn FnMut(&[Vec<u8>], BorrowedFd<'_>, &[u8]),
+        created: &mut Created<'_>,
     ) -> Result<OwnedFd, WalkError> {
         if comps.is_empty() {
             return rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
@@ -130,7 +133,7 @@ impl Root {
         &self,
         comps: &[Vec<u8>],
         create: bool,
-        created: &mut dyn FnMut(&[Vec<u8>], BorrowedFd<'_>, &[u8]),
+        created: &mut Created<'_>,
     ) -> Result<OwnedFd, WalkError> {
         let mut cur = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
             .map_err(|e| WalkError::Io(Vec::new(), e))?;
@@ -245,10 +248,7 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
         rustix::fs::fstat(&cur)?,
         name.to_os_string(),
     )];
-    loop {
-        let Some((names, _, _)) = frames.last_mut() else {
-            break;
-        };
+    while let Some((names, _, _)) = frames.last_mut() {
         match names.pop() {
             Some(n) => {
                 let n = OsStr::from_bytes(&n).to_os_string();

@@ -88,7 +88,7 @@ fn make_tree(root: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("fifo"),
+        root.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
@@ -96,7 +96,7 @@ fn make_tree(root: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("null"),
+        root.join("null"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 3),
@@ -367,7 +367,7 @@ fn reproducible_mode_gives_the_same_digests() {
     };
     rustix::fs::utimensat(
         rustix::fs::CWD,
-        &src.join("z"),
+        src.join("z"),
         &rustix::fs::Timestamps {
             last_access: t,
             last_modification: t,

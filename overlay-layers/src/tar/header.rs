@@ -211,8 +211,11 @@ pub fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     out.push(b'\n');
 }
 
+/// One PAX record: (key, value).
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// Split PAX data into (key, value) records. `Err` says what is malformed.
-pub fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn parse_pax(mut data: &[u8]) -> Result<Vec<Record>, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if data.iter().all(|&b| b == 0) {

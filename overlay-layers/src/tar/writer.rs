@@ -141,7 +141,7 @@ impl<W: Write> TarWriter<W> {
         }
         header::put_number(header::get_mut(&mut b, field::SIZE), i128::from(stored));
         let (sec, nsec) = meta.mtime;
-        if sec < 0 || sec >= 0o77777777777 || nsec != 0 {
+        if !(0..0o77777777777).contains(&sec) || nsec != 0 {
             let t = if nsec != 0 {
                 if sec < 0 {
                     // -1.5 s is written as "-1.5": seconds toward zero, then the fraction.
