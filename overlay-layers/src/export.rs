@@ -106,6 +106,7 @@ pub fn export_file<L: AsRef<Path>>(
     };
     let tmp = tempfile::Builder::new()
         .prefix(".ovl-export-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, "cannot create a temporary file", e))?;
     let layer = export_named(lowers, upper.as_ref(), tmp.as_file(), path, opts)?;
