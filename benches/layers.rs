@@ -1,0 +1,188 @@
+//! Layer export and apply against GNU tar, side by side in one run: `cargo bench --bench
+//! layers` (as root, on a quiet machine). See benches/README.md, "Layers".
+//!
+//! - apply: `overlay::layers::apply` (plain format) of an uncompressed tar of `/usr/include`
+//!   vs `tar -xf` of the same file into the same filesystem (TMPDIR, or `target/` by default);
+//! - export: `overlay::layers::export` (uncompressed) of `/usr/include` vs `tar -cf`, both
+//!   into a file on that filesystem.
+//!
+//! Each is run `OVL_LAYERS_ROUNDS` times (default 5), interleaved (ours, tar, ours, tar...),
+//! after one warm-up each; the median is reported with the ratio ours / tar. Under
+//! `cargo test --benches` (no `--bench` argument) it only says how to run it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use overlay::layers::apply::{apply_file, ApplyOptions, Format};
+use overlay::layers::compress::Compression;
+use overlay::layers::export::{export_file, ExportOptions};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn run(cmd: &mut Command) {
+    let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(st.success(), "{cmd:?}: {st}");
+}
+
+fn rm(p: &Path) {
+    if p.exists() {
+        std::fs::remove_dir_all(p).unwrap();
+    }
+}
+
+fn sync() {
+    rustix::fs::sync();
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("layers benchmark: run it with `cargo bench --bench layers`");
+        return;
+    }
+    let src =
+        PathBuf::from(std::env::var("OVL_LAYERS_SRC").unwrap_or_else(|_| "/usr/include".into()));
+    let rounds: usize = std::env::var("OVL_LAYERS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = tempfile::Builder::new()
+        .prefix("ovl-bench-layers-")
+        .tempdir_in(&base)
+        .unwrap();
+    let d = dir.path();
+    let (files, bytes) = {
+        let out = Command::new("du").args(["-sb"]).arg(&src).output().unwrap();
+        let b: u64 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let n = walk_count(&src);
+        (n, b)
+    };
+    let fstype = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(d)
+        .output()
+        .unwrap();
+    println!(
+        "source {} ({} entries, {} MB), scratch {} ({}), {} rounds, median",
+        src.display(),
+        files,
+        bytes / 1_000_000,
+        d.display(),
+        String::from_utf8_lossy(&fstype.stdout).trim(),
+        rounds
+    );
+    // The archive both appliers read: made by GNU tar.
+    let tarball = d.join("src.tar");
+    let parent = src.parent().unwrap();
+    let name = src.file_name().unwrap();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(parent)
+        .arg(name));
+
+    let (mut ours_x, mut tar_x, mut ours_c, mut tar_c) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        // apply vs tar -x
+        let out = d.join("x-ours");
+        rm(&out);
+        std::fs::create_dir(&out).unwrap();
+        sync();
+        let t = Instant::now();
+        apply_file(
+            &tarball,
+            &out,
+            &ApplyOptions {
+                format: Format::Plain,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let a = t.elapsed();
+        rm(&out);
+        let out = d.join("x-tar");
+        rm(&out);
+        std::fs::create_dir(&out).unwrap();
+        sync();
+        let t = Instant::now();
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&out));
+        let b = t.elapsed();
+        rm(&out);
+        // export vs tar -c
+        let f = d.join("c-ours.tar");
+        sync();
+        let t = Instant::now();
+        export_file(
+            &[] as &[&Path],
+            &src,
+            &f,
+            &ExportOptions {
+                compression: Compression::None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = t.elapsed();
+        let _ = std::fs::remove_file(&f);
+        let f = d.join("c-tar.tar");
+        sync();
+        let t = Instant::now();
+        run(Command::new("tar")
+            .arg("-cf")
+            .arg(&f)
+            .arg("-C")
+            .arg(&src)
+            .arg("."));
+        let e = t.elapsed();
+        let _ = std::fs::remove_file(&f);
+        if round > 0 {
+            ours_x.push(a);
+            tar_x.push(b);
+            ours_c.push(c);
+            tar_c.push(e);
+        }
+    }
+    let row = |what: &str, ours: Vec<Duration>, tar: Vec<Duration>| {
+        let (o, t) = (median(ours), median(tar));
+        println!(
+            "{what:<8} ours {:>8.1} ms   GNU tar {:>8.1} ms   ratio {:.2}",
+            o.as_secs_f64() * 1e3,
+            t.as_secs_f64() * 1e3,
+            o.as_secs_f64() / t.as_secs_f64()
+        );
+    };
+    row("apply", ours_x, tar_x);
+    row("export", ours_c, tar_c);
+}
+
+fn walk_count(p: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            n += 1;
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    n
+}

@@ -1,0 +1,195 @@
+//! Format conversions not reached by the generated round trips: xattr whiteouts (an
+//! unprivileged layer's form) exported as `.wh.` entries, the `user.` namespace on apply,
+//! `changes` and `check` as library calls, and squash into an erofs image.
+
+use std::fs;
+use std::path::Path;
+
+use overlay_core::XattrNamespace;
+use overlay_layers::apply::{apply, ApplyOptions};
+use overlay_layers::compress::Compression;
+use overlay_layers::export::{export, ExportOptions};
+use overlay_layers::squash::{squash, SquashFormat};
+use overlay_layers::tar::reader::{ReadLimits, TarReader};
+use overlay_layers::{changes, check, ChangeKind};
+
+fn names(layer: &[u8]) -> Vec<String> {
+    let mut r = TarReader::new(
+        layer,
+        ReadLimits {
+            max_header_data: 1 << 20,
+            max_path: 4096,
+            max_name: 255,
+            max_sparse_segments: 1024,
+        },
+    );
+    let mut v = Vec::new();
+    while let Some(e) = r.next_entry().unwrap() {
+        v.push(String::from_utf8_lossy(&e.path).into_owned());
+    }
+    v
+}
+
+fn set(p: &Path, k: &str, v: &[u8]) {
+    rustix::fs::lsetxattr(p, k, v, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+fn root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but not root");
+    }
+    eprintln!("SKIPPED: not root");
+    false
+}
+
+#[test]
+fn xattr_whiteouts_and_opaque_dirs_export_as_oci_markers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = tmp.path().join("upper");
+    fs::create_dir_all(up.join("d")).unwrap();
+    fs::create_dir_all(up.join("o")).unwrap();
+    fs::write(up.join("d/gone"), b"").unwrap();
+    set(&up.join("d/gone"), "user.overlay.whiteout", b"y");
+    set(&up.join("d"), "user.overlay.opaque", b"x");
+    set(&up.join("o"), "user.overlay.opaque", b"y");
+    fs::write(up.join("o/new"), b"n").unwrap();
+    let mut layer = Vec::new();
+    export(
+        &[] as &[&Path],
+        &up,
+        &mut layer,
+        &ExportOptions {
+            compression: Compression::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let n = names(&layer);
+    assert_eq!(
+        n,
+        ["d", "d/.wh.gone", "o", "o/.wh..wh..opq", "o/new"],
+        "{n:?}"
+    );
+    // And the private xattrs are not in the layer.
+    assert!(
+        !layer.windows(13).any(|w| w == b"overlay.opaqu"),
+        "overlay xattrs leaked"
+    );
+}
+
+#[test]
+fn apply_in_the_user_namespace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = tmp.path().join("upper");
+    fs::create_dir_all(up.join("o")).unwrap();
+    set(&up.join("o"), "user.overlay.opaque", b"y");
+    fs::write(up.join("o/f"), b"f").unwrap();
+    let mut layer = Vec::new();
+    export(&[] as &[&Path], &up, &mut layer, &ExportOptions::default()).unwrap();
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    apply(
+        &layer[..],
+        &out,
+        &ApplyOptions {
+            xattr_namespace: Some(XattrNamespace::User),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut v = [0u8; 8];
+    let n = rustix::fs::getxattr(out.join("o"), "user.overlay.opaque", &mut v).unwrap();
+    assert_eq!(&v[..n], b"y");
+}
+
+#[test]
+fn changes_and_check_are_library_calls() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (lower, up) = (tmp.path().join("lower"), tmp.path().join("upper"));
+    fs::create_dir_all(lower.join("etc")).unwrap();
+    fs::write(lower.join("etc/a"), b"a").unwrap();
+    fs::write(lower.join("etc/b"), b"b").unwrap();
+    fs::create_dir_all(up.join("etc")).unwrap();
+    fs::write(up.join("etc/a"), b"A").unwrap();
+    fs::write(up.join("etc/c"), b"c").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &up.join("etc/b"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0),
+        0,
+    )
+    .unwrap();
+    let got: Vec<(char, String)> = changes(&[&lower], &up)
+        .unwrap()
+        .map(|c| (c.kind.letter(), c.path.display().to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ('C', "/etc".into()),
+            ('C', "/etc/a".into()),
+            ('D', "/etc/b".into()),
+            ('A', "/etc/c".into())
+        ]
+    );
+    assert!(changes(&[&lower], &up)
+        .unwrap()
+        .any(|c| c.kind == ChangeKind::Deleted));
+    let r = check(&up, None::<&Path>).unwrap();
+    assert_eq!((r.errors, r.warnings), (0, 0), "{:?}", r.findings);
+    set(&up.join("etc/a"), "trusted.overlay.opaque", b"y");
+    let r = check(&up, None::<&Path>).unwrap();
+    assert!(
+        r.findings.iter().any(|f| f.code == "opaque-not-dir"),
+        "{:?}",
+        r.findings
+    );
+}
+
+#[test]
+fn squash_into_an_erofs_image() {
+    if !root() {
+        return;
+    }
+    if std::process::Command::new("mkfs.erofs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true but mkfs.erofs is missing (erofs-utils)");
+        }
+        eprintln!("SKIPPED: no mkfs.erofs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (lower, up) = (tmp.path().join("lower"), tmp.path().join("upper"));
+    fs::create_dir_all(lower.join("d")).unwrap();
+    fs::write(lower.join("d/x"), b"x").unwrap();
+    fs::write(lower.join("gone"), b"g").unwrap();
+    fs::create_dir_all(&up).unwrap();
+    fs::write(up.join("new"), b"n").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &up.join("gone"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0),
+        0,
+    )
+    .unwrap();
+    let img = tmp.path().join("flat.erofs");
+    let r = squash(&[&lower], Some(&up), &img, SquashFormat::from_path(&img)).unwrap();
+    assert_eq!(r.format, SquashFormat::Erofs);
+    let data = fs::read(&img).unwrap();
+    // The erofs superblock magic at offset 1024.
+    assert_eq!(&data[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
+    // Refuses to overwrite.
+    assert!(squash(&[&lower], Some(&up), &img, SquashFormat::Erofs).is_err());
+}
