@@ -42,6 +42,13 @@ fn bar(len: Option<u64>, what: &str) -> ProgressBar {
     pb
 }
 
+/// Print `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(value).expect("serializable");
+    text.push('\n');
+    output(std::io::stdout().lock().write_all(text.as_bytes()))
+}
+
 /// `ovl layer ...`.
 pub fn layer(c: LayerCommand) -> Result<u8, CliError> {
     match c {
@@ -134,11 +141,7 @@ fn apply(a: ApplyArgs) -> Result<u8, CliError> {
         })?
     };
     if a.json {
-        output(
-            serde_json::to_writer_pretty(std::io::stdout().lock(), &report)
-                .map_err(std::io::Error::other)
-                .and_then(|()| writeln!(std::io::stdout().lock())),
-        )?;
+        print_json(&report)?;
     } else {
         let mut out = String::new();
         out.push_str(&format!(
@@ -184,11 +187,7 @@ pub fn commit(a: CommitArgs) -> Result<u8, CliError> {
     pb.finish_and_clear();
     let report = r?;
     if a.json {
-        output(
-            serde_json::to_writer_pretty(std::io::stdout().lock(), &report)
-                .map_err(std::io::Error::other)
-                .and_then(|()| writeln!(std::io::stdout().lock())),
-        )?;
+        print_json(&report)?;
         return Ok(0);
     }
     let mut out = String::new();

@@ -339,26 +339,7 @@ impl<W: Write> Exporter<W> {
         if !self.emitted.insert(p.clone()) {
             return Ok(());
         }
-        let meta = Meta {
-            path: p,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            uname: Vec::new(),
-            gname: Vec::new(),
-            mtime,
-            xattrs: Vec::new(),
-        };
-        self.entries += 1;
-        self.tar
-            .entry(
-                &meta,
-                &Body::File {
-                    size: 0,
-                    sparse: None,
-                },
-            )
-            .map_err(|e| self.io(e))
+        self.emit_marker(p, mtime)
     }
 
     fn emit_opaque(&mut self, dir_path: &[u8], mtime: (i64, u32)) -> Result<(), Error> {
@@ -368,8 +349,13 @@ impl<W: Write> Exporter<W> {
         }
         p.extend_from_slice(b".wh..wh..opq");
         self.emitted.insert(p.clone());
+        self.emit_marker(p, mtime)
+    }
+
+    /// An OCI marker entry (whiteout or opaque marker): an empty root-owned file.
+    fn emit_marker(&mut self, path: Vec<u8>, mtime: (i64, u32)) -> Result<(), Error> {
         let meta = Meta {
-            path: p,
+            path,
             mode: 0o644,
             uid: 0,
             gid: 0,
@@ -379,15 +365,11 @@ impl<W: Write> Exporter<W> {
             xattrs: Vec::new(),
         };
         self.entries += 1;
-        self.tar
-            .entry(
-                &meta,
-                &Body::File {
-                    size: 0,
-                    sparse: None,
-                },
-            )
-            .map_err(|e| self.io(e))
+        let body = Body::File {
+            size: 0,
+            sparse: None,
+        };
+        self.tar.entry(&meta, &body).map_err(|e| self.io(e))
     }
 
     /// Export a non-directory. `data` is where a metacopy file's data is (else the source).

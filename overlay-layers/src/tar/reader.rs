@@ -447,12 +447,9 @@ impl<R: Read> TarReader<R> {
             } else {
                 (0, 0)
             };
-            let stored_size = match entry_kind {
-                // Links, devices, fifos and directories carry no data (a size there is data
-                // to skip).
-                EntryType::File => ext.size.unwrap_or(size),
-                _ => ext.size.unwrap_or(size),
-            };
+            // Links, devices, FIFOs and directories carry no data: a size there is data to
+            // skip.
+            let stored_size = ext.size.unwrap_or(size);
             let mut logical = stored_size;
             let mut sparse = None;
             let mut stored = stored_size;
