@@ -18,12 +18,14 @@
 //! owner names: the same tree gives the same digests. Entries are always in a fixed order
 //! (sorted by name, each directory before its content).
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io::{BufWriter, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -137,7 +139,12 @@ struct Exporter<W: Write> {
     /// Old names of renamed directories, whited out at the end if nothing else did.
     renamed_from: Vec<Vec<OsString>>,
     emitted: BTreeSet<Vec<u8>>,
+    /// The xattrs of the entry being exported: (directory, name, list).
+    xcache: RefCell<Option<(PathBuf, OsString, Rc<XattrList>)>>,
 }
+
+/// An entry's xattrs: (name, value).
+type XattrList = Vec<(String, Vec<u8>)>;
 
 /// Work items of the (iterative) walk.
 enum Work {
@@ -225,6 +232,7 @@ fn export_named<L: AsRef<Path>>(
         buf: vec![0u8; 256 * 1024],
         renamed_from: Vec::new(),
         emitted: BTreeSet::new(),
+        xcache: RefCell::new(None),
     };
     let root = LayerDir::open_root(upper)?;
     // Depth-first, in name order, each directory's content right after it (as GNU tar and
@@ -308,10 +316,43 @@ impl<W: Write> Exporter<W> {
         }
     }
 
+    /// All xattrs of `name` in `dir`, read once per entry (the walk asks several times).
+    fn xattrs_of(&self, dir: &LayerDir, name: &OsStr) -> Result<Rc<XattrList>, Error> {
+        if let Some((p, n, l)) = &*self.xcache.borrow() {
+            if p == dir.path() && n == name {
+                return Ok(l.clone());
+            }
+        }
+        let l = Rc::new(dir.xattrs(Some(name))?);
+        *self.xcache.borrow_mut() =
+            Some((dir.path().to_path_buf(), name.to_os_string(), l.clone()));
+        Ok(l)
+    }
+
+    /// `overlay.SUFFIX` of `name` in `dir` (either namespace), or of `dir` itself.
+    fn ox(
+        &self,
+        dir: &LayerDir,
+        name: Option<&OsStr>,
+        suffix: &str,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let Some(name) = name else {
+            return overlay_xattr(dir, None, suffix);
+        };
+        let l = self.xattrs_of(dir, name)?;
+        for ns in [XattrNamespace::Trusted, XattrNamespace::User] {
+            let key = ns.name(suffix);
+            if let Some((_, v)) = l.iter().find(|(k, _)| *k == key) {
+                return Ok(Some(v.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     fn meta(&self, src: &Source<'_>, path: Vec<u8>) -> Result<Meta, Error> {
         let st = &src.entry.stat;
         let mut xattrs = Vec::new();
-        for (k, v) in src.dir.xattrs(Some(&src.entry.name))? {
+        for (k, v) in self.xattrs_of(src.dir, &src.entry.name)?.iter().cloned() {
             if let Some(name) = is_private(self.opts.xattr_namespace, &k) {
                 xattrs.push((name.into_bytes(), v));
             }
@@ -464,7 +505,7 @@ impl<W: Write> Exporter<W> {
         e: &Entry,
         rel: &[OsString],
     ) -> Result<Option<(LayerDir, OsString)>, Error> {
-        if overlay_xattr(dir, Some(&e.name), "metacopy")?.is_none() {
+        if self.ox(dir, Some(&e.name), "metacopy")?.is_none() {
             return Ok(None);
         }
         let shown = dir.path().join(&e.name);
@@ -474,7 +515,7 @@ impl<W: Write> Exporter<W> {
                 "a metacopy file (its data is in the lowers): give the lowers to export it",
             ));
         };
-        let comps: Vec<OsString> = match overlay_xattr(dir, Some(&e.name), "redirect")? {
+        let comps: Vec<OsString> = match self.ox(dir, Some(&e.name), "redirect")? {
             Some(v) => redirect_target(rel, &v)
                 .components()
                 .skip(1)
@@ -492,11 +533,11 @@ impl<W: Write> Exporter<W> {
         }
     }
 
-    fn is_xwhiteout(dir: &LayerDir, e: &Entry, parent_x: bool) -> Result<bool, Error> {
+    fn is_xwhiteout(&self, dir: &LayerDir, e: &Entry, parent_x: bool) -> Result<bool, Error> {
         Ok(parent_x
             && e.file_type() == FileType::RegularFile
             && e.stat.st_size == 0
-            && overlay_xattr(dir, Some(&e.name), "whiteout")?.is_some())
+            && self.ox(dir, Some(&e.name), "whiteout")?.is_some())
     }
 
     /// Export the entries of an upper directory from `*next` on, up to and including the next
@@ -530,7 +571,7 @@ impl<W: Write> Exporter<W> {
                     let src = Source { dir, entry: &e };
                     self.emit_dir(&src, path.clone())?;
                     let sub = dir.open_child(&e.name)?;
-                    if let Some(v) = overlay_xattr(dir, Some(&e.name), "redirect")? {
+                    if let Some(v) = self.ox(dir, Some(&e.name), "redirect")? {
                         let from = redirect_target(&r, &v);
                         let comps: Vec<OsString> = from
                             .components()
@@ -538,7 +579,7 @@ impl<W: Write> Exporter<W> {
                             .map(|c| c.as_os_str().to_os_string())
                             .collect();
                         let opaque =
-                            overlay_xattr(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y");
+                            self.ox(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y");
                         let lowers = match (&self.lowers, opaque) {
                             (Some(s), false) => match s.resolve(&comps)? {
                                 LowerEntry::Dir(d) => d,
@@ -560,14 +601,14 @@ impl<W: Write> Exporter<W> {
                             rel: r,
                         }));
                     } else {
-                        if overlay_xattr(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y") {
+                        if self.ox(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y") {
                             self.emit_opaque(&path, self.mtime(&e.stat))?;
                         }
                         return Ok(Some(Work::Upper { dir: sub, rel: r }));
                     }
                 }
                 EntryKind::Other => {
-                    if Self::is_xwhiteout(dir, &e, parent_x)? {
+                    if self.is_xwhiteout(dir, &e, parent_x)? {
                         self.emit_whiteout(&path, &e.name, self.mtime(&e.stat))?;
                         continue;
                     }
@@ -620,17 +661,14 @@ impl<W: Write> Exporter<W> {
                 if let (Some(u), Some(e)) = (upper, upper_entries.iter().find(|e| e.name == name)) {
                     match e.kind() {
                         EntryKind::Whiteout => continue,
-                        EntryKind::Other if Self::is_xwhiteout(u, e, parent_x)? => continue,
+                        EntryKind::Other if self.is_xwhiteout(u, e, parent_x)? => continue,
                         EntryKind::Dir => {
                             self.emit_dir(&Source { dir: u, entry: e }, path.clone())?;
                             let sub = u.open_child(&name)?;
                             let opaque =
-                                overlay_xattr(u, Some(&name), "opaque")?.as_deref() == Some(b"y");
-                            let below = match (
-                                &stack,
-                                opaque,
-                                overlay_xattr(u, Some(&name), "redirect")?,
-                            ) {
+                                self.ox(u, Some(&name), "opaque")?.as_deref() == Some(b"y");
+                            let below = match (&stack, opaque, self.ox(u, Some(&name), "redirect")?)
+                            {
                                 (_, true, _) => Vec::new(),
                                 (Some(s), false, Some(v)) => {
                                     let from = redirect_target(&r, &v);
@@ -660,11 +698,10 @@ impl<W: Write> Exporter<W> {
                             }));
                         }
                         EntryKind::Other => {
-                            let data = match (&stack, overlay_xattr(u, Some(&e.name), "metacopy")?)
-                            {
+                            let data = match (&stack, self.ox(u, Some(&e.name), "metacopy")?) {
                                 (Some(s), Some(_)) => {
                                     let comps: Vec<OsString> =
-                                        match overlay_xattr(u, Some(&e.name), "redirect")? {
+                                        match self.ox(u, Some(&e.name), "redirect")? {
                                             Some(v) => redirect_target(&r, &v)
                                                 .components()
                                                 .skip(1)
