@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use overlay::layers::apply::{apply_file, ApplyOptions, Format};
 use overlay::layers::compress::Compression;
-use overlay::layers::export::{export_file, ExportOptions};
+use overlay::layers::export::{export, ExportOptions};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -129,10 +129,12 @@ fn main() {
         let f = d.join("c-ours.tar");
         sync();
         let t = Instant::now();
-        export_file(
+        // Into a plain file, as `tar -cf` writes (export_file also fsyncs before its rename).
+        let out = std::fs::File::create(&f).unwrap();
+        export(
             &[] as &[&Path],
             &src,
-            &f,
+            out,
             &ExportOptions {
                 compression: Compression::None,
                 ..Default::default()

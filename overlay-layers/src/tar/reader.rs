@@ -91,6 +91,8 @@ pub struct TarReader<R> {
     /// Data left of the current entry (stored bytes, then padding).
     pending: u64,
     finished: bool,
+    /// The data buffer, reused across entries.
+    buf: Vec<u8>,
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -123,6 +125,7 @@ impl<R: Read> TarReader<R> {
             global_xattrs: Vec::new(),
             pending: 0,
             finished: false,
+            buf: Vec::new(),
         }
     }
 
@@ -693,8 +696,21 @@ impl<R: Read> TarReader<R> {
             Some(s) => s.clone(),
             None => vec![(0, entry.stored)],
         };
-        let mut buf = vec![0u8; 128 * 1024];
-        for (mut off, mut len) in segs {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(128 * 1024, 0);
+        let r = self.copy_segments(entry, &segs, &mut buf, &mut sink);
+        self.buf = buf;
+        r
+    }
+
+    fn copy_segments(
+        &mut self,
+        entry: &Entry,
+        segs: &[(u64, u64)],
+        buf: &mut [u8],
+        sink: &mut impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ReadError> {
+        for &(mut off, mut len) in segs {
             while len > 0 {
                 let k = len.min(buf.len() as u64) as usize;
                 self.read_exact(&mut buf[..k]).map_err(|e| {
