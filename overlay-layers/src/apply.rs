@@ -193,6 +193,9 @@ fn apply_named(
         },
     );
     let root = Root::open(target)?;
+    let fresh = target::list(root.fd())
+        .map_err(|e| Error::errno(target, "cannot read the target directory", e))?
+        .is_empty();
     let euid_root = rustix::process::geteuid().is_root();
     let mut a = Applier {
         root,
@@ -204,6 +207,8 @@ fn apply_named(
         }),
         same_owner: opts.same_owner.unwrap_or(euid_root),
         written: HashSet::new(),
+        fresh,
+        present: HashSet::new(),
         dirs: Vec::new(),
         report: ApplyReport {
             compression,
@@ -280,6 +285,10 @@ struct Applier {
     same_owner: bool,
     /// Paths this archive wrote (whiteouts and opaque markers never remove them).
     written: HashSet<Vec<u8>>,
+    /// The target was empty at the start: only names in `present` can exist.
+    fresh: bool,
+    /// Every name this apply created (entries, implied directories, whiteouts).
+    present: HashSet<Vec<u8>>,
     /// Directories whose mode and mtime are set at the end: (components, mode, mtime).
     dirs: Vec<DirMeta>,
     report: ApplyReport,
@@ -324,12 +333,13 @@ impl Applier {
                     .map_err(|er| self.fail(e, format!("dup: {er}")));
             }
         }
-        let written = &mut self.written;
+        let (written, present) = (&mut self.written, &mut self.present);
         let fd = self
             .root
             .dir(comps, true, &mut |parent, _, name| {
                 let mut p = parent.to_vec();
                 p.push(name.to_vec());
+                present.insert(join(&p));
                 written.insert(join(&p));
             })
             .map_err(|w| match w {
@@ -389,9 +399,14 @@ impl Applier {
         let parent = self.parent(e, parent_comps)?;
         let nm = OsStr::from_bytes(name);
         let key = join(&comps);
-        // What is there now: kept if both are directories, otherwise replaced.
-        let existing = target::lstat(parent.as_fd(), nm)
-            .map_err(|er| self.fail(e, format!("cannot stat it in the target: {er}")))?;
+        // What is there now: kept if both are directories, otherwise replaced. In a target
+        // that was empty, only what this archive made can be there (no lstat needed).
+        let existing = if self.fresh && !self.present.contains(&key) {
+            None
+        } else {
+            target::lstat(parent.as_fd(), nm)
+                .map_err(|er| self.fail(e, format!("cannot stat it in the target: {er}")))?
+        };
         if let Some(st) = existing {
             let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
             if !(is_dir && e.kind == EntryType::Dir) {
@@ -467,6 +482,7 @@ impl Applier {
                 self.special(e, &comps, parent.as_fd(), nm)?;
             }
         }
+        self.present.insert(key.clone());
         self.written.insert(key);
         Ok(())
     }
@@ -694,6 +710,7 @@ impl Applier {
             }
             Err(er) => return Err(self.fail(e, format!("cannot create the whiteout: {er}"))),
         }
+        self.present.insert(key);
         let _ = rustix::fs::utimensat(&parent, nm, &ts(e.mtime), AtFlags::SYMLINK_NOFOLLOW);
         Ok(())
     }
