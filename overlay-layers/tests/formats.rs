@@ -120,7 +120,7 @@ fn changes_and_check_are_library_calls() {
     fs::write(up.join("etc/c"), b"c").unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &up.join("etc/b"),
+        up.join("etc/b"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0),
         0,
@@ -178,7 +178,7 @@ fn squash_into_an_erofs_image() {
     fs::write(up.join("new"), b"n").unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &up.join("gone"),
+        up.join("gone"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0),
         0,
