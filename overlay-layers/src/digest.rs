@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 /// Hashes and counts what is written through it.
 pub struct HashWriter<W> {
     inner: W,
-    hash: Sha256,
+    hash: Option<Sha256>,
     count: u64,
 }
 
@@ -16,14 +16,28 @@ impl<W> HashWriter<W> {
     pub fn new(inner: W) -> Self {
         HashWriter {
             inner,
-            hash: Sha256::new(),
+            hash: Some(Sha256::new()),
             count: 0,
         }
     }
 
-    /// `(sha256:<hex>, bytes, inner)`.
+    /// Count only (when the digest is known otherwise: an uncompressed layer's digest is
+    /// its diff_id).
+    pub fn counting(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hash: None,
+            count: 0,
+        }
+    }
+
+    /// `(sha256:<hex>, bytes, inner)`; the digest is empty for a counting-only writer.
     pub fn finish(self) -> (String, u64, W) {
-        (hex(self.hash.finalize().as_slice()), self.count, self.inner)
+        let d = self
+            .hash
+            .map(|h| hex(h.finalize().as_slice()))
+            .unwrap_or_default();
+        (d, self.count, self.inner)
     }
 
     /// Bytes so far.
@@ -40,7 +54,9 @@ impl<W> HashWriter<W> {
 impl<W: Write> Write for HashWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }

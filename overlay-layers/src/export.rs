@@ -219,7 +219,12 @@ fn export_named<L: AsRef<Path>>(
     } else {
         None
     };
-    let enc = Encoder::new(HashWriter::new(out), opts.compression).map_err(io)?;
+    // Uncompressed, the layer is the tar: its digest is the diff_id, hashed once.
+    let outer = match opts.compression {
+        Compression::None => HashWriter::counting(out),
+        _ => HashWriter::new(out),
+    };
+    let enc = Encoder::new(outer, opts.compression).map_err(io)?;
     let w = BufWriter::with_capacity(256 * 1024, HashWriter::new(enc));
     let mut x = Exporter {
         tar: TarWriter::new(w),
@@ -262,6 +267,11 @@ fn export_named<L: AsRef<Path>>(
     let (diff_id, tar_size, enc) = hw.finish();
     let outer = enc.finish().map_err(io)?;
     let (digest, size, mut out) = outer.finish();
+    let digest = if digest.is_empty() {
+        diff_id.clone()
+    } else {
+        digest
+    };
     out.flush().map_err(io)?;
     Ok(ExportedLayer {
         diff_id,
