@@ -510,6 +510,23 @@ fn walk(
     Ok(())
 }
 
+/// Where an entry's redirect points, as lower path components: an absolute redirect names
+/// the path; a relative one names a sibling in the lowers, that is inside `lower_parent`, the
+/// parent's own place in the lowers (which a redirect of the parent moved).
+pub(crate) fn redirect_from(lower_parent: &[OsString], value: &[u8]) -> Vec<OsString> {
+    let v = value.strip_suffix(b"\0").unwrap_or(value);
+    if v.starts_with(b"/") {
+        v.split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .map(|c| OsStr::from_bytes(c).to_os_string())
+            .collect()
+    } else {
+        let mut p = lower_parent.to_vec();
+        p.push(OsStr::from_bytes(v).to_os_string());
+        p
+    }
+}
+
 /// Where a redirected directory's content comes from: absolute redirects start with `/`,
 /// relative ones name a sibling.
 pub(crate) fn redirect_target(rel: &[OsString], value: &[u8]) -> PathBuf {

@@ -25,7 +25,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use serde::Serialize;
 
-use crate::changes::redirect_target;
+use crate::changes::redirect_from;
 use crate::error::Error;
 use crate::layer_dir::{Entry, EntryKind, LayerDir};
 use crate::target::{self, Root};
@@ -203,21 +203,7 @@ impl Committer {
 
     /// The target directory at `rel`, if it exists as a directory.
     fn tdir(&mut self, rel: &[OsString]) -> Result<Option<OwnedFd>, Error> {
-        let mut rel = rel.to_vec();
-        if self.opts.dry_run {
-            // Inside a directory the real run moves here: look at its old place.
-            let best = self
-                .staged
-                .iter()
-                .filter(|(new, _, s)| s.is_some() && rel.starts_with(new))
-                .max_by_key(|(new, _, _)| new.len());
-            if let Some((new, old, _)) = best {
-                let mut r = old.clone();
-                r.extend(rel[new.len()..].iter().cloned());
-                rel = r;
-            }
-        }
-        let rel = &rel[..];
+        let rel = &self.translate(rel)[..];
         match self.root.dir(&bytes(rel), false, &mut |_, _, _| {}) {
             Ok(fd) => Ok(Some(fd)),
             Err(target::WalkError::Missing(_)) if self.opts.dry_run => Ok(None),
@@ -230,30 +216,57 @@ impl Committer {
         }
     }
 
+    /// Dry run: where `rel` is in the target now, inside a directory the real run moves to
+    /// `rel` (its old place). The path itself otherwise.
+    fn translate(&self, rel: &[OsString]) -> Vec<OsString> {
+        if !self.opts.dry_run {
+            return rel.to_vec();
+        }
+        let best = self
+            .staged
+            .iter()
+            .filter(|(new, _, s)| s.is_some() && rel.starts_with(new))
+            .max_by_key(|(new, _, _)| new.len());
+        match best {
+            Some((new, old, _)) => {
+                let mut r = old.clone();
+                r.extend(rel[new.len()..].iter().cloned());
+                r
+            }
+            None => rel.to_vec(),
+        }
+    }
+
     /// Move the old places of renamed directories (and renamed metacopy files) aside first,
     /// so that deleting their old names does not lose them.
     fn stage_renames(&mut self, up: &LayerDir) -> Result<(), Error> {
         let ns = self.opts.xattr_namespace;
         let mut found = Vec::new();
-        let mut stack: Vec<(LayerDir, Vec<OsString>)> = vec![(up.try_clone()?, Vec::new())];
-        while let Some((d, rel)) = stack.pop() {
+        // (upper directory, its path, its path in the lowers: where a relative redirect of
+        // an entry in it points, as the kernel resolves it).
+        let mut stack: Vec<(LayerDir, Vec<OsString>, Vec<OsString>)> =
+            vec![(up.try_clone()?, Vec::new(), Vec::new())];
+        while let Some((d, rel, lower_rel)) = stack.pop() {
             for e in d.entries()? {
                 let mut r = rel.to_vec();
                 r.push(e.name.clone());
                 let is_dir = e.kind() == EntryKind::Dir;
                 let redirect = ns_xattr(&d, Some(&e.name), "redirect", ns)?;
-                if let Some(v) = &redirect {
-                    if is_dir || ns_xattr(&d, Some(&e.name), "metacopy", ns)?.is_some() {
-                        let from: Vec<OsString> = redirect_target(&r, v)
-                            .components()
-                            .skip(1)
-                            .map(|c| c.as_os_str().to_os_string())
-                            .collect();
-                        found.push((r.clone(), from));
+                let from: Vec<OsString> = match &redirect {
+                    Some(v) => redirect_from(&lower_rel, v),
+                    None => {
+                        let mut l = lower_rel.clone();
+                        l.push(e.name.clone());
+                        l
                     }
+                };
+                if redirect.is_some()
+                    && (is_dir || ns_xattr(&d, Some(&e.name), "metacopy", ns)?.is_some())
+                {
+                    found.push((r.clone(), from.clone()));
                 }
                 if is_dir {
-                    stack.push((d.open_child(&e.name)?, r));
+                    stack.push((d.open_child(&e.name)?, r, from));
                 }
             }
         }
@@ -413,8 +426,14 @@ impl Committer {
                 None => None,
             };
             // A dry run sees the old places of renamed entries as the real run will: moved.
+            // (The target path looked at is the parent's place now plus the name.)
+            let probe = {
+                let mut p = self.translate(rel);
+                p.push(e.name.clone());
+                p
+            };
             let existing =
-                existing.filter(|_| !(self.opts.dry_run && self.moved_away.contains(&r)));
+                existing.filter(|_| !(self.opts.dry_run && self.moved_away.contains(&probe)));
             let xwhiteout = parent_x
                 && e.file_type() == FileType::RegularFile
                 && e.stat.st_size == 0
@@ -663,6 +682,12 @@ impl Committer {
                     ),
                 ));
             };
+            // A directory in the way cannot be renamed over: it goes first.
+            if existing.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+            {
+                target::remove_tree(t.as_fd(), &e.name)
+                    .map_err(|er| self.terr(rel, "cannot delete", er))?;
+            }
             let st = self.staging_dir()?;
             rustix::fs::renameat(st, &s, t, &e.name)
                 .map_err(|er| self.terr(rel, "cannot move into place", er))?;

@@ -33,7 +33,7 @@ use overlay_core::XattrNamespace;
 use rustix::fs::{FileType, SeekFrom};
 use serde::Serialize;
 
-use crate::changes::{redirect_target, DiffOptions, LowerEntry, LowerStack};
+use crate::changes::{redirect_from, DiffOptions, LowerEntry, LowerStack};
 use crate::compress::{Compression, Encoder};
 use crate::digest::HashWriter;
 use crate::error::Error;
@@ -149,14 +149,35 @@ type XattrList = Vec<(String, Vec<u8>)>;
 /// Work items of the (iterative) walk.
 enum Work {
     /// An upper directory, compared with the lowers (normal export).
-    Upper { dir: LayerDir, rel: Vec<OsString> },
+    Upper {
+        dir: LayerDir,
+        rel: Vec<OsString>,
+        low: Vec<OsString>,
+    },
     /// A directory exported with its full merged content (under a renamed directory):
     /// an optional upper directory over lower directories (top-first).
     Full {
         upper: Option<LayerDir>,
         lowers: Vec<LayerDir>,
         rel: Vec<OsString>,
+        low: Vec<OsString>,
     },
+}
+
+/// `low` + `name`.
+fn child(low: &[OsString], name: &OsStr) -> Vec<OsString> {
+    let mut v = low.to_vec();
+    v.push(name.to_os_string());
+    v
+}
+
+/// `/a/b` of components.
+fn path_of(comps: &[OsString]) -> PathBuf {
+    let mut p = PathBuf::from("/");
+    for c in comps {
+        p.push(c);
+    }
+    p
 }
 
 /// A directory being walked, and how far.
@@ -245,13 +266,26 @@ fn export_named<L: AsRef<Path>>(
     let mut frames: Vec<Frame> = vec![Frame::new(Work::Upper {
         dir: root,
         rel: Vec::new(),
+        low: Vec::new(),
     })];
     while let Some(f) = frames.last_mut() {
         let child = match &f.work {
-            Work::Upper { dir, rel } => x.upper_dir(dir, rel, &mut f.upper_list, &mut f.next)?,
-            Work::Full { upper, lowers, rel } => {
-                x.full_dir(upper.as_ref(), lowers, rel, &mut f.full_list, &mut f.next)?
+            Work::Upper { dir, rel, low } => {
+                x.upper_dir(dir, rel, low, &mut f.upper_list, &mut f.next)?
             }
+            Work::Full {
+                upper,
+                lowers,
+                rel,
+                low,
+            } => x.full_dir(
+                upper.as_ref(),
+                lowers,
+                rel,
+                low,
+                &mut f.full_list,
+                &mut f.next,
+            )?,
         };
         match child {
             Some(w) => frames.push(Frame::new(w)),
@@ -513,7 +547,7 @@ impl<W: Write> Exporter<W> {
         &self,
         dir: &LayerDir,
         e: &Entry,
-        rel: &[OsString],
+        low: &[OsString],
     ) -> Result<Option<(LayerDir, OsString)>, Error> {
         if self.ox(dir, Some(&e.name), "metacopy")?.is_none() {
             return Ok(None);
@@ -526,12 +560,8 @@ impl<W: Write> Exporter<W> {
             ));
         };
         let comps: Vec<OsString> = match self.ox(dir, Some(&e.name), "redirect")? {
-            Some(v) => redirect_target(rel, &v)
-                .components()
-                .skip(1)
-                .map(|c| c.as_os_str().to_os_string())
-                .collect(),
-            None => rel.to_vec(),
+            Some(v) => redirect_from(low, &v),
+            None => child(low, &e.name),
         };
         let found = find_lower_file(stack, &comps)?;
         match found {
@@ -556,6 +586,7 @@ impl<W: Write> Exporter<W> {
         &mut self,
         dir: &LayerDir,
         rel: &[OsString],
+        low: &[OsString],
         listed: &mut Option<(Vec<Entry>, bool)>,
         next: &mut usize,
     ) -> Result<Option<Work>, Error> {
@@ -582,7 +613,7 @@ impl<W: Write> Exporter<W> {
                     self.emit_dir(&src, path.clone())?;
                     let sub = dir.open_child(&e.name)?;
                     if let Some(v) = self.ox(dir, Some(&e.name), "redirect")? {
-                        let from = redirect_target(&r, &v);
+                        let from = path_of(&redirect_from(low, &v));
                         let comps: Vec<OsString> = from
                             .components()
                             .skip(1)
@@ -609,12 +640,17 @@ impl<W: Write> Exporter<W> {
                             upper: Some(sub),
                             lowers,
                             rel: r,
+                            low: redirect_from(low, &v),
                         }));
                     } else {
                         if self.ox(dir, Some(&e.name), "opaque")?.as_deref() == Some(b"y") {
                             self.emit_opaque(&path, self.mtime(&e.stat))?;
                         }
-                        return Ok(Some(Work::Upper { dir: sub, rel: r }));
+                        return Ok(Some(Work::Upper {
+                            dir: sub,
+                            rel: r,
+                            low: child(low, &e.name),
+                        }));
                     }
                 }
                 EntryKind::Other => {
@@ -622,7 +658,7 @@ impl<W: Write> Exporter<W> {
                         self.emit_whiteout(&path, &e.name, self.mtime(&e.stat))?;
                         continue;
                     }
-                    let data = self.metacopy_data(dir, &e, &r)?;
+                    let data = self.metacopy_data(dir, &e, low)?;
                     let src = Source { dir, entry: &e };
                     self.emit_other(&src, path, data.as_ref().map(|(d, n)| (d, n.as_os_str())))?;
                 }
@@ -637,6 +673,7 @@ impl<W: Write> Exporter<W> {
         upper: Option<&LayerDir>,
         lowers: &[LayerDir],
         rel: &[OsString],
+        low: &[OsString],
         listed: &mut Option<(Vec<OsString>, Vec<Entry>, bool)>,
         next: &mut usize,
     ) -> Result<Option<Work>, Error> {
@@ -681,7 +718,7 @@ impl<W: Write> Exporter<W> {
                             {
                                 (_, true, _) => Vec::new(),
                                 (Some(s), false, Some(v)) => {
-                                    let from = redirect_target(&r, &v);
+                                    let from = path_of(&redirect_from(low, &v));
                                     let comps: Vec<OsString> = from
                                         .components()
                                         .skip(1)
@@ -701,10 +738,15 @@ impl<W: Write> Exporter<W> {
                                 }
                                 _ => Vec::new(),
                             };
+                            let child_low = match self.ox(u, Some(&name), "redirect")? {
+                                Some(v) => redirect_from(low, &v),
+                                None => child(low, &name),
+                            };
                             return Ok(Some(Work::Full {
                                 upper: Some(sub),
                                 lowers: below,
                                 rel: r,
+                                low: child_low,
                             }));
                         }
                         EntryKind::Other => {
@@ -712,7 +754,7 @@ impl<W: Write> Exporter<W> {
                                 (Some(s), Some(_)) => {
                                     let comps: Vec<OsString> =
                                         match self.ox(u, Some(&e.name), "redirect")? {
-                                            Some(v) => redirect_target(&r, &v)
+                                            Some(v) => path_of(&redirect_from(low, &v))
                                                 .components()
                                                 .skip(1)
                                                 .map(|c| c.as_os_str().to_os_string())
@@ -771,6 +813,7 @@ impl<W: Write> Exporter<W> {
                             upper: None,
                             lowers: d,
                             rel: r,
+                            low: child(low, &name),
                         }));
                     }
                     LowerEntry::Other => {

@@ -190,3 +190,26 @@ fn commit_turns_the_target_into_the_merged_view() {
 fn commit_turns_the_target_into_the_merged_view_with_redirects() {
     run(60, |ops| commit_case(ops, REDIRECT));
 }
+
+/// Regressions found by the generator (redirected directory holding a renamed metacopy file).
+#[test]
+fn commit_regressions() {
+    common::init();
+    if !common::require_mounts() {
+        return;
+    }
+    use common::ops::RenameMode::Plain;
+    let r = |from: &str, to: &str| Op::Rename {
+        from: from.into(),
+        to: to.into(),
+        mode: Plain,
+    };
+    for ops in [
+        vec![r("m/a", "m/b"), r("m", "o/a")],
+        vec![r("m/c", "c"), r("m", "o/c")],
+    ] {
+        if let Err(e) = commit_case(&ops, REDIRECT) {
+            panic!("{ops:?}: {e}");
+        }
+    }
+}
