@@ -116,6 +116,7 @@ pub fn commit(
         dirs: Vec::new(),
         counter: 0,
         moved_away: Default::default(),
+        created: Default::default(),
     };
     let up = LayerDir::open_root(upper)?;
     c.stage_renames(&up)?;
@@ -146,6 +147,8 @@ struct Committer {
     counter: u64,
     /// Dry run: old places of renamed entries the real run would move aside.
     moved_away: std::collections::HashSet<Vec<OsString>>,
+    /// Directories this commit creates anew (their old content is not there).
+    created: std::collections::HashSet<Vec<OsString>>,
 }
 
 fn bytes(c: &[OsString]) -> Vec<Vec<u8>> {
@@ -203,6 +206,22 @@ impl Committer {
 
     /// The target directory at `rel`, if it exists as a directory.
     fn tdir(&mut self, rel: &[OsString]) -> Result<Option<OwnedFd>, Error> {
+        // A dry run: a directory the real run creates anew is empty there, unless a
+        // directory moved in below it brings content.
+        if self.opts.dry_run {
+            let created = (1..=rel.len())
+                .rev()
+                .find(|&i| self.created.contains(&rel[..i]));
+            let moved = self
+                .staged
+                .iter()
+                .filter(|(new, _, s)| s.is_some() && rel.starts_with(new))
+                .map(|(new, _, _)| new.len())
+                .max();
+            if created.is_some_and(|c| moved.is_none_or(|m| c >= m)) {
+                return Ok(None);
+            }
+        }
         let rel = &self.translate(rel)[..];
         match self.root.dir(&bytes(rel), false, &mut |_, _, _| {}) {
             Ok(fd) => Ok(Some(fd)),
@@ -453,6 +472,9 @@ impl Committer {
                             self.remove(tfd.as_ref(), &r)?;
                         }
                         self.push(&r, Action::Move, Some(shown(&old)));
+                        if sname.is_none() || opaque {
+                            self.created.insert(r.clone());
+                        }
                         if !self.opts.dry_run {
                             let t = tfd.as_ref().expect("parent exists when not a dry run");
                             match (sname, opaque) {
@@ -475,6 +497,7 @@ impl Committer {
                         } else {
                             self.push(&r, Action::Add, None);
                         }
+                        self.created.insert(r.clone());
                         if !self.opts.dry_run {
                             let t = tfd.as_ref().expect("parent exists when not a dry run");
                             rustix::fs::mkdirat(t, &e.name, Mode::from_raw_mode(0o700))
