@@ -93,6 +93,9 @@ impl FuseMount {
         if req.options.read_only {
             opts.extend(b",ro");
         }
+        if req.squash_to_root {
+            opts.extend(b",squash_to_root");
+        }
         // The same per-mount flags as a kernel overlay of this request (nodev,nosuid unless
         // asked otherwise; ovl-fuse's own default is nodev,nosuid too).
         let o = &req.options;
@@ -100,6 +103,11 @@ impl FuseMount {
         opts.extend(if o.nosuid { &b",nosuid"[..] } else { b",suid" });
         if o.noexec {
             opts.extend(b",noexec");
+        }
+        // ovl-fuse mounts noatime unless told otherwise: the daemon keeps no atime of its
+        // own, so relatime is as good as noatime there; strictatime is passed on.
+        if o.atime == overlay_core::Atime::Strictatime {
+            opts.extend(b",strictatime");
         }
         let opts = OsString::from_vec(opts);
         // A private directory of ours for the daemon's pid file and, unless the caller

@@ -174,6 +174,7 @@ pub struct Request {
     namespace: Namespace,
     scratch: Option<PathBuf>,
     fuse_log: Option<PathBuf>,
+    squash_to_root: bool,
 }
 
 impl Request {
@@ -192,7 +193,20 @@ impl Request {
             namespace: Namespace::Current,
             scratch: None,
             fuse_log: None,
+            squash_to_root: false,
         }
+    }
+
+    /// Show every file as owned by root (uid and gid 0), whoever owns it in the layers; a
+    /// chown through the mount succeeds and changes nothing, and copy-up leaves copies owned
+    /// by the mounting user. With [`Namespace::Private`] and no privilege, that is a
+    /// root-like view for an unprivileged user: root inside the user namespace over files
+    /// that look like root's, so `/usr` can be changed on a throwaway upper (only what the
+    /// user cannot read, such as a 0600 file of root, cannot be copied up). Only the FUSE
+    /// backend can squash ownership: the kernel backends are skipped.
+    pub fn squash_to_root(mut self, squash: bool) -> Self {
+        self.squash_to_root = squash;
+        self
     }
 
     /// Set the upper layer.
@@ -901,7 +915,15 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
     let mut last_err: Option<Error> = None;
 
     // 2. The kernel overlay.
-    if try_kernel {
+    if try_kernel && req.squash_to_root {
+        reasons.push(
+            "kernel: not tried: only the FUSE backend shows every file as owned by root (squash_to_root)"
+                .into(),
+        );
+        if req.backend == Backend::Kernel {
+            return Err(Error::NoBackend { target, reasons });
+        }
+    } else if try_kernel {
         let kernel_ok = if in_userns {
             probe.backend("kernel-userns")
         } else {

@@ -111,6 +111,21 @@ pub enum BackendArg {
     Fuse,
 }
 
+/// Who the files seem to belong to in `ovl run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OwnersArg {
+    /// `root` for a user without privileges when a lower holds files of others (its top
+    /// directory is not the user's), else `real`.
+    #[default]
+    Auto,
+    /// Every file seems root's and the command is root over them (FUSE backend, ownership
+    /// squashed); what it creates is stored as the calling user's.
+    Root,
+    /// The owners stored in the layers (files of users the namespace does not map show
+    /// as nobody).
+    Real,
+}
+
 /// How the upper layer is provided (shared by `mount` and `run`).
 #[derive(Debug, Clone, Args, Default)]
 pub struct UpperArgs {
@@ -148,6 +163,18 @@ Kernel-style options are accepted too: -o lowerdir=TOP:...:BOTTOM,upperdir=U,wor
 (note: lowerdir is TOP-first there, as mount(8) takes it; `\\:` escapes a colon and `\\,`
 a comma). Other -o options (userxattr, redirect_dir=, metacopy=, index=, volatile, ro) are
 passed to the kernel overlay.
+
+MOUNT FLAGS (-o, both backends):
+  rw (default) | ro          read-write or read-only
+  nosuid (default) | suid    ignore or honour set-user/group-ID bits and file capabilities
+  nodev (default) | dev      refuse or allow device nodes
+  exec (default) | noexec    allow or refuse running programs
+  relatime (default) | noatime | strictatime, diratime (default) | nodiratime
+                             access-time updates (the FUSE backend is always noatime unless
+                             strictatime is given: its daemon keeps no atime of its own)
+The defaults are rw,nosuid,nodev,exec,relatime: a set-uid program does not run as its owner
+and device nodes do not open until -o suid / -o dev are given (as fuse-overlayfs and
+container tools mount). `-o defaults` is accepted and changes nothing.
 
 Upper and workdir must not overlap a lower or the mount point. That is checked before
 anything is created, and a mount that fails later removes the directories it created.
@@ -211,10 +238,24 @@ filesystems mounted below it) is the lower, CMD is chrooted into the overlay, an
 /sys are bound in from the host. As a non-root user --root needs the FUSE backend: the kernel
 refuses, inside a user namespace, a lower that has other filesystems mounted below it.
 
-Works for non-root users: ovl enters a new user namespace (mapping the caller to root inside,
-like `unshare -r`) and mounts the kernel overlay with userxattr, or falls back to FUSE. Files
-of other users (e.g. root's in /usr) show up as owned by nobody there, and root inside cannot
-change them: give such a user a target they own, or use the FUSE backend.
+MOUNT FLAGS: -o takes the flags of `ovl mount -o` (ro, [no]suid, [no]dev, [no]exec,
+relatime, noatime, strictatime, [no]diratime) and its overlay options; the defaults are
+rw,nosuid,nodev,exec,relatime, so test a set-uid program with -o suid (as root).
+
+OWNERSHIP (non-root users): ovl enters a new user namespace in which the caller is root
+(uid and gid 0 map to the caller's own ids only, like `unshare -r`; /etc/subuid ranges are
+not used). What CMD sees then depends on --owners:
+  root   (the default when a lower's top directory belongs to someone else, e.g. /usr or /)
+         the FUSE backend shows every file and directory as owned by root (uid 0, gid 0);
+         CMD is root over them: it can delete, create, chmod (set-uid bits included) and
+         chown (which succeeds and changes nothing: everything stays root's). Files are
+         stored in the upper as the calling user's. A file the caller cannot read on the host
+         (a 0600 file of root) cannot be copied up: changing it fails with EACCES, and ovl
+         names it afterwards. Needs a usable /dev/fuse (see `ovl probe`).
+  real   (the default for lowers of your own) the kernel overlay with userxattr (or FUSE):
+         files of other users show as owned by nobody and cannot be changed; your own
+         files are root's inside.
+As root (or with CAP_SYS_ADMIN) nothing is squashed: CMD sees the real owners.
 
 The exit status is CMD's.";
 
@@ -228,6 +269,12 @@ EXAMPLES:
 
     A throwaway root file system, changes kept in ./state across runs:
         ovl run --root --upper ./state -- sh
+
+    As a normal user: be root over a throwaway /usr (the host's /usr is untouched):
+        ovl run --tmp --target /usr -- sh -c 'rm -rf /usr/share/doc && touch /usr/bin/new'
+
+    Test a set-uid program (as root; the default is nosuid):
+        ovl run -o suid --target /usr/local -- ./test-setuid.sh
 
     Extra layers on top of /opt (bottom-first, /opt itself is not a lower then):
         ovl run --target /opt --lower /opt --lower ./plugin-layer -- ls /opt";
@@ -401,6 +448,17 @@ pub struct RunArgs {
     /// Which backend mounts the stack.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+
+    /// Mount flags and overlay options, comma-separated (repeatable): ro, rw, [no]suid,
+    /// [no]dev, [no]exec, relatime, noatime, strictatime, [no]diratime, and the overlay
+    /// options of `ovl mount -o` (layers are given with --lower/--upper here). Default:
+    /// rw,nosuid,nodev,exec,relatime.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// Who the files seem to belong to (see OWNERSHIP below).
+    #[arg(long, value_enum, default_value_t = OwnersArg::Auto)]
+    pub owners: OwnersArg,
 
     /// The command and its arguments (after `--`).
     #[arg(value_name = "CMD", required = true, last = true)]

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use overlay::core::{OverlayMountOptions, RedirectDir, UuidMode, Verity, Xino};
+use overlay::core::{Atime, OverlayMountOptions, RedirectDir, UuidMode, Verity, Xino};
 use overlay::{Backend, Namespace, Request, Upper};
 
 use crate::cli::{BackendArg, MountArgs, ProbeArgs, StatusArgs, UmountArgs, UpperArgs};
@@ -83,10 +83,17 @@ pub fn overlay_options(opts: &[(String, Option<String>)]) -> Result<OverlayMount
             "dev" => o.nodev = false,
             "noexec" => o.noexec = true,
             "exec" => o.noexec = false,
+            "relatime" => o.atime = Atime::Relatime,
+            "noatime" => o.atime = Atime::Noatime,
+            "strictatime" | "atime" => o.atime = Atime::Strictatime,
+            "nodiratime" => o.nodiratime = true,
+            "diratime" => o.nodiratime = false,
+            // mount(8)'s `defaults`: rw,suid,dev,exec,async. ovl's own defaults stay
+            // (nosuid,nodev): `-o defaults` is accepted as mount(8) accepts it.
             "defaults" => {}
             _ => {
                 return Err(CliError::msg(format!(
-                    "-o {k}: unknown overlay option (known: redirect_dir, index, metacopy, nfs_export, xino, uuid, verity, volatile, userxattr, ro, rw, [no]suid, [no]dev, [no]exec)"
+                    "-o {k}: unknown overlay option (known: redirect_dir, index, metacopy, nfs_export, xino, uuid, verity, volatile, userxattr, ro, rw, [no]suid, [no]dev, [no]exec, relatime, noatime, strictatime, [no]diratime)"
                 )))
             }
         }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use overlay::{Chosen, Namespace, Request, Upper};
 
-use crate::cli::RunArgs;
+use crate::cli::{OwnersArg, RunArgs};
 use crate::error::CliError;
 use crate::state::Registry;
 
@@ -69,6 +69,92 @@ fn check_keep_dir(d: &Path) -> Result<(), CliError> {
     }
 }
 
+/// The `-o` options of `ovl run`: mount flags and overlay options; the layers come from
+/// `--lower`/`--upper`.
+fn run_options(args: &[String]) -> Result<overlay::core::OverlayMountOptions, CliError> {
+    let k = crate::mountopts::parse_kernel_style(args)?;
+    if !k.lowers.is_empty() || k.upper.is_some() || k.work.is_some() {
+        return Err(CliError::msg(
+            "ovl run -o takes mount flags and overlay options; give the layers with --lower and --upper",
+        ));
+    }
+    crate::commands::overlay_options(&k.options)
+}
+
+/// Whether `ovl run` squashes ownership to root (see `--owners`): asked for, or by default
+/// for a caller without privileges over a lower whose top directory belongs to someone else.
+fn squash_owners(owners: OwnersArg, lowers: &[PathBuf]) -> bool {
+    match owners {
+        OwnersArg::Root => true,
+        OwnersArg::Real => false,
+        OwnersArg::Auto => {
+            if overlay::core::mount::has_cap_sys_admin_in_initial_namespace() {
+                return false;
+            }
+            let me = rustix::process::geteuid().as_raw();
+            lowers.iter().any(|l| {
+                std::fs::metadata(l).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) != me)
+            })
+        }
+    }
+}
+
+/// The FUSE daemon's log in a private directory of ours, read after the command for the
+/// files it could not copy up. Removed on drop.
+struct DaemonLog {
+    dir: PathBuf,
+}
+
+impl DaemonLog {
+    fn new(scratch: &Path) -> Result<DaemonLog, CliError> {
+        overlay::core::mount::private_dir_in(scratch, "ovl-run-log")
+            .map(|dir| DaemonLog { dir })
+            .map_err(|e| {
+                CliError::msg(format!(
+                    "cannot make a directory for the FUSE daemon's log: {e}"
+                ))
+            })
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    /// One line per file the daemon refused to copy up (see
+    /// `overlay_fuse::COPY_UP_REFUSED`): the command only got EACCES.
+    fn report_refused_copy_ups(&self) {
+        let Ok(text) = std::fs::read(self.file()) else {
+            return;
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for line in String::from_utf8_lossy(&text).lines() {
+            let Some((_, rest)) = line.split_once(COPY_UP_REFUSED) else {
+                continue;
+            };
+            let (path, cause) = rest
+                .rsplit_once(": ")
+                .unwrap_or((rest, "permission denied"));
+            let cause = cause.split(" (os error").next().unwrap_or(cause);
+            if seen.insert(path.to_string()) {
+                crate::say(format_args!(
+                    "ovl: {path}: cannot be copied up to be changed: {cause}: you cannot read it outside the namespace (e.g. a 0600 file of root), so it stays read-only here"
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for DaemonLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.file());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// How `ovl-fuse` starts the log line of a copy-up it was not allowed to do
+/// (`overlay_fuse::COPY_UP_REFUSED`).
+const COPY_UP_REFUSED: &str = "copy-up refused: ";
+
 /// `ovl run`.
 pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     let target = match &a.target {
@@ -102,6 +188,8 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         }
         None => None,
     };
+    let options = run_options(&a.options)?;
+    let squash = squash_owners(a.owners, &lowers);
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let reg = Registry::open();
     let scratch = reg.scratch_dir()?;
@@ -121,11 +209,22 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         }
     };
 
-    let req = Request::new(lowers)
+    // With squashed ownership the daemon's log names the files it could not copy up.
+    let log = if squash {
+        Some(DaemonLog::new(&scratch)?)
+    } else {
+        None
+    };
+    let mut req = Request::new(lowers)
         .upper(upper.clone())
+        .options(options)
+        .squash_to_root(squash)
         .backend(a.backend.into())
         .namespace(Namespace::Private)
         .scratch_dir(&scratch);
+    if let Some(l) = &log {
+        req = req.fuse_log(l.file());
+    }
     let mut mounted = match overlay::mount(&req, &mountpoint) {
         Ok(m) => m,
         Err(e) => {
@@ -183,6 +282,10 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
             code
         }
     };
+
+    if let Some(l) = &log {
+        l.report_refused_copy_ups();
+    }
 
     // Unmount the overlay (and anything bound into it), keep the changes if asked, release
     // the upper.

@@ -10,7 +10,7 @@ use rustix::mount::{MountAttrFlags, MountFlags};
 use crate::error::{Error, Result};
 use crate::format::XattrNamespace;
 use crate::mount::child::{LegacyMount, MountApi, Param, ParamValue, PreparedMount};
-use crate::mount::options::{MountContext, OverlayMountOptions, ResolvedOptions};
+use crate::mount::options::{Atime, MountContext, OverlayMountOptions, ResolvedOptions};
 use crate::stack::{LayerStack, LowerLayer, UpperLayer};
 
 /// Longest value `fsconfig(FSCONFIG_SET_STRING)` accepts (the kernel copies at most 256 bytes
@@ -196,7 +196,7 @@ impl MountSpec {
 
     /// The per-mount flags, each with its `mount(8)` option name, its `fsmount` attribute and
     /// its `mount(2)` flag; `set` says whether this mount asks for it.
-    fn per_mount_flags(&self) -> [PerMountFlag; 4] {
+    fn per_mount_flags(&self) -> [PerMountFlag; 7] {
         let o = &self.options;
         let ro = o.read_only || self.upper.is_none();
         [
@@ -224,6 +224,25 @@ impl MountSpec {
                 MountAttrFlags::MOUNT_ATTR_NOEXEC,
                 MountFlags::NOEXEC,
             ),
+            // relatime is the default of both APIs (MOUNT_ATTR_RELATIME is 0).
+            (
+                o.atime == Atime::Noatime,
+                "noatime",
+                MountAttrFlags::MOUNT_ATTR_NOATIME,
+                MountFlags::NOATIME,
+            ),
+            (
+                o.atime == Atime::Strictatime,
+                "strictatime",
+                MountAttrFlags::MOUNT_ATTR_STRICTATIME,
+                MountFlags::STRICTATIME,
+            ),
+            (
+                o.nodiratime,
+                "nodiratime",
+                MountAttrFlags::MOUNT_ATTR_NODIRATIME,
+                MountFlags::NODIRATIME,
+            ),
         ]
         .map(|(set, name, attr, flag)| PerMountFlag {
             set,
@@ -233,7 +252,8 @@ impl MountSpec {
         })
     }
 
-    /// Per-mount flags as `mount(8)` options (`ro`, `nosuid`, `nodev`, `noexec`).
+    /// Per-mount flags as `mount(8)` options (`ro`, `nosuid`, `nodev`, `noexec`, `noatime`,
+    /// `strictatime`, `nodiratime`).
     pub fn mount_flags(&self) -> Vec<&'static str> {
         self.per_mount_flags()
             .iter()
