@@ -122,7 +122,7 @@ impl DaemonLog {
 
     /// One line per file the daemon refused to copy up (see
     /// `overlay_fuse::COPY_UP_REFUSED`): the command only got EACCES.
-    fn report_refused_copy_ups(&self) {
+    fn report_refused_copy_ups(&self, root: &Path) {
         let Ok(text) = std::fs::read(self.file()) else {
             return;
         };
@@ -135,7 +135,9 @@ impl DaemonLog {
                 .rsplit_once(": ")
                 .unwrap_or((rest, "permission denied"));
             let cause = cause.split(" (os error").next().unwrap_or(cause);
-            if seen.insert(path.to_string()) {
+            let path = root.join(path.trim_start_matches('/'));
+            if seen.insert(path.clone()) {
+                let path = path.display();
                 crate::say(format_args!(
                     "ovl: {path}: cannot be copied up to be changed: {cause}: you cannot read it outside the namespace (e.g. a 0600 file of root), so it stays read-only here"
                 ));
@@ -284,7 +286,8 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     };
 
     if let Some(l) = &log {
-        l.report_refused_copy_ups();
+        // Paths in the log are relative to the overlay's root: name them as CMD saw them.
+        l.report_refused_copy_ups(target.as_deref().unwrap_or(Path::new("/")));
     }
 
     // Unmount the overlay (and anything bound into it), keep the changes if asked, release
