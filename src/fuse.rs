@@ -104,8 +104,8 @@ impl FuseMount {
         if o.noexec {
             opts.extend(b",noexec");
         }
-        // ovl-fuse mounts noatime unless told otherwise: the daemon keeps no atime of its
-        // own, so relatime is as good as noatime there; strictatime is passed on.
+        // ovl-fuse mounts noatime unless told otherwise; strictatime is passed on (fuser
+        // turns it into the kernel's default, relatime: it asks for atime or noatime only).
         if o.atime == overlay_core::Atime::Strictatime {
             opts.extend(b",strictatime");
         }

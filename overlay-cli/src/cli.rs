@@ -170,8 +170,9 @@ MOUNT FLAGS (-o, both backends):
   nodev (default) | dev      refuse or allow device nodes
   exec (default) | noexec    allow or refuse running programs
   relatime (default) | noatime | strictatime, diratime (default) | nodiratime
-                             access-time updates (the FUSE backend is always noatime unless
-                             strictatime is given: its daemon keeps no atime of its own)
+                             access-time updates; the FUSE backend is noatime unless
+                             strictatime is given, which gives relatime there (fuser asks
+                             the kernel for atime or noatime only)
 The defaults are rw,nosuid,nodev,exec,relatime: a set-uid program does not run as its owner
 and device nodes do not open until -o suid / -o dev are given (as fuse-overlayfs and
 container tools mount). `-o defaults` is accepted and changes nothing.
