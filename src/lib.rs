@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 mod fuse;
+mod image;
 pub mod namespace;
 mod sys;
 
@@ -175,6 +176,7 @@ pub struct Request {
     scratch: Option<PathBuf>,
     fuse_log: Option<PathBuf>,
     squash_to_root: bool,
+    tmpfs_inodes: Option<u64>,
 }
 
 impl Request {
@@ -194,7 +196,15 @@ impl Request {
             scratch: None,
             fuse_log: None,
             squash_to_root: false,
+            tmpfs_inodes: None,
         }
+    }
+
+    /// Cap the number of inodes of a tmpfs upper ([`Upper::Tmpfs`]; tmpfs's `nr_inodes=`),
+    /// so a runaway program cannot fill memory with empty files either.
+    pub fn tmpfs_inodes(mut self, inodes: Option<u64>) -> Self {
+        self.tmpfs_inodes = inodes;
+        self
     }
 
     /// Show every file as owned by root (uid and gid 0), whoever owns it in the layers; a
@@ -278,7 +288,7 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    fn mount(parent: &Path, size: Option<&str>) -> Result<Tmpfs> {
+    fn mount(parent: &Path, size: Option<&str>, inodes: Option<u64>) -> Result<Tmpfs> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -295,6 +305,9 @@ impl Tmpfs {
         if let Some(s) = size {
             data.push_str(",size=");
             data.push_str(s);
+        }
+        if let Some(n) = inodes {
+            data.push_str(&format!(",nr_inodes={n}"));
         }
         let data = std::ffi::CString::new(data).expect("no NUL in tmpfs options");
         if let Err(e) = rustix::mount::mount(
@@ -404,6 +417,8 @@ pub struct Mounted {
     // Field order is drop order: the overlay goes before the tmpfs under it.
     kernel: Option<KernelMount>,
     fuse: Option<fuse::FuseMount>,
+    /// Image lowers served by FUSE programs (squashfuse, fuseiso, ...), below the overlay.
+    images: Vec<image::FuseImage>,
     binds: Vec<LowerBind>,
     tmpfs: Option<Tmpfs>,
     target: PathBuf,
@@ -497,7 +512,7 @@ impl Mounted {
 
     /// Leave the stack mounted after the guard is gone; returns what to undo later.
     pub fn keep(mut self) -> KeptMount {
-        let images = self
+        let mut images: Vec<PathBuf> = self
             .kernel
             .as_ref()
             .map(|k| {
@@ -511,6 +526,7 @@ impl Mounted {
             k.detach();
         }
         let fuse_pid = self.fuse.take().and_then(fuse::FuseMount::keep);
+        images.extend(self.images.drain(..).map(image::FuseImage::keep));
         for b in self.binds.drain(..) {
             std::mem::forget(b);
         }
@@ -557,6 +573,7 @@ impl Mounted {
         Mounted {
             kernel,
             fuse,
+            images: Vec::new(),
             binds,
             target,
             backend,
@@ -831,7 +848,7 @@ fn prepare_upper(req: &Request, lowers: &[PathBuf], target: &Path) -> Result<Pre
         }
         Upper::Tmpfs { size } => {
             let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
-            let t = Tmpfs::mount(&parent, size.as_deref())?;
+            let t = Tmpfs::mount(&parent, size.as_deref(), req.tmpfs_inodes)?;
             let u = (t.dir.join("upper"), t.dir.join("work"));
             Ok(PreparedUpper {
                 tmpfs: Some(t),
@@ -909,9 +926,32 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             }
         }
     }
+    // Image lowers the kernel cannot loop-mount for us are served by FUSE programs.
+    let mut images = Vec::new();
+    for (i, l) in lowers_canon.iter().enumerate() {
+        let Some(kind) = image::ImageKind::of(l) else {
+            continue;
+        };
+        let through_fuse = kind == image::ImageKind::Iso9660
+            || !privileged
+            || req.backend == Backend::Fuse
+            || req.squash_to_root;
+        if through_fuse {
+            let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
+            let im = image::FuseImage::mount(l, kind, &parent)?;
+            reasons.push(format!(
+                "image lower {}: served by FUSE on {}",
+                l.display(),
+                im.dir.display()
+            ));
+            lowers_mount[i] = im.dir.clone();
+            images.push(im);
+        }
+    }
     // Errors name the tmpfs upper and bound lowers by what the caller gave, not by our
     // temporary directories.
-    let renames = internal_names(&prepared, &binds);
+    let mut renames = internal_names(&prepared, &binds);
+    renames.extend(images.iter().map(|im| (im.dir.clone(), im.image.clone())));
     let mut last_err: Option<Error> = None;
 
     // 2. The kernel overlay.
@@ -961,14 +1001,16 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
                         Chosen::Kernel
                     };
                     reasons.push(format!("{chosen}: mounted"));
-                    return Ok(Mounted::assemble(
+                    let mut m = Mounted::assemble(
                         (Some(k), None, chosen),
                         prepared,
                         binds,
                         target,
                         reasons,
                         lowers_canon,
-                    ));
+                    );
+                    m.images = images;
+                    return Ok(m);
                 }
                 // The layers themselves are wrong: every backend would say the same, once is
                 // enough.
@@ -996,14 +1038,16 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             {
                 Ok(f) => {
                     reasons.push("fuse: mounted".into());
-                    return Ok(Mounted::assemble(
+                    let mut m = Mounted::assemble(
                         (None, Some(f), Chosen::Fuse),
                         prepared,
                         binds,
                         target,
                         reasons,
                         lowers_canon,
-                    ));
+                    );
+                    m.images = images;
+                    return Ok(m);
                 }
                 Err(e) => {
                     reasons.push(format!("fuse: failed: {e}"));
@@ -1128,6 +1172,8 @@ pub fn release_image(dir: impl AsRef<Path>) -> Result<()> {
     let flags = rustix::mount::UnmountFlags::NOFOLLOW;
     match rustix::mount::unmount(dir, flags) {
         Ok(()) => {}
+        // A FUSE image lower of a user without privileges: fusermount3 unmounts it.
+        Err(rustix::io::Errno::PERM) => fuse::unmount_fuse(dir, false, true)?,
         Err(rustix::io::Errno::BUSY) => {
             rustix::mount::unmount(dir, flags | rustix::mount::UnmountFlags::DETACH).map_err(
                 |e| overlay_core::Error::io("unmount image lower", image, std::io::Error::from(e)),

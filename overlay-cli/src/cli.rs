@@ -145,6 +145,10 @@ pub struct UpperArgs {
         default_missing_value = ""
     )]
     pub tmp: Option<String>,
+
+    /// Cap the number of files and directories of the tmpfs upper (tmpfs's nr_inodes=).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tmp_inodes: Option<u64>,
 }
 
 const MOUNT_ABOUT: &str = "\

@@ -126,6 +126,11 @@ pub fn choose_upper(
     if work.is_some() {
         return Err(CliError::msg("a workdir was given without an upper"));
     }
+    if args.tmp_inodes.is_some() && args.tmp.is_none() {
+        return Err(CliError::msg(
+            "--tmp-inodes caps a tmpfs upper: give --tmp as well",
+        ));
+    }
     if let Some(size) = &args.tmp {
         return Ok(Some(Upper::Tmpfs {
             size: check_tmpfs_size(size)?,
@@ -218,6 +223,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     let req = Request::new(lowers)
         .upper(upper)
         .options(options)
+        .tmpfs_inodes(a.upper.tmp_inodes)
         .backend(a.backend.into())
         .namespace(Namespace::Current)
         .scratch_dir(scratch);

@@ -173,7 +173,12 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     } else {
         vec![target.clone().unwrap_or_else(|| PathBuf::from("/"))]
     };
-    let upper = crate::commands::choose_upper(&a.upper, None, false, None, None)?
+    // --tmp is the default: --tmp-inodes alone caps that default tmpfs.
+    let mut upper_args = a.upper.clone();
+    if upper_args.tmp_inodes.is_some() && upper_args.upper.is_none() && upper_args.tmp.is_none() {
+        upper_args.tmp = Some(String::new());
+    }
+    let upper = crate::commands::choose_upper(&upper_args, None, false, None, None)?
         .unwrap_or(Upper::Tmpfs { size: None });
     let upper = match upper {
         Upper::Dir { upper, work } => Upper::Dir {
@@ -221,6 +226,7 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         .upper(upper.clone())
         .options(options)
         .squash_to_root(squash)
+        .tmpfs_inodes(a.upper.tmp_inodes)
         .backend(a.backend.into())
         .namespace(Namespace::Private)
         .scratch_dir(&scratch);
