@@ -91,6 +91,12 @@ pub enum Command {
     /// Validate the on-disk format of an upper layer and its workdir.
     #[command(long_about = CHECK_ABOUT, after_long_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
+    /// Empty a persistence directory (--persist DIR) atomically.
+    #[command(long_about = RESET_ABOUT, after_long_help = "EXAMPLES:\n    ovl reset /var/lib/live/persist")]
+    Reset(ResetArgs),
+    /// Save an upper layer as a squashfs or EROFS image, a new layer for the chain.
+    #[command(long_about = SAVE_ABOUT, after_long_help = SAVE_EXAMPLES)]
+    Save(SaveArgs),
     /// Print a shell completion script.
     #[command(
         long_about = "Print a completion script for SHELL on stdout.",
@@ -109,6 +115,62 @@ pub enum BackendArg {
     Kernel,
     /// ovl's own FUSE union filesystem only (the ovl-fuse program).
     Fuse,
+}
+
+/// Live-system persistence (shared by `mount` and `run`).
+#[derive(Debug, Clone, Args, Default)]
+pub struct PersistArgs {
+    /// A persistence directory: the upper lives in DIR/state/upper (created if missing) and
+    /// DIR/base.json records the lowers it was made over; mounting it over other lowers is
+    /// refused (see --force-base). `ovl reset DIR` empties it.
+    #[arg(long, value_name = "DIR")]
+    pub persist: Option<PathBuf>,
+
+    /// Read-only-persistent: the persistent upper joins as the top lower under a fresh tmpfs
+    /// upper (--tmp=SIZE sizes it), so the session starts from the saved state and leaves it
+    /// unchanged.
+    #[arg(long)]
+    pub persist_ro: bool,
+
+    /// Use --persist DIR over lowers other than those it was made over, and record the new
+    /// ones.
+    #[arg(long)]
+    pub force_base: bool,
+}
+
+/// Image formats `ovl save` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ImageFormatArg {
+    /// squashfs, with mksquashfs (squashfs-tools).
+    #[default]
+    Squashfs,
+    /// EROFS, with mkfs.erofs (erofs-utils).
+    Erofs,
+}
+
+/// `ovl reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The persistence directory (as given to --persist).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// `ovl save`.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// The image format.
+    #[arg(long, value_enum, default_value_t = ImageFormatArg::Squashfs)]
+    pub format: ImageFormatArg,
+
+    /// An upper directory, a persistence directory (--persist DIR), or the mount point of an
+    /// overlay (its upper is saved, e.g. the tmpfs upper of `ovl mount --tmp`).
+    #[arg(value_name = "SOURCE")]
+    pub source: PathBuf,
+
+    /// The image file to write (must not exist).
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
 }
 
 /// Who the files seem to belong to in `ovl run`.
@@ -204,6 +266,34 @@ EXAMPLES:
 
     Force the FUSE backend:
         ovl mount --backend fuse --lower /srv/base --upper /srv/changes /mnt/app";
+
+const RESET_ABOUT: &str = "\
+Discard what a persistence directory (--persist DIR) holds: its upper and workdir are
+replaced by empty ones in a single atomic rename (renameat2 RENAME_EXCHANGE), so a crash
+leaves either the old state or the empty one, never half of it; the old state is removed
+afterwards (or at the next mount, if that was interrupted). The recorded base stays.
+Refused while an overlay uses the upper.";
+
+const SAVE_ABOUT: &str = "\
+Write an upper layer as a read-only image with mksquashfs (--format squashfs, the default)
+or mkfs.erofs (--format erofs), keeping the kernel's format (whiteouts as character devices
+0/0, opaque directories and other overlay xattrs), so the image can be added on top of the
+chain it was made over: --lower base.squashfs --lower saved.squashfs. The image keeps the
+upper's xattr namespace: an upper made without root (user.overlay.*) is read by mounts with
+userxattr, i.e. again without root.
+
+SOURCE is an upper directory, a persistence directory, or the mount point of an overlay (its
+upper: the tmpfs upper of `ovl mount --tmp` included). Saving an upper that is mounted
+read-write gives what is on disk at that moment.";
+
+const SAVE_EXAMPLES: &str = "\
+EXAMPLES:
+    A live session's changes as a new layer:
+        ovl save /mnt/live ./update1.squashfs
+        ovl mount --lower base.squashfs --lower update1.squashfs --tmp /mnt/live
+
+    The same from `ovl run`:
+        ovl run --lower base.squashfs --target /mnt/x --save update1.squashfs -- ./install.sh";
 
 const UMOUNT_ABOUT: &str = "\
 Unmount TARGET. For mounts ovl made, also stop the FUSE daemon, unmount the tmpfs upper and
@@ -372,6 +462,9 @@ pub struct MountArgs {
     #[command(flatten)]
     pub upper: UpperArgs,
 
+    #[command(flatten)]
+    pub persist: PersistArgs,
+
     /// Workdir for --upper (same filesystem as the upper, empty).
     #[arg(long, value_name = "DIR", requires = "upper")]
     pub work: Option<PathBuf>,
@@ -432,6 +525,14 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub upper: UpperArgs,
+
+    #[command(flatten)]
+    pub persist: PersistArgs,
+
+    /// After CMD exits, save the changes of the upper as a new image layer IMAGE (squashfs;
+    /// see `ovl save`), to add to the chain with --lower IMAGE.
+    #[arg(long, value_name = "IMAGE")]
+    pub save: Option<PathBuf>,
 
     /// After CMD exits, copy the changes of the throwaway upper into DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "upper")]

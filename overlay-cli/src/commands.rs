@@ -165,7 +165,17 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         ));
     }
     let mut options = overlay_options(&k.options)?;
-    let upper = choose_upper(&a.upper, a.work.clone(), a.read_only, k.upper, k.work)?;
+    let mut lowers = lowers;
+    let persistent = crate::persist::upper_for(
+        &a.persist,
+        a.upper.upper.is_some() || k.upper.is_some() || a.read_only,
+        a.upper.tmp.as_deref(),
+        &mut lowers,
+    )?;
+    let upper = match persistent {
+        Some(u) => Some(u),
+        None => choose_upper(&a.upper, a.work.clone(), a.read_only, k.upper, k.work)?,
+    };
     let upper = match upper {
         Some(u) => u,
         None if options.read_only => Upper::ReadOnly,

@@ -10,7 +10,9 @@ mod error;
 mod layer;
 mod mountinfo;
 mod mountopts;
+mod persist;
 mod run;
+mod save;
 mod state;
 mod sys;
 
@@ -206,6 +208,13 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             let mut script = Vec::new();
             clap_complete::generate(a.shell, &mut cmd, "ovl", &mut script);
             output(std::io::stdout().lock().write_all(&script))?;
+            Ok(0)
+        }
+        Command::Reset(a) => persist::reset(&a.dir).map(|()| 0),
+        Command::Save(a) => {
+            let source = persist::upper_of(&a.source)
+                .map_or_else(|| diff_layers(&a.source, &[]).map(|(u, _, _)| u), Ok)?;
+            save::save(&source, &a.image, a.format)?;
             Ok(0)
         }
         Command::Mount(a) => commands::mount(a),

@@ -178,8 +178,18 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     if upper_args.tmp_inodes.is_some() && upper_args.upper.is_none() && upper_args.tmp.is_none() {
         upper_args.tmp = Some(String::new());
     }
-    let upper = crate::commands::choose_upper(&upper_args, None, false, None, None)?
-        .unwrap_or(Upper::Tmpfs { size: None });
+    let mut lowers = lowers;
+    let persistent = crate::persist::upper_for(
+        &a.persist,
+        a.upper.upper.is_some(),
+        a.upper.tmp.as_deref(),
+        &mut lowers,
+    )?;
+    let upper = match persistent {
+        Some(u) => u,
+        None => crate::commands::choose_upper(&upper_args, None, false, None, None)?
+            .unwrap_or(Upper::Tmpfs { size: None }),
+    };
     let upper = match upper {
         Upper::Dir { upper, work } => Upper::Dir {
             upper: absolute(&upper)?,
@@ -187,6 +197,9 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         },
         other => other,
     };
+    if let Some(img) = &a.save {
+        crate::save::check_new_image(img)?;
+    }
     let keep = match &a.keep {
         Some(k) => {
             let k = absolute(k)?;
@@ -308,6 +321,15 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         mounted
             .unmount_overlay()
             .map_err(|e| CliError::from_overlay(e, &mountpoint))?;
+        if let (Some(img), Some(u)) = (&a.save, mounted.upper()) {
+            crate::save::save(u, img, crate::cli::ImageFormatArg::Squashfs).map_err(|e| {
+                if matches!(upper, Upper::Tmpfs { .. }) {
+                    e.rename_prefix(u, Path::new(overlay::TMPFS_UPPER))
+                } else {
+                    e
+                }
+            })?;
+        }
         if let (Some(k), Some(u)) = (&keep, mounted.upper()) {
             let stats = crate::copy::copy_upper(u, k).map_err(|e| {
                 // A tmpfs upper lives in our temporary directory: name it by --tmp.
