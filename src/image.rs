@@ -105,7 +105,13 @@ impl FuseImage {
             armed: false,
         };
         // The programs fork into the background once the mount is live.
-        let out = Command::new(prog)
+        let mut cmd = Command::new(prog);
+        if kind == ImageKind::Iso9660 {
+            // No ~/.mtab.fuseiso: without it fuseiso's daemon dies where HOME is not
+            // writable (a user namespace).
+            cmd.arg("-n");
+        }
+        let out = cmd
             .arg(image)
             .arg(&me.dir)
             .stdin(Stdio::null())

@@ -192,12 +192,32 @@ fn describe(old: &[LayerId], new: &[LayerId], show_old: bool) -> String {
     String::new()
 }
 
+/// Remove a state tree. Directories in it may be read-only (an upper holds copies of
+/// read-only directories; the overlay's `work/work` is mode 0): they are opened up to 0700
+/// first, walking iteratively (the depth is the user's).
 fn remove_tree(p: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::symlink_metadata(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CliError::io(p, "cannot stat", e)),
-        Ok(_) => std::fs::remove_dir_all(p).map_err(|e| CliError::io(p, "cannot remove", e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CliError::io(p, "cannot stat", e)),
+        Ok(_) => {}
     }
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&d) else {
+            continue;
+        };
+        if !md.is_dir() {
+            continue;
+        }
+        if md.mode() & 0o700 != 0o700 {
+            let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            todo.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    std::fs::remove_dir_all(p).map_err(|e| CliError::io(p, "cannot remove", e))
 }
 
 /// `ovl reset DIR`: discard the persistent upper atomically. Refused while an overlay uses
