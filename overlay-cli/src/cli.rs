@@ -177,7 +177,7 @@ pub struct SaveArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OwnersArg {
     /// `root` for a user without privileges when a lower holds files of others (its top
-    /// directory is not the user's), else `real`.
+    /// directory is not the user's) or is an image file, else `real`.
     #[default]
     Auto,
     /// Every file seems root's and the command is root over them (FUSE backend, ownership
@@ -340,7 +340,8 @@ rw,nosuid,nodev,exec,relatime, so test a set-uid program with -o suid (as root).
 OWNERSHIP (non-root users): ovl enters a new user namespace in which the caller is root
 (uid and gid 0 map to the caller's own ids only, like `unshare -r`; /etc/subuid ranges are
 not used). What CMD sees then depends on --owners:
-  root   (the default when a lower's top directory belongs to someone else, e.g. /usr or /)
+  root   (the default when a lower's top directory belongs to someone else, e.g. /usr or /,
+         or a lower is an image file)
          the FUSE backend shows every file and directory as owned by root (uid 0, gid 0);
          CMD is root over them: it can delete, create, chmod (set-uid bits included) and
          chown (which succeeds and changes nothing: everything stays root's). Files are

@@ -82,7 +82,8 @@ fn run_options(args: &[String]) -> Result<overlay::core::OverlayMountOptions, Cl
 }
 
 /// Whether `ovl run` squashes ownership to root (see `--owners`): asked for, or by default
-/// for a caller without privileges over a lower whose top directory belongs to someone else.
+/// for a caller without privileges over a lower whose top directory belongs to someone else,
+/// or that is an image file.
 fn squash_owners(owners: OwnersArg, lowers: &[PathBuf]) -> bool {
     match owners {
         OwnersArg::Root => true,
@@ -91,9 +92,12 @@ fn squash_owners(owners: OwnersArg, lowers: &[PathBuf]) -> bool {
             if overlay::core::mount::has_cap_sys_admin_in_initial_namespace() {
                 return false;
             }
+            // An image's files belong to whoever they belong to inside it (root, mostly):
+            // its FUSE program shows them unmapped unless ownership is squashed.
             let me = rustix::process::geteuid().as_raw();
             lowers.iter().any(|l| {
-                std::fs::metadata(l).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) != me)
+                std::fs::metadata(l)
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) != me || m.is_file())
             })
         }
     }
@@ -250,7 +254,14 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         Ok(m) => m,
         Err(e) => {
             cleanup_root_dir(&made_root_dir);
-            return Err(CliError::from_overlay(e, &mountpoint));
+            let e = CliError::from_overlay(e, &mountpoint);
+            if squash && a.owners == OwnersArg::Auto {
+                // The root-like view was ovl's choice: say how to do without it.
+                return Err(CliError::msg(format!(
+                    "{e} (files of other users are shown as root's through FUSE; `--owners real` mounts the kernel overlay instead, where they show as nobody's and stay read-only)"
+                )));
+            }
+            return Err(e);
         }
     };
     // The namespace is private now: the host never sees these mounts, and the scratch
