@@ -440,3 +440,60 @@ fn a_user_runs_a_live_system_from_images() {
     let o = run(&["--persist", &p], &show);
     assert_eq!(stdout(&o), "base upd iso ", "{}", both(&o));
 }
+
+/// As root with the FUSE backend (and for ISO images on the kernel backend), images are
+/// served by squashfuse and fuseiso: recorded with the mount, released by `ovl umount`.
+#[test]
+fn fuse_served_images_are_recorded_and_released() {
+    if !root_or_skip("mounts overlays")
+        || !tool_or_skip("mksquashfs", "squashfs-tools")
+        || !tool_or_skip("squashfuse", "squashfuse")
+        || !tool_or_skip("fuseiso", "fuseiso")
+        || !tool_or_skip("genisoimage", "genisoimage")
+    {
+        return;
+    }
+    let im = Images::new("squashfs");
+    let extra = im.path("extra.iso");
+    write(im.t.path(), "src-iso/etc/c", "iso\n");
+    iso(&im.path("src-iso"), &extra);
+    let m = im.path("m");
+    std::fs::create_dir(&m).unwrap();
+    let state = im.path("state");
+    let _guard = Unmount(&state, &m);
+    let (base, x, ms) = (s(&im.base), s(&extra), s(&m));
+    for backend in ["fuse", "kernel"] {
+        mount(
+            &state,
+            &[
+                "--backend",
+                backend,
+                "--lower",
+                &base,
+                "--lower",
+                &x,
+                "--tmp=8m",
+                &ms,
+            ],
+        );
+        assert_eq!(cat_etc(&m), "base base iso", "{backend}");
+        let o = ovl_with_state(&state, ["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let images: Vec<PathBuf> = v[0]["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| PathBuf::from(i.as_str().unwrap()))
+            .collect();
+        assert_eq!(images.len(), 2, "{v}");
+        assert!(images.iter().all(|i| is_mounted(i)), "{v}");
+        umount(&state, &m);
+        for i in &images {
+            assert!(
+                !is_mounted(i) && !i.exists(),
+                "{backend}: {} released",
+                i.display()
+            );
+        }
+    }
+}
