@@ -177,6 +177,7 @@ pub struct Request {
     fuse_log: Option<PathBuf>,
     squash_to_root: bool,
     tmpfs_inodes: Option<u64>,
+    data_lowers: Vec<PathBuf>,
 }
 
 impl Request {
@@ -197,7 +198,21 @@ impl Request {
             fuse_log: None,
             squash_to_root: false,
             tmpfs_inodes: None,
+            data_lowers: Vec::new(),
         }
+    }
+
+    /// Data-only lower layers below the lowers (composefs-style stacks: the lowers hold
+    /// metacopy files whose redirects name objects in these), in lookup order. Kernel backend
+    /// only, with `metacopy=on` in [`Request::options`] (see
+    /// [`core::MountSpec::new_with_data_lowers`]); the FUSE backend is skipped.
+    pub fn data_lowers<I, P>(mut self, dirs: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        self.data_lowers = dirs.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Cap the number of inodes of a tmpfs upper ([`Upper::Tmpfs`]; tmpfs's `nr_inodes=`),
@@ -879,6 +894,12 @@ fn build_stack(
 pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
     let target = std::fs::canonicalize(target.as_ref())
         .map_err(|e| overlay_core::Error::io("resolve mount target", target.as_ref(), e))?;
+    if req.backend == Backend::Fuse && !req.data_lowers.is_empty() {
+        return Err(Error::Fuse {
+            target,
+            reason: "data-only lower layers (composefs-style) are mounted by the kernel backend only: the FUSE backend does not follow metacopy files into them".into(),
+        });
+    }
     let probe = overlay_core::mount::probe();
     let mut reasons = Vec::new();
     let privileged = overlay_core::mount::has_cap_sys_admin_in_initial_namespace();
@@ -988,7 +1009,12 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             };
             let attempt = build_stack(&lowers_mount, &prepared, ns)
                 .and_then(|stack| {
-                    let spec = MountSpec::new(&stack, &req.options, &target)?;
+                    let spec = MountSpec::new_with_data_lowers(
+                        &stack,
+                        &req.data_lowers,
+                        &req.options,
+                        &target,
+                    )?;
                     tracing::debug!("mounting: {spec}");
                     Ok(spec.mount()?)
                 })
@@ -1024,7 +1050,12 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
     }
 
     // 3. FUSE.
-    if try_fuse {
+    if try_fuse && !req.data_lowers.is_empty() {
+        reasons.push(
+            "fuse: not tried: data-only lower layers (composefs-style) are mounted by the kernel backend only"
+                .into(),
+        );
+    } else if try_fuse {
         let fuse_ok = if privileged || in_userns {
             probe.backend("fuse")
         } else {

@@ -234,6 +234,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         .upper(upper)
         .options(options)
         .tmpfs_inodes(a.upper.tmp_inodes)
+        .data_lowers(a.data_lowers.clone())
         .backend(a.backend.into())
         .namespace(Namespace::Current)
         .scratch_dir(scratch);

@@ -497,3 +497,55 @@ fn fuse_served_images_are_recorded_and_released() {
         }
     }
 }
+
+/// `ovl mount --data DIR`: a composefs-style stack (an EROFS image of metacopy files over a
+/// data-only layer) on the kernel backend; the FUSE backend is not offered for it.
+#[test]
+fn composefs_style_stack_with_ovl_mount() {
+    if !root_or_skip("metacopy files need trusted xattrs (root)")
+        || !tool_or_skip("mkfs.erofs", "erofs-utils")
+    {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    write(r, "data/ab/0123", "from the object store\n");
+    write(r, "meta/etc/plain", "plain\n");
+    let f = r.join("meta/etc/hello");
+    std::fs::File::create(&f).unwrap().set_len(22).unwrap();
+    setxattr(&f, "trusted.overlay.metacopy", b"");
+    setxattr(&f, "trusted.overlay.redirect", b"/ab/0123");
+    let image = r.join("meta.erofs");
+    erofs(&r.join("meta"), &image);
+    mkdirs(r, &["m"]);
+    let m = r.join("m");
+    let state = r.join("state");
+    let _guard = Unmount(&state, &m);
+    let (img, data, ms) = (s(&image), s(&r.join("data")), s(&m));
+    let args = [
+        "--lower",
+        &img,
+        "--data",
+        &data,
+        "--read-only",
+        "-o",
+        "metacopy=on,redirect_dir=on",
+        &ms,
+    ];
+    mount(&state, &args);
+    assert_eq!(
+        std::fs::read_to_string(m.join("etc/hello")).unwrap(),
+        "from the object store\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.join("etc/plain")).unwrap(),
+        "plain\n"
+    );
+    umount(&state, &m);
+    let mut fuse = vec!["mount", "--backend", "fuse"];
+    fuse.extend(args);
+    let o = ovl_with_state(&state, &fuse);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("kernel backend only"), "{}", both(&o));
+    assert!(!is_mounted(&m));
+}
