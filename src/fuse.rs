@@ -12,12 +12,21 @@ use overlay_core::mount::mountinfo::read_mountinfo;
 
 use crate::{Error, PreparedUpper, Request, Result};
 
+/// The path of the running executable, read once: after entering a new mount namespace,
+/// `/proc/self/exe` names it relative to its filesystem when that is not the root one (the
+/// old namespace's mount is not reachable from the new one), e.g. `/ovl-test-x/ovl` for
+/// `/dev/shm/ovl-test-x/ovl`. [`crate::enter_private_namespace`] reads it before entering.
+pub(crate) fn own_exe() -> Option<PathBuf> {
+    static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().ok()).clone()
+}
+
 /// The `ovl-fuse` program: `$OVL_FUSE`, next to the running executable, or in `PATH`.
 pub(crate) fn find_program() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("OVL_FUSE") {
         return Ok(PathBuf::from(p));
     }
-    if let Ok(exe) = std::env::current_exe() {
+    if let Some(exe) = own_exe() {
         // Next to us, or (tests: target/debug/deps/x) one directory up.
         for dir in exe.ancestors().skip(1).take(2) {
             let p = dir.join("ovl-fuse");
