@@ -340,14 +340,20 @@ pub fn upper_of(dir: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reset_swaps_in_an_empty_state_and_keeps_the_base() {
+    /// A persistence directory over one lower, its upper holding one file.
+    fn with_one_change() -> (tempfile::TempDir, PathBuf, PathBuf, Persistent) {
         let t = tempfile::tempdir().unwrap();
         let lower = t.path().join("lower");
         std::fs::create_dir(&lower).unwrap();
         let dir = t.path().join("persist");
         let p = open(&dir, std::slice::from_ref(&lower), false).unwrap();
         std::fs::write(p.upper.join("f"), "x").unwrap();
+        (t, lower, dir, p)
+    }
+
+    #[test]
+    fn reset_swaps_in_an_empty_state_and_keeps_the_base() {
+        let (t, lower, dir, p) = with_one_change();
         reset(&dir).unwrap();
         assert_eq!(std::fs::read_dir(&p.upper).unwrap().count(), 0);
         assert!(!dir.join(STATE_SWAP).exists());
@@ -363,12 +369,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_reset_leaves_a_whole_state() {
-        let t = tempfile::tempdir().unwrap();
-        let lower = t.path().join("lower");
-        std::fs::create_dir(&lower).unwrap();
-        let dir = t.path().join("persist");
-        let p = open(&dir, std::slice::from_ref(&lower), false).unwrap();
-        std::fs::write(p.upper.join("f"), "x").unwrap();
+        let (_t, lower, dir, _) = with_one_change();
         // A reset that died after the swap: the old state is under the swap name.
         let swap = dir.join(STATE_SWAP);
         make_state(&swap).unwrap();

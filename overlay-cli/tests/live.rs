@@ -132,18 +132,27 @@ impl Drop for Unmount<'_> {
     }
 }
 
-#[test]
-fn persistent_upper_over_an_image_chain_survives_remounts_and_resets() {
+/// Root and the image tools, or skip; then images (the update of `update_kind`), a mount
+/// point `m` and a state directory.
+fn root_setup(update_kind: &str) -> Option<(Images, PathBuf, PathBuf)> {
     if !root_or_skip("live-system tests loop-mount images (root)")
         || !tool_or_skip("mksquashfs", "squashfs-tools")
         || !tool_or_skip("mkfs.erofs", "erofs-utils")
     {
-        return;
+        return None;
     }
-    let im = Images::new("erofs");
+    let im = Images::new(update_kind);
     let m = im.path("m");
     std::fs::create_dir(&m).unwrap();
     let state = im.path("state");
+    Some((im, m, state))
+}
+
+#[test]
+fn persistent_upper_over_an_image_chain_survives_remounts_and_resets() {
+    let Some((im, m, state)) = root_setup("erofs") else {
+        return;
+    };
     let persist = im.path("persist");
     let _guard = Unmount(&state, &m);
     let (base, update, p, ms) = (s(&im.base), s(&im.update), s(&persist), s(&m));
@@ -204,15 +213,9 @@ fn persistent_upper_over_an_image_chain_survives_remounts_and_resets() {
 
 #[test]
 fn read_only_persistent_mode_leaves_the_persistent_upper_unchanged() {
-    if !root_or_skip("live-system tests loop-mount images (root)")
-        || !tool_or_skip("mksquashfs", "squashfs-tools")
-    {
+    let Some((im, m, state)) = root_setup("squashfs") else {
         return;
-    }
-    let im = Images::new("squashfs");
-    let m = im.path("m");
-    std::fs::create_dir(&m).unwrap();
-    let state = im.path("state");
+    };
     let persist = im.path("persist");
     let _guard = Unmount(&state, &m);
     let (base, p, ms) = (s(&im.base), s(&persist), s(&m));
@@ -246,16 +249,9 @@ fn read_only_persistent_mode_leaves_the_persistent_upper_unchanged() {
 
 #[test]
 fn a_session_saved_as_an_image_joins_the_chain() {
-    if !root_or_skip("live-system tests loop-mount images (root)")
-        || !tool_or_skip("mksquashfs", "squashfs-tools")
-        || !tool_or_skip("mkfs.erofs", "erofs-utils")
-    {
+    let Some((im, m, state)) = root_setup("squashfs") else {
         return;
-    }
-    let im = Images::new("squashfs");
-    let m = im.path("m");
-    std::fs::create_dir(&m).unwrap();
-    let state = im.path("state");
+    };
     let _guard = Unmount(&state, &m);
     let (base, ms) = (s(&im.base), s(&m));
     mount(&state, &["--lower", &base, "--tmp=8m", &ms]);
