@@ -19,6 +19,12 @@
 //! # Ok::<(), overlay::Error>(())
 //! ```
 //!
+//! Lowers may be image files: squashfs and EROFS images are loop-mounted by the kernel
+//! backend as root; without root, for the FUSE backend, and for ISO 9660 images always, they
+//! are served by `squashfuse`, `erofsfuse` or `fuseiso` (module `image`).
+//! [`Request::squash_to_root`] gives an unprivileged caller a root-like view (FUSE), and
+//! [`Request::data_lowers`] composefs-style data-only layers (kernel backend).
+//!
 //! The layer engine itself ([`core::Overlay`]) and the kernel backend's building blocks
 //! ([`core::MountSpec`], [`core::KernelMount`]) are re-exported under [`core`].
 #![warn(missing_docs)]
