@@ -177,7 +177,8 @@ pub struct SaveArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OwnersArg {
     /// `root` for a user without privileges when a lower holds files of others (its top
-    /// directory is not the user's) or is an image file, else `real`.
+    /// directory is not the user's) or is an image file, else `real` (also with
+    /// --backend kernel, which cannot squash ownership).
     #[default]
     Auto,
     /// Every file seems root's and the command is root over them (FUSE backend, ownership

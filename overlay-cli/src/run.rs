@@ -8,7 +8,7 @@ use std::process::Command;
 
 use overlay::{Chosen, Namespace, Request, Upper};
 
-use crate::cli::{OwnersArg, RunArgs};
+use crate::cli::{BackendArg, OwnersArg, RunArgs};
 use crate::error::CliError;
 use crate::state::Registry;
 
@@ -84,10 +84,12 @@ fn run_options(args: &[String]) -> Result<overlay::core::OverlayMountOptions, Cl
 /// Whether `ovl run` squashes ownership to root (see `--owners`): asked for, or by default
 /// for a caller without privileges over a lower whose top directory belongs to someone else,
 /// or that is an image file.
-fn squash_owners(owners: OwnersArg, lowers: &[PathBuf]) -> bool {
+fn squash_owners(owners: OwnersArg, backend: BackendArg, lowers: &[PathBuf]) -> bool {
     match owners {
         OwnersArg::Root => true,
         OwnersArg::Real => false,
+        // The kernel backend asked for: it cannot squash, so the real owners.
+        OwnersArg::Auto if backend == BackendArg::Kernel => false,
         OwnersArg::Auto => {
             if overlay::core::mount::has_cap_sys_admin_in_initial_namespace() {
                 return false;
@@ -213,7 +215,7 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         None => None,
     };
     let options = run_options(&a.options)?;
-    let squash = squash_owners(a.owners, &lowers);
+    let squash = squash_owners(a.owners, a.backend, &lowers);
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let reg = Registry::open();
     let scratch = reg.scratch_dir()?;

@@ -153,8 +153,8 @@ fn a_kept_root_like_session_is_read_by_ovl_diff() {
     assert!(!tree.join("bin/new").exists());
 }
 
-/// `--owners real` keeps the kernel's view in the user namespace: root's files are nobody's
-/// and cannot be changed.
+/// `--owners real` (and `--backend kernel`, which cannot squash) keeps the kernel's view in
+/// the user namespace: root's files are nobody's and cannot be changed.
 #[test]
 fn owners_real_shows_root_files_as_nobody() {
     let Some(u) = AsUser::new() else { return };
@@ -163,9 +163,12 @@ fn owners_real_shows_root_files_as_nobody() {
     write(&tree, "f", "f");
     let tree_s = s(&tree);
     let script = format!("stat -c %u {tree_s}/f; echo x >> {tree_s}/f; echo rc=$?");
-    let o = u.ovl(&[
-        "run", "--owners", "real", "--target", &tree_s, "--", "sh", "-c", &script,
-    ]);
-    assert!(o.status.success(), "{}", both(&o));
-    assert_eq!(stdout(&o), "65534\nrc=2\n", "{}", both(&o));
+    for choice in [["--owners", "real"], ["--backend", "kernel"]] {
+        let mut args = vec!["run"];
+        args.extend(choice);
+        args.extend(["--target", &tree_s, "--", "sh", "-c", &script]);
+        let o = u.ovl(&args);
+        assert!(o.status.success(), "{choice:?}: {}", both(&o));
+        assert_eq!(stdout(&o), "65534\nrc=2\n", "{choice:?}: {}", both(&o));
+    }
 }
