@@ -76,8 +76,28 @@ pub(crate) struct FuseImage {
 }
 
 fn in_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    find_in_path(prog).is_some()
+}
+
+fn find_in_path(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// For each image format: its name, the FUSE program that serves it where the kernel cannot
+/// loop-mount it (without root, for the FUSE backend, ISO 9660 always), and where that
+/// program is (`None`: not installed).
+pub fn image_programs() -> Vec<(&'static str, &'static str, Option<PathBuf>)> {
+    [ImageKind::Squashfs, ImageKind::Erofs, ImageKind::Iso9660]
+        .into_iter()
+        .map(|k| {
+            let (prog, _) = k.program();
+            let name = k.article().split_once(' ').map_or("", |(_, n)| n);
+            (name, prog, find_in_path(prog))
+        })
+        .collect()
 }
 
 impl FuseImage {

@@ -31,6 +31,7 @@
 
 mod fuse;
 mod image;
+pub use image::image_programs;
 pub mod namespace;
 mod sys;
 

@@ -315,7 +315,8 @@ is gone, or an `ovl mount` that died before finishing. `ovl umount` removes eith
 const PROBE_ABOUT: &str = "\
 Say what works on this machine: the kernel overlay (as this user, and inside a user namespace
 with userxattr), FUSE (/dev/fuse, the ovl-fuse program, fusermount3), and optional kernel
-features (new mount API, lowerdir+, volatile, redirect_dir, metacopy). Each answer comes with
+features (new mount API, lowerdir+, volatile, redirect_dir, metacopy), and the programs that
+serve image lowers without root (squashfuse, erofsfuse, fuseiso). Each answer comes with
 the reason, taken from real test mounts in a temporary directory. The backend `--backend auto`
 would choose is printed last.";
 

@@ -526,6 +526,16 @@ pub fn probe(a: ProbeArgs) -> Result<u8, CliError> {
             m.insert("auto_mount".into(), name(mount_choice).into());
             m.insert("auto_run".into(), name(run_choice).into());
             m.insert("reasons".into(), reasons.clone().into());
+            let images: serde_json::Map<String, serde_json::Value> = overlay::image_programs()
+                .into_iter()
+                .map(|(name, prog, at)| {
+                    (
+                        name.to_string(),
+                        serde_json::json!({"program": prog, "path": at}),
+                    )
+                })
+                .collect();
+            m.insert("image_programs".into(), images.into());
         }
         let stdout = std::io::stdout();
         let mut w = stdout.lock();
@@ -540,6 +550,19 @@ pub fn probe(a: ProbeArgs) -> Result<u8, CliError> {
             writeln!(w)?;
             for r in &reasons {
                 writeln!(w, "{r}")?;
+            }
+            for (name, prog, at) in overlay::image_programs() {
+                match at {
+                    Some(p) => writeln!(
+                        w,
+                        "{name} images without root (or for FUSE): yes: {}",
+                        p.display()
+                    )?,
+                    None => writeln!(
+                        w,
+                        "{name} images without root (or for FUSE): no: {prog} is not installed"
+                    )?,
+                }
             }
             writeln!(
                 w,

@@ -545,3 +545,28 @@ fn composefs_style_stack_with_ovl_mount() {
     assert!(stderr(&o).contains("kernel backend only"), "{}", both(&o));
     assert!(!is_mounted(&m));
 }
+
+/// `ovl probe` says which image formats can be mounted without root (their FUSE programs).
+#[test]
+fn probe_names_the_image_programs() {
+    if !tool_or_skip("squashfuse", "squashfuse") {
+        return;
+    }
+    let o = ovl(["probe", "--json"]);
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sq = &v["image_programs"]["squashfs"];
+    assert_eq!(sq["program"], "squashfuse", "{v}");
+    assert!(
+        sq["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/squashfuse")),
+        "{v}"
+    );
+    let o = ovl(["probe"]);
+    assert!(
+        stdout(&o).contains("squashfs images without root (or for FUSE): yes"),
+        "{}",
+        both(&o)
+    );
+}
