@@ -172,6 +172,8 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         a.upper.tmp.as_deref(),
         &mut lowers,
     )?;
+    // Held until the mount is up; then the mount itself says the upper is in use.
+    let (persistent, _in_use) = persistent.unzip();
     let upper = match persistent {
         Some(u) => Some(u),
         None => choose_upper(&a.upper, a.work.clone(), a.read_only, k.upper, k.work)?,

@@ -33,12 +33,41 @@ const STATE_SWAP: &str = ".state.swap";
 
 /// What `--persist` gives a mount: the upper and workdir to use, and for `--persist-ro` the
 /// extra top lower.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Persistent {
     /// `DIR/state/upper`.
     pub upper: PathBuf,
     /// `DIR/state/work`.
     pub work: PathBuf,
+    /// The exclusive lock on the directory (see [`InUse`]).
+    pub lock: InUse,
+}
+
+/// An exclusive `flock` on `DIR/.lock`, held while ovl uses the directory: for the whole
+/// command of `ovl run`, while `ovl mount` sets the mount up (afterwards the mount itself
+/// says the upper is in use), and by `ovl reset`. A second user is refused at once.
+#[derive(Debug)]
+pub struct InUse(#[allow(dead_code)] std::fs::File);
+
+/// The lock file.
+const LOCK: &str = ".lock";
+
+fn lock(dir: &Path) -> Result<InUse, CliError> {
+    let path = dir.join(LOCK);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CliError::io(&path, "cannot open the lock of", e))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(InUse(f)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(CliError::path(
+            dir,
+            "is in use by another ovl (an `ovl run --persist` still running, a mount being set up, or a reset); try again when it is done",
+        )),
+        Err(e) => Err(CliError::io(&path, "cannot lock", e.into())),
+    }
 }
 
 /// The identity of one lower layer.
@@ -129,6 +158,7 @@ pub fn open(dir: &Path, lowers: &[PathBuf], force: bool) -> Result<Persistent, C
         .collect::<Result<Vec<_>, _>>()?;
     std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, "cannot create", e))?;
     let dir = std::fs::canonicalize(dir).map_err(|e| CliError::io(dir, "cannot resolve", e))?;
+    let lock = lock(&dir)?;
     // An interrupted reset left this: either state is disposable.
     remove_tree(&dir.join(STATE_SWAP))?;
     let base_file = dir.join(BASE);
@@ -173,6 +203,7 @@ pub fn open(dir: &Path, lowers: &[PathBuf], force: bool) -> Result<Persistent, C
     Ok(Persistent {
         upper: state.join("upper"),
         work: state.join("work"),
+        lock,
     })
 }
 
@@ -231,6 +262,7 @@ pub fn reset(dir: &Path) -> Result<(), CliError> {
             format!("is not a persistence directory (no {BASE}): nothing to reset"),
         ));
     }
+    let _lock = lock(&dir)?;
     let state = dir.join(STATE);
     let upper = state.join("upper");
     if let Some(m) = mounted_over(&upper)? {
@@ -292,7 +324,7 @@ pub fn upper_for(
     upper_given: bool,
     tmp: Option<&str>,
     lowers: &mut Vec<PathBuf>,
-) -> Result<Option<overlay::Upper>, CliError> {
+) -> Result<Option<(overlay::Upper, InUse)>, CliError> {
     let Some(dir) = &args.persist else {
         if args.persist_ro || args.force_base {
             return Err(CliError::msg(
@@ -319,14 +351,16 @@ pub fn upper_for(
     let p = open(dir, lowers, args.force_base)?;
     if args.persist_ro {
         lowers.push(p.upper);
-        return Ok(Some(overlay::Upper::Tmpfs {
+        let upper = overlay::Upper::Tmpfs {
             size: crate::mountopts::check_tmpfs_size(tmp.unwrap_or(""))?,
-        }));
+        };
+        return Ok(Some((upper, p.lock)));
     }
-    Ok(Some(overlay::Upper::Dir {
+    let upper = overlay::Upper::Dir {
         upper: p.upper,
         work: Some(p.work),
-    }))
+    };
+    Ok(Some((upper, p.lock)))
 }
 
 /// The upper directory of a persistence directory, if `dir` is one.
@@ -341,21 +375,33 @@ mod tests {
     use super::*;
 
     /// A persistence directory over one lower, its upper holding one file.
-    fn with_one_change() -> (tempfile::TempDir, PathBuf, PathBuf, Persistent) {
+    fn with_one_change() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
         let t = tempfile::tempdir().unwrap();
         let lower = t.path().join("lower");
         std::fs::create_dir(&lower).unwrap();
         let dir = t.path().join("persist");
-        let p = open(&dir, std::slice::from_ref(&lower), false).unwrap();
-        std::fs::write(p.upper.join("f"), "x").unwrap();
-        (t, lower, dir, p)
+        let Persistent { upper, .. } = open(&dir, std::slice::from_ref(&lower), false).unwrap();
+        std::fs::write(upper.join("f"), "x").unwrap();
+        (t, lower, dir, upper)
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused() {
+        let (_t, lower, dir, _) = with_one_change();
+        let held = open(&dir, std::slice::from_ref(&lower), false).unwrap();
+        let e = reset(&dir).unwrap_err().to_string();
+        assert!(e.contains("in use by another ovl"), "{e}");
+        let e = open(&dir, std::slice::from_ref(&lower), false).unwrap_err();
+        assert!(e.to_string().contains("in use by another ovl"), "{e}");
+        drop(held);
+        reset(&dir).unwrap();
     }
 
     #[test]
     fn reset_swaps_in_an_empty_state_and_keeps_the_base() {
-        let (t, lower, dir, p) = with_one_change();
+        let (t, lower, dir, upper) = with_one_change();
         reset(&dir).unwrap();
-        assert_eq!(std::fs::read_dir(&p.upper).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0);
         assert!(!dir.join(STATE_SWAP).exists());
         // Same base: accepted again; another base: refused, unless forced.
         open(&dir, std::slice::from_ref(&lower), false).unwrap();
@@ -383,6 +429,7 @@ mod tests {
         .unwrap();
         let p = open(&dir, std::slice::from_ref(&lower), false).unwrap();
         assert_eq!(std::fs::read_dir(&p.upper).unwrap().count(), 0);
+        drop(p);
         assert!(!swap.exists());
     }
 }

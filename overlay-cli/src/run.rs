@@ -191,6 +191,8 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         a.upper.tmp.as_deref(),
         &mut lowers,
     )?;
+    // Held until CMD is done: a reset or another run of the same directory is refused.
+    let (persistent, _in_use) = persistent.unzip();
     let upper = match persistent {
         Some(u) => u,
         None => crate::commands::choose_upper(&upper_args, None, false, None, None)?

@@ -203,6 +203,28 @@ fn persistent_upper_over_an_image_chain_survives_remounts_and_resets() {
     assert_eq!(cat_etc(&m), "changed upd2 -");
     umount(&state, &m);
 
+    // While `ovl run --persist` runs, the directory is in use: a reset is refused.
+    let o = ovl_with_state(
+        &state,
+        [
+            "run",
+            "--lower",
+            &base,
+            "--lower",
+            &update,
+            "--persist",
+            &p,
+            "--target",
+            &ms,
+            "--",
+            &s(&ovl_bin()),
+            "reset",
+            &p,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert!(stderr(&o).contains("in use by another ovl"), "{}", both(&o));
+
     // Reset: the next mount starts from the images alone.
     let o = ovl_with_state(&state, ["reset", &p]);
     assert!(o.status.success(), "{}", both(&o));
