@@ -386,7 +386,8 @@ List the paths an upper layer changes, one per line like `docker diff`:
 The upper is read on disk without mounting (do not run it against an upper that is mounted
 read-write). Paths are absolute, as seen in the merged view, sorted. Given the mount point of an
 overlay, ovl diffs that overlay's upper (from its record of the mount, or the kernel's
-upperdir=), against its lowers unless --lower is given; never the merged tree itself.
+upperdir=), against its lowers unless --lower is given; never the merged tree itself. Given a
+persistence directory (--persist DIR), ovl diffs its upper.
 
 With --lower (bottom-first, repeatable) ovl resolves each path in the merged lowers the way
 the kernel does (whiteouts, opaque directories, redirects), so A and C are exact, whiteouts
@@ -596,7 +597,7 @@ pub struct DiffArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// The upper layer directory.
+    /// The upper layer directory (or a persistence directory, or an overlay's mount point).
     #[arg(value_name = "UPPER")]
     pub upper: PathBuf,
 }

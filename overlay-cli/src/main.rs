@@ -82,6 +82,10 @@ fn diff_layers(
     path: &std::path::Path,
     lowers: &[std::path::PathBuf],
 ) -> Result<DiffLayers, CliError> {
+    // A persistence directory (--persist DIR): its upper.
+    if let Some(u) = persist::upper_of(path) {
+        return Ok((u, lowers.to_vec(), Vec::new()));
+    }
     let plain = || Ok((path.to_path_buf(), lowers.to_vec(), Vec::new()));
     let Ok(canon) = std::fs::canonicalize(path) else {
         return plain();

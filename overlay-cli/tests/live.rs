@@ -173,6 +173,15 @@ fn persistent_upper_over_an_image_chain_survives_remounts_and_resets() {
     mount(&state, &chain);
     assert_eq!(cat_etc(&m), "changed upd -");
     umount(&state, &m);
+    // `ovl diff DIR` reads the persistent upper.
+    let o = ovl_with_state(&state, ["diff", &p]);
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(
+        lines(&o),
+        ["C /etc", "C /etc/a", "D /etc/c"],
+        "{}",
+        both(&o)
+    );
 
     // Over another base: refused, naming the directory; --force-base takes it.
     let o = ovl_with_state(&state, ["mount", "--lower", &base, "--persist", &p, &ms]);
