@@ -349,7 +349,9 @@ not used). What CMD sees then depends on --owners:
          chown (which succeeds and changes nothing: everything stays root's). Files are
          stored in the upper as the calling user's. A file the caller cannot read on the host
          (a 0600 file of root) cannot be copied up: changing it fails with EACCES, and ovl
-         names it afterwards. Needs a usable /dev/fuse (see `ovl probe`).
+         names it afterwards. Needs a usable /dev/fuse (see `ovl probe`). Only uid and gid 0
+         exist inside: a program that switches to another user (su, apt's _apt sandbox)
+         cannot (EINVAL).
   real   (the default for lowers of your own) the kernel overlay with userxattr (or FUSE):
          files of other users show as owned by nobody and cannot be changed; your own
          files are root's inside.
