@@ -165,6 +165,21 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         ));
     }
     let mut options = overlay_options(&k.options)?;
+    // Checked before --persist creates anything.
+    let target = canonical(&a.target)?;
+    let mounts = crate::mountinfo::read()
+        .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
+    if let Some(m) = mounts.iter().rev().find(|m| m.mount_point == target) {
+        if m.fstype == "overlay" || m.fstype.starts_with("fuse") {
+            return Err(CliError::path(
+                &target,
+                format!(
+                    "already has an overlay mounted ({}); unmount it first",
+                    m.fstype
+                ),
+            ));
+        }
+    }
     let mut lowers = lowers;
     let persistent = crate::persist::upper_for(
         &a.persist,
@@ -189,20 +204,6 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     };
     if upper == Upper::ReadOnly {
         options.read_only = true;
-    }
-    let target = canonical(&a.target)?;
-    let mounts = crate::mountinfo::read()
-        .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
-    if let Some(m) = mounts.iter().rev().find(|m| m.mount_point == target) {
-        if m.fstype == "overlay" || m.fstype.starts_with("fuse") {
-            return Err(CliError::path(
-                &target,
-                format!(
-                    "already has an overlay mounted ({}); unmount it first",
-                    m.fstype
-                ),
-            ));
-        }
     }
     let reg = Registry::open();
     let scratch = reg.scratch_dir()?;

@@ -179,6 +179,19 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     } else {
         vec![target.clone().unwrap_or_else(|| PathBuf::from("/"))]
     };
+    // Everything that can be refused is checked before --persist creates anything.
+    if let Some(img) = &a.save {
+        crate::save::check_new_image(img)?;
+    }
+    let keep = match &a.keep {
+        Some(k) => {
+            let k = absolute(k)?;
+            check_keep_dir(&k)?;
+            Some(k)
+        }
+        None => None,
+    };
+    let options = run_options(&a.options)?;
     // --tmp is the default: --tmp-inodes alone caps that default tmpfs.
     let mut upper_args = a.upper.clone();
     if upper_args.tmp_inodes.is_some() && upper_args.upper.is_none() && upper_args.tmp.is_none() {
@@ -205,18 +218,6 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         },
         other => other,
     };
-    if let Some(img) = &a.save {
-        crate::save::check_new_image(img)?;
-    }
-    let keep = match &a.keep {
-        Some(k) => {
-            let k = absolute(k)?;
-            check_keep_dir(&k)?;
-            Some(k)
-        }
-        None => None,
-    };
-    let options = run_options(&a.options)?;
     let squash = squash_owners(a.owners, a.backend, &lowers);
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let reg = Registry::open();
