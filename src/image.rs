@@ -57,6 +57,11 @@ impl ImageKind {
         }
     }
 
+    /// The name of the program that serves it.
+    pub(crate) fn program_name(self) -> &'static str {
+        self.program().0
+    }
+
     fn article(self) -> &'static str {
         match self {
             ImageKind::Squashfs => "a squashfs",

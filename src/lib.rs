@@ -968,9 +968,9 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
             let im = image::FuseImage::mount(l, kind, &parent)?;
             reasons.push(format!(
-                "image lower {}: served by FUSE on {}",
+                "image lower {}: served by {}",
                 l.display(),
-                im.dir.display()
+                kind.program_name()
             ));
             lowers_mount[i] = im.dir.clone();
             images.push(im);
