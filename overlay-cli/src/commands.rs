@@ -416,12 +416,15 @@ fn health(r: &MountRecord) -> (&'static str, Option<String>) {
             );
         }
         // statfs always reaches the daemon (a stat may be answered from the kernel's cache),
-        // and waits for it: asked on a thread of its own, so a daemon that does not answer
-        // cannot hang `ovl status`.
+        // and waits for it. With FUSE over io_uring a request handed to a daemon that does
+        // not answer cannot be killed: the caller waits uninterruptibly until the daemon
+        // resumes. So the statfs runs in a process of its own (this program again, see
+        // `statfs_probe_main`) that `ovl status` leaves behind when it does not answer in
+        // time, instead of a thread that would keep `ovl status` itself from exiting.
         let (tx, rx) = std::sync::mpsc::channel();
         let target = r.target.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(rustix::fs::statfs(&target).err());
+            let _ = tx.send(statfs_in_a_child(&target));
         });
         match rx.recv_timeout(STATFS_PATIENCE) {
             Ok(Some(rustix::io::Errno::NOTCONN)) => {
@@ -445,6 +448,43 @@ fn health(r: &MountRecord) -> (&'static str, Option<String>) {
         }
     }
     ("ok", None)
+}
+
+/// The environment variable that turns `ovl` into the statfs probe of [`health`].
+pub const STATFS_PROBE_ENV: &str = "OVL_INTERNAL_STATFS_PROBE";
+
+/// Exit status of the statfs probe when the mount answers ENOTCONN.
+const PROBE_NOT_CONNECTED: i32 = 3;
+
+/// `statfs` of `target` in a child process (this program with [`STATFS_PROBE_ENV`] set):
+/// `None` when it answered, `Some(errno)` when it failed. Waits for the child; the caller
+/// gives up on this thread when it takes too long, and the child is never killed nor
+/// waited for then (it may be stuck until the daemon resumes; init reaps it).
+fn statfs_in_a_child(target: &std::path::Path) -> Option<rustix::io::Errno> {
+    let exe = std::env::current_exe().ok()?;
+    let status = std::process::Command::new(exe)
+        .env(STATFS_PROBE_ENV, target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    match status.code() {
+        Some(0) => None,
+        Some(PROBE_NOT_CONNECTED) => Some(rustix::io::Errno::NOTCONN),
+        _ => Some(rustix::io::Errno::IO),
+    }
+}
+
+/// The statfs probe's whole life, when `ovl` was started as one (see [`statfs_in_a_child`]):
+/// exit 0 when `statfs` of the path in [`STATFS_PROBE_ENV`] answers, 3 on ENOTCONN, 1 else.
+pub fn statfs_probe_main(target: &std::ffi::OsStr) -> ! {
+    let code = match rustix::fs::statfs(std::path::Path::new(target)) {
+        Ok(_) => 0,
+        Err(rustix::io::Errno::NOTCONN) => PROBE_NOT_CONNECTED,
+        Err(_) => 1,
+    };
+    std::process::exit(code)
 }
 
 /// How long `ovl status` waits for a FUSE daemon to answer `statfs`.

@@ -232,6 +232,9 @@ fn run(cli: Cli) -> Result<u8, CliError> {
 }
 
 fn main() -> ExitCode {
+    if let Some(target) = std::env::var_os(commands::STATFS_PROBE_ENV) {
+        commands::statfs_probe_main(&target);
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let is_run = matches!(cli.command, Command::Run(_));
