@@ -48,10 +48,14 @@
 //! directory caching, writeback cache, and FUSE passthrough for upper files when the daemon
 //! has CAP_SYS_ADMIN in the initial user namespace (see [`fs`] for the copy-up rule and the
 //! round-trip savings); a bounded inode table (`max_inodes=`).
+//!
+//! The crate also has `ovl-erofs` ([`erofs`]): an EROFS image served read-only through FUSE,
+//! read in-process, which `ovl` uses for EROFS image lowers without root.
 #![warn(missing_docs)]
 
 pub mod caller;
 pub mod daemon;
+pub mod erofs;
 pub mod error;
 pub mod fs;
 pub mod idmap;
