@@ -26,27 +26,28 @@ pub(crate) fn find_program() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("OVL_FUSE") {
         return Ok(PathBuf::from(p));
     }
+    find_companion("ovl-fuse").ok_or_else(|| {
+        "the ovl-fuse program was not found (set OVL_FUSE, or install it next to ovl or in PATH)"
+            .into()
+    })
+}
+
+/// A program shipped with ovl (`ovl-fuse`, `ovl-erofs`): next to the running executable
+/// (tests: one directory up), or in `PATH`.
+pub(crate) fn find_companion(name: &str) -> Option<PathBuf> {
     if let Some(exe) = own_exe() {
         // Next to us, or (tests: target/debug/deps/x) one directory up.
         for dir in exe.ancestors().skip(1).take(2) {
-            let p = dir.join("ovl-fuse");
+            let p = dir.join(name);
             if p.is_file() {
-                return Ok(p);
+                return Some(p);
             }
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&path) {
-            let p = d.join("ovl-fuse");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    Err(
-        "the ovl-fuse program was not found (set OVL_FUSE, or install it next to ovl or in PATH)"
-            .into(),
-    )
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn fuse_mounted_at(target: &Path) -> bool {
@@ -274,6 +275,11 @@ pub(crate) fn unmount_fuse(target: &Path, lazy: bool, detach_if_busy: bool) -> R
             })?;
             if st.success() {
                 Ok(())
+            } else if !lazy && detach_if_busy {
+                // Busy, most likely: a FUSE daemon above it (ovl-fuse over an image lower)
+                // is still exiting with descriptors open. Detach; it goes when they close.
+                tracing::warn!("{}: fusermount3 -u failed; detaching lazily", target.display());
+                unmount_fuse(target, true, false)
             } else {
                 Err(Error::Fuse {
                     target: target.to_path_buf(),

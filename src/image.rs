@@ -1,5 +1,5 @@
-//! Image lowers served by FUSE programs: `squashfuse` (squashfs), `erofsfuse` (EROFS) and
-//! `fuseiso` (ISO 9660). Used where the kernel cannot loop-mount the image for us: without
+//! Image lowers served by FUSE programs: `squashfuse` (squashfs), `erofsfuse` or else our own
+//! `ovl-erofs` (EROFS; Debian 12 has no erofsfuse) and `fuseiso` (ISO 9660). Used where the kernel cannot loop-mount the image for us: without
 //! root (in a user namespace, or through `fusermount3`), for the FUSE backend, and for ISO
 //! images always (the kernel path takes squashfs and EROFS only).
 
@@ -45,21 +45,34 @@ impl ImageKind {
         (head.get(32769..32774) == Some(b"CD001")).then_some(ImageKind::Iso9660)
     }
 
-    /// The program that serves it, and where to get it.
-    fn program(self) -> (&'static str, &'static str) {
+    /// The programs that can serve it, preferred first, and where to get them.
+    fn programs(self) -> (&'static [&'static str], &'static str) {
         match self {
-            ImageKind::Squashfs => ("squashfuse", "Debian/Ubuntu: apt-get install squashfuse"),
+            ImageKind::Squashfs => (&["squashfuse"], "Debian/Ubuntu: apt-get install squashfuse"),
             ImageKind::Erofs => (
-                "erofsfuse",
-                "from erofs-utils 1.7 or later (Debian 13: apt-get install erofsfuse; Debian 12 does not package it)",
+                &["erofsfuse", "ovl-erofs"],
+                "ovl-erofs is built with ovl (cargo build --workspace) and belongs next to ovl or in PATH; erofsfuse comes with erofs-utils 1.7 or later (Debian 13: apt-get install erofsfuse)",
             ),
-            ImageKind::Iso9660 => ("fuseiso", "Debian/Ubuntu: apt-get install fuseiso"),
+            ImageKind::Iso9660 => (&["fuseiso"], "Debian/Ubuntu: apt-get install fuseiso"),
         }
     }
 
-    /// The name of the program that serves it.
-    pub(crate) fn program_name(self) -> &'static str {
-        self.program().0
+    /// The program that serves it here, and where it is: the first of its programs found
+    /// (ours, `ovl-erofs`, next to ovl or in `PATH`; the others in `PATH`).
+    fn server(self) -> Option<(&'static str, PathBuf)> {
+        self.programs().0.iter().find_map(|&p| {
+            let at = if p == "ovl-erofs" {
+                crate::fuse::find_companion(p)
+            } else {
+                find_in_path(p)
+            };
+            at.map(|a| (p, a))
+        })
+    }
+
+    /// The program to name when none of its programs is found.
+    fn missing_program(self) -> &'static str {
+        self.programs().0.last().copied().unwrap_or("?")
     }
 
     fn article(self) -> &'static str {
@@ -77,11 +90,9 @@ impl ImageKind {
 pub(crate) struct FuseImage {
     pub(crate) dir: PathBuf,
     pub(crate) image: PathBuf,
+    /// The program serving it (`squashfuse`, `ovl-erofs`, ...).
+    pub(crate) program: &'static str,
     armed: bool,
-}
-
-fn in_path(prog: &str) -> bool {
-    find_in_path(prog).is_some()
 }
 
 fn find_in_path(prog: &str) -> Option<PathBuf> {
@@ -93,14 +104,17 @@ fn find_in_path(prog: &str) -> Option<PathBuf> {
 
 /// For each image format: its name, the FUSE program that serves it where the kernel cannot
 /// loop-mount it (without root, for the FUSE backend, ISO 9660 always), and where that
-/// program is (`None`: not installed).
+/// program is (`None`: not installed). For EROFS that is erofsfuse where installed, else
+/// ovl's own `ovl-erofs`.
 pub fn image_programs() -> Vec<(&'static str, &'static str, Option<PathBuf>)> {
     [ImageKind::Squashfs, ImageKind::Erofs, ImageKind::Iso9660]
         .into_iter()
         .map(|k| {
-            let (prog, _) = k.program();
             let name = k.article().split_once(' ').map_or("", |(_, n)| n);
-            (name, prog, find_in_path(prog))
+            match k.server() {
+                Some((prog, at)) => (name, prog, Some(at)),
+                None => (name, k.missing_program(), None),
+            }
         })
         .collect()
 }
@@ -108,7 +122,7 @@ pub fn image_programs() -> Vec<(&'static str, &'static str, Option<PathBuf>)> {
 impl FuseImage {
     /// Mount `image` (of `kind`) into a new private directory under `parent`.
     pub(crate) fn mount(image: &Path, kind: ImageKind, parent: &Path) -> Result<FuseImage> {
-        let (prog, hint) = kind.program();
+        let (_, hint) = kind.programs();
         let unsupported = |reason: String| {
             Error::Core(overlay_core::Error::Unsupported {
                 op: "mount image lower",
@@ -116,21 +130,23 @@ impl FuseImage {
                 reason,
             })
         };
-        if !in_path(prog) {
+        let Some((prog, program)) = kind.server() else {
+            let prog = kind.missing_program();
             return Err(unsupported(format!(
                 "{} image is mounted with {prog} here (without root, for the FUSE backend, or an ISO), and {prog} is not installed ({hint})",
                 kind.article()
             )));
-        }
+        };
         let dir = overlay_core::mount::private_dir_in(parent, "ovl-image")
             .map_err(|e| unsupported(format!("cannot make a directory to mount it on: {e}")))?;
         let mut me = FuseImage {
             dir,
             image: image.to_path_buf(),
+            program: prog,
             armed: false,
         };
         // The programs fork into the background once the mount is live.
-        let mut cmd = Command::new(prog);
+        let mut cmd = Command::new(&program);
         if kind == ImageKind::Iso9660 {
             // No ~/.mtab.fuseiso: without it fuseiso's daemon dies where HOME is not
             // writable (a user namespace).

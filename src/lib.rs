@@ -21,7 +21,8 @@
 //!
 //! Lowers may be image files: squashfs and EROFS images are loop-mounted by the kernel
 //! backend as root; without root, for the FUSE backend, and for ISO 9660 images always, they
-//! are served by `squashfuse`, `erofsfuse` or `fuseiso` (module `image`).
+//! are served by `squashfuse`, `erofsfuse` (else ovl's own `ovl-erofs`) or `fuseiso` (module
+//! `image`).
 //! [`Request::squash_to_root`] gives an unprivileged caller a root-like view (FUSE), and
 //! [`Request::data_lowers`] composefs-style data-only layers (kernel backend).
 //!
@@ -970,7 +971,7 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             reasons.push(format!(
                 "image lower {}: served by {}",
                 l.display(),
-                kind.program_name()
+                im.program
             ));
             lowers_mount[i] = im.dir.clone();
             images.push(im);

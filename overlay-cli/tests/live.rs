@@ -2,8 +2,8 @@
 //! mkfs.erofs, genisoimage) as lowers, chained; a persistent upper (`--persist`) across
 //! remounts, refused over a different base, reset atomically; the read-only-persistent mode;
 //! a session saved as a new image layer; a tmpfs upper with an inode cap. As root (kernel
-//! overlay, loop-mounted images) and as a real non-root user (images through squashfuse and
-//! fuseiso, FUSE overlay).
+//! overlay, loop-mounted images) and as a real non-root user (images through squashfuse,
+//! fuseiso and ovl-erofs, FUSE overlay).
 
 mod common;
 
@@ -44,8 +44,14 @@ fn squashfs(dir: &Path, image: &Path) {
 
 /// `dir` → an EROFS image at `image`.
 fn erofs(dir: &Path, image: &Path) {
+    erofs_with(dir, image, &[]);
+}
+
+/// `dir` → an EROFS image at `image`, with more mkfs.erofs options (`-zlz4hc`).
+fn erofs_with(dir: &Path, image: &Path, opts: &[&str]) {
     let st = Command::new("mkfs.erofs")
         .arg("--quiet")
+        .args(opts)
         .arg(image)
         .arg(dir)
         .status()
@@ -466,6 +472,75 @@ fn a_user_runs_a_live_system_from_images() {
     assert!(o.status.success(), "{}", both(&o));
     let o = run(&["--persist", &p], &show);
     assert_eq!(stdout(&o), "base upd iso ", "{}", both(&o));
+}
+
+/// As a real non-root user, a chain of EROFS images (a plain base, an LZ4HC-compressed
+/// update with a whiteout and an opaque directory) served without root (by ovl-erofs, or
+/// erofsfuse where installed): `ovl run` sees the merged tree; `ovl mount` records the
+/// image lowers with the mount and `ovl umount` releases them.
+#[test]
+fn a_user_runs_a_chain_of_erofs_images() {
+    let Some(u) = AsUser::new() else { return };
+    if !tool_or_skip("mkfs.erofs", "erofs-utils") {
+        return;
+    }
+    let t = open_tempdir();
+    let r = t.path();
+    for f in ["a", "b", "c"] {
+        write(r, &format!("src-base/etc/{f}"), "base\n");
+    }
+    write(r, "src-base/opt/keep/x", "base\n");
+    write(r, "src-upd/etc/b", "upd\n");
+    write(r, "src-upd/opt/keep/y", "upd\n");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        r.join("src-upd/etc/c"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        rustix::fs::makedev(0, 0),
+    )
+    .expect("mknod a whiteout");
+    // Opaque for a root overlay (trusted.) and for a user's (user.).
+    for ns in ["trusted", "user"] {
+        setxattr(
+            &r.join("src-upd/opt/keep"),
+            &format!("{ns}.overlay.opaque"),
+            b"y",
+        );
+    }
+    let (base, update) = (r.join("base.erofs"), r.join("update.erofs"));
+    erofs(&r.join("src-base"), &base);
+    erofs_with(&r.join("src-upd"), &update, &["-zlz4hc"]);
+    let home = u.home("erofs");
+    let m = home.join("m");
+    std::fs::create_dir(&m).unwrap();
+    rustix::fs::chown(
+        &m,
+        Some(rustix::fs::Uid::from_raw(u.uid)),
+        Some(rustix::fs::Gid::from_raw(u.uid)),
+    )
+    .unwrap();
+    let (b, up, ms) = (s(&base), s(&update), s(&m));
+    let show = format!(
+        "for f in a b c; do cat {ms}/etc/$f 2>/dev/null || echo -; done | tr '\\n' ' '; ls {ms}/opt/keep | tr '\\n' ' '"
+    );
+    let o = u.ovl(&[
+        "run", "--lower", &b, "--lower", &up, "--target", &ms, "--", "sh", "-c", &show,
+    ]);
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(stdout(&o), "base upd - y ", "{}", both(&o));
+
+    // `ovl mount` as the user (fusermount3): the images are recorded and released.
+    let script = format!(
+        "set -e; $OVL mount --lower {b} --lower {up} --read-only {ms}; {show}; echo; \
+         $OVL status --json | grep -c ovl-image; grep -c ' fuse.ovl-erofs \\| fuse.erofsfuse ' /proc/self/mountinfo; \
+         $OVL umount {ms}; echo left $(grep -c 'ovl-image' /proc/self/mountinfo)"
+    );
+    let o = u.sh(&script);
+    assert!(o.status.success(), "{}", both(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["base upd - y ", "2", "2", "left 0"], "{}", both(&o));
 }
 
 /// As root with the FUSE backend (and for ISO images on the kernel backend), images are

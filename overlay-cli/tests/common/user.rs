@@ -54,8 +54,20 @@ impl AsUser {
             ));
             return None;
         }
+        let erofs = ovl_bin().parent().unwrap().join("ovl-erofs");
+        if !erofs.is_file() {
+            skip_or_fail(&format!(
+                "{} is not built (cargo build --workspace)",
+                erofs.display()
+            ));
+            return None;
+        }
         let dir = open_tempdir();
-        for (from, name) in [(ovl_bin(), "ovl"), (fuse, "ovl-fuse")] {
+        for (from, name) in [
+            (ovl_bin(), "ovl"),
+            (fuse, "ovl-fuse"),
+            (erofs, "ovl-erofs"),
+        ] {
             let to = dir.path().join(name);
             std::fs::copy(from, &to).unwrap();
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -92,6 +104,18 @@ impl AsUser {
     /// Run `ovl ARGS` as the user (stdin closed), with its own state directory.
     pub fn ovl(&self, args: &[&str]) -> Output {
         let bin = self.dir.path().join("ovl");
+        let mut a = vec![bin.display().to_string()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        self.exec(&a)
+    }
+
+    /// Run the shell `script` as the user, with `$OVL` naming its ovl (in the same private
+    /// mount namespace and with the same state directory as [`AsUser::ovl`]).
+    pub fn sh(&self, script: &str) -> Output {
+        self.exec(&["sh".into(), "-c".into(), script.into()])
+    }
+
+    fn exec(&self, argv: &[String]) -> Output {
         let state = self.home("state");
         let fuse_node = self.dir.path().join("fuse");
         // Bind the 0666 node over /dev/fuse only where the real one is root-only.
@@ -106,8 +130,8 @@ impl AsUser {
             .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(script)
             .arg("sh")
-            .arg(&bin)
-            .args(args)
+            .args(argv)
+            .env("OVL", self.dir.path().join("ovl"))
             .env("OVL_STATE_DIR", state)
             .env("HOME", format!("/home/{USER}"))
             .env_remove("XDG_RUNTIME_DIR")
