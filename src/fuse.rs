@@ -278,7 +278,10 @@ pub(crate) fn unmount_fuse(target: &Path, lazy: bool, detach_if_busy: bool) -> R
             } else if !lazy && detach_if_busy {
                 // Busy, most likely: a FUSE daemon above it (ovl-fuse over an image lower)
                 // is still exiting with descriptors open. Detach; it goes when they close.
-                tracing::warn!("{}: fusermount3 -u failed; detaching lazily", target.display());
+                tracing::warn!(
+                    "{}: fusermount3 -u failed; detaching lazily",
+                    target.display()
+                );
                 unmount_fuse(target, true, false)
             } else {
                 Err(Error::Fuse {

@@ -63,11 +63,7 @@ impl AsUser {
             return None;
         }
         let dir = open_tempdir();
-        for (from, name) in [
-            (ovl_bin(), "ovl"),
-            (fuse, "ovl-fuse"),
-            (erofs, "ovl-erofs"),
-        ] {
+        for (from, name) in [(ovl_bin(), "ovl"), (fuse, "ovl-fuse"), (erofs, "ovl-erofs")] {
             let to = dir.path().join(name);
             std::fs::copy(from, &to).unwrap();
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -9,6 +9,9 @@
 //! directory's path. Everything it keeps grows with what the image itself contains, never
 //! with a number the image merely claims.
 //!
+//! A directory entry whose inode cannot be read is left out of the listing (logged); a
+//! directory whose blocks cannot be read fails as a whole.
+//!
 //! `erofs-rs` 0.3 finds directories by path only (its by-inode directory reader is private),
 //! so the image remembers, for each directory met so far, its parent and its name, and hands
 //! the reader the path built from them.
@@ -33,6 +36,8 @@ pub const MAX_DIR_NAME_BYTES: usize = 64 << 20;
 pub const MAX_SYMLINK_BYTES: u64 = 4096;
 /// Longest path of a directory inside the image.
 pub const MAX_PATH_BYTES: usize = 1 << 20;
+/// Unreadable entries left out of one listing before the whole listing fails.
+const MAX_BAD_ENTRIES: usize = 64;
 /// Directory entries kept in the listing cache, all directories together (a larger single
 /// directory is served but not kept).
 const CACHED_ENTRIES: usize = 1 << 17;
@@ -125,13 +130,16 @@ impl ListingCache {
     }
 }
 
+/// A directory's parent (nid) and its name there.
+type DirLink = (u64, Box<[u8]>);
+
 /// An EROFS image opened for reading.
 pub struct ErofsImage {
     fs: EroFS<MmapImage>,
     path: PathBuf,
     root: u64,
     /// Each directory met so far: its parent's nid and its name.
-    dirs: Mutex<HashMap<u64, (u64, Box<[u8]>)>>,
+    dirs: Mutex<HashMap<u64, DirLink>>,
     listings: Mutex<ListingCache>,
 }
 
@@ -333,8 +341,22 @@ impl ErofsImage {
         let rd = self.fs.read_dir(&path[..]).map_err(|e| self.err(op(), e))?;
         let mut entries = Vec::new();
         let mut name_bytes = 0usize;
+        let mut bad = 0usize;
         for e in rd {
-            let e = e.map_err(|e| self.err(op(), e))?;
+            // An entry whose inode cannot be read is left out (and logged): the rest of the
+            // directory stays usable. The reader may also repeat an error that does not
+            // advance it, hence the cap.
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    bad += 1;
+                    if bad > MAX_BAD_ENTRIES {
+                        return Err(self.err(op(), err));
+                    }
+                    tracing::warn!("{}", self.err(op(), format!("entry left out: {err}")));
+                    continue;
+                }
+            };
             if entries.len() >= MAX_DIR_ENTRIES {
                 return Err(self.err(op(), format!("more than {MAX_DIR_ENTRIES} entries")));
             }
