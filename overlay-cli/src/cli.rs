@@ -316,7 +316,7 @@ const PROBE_ABOUT: &str = "\
 Say what works on this machine: the kernel overlay (as this user, and inside a user namespace
 with userxattr), FUSE (/dev/fuse, the ovl-fuse program, fusermount3), and optional kernel
 features (new mount API, lowerdir+, volatile, redirect_dir, metacopy), and the programs that
-serve image lowers without root (squashfuse, erofsfuse, fuseiso). Each answer comes with
+serve image lowers without root (squashfuse; erofsfuse, else ovl's own ovl-erofs; fuseiso). Each answer comes with
 the reason, taken from real test mounts in a temporary directory. The backend `--backend auto`
 would choose is printed last.";
 

@@ -669,9 +669,22 @@ fn probe_names_the_image_programs() {
             .is_some_and(|p| p.ends_with("/squashfuse")),
         "{v}"
     );
+    // EROFS: erofsfuse where installed, else ovl's own ovl-erofs (built with ovl).
+    let er = &v["image_programs"]["EROFS"];
+    let prog = er["program"].as_str().unwrap_or_default();
+    assert!(prog == "erofsfuse" || prog == "ovl-erofs", "{v}");
+    assert!(
+        er["path"].as_str().is_some_and(|p| p.ends_with(prog)),
+        "{v}"
+    );
     let o = ovl(["probe"]);
     assert!(
         stdout(&o).contains("squashfs images without root (or for FUSE): yes"),
+        "{}",
+        both(&o)
+    );
+    assert!(
+        stdout(&o).contains("EROFS images without root (or for FUSE): yes"),
         "{}",
         both(&o)
     );
