@@ -107,26 +107,33 @@ pub fn run(req: MountRequest) -> i32 {
             return 1;
         }
     };
-    match std::fs::metadata(&req.mountpoint) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            say(format_args!(
-                "ovl-fuse: mountpoint {} is not a directory",
-                req.mountpoint.display()
-            ));
-            return 1;
-        }
-        Err(e) => {
-            say(format_args!(
-                "ovl-fuse: mountpoint {}: {e}",
-                req.mountpoint.display()
-            ));
-            return 1;
-        }
+    if !mountpoint_is_a_directory("ovl-fuse", &req.mountpoint) {
+        return 1;
     }
     daemonize("ovl-fuse", req.foreground, |ready| {
         serve(&req, stack, ready)
     })
+}
+
+/// True when `mountpoint` is a directory; else says why not (prefixed with `prog`).
+pub(crate) fn mountpoint_is_a_directory(prog: &str, mountpoint: &Path) -> bool {
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) => {
+            say(format_args!(
+                "{prog}: mountpoint {} is not a directory",
+                mountpoint.display()
+            ));
+            false
+        }
+        Err(e) => {
+            say(format_args!(
+                "{prog}: mountpoint {}: {e}",
+                mountpoint.display()
+            ));
+            false
+        }
+    }
 }
 
 /// Run `serve` (which mounts, then serves until unmounted) in the foreground, or forked

@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{force_unmount, is_mounted, skip, wait_mounted};
-use overlay_fuse::erofs::image::{ErofsImage, NodeKind};
+use overlay_core::FileKind;
+use overlay_fuse::erofs::image::ErofsImage;
 
 const EROFS_BIN: &str = env!("CARGO_BIN_EXE_ovl-erofs");
 
@@ -213,13 +214,13 @@ fn snapshot_image(img: &ErofsImage) -> Tree {
             let a = img.attr(e.nid).unwrap();
             assert_eq!(a.kind, e.kind);
             let kind = match a.kind {
-                NodeKind::File => 'f',
-                NodeKind::Directory => 'd',
-                NodeKind::Symlink => 'l',
-                NodeKind::CharDevice => 'c',
-                NodeKind::BlockDevice => 'b',
-                NodeKind::Fifo => 'p',
-                NodeKind::Socket => 's',
+                FileKind::File => 'f',
+                FileKind::Directory => 'd',
+                FileKind::Symlink => 'l',
+                FileKind::CharDevice => 'c',
+                FileKind::BlockDevice => 'b',
+                FileKind::Fifo => 'p',
+                FileKind::Socket => 's',
             };
             let node = Node {
                 kind,
@@ -420,11 +421,11 @@ fn read_all(path: &Path) -> usize {
             }
             let _ = img.xattrs(e.nid);
             match e.kind {
-                NodeKind::Directory => queue.push_back(e.nid),
-                NodeKind::File => {
+                FileKind::Directory => queue.push_back(e.nid),
+                FileKind::File => {
                     let _ = img.read(e.nid, 0, 1 << 20);
                 }
-                NodeKind::Symlink => {
+                FileKind::Symlink => {
                     let _ = img.readlink(e.nid);
                 }
                 _ => {}

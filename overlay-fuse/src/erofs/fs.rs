@@ -17,7 +17,9 @@ use fuser::{
 };
 use tracing::warn;
 
-use super::image::{ErofsImage, NodeAttr, NodeKind};
+use overlay_core::FileKind;
+
+use super::image::{ErofsImage, Listing, NodeAttr};
 use crate::error::Error;
 
 /// How long the kernel may cache entries and attributes: the image never changes.
@@ -98,6 +100,13 @@ impl ErofsFs {
             .map_or(ino, INodeNo)
     }
 
+    /// The listing of directory `ino` and its parent's node id.
+    fn listing(&self, ino: INodeNo, op: &str) -> Result<(Listing, INodeNo), Errno> {
+        let nid = self.nid(ino)?;
+        let l = self.image.listing(nid).map_err(|e| eio(op, &e))?;
+        Ok((l, self.parent(ino)))
+    }
+
     fn node(&self, ino: INodeNo) -> Result<NodeAttr, Errno> {
         let nid = self.nid(ino)?;
         self.image.attr(nid).map_err(|e| eio("getattr", &e))
@@ -109,15 +118,15 @@ fn eio(op: &str, e: &Error) -> Errno {
     Errno::EIO
 }
 
-fn file_type(k: NodeKind) -> FileType {
+fn file_type(k: FileKind) -> FileType {
     match k {
-        NodeKind::File => FileType::RegularFile,
-        NodeKind::Directory => FileType::Directory,
-        NodeKind::Symlink => FileType::Symlink,
-        NodeKind::CharDevice => FileType::CharDevice,
-        NodeKind::BlockDevice => FileType::BlockDevice,
-        NodeKind::Fifo => FileType::NamedPipe,
-        NodeKind::Socket => FileType::Socket,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
     }
 }
 
@@ -187,10 +196,10 @@ impl Filesystem for ErofsFs {
             return reply.error(Errno::EROFS);
         }
         match self.node(ino) {
-            Ok(a) if a.kind == NodeKind::File => {
+            Ok(a) if a.kind == FileKind::File => {
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
             }
-            Ok(a) if a.kind == NodeKind::Directory => reply.error(Errno::EISDIR),
+            Ok(a) if a.kind == FileKind::Directory => reply.error(Errno::EISDIR),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
         }
@@ -220,7 +229,7 @@ impl Filesystem for ErofsFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.node(ino) {
-            Ok(a) if a.kind == NodeKind::Directory => reply.opened(
+            Ok(a) if a.kind == FileKind::Directory => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
@@ -237,14 +246,10 @@ impl Filesystem for ErofsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self
-            .nid(ino)
-            .and_then(|nid| self.image.listing(nid).map_err(|e| eio("readdir", &e)));
-        let entries = match r {
-            Ok(l) => l,
+        let (entries, parent) = match self.listing(ino, "readdir") {
+            Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let parent = self.parent(ino);
         let total = entries.len() as u64 + 2;
         for i in offset..total {
             let full = match i {
@@ -278,14 +283,10 @@ impl Filesystem for ErofsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let r = self
-            .nid(ino)
-            .and_then(|nid| self.image.listing(nid).map_err(|e| eio("readdirplus", &e)));
-        let entries = match r {
-            Ok(l) => l,
+        let (entries, parent) = match self.listing(ino, "readdirplus") {
+            Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let parent = self.parent(ino);
         let total = entries.len() as u64 + 2;
         for i in offset..total {
             if i < 2 {

@@ -24,6 +24,7 @@ use std::time::SystemTime;
 use erofs_rs::backend::MmapImage;
 use erofs_rs::types::Inode;
 use erofs_rs::{EroFS, Xattrs};
+use overlay_core::FileKind;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
@@ -42,32 +43,13 @@ const MAX_BAD_ENTRIES: usize = 64;
 /// directory is served but not kept).
 const CACHED_ENTRIES: usize = 1 << 17;
 
-/// What kind of object an inode is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Directory,
-    /// A symbolic link.
-    Symlink,
-    /// A character device (a whiteout of an overlay layer is one, 0:0).
-    CharDevice,
-    /// A block device.
-    BlockDevice,
-    /// A named pipe.
-    Fifo,
-    /// A socket.
-    Socket,
-}
-
 /// The attributes of one inode of the image.
 #[derive(Debug, Clone)]
 pub struct NodeAttr {
     /// The image's inode number.
     pub nid: u64,
-    /// Its kind.
-    pub kind: NodeKind,
+    /// Its kind (a whiteout of an overlay layer is a character device 0:0).
+    pub kind: FileKind,
     /// Permission bits with set-user-ID, set-group-ID and sticky (`mode & 0o7777`).
     pub perm: u16,
     /// Owner, as stored in the image.
@@ -92,7 +74,7 @@ pub struct DirEntry {
     /// The inode it names.
     pub nid: u64,
     /// That inode's kind.
-    pub kind: NodeKind,
+    pub kind: FileKind,
 }
 
 /// A sorted directory listing ("." and ".." left out).
@@ -212,7 +194,7 @@ impl ErofsImage {
             listings: Mutex::new(ListingCache::default()),
         };
         let r = me.attr(root)?;
-        if r.kind != NodeKind::Directory {
+        if r.kind != FileKind::Directory {
             return Err(me.err("read the root directory", "it is not a directory"));
         }
         // The root's listing must be readable for the image to be worth mounting.
@@ -260,19 +242,19 @@ impl ErofsImage {
         use std::os::unix::fs::PermissionsExt;
         let t = i.file_type();
         let kind = if t.is_file() {
-            NodeKind::File
+            FileKind::File
         } else if t.is_dir() {
-            NodeKind::Directory
+            FileKind::Directory
         } else if t.is_symlink() {
-            NodeKind::Symlink
+            FileKind::Symlink
         } else if t.is_char_device() {
-            NodeKind::CharDevice
+            FileKind::CharDevice
         } else if t.is_block_device() {
-            NodeKind::BlockDevice
+            FileKind::BlockDevice
         } else if t.is_fifo() {
-            NodeKind::Fifo
+            FileKind::Fifo
         } else if t.is_socket() {
-            NodeKind::Socket
+            FileKind::Socket
         } else {
             return Err(self.err(format!("read inode {}", i.id()), "unknown file type"));
         };
@@ -377,7 +359,7 @@ impl ErofsImage {
         entries.dedup_by(|a, b| a.name == b.name);
         {
             let mut dirs = self.dirs.lock();
-            for e in entries.iter().filter(|e| e.kind == NodeKind::Directory) {
+            for e in entries.iter().filter(|e| e.kind == FileKind::Directory) {
                 if e.nid != self.root && e.nid != nid {
                     dirs.entry(e.nid)
                         .or_insert_with(|| (nid, e.name.clone().into_boxed_slice()));

@@ -42,7 +42,7 @@ pub use fs::ErofsFs;
 pub use image::ErofsImage;
 pub use options::{parse_args, ErofsCommand, ErofsRequest, USAGE};
 
-use crate::daemon::{block_signals, daemonize, say, serve_session};
+use crate::daemon::{block_signals, daemonize, mountpoint_is_a_directory, say, serve_session};
 use crate::fs::FsConfig;
 use crate::mount::{mount_fs, MountConfig};
 
@@ -56,22 +56,8 @@ pub fn run(req: ErofsRequest) -> i32 {
             return 1;
         }
     };
-    match std::fs::metadata(&req.mountpoint) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            say(format_args!(
-                "ovl-erofs: mountpoint {} is not a directory",
-                req.mountpoint.display()
-            ));
-            return 1;
-        }
-        Err(e) => {
-            say(format_args!(
-                "ovl-erofs: mountpoint {}: {e}",
-                req.mountpoint.display()
-            ));
-            return 1;
-        }
+    if !mountpoint_is_a_directory("ovl-erofs", &req.mountpoint) {
+        return 1;
     }
     daemonize("ovl-erofs", req.foreground, |ready| {
         let signals = block_signals();
