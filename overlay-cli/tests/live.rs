@@ -544,18 +544,20 @@ fn a_user_runs_a_chain_of_erofs_images() {
 }
 
 /// As root with the FUSE backend (and for ISO images on the kernel backend), images are
-/// served by squashfuse and fuseiso: recorded with the mount, released by `ovl umount`.
+/// served by squashfuse, ovl-erofs (or erofsfuse) and fuseiso: recorded with the mount,
+/// released by `ovl umount`.
 #[test]
 fn fuse_served_images_are_recorded_and_released() {
     if !root_or_skip("mounts overlays")
         || !tool_or_skip("mksquashfs", "squashfs-tools")
+        || !tool_or_skip("mkfs.erofs", "erofs-utils")
         || !tool_or_skip("squashfuse", "squashfuse")
         || !tool_or_skip("fuseiso", "fuseiso")
         || !tool_or_skip("genisoimage", "genisoimage")
     {
         return;
     }
-    let im = Images::new("squashfs");
+    let im = Images::new("erofs");
     let extra = im.path("extra.iso");
     write(im.t.path(), "src-iso/etc/c", "iso\n");
     iso(&im.path("src-iso"), &extra);
@@ -563,7 +565,7 @@ fn fuse_served_images_are_recorded_and_released() {
     std::fs::create_dir(&m).unwrap();
     let state = im.path("state");
     let _guard = Unmount(&state, &m);
-    let (base, x, ms) = (s(&im.base), s(&extra), s(&m));
+    let (base, update, x, ms) = (s(&im.base), s(&im.update), s(&extra), s(&m));
     for backend in ["fuse", "kernel"] {
         mount(
             &state,
@@ -573,12 +575,14 @@ fn fuse_served_images_are_recorded_and_released() {
                 "--lower",
                 &base,
                 "--lower",
+                &update,
+                "--lower",
                 &x,
                 "--tmp=8m",
                 &ms,
             ],
         );
-        assert_eq!(cat_etc(&m), "base base iso", "{backend}");
+        assert_eq!(cat_etc(&m), "base upd iso", "{backend}");
         let o = ovl_with_state(&state, ["status", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let images: Vec<PathBuf> = v[0]["images"]
@@ -587,7 +591,7 @@ fn fuse_served_images_are_recorded_and_released() {
             .iter()
             .map(|i| PathBuf::from(i.as_str().unwrap()))
             .collect();
-        assert_eq!(images.len(), 2, "{v}");
+        assert_eq!(images.len(), 3, "{v}");
         assert!(images.iter().all(|i| is_mounted(i)), "{v}");
         umount(&state, &m);
         for i in &images {
