@@ -493,6 +493,14 @@ pub struct MountArgs {
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
 
+    /// Who the files seem to belong to: `root` shows every file as root's (FUSE backend,
+    /// ownership squashed; for a caller without privileges that view is read-only in effect,
+    /// directories shown as root's cannot be written); `real` the owners stored in the
+    /// layers; `auto` (default) is `root` for a caller without privileges mounting image
+    /// files --read-only (files as root sees them), else `real`.
+    #[arg(long, value_enum, default_value_t = OwnersArg::Auto)]
+    pub owners: OwnersArg,
+
     /// The mount point.
     #[arg(value_name = "TARGET")]
     pub target: PathBuf,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use overlay::core::{Atime, OverlayMountOptions, RedirectDir, UuidMode, Verity, Xino};
 use overlay::{Backend, Namespace, Request, Upper};
 
-use crate::cli::{BackendArg, MountArgs, ProbeArgs, StatusArgs, UmountArgs, UpperArgs};
+use crate::cli::{BackendArg, MountArgs, OwnersArg, ProbeArgs, StatusArgs, UmountArgs, UpperArgs};
 use crate::error::CliError;
 use crate::mountopts::{check_tmpfs_size, parse_kernel_style};
 use crate::state::{MountRecord, Registry};
@@ -147,6 +147,29 @@ fn canonical(p: &Path) -> Result<PathBuf, CliError> {
 }
 
 /// `ovl mount`.
+/// Whether `ovl mount` shows every file as root's (see `ovl mount --owners`): asked for, or
+/// by default for a caller without privileges mounting images read-only (the view root gets
+/// of them; with an upper the caller could not write into directories shown as root's).
+fn mount_squashes_owners(
+    owners: OwnersArg,
+    backend: BackendArg,
+    read_only: bool,
+    lowers: &[PathBuf],
+) -> bool {
+    match owners {
+        OwnersArg::Root => true,
+        OwnersArg::Real => false,
+        OwnersArg::Auto => {
+            backend != BackendArg::Kernel
+                && read_only
+                && !overlay::core::mount::has_cap_sys_admin_in_initial_namespace()
+                && lowers
+                    .iter()
+                    .any(|l| std::fs::metadata(l).is_ok_and(|m| m.is_file()))
+        }
+    }
+}
+
 pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     let k = parse_kernel_style(&a.options)?;
     if !a.lowers.is_empty() && !k.lowers.is_empty() {
@@ -205,6 +228,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     if upper == Upper::ReadOnly {
         options.read_only = true;
     }
+    let squash = mount_squashes_owners(a.owners, a.backend, upper == Upper::ReadOnly, &lowers);
     let reg = Registry::open();
     let scratch = reg.scratch_dir()?;
     // Recorded before anything is mounted: if this process dies half-way, `ovl umount` and
@@ -236,6 +260,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     let req = Request::new(lowers)
         .upper(upper)
         .options(options)
+        .squash_to_root(squash)
         .tmpfs_inodes(a.upper.tmp_inodes)
         .data_lowers(a.data_lowers.clone())
         .backend(a.backend.into())

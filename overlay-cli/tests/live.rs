@@ -543,6 +543,88 @@ fn a_user_runs_a_chain_of_erofs_images() {
     assert_eq!(lines, ["base upd - y ", "2", "2", "left 0"], "{}", both(&o));
 }
 
+/// An EROFS image whose etc/f belongs to 1234:5678, and a mount point `m` the test user
+/// owns (when `uid` is given).
+fn owned_image(t: &Path, uid: Option<u32>) -> (PathBuf, PathBuf) {
+    write(t, "src/etc/f", "f\n");
+    rustix::fs::chown(
+        t.join("src/etc/f"),
+        Some(rustix::fs::Uid::from_raw(1234)),
+        Some(rustix::fs::Gid::from_raw(5678)),
+    )
+    .unwrap();
+    let img = t.join("owned.erofs");
+    erofs(&t.join("src"), &img);
+    let m = t.join("m");
+    std::fs::create_dir(&m).unwrap();
+    if let Some(uid) = uid {
+        for d in [t, &m] {
+            rustix::fs::chown(
+                d,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(uid)),
+            )
+            .unwrap();
+        }
+    }
+    (img, m)
+}
+
+/// `ovl mount --owners` for a user without root: an image mounted --read-only shows its files
+/// as root's by default (`auto`) and with `root`, the stored owners with `real` and under a
+/// writable upper.
+#[test]
+fn a_user_mounts_an_image_with_the_owners_chosen() {
+    let Some(u) = AsUser::new() else { return };
+    if !tool_or_skip("mkfs.erofs", "erofs-utils") {
+        return;
+    }
+    let home = u.home("owners");
+    let (img, m) = owned_image(&home, Some(u.uid));
+    let (img, ms, up) = (s(&img), s(&m), s(&home.join("up")));
+    let script = format!(
+        "set -e; for o in auto root real; do $OVL mount --owners $o --lower {img} --read-only {ms}; \
+         stat -c \"$o %u:%g\" {ms}/etc/f; $OVL umount {ms}; done; \
+         $OVL mount --lower {img} --upper {up} {ms}; stat -c 'upper %u:%g' {ms}/etc/f; $OVL umount {ms}"
+    );
+    let o = u.sh(&script);
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(
+        lines(&o),
+        ["auto 0:0", "root 0:0", "real 1234:5678", "upper 1234:5678"],
+        "{}",
+        both(&o)
+    );
+}
+
+/// As root, `ovl mount --owners root` takes the FUSE backend and shows every file as root's;
+/// by default the image keeps its owners (kernel overlay, loop-mounted image).
+#[test]
+fn ovl_mount_owners_root_squashes_for_root_too() {
+    if !root_or_skip("mounts overlays") || !tool_or_skip("mkfs.erofs", "erofs-utils") {
+        return;
+    }
+    let t = open_tempdir();
+    let (img, m) = owned_image(t.path(), None);
+    let state = t.path().join("state");
+    let _guard = Unmount(&state, &m);
+    let (img, ms) = (s(&img), s(&m));
+    let owner = || {
+        let md = std::fs::metadata(m.join("etc/f")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        (md.uid(), md.gid())
+    };
+    mount(
+        &state,
+        &["--owners", "root", "--lower", &img, "--tmp=8m", &ms],
+    );
+    assert_eq!(owner(), (0, 0));
+    umount(&state, &m);
+    mount(&state, &["--lower", &img, "--tmp=8m", &ms]);
+    assert_eq!(owner(), (1234, 5678));
+    umount(&state, &m);
+}
+
 /// As root with the FUSE backend (and for ISO images on the kernel backend), images are
 /// served by squashfuse, ovl-erofs (or erofsfuse) and fuseiso: recorded with the mount,
 /// released by `ovl umount`.
