@@ -4,7 +4,7 @@
 //!
 //! `erofs-rs` checks every structure it reads (bounds, overflow, sortedness of directory
 //! blocks, xattr names) and returns an error rather than panicking; on top of that this
-//! module bounds what a hostile image can make us hold: entries and name bytes of one
+//! module bounds what a hostile image can make us hold or do: the size, entries and name bytes of one
 //! directory, listings kept in the cache, the length of a symbolic link target and of a
 //! directory's path. Everything it keeps grows with what the image itself contains, never
 //! with a number the image merely claims.
@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 
 /// Most entries one directory may have (beyond it: an error, not a partial listing).
 pub const MAX_DIR_ENTRIES: usize = 1 << 21;
+/// Largest directory (bytes of its entry blocks): the reader finds a name by reading the
+/// blocks of each directory on the way, so this bounds the work of one lookup.
+pub const MAX_DIR_BYTES: u64 = 256 << 20;
 /// Most bytes of names one directory may have.
 pub const MAX_DIR_NAME_BYTES: usize = 64 << 20;
 /// Longest symbolic link target served (the kernel's own limit for a link is a page).
@@ -320,6 +323,10 @@ impl ErofsImage {
         }
         let path = self.dir_path(nid)?;
         let op = || format!("list directory {}", String::from_utf8_lossy(&path));
+        let size = self.attr(nid)?.size;
+        if size > MAX_DIR_BYTES {
+            return Err(self.err(op(), format!("{size} bytes of entries is too large")));
+        }
         let rd = self.fs.read_dir(&path[..]).map_err(|e| self.err(op(), e))?;
         let mut entries = Vec::new();
         let mut name_bytes = 0usize;
