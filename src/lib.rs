@@ -1069,8 +1069,41 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
         } else {
             probe.backend("fuse-unprivileged")
         };
+        // Image lowers left to the kernel (loop devices) are served by their FUSE programs
+        // for this backend (e.g. a single image --read-only, which the kernel refuses).
+        let mut late_images = Ok(());
+        if fuse_ok.is_some_and(Support::is_yes) {
+            for (i, l) in lowers_canon.iter().enumerate() {
+                if lowers_mount[i] != req.lowers[i] {
+                    continue; // bound or already served by FUSE
+                }
+                let Some(kind) = image::ImageKind::of(l) else {
+                    continue;
+                };
+                let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
+                match image::FuseImage::mount(l, kind, &parent) {
+                    Ok(im) => {
+                        reasons.push(format!(
+                            "image lower {}: served by {}",
+                            l.display(),
+                            im.program
+                        ));
+                        lowers_mount[i] = im.dir.clone();
+                        renames.push((im.dir.clone(), im.image.clone()));
+                        images.push(im);
+                    }
+                    Err(e) => {
+                        late_images = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
         if !fuse_ok.is_some_and(Support::is_yes) {
             reasons.push(support_line("fuse", fuse_ok));
+        } else if let Err(e) = late_images {
+            reasons.push(format!("fuse: failed: {e}"));
+            last_err = Some(e);
         } else {
             match fuse::FuseMount::start(req, &lowers_mount, &prepared, &target)
                 .map_err(|e| e.rename_paths(&renames))

@@ -598,7 +598,8 @@ fn a_user_mounts_an_image_with_the_owners_chosen() {
 }
 
 /// As root, `ovl mount --owners root` takes the FUSE backend and shows every file as root's;
-/// by default the image keeps its owners (kernel overlay, loop-mounted image).
+/// by default the image keeps its owners (kernel overlay, loop-mounted image; and a single
+/// image --read-only, which falls back to FUSE with the image served by ovl-erofs).
 #[test]
 fn ovl_mount_owners_root_squashes_for_root_too() {
     if !root_or_skip("mounts overlays") || !tool_or_skip("mkfs.erofs", "erofs-utils") {
@@ -622,6 +623,12 @@ fn ovl_mount_owners_root_squashes_for_root_too() {
     umount(&state, &m);
     mount(&state, &["--lower", &img, "--tmp=8m", &ms]);
     assert_eq!(owner(), (1234, 5678));
+    umount(&state, &m);
+    // A single image --read-only: the kernel refuses one lower without an upper, so the FUSE
+    // backend takes it, with the image served by its FUSE program.
+    mount(&state, &["--lower", &img, "--read-only", &ms]);
+    assert_eq!(owner(), (1234, 5678));
+    assert_eq!(std::fs::read_to_string(m.join("etc/f")).unwrap(), "f\n");
     umount(&state, &m);
 }
 
