@@ -269,6 +269,10 @@ pub(crate) fn unmount_fuse(target: &Path, lazy: bool, detach_if_busy: bool) -> R
             if lazy {
                 c.arg("-z");
             }
+            if !lazy && detach_if_busy {
+                // Its complaint is not news when the lazy retry below succeeds.
+                c.stderr(Stdio::null());
+            }
             let st = c.arg(target).status().map_err(|e| Error::Fuse {
                 target: target.to_path_buf(),
                 reason: format!("unmount: not permitted, and fusermount3 cannot run: {e}"),
