@@ -49,6 +49,14 @@ fn page_size() -> usize {
 /// `ro` removed), with the lowers made relative to their common directory when the options
 /// are long (`compactLowerdirOption`).
 pub fn kernel_data_as_containerd_mounts(options: &[String]) -> String {
+    containerd_mount_data(options).1
+}
+
+/// What containerd's `mount` package does with an overlay's `options`: the directory it
+/// mounts from (when it made the lowers relative to it, for options near a page) and the
+/// `mount(2)` data (flags like `ro` removed).
+pub fn containerd_mount_data(options: &[String]) -> (Option<String>, String) {
+    let mut chdir = None;
     const FLAGS: &[&str] = &[
         "async",
         "atime",
@@ -99,12 +107,13 @@ pub fn kernel_data_as_containerd_mounts(options: &[String]) -> String {
                     let rel: Vec<&str> = dirs.iter().map(|d| &d[common.len() + 1..]).collect();
                     opts.remove(i);
                     opts.push(format!("lowerdir={}", rel.join(":")));
+                    chdir = Some(common.to_string());
                 }
             }
         }
     }
     opts.retain(|o| !FLAGS.contains(&o.as_str()) && o != "loop");
-    opts.join(",")
+    (chdir, opts.join(","))
 }
 
 /// The layers of a snapshot: its own `fs/` (upper of an active snapshot) and its parents'.

@@ -144,6 +144,9 @@ impl containerd_snapshots::Snapshotter for Service {
     }
 }
 
+/// How long requests in flight get to finish after SIGINT or SIGTERM.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serve `snapshotter` on the Unix socket `address` until SIGINT or SIGTERM. A stale
 /// socket file is replaced; a socket another process answers on is refused.
 pub async fn serve(snapshotter: Snapshotter, address: &Path) -> Result<()> {
@@ -166,7 +169,7 @@ pub async fn serve(snapshotter: Snapshotter, address: &Path) -> Result<()> {
         "serving containerd's snapshots API on {}",
         address.display()
     );
-    let shutdown = async {
+    let signalled = async {
         use tokio::signal::unix::{signal, SignalKind};
         match (
             signal(SignalKind::interrupt()),
@@ -180,14 +183,29 @@ pub async fn serve(snapshotter: Snapshotter, address: &Path) -> Result<()> {
             }
             _ => std::future::pending::<()>().await,
         }
-        tracing::info!("shutting down");
     };
-    let r = tonic::transport::Server::builder()
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(Arc::new(Service::new(
             snapshotter,
         ))))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    let r = tokio::select! {
+        r = &mut server => r,
+        () = signalled => {
+            tracing::info!("shutting down");
+            let _ = stop.send(());
+            // containerd keeps its connection open: give requests in flight a moment,
+            // then stop without waiting for the connection to close.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
     let _ = std::fs::remove_file(address);
     r.map_err(|e| Error::io("serve", address, std::io::Error::other(e)))
 }
