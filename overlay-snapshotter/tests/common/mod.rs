@@ -585,6 +585,15 @@ pub fn mount_all(ns: &Ns, mounts: &[Mount], target: &Path) -> Result<Mounted, St
 }
 
 impl Mounted {
+    /// Take charge of `count` mounts stacked on `target` (made by something else).
+    pub fn adopt(ns: &Ns, target: &Path, count: usize) -> Mounted {
+        Mounted {
+            ns: ns.clone(),
+            target: target.to_path_buf(),
+            count,
+        }
+    }
+
     /// Unmount now.
     pub fn unmount(mut self) {
         self.release();
@@ -626,6 +635,43 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// Mount what `ctr snapshots mounts TARGET KEY` printed (`mount -t TYPE SOURCE TARGET -o
+/// OPTS` lines): overlay and bind lines run as printed when their options fit a page;
+/// longer overlay options and `fuse3.*` lines the way containerd mounts them (relative
+/// lowers from their common directory; `mount.fuse3 ... -t SUBTYPE`, as `mount(8)` would
+/// hand `mount.fuse3` the type with its `fuse3.` prefix, which it does not strip).
+pub fn mount_printed(ns: &Ns, printed: &str, target: &Path) -> Mounted {
+    let mut m = Mounted::adopt(ns, target, 0);
+    for line in printed.lines().filter(|l| l.starts_with("mount ")) {
+        let w: Vec<&str> = line.split(' ').collect();
+        assert!(
+            w.len() == 7 && w[1] == "-t" && w[5] == "-o",
+            "unexpected line {line:?}"
+        );
+        assert_eq!(Path::new(w[4]), target, "{line}");
+        if w[2].starts_with("fuse3.") || w[6].len() >= 3584 {
+            let mnt = Mount {
+                r#type: w[2].into(),
+                source: w[3].into(),
+                target: String::new(),
+                options: w[6].split(',').map(str::to_string).collect(),
+            };
+            let g = mount_all(ns, &[mnt], target).unwrap();
+            std::mem::forget(g);
+        } else {
+            let out = ns.command("sh").args(["-c", line]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{line}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        m.count += 1;
+    }
+    assert!(m.count > 0, "no mount lines in {printed:?}");
+    m
 }
 
 /// A listing of the tree at `dir` as seen in `ns`: every entry's path, type, mode, owner,
@@ -767,5 +813,37 @@ pub fn tail(s: &str, n: usize) -> String {
 impl Drop for Containerd {
     fn drop(&mut self) {
         stop(&mut self.child);
+    }
+}
+
+/// Makes /dev/fuse usable by everyone (its usual 0666) while any guard lives, restoring the
+/// original mode after the last (this machine ships it 0600, which rules out FUSE in an
+/// unprivileged user namespace). Counted: the rootless tests run in parallel.
+pub struct DevFuseOpen;
+
+static DEV_FUSE: std::sync::Mutex<(usize, u32)> = std::sync::Mutex::new((0, 0));
+
+impl DevFuseOpen {
+    /// Open /dev/fuse up.
+    pub fn new() -> DevFuseOpen {
+        let mut g = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            let mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+            std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(mode | 0o666))
+                .unwrap();
+            g.1 = mode;
+        }
+        g.0 += 1;
+        DevFuseOpen
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        let mut g = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(g.1));
+        }
     }
 }
