@@ -129,6 +129,7 @@ pub struct LayerStackBuilder {
     upper: Option<(PathBuf, PathBuf)>,
     xattr_ns: Option<XattrNamespace>,
     probe_upper_features: bool,
+    unlimited_lowers: bool,
 }
 
 impl LayerStackBuilder {
@@ -171,10 +172,19 @@ impl LayerStackBuilder {
         self
     }
 
+    /// Accept more than [`MAX_LOWER_LAYERS`] lowers: the userspace engine (the FUSE
+    /// backend) has no such limit, only the kernel overlay has ([`crate::MountSpec`] still
+    /// refuses such a stack).
+    pub fn unlimited_lowers(mut self) -> Self {
+        self.unlimited_lowers = true;
+        self
+    }
+
     /// Validate and build the stack.
     ///
     /// Fails with [`Error::InvalidStack`] naming the path when: a layer is missing or not a
-    /// directory; there is no lower layer or more than [`MAX_LOWER_LAYERS`]; a layer appears
+    /// directory; there is no lower layer or more than [`MAX_LOWER_LAYERS`] (unless
+    /// [`LayerStackBuilder::unlimited_lowers`]); a layer appears
     /// twice; the upper is inside a lower or the reverse; the upper and workdir overlap; the
     /// workdir is on another filesystem than the upper or holds anything but the overlay's own
     /// `work`/`index` directories; the upper is itself an overlay; or the upper filesystem lacks
@@ -195,7 +205,7 @@ impl LayerStackBuilder {
                 reason: "at least one lower layer is required".into(),
             });
         }
-        if self.lowers.len() > MAX_LOWER_LAYERS {
+        if self.lowers.len() > MAX_LOWER_LAYERS && !self.unlimited_lowers {
             return Err(Error::InvalidStack {
                 path: self.lowers[MAX_LOWER_LAYERS].clone(),
                 reason: format!(
@@ -502,6 +512,31 @@ mod tests {
             .lowers(std::iter::repeat_n(d[0].clone(), MAX_LOWER_LAYERS + 1))
             .build()
             .unwrap_err();
+        assert!(reason(e).contains("limit is 500"));
+    }
+
+    #[test]
+    fn unlimited_lowers_are_for_userspace_only() {
+        let (t, _) = dirs(0);
+        let many: Vec<PathBuf> = (0..=MAX_LOWER_LAYERS)
+            .map(|i| {
+                let d = t.path().join(format!("l{i}"));
+                std::fs::create_dir(&d).unwrap();
+                d
+            })
+            .collect();
+        let stack = LayerStack::builder()
+            .lowers(many)
+            .unlimited_lowers()
+            .build()
+            .unwrap();
+        assert_eq!(stack.lowers().len(), MAX_LOWER_LAYERS + 1);
+        let e = crate::MountSpec::new(
+            &stack,
+            &crate::OverlayMountOptions::default(),
+            t.path().join("m"),
+        )
+        .unwrap_err();
         assert!(reason(e).contains("limit is 500"));
     }
 }

@@ -39,9 +39,11 @@ pub fn layer_stack(req: &MountRequest) -> Result<LayerStack> {
     } else {
         XattrNamespace::Trusted
     };
+    // FUSE has no limit on lowers (the kernel overlay stops at 500).
     let mut b = LayerStack::builder()
         .lowers(req.lowerdirs.iter().rev().cloned())
-        .xattr_namespace(ns);
+        .xattr_namespace(ns)
+        .unlimited_lowers();
     if let (Some(u), Some(w)) = (&req.upperdir, &req.workdir) {
         if !req.flags.read_only {
             b = b.upper(u, w);

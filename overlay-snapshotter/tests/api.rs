@@ -774,3 +774,81 @@ fn mount_128_layers() {
     assert_eq!(manifest(&s.ns, &flat), manifest(&s.ns, &mp));
     g.unmount();
 }
+
+/// The layer directory a prepared snapshot writes to (what containerd's applier writes to
+/// directly for overlay mounts): the bind source, or the `upperdir=`.
+fn upper_of(m: &[containerd_snapshots::api::types::Mount]) -> PathBuf {
+    let m = &m[0];
+    if m.r#type == "bind" {
+        return PathBuf::from(&m.source);
+    }
+    m.options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from)
+        .expect("an active overlay has an upperdir")
+}
+
+/// A chain of 600 snapshots (`OVL_CHAIN` for more): the kernel overlay takes 500 lowers,
+/// beyond that the mounts are `ovl-fuse`'s, with the reason in the labels; both mount and
+/// show every layer.
+#[test]
+fn chain_of_600_snapshots() {
+    let Some(mut s) = Suite::new("chain_of_600_snapshots", "auto") else {
+        return;
+    };
+    let n: usize = std::env::var("OVL_CHAIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600)
+        .max(502);
+    let mut parent = String::new();
+    for i in 0..n {
+        let key = format!("a{i}");
+        let m = s.c.prepare(&key, &parent, HashMap::new()).unwrap();
+        let want = match i {
+            0 => "bind",
+            1..=500 => "overlay",
+            _ => "fuse3.ovl-fuse",
+        };
+        assert_eq!(m[0].r#type, want, "prepare over {i} layers");
+        let up = upper_of(&m);
+        if i == 0 {
+            std::fs::create_dir(up.join("layers")).unwrap();
+        }
+        std::fs::write(up.join("shared"), format!("{i}")).unwrap();
+        if i > 0 {
+            let _ = std::fs::create_dir(up.join("layers"));
+        }
+        std::fs::write(up.join(format!("layers/{i}")), "x").unwrap();
+        parent = format!("c{i}");
+        s.c.commit(&parent, &key, HashMap::new()).unwrap();
+    }
+    for (layers, want) in [(500, "overlay"), (n, "fuse3.ovl-fuse")] {
+        let view = format!("v{layers}");
+        let m =
+            s.c.view(&view, &format!("c{}", layers - 1), HashMap::new())
+                .unwrap();
+        assert_eq!(m[0].r#type, want, "view of {layers} layers");
+        let st = s.c.stat(&view).unwrap();
+        if want != "overlay" {
+            assert!(
+                st.labels["containerd.io/snapshot/ovl.mount-reason"]
+                    .contains(&format!("{layers} lower layers")),
+                "{:?}",
+                st.labels
+            );
+        }
+        let mp = s.fresh_dir("view");
+        let g = mount_all(&s.ns, &m, &mp).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(mp.join("shared")).unwrap(),
+            format!("{}", layers - 1)
+        );
+        assert_eq!(
+            std::fs::read_dir(mp.join("layers")).unwrap().count(),
+            layers
+        );
+        g.unmount();
+    }
+}

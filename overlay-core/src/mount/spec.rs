@@ -63,6 +63,16 @@ impl MountSpec {
         target: &Path,
         privileged: bool,
     ) -> Result<MountSpec> {
+        let n = stack.lowers().len();
+        if n > crate::stack::MAX_LOWER_LAYERS {
+            return Err(Error::InvalidStack {
+                path: stack.lowers()[crate::stack::MAX_LOWER_LAYERS].path.clone(),
+                reason: format!(
+                    "too many lower layers: {n} given, the kernel's limit is {}",
+                    crate::stack::MAX_LOWER_LAYERS
+                ),
+            });
+        }
         let stack_user = stack.xattr_namespace() == XattrNamespace::User;
         let userxattr = options.userxattr.unwrap_or(stack_user);
         if userxattr != stack_user {

@@ -572,8 +572,12 @@ pub fn mount_all(ns: &Ns, mounts: &[Mount], target: &Path) -> Result<Mounted, St
         }
         .map_err(|e| e.to_string())?;
         if !out.status.success() {
+            let mut what = format!("{mnt:?}");
+            if what.len() > 600 {
+                what = format!("{}...{}", &what[..300], &what[what.len() - 300..]);
+            }
             return Err(format!(
-                "mount {mnt:?} on {}: {}{}",
+                "mount {what} on {}: {}{}",
                 target.display(),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
