@@ -679,10 +679,11 @@ pub fn mount_printed(ns: &Ns, printed: &str, target: &Path) -> Mounted {
 }
 
 /// A listing of the tree at `dir` as seen in `ns`: every entry's path, type, mode, owner,
-/// size and link target, then the sha256 of every regular file. Two trees are equal when
+/// and link target or size and link count, then the sha256 of every regular file. Two trees are equal when
 /// their manifests are.
 pub fn manifest(ns: &Ns, dir: &Path) -> String {
-    let script = r#"cd "$1" && find . -mindepth 1 -printf '%P %y %m %U:%G %s %l\n' | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum"#;
+    // Sizes of regular files only: a directory's st_size is the filesystem's business.
+    let script = r#"cd "$1" && { find . -mindepth 1 ! -type f -printf '%P %y %m %U:%G %l\n'; find . -type f -printf '%P %y %m %U:%G %s %n\n'; } | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum"#;
     let out = ns
         .command("sh")
         .args(["-c", script, "sh"])
