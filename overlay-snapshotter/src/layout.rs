@@ -7,9 +7,14 @@
 //! `snapshots/` whose name is not a recorded id is an orphan for [`Layout::orphans`].
 
 use std::collections::HashSet;
+use std::ffi::{CStr, CString};
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::error::{Error, Result};
 use crate::store::{Kind, Usage};
@@ -146,61 +151,125 @@ impl Layout {
     }
 }
 
+/// Open directory `name` under `dir` without following a symlink.
+fn open_dir_at(dir: impl AsFd, name: &CStr) -> std::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Visit every directory of the tree at `root` (never through a symlink: each directory is
+/// opened relative to its parent's fd with `O_NOFOLLOW`, so a layer's content cannot lead the
+/// walk elsewhere), and every entry in it. Iterative: depth costs heap, not stack.
+fn walk_dirs(
+    root: &Path,
+    mut on_dir: impl FnMut(&OwnedFd) -> std::io::Result<()>,
+    mut on_entry: impl FnMut(&OwnedFd, &CStr) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let top = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // Directories still to visit: their parent's fd and their name.
+    let mut pending: Vec<(Arc<OwnedFd>, CString)> = Vec::new();
+    let mut visit = |fd: OwnedFd, pending: &mut Vec<(Arc<OwnedFd>, CString)>| {
+        on_dir(&fd)?;
+        let fd = Arc::new(fd);
+        for e in rustix::fs::Dir::read_from(&*fd)? {
+            let e = e?;
+            let name = e.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            on_entry(&fd, name)?;
+            let is_dir = match e.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => rustix::fs::statat(&*fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+                    .unwrap_or(false),
+                _ => false,
+            };
+            if is_dir {
+                pending.push((fd.clone(), name.to_owned()));
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    visit(top, &mut pending)?;
+    while let Some((parent, name)) = pending.pop() {
+        match open_dir_at(&*parent, &name) {
+            Ok(fd) => visit(fd, &mut pending)?,
+            // Removed or replaced (by a non-directory) meanwhile: nothing to visit.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc_errno::ENOENT | libc_errno::ENOTDIR | libc_errno::ELOOP)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The errno values the walk tolerates.
+mod libc_errno {
+    pub const ENOENT: i32 = rustix::io::Errno::NOENT.raw_os_error();
+    pub const ENOTDIR: i32 = rustix::io::Errno::NOTDIR.raw_os_error();
+    pub const ELOOP: i32 = rustix::io::Errno::LOOP.raw_os_error();
+}
+
 /// Remove a tree, first giving the owner access to directories the kernel left without
 /// (an overlay workdir's `work/` is mode 000), which a non-root owner could not descend.
+/// `remove_dir_all` itself never follows symlinks; the permission fix-up goes by fds.
 pub fn remove_tree(p: &Path) -> Result<()> {
     match fs::remove_dir_all(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(_) => {
-            let mut stack = vec![p.to_path_buf()];
-            while let Some(d) = stack.pop() {
-                let Ok(md) = fs::symlink_metadata(&d) else {
-                    continue;
-                };
-                if md.is_dir() {
-                    let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
-                    if let Ok(rd) = fs::read_dir(&d) {
-                        stack.extend(rd.flatten().map(|e| e.path()));
-                    }
-                }
-            }
+            let _ = walk_dirs(
+                p,
+                |fd| rustix::fs::fchmod(fd, Mode::from_raw_mode(0o700)).map_err(Into::into),
+                |_, _| Ok(()),
+            );
             fs::remove_dir_all(p).map_err(|e| Error::io("remove", p, e))
         }
     }
 }
 
 /// Disk usage of a tree as containerd counts it (`continuity/fs.DiskUsage`): every inode
-/// once (hard links), the root included; bytes are `st_blocks * 512`. Iterative: a deep
-/// tree costs heap, not stack. Does not cross into other filesystems' mounts.
+/// once (hard links), the root included; bytes are `st_blocks * 512`. Walks by fds, never
+/// through a symlink.
 pub fn disk_usage(root: &Path) -> Result<Usage> {
     let mut seen = HashSet::new();
     let mut u = Usage::default();
-    let md = fs::symlink_metadata(root).map_err(|e| Error::io("measure", root, e))?;
-    let dev = md.dev();
-    let mut stack = vec![(root.to_path_buf(), md)];
-    while let Some((p, md)) = stack.pop() {
-        if seen.insert((md.dev(), md.ino())) {
+    // st_blocks is i64 on some targets and u64 on others.
+    #[allow(clippy::unnecessary_cast)]
+    let mut count = |st: &rustix::fs::Stat| {
+        if seen.insert((st.st_dev, st.st_ino)) {
             u.inodes += 1;
-            u.size += (md.blocks() as i64) * 512;
+            u.size += st.st_blocks as i64 * 512;
         }
-        if md.is_dir() && md.dev() == dev {
-            let rd = match fs::read_dir(&p) {
-                Ok(rd) => rd,
-                Err(e) => return Err(Error::io("measure", &p, e)),
-            };
-            for e in rd {
-                let e = e.map_err(|e| Error::io("measure", &p, e))?;
-                let path = e.path();
-                match fs::symlink_metadata(&path) {
-                    Ok(m) => stack.push((path, m)),
-                    // Removed while we looked: not part of the usage.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("measure", &path, e)),
-                }
+    };
+    count(&rustix::fs::lstat(root).map_err(|e| Error::io("measure", root, e.into()))?);
+    walk_dirs(
+        root,
+        |_| Ok(()),
+        |dir, name| {
+            match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => count(&st),
+                // Removed while we looked: not part of the usage.
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
             }
-        }
-    }
+            Ok(())
+        },
+    )
+    .map_err(|e| Error::io("measure", root, e))?;
     Ok(u)
 }
 
@@ -217,6 +286,29 @@ mod tests {
         let u = disk_usage(d.path()).unwrap();
         assert_eq!(u.inodes, 3);
         assert!(u.size >= 10000);
+    }
+
+    #[test]
+    fn walks_never_follow_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("big"), vec![1u8; 1 << 20]).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o750)).unwrap();
+        let tree = d.path().join("tree");
+        fs::create_dir_all(tree.join("w/work")).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        let u = disk_usage(&tree).unwrap();
+        assert_eq!(u.inodes, 4);
+        assert!(u.size < 1 << 20);
+        fs::set_permissions(tree.join("w/work"), fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(
+            fs::metadata(&outside).unwrap().permissions().mode() & 0o777,
+            0o750
+        );
+        assert!(outside.join("big").exists());
     }
 
     #[test]
