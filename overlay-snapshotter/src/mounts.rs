@@ -338,6 +338,24 @@ mod tests {
     }
 
     #[test]
+    fn options_over_a_page_go_to_fuse() {
+        // A root so long that upperdir= and workdir= alone fill a page: relative lowers
+        // cannot help.
+        let d = tempfile::tempdir().unwrap();
+        let mut root = d.path().to_path_buf();
+        while root.as_os_str().len() < page_size() / 2 {
+            root.push("a".repeat(200));
+        }
+        let l = Layout::create(&root).unwrap();
+        let (mk, why) = plan(&l, &backends(Ok(false)), Kind::Active, 3, &[2, 1]).unwrap();
+        assert_eq!(mk, MountKind::Fuse);
+        assert!(why.contains("over the kernel's page"), "{why}");
+        // A view has no upper: its relative lowers fit.
+        let (mk, _) = plan(&l, &backends(Ok(false)), Kind::View, 3, &[2, 1]).unwrap();
+        assert_eq!(mk, MountKind::Kernel);
+    }
+
+    #[test]
     fn mounts_look_like_containerds_overlayfs() {
         let d = tempfile::tempdir().unwrap();
         let l = Layout::create(d.path()).unwrap();
