@@ -30,6 +30,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A request's worker thread failed (a bug): `Internal`.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The metadata database failed.
     #[error("metadata database {}: {detail}", path.display())]
     Db {
@@ -60,7 +63,7 @@ impl Error {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 tonic::Code::NotFound
             }
-            Error::Io { .. } | Error::Db { .. } => tonic::Code::Internal,
+            Error::Io { .. } | Error::Db { .. } | Error::Internal(_) => tonic::Code::Internal,
         }
     }
 }

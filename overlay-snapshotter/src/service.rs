@@ -36,10 +36,7 @@ impl Service {
         let s = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&s))
             .await
-            .map_err(|e| Error::Db {
-                path: "(worker)".into(),
-                detail: format!("the request's worker failed: {e}"),
-            })?
+            .map_err(|e| Error::Internal(format!("the request's worker failed: {e}")))?
     }
 }
 
