@@ -1,6 +1,6 @@
 //! Which mounts this snapshotter may hand out, decided once at start-up in the namespaces
 //! it shares with containerd: the kernel overlay when the process may mount it (root, from
-//! the facade's [`overlay::probe`]; inside a user namespace, a real test mount with
+//! the facade's [`overlay::probe()`]; inside a user namespace, a real test mount with
 //! `userxattr` under the root directory, as containerd's own overlayfs snapshotter does), and
 //! FUSE (`/dev/fuse`, `mount.fuse3` and `ovl-fuse` found).
 
