@@ -934,3 +934,30 @@ fn kill9_during_calls_leaves_a_consistent_store() {
     }
     assert!(committed > 0, "no snapshot was committed before the kills");
 }
+
+/// A second snapshotter on the same root is refused with a clear error (the database is
+/// locked), and one on another root cannot take over a socket someone serves.
+#[test]
+fn a_second_instance_is_refused() {
+    let Some(s) = Suite::new("a_second_instance_is_refused", "auto") else {
+        return;
+    };
+    let run = |root: &Path| {
+        std::process::Command::new(BIN)
+            .arg("--address")
+            .arg(&s.d.sock)
+            .arg("--root")
+            .arg(root)
+            .output()
+            .unwrap()
+    };
+    let out = run(&s.d.root);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("metadata.redb"), "{err}");
+    let other = s.work.join("other-root");
+    let out = run(&other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("another process serves it"), "{err}");
+}
