@@ -385,3 +385,94 @@ fn kill9_mid_import_then_import_again() {
     k.unmount();
     o.unmount();
 }
+
+/// A layer with the host's `/bin/sh` and the libraries it loads (from `ldd`), at the same
+/// paths.
+fn shell_layer() -> Option<Vec<Entry>> {
+    let sh = std::fs::canonicalize("/bin/sh").ok()?;
+    let out = std::process::Command::new("ldd").arg(&sh).output().ok()?;
+    let mut files = vec![("bin/sh".to_string(), sh)];
+    for tok in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if tok.starts_with('/') {
+            files.push((tok.trim_start_matches('/').to_string(), tok.into()));
+        }
+    }
+    let mut entries = Vec::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    for (dst, src) in files {
+        let mut p = Path::new(&dst).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().into_owned());
+            p = d.parent();
+        }
+        let data = std::fs::read(std::fs::canonicalize(&src).ok()?).ok()?;
+        entries.push(Entry::File(dst, 0o755, data));
+    }
+    let mut v: Vec<Entry> = dirs.iter().map(|d| dir(d)).collect();
+    v.extend(entries);
+    Some(v)
+}
+
+/// `ctr run --snapshotter ovl`: a container runs on the mounts (kernel overlay, then
+/// `ovl-fuse` through containerd's shim and `mount.fuse3`), reads a file of the image and
+/// writes one.
+#[test]
+fn containers_run_on_kernel_and_fuse_mounts() {
+    let t = "containers_run_on_kernel_and_fuse_mounts";
+    if !can_mount(t) || !have_containerd(t) {
+        return;
+    }
+    if which("runc").is_none() {
+        return skip(t, "needs runc (a dependency of the containerd package)");
+    }
+    let Some(sh) = shell_layer() else {
+        return skip(t, "cannot find /bin/sh and its libraries");
+    };
+    for backend in ["auto", "fuse"] {
+        let d = scratch(None);
+        let ns = Ns::Host;
+        let snapd = Snapshotterd::start(&ns, d.path(), backend);
+        let c = Containerd::start(&ns, d.path(), &snapd.sock);
+        let archive = d.path().join("sh.tar");
+        oci::write_archive(
+            &archive,
+            "docker.io/library/ovlsh:1",
+            &[
+                sh.clone(),
+                vec![dir("etc"), file("etc/hello", "hello from ovl\n")],
+            ],
+        );
+        c.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "ovl",
+            archive.to_str().unwrap(),
+        ]);
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "ovl",
+            "docker.io/library/ovlsh:1",
+            &format!("run-{backend}"),
+            "/bin/sh",
+            "-c",
+            r#"read l < /etc/hello; echo "$l"; echo x > /newfile && echo wrote"#,
+        ]);
+        assert_eq!(out, "hello from ovl\nwrote\n", "{backend}");
+        let want = if backend == "fuse" { "fuse" } else { "kernel" };
+        assert!(
+            snapd.log_text().contains(&format!(
+                "/run-{backend}: {}",
+                if want == "fuse" {
+                    "ovl-fuse"
+                } else {
+                    "kernel overlay"
+                }
+            )),
+            "{backend}: {}",
+            snapd.log_text()
+        );
+    }
+}
