@@ -184,7 +184,6 @@ fn main() {
     // Rootless.
     match UserNs::new(ROOTLESS_UID) {
         Ok(userns) => {
-            let _fuse = DevFuseOpen::new();
             let s = setup(&userns.ns, "fuse", Some(ROOTLESS_UID));
             let u_ovl = unpack(&s, "ovl", runs);
             let out =

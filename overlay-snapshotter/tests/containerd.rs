@@ -222,7 +222,6 @@ fn import_rootless_with_fuse_matches_containerd() {
         Ok(u) => u,
         Err(e) => return skip(t, &e),
     };
-    let _fuse = DevFuseOpen::new();
     let d = scratch(Some(ROOTLESS_UID));
     round_trip(&userns.ns, d.path(), "fuse", "fuse");
 }

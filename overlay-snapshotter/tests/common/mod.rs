@@ -174,29 +174,40 @@ pub struct UserNs {
     child: Child,
     /// The namespace to run commands in.
     pub ns: Ns,
+    /// Holds the 0666 FUSE node bound over /dev/fuse inside the namespace.
+    _node_dir: tempfile::TempDir,
 }
 
 impl UserNs {
     /// `unshare -Urm` as `uid`, or `None` (with the reason) when that fails here.
     pub fn new(uid: u32) -> Result<UserNs, String> {
-        let mut child = Command::new("setpriv")
-            .args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                "--".into(),
-                "unshare".into(),
-                "--user".into(),
-                "--map-root-user".into(),
-                "--mount".into(),
-                "--propagation=private".into(),
-                "--".into(),
-                "sleep".into(),
-                "infinity".into(),
-            ])
+        // Where /dev/fuse is root-only (0600 on this machine; a fresh Debian has 0666), a
+        // 0666 node of the same device is bound over it in a mount namespace of the test's
+        // own, which the user's namespace is then made in: nothing changes for the rest of
+        // the machine.
+        let node_dir = tempfile::Builder::new()
+            .prefix("devfuse")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .map_err(|e| format!("tempdir for a FUSE node: {e}"))?;
+        let node = node_dir.path().join("fuse");
+        let bind = if dev_fuse_is_world_usable() {
+            String::new()
+        } else {
+            format!(
+                "mknod -m 0666 '{0}' c 10 229 && mount --bind '{0}' /dev/fuse && ",
+                node.display()
+            )
+        };
+        let script = format!(
+            "{bind}exec setpriv --reuid={uid} --regid={uid} --clear-groups -- \
+             unshare --user --map-root-user --mount --propagation=private -- sleep infinity"
+        );
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(script)
             .stdin(Stdio::null())
             .spawn()
-            .map_err(|e| format!("setpriv/unshare: {e}"))?;
+            .map_err(|e| format!("unshare/setpriv: {e}"))?;
         let pid = child.id() as i32;
         // Wait until the process runs `sleep` in its own user namespace.
         let own = std::fs::read_link("/proc/self/ns/user").ok();
@@ -220,6 +231,7 @@ impl UserNs {
         Ok(UserNs {
             child,
             ns: Ns::User { holder: pid, uid },
+            _node_dir: node_dir,
         })
     }
 }
@@ -821,34 +833,7 @@ impl Drop for Containerd {
     }
 }
 
-/// Makes /dev/fuse usable by everyone (its usual 0666) while any guard lives, restoring the
-/// original mode after the last (this machine ships it 0600, which rules out FUSE in an
-/// unprivileged user namespace). Counted: the rootless tests run in parallel.
-pub struct DevFuseOpen;
-
-static DEV_FUSE: std::sync::Mutex<(usize, u32)> = std::sync::Mutex::new((0, 0));
-
-impl DevFuseOpen {
-    /// Open /dev/fuse up.
-    pub fn new() -> DevFuseOpen {
-        let mut g = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 == 0 {
-            let mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
-            std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(mode | 0o666))
-                .unwrap();
-            g.1 = mode;
-        }
-        g.0 += 1;
-        DevFuseOpen
-    }
-}
-
-impl Drop for DevFuseOpen {
-    fn drop(&mut self) {
-        let mut g = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 -= 1;
-        if g.0 == 0 {
-            let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(g.1));
-        }
-    }
+/// /dev/fuse can be opened by everyone (its usual 0666).
+fn dev_fuse_is_world_usable() -> bool {
+    std::fs::metadata("/dev/fuse").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006)
 }
