@@ -36,6 +36,9 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      fsync=0, volatile   no syncs to the upper: fsync is ignored, copy-ups are not fsynced
      timeout=SECS    kernel cache TTL (0 disables caching)
      writeback=0     no writeback cache;  passthrough=0  no FUSE passthrough
+     lower_passthrough=0   read-only opens of lower files through the daemon: after a
+                     copy-up they read the upper copy, as on the kernel overlay (with
+                     passthrough they keep reading the lower file)
      io_uring=0      read requests from /dev/fuse even where the kernel offers FUSE over
                      io_uring (it does while /sys/module/fuse/parameters/enable_uring is Y)
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
@@ -367,6 +370,7 @@ fn apply_option(
         }
         "writeback" => req.fs.writeback = parse_bool(key, &need(value)?)?,
         "passthrough" => req.fs.passthrough = parse_bool(key, &need(value)?)?,
+        "lower_passthrough" => req.fs.lower_passthrough = parse_bool(key, &need(value)?)?,
         "io_uring" => req.fs.io_uring = parse_bool(key, &need(value)?)?,
         "noxattrs" => req.fs.xattrs = !parse_bool(key, value.unwrap_or("1"))?,
         "userxattr" => req.userxattr = true,

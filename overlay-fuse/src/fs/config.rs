@@ -33,6 +33,13 @@ pub struct FsConfig {
     /// Try FUSE passthrough (it is used only with CAP_SYS_ADMIN in the initial user
     /// namespace, and never together with `fsync=0`).
     pub passthrough: bool,
+    /// With passthrough, give read-only opens of lower files the lower file as their
+    /// backing too (`lower_passthrough=0` off), so their reads never cross the daemon. A
+    /// writer never gets a lower backing; a file copied up while such opens are live goes
+    /// on under a new node id (same `st_ino`). Unlike the kernel overlay, whose read-only
+    /// descriptors switch to the upper copy after a copy-up, those opens keep reading the
+    /// lower file (as the kernel's do for a `mmap` taken before the copy-up).
+    pub lower_passthrough: bool,
     /// Support xattrs (off with `noxattrs=1`: every xattr call answers ENOSYS).
     pub xattrs: bool,
     /// Serve requests through FUSE over io_uring when the kernel offers it (`io_uring=0`
@@ -63,6 +70,7 @@ impl Default for FsConfig {
             fsync: true,
             writeback: true,
             passthrough: true,
+            lower_passthrough: true,
             xattrs: true,
             io_uring: true,
             read_only: false,

@@ -163,6 +163,8 @@ pub(super) fn attr_from_metadata(md: &std::fs::Metadata, ino: u64) -> Attr {
 }
 
 impl Inner {
+    /// The attributes the kernel gets for node id `nodeid` (its `st_ino` is
+    /// [`crate::table::InodeTable::st_ino`]).
     pub(super) fn to_attr(&self, nodeid: u64, a: &Attr) -> FileAttr {
         let nlink = if self.cfg.static_nlink && a.kind == FileKind::Directory {
             1
@@ -170,7 +172,7 @@ impl Inner {
             a.nlink
         };
         FileAttr {
-            ino: INodeNo(nodeid),
+            ino: INodeNo(self.table.st_ino(nodeid, a.ino)),
             size: a.size,
             blocks: a.blocks,
             atime: system_time(a.atime),

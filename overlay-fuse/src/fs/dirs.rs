@@ -63,21 +63,33 @@ impl Inner {
         Ok((d, entries, parent))
     }
 
+    /// The `st_ino` of an open directory and of its parent (node id `parent`), for the
+    /// `d_ino` of "." and "..".
+    fn dot_inos(&self, d: &OpenDir, parent: u64) -> (u64, u64) {
+        let dot = self.table.st_ino(d.nodeid, d.node.ino());
+        let dotdot = match self.table.get(parent) {
+            Some(p) => self.table.st_ino(parent, p.ino()),
+            None => dot,
+        };
+        (dot, dotdot)
+    }
+
     pub(super) fn readdir(&self, fh: u64, offset: u64, mut reply: ReplyDirectory) {
         let (d, entries, parent) = match self.listing(fh, offset) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
         let total = entries.len() as u64 + 2;
+        let (dot, dotdot) = self.dot_inos(&d, parent);
         let mut sent = offset;
         for i in offset..total {
             let full = match i {
-                0 => reply.add(INodeNo(d.nodeid), 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                0 => reply.add(INodeNo(dot), 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(dotdot), 2, FileType::Directory, ".."),
                 _ => {
                     let e = &entries[(i - 2) as usize];
                     reply.add(
-                        INodeNo(self.table.nodeid_of(e.ino)),
+                        INodeNo(self.table.st_ino_of(e.ino)),
                         i + 1,
                         file_type(e.kind),
                         &e.name,
@@ -109,16 +121,21 @@ impl Inner {
         };
         let ttl = self.ttl();
         let total = entries.len() as u64 + 2;
+        let (dot, dotdot) = if offset < 2 {
+            self.dot_inos(&d, parent)
+        } else {
+            (0, 0)
+        };
         for i in offset..total {
             if i < 2 {
                 // "." and "..": the kernel takes no lookup reference for them.
-                let (id, name) = if i == 0 {
-                    (d.nodeid, ".")
+                let (id, st_ino, name) = if i == 0 {
+                    (d.nodeid, dot, ".")
                 } else {
-                    (parent, "..")
+                    (parent, dotdot, "..")
                 };
                 let mut attr = negative_attr();
-                attr.ino = INodeNo(id);
+                attr.ino = INodeNo(st_ino);
                 attr.kind = FileType::Directory;
                 if reply.add(
                     INodeNo(id),

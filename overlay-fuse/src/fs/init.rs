@@ -40,7 +40,9 @@ impl Inner {
             add(config, InitFlags::FUSE_DONT_MASK, "DONT_MASK");
         }
         let mut passthrough = false;
-        if self.cfg.passthrough && self.cfg.fsync && !self.cfg.read_only {
+        // fsync=0 leaves passthrough off on a writable mount (a passthrough fsync would
+        // reach the upper file); a read-only mount passes only lower files through.
+        if self.cfg.passthrough && (self.cfg.fsync || self.cfg.read_only) {
             if !has_initial_cap_sys_admin() {
                 info!("no CAP_SYS_ADMIN in the initial user namespace: no passthrough");
             } else if add(config, InitFlags::FUSE_PASSTHROUGH, "PASSTHROUGH") {
