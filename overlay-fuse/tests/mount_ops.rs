@@ -722,7 +722,10 @@ fn inode_numbers_are_stable_and_unique() {
     uniq.dedup();
     assert_eq!(uniq.len(), 50, "inode numbers must be unique");
     let root_ino = fs::metadata(&l.mnt).unwrap().ino();
-    assert_ne!(root_ino, 1, "the root shows its real st_ino, not FUSE's node id 1");
+    assert_ne!(
+        root_ino, 1,
+        "the root shows its real st_ino, not FUSE's node id 1"
+    );
     assert!(!uniq.contains(&root_ino), "the root's number is its own");
     for i in 0..50 {
         // Copy every file up.

@@ -81,10 +81,8 @@ fn scenario(mnt: &Path) -> Seen {
     seen.reads.push(("f new open".into(), read(&mnt.join("f"))));
     seen.stale.push(("f".into(), read_fd(&ro)));
     seen.ino_kept.push(("f".into(), ino("f") == f_ino));
-    seen.ino_kept.push((
-        "f old fd".into(),
-        ro.metadata().unwrap().ino() == f_ino,
-    ));
+    seen.ino_kept
+        .push(("f old fd".into(), ro.metadata().unwrap().ino() == f_ino));
     // A second read-only open after the copy-up, next to the old one.
     let ro2 = File::open(mnt.join("f")).unwrap();
     seen.reads.push(("f second ro".into(), read_fd(&ro2)));
@@ -106,7 +104,8 @@ fn scenario(mnt: &Path) -> Seen {
     assert_eq!(read_fd(&ro), b"LOWER-H");
     let h_ino = ino("h");
     nix::unistd::truncate(&mnt.join("h"), 3).unwrap();
-    seen.reads.push(("h truncated".into(), read(&mnt.join("h"))));
+    seen.reads
+        .push(("h truncated".into(), read(&mnt.join("h"))));
     let mut a = OpenOptions::new().append(true).open(mnt.join("h")).unwrap();
     std::io::Write::write_all(&mut a, b"+h").unwrap();
     drop(a);
@@ -135,11 +134,30 @@ fn scenario(mnt: &Path) -> Seen {
 /// The layers after a run: the lower untouched, the upper holding every change.
 fn check_layers(l: &Layers, what: &str) {
     let lower = l.lower();
-    assert_eq!(read(&lower.join("f")), b"LOWER-DATA", "{what}: lower f written");
-    assert_eq!(read(&lower.join("g")), b"LOWER-G", "{what}: lower g written");
-    assert_eq!(read(&lower.join("h")), b"LOWER-H", "{what}: lower h written");
-    assert_eq!(read(&lower.join("i")), b"LOWER-I", "{what}: lower i written");
-    assert!(read(&lower.join("big")) == big_content(), "{what}: lower big");
+    assert_eq!(
+        read(&lower.join("f")),
+        b"LOWER-DATA",
+        "{what}: lower f written"
+    );
+    assert_eq!(
+        read(&lower.join("g")),
+        b"LOWER-G",
+        "{what}: lower g written"
+    );
+    assert_eq!(
+        read(&lower.join("h")),
+        b"LOWER-H",
+        "{what}: lower h written"
+    );
+    assert_eq!(
+        read(&lower.join("i")),
+        b"LOWER-I",
+        "{what}: lower i written"
+    );
+    assert!(
+        read(&lower.join("big")) == big_content(),
+        "{what}: lower big"
+    );
     assert_eq!(
         fs::metadata(lower.join("i")).unwrap().mode() & 0o7777,
         0o644,
@@ -189,7 +207,10 @@ fn lower_fds_pass_through(test: &str, io_uring: bool) {
         ("h".into(), b"LOW+h".to_vec()),
         ("i".into(), b"upper-I".to_vec()),
     ];
-    assert_eq!(kernel.stale, upper_view, "kernel overlay changed behaviour?");
+    assert_eq!(
+        kernel.stale, upper_view,
+        "kernel overlay changed behaviour?"
+    );
 
     let fs = FsConfig {
         io_uring,
@@ -201,7 +222,10 @@ fn lower_fds_pass_through(test: &str, io_uring: bool) {
         stats.passthrough_opens >= 6,
         "{test}: lower files not passed through ({stats:?})"
     );
-    assert_eq!(seen.reads, kernel.reads, "{test}: reads differ from the kernel's");
+    assert_eq!(
+        seen.reads, kernel.reads,
+        "{test}: reads differ from the kernel's"
+    );
     assert_eq!(seen.ino_kept, kernel.ino_kept, "{test}: st_ino");
     assert_eq!(seen.modes, kernel.modes, "{test}: modes");
     // The documented difference: descriptors opened read-only on the lower file before a
@@ -223,7 +247,10 @@ fn lower_fds_pass_through(test: &str, io_uring: bool) {
         },
         io_uring,
     );
-    assert_eq!(seen, kernel, "{test}: lower_passthrough=0 differs from the kernel");
+    assert_eq!(
+        seen, kernel,
+        "{test}: lower_passthrough=0 differs from the kernel"
+    );
 }
 
 #[test]

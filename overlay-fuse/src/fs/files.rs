@@ -264,6 +264,64 @@ impl Inner {
         )
     }
 
+    /// `open(O_TMPFILE)` in directory `parent`: an unnamed file in the upper copy of the
+    /// directory (as the kernel overlay), open as by [`Inner::create`]; a `link` names it.
+    pub(super) fn tmpfile(
+        &self,
+        req: (u32, u32),
+        parent: u64,
+        mode: NewMode,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            let p = self.node(parent)?;
+            let owner = self.owner(req.0, req.1, &p)?;
+            let real = self.backing_flags(flags);
+            let (node, file) = self
+                .ovl
+                .tmpfile(&p, mode, real, owner)
+                .map_err(|e| errno("tmpfile", &e))?;
+            let md = file.metadata().map_err(|e| io_errno("tmpfile", &e))?;
+            Ok::<_, Errno>((node.clone(), file, attr_from_metadata(&md, node.ino())))
+        })();
+        let (node, file, a) = match r {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let Some((id, generation)) = self.remember(node.clone(), parent) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let file = Arc::new(file);
+        {
+            let mut t = self.tmpfiles.lock();
+            t.retain(|_, f| f.strong_count() > 0);
+            t.insert(id, Arc::downgrade(&file));
+        }
+        let Some((mode, fopen, backing)) =
+            self.choose_io(id, Candidate::Upper, &file, |f| reply.open_backing(f))
+        else {
+            return reply.error(Errno::ESTALE);
+        };
+        let fh = self.files.insert(OpenFile {
+            nodeid: id,
+            node,
+            file: RwLock::new(file),
+            from_lower: AtomicBool::new(false),
+            mode,
+        });
+        let attr = self.to_attr(id, &a);
+        reply.created_node(
+            INodeNo(id),
+            &self.ttl(),
+            &attr,
+            Generation(generation),
+            FileHandle(fh),
+            fopen,
+            backing.as_deref(),
+        )
+    }
+
     fn open_file(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
         self.files.get(fh).ok_or(Errno::EBADF)
     }

@@ -58,13 +58,14 @@ mod xattrs;
 pub use config::{FsConfig, FsInspector, FsStats};
 pub use init::has_initial_cap_sys_admin;
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -123,6 +124,7 @@ impl OverlayFs {
             prefetch: Prefetcher::default(),
             passthrough_opens: AtomicU64::new(0),
             cached_opens: AtomicU64::new(0),
+            tmpfiles: Mutex::new(HashMap::new()),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         };
@@ -182,6 +184,8 @@ struct Inner {
     prefetch: Prefetcher,
     passthrough_opens: AtomicU64,
     cached_opens: AtomicU64,
+    /// Unnamed files from `open(O_TMPFILE)` by node id, while open, for their first `link`.
+    tmpfiles: Mutex<HashMap<u64, Weak<File>>>,
     euid: u32,
     egid: u32,
 }
@@ -631,6 +635,22 @@ impl Filesystem for OverlayFs {
         })
     }
 
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (req.uid(), req.gid());
+        let mode = NewMode { mode, umask };
+        guarded("tmpfile", || {
+            self.inner.tmpfile(r, parent.0, mode, flags, reply)
+        })
+    }
+
     fn ioctl(
         &self,
         req: &Request,
@@ -642,7 +662,8 @@ impl Filesystem for OverlayFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let long = cmd & 0xffff == 0x6602 && self.inner.long_copy_up_of(ino.0);
+        // SETFLAGS and FSSETXATTR copy up.
+        let long = matches!(cmd & 0xffff, 0x6602 | 0x5820) && self.inner.long_copy_up_of(ino.0);
         let in_data = in_data.to_vec();
         let caller = caller_of(req);
         self.inner.offload("ioctl", long, move |i| {

@@ -171,10 +171,19 @@ impl Inner {
             let n = self.node(ino)?;
             let p = self.node(newparent)?;
             let was_lower = n.is_lower_only();
-            let linked = self
-                .ovl
-                .link(&n, &p, newname)
-                .map_err(|e| errno("link", &e))?;
+            let tmpfile = self.tmpfiles.lock().get(&ino).and_then(|f| f.upgrade());
+            let linked = match tmpfile {
+                // An O_TMPFILE file gets its first name.
+                Some(f) => {
+                    let linked = self.ovl.link_tmpfile(&f, &n, &p, newname);
+                    if linked.is_ok() {
+                        self.tmpfiles.lock().remove(&ino);
+                    }
+                    linked
+                }
+                None => self.ovl.link(&n, &p, newname),
+            }
+            .map_err(|e| errno("link", &e))?;
             if was_lower {
                 self.check_split(ino, &n);
             }
