@@ -63,6 +63,17 @@ impl MountSpec {
         target: &Path,
         privileged: bool,
     ) -> Result<MountSpec> {
+        if stack.lowers().len() > crate::stack::MAX_LOWER_LAYERS {
+            return Err(Error::InvalidStack {
+                path: stack.lowers()[crate::stack::MAX_LOWER_LAYERS].path.clone(),
+                reason: format!(
+                    "too many lower layers for the kernel overlay: {} given, its limit is {} \
+                     (the FUSE backend takes more)",
+                    stack.lowers().len(),
+                    crate::stack::MAX_LOWER_LAYERS
+                ),
+            });
+        }
         let stack_user = stack.xattr_namespace() == XattrNamespace::User;
         let userxattr = options.userxattr.unwrap_or(stack_user);
         if userxattr != stack_user {

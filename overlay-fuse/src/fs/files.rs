@@ -47,10 +47,13 @@ impl Inner {
     /// backing the opened file could be. `None` when the open cannot be served on this
     /// inode: read-only opens of the lower file are live with it as their passthrough
     /// backing, and this open (of the copied-up file, or a writer) must not share it.
+    /// `internal`: the open flags are exactly `O_RDONLY`, as the kernel's own open for an
+    /// inode-flags ioctl sends them (an open by a 64-bit process carries `O_LARGEFILE`).
     fn choose_io(
         &self,
         nodeid: u64,
         candidate: Candidate,
+        internal: bool,
         file: &Arc<File>,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Option<(IoMode, FopenFlags, Option<Arc<BackingId>>)> {
@@ -67,6 +70,12 @@ impl Inner {
         };
         let decided = self.table.with_io(nodeid, |io| {
             if io.passthrough > 0 && io.backing_lower && candidate != Candidate::Lower {
+                if internal {
+                    // The kernel's own open for an inode-flags ioctl: it does no I/O and
+                    // the kernel does not check its mode; the ioctl comes to the daemon.
+                    io.cached += 1;
+                    return Some((IoMode::Cached, FopenFlags::empty(), None));
+                }
                 // The kernel would open the lower file for this open too (writable, for a
                 // writer): never.
                 return None;
@@ -181,7 +190,9 @@ impl Inner {
         };
         let file = Arc::new(file);
         let Some((mode, fopen, backing)) =
-            self.choose_io(ino, candidate, &file, |f| reply.open_backing(f))
+            self.choose_io(ino, candidate, flags == libc::O_RDONLY, &file, |f| {
+                reply.open_backing(f)
+            })
         else {
             return reply.error(self.move_off_lower_backing(ino, &node));
         };
@@ -240,7 +251,9 @@ impl Inner {
         };
         let file = Arc::new(file);
         let Some((mode, fopen, backing)) =
-            self.choose_io(id, Candidate::Upper, &file, |f| reply.open_backing(f))
+            self.choose_io(id, Candidate::Upper, false, &file, |f| {
+                reply.open_backing(f)
+            })
         else {
             // A new file has no lower backing; a racing reuse of its number is not served.
             return reply.error(Errno::ESTALE);
@@ -299,7 +312,9 @@ impl Inner {
             t.insert(id, Arc::downgrade(&file));
         }
         let Some((mode, fopen, backing)) =
-            self.choose_io(id, Candidate::Upper, &file, |f| reply.open_backing(f))
+            self.choose_io(id, Candidate::Upper, false, &file, |f| {
+                reply.open_backing(f)
+            })
         else {
             return reply.error(Errno::ESTALE);
         };
