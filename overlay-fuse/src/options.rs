@@ -27,6 +27,8 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
   -d, --debug        debug logging (implies -f)
   -o OPTS            comma-separated options:
      lowerdir=A:B    lower layers, top-first (`\\:` escapes a colon)
+     lowerdir+=A     one more lower layer, below those given so far (repeatable, in
+                     separate -o arguments for stacks too long for one argument)
      upperdir=DIR    writable upper layer (without it the mount is read-only)
      workdir=DIR     work directory on the upper layer's filesystem
      uidmapping=FROM:TO:LEN[:...], gidmapping=...   translate layer ids FROM.. to TO..
@@ -347,6 +349,8 @@ fn apply_option(
                 .map(PathBuf::from)
                 .collect();
         }
+        // The kernel's `lowerdir+` (Linux 6.8): one layer, appended below the others.
+        "lowerdir+" => req.lowerdirs.push(PathBuf::from(unescape(&need(value)?))),
         "upperdir" => req.upperdir = Some(PathBuf::from(unescape(&need(value)?))),
         "workdir" => req.workdir = Some(PathBuf::from(unescape(&need(value)?))),
         "uidmapping" => req.fs.ids.uids = IdMapping::parse(key, &need(value)?)?,

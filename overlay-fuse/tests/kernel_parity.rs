@@ -280,7 +280,7 @@ fn more_lowers_than_the_kernel_takes() {
         } else if i == n / 2 {
             rustix::fs::mknodat(
                 CWD,
-                &d.join("deep"),
+                d.join("deep"),
                 rustix::fs::FileType::CharacterDevice,
                 Mode::empty(),
                 0,
