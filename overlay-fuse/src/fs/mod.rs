@@ -19,10 +19,14 @@
 //!   by a background thread so the LOOKUPs that usually follow are answered from live nodes.
 //! * Memory: the inode table has a soft capacity ([`FsConfig::max_inodes`]); cold inodes
 //!   beyond it are dropped from the kernel's dentry cache so their FORGETs free them.
-//! * Passthrough only for files that already live in the upper layer: a lower file is never
-//!   given to the kernel as a backing file, so no write can reach it after a copy-up, even
-//!   while read-only opens of the lower file are live. Those are served through the daemon
-//!   and switch to the upper copy on their next read.
+//! * Passthrough for files in the upper layer and for read-only opens of lower files
+//!   ([`FsConfig::lower_passthrough`]). The kernel gives every open of an inode the backing
+//!   of its live passthrough opens, so a lower backing is never shared with a writer or with
+//!   an open of the copied-up file: such an open moves the object to a new node id (same
+//!   `st_ino`) and answers ESTALE, and the kernel looks the path up again and retries the
+//!   open on the new inode, while the old inode's read-only opens go on reading the lower
+//!   file. Without lower passthrough, read-only opens of lower files are served through the
+//!   daemon and switch to the upper copy on their next read (as the kernel overlay's do).
 //!
 //! Where things are (one concern per file):
 //! * this file: [`OverlayFs`], the state its handlers share (`Inner`), and the fuser
