@@ -38,6 +38,9 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      fsync=0, volatile   no syncs to the upper: fsync is ignored, copy-ups are not fsynced
      timeout=SECS    kernel cache TTL (0 disables caching)
      writeback=0     no writeback cache;  passthrough=0  no FUSE passthrough
+     readdirplus=auto|kernel|always   which directory chunks carry attributes: auto
+                     (default) the first ones, and all for a process that stats what it
+                     lists; kernel: the kernel's choice; always: every chunk
      lower_passthrough=0   read-only opens of lower files through the daemon: after a
                      copy-up they read the upper copy, as on the kernel overlay (with
                      passthrough they keep reading the lower file)
@@ -375,6 +378,18 @@ fn apply_option(
         "writeback" => req.fs.writeback = parse_bool(key, &need(value)?)?,
         "passthrough" => req.fs.passthrough = parse_bool(key, &need(value)?)?,
         "lower_passthrough" => req.fs.lower_passthrough = parse_bool(key, &need(value)?)?,
+        "readdirplus" => {
+            req.fs.readdirplus = match need(value)?.as_str() {
+                "auto" => crate::fs::ReaddirPlus::Adaptive,
+                "kernel" => crate::fs::ReaddirPlus::Kernel,
+                "always" => crate::fs::ReaddirPlus::Always,
+                v => {
+                    return Err(Error::Options(format!(
+                        "readdirplus={v}: auto, kernel or always"
+                    )))
+                }
+            }
+        }
         "io_uring" => req.fs.io_uring = parse_bool(key, &need(value)?)?,
         "noxattrs" => req.fs.xattrs = !parse_bool(key, value.unwrap_or("1"))?,
         "userxattr" => req.userxattr = true,

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::plus_policy::ReaddirPlus;
 use super::Inner;
 use crate::idmap::IdPolicy;
 
@@ -40,6 +41,9 @@ pub struct FsConfig {
     /// descriptors switch to the upper copy after a copy-up, those opens keep reading the
     /// lower file (as the kernel's do for a `mmap` taken before the copy-up).
     pub lower_passthrough: bool,
+    /// Which directory chunks carry attributes (`readdirplus=auto|kernel|always`, see
+    /// [`ReaddirPlus`]).
+    pub readdirplus: ReaddirPlus,
     /// Support xattrs (off with `noxattrs=1`: every xattr call answers ENOSYS).
     pub xattrs: bool,
     /// Serve requests through FUSE over io_uring when the kernel offers it (`io_uring=0`
@@ -71,6 +75,7 @@ impl Default for FsConfig {
             writeback: true,
             passthrough: true,
             lower_passthrough: true,
+            readdirplus: ReaddirPlus::Adaptive,
             xattrs: true,
             io_uring: true,
             read_only: false,

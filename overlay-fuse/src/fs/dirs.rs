@@ -114,7 +114,15 @@ impl Inner {
         }
     }
 
-    pub(super) fn readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
+    /// READDIRPLUS from `offset`; without `attrs`, the entries carry names only (node id 0,
+    /// no lookup reference) and are prefetched as after a plain READDIR.
+    pub(super) fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        attrs: bool,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let (d, entries, parent) = match self.listing(fh, offset) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
@@ -126,6 +134,7 @@ impl Inner {
         } else {
             (0, 0)
         };
+        let mut sent = offset;
         for i in offset..total {
             if i < 2 {
                 // "." and "..": the kernel takes no lookup reference for them.
@@ -150,6 +159,23 @@ impl Inner {
                 continue;
             }
             let e = &entries[(i - 2) as usize];
+            if !attrs {
+                let mut attr = negative_attr();
+                attr.ino = INodeNo(self.table.st_ino_of(e.ino));
+                attr.kind = file_type(e.kind);
+                if reply.add(
+                    INodeNo(0),
+                    i + 1,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                sent = i + 1;
+                continue;
+            }
             // One `lstat` when the lookup resolves the name (the attributes come with it).
             let Ok((node, a)) = self.ovl.lookup_attr(&d.node, &e.name) else {
                 continue; // removed since the snapshot
@@ -171,7 +197,19 @@ impl Inner {
                 break;
             }
         }
-        reply.ok()
+        reply.ok();
+        if !attrs {
+            self.plus_policy.listed_without_attrs(d.nodeid);
+            let from = offset.max(2) as usize - 2;
+            let to = (sent.max(2) as usize - 2).min(entries.len());
+            if from < to {
+                self.prefetch.submit(Job {
+                    dir: d.node.clone(),
+                    entries,
+                    range: from..to,
+                });
+            }
+        }
     }
 
     pub(super) fn releasedir(&self, fh: u64, reply: ReplyEmpty) {

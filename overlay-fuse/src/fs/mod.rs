@@ -57,9 +57,10 @@ mod handles;
 mod init;
 mod names;
 mod notify;
+mod plus_policy;
 mod xattrs;
 
-pub use config::{FsConfig, FsInspector, FsStats};
+pub use config::{FsConfig, FsInspector, FsStats, ReaddirPlus};
 pub use init::has_initial_cap_sys_admin;
 
 use std::collections::HashMap;
@@ -129,6 +130,7 @@ impl OverlayFs {
             passthrough_opens: AtomicU64::new(0),
             cached_opens: AtomicU64::new(0),
             tmpfiles: Mutex::new(HashMap::new()),
+            plus_policy: plus_policy::PlusPolicy::default(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         };
@@ -188,6 +190,8 @@ struct Inner {
     prefetch: Prefetcher,
     passthrough_opens: AtomicU64,
     cached_opens: AtomicU64,
+    /// Which READDIRPLUS chunks carry attributes ([`ReaddirPlus::Adaptive`]).
+    plus_policy: plus_policy::PlusPolicy,
     /// Unnamed files from `open(O_TMPFILE)` by node id, while open, for their first `link`.
     tmpfiles: Mutex<HashMap<u64, Weak<File>>>,
     euid: u32,
@@ -271,7 +275,8 @@ impl Filesystem for OverlayFs {
         self.inner.prefetch.stop();
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.inner.plus_policy.looked_up(req.pid(), parent.0);
         guarded("lookup", || self.inner.lookup(parent.0, name, reply))
     }
 
@@ -544,14 +549,18 @@ impl Filesystem for OverlayFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let attrs = match self.inner.cfg.readdirplus {
+            ReaddirPlus::Adaptive => self.inner.plus_policy.wants_attrs(req.pid(), offset),
+            ReaddirPlus::Kernel | ReaddirPlus::Always => true,
+        };
         guarded("readdirplus", || {
-            self.inner.readdirplus(fh.0, offset, reply)
+            self.inner.readdirplus(fh.0, offset, attrs, reply)
         })
     }
 
