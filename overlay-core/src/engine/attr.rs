@@ -91,14 +91,20 @@ impl Overlay {
     /// FUSE request.
     pub fn set_inode_flags(&self, node: &NodeRef, flags: rustix::fs::IFlags) -> Result<()> {
         let op = "set inode flags";
+        let fd = self.upper_fd_for_flags(op, node)?;
+        rustix::fs::ioctl_setflags(&fd, flags).map_err(|e| self.node_err(op, node, e))
+    }
+
+    /// An fd of the upper copy of `node` (a regular file or directory, copied up first) for
+    /// the flag-setting ioctls.
+    fn upper_fd_for_flags(&self, op: &'static str, node: &NodeRef) -> Result<std::os::fd::OwnedFd> {
         if !matches!(node.kind, FileKind::File | FileKind::Directory) {
             return Err(self.node_err(op, node, Errno::NOTTY));
         }
         self.check_writable(op, || node.rel_path())?;
         self.copy_up_node(node, true)?;
         let real = self.top_real(op, node)?;
-        let fd = self.open_for_flags(op, node, &real)?;
-        rustix::fs::ioctl_setflags(&fd, flags).map_err(|e| self.node_err(op, node, e))
+        self.open_for_flags(op, node, &real)
     }
 
     /// The extended inode attributes (`FS_IOC_FSGETXATTR`: xflags, extent size hints,
@@ -116,13 +122,7 @@ impl Overlay {
     /// caller's, as for [`Overlay::set_inode_flags`].
     pub fn set_fs_xattr(&self, node: &NodeRef, x: &FsXattr) -> Result<()> {
         let op = "set extended inode attributes";
-        if !matches!(node.kind, FileKind::File | FileKind::Directory) {
-            return Err(self.node_err(op, node, Errno::NOTTY));
-        }
-        self.check_writable(op, || node.rel_path())?;
-        self.copy_up_node(node, true)?;
-        let real = self.top_real(op, node)?;
-        let fd = self.open_for_flags(op, node, &real)?;
+        let fd = self.upper_fd_for_flags(op, node)?;
         crate::sys::fs_set_xattr(std::os::fd::AsFd::as_fd(&fd), x)
             .map_err(|e| self.node_err(op, node, io_errno(&e)))
     }

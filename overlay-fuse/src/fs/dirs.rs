@@ -102,7 +102,12 @@ impl Inner {
             sent = i + 1;
         }
         reply.ok();
-        // Entries listed without attributes are usually stat'ed next: resolve them ahead.
+        self.prefetch_listed(&d, entries, offset, sent);
+    }
+
+    /// Entries listed without attributes (offsets `offset..sent`) are usually stat'ed next:
+    /// resolve them ahead.
+    fn prefetch_listed(&self, d: &OpenDir, entries: Arc<Vec<DirEntry>>, offset: u64, sent: u64) {
         let from = offset.max(2) as usize - 2;
         let to = (sent.max(2) as usize - 2).min(entries.len());
         if from < to {
@@ -200,15 +205,7 @@ impl Inner {
         reply.ok();
         if !attrs {
             self.plus_policy.listed_without_attrs(d.nodeid);
-            let from = offset.max(2) as usize - 2;
-            let to = (sent.max(2) as usize - 2).min(entries.len());
-            if from < to {
-                self.prefetch.submit(Job {
-                    dir: d.node.clone(),
-                    entries,
-                    range: from..to,
-                });
-            }
+            self.prefetch_listed(&d, entries, offset, sent);
         }
     }
 

@@ -245,11 +245,30 @@ impl Inner {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
+        self.reply_created(false, parent, node, Arc::new(file), &a, reply)
+    }
+
+    /// Answer a CREATE or (`unnamed`) TMPFILE with the new upper file `file` of `node`
+    /// (attributes `a`), opened as any upper file (passthrough where it can be).
+    fn reply_created(
+        &self,
+        unnamed: bool,
+        parent: u64,
+        node: NodeRef,
+        file: Arc<File>,
+        a: &overlay_core::Attr,
+        reply: ReplyCreate,
+    ) {
         let Some((id, generation)) = self.remember(node.clone(), parent) else {
             // Removed by another request since: the name is gone.
             return reply.error(Errno::ENOENT);
         };
-        let file = Arc::new(file);
+        if unnamed {
+            // An O_TMPFILE file: kept for its first link while open.
+            let mut t = self.tmpfiles.lock();
+            t.retain(|_, f| f.strong_count() > 0);
+            t.insert(id, Arc::downgrade(&file));
+        }
         let Some((mode, fopen, backing)) =
             self.choose_io(id, Candidate::Upper, false, &file, |f| {
                 reply.open_backing(f)
@@ -265,7 +284,7 @@ impl Inner {
             from_lower: AtomicBool::new(false),
             mode,
         });
-        let attr = self.to_attr(id, &a);
+        let attr = self.to_attr(id, a);
         reply.created_node(
             INodeNo(id),
             &self.ttl(),
@@ -298,43 +317,12 @@ impl Inner {
             let md = file.metadata().map_err(|e| io_errno("tmpfile", &e))?;
             Ok::<_, Errno>((node.clone(), file, attr_from_metadata(&md, node.ino())))
         })();
-        let (node, file, a) = match r {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let Some((id, generation)) = self.remember(node.clone(), parent) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let file = Arc::new(file);
-        {
-            let mut t = self.tmpfiles.lock();
-            t.retain(|_, f| f.strong_count() > 0);
-            t.insert(id, Arc::downgrade(&file));
+        match r {
+            Ok((node, file, a)) => {
+                self.reply_created(true, parent, node, Arc::new(file), &a, reply)
+            }
+            Err(e) => reply.error(e),
         }
-        let Some((mode, fopen, backing)) =
-            self.choose_io(id, Candidate::Upper, false, &file, |f| {
-                reply.open_backing(f)
-            })
-        else {
-            return reply.error(Errno::ESTALE);
-        };
-        let fh = self.files.insert(OpenFile {
-            nodeid: id,
-            node,
-            file: RwLock::new(file),
-            from_lower: AtomicBool::new(false),
-            mode,
-        });
-        let attr = self.to_attr(id, &a);
-        reply.created_node(
-            INodeNo(id),
-            &self.ttl(),
-            &attr,
-            Generation(generation),
-            FileHandle(fh),
-            fopen,
-            backing.as_deref(),
-        )
     }
 
     fn open_file(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
