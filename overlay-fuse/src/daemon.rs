@@ -42,8 +42,7 @@ pub fn layer_stack(req: &MountRequest) -> Result<LayerStack> {
     // FUSE has no limit on lowers (the kernel overlay stops at 500).
     let mut b = LayerStack::builder()
         .lowers(req.lowerdirs.iter().rev().cloned())
-        .xattr_namespace(ns)
-        .unlimited_lowers();
+        .xattr_namespace(ns);
     if let (Some(u), Some(w)) = (&req.upperdir, &req.workdir) {
         if !req.flags.read_only {
             b = b.upper(u, w);

@@ -117,7 +117,7 @@ impl MountSpec {
         target: &Path,
         privileged: bool,
     ) -> Result<MountSpec> {
-        // The kernel's limit, also for stacks built with `unlimited_lowers` (for FUSE).
+        // The kernel's limit (the userspace engine takes more), data lowers included.
         let n = stack.lowers().len() + data_lowers.len();
         if n > crate::stack::MAX_LOWER_LAYERS {
             let path = stack
@@ -129,7 +129,8 @@ impl MountSpec {
             return Err(Error::InvalidStack {
                 path,
                 reason: format!(
-                    "too many lower layers: {n} given, the kernel's limit is {}",
+                    "too many lower layers for the kernel overlay: {n} given, its limit is {} \
+                     (the FUSE backend takes more)",
                     crate::stack::MAX_LOWER_LAYERS
                 ),
             });
