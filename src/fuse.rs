@@ -82,14 +82,27 @@ impl FuseMount {
         let prog = find_program().map_err(fail)?;
         // fuse-overlayfs's `-o` syntax escapes `\`, `,` and `:` as the kernel's does.
         let escape = |p: &Path| escape_option_value(p.as_os_str().as_bytes());
-        let mut opts = b"lowerdir=".to_vec();
-        for (i, l) in lowers.iter().rev().enumerate() {
+        let mut lowerdir = Vec::new();
+        for l in lowers.iter().rev() {
             let p = std::fs::canonicalize(l)
                 .map_err(|e| fail(format!("lower layer {}: {e}", l.display())))?;
-            if i > 0 {
-                opts.push(b':');
+            lowerdir.push(escape(&p));
+        }
+        // One argument holds at most 128 KiB (MAX_ARG_STRLEN): a longer stack (thousands
+        // of layers, beyond the kernel overlay's limit) goes one `-o lowerdir+=` each.
+        let one_arg = lowerdir.iter().map(|l| l.len() + 1).sum::<usize>() < 64 * 1024;
+        let mut layer_args = Vec::new();
+        let mut opts = Vec::new();
+        if one_arg {
+            opts.extend(b"lowerdir=");
+            opts.extend(lowerdir.join(&b':'));
+        } else {
+            for l in &lowerdir {
+                let mut a = b"lowerdir+=".to_vec();
+                a.extend(l);
+                layer_args.push(OsString::from_vec(a));
             }
-            opts.extend(escape(&p));
+            // The options below each start with a comma; an empty first one is ignored.
         }
         if let Some((u, w)) = &upper.upper {
             opts.extend(b",upperdir=");
@@ -148,7 +161,11 @@ impl FuseMount {
         );
         let start_len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         // ovl-fuse writes the daemon's pid into a file of that directory.
-        let status = Command::new(&prog)
+        let mut cmd = Command::new(&prog);
+        for a in &layer_args {
+            cmd.arg("-o").arg(a);
+        }
+        let status = cmd
             .env("OVL_FUSE_PID_FILE", daemon_dir.pid_file())
             .arg("-o")
             .arg(&opts)

@@ -1001,7 +1001,13 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
         let name = if in_userns { "kernel-userns" } else { "kernel" };
         let can = kernel_ok.is_some_and(Support::is_yes)
             || (req.namespace == Namespace::Private && !in_userns && privileged);
-        if !can {
+        let limit = overlay_core::stack::MAX_LOWER_LAYERS;
+        if req.lowers.len() > limit && req.backend == Backend::Auto {
+            reasons.push(format!(
+                "{name}: not tried: {} lower layers, over the kernel overlay's limit of {limit}",
+                req.lowers.len()
+            ));
+        } else if !can {
             reasons.push(support_line(name, kernel_ok));
             if !privileged && req.namespace == Namespace::Current {
                 reasons.push(

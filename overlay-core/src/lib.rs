@@ -38,6 +38,7 @@ pub mod path_api;
 pub mod stack;
 mod sys;
 
+pub use engine::FsXattr;
 pub use engine::{
     Attr, DirEntry, FileKind, FsyncMode, NewMode, Node, NodeRef, Overlay, OverlayFile,
     OverlayOptions, Owner, RenameFlags, SetAttr, StatFs, TimeSet, Timestamp,

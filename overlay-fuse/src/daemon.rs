@@ -39,6 +39,7 @@ pub fn layer_stack(req: &MountRequest) -> Result<LayerStack> {
     } else {
         XattrNamespace::Trusted
     };
+    // FUSE has no limit on lowers (the kernel overlay stops at 500).
     let mut b = LayerStack::builder()
         .lowers(req.lowerdirs.iter().rev().cloned())
         .xattr_namespace(ns);

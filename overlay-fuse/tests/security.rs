@@ -202,14 +202,17 @@ fn root_file_layers() -> Layers {
 
 /// What an unprivileged user gets from the inode-flags ioctls on a root file it can read:
 /// the 32-bit numbers (which the kernel passes to a FUSE server unchecked) and the 64-bit
-/// one (which the kernel checks), each trying to set the immutable flag.
+/// one (which the kernel checks), each trying to set the immutable flag, then
+/// `FS_IOC_FSSETXATTR` setting `FS_XFLAG_IMMUTABLE` and, next, `FS_XFLAG_NODUMP`.
 const CHATTR_SCRIPT: &str = r#"
 import errno, fcntl, os, struct, sys
 fd = os.open(os.path.join(sys.argv[1], "rootfile"), os.O_RDONLY)
 res = []
-for cmd in (0x40046602, 0x40086602, 0x80046601):
+calls = [(c, struct.pack("q", 0x10)) for c in (0x40046602, 0x40086602, 0x80046601)]
+calls += [(0x401c5820, struct.pack("IIIII8s", x, 0, 0, 0, 0, b"")) for x in (0x8, 0x80)]
+for cmd, arg in calls:
     try:
-        fcntl.ioctl(fd, cmd, struct.pack("q", 0x10))
+        fcntl.ioctl(fd, cmd, arg)
         res.append("ok")
     except OSError as e:
         res.append(errno.errorcode[e.errno])
@@ -235,7 +238,10 @@ fn inode_flag_ioctls_of_other_users_are_refused_as_by_the_kernel() {
     let flags =
         rustix::fs::ioctl_getflags(std::fs::File::open(l.mnt.join("rootfile")).unwrap()).unwrap();
     d.unmount_and_wait();
-    assert_eq!(ours, kernel, "errors of SETFLAGS32, SETFLAGS, GETFLAGS32");
+    assert_eq!(
+        ours, kernel,
+        "errors of SETFLAGS32, SETFLAGS, GETFLAGS32, FSSETXATTR (immutable, nodump)"
+    );
     assert!(
         !flags.contains(rustix::fs::IFlags::IMMUTABLE),
         "a reader made root's file immutable"

@@ -48,6 +48,7 @@ mod origin;
 mod readdir;
 mod real;
 
+pub use attr::FsXattr;
 pub use file::OverlayFile;
 use layers::{display_path, ioerr, DirFdCache, LayerRef, Layers, RESOLVE_LAYER};
 pub use node::Node;

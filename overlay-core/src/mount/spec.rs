@@ -117,6 +117,24 @@ impl MountSpec {
         target: &Path,
         privileged: bool,
     ) -> Result<MountSpec> {
+        // The kernel's limit (the userspace engine takes more), data lowers included.
+        let n = stack.lowers().len() + data_lowers.len();
+        if n > crate::stack::MAX_LOWER_LAYERS {
+            let path = stack
+                .lowers()
+                .get(crate::stack::MAX_LOWER_LAYERS)
+                .map(|l| l.path.clone())
+                .or_else(|| data_lowers.last().cloned())
+                .unwrap_or_default();
+            return Err(Error::InvalidStack {
+                path,
+                reason: format!(
+                    "too many lower layers for the kernel overlay: {n} given, its limit is {} \
+                     (the FUSE backend takes more)",
+                    crate::stack::MAX_LOWER_LAYERS
+                ),
+            });
+        }
         let stack_user = stack.xattr_namespace() == XattrNamespace::User;
         let userxattr = options.userxattr.unwrap_or(stack_user);
         if userxattr != stack_user {
