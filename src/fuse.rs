@@ -12,32 +12,42 @@ use overlay_core::mount::mountinfo::read_mountinfo;
 
 use crate::{Error, PreparedUpper, Request, Result};
 
+/// The path of the running executable, read once: after entering a new mount namespace,
+/// `/proc/self/exe` names it relative to its filesystem when that is not the root one (the
+/// old namespace's mount is not reachable from the new one), e.g. `/ovl-test-x/ovl` for
+/// `/dev/shm/ovl-test-x/ovl`. [`crate::enter_private_namespace`] reads it before entering.
+pub(crate) fn own_exe() -> Option<PathBuf> {
+    static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().ok()).clone()
+}
+
 /// The `ovl-fuse` program: `$OVL_FUSE`, next to the running executable, or in `PATH`.
 pub(crate) fn find_program() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("OVL_FUSE") {
         return Ok(PathBuf::from(p));
     }
-    if let Ok(exe) = std::env::current_exe() {
+    find_companion("ovl-fuse").ok_or_else(|| {
+        "the ovl-fuse program was not found (set OVL_FUSE, or install it next to ovl or in PATH)"
+            .into()
+    })
+}
+
+/// A program shipped with ovl (`ovl-fuse`, `ovl-erofs`): next to the running executable
+/// (tests: one directory up), or in `PATH`.
+pub(crate) fn find_companion(name: &str) -> Option<PathBuf> {
+    if let Some(exe) = own_exe() {
         // Next to us, or (tests: target/debug/deps/x) one directory up.
         for dir in exe.ancestors().skip(1).take(2) {
-            let p = dir.join("ovl-fuse");
+            let p = dir.join(name);
             if p.is_file() {
-                return Ok(p);
+                return Some(p);
             }
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&path) {
-            let p = d.join("ovl-fuse");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    Err(
-        "the ovl-fuse program was not found (set OVL_FUSE, or install it next to ovl or in PATH)"
-            .into(),
-    )
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn fuse_mounted_at(target: &Path) -> bool {
@@ -72,14 +82,27 @@ impl FuseMount {
         let prog = find_program().map_err(fail)?;
         // fuse-overlayfs's `-o` syntax escapes `\`, `,` and `:` as the kernel's does.
         let escape = |p: &Path| escape_option_value(p.as_os_str().as_bytes());
-        let mut opts = b"lowerdir=".to_vec();
-        for (i, l) in lowers.iter().rev().enumerate() {
+        let mut lowerdir = Vec::new();
+        for l in lowers.iter().rev() {
             let p = std::fs::canonicalize(l)
                 .map_err(|e| fail(format!("lower layer {}: {e}", l.display())))?;
-            if i > 0 {
-                opts.push(b':');
+            lowerdir.push(escape(&p));
+        }
+        // One argument holds at most 128 KiB (MAX_ARG_STRLEN): a longer stack (thousands
+        // of layers, beyond the kernel overlay's limit) goes one `-o lowerdir+=` each.
+        let one_arg = lowerdir.iter().map(|l| l.len() + 1).sum::<usize>() < 64 * 1024;
+        let mut layer_args = Vec::new();
+        let mut opts = Vec::new();
+        if one_arg {
+            opts.extend(b"lowerdir=");
+            opts.extend(lowerdir.join(&b':'));
+        } else {
+            for l in &lowerdir {
+                let mut a = b"lowerdir+=".to_vec();
+                a.extend(l);
+                layer_args.push(OsString::from_vec(a));
             }
-            opts.extend(escape(&p));
+            // The options below each start with a comma; an empty first one is ignored.
         }
         if let Some((u, w)) = &upper.upper {
             opts.extend(b",upperdir=");
@@ -93,6 +116,9 @@ impl FuseMount {
         if req.options.read_only {
             opts.extend(b",ro");
         }
+        if req.squash_to_root {
+            opts.extend(b",squash_to_root");
+        }
         // The same per-mount flags as a kernel overlay of this request (nodev,nosuid unless
         // asked otherwise; ovl-fuse's own default is nodev,nosuid too).
         let o = &req.options;
@@ -100,6 +126,11 @@ impl FuseMount {
         opts.extend(if o.nosuid { &b",nosuid"[..] } else { b",suid" });
         if o.noexec {
             opts.extend(b",noexec");
+        }
+        // ovl-fuse mounts noatime unless told otherwise; strictatime is passed on (fuser
+        // turns it into the kernel's default, relatime: it asks for atime or noatime only).
+        if o.atime == overlay_core::Atime::Strictatime {
+            opts.extend(b",strictatime");
         }
         let opts = OsString::from_vec(opts);
         // A private directory of ours for the daemon's pid file and, unless the caller
@@ -130,7 +161,11 @@ impl FuseMount {
         );
         let start_len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         // ovl-fuse writes the daemon's pid into a file of that directory.
-        let status = Command::new(&prog)
+        let mut cmd = Command::new(&prog);
+        for a in &layer_args {
+            cmd.arg("-o").arg(a);
+        }
+        let status = cmd
             .env("OVL_FUSE_PID_FILE", daemon_dir.pid_file())
             .arg("-o")
             .arg(&opts)
@@ -251,12 +286,24 @@ pub(crate) fn unmount_fuse(target: &Path, lazy: bool, detach_if_busy: bool) -> R
             if lazy {
                 c.arg("-z");
             }
+            if !lazy && detach_if_busy {
+                // Its complaint is not news when the lazy retry below succeeds.
+                c.stderr(Stdio::null());
+            }
             let st = c.arg(target).status().map_err(|e| Error::Fuse {
                 target: target.to_path_buf(),
                 reason: format!("unmount: not permitted, and fusermount3 cannot run: {e}"),
             })?;
             if st.success() {
                 Ok(())
+            } else if !lazy && detach_if_busy {
+                // Busy, most likely: a FUSE daemon above it (ovl-fuse over an image lower)
+                // is still exiting with descriptors open. Detach; it goes when they close.
+                tracing::warn!(
+                    "{}: fusermount3 -u failed; detaching lazily",
+                    target.display()
+                );
+                unmount_fuse(target, true, false)
             } else {
                 Err(Error::Fuse {
                     target: target.to_path_buf(),

@@ -230,5 +230,11 @@ fn options_parse() {
     let full = Options::parse(&[]).unwrap();
     assert_eq!(full.reps, 3);
     assert!(full.drop_caches);
+    assert!(full.warm_too, "a full run has cold and warm tables");
+    assert!(!o.warm_too);
+    let cold = Options::parse(&["--drop-caches".into()]).unwrap();
+    assert!(cold.drop_caches && !cold.warm_too);
+    let warm = Options::parse(&["--no-drop-caches".into()]).unwrap();
+    assert!(!warm.drop_caches && !warm.warm_too);
     assert_eq!(full.backends.len(), 4);
 }

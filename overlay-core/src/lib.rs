@@ -38,6 +38,7 @@ pub mod path_api;
 pub mod stack;
 mod sys;
 
+pub use engine::FsXattr;
 pub use engine::{
     Attr, DirEntry, FileKind, FsyncMode, NewMode, Node, NodeRef, Overlay, OverlayFile,
     OverlayOptions, Owner, RenameFlags, SetAttr, StatFs, TimeSet, Timestamp,
@@ -45,7 +46,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};
 pub use mount::{
-    probe, run_in_user_namespace, spawn_in_user_namespace, EffectiveOptions, ImageMount,
+    probe, run_in_user_namespace, spawn_in_user_namespace, Atime, EffectiveOptions, ImageMount,
     KernelMount, MountApi, MountSpec, OverlayMountOptions, Probe, RedirectDir, Support, UuidMode,
     Verity, Xino,
 };

@@ -13,8 +13,12 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::format::XattrNamespace;
 
-/// The kernel's limit on lower layers (`OVL_MAX_STACK`).
+/// The kernel's limit on lower layers (`OVL_MAX_STACK`): the kernel mount backend refuses
+/// larger stacks, the FUSE backend takes them (up to [`MAX_ENGINE_LOWER_LAYERS`]).
 pub const MAX_LOWER_LAYERS: usize = 500;
+
+/// The engine's limit on lower layers (a layer index is 16 bits).
+pub const MAX_ENGINE_LOWER_LAYERS: usize = u16::MAX as usize;
 
 /// statfs magic of overlayfs.
 pub const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
@@ -174,7 +178,7 @@ impl LayerStackBuilder {
     /// Validate and build the stack.
     ///
     /// Fails with [`Error::InvalidStack`] naming the path when: a layer is missing or not a
-    /// directory; there is no lower layer or more than [`MAX_LOWER_LAYERS`]; a layer appears
+    /// directory; there is no lower layer or more than [`MAX_ENGINE_LOWER_LAYERS`]; a layer appears
     /// twice; the upper is inside a lower or the reverse; the upper and workdir overlap; the
     /// workdir is on another filesystem than the upper or holds anything but the overlay's own
     /// `work`/`index` directories; the upper is itself an overlay; or the upper filesystem lacks
@@ -195,11 +199,11 @@ impl LayerStackBuilder {
                 reason: "at least one lower layer is required".into(),
             });
         }
-        if self.lowers.len() > MAX_LOWER_LAYERS {
+        if self.lowers.len() > MAX_ENGINE_LOWER_LAYERS {
             return Err(Error::InvalidStack {
-                path: self.lowers[MAX_LOWER_LAYERS].clone(),
+                path: self.lowers[MAX_ENGINE_LOWER_LAYERS].clone(),
                 reason: format!(
-                    "too many lower layers: {} given, the kernel's limit is {MAX_LOWER_LAYERS}",
+                    "too many lower layers: {} given, the limit is {MAX_ENGINE_LOWER_LAYERS}",
                     self.lowers.len()
                 ),
             });
@@ -496,12 +500,15 @@ mod tests {
     }
 
     #[test]
-    fn refuses_more_than_500_lowers() {
+    fn refuses_more_lowers_than_the_engine_indexes() {
         let (_t, d) = dirs(1);
         let e = LayerStack::builder()
-            .lowers(std::iter::repeat_n(d[0].clone(), MAX_LOWER_LAYERS + 1))
+            .lowers(std::iter::repeat_n(
+                d[0].clone(),
+                MAX_ENGINE_LOWER_LAYERS + 1,
+            ))
             .build()
             .unwrap_err();
-        assert!(reason(e).contains("limit is 500"));
+        assert!(reason(e).contains("limit is 65535"));
     }
 }

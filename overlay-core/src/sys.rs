@@ -290,6 +290,54 @@ pub(crate) fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
     Ok(out)
 }
 
+// ---- extended inode attributes (FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR) ----
+
+/// `struct fsxattr` of `<linux/fs.h>` (28 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsXattr {
+    /// `fsx_xflags`: `FS_XFLAG_*`.
+    pub xflags: u32,
+    /// `fsx_extsize`: extent size hint.
+    pub extsize: u32,
+    /// `fsx_nextents`: extent count (read only).
+    pub nextents: u32,
+    /// `fsx_projid`: project id.
+    pub projid: u32,
+    /// `fsx_cowextsize`: copy-on-write extent size hint.
+    pub cowextsize: u32,
+    /// `fsx_pad`.
+    pub pad: [u8; 8],
+}
+
+/// `FS_IOC_FSGETXATTR` = `_IOR('X', 31, struct fsxattr)`.
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+/// `FS_IOC_FSSETXATTR` = `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+
+/// `FS_IOC_FSGETXATTR` of the file `fd` (neither nix nor rustix wraps it).
+pub(crate) fn fs_get_xattr(fd: BorrowedFd<'_>) -> io::Result<FsXattr> {
+    let mut x = FsXattr::default();
+    // SAFETY: FS_IOC_FSGETXATTR writes one `struct fsxattr` into `x`, a valid, exclusively
+    // borrowed value of that layout.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, &mut x as *mut FsXattr) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(x)
+}
+
+/// `FS_IOC_FSSETXATTR` of the file `fd`.
+pub(crate) fn fs_set_xattr(fd: BorrowedFd<'_>, x: &FsXattr) -> io::Result<()> {
+    // SAFETY: FS_IOC_FSSETXATTR reads one `struct fsxattr` from `x`, a valid value of that
+    // layout that outlives the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, x as *const FsXattr) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 // ---- copy-up data: early writeback ----
 
 /// Start writeback of `len` bytes at `offset` of `fd` without waiting for it

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::fs::has_initial_cap_sys_admin;
-use crate::mount::{mount_session, MountConfig};
+use crate::mount::{mount_session, MountConfig, Unmounter};
 use crate::options::MountRequest;
 use crate::sys::{fork_single_threaded, Forked};
 
@@ -39,6 +39,7 @@ pub fn layer_stack(req: &MountRequest) -> Result<LayerStack> {
     } else {
         XattrNamespace::Trusted
     };
+    // FUSE has no limit on lowers (the kernel overlay stops at 500).
     let mut b = LayerStack::builder()
         .lowers(req.lowerdirs.iter().rev().cloned())
         .xattr_namespace(ns);
@@ -107,55 +108,76 @@ pub fn run(req: MountRequest) -> i32 {
             return 1;
         }
     };
-    match std::fs::metadata(&req.mountpoint) {
-        Ok(m) if m.is_dir() => {}
+    if !mountpoint_is_a_directory("ovl-fuse", &req.mountpoint) {
+        return 1;
+    }
+    daemonize("ovl-fuse", req.foreground, |ready| {
+        serve(&req, stack, ready)
+    })
+}
+
+/// True when `mountpoint` is a directory; else says why not (prefixed with `prog`).
+pub(crate) fn mountpoint_is_a_directory(prog: &str, mountpoint: &Path) -> bool {
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => true,
         Ok(_) => {
             say(format_args!(
-                "ovl-fuse: mountpoint {} is not a directory",
-                req.mountpoint.display()
+                "{prog}: mountpoint {} is not a directory",
+                mountpoint.display()
             ));
-            return 1;
+            false
         }
         Err(e) => {
             say(format_args!(
-                "ovl-fuse: mountpoint {}: {e}",
-                req.mountpoint.display()
+                "{prog}: mountpoint {}: {e}",
+                mountpoint.display()
             ));
-            return 1;
+            false
         }
     }
-    if req.foreground {
-        return match serve(&req, stack, &mut None) {
+}
+
+/// Run `serve` (which mounts, then serves until unmounted) in the foreground, or forked
+/// into the background as described in the module docs; returns the exit code. `prog`
+/// starts the messages printed on stderr. `serve` gets the readiness pipe (`None` in the
+/// foreground) to hand to [`serve_session`].
+pub(crate) fn daemonize(
+    prog: &str,
+    foreground: bool,
+    serve: impl FnOnce(&mut Option<std::fs::File>) -> Result<()>,
+) -> i32 {
+    if foreground {
+        return match serve(&mut None) {
             Ok(()) => 0,
             Err(e) => {
-                say(format_args!("ovl-fuse: {e}"));
+                say(format_args!("{prog}: {e}"));
                 1
             }
         };
     }
     if thread_count() != 1 {
         say(format_args!(
-            "ovl-fuse: cannot daemonize a multi-threaded process; use -f"
+            "{prog}: cannot daemonize a multi-threaded process; use -f"
         ));
         return 1;
     }
     let (rd, wr) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
-            say(format_args!("ovl-fuse: daemonize: pipe: {e}"));
+            say(format_args!("{prog}: daemonize: pipe: {e}"));
             return 1;
         }
     };
     match fork_single_threaded() {
         Err(e) => {
-            say(format_args!("ovl-fuse: daemonize: fork: {e}"));
+            say(format_args!("{prog}: daemonize: fork: {e}"));
             1
         }
         Ok(Forked::Parent(child)) => {
             drop(wr);
-            let code = wait_ready(rd);
+            let code = wait_ready(prog, rd);
             if code == 0 {
-                write_pid_file(child);
+                write_pid_file(prog, child);
             }
             code
         }
@@ -163,7 +185,7 @@ pub fn run(req: MountRequest) -> i32 {
             drop(rd);
             let _ = rustix::process::setsid();
             let mut ready = Some(std::fs::File::from(wr));
-            match serve(&req, stack, &mut ready) {
+            match serve(&mut ready) {
                 Ok(()) => 0,
                 Err(e) => {
                     // Before readiness the parent prints it (once); afterwards the log.
@@ -182,11 +204,11 @@ pub fn run(req: MountRequest) -> i32 {
 
 /// Write `pid` to `$OVL_FUSE_PID_FILE`, if set. A failure is logged, not fatal: the mount
 /// works either way.
-fn write_pid_file(pid: i32) {
+fn write_pid_file(prog: &str, pid: i32) {
     if let Some(p) = std::env::var_os("OVL_FUSE_PID_FILE") {
         if let Err(e) = std::fs::write(&p, format!("{pid}\n")) {
             say(format_args!(
-                "ovl-fuse: warning: pid file {}: {e}",
+                "{prog}: warning: pid file {}: {e}",
                 Path::new(&p).display()
             ));
         }
@@ -194,18 +216,18 @@ fn write_pid_file(pid: i32) {
 }
 
 /// Parent side: wait for the child's verdict.
-fn wait_ready(rd: OwnedFd) -> i32 {
+fn wait_ready(prog: &str, rd: OwnedFd) -> i32 {
     let mut msg = String::new();
     let mut f = std::fs::File::from(rd);
     let _ = f.read_to_string(&mut msg);
     if msg.starts_with("OK") {
         0
     } else if let Some(err) = msg.strip_prefix("ERR ") {
-        say(format_args!("ovl-fuse: {err}"));
+        say(format_args!("{prog}: {err}"));
         1
     } else {
         say(format_args!(
-            "ovl-fuse: the daemon exited before the mount was ready"
+            "{prog}: the daemon exited before the mount was ready"
         ));
         1
     }
@@ -214,14 +236,7 @@ fn wait_ready(rd: OwnedFd) -> i32 {
 /// Mount and serve until unmounted. `ready` (daemon mode) gets "OK" once the mount is live,
 /// then stdio is pointed at /dev/null.
 fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File>) -> Result<()> {
-    // Signals are taken by a dedicated thread: block them before any thread exists.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    if let Err(e) = signals.thread_block() {
-        warn!("cannot block signals: {e}");
-    }
+    let signals = block_signals();
     // `fsync=0`/`volatile` mean no syncs to the upper at all, as the kernel's `volatile`:
     // copy-ups are not fsynced before they are renamed into place either.
     let options = overlay_core::OverlayOptions {
@@ -230,14 +245,47 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
         } else {
             overlay_core::FsyncMode::Volatile
         },
+        // With squashed ownership the lower owners are never shown: copies stay ours (an
+        // owner unmapped in our user namespace could not be set anyway).
+        copy_up_keeps_own_ids: req.fs.ids.squashes(),
         ..overlay_core::OverlayOptions::default()
     };
     let overlay = Overlay::with_options(stack, options)?;
     let config = mount_config(req);
     let mountpoint: &Path = &req.mountpoint;
     let mounted = mount_session(overlay, mountpoint, &config)?;
-    let session = mounted.session;
-    let mut unmounter = mounted.unmounter;
+    serve_session(
+        mounted.session,
+        mounted.unmounter,
+        mountpoint,
+        signals,
+        ready,
+    )
+}
+
+/// Block SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread created after),
+/// for [`serve_session`]'s signal thread to take. Call it before any thread exists.
+pub(crate) fn block_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    if let Err(e) = signals.thread_block() {
+        warn!("cannot block signals: {e}");
+    }
+    signals
+}
+
+/// Serve a mounted session until it is unmounted: a thread unmounts on one of `signals`;
+/// `ready` (daemon mode) gets "OK" and stdio goes to /dev/null, or (foreground) the pid
+/// file is written.
+pub(crate) fn serve_session<FS: fuser::Filesystem>(
+    session: fuser::Session<FS>,
+    mut unmounter: Unmounter,
+    mountpoint: &Path,
+    signals: SigSet,
+    ready: &mut Option<std::fs::File>,
+) -> Result<()> {
     info!("mounted on {}", mountpoint.display());
     let mp = mountpoint.to_path_buf();
     let spawned = std::thread::Builder::new()
@@ -259,7 +307,7 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
         detach_stdio();
     } else {
         // Foreground: this process is the daemon.
-        write_pid_file(std::process::id() as i32);
+        write_pid_file("ovl-fuse", std::process::id() as i32);
     }
     match session.run() {
         Ok(()) => {}

@@ -39,6 +39,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An EROFS image cannot be opened or read (`ovl-erofs`); `op` names what failed
+    /// (the superblock, a directory, a file's data ...) and `reason` why.
+    #[error("EROFS image {}: {op}: {reason}", path.display())]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What was being read.
+        op: String,
+        /// Why it failed (the reader's message).
+        reason: String,
+    },
     /// Daemonizing (fork, pipe, setsid, stdio) failed.
     #[error("daemonize: {op}: {source}")]
     Daemon {

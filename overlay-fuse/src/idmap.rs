@@ -44,7 +44,7 @@ impl IdMapping {
     /// triplets is accepted as well).
     pub fn parse(option: &str, spec: &str) -> Result<Self, Error> {
         let parts: Vec<&str> = spec.split([':', ',']).filter(|s| !s.is_empty()).collect();
-        if parts.is_empty() || parts.len() % 3 != 0 {
+        if parts.is_empty() || !parts.len().is_multiple_of(3) {
             return Err(Error::Options(format!(
                 "{option}={spec}: expected FROM:TO:LEN triplets"
             )));

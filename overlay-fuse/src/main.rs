@@ -50,6 +50,20 @@ fn print_stdout(line: std::fmt::Arguments<'_>) {
         .and_then(|()| o.flush());
 }
 
+/// Raise the soft limit on open files to the hard one: the engine holds each layer's root
+/// open, and a stack may have thousands of lower layers (the kernel overlay's limit of 500
+/// is not ours), more than the usual soft limit of 1024.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::info!("cannot raise the open-file limit: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cmd = match parse_args(std::env::args_os().skip(1)) {
         Ok(c) => c,
@@ -69,6 +83,7 @@ fn main() -> ExitCode {
         }
         Command::Mount(req) => {
             init_logging(req.debug);
+            raise_open_file_limit();
             ExitCode::from(overlay_fuse::daemon::run(*req) as u8)
         }
     }

@@ -70,14 +70,21 @@ impl MountConfig {
     }
 
     fn fuser_config(&self) -> Config {
+        self.fuser_config_as("ovl-fuse", true)
+    }
+
+    /// The fuser configuration for a mount of type `fuse.SUBTYPE`, with or without the
+    /// kernel checking permissions from the attributes reported (`default_permissions`).
+    pub(crate) fn fuser_config_as(&self, subtype: &str, default_permissions: bool) -> Config {
         let mut opts = vec![
             MountOption::FSName(self.fsname.clone()),
-            // As a kernel option, so the mount's type is `fuse.ovl-fuse` on both paths
+            // As a kernel option, so the mount's type is `fuse.SUBTYPE` on both paths
             // (fuser's own mount(2) ignores `Subtype`; fusermount3 takes it either way).
-            MountOption::CUSTOM("subtype=ovl-fuse".into()),
-            // The kernel checks permissions from the attributes we report.
-            MountOption::DefaultPermissions,
+            MountOption::CUSTOM(format!("subtype={subtype}")),
         ];
+        if default_permissions {
+            opts.push(MountOption::DefaultPermissions);
+        }
         opts.push(if self.fs.read_only {
             MountOption::RO
         } else {
@@ -173,12 +180,27 @@ pub fn mount_session(
 ) -> Result<MountedSession> {
     let fs = OverlayFs::new(overlay, config.fs.clone());
     let inspector = fs.inspector();
-    let fuser_config = config.fuser_config();
+    let (session, unmounter) = mount_fs(fs, mountpoint, &config.fuser_config())?;
+    OverlayFs::set_notifier(&inspector, session.notifier());
+    OverlayFs::set_io_uring(&inspector, session.io_uring());
+    Ok(MountedSession {
+        session,
+        inspector,
+        unmounter,
+    })
+}
+
+/// Mount any filesystem of ours with `fuser_config` and complete the handshake.
+pub(crate) fn mount_fs<FS: fuser::Filesystem>(
+    fs: FS,
+    mountpoint: &Path,
+    fuser_config: &Config,
+) -> Result<(Session<FS>, Unmounter)> {
     let mount_err = |source| Error::Mount {
         path: mountpoint.to_path_buf(),
         source,
     };
-    let mut session = Session::new(fs, mountpoint, &fuser_config).map_err(|source| {
+    let mut session = Session::new(fs, mountpoint, fuser_config).map_err(|source| {
         let denied = source.kind() == io::ErrorKind::PermissionDenied;
         if denied && !fuser_config.clone_fd {
             // fusermount3 also opens /dev/fuse with the caller's rights.
@@ -195,17 +217,11 @@ pub fn mount_session(
             mount_err(source)
         }
     })?;
-    OverlayFs::set_notifier(&inspector, session.notifier());
-    OverlayFs::set_io_uring(&inspector, session.io_uring());
     let unmounter = Unmounter {
         inner: session.unmount_callable(),
         mountpoint: mountpoint.to_path_buf(),
     };
-    Ok(MountedSession {
-        session,
-        inspector,
-        unmounter,
-    })
+    Ok((session, unmounter))
 }
 
 /// A mount served by background threads of this process; unmounted on drop.

@@ -27,6 +27,8 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
   -d, --debug        debug logging (implies -f)
   -o OPTS            comma-separated options:
      lowerdir=A:B    lower layers, top-first (`\\:` escapes a colon)
+     lowerdir+=A     one more lower layer, below those given so far (repeatable, in
+                     separate -o arguments for stacks too long for one argument)
      upperdir=DIR    writable upper layer (without it the mount is read-only)
      workdir=DIR     work directory on the upper layer's filesystem
      uidmapping=FROM:TO:LEN[:...], gidmapping=...   translate layer ids FROM.. to TO..
@@ -36,6 +38,14 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      fsync=0, volatile   no syncs to the upper: fsync is ignored, copy-ups are not fsynced
      timeout=SECS    kernel cache TTL (0 disables caching)
      writeback=0     no writeback cache;  passthrough=0  no FUSE passthrough
+     readdirplus=auto|kernel|always   which directory chunks carry attributes: auto
+                     (default) the first ones, and all for a process that stats what it
+                     lists; kernel: the kernel's choice; always: every chunk
+     lower_passthrough=0|1   read-only opens of lower files passed through to the
+                     kernel (1) or served by the daemon (0). Default: 1 on a read-only
+                     mount, 0 otherwise, because after a copy-up a passed-through
+                     descriptor keeps reading the lower file, where the kernel overlay's
+                     switches to the upper copy
      io_uring=0      read requests from /dev/fuse even where the kernel offers FUSE over
                      io_uring (it does while /sys/module/fuse/parameters/enable_uring is Y)
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
@@ -301,6 +311,15 @@ where
         req.fs.read_only = true;
         req.flags.read_only = true;
     }
+    // No copy-up can happen on a read-only mount: lower files may be passed through there
+    // without the difference from the kernel overlay (see FsConfig::lower_passthrough).
+    let lower_passthrough_given = opts
+        .iter()
+        .flat_map(|g| split_unescaped(g, ','))
+        .any(|o| o.split('=').next() == Some("lower_passthrough"));
+    if !lower_passthrough_given {
+        req.fs.lower_passthrough = req.fs.read_only;
+    }
     Ok(Command::Mount(Box::new(req)))
 }
 
@@ -344,6 +363,8 @@ fn apply_option(
                 .map(PathBuf::from)
                 .collect();
         }
+        // The kernel's `lowerdir+` (Linux 6.8): one layer, appended below the others.
+        "lowerdir+" => req.lowerdirs.push(PathBuf::from(unescape(&need(value)?))),
         "upperdir" => req.upperdir = Some(PathBuf::from(unescape(&need(value)?))),
         "workdir" => req.workdir = Some(PathBuf::from(unescape(&need(value)?))),
         "uidmapping" => req.fs.ids.uids = IdMapping::parse(key, &need(value)?)?,
@@ -367,6 +388,19 @@ fn apply_option(
         }
         "writeback" => req.fs.writeback = parse_bool(key, &need(value)?)?,
         "passthrough" => req.fs.passthrough = parse_bool(key, &need(value)?)?,
+        "lower_passthrough" => req.fs.lower_passthrough = parse_bool(key, &need(value)?)?,
+        "readdirplus" => {
+            req.fs.readdirplus = match need(value)?.as_str() {
+                "auto" => crate::fs::ReaddirPlus::Adaptive,
+                "kernel" => crate::fs::ReaddirPlus::Kernel,
+                "always" => crate::fs::ReaddirPlus::Always,
+                v => {
+                    return Err(Error::Options(format!(
+                        "readdirplus={v}: auto, kernel or always"
+                    )))
+                }
+            }
+        }
         "io_uring" => req.fs.io_uring = parse_bool(key, &need(value)?)?,
         "noxattrs" => req.fs.xattrs = !parse_bool(key, value.unwrap_or("1"))?,
         "userxattr" => req.userxattr = true,
@@ -498,6 +532,29 @@ mod tests {
         assert!(!m.fs.fsync);
         assert_eq!(m.fs.ids.squash_uid, Some(0));
         assert!(!m.foreground && !m.fs.read_only);
+        assert!(
+            !m.fs.lower_passthrough,
+            "a writable mount behaves as the kernel's"
+        );
+    }
+
+    #[test]
+    fn lower_passthrough_defaults_to_the_mount_being_read_only() {
+        let rw = "lowerdir=/l,upperdir=/u,workdir=/w";
+        assert!(!mount(&["-o", rw, "/m"]).fs.lower_passthrough);
+        assert!(
+            mount(&["-o", &format!("{rw},ro"), "/m"])
+                .fs
+                .lower_passthrough
+        );
+        assert!(mount(&["-o", "lowerdir=/l", "/m"]).fs.lower_passthrough);
+        let on = format!("{rw},lower_passthrough=1");
+        assert!(mount(&["-o", &on, "/m"]).fs.lower_passthrough);
+        assert!(
+            !mount(&["-o", "lowerdir=/l,lower_passthrough=0", "/m"])
+                .fs
+                .lower_passthrough
+        );
     }
 
     #[test]

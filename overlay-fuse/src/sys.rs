@@ -23,3 +23,14 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
         Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
     }
 }
+
+/// Map an EROFS image file read-only for the in-process reader (`ovl-erofs`).
+pub fn map_image(file: &std::fs::File) -> io::Result<erofs_rs::backend::MmapImage> {
+    // SAFETY: a read-only shared mapping of a file we opened read-only; the reader only
+    // borrows byte slices of it while the image object (which owns the mapping) lives, and
+    // checks every structure it reads. What the mapping cannot guard against is another
+    // process truncating or rewriting the file while it is served (a fault, or bytes that
+    // change under a slice): like a loop device or erofsfuse, ovl-erofs requires an image
+    // that is not changed while mounted (documented in `crate::erofs`).
+    unsafe { erofs_rs::backend::MmapImage::new_from_file(file) }
+}

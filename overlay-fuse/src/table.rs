@@ -1,9 +1,10 @@
 //! The inode table: FUSE node ids to engine nodes, with the kernel's lookup counts.
 //!
-//! fuser uses `st_ino` as the FUSE node id, so the node id *is* the inode number the mount
-//! shows. It is the engine's overlay inode number (unique, stable across copy-up), except that
-//! the root is always node id 1 (`FUSE_ROOT_ID`): the engine's root inode number and 1 swap
-//! places, which keeps the mapping a bijection.
+//! A node id is the engine's overlay inode number (unique, stable across copy-up), except
+//! that the root is always node id 1 (`FUSE_ROOT_ID`): the engine's root inode number and 1
+//! swap places, which keeps the mapping a bijection. The `st_ino` the mount shows is the
+//! engine's number ([`InodeTable::st_ino`]; the vendored fuser sends node id and `st_ino`
+//! apart), so the root shows its real number, not 1.
 //!
 //! An entry lives while the kernel holds lookups on it; `forget` drops the engine node when
 //! the count reaches 0, so memory stays bounded by what the kernel caches. A new entry gets a
@@ -21,6 +22,14 @@
 //! when it is removed through the mount). The old inode goes on answering as the removed
 //! object it was (attributes from removal time, no opens), as the kernel overlay's does;
 //! the new object's `st_ino` is its node id.
+//!
+//!
+//! A file can also get a new node id while it lives ([`InodeTable::reassign`]): when it was
+//! copied up while read-only opens of its lower file are live with that file as their
+//! passthrough backing, the kernel would give any further open of the old inode the same
+//! (lower) backing. The object then goes on under a node id of its own (from a range below
+//! the one above), keeping the engine's number as its `st_ino`; the old inode keeps serving
+//! the opens it has.
 //!
 //! The table is sharded; shard locks are leaf locks, never held across engine calls.
 //!
@@ -54,6 +63,9 @@ pub struct IoState {
     pub passthrough: u32,
     /// The backing shared by the live passthrough opens.
     pub backing: Option<Arc<BackingId>>,
+    /// `backing` is a lower file (read-only opens of a lower-only file): no open of the
+    /// inode after a copy-up may share it.
+    pub backing_lower: bool,
     /// Passthrough writes bypassed the FUSE page cache at some point, so cached opens must
     /// not keep it.
     pub had_passthrough: bool,
@@ -116,6 +128,11 @@ impl Entry {
     }
 }
 
+/// Node ids above this one come from reuse remaps (counting down from `u64::MAX - 1`) and
+/// are the `st_ino` their object shows; node ids of [`InodeTable::reassign`] count down from
+/// here and show the engine's number.
+const REUSE_REMAP_FLOOR: u64 = u64::MAX - (1 << 48);
+
 /// Hard-link names remembered per inode.
 const MAX_LINKS: usize = 8;
 
@@ -169,6 +186,8 @@ pub struct InodeTable {
     any_remaps: AtomicBool,
     /// The next node id to hand out for a remap (counts down).
     next_remap: AtomicU64,
+    /// The next node id to hand out for a [`InodeTable::reassign`] (counts down).
+    next_reassign: AtomicU64,
 }
 
 impl InodeTable {
@@ -198,6 +217,7 @@ impl InodeTable {
             remaps: RwLock::new(HashMap::new()),
             any_remaps: AtomicBool::new(false),
             next_remap: AtomicU64::new(u64::MAX - 1),
+            next_reassign: AtomicU64::new(REUSE_REMAP_FLOOR),
         };
         t.shard(ROOT_ID)
             .lock()
@@ -219,6 +239,43 @@ impl InodeTable {
             }
         }
         self.natural_nodeid(engine_ino)
+    }
+
+    /// The `st_ino` shown for node id `nodeid` whose object has engine inode number
+    /// `engine_ino`: the engine's number, except for a new object that got the number of a
+    /// removed one the kernel still holds (its own node id; see the module docs).
+    pub fn st_ino(&self, nodeid: u64, engine_ino: u64) -> u64 {
+        if nodeid > REUSE_REMAP_FLOOR {
+            nodeid
+        } else {
+            engine_ino
+        }
+    }
+
+    /// The `st_ino` shown for the object of engine inode number `engine_ino` (readdir's
+    /// `d_ino`).
+    pub fn st_ino_of(&self, engine_ino: u64) -> u64 {
+        self.st_ino(self.nodeid_of(engine_ino), engine_ino)
+    }
+
+    /// Give the object the kernel knows as `nodeid` (engine node `node`) a new node id, for
+    /// the lookups to come; the entry `nodeid` stays for what the kernel holds of it. Its
+    /// `st_ino` does not change. Returns the new node id, or `None` when the object's node
+    /// id is no longer `nodeid` (another request reassigned it already).
+    pub fn reassign(&self, nodeid: u64, node: &NodeRef) -> Option<u64> {
+        let ino = node.ino();
+        let mut remaps = self.remaps.write();
+        let current = remaps
+            .get(&ino)
+            .copied()
+            .unwrap_or_else(|| self.natural_nodeid(ino));
+        if current != nodeid || nodeid == ROOT_ID {
+            return None;
+        }
+        let new = self.next_reassign.fetch_sub(1, Ordering::Relaxed);
+        remaps.insert(ino, new);
+        self.any_remaps.store(true, Ordering::Release);
+        Some(new)
     }
 
     /// The node id of an engine inode number without a remap.
@@ -513,6 +570,7 @@ impl InodeTable {
                 io.passthrough = io.passthrough.saturating_sub(1);
                 if io.passthrough == 0 {
                     io.backing = None;
+                    io.backing_lower = false;
                 }
             }
         }

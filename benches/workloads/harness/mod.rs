@@ -44,9 +44,12 @@ pub fn cli_main(args: &[String]) -> i32 {
     };
     install_signal_handlers();
     let matrix = || {
-        run_workloads(&opts).and_then(|report| {
-            let paths = write_workload_report(&opts, &report)?;
+        run_matrix(&opts).and_then(|(report, warm)| {
+            let paths = write_workload_reports(&opts, &report, warm.as_ref())?;
             println!("{}", report.markdown(None));
+            if let Some(w) = &warm {
+                println!("{}", w.markdown(None));
+            }
             for p in paths {
                 println!("wrote {}", p.display());
             }
@@ -89,8 +92,14 @@ fn prepare_work_dir(opts: &Options) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Run the workload matrix.
+/// Run the workload matrix (one cache mode: the first pass of [`run_matrix`]).
 pub fn run_workloads(opts: &Options) -> Result<Report> {
+    run_matrix(opts).map(|(r, _)| r)
+}
+
+/// Run the workload matrix: the report of the runs as `opts.drop_caches` says, and with
+/// `opts.warm_too` the one of the warm runs that follow each cold one.
+pub fn run_matrix(opts: &Options) -> Result<(Report, Option<Report>)> {
     let work_dir = prepare_work_dir(opts)?;
     let owner = is_root().then_some(opts.rootless_user);
     let stack = stack::ensure(&work_dir, opts.quick, owner, opts.verbose)?;
@@ -98,6 +107,7 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
     let runs_dir = work_dir.join("runs");
     fs::create_dir_all(&runs_dir).context(|| format!("mkdir {}", runs_dir.display()))?;
     let drop_caches = opts.drop_caches && is_root();
+    let warm_too = drop_caches && opts.warm_too;
     let uring = FuseUringSwitch::apply(opts.fuse_uring);
 
     let mut meta = Meta::gather(&work_dir);
@@ -158,6 +168,7 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
         eprintln!("skipping {}: {why}", b.name());
     }
     let mut records = Vec::new();
+    let mut warm_records = Vec::new();
     let mut broken: Vec<(BackendKind, String)> = Vec::new();
     let mut ctx = RunContext {
         opts,
@@ -166,7 +177,12 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
         drop_caches,
         kernel_options: None,
     };
-    let total = opts.reps * opts.workloads.len() * prepared.ready.len();
+    let passes: &[bool] = if warm_too {
+        &[true, false]
+    } else {
+        &[drop_caches]
+    };
+    let total = opts.reps * opts.workloads.len() * prepared.ready.len() * passes.len();
     let mut n = 0;
     for rep in 0..opts.reps {
         for &w in &opts.workloads {
@@ -174,9 +190,17 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
             let order: Vec<&Backend> = (0..prepared.ready.len())
                 .map(|i| &prepared.ready[(i + rep) % k])
                 .collect();
-            for b in order {
+            for (b, &drop) in order
+                .iter()
+                .flat_map(|b| passes.iter().map(move |d| (*b, d)))
+            {
                 check_interrupt()?;
                 n += 1;
+                let records = if drop == drop_caches {
+                    &mut records
+                } else {
+                    &mut warm_records
+                };
                 if let Some((_, why)) = broken.iter().find(|(k, _)| *k == b.kind) {
                     records.push(RunRecord {
                         backend: b.kind,
@@ -186,6 +210,7 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
                     });
                     continue;
                 }
+                ctx.drop_caches = drop;
                 let outcome = run_one(&mut ctx, b, w, rep)?;
                 if opts.verbose {
                     let what = match &outcome {
@@ -203,10 +228,11 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
                         Outcome::Failed(why) => format!("FAILED: {why}"),
                     };
                     eprintln!(
-                        "[{n}/{total}] rep {} {:<16} {:<14} {what}",
+                        "[{n}/{total}] rep {} {:<16} {:<14} {:<4} {what}",
                         rep + 1,
                         w.name(),
-                        b.kind.name()
+                        b.kind.name(),
+                        if drop { "cold" } else { "warm" }
                     );
                 }
                 if let Outcome::Failed(why) = &outcome {
@@ -232,13 +258,31 @@ pub fn run_workloads(opts: &Options) -> Result<Report> {
     ) {
         v.push_str(&format!(", mount options `{o}`"));
     }
-    Ok(Report {
-        meta,
-        backends: opts.backends.clone(),
-        skipped: prepared.skipped,
-        workloads: opts.workloads.clone(),
-        records,
-    })
+    let warm = warm_too.then(|| {
+        let mut meta = meta.clone();
+        meta.settings = meta.settings.replace(
+            "page cache dropped before every timed run",
+            "page cache warm: each run right after the cold run of the same workload and \
+             backend (a fresh mount, the layers' data in the page cache)",
+        );
+        Report {
+            meta,
+            backends: opts.backends.clone(),
+            skipped: prepared.skipped.clone(),
+            workloads: opts.workloads.clone(),
+            records: warm_records,
+        }
+    });
+    Ok((
+        Report {
+            meta,
+            backends: opts.backends.clone(),
+            skipped: prepared.skipped,
+            workloads: opts.workloads.clone(),
+            records,
+        },
+        warm,
+    ))
 }
 
 fn script_command(b: &Backend, script: &str, mnt: &Path, stack: &Stack) -> Command {
@@ -365,6 +409,44 @@ pub fn replace_section(readme: &Path, name: &str, content: &str) -> Result<()> {
         &text[e..]
     );
     fs::write(readme, new).context(|| format!("writing {}", readme.display()))
+}
+
+/// [`write_workload_report`], and with a warm-cache report `<out>/latest-warm.{md,svg}`,
+/// whose table follows the cold one in the README section.
+pub fn write_workload_reports(
+    opts: &Options,
+    report: &Report,
+    warm: Option<&Report>,
+) -> Result<Vec<PathBuf>> {
+    let Some(warm) = warm else {
+        return write_workload_report(opts, report);
+    };
+    let no_readme = Options {
+        readme: None,
+        ..opts.clone()
+    };
+    let mut written = write_workload_report(&no_readme, report)?;
+    let stem = if opts.quick {
+        "quick-warm"
+    } else {
+        "latest-warm"
+    };
+    let md_path = opts.out_dir.join(format!("{stem}.md"));
+    let svg_path = opts.out_dir.join(format!("{stem}.svg"));
+    fs::write(&svg_path, warm.svg()).context(|| format!("writing {}", svg_path.display()))?;
+    fs::write(&md_path, warm.markdown(Some(&format!("{stem}.svg"))))
+        .context(|| format!("writing {}", md_path.display()))?;
+    written.extend([md_path, svg_path]);
+    if let Some(readme) = &opts.readme {
+        let both = format!(
+            "#### Cold cache\n\n{}\n\n#### Warm cache\n\n{}",
+            report.markdown(Some("results/latest.svg")),
+            warm.markdown(Some(&format!("results/{stem}.svg")))
+        );
+        replace_section(readme, "results", &both)?;
+        written.push(readme.clone());
+    }
+    Ok(written)
 }
 
 /// Write `<out>/latest.{md,svg}` (`quick.*` for --quick) and update the README section.

@@ -33,6 +33,10 @@ pub struct Options {
     pub workloads: Vec<Workload>,
     /// `sync; echo 3 > /proc/sys/vm/drop_caches` before every timed run (all backends alike).
     pub drop_caches: bool,
+    /// With `drop_caches`, also a warm-cache pass (full runs unless a cache flag is given):
+    /// every cold run is followed by a run of the same workload on the same backend on a
+    /// fresh mount without dropping the cache, reported in a table of its own.
+    pub warm_too: bool,
     /// Where the base stack and the per-run upper/work dirs live.
     pub work_dir: PathBuf,
     /// Where `latest.{md,svg}` (or `quick.*`, `mem.md`) are written.
@@ -91,6 +95,7 @@ impl Options {
             backends: BackendKind::ALL.to_vec(),
             workloads: Workload::ALL.to_vec(),
             drop_caches: true,
+            warm_too: true,
             work_dir: target.join("overlay-bench"),
             out_dir: manifest_dir().join("benches/results"),
             readme: Some(manifest_dir().join("benches/README.md")),
@@ -213,6 +218,7 @@ impl Options {
         opts.reps = reps.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
         // Quick runs are smoke tests: keep them from disturbing a shared machine.
         opts.drop_caches = drop_caches.unwrap_or(!opts.quick);
+        opts.warm_too = drop_caches.is_none() && !opts.quick;
         // Quick runs leave the machine's FUSE settings alone, like its page cache.
         opts.fuse_uring = fuse_uring.unwrap_or(if opts.quick { None } else { Some(true) });
         opts.mem_entries = entries.unwrap_or(if opts.quick { 10_000 } else { 1_000_000 });
@@ -250,7 +256,9 @@ options:
   --workloads LIST   stat-walk,readdir-big,read-small,read-big,copyup-meta,copyup-big,
                      create-untar,delete-tree,write-big,small-write-read (default: all)
   --drop-caches / --no-drop-caches
-                     drop the page cache before every timed run (default: on; quick: off)
+                     only cold runs (the page cache dropped before every timed run) / only
+                     warm ones (default: both, in two tables, each warm run right after the
+                     cold run of the same workload and backend; quick: warm only)
   --work-dir DIR     base stack and per-run dirs (default: <target>/overlay-bench)
   --out DIR          where latest.{md,svg} go (default: benches/results)
   --no-readme        do not update benches/README.md (quick runs and --out never do)

@@ -125,7 +125,8 @@ impl Workload {
             Workload::DeleteTree => Some(3.0),
             Workload::CopyupBig => Some(0.5),
             Workload::CreateUntar => Some(1.2),
-            Workload::CopyupMeta | Workload::SmallWriteRead => None,
+            Workload::CopyupMeta => Some(0.5),
+            Workload::SmallWriteRead => None,
         }
     }
 

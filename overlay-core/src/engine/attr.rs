@@ -8,6 +8,11 @@ use rustix::io::Errno;
 
 use super::{Attr, FileKind, NodeRef, Overlay, SetAttr, TimeSet};
 use crate::error::Result;
+pub use crate::sys::FsXattr;
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))
+}
 
 impl TimeSet {
     /// The `utimensat`/`futimens` timespec for an optional time change (`None` is
@@ -86,14 +91,40 @@ impl Overlay {
     /// FUSE request.
     pub fn set_inode_flags(&self, node: &NodeRef, flags: rustix::fs::IFlags) -> Result<()> {
         let op = "set inode flags";
+        let fd = self.upper_fd_for_flags(op, node)?;
+        rustix::fs::ioctl_setflags(&fd, flags).map_err(|e| self.node_err(op, node, e))
+    }
+
+    /// An fd of the upper copy of `node` (a regular file or directory, copied up first) for
+    /// the flag-setting ioctls.
+    fn upper_fd_for_flags(&self, op: &'static str, node: &NodeRef) -> Result<std::os::fd::OwnedFd> {
         if !matches!(node.kind, FileKind::File | FileKind::Directory) {
             return Err(self.node_err(op, node, Errno::NOTTY));
         }
         self.check_writable(op, || node.rel_path())?;
         self.copy_up_node(node, true)?;
         let real = self.top_real(op, node)?;
+        self.open_for_flags(op, node, &real)
+    }
+
+    /// The extended inode attributes (`FS_IOC_FSGETXATTR`: xflags, extent size hints,
+    /// project id) of the topmost real object of a regular file or directory.
+    pub fn fs_xattr(&self, node: &NodeRef) -> Result<FsXattr> {
+        let op = "get extended inode attributes";
+        let real = self.top_real(op, node)?;
         let fd = self.open_for_flags(op, node, &real)?;
-        rustix::fs::ioctl_setflags(&fd, flags).map_err(|e| self.node_err(op, node, e))
+        crate::sys::fs_get_xattr(std::os::fd::AsFd::as_fd(&fd))
+            .map_err(|e| self.node_err(op, node, io_errno(&e)))
+    }
+
+    /// Set the extended inode attributes (`FS_IOC_FSSETXATTR`) of a regular file or
+    /// directory, copying it up first, as the kernel overlay does. Permission checks are the
+    /// caller's, as for [`Overlay::set_inode_flags`].
+    pub fn set_fs_xattr(&self, node: &NodeRef, x: &FsXattr) -> Result<()> {
+        let op = "set extended inode attributes";
+        let fd = self.upper_fd_for_flags(op, node)?;
+        crate::sys::fs_set_xattr(std::os::fd::AsFd::as_fd(&fd), x)
+            .map_err(|e| self.node_err(op, node, io_errno(&e)))
     }
 
     /// An fd of `real` for the flags ioctls (which need an open file, and work on a

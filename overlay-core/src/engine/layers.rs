@@ -309,6 +309,28 @@ fn open_root(path: &Path, what: &'static str) -> Result<OwnedFd> {
     .map_err(|e| ioerr(what, path, e))
 }
 
+/// How long [`Layers::open`] waits for the workdir's lock before it reports the workdir in
+/// use: a FUSE daemon whose mount was just unmounted still holds it for a moment while it
+/// exits (containerd unmounts and mounts a snapshot again at once when a mount helper's exit
+/// status got lost).
+pub const WORKDIR_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Take the exclusive lock of an overlay's workdir, waiting up to [`WORKDIR_LOCK_PATIENCE`].
+fn lock_workdir(workdir: &OwnedFd) -> std::result::Result<(), Errno> {
+    let deadline = std::time::Instant::now() + WORKDIR_LOCK_PATIENCE;
+    loop {
+        match rustix::fs::flock(
+            workdir,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
+            Err(Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Layers {
     /// Open every layer root, lock and clean the workdir.
     ///
@@ -336,11 +358,7 @@ impl Layers {
                     Some((fd, workdir)) => (fd, workdir, true),
                     None => (fd, workdir, false),
                 };
-                rustix::fs::flock(
-                    &workdir,
-                    rustix::fs::FlockOperation::NonBlockingLockExclusive,
-                )
-                .map_err(|e| {
+                lock_workdir(&workdir).map_err(|e| {
                     if e == Errno::WOULDBLOCK {
                         ioerr(
                             "lock workdir (in use by another overlay)",

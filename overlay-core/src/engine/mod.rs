@@ -48,6 +48,7 @@ mod origin;
 mod readdir;
 mod real;
 
+pub use attr::FsXattr;
 pub use file::OverlayFile;
 use layers::{display_path, ioerr, DirFdCache, LayerRef, Layers, RESOLVE_LAYER};
 pub use node::Node;
@@ -244,6 +245,11 @@ pub struct OverlayOptions {
     pub fsync: FsyncMode,
     /// Copy-up data chunk size in bytes for `copy_file_range`/read-write (0: 8 MiB).
     pub copy_chunk: usize,
+    /// Copy-up leaves the copy owned by the engine's process instead of copying the lower
+    /// object's owner. For views that squash ownership (a FUSE mount with `squash_to_root`
+    /// in a user namespace): the owner is never shown there, and an owner the namespace
+    /// does not map (root's files seen from an unprivileged user) could not be set.
+    pub copy_up_keeps_own_ids: bool,
 }
 
 /// The engine: a union view of a [`LayerStack`].

@@ -211,11 +211,21 @@ impl Overlay {
                 NewObj::Symlink { target } => {
                     rustix::fs::symlinkat(*target, tdir, tname).map(|()| (FileKind::Symlink, None))
                 }
-                NewObj::Link { src, of } => {
-                    let sname = src.name.as_deref().ok_or_else(|| err(Errno::PERM))?;
-                    rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
-                        .map(|()| (of.kind, None))
+                NewObj::Link { src, of } => match src.name.as_deref() {
+                    Some(sname) => {
+                        rustix::fs::linkat(src.dir.as_fd(), sname, tdir, tname, AtFlags::empty())
+                    }
+                    // An open unnamed file (O_TMPFILE): linked through /proc, which needs no
+                    // CAP_DAC_READ_SEARCH (AT_EMPTY_PATH would).
+                    None => rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        super::layers::proc_fd_path(src.dir.as_fd()),
+                        tdir,
+                        tname,
+                        AtFlags::SYMLINK_FOLLOW,
+                    ),
                 }
+                .map(|()| (of.kind, None)),
             };
             match r {
                 Ok(x) => break x,
@@ -930,5 +940,100 @@ impl Overlay {
             new_parent.set_child(new_name, &src);
         }
         Ok(())
+    }
+}
+
+impl Overlay {
+    /// Create and open an unnamed regular file in directory `parent` (`open(O_TMPFILE)`),
+    /// as the kernel overlay does: in the upper copy of `parent` (copied up first), with the
+    /// mode rules of [`Overlay::create`]. `flags`: the access mode and status flags of the
+    /// open. The node has no name in the tree until [`Overlay::link_tmpfile`] gives it one.
+    pub fn tmpfile(
+        &self,
+        parent: &NodeRef,
+        mode: impl Into<NewMode>,
+        flags: i32,
+        owner: Option<Owner>,
+    ) -> Result<(NodeRef, File)> {
+        let op = "tmpfile";
+        let NewMode { mode, umask } = mode.into();
+        self.check_dir(op, parent)?;
+        self.check_writable(op, || parent.rel_path())?;
+        let err = |e: Errno| self.node_err(op, parent, e);
+        let pdir = self.upper_dir_of(parent)?;
+        let default_acl = super::layers::read_xattr(|b| {
+            rustix::fs::fgetxattr(pdir.as_fd(), super::acl::DEFAULT_ACL, b)
+        })
+        .is_ok();
+        let perm = if default_acl {
+            mode & 0o7777
+        } else {
+            mode & 0o7777 & !(umask & 0o777)
+        };
+        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_SYNC;
+        let f = OFlags::from_bits_retain((flags & keep) as u32) | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let fd =
+            rustix::fs::openat(pdir.as_fd(), ".", f, Mode::from_raw_mode(perm)).map_err(err)?;
+        if let Some(o) = owner {
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(o.uid)),
+                Some(rustix::fs::Gid::from_raw(o.gid)),
+            )
+            .map_err(err)?;
+        }
+        let st = rustix::fs::fstat(&fd).map_err(err)?;
+        // Without a default ACL the bits are exactly the requested ones (the daemon's umask
+        // and a chown's clearing of set-id bits aside); with one, the filesystem's.
+        if !default_acl && st.st_mode & 0o7777 != perm {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(err)?;
+        }
+        let ino = self.layers.map_ino(LayerRef::Upper, st.st_ino);
+        let node = Arc::new(Node::new(
+            ino,
+            FileKind::File,
+            Some(parent.clone()),
+            OsStr::new(""),
+            NodeState {
+                upper: true,
+                ..Default::default()
+            },
+        ));
+        Ok((node, File::from(fd)))
+    }
+
+    /// Give the unnamed file `file` (node `node`, from [`Overlay::tmpfile`]) the name
+    /// `new_parent/new_name` (`linkat` of an `O_TMPFILE` descriptor).
+    pub fn link_tmpfile(
+        &self,
+        file: &File,
+        node: &NodeRef,
+        new_parent: &NodeRef,
+        new_name: &OsStr,
+    ) -> Result<NodeRef> {
+        let op = "link";
+        let _g = self.lock_new_name(op, new_parent, new_name)?;
+        let fd = file.as_fd().try_clone_to_owned().map_err(|e| {
+            self.name_err(
+                op,
+                new_parent,
+                new_name,
+                Errno::from_io_error(&e).unwrap_or(Errno::IO),
+            )
+        })?;
+        let src = RealObj {
+            layer: LayerRef::Upper,
+            dir: Arc::new(fd),
+            name: None,
+        };
+        let (n, _) = self.create_upper(
+            op,
+            new_parent,
+            new_name,
+            None,
+            NewObj::Link { src, of: node },
+            0,
+        )?;
+        Ok(n)
     }
 }

@@ -154,6 +154,25 @@ fn errno(r: Result<impl std::fmt::Debug>) -> i32 {
     r.expect_err("expected an error").raw_os_error()
 }
 
+/// A workdir locked by another overlay is waited for a moment (a FUSE daemon still exiting
+/// after its unmount), then taken; one that stays locked is refused as in use.
+#[test]
+fn workdir_lock_waits_for_an_exiting_overlay() {
+    let f = Fixture::new(1);
+    let first = f.overlay();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(first);
+    });
+    let second = f.overlay();
+    releaser.join().unwrap();
+    let t = std::time::Instant::now();
+    let e = Overlay::new(f.stack()).map(drop).unwrap_err();
+    assert!(t.elapsed() >= crate::engine::layers::WORKDIR_LOCK_PATIENCE);
+    assert!(e.to_string().contains("in use by another overlay"), "{e}");
+    drop(second);
+}
+
 #[test]
 fn lookup_and_readdir_merge_layers() {
     need_root!();

@@ -7,9 +7,12 @@ use std::sync::atomic::Ordering;
 use fuser::{
     AccessFlags, Errno, ReplyAttr, ReplyData, ReplyEmpty, ReplyIoctl, ReplyStatfs, TimeOrNow,
 };
-use overlay_core::{FileKind, NodeRef, SetAttr, TimeSet};
+use overlay_core::{FileKind, FsXattr, NodeRef, SetAttr, TimeSet};
 
-use super::convert::{attr_from_metadata, errno, fs_xflags, io_errno, rustix_errno, time_set};
+use super::convert::{
+    attr_from_metadata, errno, fs_xflags, fsxattr_bytes, fsxattr_from, inode_flags_of, io_errno,
+    rustix_errno, time_set,
+};
 use super::Inner;
 use crate::caller::{Caller, Capability};
 
@@ -188,8 +191,8 @@ impl Inner {
     }
 
     /// The inode-flags ioctls (`lsattr`, `chattr`; the kernel sends them for
-    /// `FS_IOC_GETFLAGS`/`SETFLAGS` and for fileattr calls), on the topmost real object, a
-    /// set after a copy-up. Every other ioctl: ENOTTY, for that call only.
+    /// `FS_IOC_GETFLAGS`/`SETFLAGS` and `FS_IOC_FSGETXATTR`/`FSSETXATTR`), on the topmost
+    /// real object, a set after a copy-up. Every other ioctl: ENOTTY, for that call only.
     ///
     /// Only the 64-bit numbers, which the kernel sends after its own checks, are served. The
     /// 32-bit ones (`FS_IOC32_*`) reach a FUSE server from a 64-bit process with no check at
@@ -211,19 +214,46 @@ impl Inner {
         const SETFLAGS: u32 = 0x4008_6602;
         // _IOR('X', 31, struct fsxattr): the kernel asks it before every SETFLAGS.
         const FSGETXATTR: u32 = 0x801c_581f;
+        // _IOW('X', 32, struct fsxattr).
+        const FSSETXATTR: u32 = 0x401c_5820;
         let n = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         match cmd {
             FSGETXATTR => {
-                // struct fsxattr, its flags derived from the inode flags as the kernel's
-                // fileattr_fill_flags does; extent size hints and project id read as 0.
-                match self.ovl.inode_flags(&n) {
-                    Ok(f) => {
-                        let mut out = [0u8; 28];
-                        out[..4].copy_from_slice(&fs_xflags(f.bits()).to_ne_bytes());
-                        reply.ioctl(0, &out[..(out_size as usize).min(out.len())])
+                // The real struct fsxattr of the topmost object (as the kernel overlay).
+                // Where the layer's filesystem has no FSGETXATTR: its flags derived from the
+                // inode flags as the kernel's fileattr_fill_flags does.
+                let x = match self.ovl.fs_xattr(&n) {
+                    Ok(x) => x,
+                    Err(e) if e.raw_os_error() == libc::ENOTTY => match self.ovl.inode_flags(&n) {
+                        Ok(f) => FsXattr {
+                            xflags: fs_xflags(f.bits()),
+                            ..FsXattr::default()
+                        },
+                        Err(e) => return reply.error(errno("ioctl", &e)),
+                    },
+                    Err(e) => return reply.error(errno("ioctl", &e)),
+                };
+                let out = fsxattr_bytes(&x);
+                reply.ioctl(0, &out[..(out_size as usize).min(out.len())])
+            }
+            FSSETXATTR => {
+                let Some(x) = fsxattr_from(in_data) else {
+                    return reply.error(Errno::EINVAL);
+                };
+                let flags = rustix::fs::IFlags::from_bits_retain(inode_flags_of(x.xflags));
+                if let Err(e) = self.may_set_inode_flags(caller, &n, flags) {
+                    return reply.error(e);
+                }
+                let was_lower = n.is_lower_only();
+                match self.ovl.set_fs_xattr(&n, &x) {
+                    Ok(()) => {
+                        if was_lower {
+                            self.check_split(ino, &n);
+                        }
+                        reply.ioctl(0, &[])
                     }
                     Err(e) => reply.error(errno("ioctl", &e)),
                 }

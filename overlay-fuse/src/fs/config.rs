@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::plus_policy::ReaddirPlus;
 use super::Inner;
 use crate::idmap::IdPolicy;
 
@@ -33,6 +34,18 @@ pub struct FsConfig {
     /// Try FUSE passthrough (it is used only with CAP_SYS_ADMIN in the initial user
     /// namespace, and never together with `fsync=0`).
     pub passthrough: bool,
+    /// With passthrough, give read-only opens of lower files the lower file as their
+    /// backing too (`lower_passthrough=1`), so their reads never cross the daemon. A writer
+    /// never gets a lower backing; a file copied up while such opens are live goes on under
+    /// a new node id (same `st_ino`). Unlike the kernel overlay, whose read-only descriptors
+    /// switch to the upper copy after a copy-up, those opens keep reading the lower file (as
+    /// the kernel's do for a `mmap` taken before the copy-up). Off by default, for the
+    /// kernel's behaviour; `ovl-fuse` turns it on for a read-only mount (no upper, or `ro`),
+    /// where no copy-up can happen, unless told otherwise.
+    pub lower_passthrough: bool,
+    /// Which directory chunks carry attributes (`readdirplus=auto|kernel|always`, see
+    /// [`ReaddirPlus`]).
+    pub readdirplus: ReaddirPlus,
     /// Support xattrs (off with `noxattrs=1`: every xattr call answers ENOSYS).
     pub xattrs: bool,
     /// Serve requests through FUSE over io_uring when the kernel offers it (`io_uring=0`
@@ -63,6 +76,8 @@ impl Default for FsConfig {
             fsync: true,
             writeback: true,
             passthrough: true,
+            lower_passthrough: false,
+            readdirplus: ReaddirPlus::Adaptive,
             xattrs: true,
             io_uring: true,
             read_only: false,

@@ -14,6 +14,19 @@ use crate::caller::Caller;
 
 pub(super) fn errno(op: &str, e: &overlay_core::Error) -> Errno {
     let code = e.raw_os_error();
+    if let overlay_core::Error::Io {
+        op: "copy-up",
+        path,
+        source,
+    } = e
+    {
+        if code == libc::EACCES || code == libc::EPERM {
+            // One line per refusal, in a fixed form callers may look for (`ovl run` names
+            // the files afterwards): the daemon could not read or copy a lower object.
+            warn!("{}/{}: {source}", crate::COPY_UP_REFUSED, path.display());
+            return Errno::from_i32(code);
+        }
+    }
     if code == libc::EIO {
         warn!("{op}: {e}");
     } else {
@@ -123,18 +136,58 @@ pub(super) fn negative_attr() -> FileAttr {
 
 /// `fsx_xflags` for inode flags `FS_*_FL` (the kernel's `fileattr_fill_flags`).
 pub(super) fn fs_xflags(flags: u32) -> u32 {
-    const MAP: [(u32, u32); 7] = [
-        (0x0000_0008, 0x0000_0020), // SYNC
-        (0x0000_0010, 0x0000_0008), // IMMUTABLE
-        (0x0000_0020, 0x0000_0010), // APPEND
-        (0x0000_0040, 0x0000_0080), // NODUMP
-        (0x0000_0080, 0x0000_0040), // NOATIME
-        (0x0200_0000, 0x0000_8000), // DAX
-        (0x2000_0000, 0x0000_0200), // PROJINHERIT
-    ];
-    MAP.iter()
+    XFLAG_MAP
+        .iter()
         .filter(|(fl, _)| flags & fl != 0)
         .fold(0, |x, (_, xfl)| x | xfl)
+}
+
+/// Inode flags (`FS_*_FL`) and their `FS_XFLAG_*` bits.
+const XFLAG_MAP: [(u32, u32); 7] = [
+    (0x0000_0008, 0x0000_0020), // SYNC
+    (0x0000_0010, 0x0000_0008), // IMMUTABLE
+    (0x0000_0020, 0x0000_0010), // APPEND
+    (0x0000_0040, 0x0000_0080), // NODUMP
+    (0x0000_0080, 0x0000_0040), // NOATIME
+    (0x0200_0000, 0x0000_8000), // DAX
+    (0x2000_0000, 0x0000_0200), // PROJINHERIT
+];
+
+/// The inode flags (`FS_*_FL`) of `FS_XFLAG_*` bits, as the kernel's `fileattr_fill_xflags`.
+pub(super) fn inode_flags_of(xflags: u32) -> u32 {
+    XFLAG_MAP
+        .iter()
+        .filter(|(_, xfl)| xflags & xfl != 0)
+        .fold(0, |f, (fl, _)| f | fl)
+}
+
+/// `struct fsxattr` as the ioctl carries it.
+pub(super) fn fsxattr_bytes(x: &overlay_core::FsXattr) -> [u8; 28] {
+    let mut out = [0u8; 28];
+    for (i, v) in [x.xflags, x.extsize, x.nextents, x.projid, x.cowextsize]
+        .into_iter()
+        .enumerate()
+    {
+        out[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    out[20..].copy_from_slice(&x.pad);
+    out
+}
+
+/// `struct fsxattr` from an ioctl's input (`None` when it is short).
+pub(super) fn fsxattr_from(data: &[u8]) -> Option<overlay_core::FsXattr> {
+    let data: &[u8; 28] = data.get(..28)?.try_into().ok()?;
+    let word = |i: usize| u32::from_ne_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
+    let mut pad = [0u8; 8];
+    pad.copy_from_slice(&data[20..]);
+    Some(overlay_core::FsXattr {
+        xflags: word(0),
+        extsize: word(4),
+        nextents: word(8),
+        projid: word(12),
+        cowextsize: word(16),
+        pad,
+    })
 }
 
 /// Attributes of an open file whose name is gone, from `fstat` of the real file.
@@ -163,6 +216,8 @@ pub(super) fn attr_from_metadata(md: &std::fs::Metadata, ino: u64) -> Attr {
 }
 
 impl Inner {
+    /// The attributes the kernel gets for node id `nodeid` (its `st_ino` is
+    /// [`crate::table::InodeTable::st_ino`]).
     pub(super) fn to_attr(&self, nodeid: u64, a: &Attr) -> FileAttr {
         let nlink = if self.cfg.static_nlink && a.kind == FileKind::Directory {
             1
@@ -170,7 +225,7 @@ impl Inner {
             a.nlink
         };
         FileAttr {
-            ino: INodeNo(nodeid),
+            ino: INodeNo(self.table.st_ino(nodeid, a.ino)),
             size: a.size,
             blocks: a.blocks,
             atime: system_time(a.atime),

@@ -63,21 +63,33 @@ impl Inner {
         Ok((d, entries, parent))
     }
 
+    /// The `st_ino` of an open directory and of its parent (node id `parent`), for the
+    /// `d_ino` of "." and "..".
+    fn dot_inos(&self, d: &OpenDir, parent: u64) -> (u64, u64) {
+        let dot = self.table.st_ino(d.nodeid, d.node.ino());
+        let dotdot = match self.table.get(parent) {
+            Some(p) => self.table.st_ino(parent, p.ino()),
+            None => dot,
+        };
+        (dot, dotdot)
+    }
+
     pub(super) fn readdir(&self, fh: u64, offset: u64, mut reply: ReplyDirectory) {
         let (d, entries, parent) = match self.listing(fh, offset) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
         let total = entries.len() as u64 + 2;
+        let (dot, dotdot) = self.dot_inos(&d, parent);
         let mut sent = offset;
         for i in offset..total {
             let full = match i {
-                0 => reply.add(INodeNo(d.nodeid), 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                0 => reply.add(INodeNo(dot), 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(dotdot), 2, FileType::Directory, ".."),
                 _ => {
                     let e = &entries[(i - 2) as usize];
                     reply.add(
-                        INodeNo(self.table.nodeid_of(e.ino)),
+                        INodeNo(self.table.st_ino_of(e.ino)),
                         i + 1,
                         file_type(e.kind),
                         &e.name,
@@ -90,7 +102,12 @@ impl Inner {
             sent = i + 1;
         }
         reply.ok();
-        // Entries listed without attributes are usually stat'ed next: resolve them ahead.
+        self.prefetch_listed(&d, entries, offset, sent);
+    }
+
+    /// Entries listed without attributes (offsets `offset..sent`) are usually stat'ed next:
+    /// resolve them ahead.
+    fn prefetch_listed(&self, d: &OpenDir, entries: Arc<Vec<DirEntry>>, offset: u64, sent: u64) {
         let from = offset.max(2) as usize - 2;
         let to = (sent.max(2) as usize - 2).min(entries.len());
         if from < to {
@@ -102,23 +119,37 @@ impl Inner {
         }
     }
 
-    pub(super) fn readdirplus(&self, fh: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
+    /// READDIRPLUS from `offset`; without `attrs`, the entries carry names only (node id 0,
+    /// no lookup reference) and are prefetched as after a plain READDIR.
+    pub(super) fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        attrs: bool,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let (d, entries, parent) = match self.listing(fh, offset) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
         let ttl = self.ttl();
         let total = entries.len() as u64 + 2;
+        let (dot, dotdot) = if offset < 2 {
+            self.dot_inos(&d, parent)
+        } else {
+            (0, 0)
+        };
+        let mut sent = offset;
         for i in offset..total {
             if i < 2 {
                 // "." and "..": the kernel takes no lookup reference for them.
-                let (id, name) = if i == 0 {
-                    (d.nodeid, ".")
+                let (id, st_ino, name) = if i == 0 {
+                    (d.nodeid, dot, ".")
                 } else {
-                    (parent, "..")
+                    (parent, dotdot, "..")
                 };
                 let mut attr = negative_attr();
-                attr.ino = INodeNo(id);
+                attr.ino = INodeNo(st_ino);
                 attr.kind = FileType::Directory;
                 if reply.add(
                     INodeNo(id),
@@ -133,6 +164,23 @@ impl Inner {
                 continue;
             }
             let e = &entries[(i - 2) as usize];
+            if !attrs {
+                let mut attr = negative_attr();
+                attr.ino = INodeNo(self.table.st_ino_of(e.ino));
+                attr.kind = file_type(e.kind);
+                if reply.add(
+                    INodeNo(0),
+                    i + 1,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                sent = i + 1;
+                continue;
+            }
             // One `lstat` when the lookup resolves the name (the attributes come with it).
             let Ok((node, a)) = self.ovl.lookup_attr(&d.node, &e.name) else {
                 continue; // removed since the snapshot
@@ -154,7 +202,11 @@ impl Inner {
                 break;
             }
         }
-        reply.ok()
+        reply.ok();
+        if !attrs {
+            self.plus_policy.listed_without_attrs(d.nodeid);
+            self.prefetch_listed(&d, entries, offset, sent);
+        }
     }
 
     pub(super) fn releasedir(&self, fh: u64, reply: ReplyEmpty) {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fuser::{
-    BackingId, Errno, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyData, ReplyEmpty,
-    ReplyLseek, ReplyOpen, ReplyWrite,
+    BackingId, Errno, FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyData,
+    ReplyEmpty, ReplyLseek, ReplyOpen, ReplyWrite,
 };
 use overlay_core::{FileKind, NewMode, NodeRef};
 use parking_lot::RwLock;
@@ -43,31 +43,52 @@ impl Inner {
         f
     }
 
-    /// Decide how an open of `nodeid` does its I/O and count it. `upper_file` is true when
-    /// the opened file is a regular file in the upper layer (the only passthrough candidates).
+    /// Decide how an open of `nodeid` does its I/O and count it. `candidate` says which
+    /// backing the opened file could be. `None` when the open cannot be served on this
+    /// inode: read-only opens of the lower file are live with it as their passthrough
+    /// backing, and this open (of the copied-up file, or a writer) must not share it.
+    /// `internal`: the open flags are exactly `O_RDONLY`, as the kernel's own open for an
+    /// inode-flags ioctl sends them (an open by a 64-bit process carries `O_LARGEFILE`).
     fn choose_io(
         &self,
         nodeid: u64,
-        upper_file: bool,
+        candidate: Candidate,
+        internal: bool,
         file: &Arc<File>,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
-    ) -> (IoMode, FopenFlags, Option<Arc<BackingId>>) {
-        let want_pt = upper_file && self.passthrough.load(Ordering::Relaxed);
+    ) -> Option<(IoMode, FopenFlags, Option<Arc<BackingId>>)> {
+        let want_pt = self.passthrough.load(Ordering::Relaxed)
+            && match candidate {
+                Candidate::Upper => true,
+                Candidate::Lower => self.cfg.lower_passthrough,
+                Candidate::Daemon => false,
+            };
         let keep = if self.ttl().is_zero() {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         };
         let decided = self.table.with_io(nodeid, |io| {
-            if upper_file && io.upper_file.is_none() {
+            if io.passthrough > 0 && io.backing_lower && candidate != Candidate::Lower {
+                if internal {
+                    // The kernel's own open for an inode-flags ioctl: it does no I/O and
+                    // the kernel does not check its mode; the ioctl comes to the daemon.
+                    io.cached += 1;
+                    return Some((IoMode::Cached, FopenFlags::empty(), None));
+                }
+                // The kernel would open the lower file for this open too (writable, for a
+                // writer): never.
+                return None;
+            }
+            if candidate == Candidate::Upper && io.upper_file.is_none() {
                 io.upper_file = Some(file.clone());
             }
             // Passthrough opens of this inode are live: every further open must share the
-            // backing (the kernel refuses anything else). Only upper files ever get one.
-            if upper_file && io.passthrough > 0 {
+            // backing (the kernel refuses anything else).
+            if candidate != Candidate::Daemon && io.passthrough > 0 {
                 if let Some(b) = &io.backing {
                     io.passthrough += 1;
-                    return (IoMode::Passthrough, FopenFlags::empty(), Some(b.clone()));
+                    return Some((IoMode::Passthrough, FopenFlags::empty(), Some(b.clone())));
                 }
             }
             if want_pt && io.cached == 0 {
@@ -75,9 +96,10 @@ impl Inner {
                     Ok(b) => {
                         let b = Arc::new(b);
                         io.backing = Some(b.clone());
+                        io.backing_lower = candidate == Candidate::Lower;
                         io.passthrough = 1;
-                        io.had_passthrough = true;
-                        return (IoMode::Passthrough, FopenFlags::empty(), Some(b));
+                        io.had_passthrough |= candidate == Candidate::Upper;
+                        return Some((IoMode::Passthrough, FopenFlags::empty(), Some(b)));
                     }
                     Err(e) => {
                         warn!("passthrough refused ({e}); serving I/O through the daemon");
@@ -94,15 +116,38 @@ impl Inner {
             } else {
                 keep
             };
-            (IoMode::Cached, flags, None)
+            Some((IoMode::Cached, flags, None))
         });
-        let decided = decided.unwrap_or((IoMode::Cached, FopenFlags::empty(), None));
+        let decided = match decided {
+            Some(d) => d?,
+            None => (IoMode::Cached, FopenFlags::empty(), None),
+        };
         let counter = match decided.0 {
             IoMode::Passthrough => &self.passthrough_opens,
             IoMode::Cached => &self.cached_opens,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        decided
+        Some(decided)
+    }
+
+    /// The open of `nodeid` cannot share the lower backing of the read-only opens the
+    /// kernel's inode has (see [`Inner::choose_io`]): the object goes on under a new node
+    /// id, and the open fails with ESTALE, which makes the kernel look the path up again
+    /// (`LOOKUP_REVAL`) and retry the open once, on the new inode. The old inode keeps its
+    /// open files, which go on reading the lower file.
+    fn move_off_lower_backing(&self, nodeid: u64, node: &NodeRef) -> Errno {
+        if let Some(new) = self.table.reassign(nodeid, node) {
+            debug!("node {nodeid} copied up under lower passthrough opens: now node {new}");
+        }
+        // Other cached names of the old inode: dropped, so their next walk looks up too.
+        if let (Some(parent), Some(name)) = (self.table.parent_of(nodeid), node.path().file_name())
+        {
+            self.invalidate(Invalidation::Entry {
+                parent,
+                name: name.to_os_string(),
+            });
+        }
+        Errno::ESTALE
     }
 
     pub(super) fn open(&self, ino: u64, node: NodeRef, flags: i32, reply: ReplyOpen) {
@@ -137,10 +182,20 @@ impl Inner {
         if split {
             self.check_split(ino, &node);
         }
-        let upper_file = !from_lower && !split && node.kind() == FileKind::File;
+        let candidate = match node.kind() {
+            FileKind::File if split => Candidate::Daemon,
+            FileKind::File if from_lower => Candidate::Lower,
+            FileKind::File => Candidate::Upper,
+            _ => Candidate::Daemon,
+        };
         let file = Arc::new(file);
-        let (mode, fopen, backing) =
-            self.choose_io(ino, upper_file, &file, |f| reply.open_backing(f));
+        let Some((mode, fopen, backing)) =
+            self.choose_io(ino, candidate, flags == libc::O_RDONLY, &file, |f| {
+                reply.open_backing(f)
+            })
+        else {
+            return reply.error(self.move_off_lower_backing(ino, &node));
+        };
         let fh = self.files.insert(OpenFile {
             nodeid: ino,
             node,
@@ -190,12 +245,38 @@ impl Inner {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
+        self.reply_created(false, parent, node, Arc::new(file), &a, reply)
+    }
+
+    /// Answer a CREATE or (`unnamed`) TMPFILE with the new upper file `file` of `node`
+    /// (attributes `a`), opened as any upper file (passthrough where it can be).
+    fn reply_created(
+        &self,
+        unnamed: bool,
+        parent: u64,
+        node: NodeRef,
+        file: Arc<File>,
+        a: &overlay_core::Attr,
+        reply: ReplyCreate,
+    ) {
         let Some((id, generation)) = self.remember(node.clone(), parent) else {
             // Removed by another request since: the name is gone.
             return reply.error(Errno::ENOENT);
         };
-        let file = Arc::new(file);
-        let (mode, fopen, backing) = self.choose_io(id, true, &file, |f| reply.open_backing(f));
+        if unnamed {
+            // An O_TMPFILE file: kept for its first link while open.
+            let mut t = self.tmpfiles.lock();
+            t.retain(|_, f| f.strong_count() > 0);
+            t.insert(id, Arc::downgrade(&file));
+        }
+        let Some((mode, fopen, backing)) =
+            self.choose_io(id, Candidate::Upper, false, &file, |f| {
+                reply.open_backing(f)
+            })
+        else {
+            // A new file has no lower backing; a racing reuse of its number is not served.
+            return reply.error(Errno::ESTALE);
+        };
         let fh = self.files.insert(OpenFile {
             nodeid: id,
             node,
@@ -203,23 +284,44 @@ impl Inner {
             from_lower: AtomicBool::new(false),
             mode,
         });
-        let attr = self.to_attr(id, &a);
-        match backing {
-            Some(b) => reply.created_passthrough(
-                &self.ttl(),
-                &attr,
-                Generation(generation),
-                FileHandle(fh),
-                fopen,
-                &b,
-            ),
-            None => reply.created(
-                &self.ttl(),
-                &attr,
-                Generation(generation),
-                FileHandle(fh),
-                fopen,
-            ),
+        let attr = self.to_attr(id, a);
+        reply.created_node(
+            INodeNo(id),
+            &self.ttl(),
+            &attr,
+            Generation(generation),
+            FileHandle(fh),
+            fopen,
+            backing.as_deref(),
+        )
+    }
+
+    /// `open(O_TMPFILE)` in directory `parent`: an unnamed file in the upper copy of the
+    /// directory (as the kernel overlay), open as by [`Inner::create`]; a `link` names it.
+    pub(super) fn tmpfile(
+        &self,
+        req: (u32, u32),
+        parent: u64,
+        mode: NewMode,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            let p = self.node(parent)?;
+            let owner = self.owner(req.0, req.1, &p)?;
+            let real = self.backing_flags(flags);
+            let (node, file) = self
+                .ovl
+                .tmpfile(&p, mode, real, owner)
+                .map_err(|e| errno("tmpfile", &e))?;
+            let md = file.metadata().map_err(|e| io_errno("tmpfile", &e))?;
+            Ok::<_, Errno>((node.clone(), file, attr_from_metadata(&md, node.ino())))
+        })();
+        match r {
+            Ok((node, file, a)) => {
+                self.reply_created(true, parent, node, Arc::new(file), &a, reply)
+            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -402,6 +504,17 @@ impl Inner {
             Err(e) => reply.error(rustix_errno("copy_file_range", e)),
         }
     }
+}
+
+/// Which backing file an open could get for passthrough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Candidate {
+    /// A regular file in the upper layer.
+    Upper,
+    /// A read-only open of a lower-only regular file: the lower file, read-only.
+    Lower,
+    /// None: served through the daemon.
+    Daemon,
 }
 
 fn needs_copy_up_of_data(node: &NodeRef) -> bool {

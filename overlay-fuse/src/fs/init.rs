@@ -8,6 +8,7 @@ use fuser::{InitFlags, KernelConfig};
 use overlay_core::Overlay;
 use tracing::info;
 
+use super::plus_policy::ReaddirPlus;
 use super::Inner;
 
 impl Inner {
@@ -31,7 +32,9 @@ impl Inner {
         add(config, InitFlags::FUSE_ATOMIC_O_TRUNC, "ATOMIC_O_TRUNC");
         add(config, InitFlags::FUSE_CACHE_SYMLINKS, "CACHE_SYMLINKS");
         add(config, InitFlags::FUSE_ASYNC_DIO, "ASYNC_DIO");
-        if add(config, InitFlags::FUSE_DO_READDIRPLUS, "DO_READDIRPLUS") {
+        if add(config, InitFlags::FUSE_DO_READDIRPLUS, "DO_READDIRPLUS")
+            && self.cfg.readdirplus == ReaddirPlus::Kernel
+        {
             add(config, InitFlags::FUSE_READDIRPLUS_AUTO, "READDIRPLUS_AUTO");
         }
         if self.cfg.acl && self.cfg.xattrs && add(config, InitFlags::FUSE_POSIX_ACL, "POSIX_ACL") {
@@ -40,7 +43,9 @@ impl Inner {
             add(config, InitFlags::FUSE_DONT_MASK, "DONT_MASK");
         }
         let mut passthrough = false;
-        if self.cfg.passthrough && self.cfg.fsync && !self.cfg.read_only {
+        // fsync=0 leaves passthrough off on a writable mount (a passthrough fsync would
+        // reach the upper file); a read-only mount passes only lower files through.
+        if self.cfg.passthrough && (self.cfg.fsync || self.cfg.read_only) {
             if !has_initial_cap_sys_admin() {
                 info!("no CAP_SYS_ADMIN in the initial user namespace: no passthrough");
             } else if add(config, InitFlags::FUSE_PASSTHROUGH, "PASSTHROUGH") {

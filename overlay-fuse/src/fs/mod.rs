@@ -19,10 +19,14 @@
 //!   by a background thread so the LOOKUPs that usually follow are answered from live nodes.
 //! * Memory: the inode table has a soft capacity ([`FsConfig::max_inodes`]); cold inodes
 //!   beyond it are dropped from the kernel's dentry cache so their FORGETs free them.
-//! * Passthrough only for files that already live in the upper layer: a lower file is never
-//!   given to the kernel as a backing file, so no write can reach it after a copy-up, even
-//!   while read-only opens of the lower file are live. Those are served through the daemon
-//!   and switch to the upper copy on their next read.
+//! * Passthrough for files in the upper layer and for read-only opens of lower files
+//!   ([`FsConfig::lower_passthrough`]). The kernel gives every open of an inode the backing
+//!   of its live passthrough opens, so a lower backing is never shared with a writer or with
+//!   an open of the copied-up file: such an open moves the object to a new node id (same
+//!   `st_ino`) and answers ESTALE, and the kernel looks the path up again and retries the
+//!   open on the new inode, while the old inode's read-only opens go on reading the lower
+//!   file. Without lower passthrough, read-only opens of lower files are served through the
+//!   daemon and switch to the upper copy on their next read (as the kernel overlay's do).
 //!
 //! Where things are (one concern per file):
 //! * this file: [`OverlayFs`], the state its handlers share (`Inner`), and the fuser
@@ -53,18 +57,20 @@ mod handles;
 mod init;
 mod names;
 mod notify;
+mod plus_policy;
 mod xattrs;
 
-pub use config::{FsConfig, FsInspector, FsStats};
+pub use config::{FsConfig, FsInspector, FsStats, ReaddirPlus};
 pub use init::has_initial_cap_sys_admin;
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -123,6 +129,8 @@ impl OverlayFs {
             prefetch: Prefetcher::default(),
             passthrough_opens: AtomicU64::new(0),
             cached_opens: AtomicU64::new(0),
+            tmpfiles: Mutex::new(HashMap::new()),
+            plus_policy: plus_policy::PlusPolicy::default(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         };
@@ -182,6 +190,10 @@ struct Inner {
     prefetch: Prefetcher,
     passthrough_opens: AtomicU64,
     cached_opens: AtomicU64,
+    /// Which READDIRPLUS chunks carry attributes ([`ReaddirPlus::Adaptive`]).
+    plus_policy: plus_policy::PlusPolicy,
+    /// Unnamed files from `open(O_TMPFILE)` by node id, while open, for their first `link`.
+    tmpfiles: Mutex<HashMap<u64, Weak<File>>>,
     euid: u32,
     egid: u32,
 }
@@ -263,7 +275,8 @@ impl Filesystem for OverlayFs {
         self.inner.prefetch.stop();
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.inner.plus_policy.looked_up(req.pid(), parent.0);
         guarded("lookup", || self.inner.lookup(parent.0, name, reply))
     }
 
@@ -536,14 +549,18 @@ impl Filesystem for OverlayFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let attrs = match self.inner.cfg.readdirplus {
+            ReaddirPlus::Adaptive => self.inner.plus_policy.wants_attrs(req.pid(), offset),
+            ReaddirPlus::Kernel | ReaddirPlus::Always => true,
+        };
         guarded("readdirplus", || {
-            self.inner.readdirplus(fh.0, offset, reply)
+            self.inner.readdirplus(fh.0, offset, attrs, reply)
         })
     }
 
@@ -631,6 +648,22 @@ impl Filesystem for OverlayFs {
         })
     }
 
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (req.uid(), req.gid());
+        let mode = NewMode { mode, umask };
+        guarded("tmpfile", || {
+            self.inner.tmpfile(r, parent.0, mode, flags, reply)
+        })
+    }
+
     fn ioctl(
         &self,
         req: &Request,
@@ -642,7 +675,8 @@ impl Filesystem for OverlayFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let long = cmd & 0xffff == 0x6602 && self.inner.long_copy_up_of(ino.0);
+        // SETFLAGS and FSSETXATTR copy up.
+        let long = matches!(cmd & 0xffff, 0x6602 | 0x5820) && self.inner.long_copy_up_of(ino.0);
         let in_data = in_data.to_vec();
         let caller = caller_of(req);
         self.inner.offload("ioctl", long, move |i| {

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use fuser::{Errno, Generation, ReplyEmpty, ReplyEntry};
+use fuser::{Errno, Generation, INodeNo, ReplyEmpty, ReplyEntry};
 use overlay_core::{FileKind, NewMode, NodeRef, Owner, RenameFlags};
 
 use super::convert::{decode_dev, errno, negative_attr};
@@ -73,9 +73,13 @@ impl Inner {
     fn reply_entry(&self, parent: u64, node: NodeRef, reply: ReplyEntry) {
         match self.ovl.getattr(&node) {
             Ok(a) => match self.remember(node, parent) {
-                Some((id, generation)) => {
-                    reply.entry(&self.ttl(), &self.to_attr(id, &a), Generation(generation))
-                }
+                Some((id, generation)) => reply.entry_node(
+                    INodeNo(id),
+                    &self.ttl(),
+                    &self.ttl(),
+                    &self.to_attr(id, &a),
+                    Generation(generation),
+                ),
                 // Removed by another request since: the name is gone.
                 None => reply.error(Errno::ENOENT),
             },
@@ -167,10 +171,19 @@ impl Inner {
             let n = self.node(ino)?;
             let p = self.node(newparent)?;
             let was_lower = n.is_lower_only();
-            let linked = self
-                .ovl
-                .link(&n, &p, newname)
-                .map_err(|e| errno("link", &e))?;
+            let tmpfile = self.tmpfiles.lock().get(&ino).and_then(|f| f.upgrade());
+            let linked = match tmpfile {
+                // An O_TMPFILE file gets its first name.
+                Some(f) => {
+                    let linked = self.ovl.link_tmpfile(&f, &n, &p, newname);
+                    if linked.is_ok() {
+                        self.tmpfiles.lock().remove(&ino);
+                    }
+                    linked
+                }
+                None => self.ovl.link(&n, &p, newname),
+            }
+            .map_err(|e| errno("link", &e))?;
             if was_lower {
                 self.check_split(ino, &n);
             }

@@ -275,6 +275,25 @@ impl ReplyEntry {
         ));
     }
 
+    /// Reply to a request with the given entry under node id `nodeid`, which need not be
+    /// `attr.ino` (the `st_ino` the kernel shows). Added by overlay (see README.overlay.md).
+    pub fn entry_node(
+        self,
+        nodeid: INodeNo,
+        attr_ttl: &Duration,
+        entry_ttl: &Duration,
+        attr: &FileAttr,
+        generation: Generation,
+    ) {
+        self.reply.send_ll(&ll::ResponseStruct::new_entry(
+            nodeid,
+            generation,
+            &attr.into(),
+            *attr_ttl,
+            *entry_ttl,
+        ));
+    }
+
     /// Reply to a request with the given error code
     pub fn error(self, err: Errno) {
         self.reply.error(err);
@@ -514,12 +533,42 @@ impl ReplyCreate {
     ) {
         assert!(!flags.contains(FopenFlags::FOPEN_PASSTHROUGH));
         self.reply.send_ll(&ll::ResponseStruct::new_create(
+            attr.ino,
             ttl,
             &attr.into(),
             generation,
             fh,
             flags,
             0,
+        ));
+    }
+
+    /// Reply with a newly created file under node id `nodeid`, which need not be `attr.ino`
+    /// (the `st_ino` the kernel shows), opened through the daemon or, with `backing`,
+    /// passthrough. Added by overlay (see README.overlay.md).
+    #[allow(clippy::too_many_arguments)]
+    pub fn created_node(
+        self,
+        nodeid: INodeNo,
+        ttl: &Duration,
+        attr: &FileAttr,
+        generation: Generation,
+        fh: ll::FileHandle,
+        flags: FopenFlags,
+        backing: Option<&BackingId>,
+    ) {
+        let (flags, backing_id) = match backing {
+            Some(b) => (flags | FopenFlags::FOPEN_PASSTHROUGH, b.backing_id),
+            None => (flags - FopenFlags::FOPEN_PASSTHROUGH, 0),
+        };
+        self.reply.send_ll(&ll::ResponseStruct::new_create(
+            nodeid,
+            ttl,
+            &attr.into(),
+            generation,
+            fh,
+            flags,
+            backing_id,
         ));
     }
 
@@ -567,6 +616,7 @@ impl ReplyCreate {
         backing_id: &BackingId,
     ) {
         self.reply.send_ll(&ll::ResponseStruct::new_create(
+            attr.ino,
             ttl,
             &attr.into(),
             generation,
@@ -765,6 +815,9 @@ impl ReplyDirectoryPlus {
     /// Add an entry to the directory reply buffer. Returns true if the buffer is full.
     /// A transparent offset value can be provided for each entry. The kernel uses these
     /// value to request the next entries in further readdir calls
+    ///
+    /// `ino` is the entry's node id; `attr.ino` is its `st_ino` (and `d_ino`). Upstream
+    /// ignores `ino` and uses `attr.ino` for both (changed by overlay, README.overlay.md).
     pub fn add<T: AsRef<OsStr>>(
         &mut self,
         ino: INodeNo,
