@@ -44,6 +44,7 @@ fn crash_child_copy_up() {
         OverlayOptions {
             fsync: FsyncMode::Ordered,
             copy_chunk: CHUNK,
+            ..OverlayOptions::default()
         },
     )
     .unwrap();

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use overlay_core::{FileKind, NodeRef, Overlay, RenameFlags, SetAttr};
 
+use super::features::Features;
 use super::fixture::FixtureStack;
 use super::kernel::describe;
 use super::ops::{NodeKind, Op, RenameMode, UMASK};
@@ -62,20 +63,30 @@ pub struct EngineBackend {
 impl EngineBackend {
     /// Build a fresh fixture and open the engine on it; every path is looked up afresh.
     pub fn new() -> EngineBackend {
-        Self::build(None)
+        Self::build(None, Features::DEFAULTS)
+    }
+
+    /// Like [`EngineBackend::new`] with the options of `features`; `node_cache` as
+    /// [`EngineBackend::with_node_cache`].
+    pub fn with_features(features: Features, node_cache: bool) -> EngineBackend {
+        Self::build(
+            node_cache.then(|| RefCell::new(HashMap::new())),
+            features,
+        )
     }
 
     /// Like [`EngineBackend::new`], but keep nodes across operations as a FUSE adapter under
     /// the kernel's dentry cache does: nodes obtained before a copy-up, rename or unlink of a
     /// neighbour keep being used afterwards.
     pub fn with_node_cache() -> EngineBackend {
-        Self::build(Some(RefCell::new(HashMap::new())))
+        Self::build(Some(RefCell::new(HashMap::new())), Features::DEFAULTS)
     }
 
-    fn build(cache: Option<NodeCache>) -> EngineBackend {
+    fn build(cache: Option<NodeCache>, features: Features) -> EngineBackend {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = FixtureStack::create(tmp.path());
-        let ovl = Overlay::new(s.layer_stack()).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
+        let ovl = Overlay::with_options(s.layer_stack(), features.engine_options())
+            .unwrap_or_else(|e| panic!("Overlay::new: {e}"));
         EngineBackend {
             ovl,
             upper: s.upper.clone(),

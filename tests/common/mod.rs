@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod features;
 pub mod fixture;
 #[path = "../../benches/workloads/harness/fuse_uring.rs"]
 pub mod fuse_uring;

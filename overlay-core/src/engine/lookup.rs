@@ -10,7 +10,7 @@ use rustix::fs::{AtFlags, Stat};
 use rustix::io::Errno;
 
 use super::layers::LayerRef;
-use super::node::{LowerEntry, Lowers, NodeState};
+use super::node::{LowerEntry, NodeState, Redirected};
 use super::{FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format::{self, Opacity, XattrNamespace};
@@ -33,11 +33,11 @@ pub(crate) enum LayerHit {
 }
 
 /// The operation named in the error for a lower directory that carries a redirect itself
-/// (an upper with redirects later used as a lower layer): such nested redirects are not
-/// followed, as the kernel does not follow them with redirect_dir=nofollow.
+/// (an upper with redirects later used as a lower layer) when redirects are not followed,
+/// as the kernel with redirect_dir=nofollow or userxattr.
 const REDIRECT_REFUSED: &str =
-    "lookup (a lower directory with its own overlay.redirect: redirects in lower layers are \
-     not followed, as with the kernel's redirect_dir=nofollow)";
+    "lookup (a lower directory with its own overlay.redirect: redirects are not followed, \
+     as the kernel's redirect_dir=nofollow, forced by user.overlay.* xattrs (userxattr))";
 
 /// The operation named in the error for an upper directory whose redirect is malformed
 /// (EINVAL, as the kernel's "invalid redirect").
@@ -63,13 +63,52 @@ struct OverlayXattrs {
     opaque: bool,
 }
 
-/// Where the lower directories of a redirected upper directory are.
-struct Redirect {
-    /// Relative to each lower layer's root.
-    path: PathBuf,
-    /// An absolute redirect (`/a/b`): looked up in every lower layer; a relative one (a bare
-    /// name) in the parent's lower directories.
+/// What a lookup asks the lower layers for: the kernel's `d.name`.
+enum Wanted<'a> {
+    /// A name in the parent's lower directories.
+    Name(std::borrow::Cow<'a, OsStr>),
+    /// A path from every lower layer's root (an absolute redirect).
+    Path(PathBuf),
+}
+
+/// A well-formed `overlay.redirect` value.
+struct RedirectValue<'a> {
+    /// `/a/b`: a path from the overlay root; else a bare name.
     absolute: bool,
+    /// The value without its leading `/`.
+    body: &'a [u8],
+    /// A component is `.`, `..` or empty (EACCES where it is used, as the kernel's lookup
+    /// of such a name in a lower layer).
+    dots: bool,
+}
+
+/// Check an `overlay.redirect` value as the kernel (6.18) does, observed: a C string (cut at
+/// its first NUL); an empty value, a `/` in a relative one, or an empty component in an
+/// absolute one is malformed (EINVAL).
+fn parse_redirect(v: &[u8]) -> std::result::Result<RedirectValue<'_>, (&'static str, Errno)> {
+    if v.is_empty() {
+        return Err((REDIRECT_INVALID, Errno::INVAL));
+    }
+    let v = &v[..v.iter().position(|c| *c == 0).unwrap_or(v.len())];
+    let (absolute, body) = match v.strip_prefix(b"/") {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let mut parts = body.split(|c| *c == b'/');
+    let well_formed = if absolute {
+        parts.clone().all(|c| !c.is_empty())
+    } else {
+        parts.clone().count() == 1
+    };
+    if !well_formed {
+        return Err((REDIRECT_INVALID, Errno::INVAL));
+    }
+    let dots = parts.any(|c| c.is_empty() || c == b"." || c == b"..");
+    Ok(RedirectValue {
+        absolute,
+        body,
+        dots,
+    })
 }
 
 /// True when the object `fd` carries xattr `name` (its value is not read).
@@ -146,15 +185,16 @@ impl Overlay {
 
     /// Resolve `name` in directory `parent` through the layers.
     pub(crate) fn resolve(&self, parent: &NodeRef, name: &OsStr) -> Result<Option<Resolved>> {
-        let pstate = parent.state.read().clone();
+        let mut pstate = parent.state.read().clone();
         let err = |e: Errno| self.name_err("lookup", parent, name, e);
         let mut state = NodeState::default();
         let mut kind: Option<FileKind> = None;
         let mut ino: Option<u64> = None;
         let mut merge_lowers = true;
         let mut top_stat: Option<Stat> = None;
-        // Where the lower directories are when the upper directory is redirected.
-        let mut redirect: Option<Redirect> = None;
+        // The upper directory's redirect: its value, and where the lower directories are.
+        let mut redirect: Option<(Box<[u8]>, Wanted<'_>)> = None;
+        let mut upper_redirect_value: Option<Box<[u8]>> = None;
 
         if pstate.upper {
             let dir = match self.dir_fd(parent, LayerRef::Upper) {
@@ -195,7 +235,7 @@ impl Overlay {
                             if x.redirect && merge_lowers {
                                 let parent_has_lowers = !pstate.lowers.is_empty();
                                 redirect = self
-                                    .upper_redirect(parent, parent_has_lowers, dir.as_fd(), name)
+                                    .upper_redirect(parent_has_lowers, dir.as_fd(), name)
                                     .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             ino = Some(
@@ -214,26 +254,41 @@ impl Overlay {
         }
 
         if merge_lowers {
+            let follow = self.follow_redirects();
+            let bottom = self.layers.lowers.len().saturating_sub(1);
             let mut first_lower_ino: Option<u64> = None;
-            // An absolute redirect is looked up from the root of every lower layer; a
-            // relative one (a bare name) in the parent's lower directories.
-            // (`pstate` is a copy already: borrowed, not copied again.)
-            let root_lowers: Lowers;
-            let (layers, lname): (&Lowers, &OsStr) = match &redirect {
-                Some(r) if r.absolute => {
-                    root_lowers = self.root().state.read().lowers.clone();
-                    (&root_lowers, r.path.file_name().unwrap_or_default())
-                }
-                Some(r) => (&pstate.lowers, r.path.file_name().unwrap_or_default()),
-                None => (&pstate.lowers, name),
-            };
-            for le in layers {
-                let layer = LayerRef::Lower(le.layer);
-                let dir = match &redirect {
-                    Some(r) if r.absolute => {
-                        self.open_lower_path(layer, r.path.parent().unwrap_or(Path::new("")))
+            // What the lower layers are asked for (the kernel's `d.name`): the name in the
+            // parent's lower directories, or an absolute redirect's path looked up from the
+            // root of every lower layer. A redirect met in a lower layer changes it for the
+            // layers below.
+            let (mut want, mut stack, mut from_root) = match redirect.take() {
+                Some((raw, w)) => {
+                    upper_redirect_value = Some(raw);
+                    match w {
+                        Wanted::Path(_) => (w, self.root().state.read().lowers.clone(), true),
+                        Wanted::Name(_) => (w, std::mem::take(&mut pstate.lowers), false),
                     }
-                    _ => self.dir_fd(parent, layer),
+                }
+                None => (
+                    Wanted::Name(std::borrow::Cow::Borrowed(name)),
+                    std::mem::take(&mut pstate.lowers),
+                    false,
+                ),
+            };
+            let mut paths: Vec<(u16, PathBuf)> = Vec::new();
+            let mut i = 0;
+            while i < stack.len() {
+                let le = stack.as_slice()[i];
+                i += 1;
+                let layer = LayerRef::Lower(le.layer);
+                // A redirect read in this layer: where the layers below look.
+                let mut next: Option<Wanted<'_>> = None;
+                let (dir, lname): (_, &OsStr) = match &want {
+                    Wanted::Path(p) => (
+                        self.open_lower_path(layer, p.parent().unwrap_or(Path::new(""))),
+                        p.file_name().unwrap_or_default(),
+                    ),
+                    Wanted::Name(n) => (self.dir_fd(parent, layer), &**n),
                 };
                 let dir = match dir {
                     Ok(d) => d,
@@ -272,6 +327,13 @@ impl Overlay {
                                             self.layers.map_ino(layer, st.st_ino)
                                         }));
                                 }
+                                // As the kernel, the last layer's opacity and redirect are
+                                // not read (with nofollow: the last of the parent's layers).
+                                let last = if follow {
+                                    le.layer as usize == bottom
+                                } else {
+                                    i == stack.len()
+                                };
                                 let op = if covered.is_some() {
                                     // A mount point reads as an empty directory.
                                     Opacity::Transparent
@@ -288,20 +350,24 @@ impl Overlay {
                                         rustix::fs::Mode::empty(),
                                     )
                                     .map_err(err)?;
-                                    if xattr_present(sub.as_fd(), self.layers.ns.redirect()) {
-                                        return Err(self.name_err(
-                                            REDIRECT_REFUSED,
-                                            parent,
-                                            name,
-                                            Errno::PERM,
-                                        ));
+                                    let op = self.layers.lower_dir_opacity(sub.as_fd());
+                                    if !last && op != Opacity::Opaque {
+                                        next = self
+                                            .lower_redirect(sub.as_fd(), &want, follow)
+                                            .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                                     }
-                                    self.layers.lower_dir_opacity(sub.as_fd())
+                                    op
                                 };
                                 state.lowers.push(LowerEntry {
                                     layer: le.layer,
                                     xwhiteouts: op == Opacity::HasXWhiteouts,
                                 });
+                                match &want {
+                                    Wanted::Path(p) => paths.push((le.layer, p.clone())),
+                                    Wanted::Name(n) if **n != *name => paths
+                                        .push((le.layer, self.lower_dir_path(parent, le.layer).join(n))),
+                                    Wanted::Name(_) => {}
+                                }
                                 if op == Opacity::Opaque
                                     || rustix::fs::statat(
                                         dir.as_fd(),
@@ -326,14 +392,29 @@ impl Overlay {
                         }
                     }
                 }
+                if let Some(w) = next {
+                    // An absolute redirect goes on from the roots, in the layers below this
+                    // one (the kernel's switch to the root's lower stack).
+                    if matches!(w, Wanted::Path(_)) && !from_root {
+                        stack = self.root().state.read().lowers.clone();
+                        i = stack
+                            .as_slice()
+                            .iter()
+                            .position(|e| e.layer > le.layer)
+                            .unwrap_or(stack.len());
+                        from_root = true;
+                    }
+                    want = w;
+                }
             }
             if let Some(i) = first_lower_ino {
                 ino = Some(i);
             }
-            if let Some(r) = redirect {
-                if !state.lowers.is_empty() {
-                    state.lower_path = Some(Arc::from(r.path));
-                }
+            if upper_redirect_value.is_some() || (!paths.is_empty() && !state.lowers.is_empty()) {
+                state.redirect = Some(Arc::new(Redirected {
+                    upper: upper_redirect_value,
+                    paths,
+                }));
             }
         }
         match (kind, ino) {
@@ -389,35 +470,41 @@ impl Overlay {
         }
     }
 
-    /// The redirect of upper directory `name` in `dir` (child of `parent`), if it has one: a
-    /// kernel mount with `redirect_dir=on` renamed a merged directory, whose lower part lives
-    /// under another name. An absolute value (`/a/b`) names a path from the lower layers'
-    /// roots, a relative one a name in the parent's lower directories.
+    /// True when redirects are followed: `redirect_dir` is `on` or `follow`, and the
+    /// stack uses `trusted.overlay.*` xattrs (with `user.overlay.*`, the kernel's
+    /// `userxattr`, any user can write a redirect on what they own: the kernel forces
+    /// `redirect_dir=nofollow` there).
+    pub(crate) fn follow_redirects(&self) -> bool {
+        self.layers.ns == XattrNamespace::Trusted
+            && self.opts.redirect_dir != crate::mount::RedirectDir::NoFollow
+    }
+
+    /// The redirect of upper directory `name` in `dir`, if it has one: a kernel mount with
+    /// `redirect_dir=on` (or this engine) renamed a merged or lower directory, whose lower
+    /// part lives under another name. An absolute value (`/a/b`) names a path from the
+    /// lower layers' roots, a relative one a name in the parent's lower directories.
     ///
-    /// What the kernel (6.18) does, observed, and done here alike; the value is a C string
-    /// (cut at its first NUL):
-    /// * an empty value, a `/` in a relative one, or an empty component in an absolute one:
-    ///   EINVAL (malformed);
+    /// What the kernel (6.18) does, observed, and done here alike (see [`parse_redirect`]):
+    /// * a malformed value: EINVAL;
     /// * `.`, `..` or an empty name as a component: EACCES (the kernel's lookup of such a
     ///   name in a lower layer is refused), for a relative value only where the parent has
     ///   lower directories (otherwise it is never used);
     /// * anything else is followed (non-UTF-8 or over-long names simply find nothing).
     ///
-    /// With `user.overlay.*` xattrs (the kernel's `userxattr`) any user can write a redirect
-    /// on an upper directory they own, so, as the kernel (which forces
-    /// `redirect_dir=nofollow` there), redirects are never followed: where the parent has
-    /// lower directories a well-formed one gives EPERM (a malformed one EINVAL), and where it
-    /// has none the xattr is not even read.
+    /// When redirects are not followed ([`Overlay::follow_redirects`]: `redirect_dir=nofollow`
+    /// or `user.overlay.*` xattrs), where the parent has lower directories a well-formed one
+    /// gives EPERM (a malformed one EINVAL), as the kernel's "refusing to follow redirect",
+    /// and where it has none the xattr is not even read.
     ///
-    /// The error is the operation to name and the errno.
+    /// Returns the raw value and what the lower layers are asked for; the error is the
+    /// operation to name and the errno.
     fn upper_redirect(
         &self,
-        parent: &NodeRef,
         parent_has_lowers: bool,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &OsStr,
-    ) -> std::result::Result<Option<Redirect>, (&'static str, Errno)> {
-        let follow = self.layers.ns == XattrNamespace::Trusted;
+    ) -> std::result::Result<Option<(Box<[u8]>, Wanted<'static>)>, (&'static str, Errno)> {
+        let follow = self.follow_redirects();
         if !follow && !parent_has_lowers {
             return Ok(None);
         }
@@ -429,53 +516,77 @@ impl Overlay {
             Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
             Err(e) => return Err(("lookup (read overlay.redirect)", e)),
         };
-        if v.is_empty() {
-            return Err((REDIRECT_INVALID, Errno::INVAL));
-        }
-        let v = &v[..v.iter().position(|c| *c == 0).unwrap_or(v.len())];
-        let (absolute, body) = match v.strip_prefix(b"/") {
-            Some(rest) => (true, rest),
-            None => (false, v),
-        };
-        let parts: Vec<&[u8]> = body.split(|c| *c == b'/').collect();
-        let well_formed = if absolute {
-            parts.iter().all(|c| !c.is_empty())
-        } else {
-            parts.len() == 1
-        };
-        if !well_formed {
-            return Err((REDIRECT_INVALID, Errno::INVAL));
-        }
+        let r = parse_redirect(&v)?;
         if !follow {
             return Err((REDIRECT_NOT_FOLLOWED, Errno::PERM));
         }
-        if parts
-            .iter()
-            .any(|c| c.is_empty() || *c == b"." || *c == b"..")
-        {
-            return if absolute || parent_has_lowers {
+        if r.dots {
+            return if r.absolute || parent_has_lowers {
                 Err((REDIRECT_DOTS, Errno::ACCESS))
             } else {
                 Ok(None)
             };
         }
-        let rel = Path::new(OsStr::from_bytes(body));
-        let path = if absolute {
-            rel.to_path_buf()
+        let body = OsStr::from_bytes(r.body);
+        let want = if r.absolute {
+            Wanted::Path(PathBuf::from(body))
         } else {
-            self.lower_rel_path(parent).join(rel)
+            Wanted::Name(std::borrow::Cow::Owned(body.to_os_string()))
         };
-        Ok(Some(Redirect { path, absolute }))
+        let raw: Box<[u8]> = v[..v.iter().position(|c| *c == 0).unwrap_or(v.len())].into();
+        Ok(Some((raw, want)))
     }
 
-    /// Where directory `node`'s lower directories are, relative to the lower layers' roots:
-    /// its path, or the path its nearest redirected ancestor points to.
-    /// Iterative: any depth costs heap, not stack.
-    pub(crate) fn lower_rel_path(&self, node: &NodeRef) -> PathBuf {
+    /// The redirect of a lower directory (open as `sub`), found while looking up `want`:
+    /// where the layers below look instead. A relative one replaces the last component of
+    /// what was looked up, an absolute one all of it (as the kernel's `ovl_check_redirect`).
+    /// When redirects are not followed, a redirect is refused (EPERM, the kernel's
+    /// "refusing to follow redirect"). Malformed values as for [`Overlay::upper_redirect`].
+    fn lower_redirect(
+        &self,
+        sub: std::os::fd::BorrowedFd<'_>,
+        want: &Wanted<'_>,
+        follow: bool,
+    ) -> std::result::Result<Option<Wanted<'static>>, (&'static str, Errno)> {
+        let x = self.layers.ns.redirect();
+        // Most directories have none: one size query, no buffer.
+        if !xattr_present(sub, x) {
+            return Ok(None);
+        }
+        let v = match super::layers::read_xattr(|b| rustix::fs::fgetxattr(sub, x, b)) {
+            Ok(v) => v,
+            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(("lookup (read overlay.redirect)", e)),
+        };
+        let r = parse_redirect(&v)?;
+        if !follow {
+            return Err((REDIRECT_REFUSED, Errno::PERM));
+        }
+        if r.dots {
+            return Err((REDIRECT_DOTS, Errno::ACCESS));
+        }
+        let body = OsStr::from_bytes(r.body);
+        Ok(Some(match want {
+            _ if r.absolute => Wanted::Path(PathBuf::from(body)),
+            Wanted::Name(_) => Wanted::Name(std::borrow::Cow::Owned(body.to_os_string())),
+            Wanted::Path(p) => Wanted::Path(p.parent().unwrap_or(Path::new("")).join(body)),
+        }))
+    }
+
+    /// Where directory `node` is in lower `layer`, relative to that layer's root: its path,
+    /// or the path of its nearest ancestor found elsewhere (a redirect, a rename) joined with
+    /// the names below it. Iterative: any depth costs heap, not stack.
+    pub(crate) fn lower_dir_path(&self, node: &NodeRef, layer: u16) -> PathBuf {
         let mut names = Vec::new();
         let mut cur = node.clone();
         let mut path = loop {
-            if let Some(p) = cur.state.read().lower_path.clone() {
+            if let Some(p) = cur
+                .state
+                .read()
+                .redirect
+                .as_ref()
+                .and_then(|r| r.path_in(layer))
+            {
                 break p.to_path_buf();
             }
             match cur.parent_name() {

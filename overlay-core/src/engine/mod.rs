@@ -238,12 +238,23 @@ pub(crate) enum RemovedAttr {
 }
 
 /// Tunables of an [`Overlay`].
+///
+/// The defaults are the kernel's on this project's reference machine (Linux 6.18 with the
+/// module's defaults: `redirect_dir=N` with `redirect_always_follow=Y`, `metacopy=N`,
+/// `index=N`): redirects are followed but not created, no metadata-only copy-up, no index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OverlayOptions {
     /// Durability of copy-up.
     pub fsync: FsyncMode,
     /// Copy-up data chunk size in bytes for `copy_file_range`/read-write (0: 8 MiB).
     pub copy_chunk: usize,
+    /// The kernel's `redirect_dir=`: `On` lets lower and merged directories be renamed
+    /// (the upper copy gets `overlay.redirect`, the old name a whiteout); `Follow` (the
+    /// default) follows the redirects it finds and gives EXDEV for such renames; `NoFollow`
+    /// refuses redirected directories (EPERM). With `user.overlay.*` xattrs (the kernel's
+    /// `userxattr`) redirects are never followed, whatever this says, and `On` is refused
+    /// by [`Overlay::with_options`], as the kernel refuses `userxattr,redirect_dir=on`.
+    pub redirect_dir: crate::mount::RedirectDir,
 }
 
 /// The engine: a union view of a [`LayerStack`].
@@ -401,6 +412,15 @@ impl Overlay {
     /// `detach`: try private detached mounts for the layers (false: only `RESOLVE_NO_XDEV`,
     /// as without privilege; for tests).
     pub(crate) fn open_with(stack: LayerStack, opts: OverlayOptions, detach: bool) -> Result<Self> {
+        if stack.xattr_namespace() == crate::XattrNamespace::User
+            && opts.redirect_dir == crate::mount::RedirectDir::On
+        {
+            return Err(Error::OptionConflict(
+                "redirect_dir=on with user.overlay.* xattrs (userxattr): any user could forge \
+                 the redirects, so the kernel refuses this combination too"
+                    .into(),
+            ));
+        }
         let layers = Layers::open(&stack, detach)?;
         let mut state = NodeState {
             upper: layers.upper.is_some(),
@@ -449,6 +469,14 @@ impl Overlay {
         &self.opts
     }
 
+    /// The kernel's `ovl_allow_offline_changes`: none of the features that make lower
+    /// layers unchangeable while unmounted is on (`redirect_dir=on`; the kernel also names
+    /// `index`, `metacopy` and `xino=on`). When one is, the kernel marks new directories in
+    /// merged directories opaque.
+    pub(crate) fn allow_offline_changes(&self) -> bool {
+        !(self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects())
+    }
+
     /// The root directory node.
     pub fn root(&self) -> NodeRef {
         self.root.clone()
@@ -456,6 +484,18 @@ impl Overlay {
 
     /// The real object of `node` in `layer`.
     pub(crate) fn real(&self, node: &Node, layer: LayerRef) -> std::result::Result<RealObj, Errno> {
+        // A lower directory found through a redirect lives under another path.
+        if let LayerRef::Lower(l) = layer {
+            let redirected = node.state.read().redirect.clone();
+            if let Some(p) = redirected.as_ref().and_then(|r| r.path_in(l)) {
+                let parent = p.parent().unwrap_or(std::path::Path::new(""));
+                return Ok(RealObj {
+                    layer,
+                    dir: self.open_lower_path(layer, parent)?,
+                    name: p.file_name().map(|n| n.to_os_string()),
+                });
+            }
+        }
         match node.parent_name() {
             None => Ok(RealObj {
                 layer,
@@ -531,10 +571,10 @@ impl Overlay {
             return Ok(Some(self.layers.root(layer).fd.clone()));
         }
         // A redirected directory's lower directories are where its redirect points.
-        if let LayerRef::Lower(_) = layer {
-            let redirected = dir.state.read().lower_path.clone();
-            if let Some(p) = redirected {
-                let fd = self.open_lower_path(layer, &p)?;
+        if let LayerRef::Lower(l) = layer {
+            let redirected = dir.state.read().redirect.clone();
+            if let Some(p) = redirected.as_ref().and_then(|r| r.path_in(l)) {
+                let fd = self.open_lower_path(layer, p)?;
                 self.dir_fds.insert(dir, layer, fd.clone());
                 return Ok(Some(fd));
             }

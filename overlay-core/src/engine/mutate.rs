@@ -14,13 +14,16 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags as RxRename, Xattr
 use rustix::io::Errno;
 
 use super::layers::{remove_tree_at, LayerRef};
-use super::node::{NodeName, NodeState};
+use super::node::{NodeName, NodeState, Redirected};
 use super::real::RealObj;
 use super::{
     check_name, is_dot, FileKind, NewMode, Node, NodeRef, Overlay, Owner, RemovedAttr, RenameFlags,
 };
 use crate::error::Result;
 use crate::format;
+
+/// The kernel's `redirect_max` default: the longest absolute redirect a rename writes.
+const REDIRECT_MAX: usize = 256;
 
 /// What to create.
 enum NewObj<'a> {
@@ -302,6 +305,19 @@ impl Overlay {
                     stat = Some(st);
                 }
             }
+            // As the kernel once any of its new features is on: a new directory in a
+            // merged one is opaque (an optimisation it allows to fail, so may we).
+            if kind == FileKind::Directory
+                && !over_whiteout
+                && !self.allow_offline_changes()
+                && parent.state.read().is_merge()
+            {
+                let _ = created.setxattr(
+                    OsStr::new(self.layers.ns.opaque()),
+                    b"y",
+                    XattrFlags::empty(),
+                );
+            }
             if over_whiteout {
                 if kind == FileKind::Directory {
                     created.setxattr(
@@ -577,7 +593,7 @@ impl Overlay {
             let st = node.state.read();
             // A redirected directory's lower part lives under another name: ask the layers.
             if !st.lowers.is_empty()
-                && st.lower_path.is_none()
+                && st.redirect.is_none()
                 && (!st.upper || node.kind == FileKind::Directory)
             {
                 return Ok(true);
@@ -665,6 +681,86 @@ impl Overlay {
         }
         self.detach(parent, name, &node);
         Ok(())
+    }
+
+    /// Write `overlay.redirect` on the upper copy of directory `node` (which has lower
+    /// directories and is about to move; `same_dir`: within its parent), as the kernel's
+    /// `ovl_set_redirect`: a move within the parent needs a relative redirect (the current
+    /// name), any other an absolute one (the path from the root, each ancestor named by its
+    /// own redirect where it has one, up to an absolute one). A redirect the directory has
+    /// already is kept where it still fits (any one within the parent, an absolute one
+    /// anywhere). An absolute redirect longer than the kernel's `redirect_max` (256 bytes)
+    /// gives EXDEV (a program falls back to copying, as with the kernel).
+    ///
+    /// Returns what the node's state is to say once it has moved: the redirect, and the
+    /// paths of its lower directories (which no longer follow from its name).
+    fn set_redirect(&self, node: &NodeRef, same_dir: bool) -> std::result::Result<Redirected, Errno> {
+        use std::os::unix::ffi::OsStrExt;
+        let st = node.state.read().clone();
+        let mut r = st.redirect.as_deref().cloned().unwrap_or_default();
+        for le in &st.lowers {
+            if r.path_in(le.layer).is_none() {
+                let p = self.lower_dir_path(node, le.layer);
+                r.paths.push((le.layer, p));
+            }
+        }
+        let keep = match &r.upper {
+            Some(v) => same_dir || v.starts_with(b"/"),
+            None => false,
+        };
+        if keep {
+            return Ok(r);
+        }
+        let value: Vec<u8> = if same_dir {
+            let (_, name) = node.parent_name().ok_or(Errno::XDEV)?;
+            name.as_os_str().as_bytes().to_vec()
+        } else {
+            // Components from the node up, each a name or an ancestor's redirect.
+            let mut comps: Vec<Vec<u8>> = Vec::new();
+            let mut len = 0usize;
+            let mut cur = node.clone();
+            while let Some((parent, name)) = cur.parent_name() {
+                let own = cur
+                    .state
+                    .read()
+                    .redirect
+                    .as_ref()
+                    .and_then(|r| r.upper.clone());
+                let c: Vec<u8> = match own {
+                    Some(v) => v.into_vec(),
+                    None => name.as_os_str().as_bytes().to_vec(),
+                };
+                let absolute = c.starts_with(b"/");
+                len += c.len() + usize::from(!absolute);
+                if len > REDIRECT_MAX {
+                    return Err(Errno::XDEV);
+                }
+                comps.push(c);
+                if absolute {
+                    break;
+                }
+                cur = parent;
+            }
+            let mut v = Vec::with_capacity(len);
+            for c in comps.iter().rev() {
+                if !c.starts_with(b"/") {
+                    v.push(b'/');
+                }
+                v.extend_from_slice(c);
+            }
+            v
+        };
+        let upper = self.real(node, LayerRef::Upper)?;
+        // As the kernel: a redirect that cannot be set makes the rename EXDEV.
+        upper
+            .setxattr(
+                OsStr::new(self.layers.ns.redirect()),
+                &value,
+                XattrFlags::empty(),
+            )
+            .map_err(|_| Errno::XDEV)?;
+        r.upper = Some(value.into_boxed_slice());
+        Ok(r)
     }
 
     /// Rename. Non-directories always work (copy-up, whiteout left at the old name if a lower
@@ -760,14 +856,19 @@ impl Overlay {
                 }
             }
         }
-        // The overlay's own restrictions (no redirect_dir).
-        if src.kind == FileKind::Directory && !src.state.read().lowers.is_empty() {
+        // A directory with lower directories moves only with redirect_dir=on (its upper
+        // copy then points to them): EXDEV otherwise, as the kernel's.
+        let moves_lowers =
+            |n: &Node| n.kind == FileKind::Directory && !n.state.read().lowers.is_empty();
+        let can_redirect = self.opts.redirect_dir == crate::mount::RedirectDir::On
+            && self.follow_redirects();
+        let src_redirect = moves_lowers(&src);
+        let dst_redirect = exchange && dst.as_deref().is_some_and(moves_lowers);
+        if src_redirect && !can_redirect {
             return Err(serr(Errno::XDEV));
         }
-        if let Some(d) = &dst {
-            if exchange && d.kind == FileKind::Directory && !d.state.read().lowers.is_empty() {
-                return Err(nerr(Errno::XDEV));
-            }
+        if dst_redirect && !can_redirect {
+            return Err(nerr(Errno::XDEV));
         }
         let _dg = match &dst {
             Some(d) if !exchange && d.kind == FileKind::Directory => {
@@ -805,18 +906,34 @@ impl Overlay {
         // A pure-upper directory moved into a merged directory must not merge with lower
         // directories of its new name: mark it opaque, as the kernel does.
         let opaque = self.layers.ns.opaque();
-        if src.kind == FileKind::Directory && new_parent.state.read().is_merge() {
+        if src.kind == FileKind::Directory && !src_redirect && new_parent.state.read().is_merge()
+        {
             let r = self.real(&src, LayerRef::Upper).map_err(serr)?;
             r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                 .map_err(serr)?;
         }
         if let Some(d) = &dst {
-            if exchange && d.kind == FileKind::Directory && parent.state.read().is_merge() {
+            if exchange
+                && d.kind == FileKind::Directory
+                && !dst_redirect
+                && parent.state.read().is_merge()
+            {
                 let r = self.real(d, LayerRef::Upper).map_err(nerr)?;
                 r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                     .map_err(nerr)?;
             }
         }
+        // A moving directory with lower directories gets `overlay.redirect` to them (before
+        // the rename, from where it is now, as the kernel's `ovl_set_redirect`).
+        let src_moved = if src_redirect {
+            Some(self.set_redirect(&src, same_dir).map_err(serr)?)
+        } else {
+            None
+        };
+        let dst_moved = match &dst {
+            Some(d) if dst_redirect => Some(self.set_redirect(d, same_dir).map_err(nerr)?),
+            _ => None,
+        };
 
         // The replaced object's attributes from removal time, taken while its name still
         // holds it.
@@ -901,6 +1018,12 @@ impl Overlay {
         }
 
         // Update the node tree.
+        if let Some(r) = src_moved {
+            src.state.write().redirect = Some(Arc::new(r));
+        }
+        if let (Some(r), Some(d)) = (dst_moved, &dst) {
+            d.state.write().redirect = Some(Arc::new(r));
+        }
         if exchange {
             let d = dst.as_ref().expect("exchange target");
             parent.remove_child(name, Arc::as_ptr(&src));

@@ -104,10 +104,34 @@ pub(crate) struct NodeState {
     /// Lower layers holding the object, top-first. For a directory: every merged lower
     /// directory. For a non-directory: the one lower object (kept after copy-up as origin).
     pub lowers: Lowers,
-    /// For a directory whose upper copy carries `overlay.redirect` (a kernel rename of a
-    /// merged directory): where its lower directories are, relative to each lower layer's
-    /// root. `None`: under the parent's lower directories, by name.
-    pub lower_path: Option<Arc<std::path::Path>>,
+    /// For a directory whose lower directories are not found by its name under its
+    /// parent's (a redirect in the upper or a lower layer, or a rename with
+    /// `redirect_dir=on`): where they are. `None`: under the parent's lower directories, by
+    /// name.
+    pub redirect: Option<Arc<Redirected>>,
+}
+
+/// Where a redirected directory's lower directories are, and its redirect as the kernel
+/// keeps it in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Redirected {
+    /// The value of the upper directory's `overlay.redirect` (read at lookup or written by a
+    /// rename): a bare name or an absolute path from the overlay root. A later rename keeps
+    /// it where it still fits, and an absolute redirect of a descendant is built from it.
+    pub upper: Option<Box<[u8]>>,
+    /// Lower layer and the directory's path from that layer's root, for the layers where it
+    /// is not the parent's path there joined with the node's name.
+    pub paths: Vec<(u16, std::path::PathBuf)>,
+}
+
+impl Redirected {
+    /// The recorded path of the directory in lower `layer`.
+    pub fn path_in(&self, layer: u16) -> Option<&std::path::Path> {
+        self.paths
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, p)| p.as_path())
+    }
 }
 
 impl NodeState {

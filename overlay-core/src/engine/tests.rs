@@ -1393,8 +1393,7 @@ fn metacopy_files_are_refused_not_shown_empty() {
 /// A directory carrying `overlay.redirect` (renamed by a kernel mount with redirect_dir=on)
 /// is merged with the lower directory its redirect names, as the kernel follows it by
 /// default: a relative redirect (a bare name) in the same parent, an absolute one from the
-/// lower roots. A redirect inside a lower layer is not followed: EPERM, as with
-/// redirect_dir=nofollow.
+/// lower roots; a redirect inside a lower layer is followed by the layers below it.
 #[test]
 fn redirected_directories_are_followed() {
     let f = Fixture::new(1);
@@ -1431,15 +1430,35 @@ fn redirected_directories_are_followed() {
     drop(ovl);
     let ovl = f.overlay();
     assert_eq!(errno(walk(&ovl, "bad")), libc::EINVAL);
-    // A redirect in a lower layer is not followed.
-    let g = Fixture::new(1);
+    // A redirect in a lower layer (observed on 6.18): not read in the bottom layer (nothing
+    // is below it); in a higher one followed by the layers below, or refused (EPERM) with
+    // redirect_dir=nofollow.
+    let g = Fixture::new(2);
     write(&g.lowers[0].join("r/x"), "x");
+    write(&g.lowers[0].join("elsewhere/e"), "e");
+    write(&g.lowers[1].join("r/y"), "y");
     set_xattr(
         &g.lowers[0].join("r"),
         "trusted.overlay.redirect",
         b"/elsewhere",
     );
     let ovl = g.overlay();
+    assert_eq!(names(&ovl, &walk(&ovl, "r").unwrap()), ["x", "y"]);
+    drop(ovl);
+    set_xattr(
+        &g.lowers[1].join("r"),
+        "trusted.overlay.redirect",
+        b"/elsewhere",
+    );
+    let ovl = g.overlay();
+    assert_eq!(names(&ovl, &walk(&ovl, "r").unwrap()), ["e", "y"]);
+    assert_eq!(read_all(&ovl, "r/e"), "e");
+    drop(ovl);
+    let opts = crate::OverlayOptions {
+        redirect_dir: crate::mount::RedirectDir::NoFollow,
+        ..Default::default()
+    };
+    let ovl = Overlay::with_options(g.stack(), opts).unwrap();
     assert_eq!(errno(walk(&ovl, "r")), libc::EPERM);
 }
 
