@@ -69,6 +69,16 @@ impl FuseMount {
             target: target.to_path_buf(),
             reason,
         };
+        // Features ovl-fuse does not have: refused, never silently left out.
+        for (asked, what) in [
+            (req.options.metacopy, "metacopy=on"),
+            (req.options.index, "index=on"),
+            (req.options.nfs_export, "nfs_export=on"),
+        ] {
+            if asked {
+                return Err(fail(format!("ovl-fuse does not support {what}")));
+            }
+        }
         let prog = find_program().map_err(fail)?;
         // fuse-overlayfs's `-o` syntax escapes `\`, `,` and `:` as the kernel's does.
         let escape = |p: &Path| escape_option_value(p.as_os_str().as_bytes());
@@ -92,6 +102,12 @@ impl FuseMount {
         }
         if req.options.read_only {
             opts.extend(b",ro");
+        }
+        // The kernel's features, as the kernel backend passes them (without a choice the
+        // defaults agree: follow, or nofollow with userxattr).
+        if let Some(r) = req.options.redirect_dir {
+            opts.extend(b",redirect_dir=");
+            opts.extend(r.as_str().as_bytes());
         }
         // The same per-mount flags as a kernel overlay of this request (nodev,nosuid unless
         // asked otherwise; ovl-fuse's own default is nodev,nosuid too).

@@ -7,7 +7,8 @@
 mod common;
 
 use common::fixture::FixtureStack;
-use common::kernel::{kernel_backend, MountedBackend};
+use common::features::Features;
+use common::kernel::{kernel_backend, kernel_backend_with, MountedBackend};
 use common::ops::{Op, RenameMode};
 use common::{assert_same, init, require_mounts};
 use overlay_core::{LayerStack, Overlay, XattrNamespace};
@@ -26,8 +27,13 @@ fn fixture_with_mountpoint() -> (tempfile::TempDir, FixtureStack, std::path::Pat
 
 /// A fresh fixture with our FUSE mount on it (passthrough or writeback cache per `fs`).
 fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
+    fuse_backend_with(fs, Features::DEFAULTS)
+}
+
+/// The same with the engine options of `features`.
+fn fuse_backend_with(fs: FsConfig, features: Features) -> MountedBackend<FuseMount> {
     let (tmp, s, mnt) = fixture_with_mountpoint();
-    let m = mount_fuse(s.layer_stack(), &mnt, fs);
+    let m = mount_fuse_features(s.layer_stack(), &mnt, fs, features);
     MountedBackend::new("fuse", mnt, s.upper.clone(), m, tmp)
 }
 
@@ -37,8 +43,28 @@ fn mount_fuse(stack: LayerStack, mnt: &std::path::Path, fs: FsConfig) -> FuseMou
 }
 
 /// The same with a mount configuration of the caller's (its worker threads set to 2).
-fn mount_fuse_with(stack: LayerStack, mnt: &std::path::Path, mut cfg: MountConfig) -> FuseMount {
-    let ovl = Overlay::new(stack).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
+fn mount_fuse_with(stack: LayerStack, mnt: &std::path::Path, cfg: MountConfig) -> FuseMount {
+    mount_fuse_cfg(stack, mnt, cfg, Features::DEFAULTS)
+}
+
+/// Our FUSE mount with the engine options of `features`.
+fn mount_fuse_features(
+    stack: LayerStack,
+    mnt: &std::path::Path,
+    fs: FsConfig,
+    features: Features,
+) -> FuseMount {
+    mount_fuse_cfg(stack, mnt, MountConfig::for_current_user(fs), features)
+}
+
+fn mount_fuse_cfg(
+    stack: LayerStack,
+    mnt: &std::path::Path,
+    mut cfg: MountConfig,
+    features: Features,
+) -> FuseMount {
+    let ovl = Overlay::with_options(stack, features.engine_options())
+        .unwrap_or_else(|e| panic!("Overlay::new: {e}"));
     cfg.threads = 2;
     spawn_mount(ovl, mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"))
 }
@@ -70,6 +96,83 @@ fn fuse_matches_kernel() {
         return;
     }
     run_property(60, FsConfig::default());
+}
+
+/// Generated sequences with `redirect_dir=on` on both sides: lower and merged directories
+/// are renamed through the FUSE mount as through the kernel's.
+#[test]
+fn fuse_matches_kernel_with_redirect_dir() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::REDIRECT;
+    common::run_property(60, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
+/// kernel or with FUSE, with the options of `features`.
+fn remount(
+    tmp: tempfile::TempDir,
+    kernel: bool,
+    features: Features,
+) -> Box<dyn common::Backend> {
+    let s = FixtureStack::at(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    if kernel {
+        let g = common::kernel::KernelOverlay::mount_with(&s, &mnt, features)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Box::new(MountedBackend::new("kernel", mnt, s.upper.clone(), g, tmp))
+    } else {
+        let g = mount_fuse_features(s.layer_stack(), &mnt, FsConfig::default(), features);
+        Box::new(MountedBackend::new("fuse", mnt, s.upper.clone(), g, tmp))
+    }
+}
+
+/// Uppers interchange: the first half of a sequence runs on a kernel mount and on a FUSE
+/// mount (each on its own fixture); then the kernel's layers are mounted with FUSE and the
+/// FUSE mount's with the kernel, and the second half runs there. Every outcome, the merged
+/// views and the upper layers must agree throughout: what one backend wrote, the other reads
+/// and goes on changing as the writer would.
+fn uppers_interchange(features: Features, default_cases: u32) {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    common::run_property_fn(default_cases, MAX_OPS, 1024, |ops| {
+        let (first, second) = ops.split_at(ops.len() / 2);
+        let mut k = kernel_backend_with(features);
+        let mut f = fuse_backend_with(FsConfig::default(), features);
+        common::run_case(first, &mut k, &mut f)
+            .map_err(|d| format!("{}, before the swap: {d}", features.name()))?;
+        let (tk, tf) = (k.unmount(), f.unmount());
+        let mut f2 = remount(tk, false, features);
+        let mut k2 = remount(tf, true, features);
+        common::run_case(second, k2.as_mut(), f2.as_mut()).map_err(|d| {
+            format!(
+                "{}, after the swap (kernel on FUSE's upper, FUSE on the kernel's): {d}",
+                features.name()
+            )
+        })
+    });
+}
+
+/// [`uppers_interchange`] with the kernel's defaults.
+#[test]
+fn uppers_interchange_with_defaults() {
+    uppers_interchange(Features::DEFAULTS, 25);
+}
+
+/// [`uppers_interchange`] with `redirect_dir=on`: renamed directories written by either
+/// backend are followed by the other.
+#[test]
+fn uppers_interchange_with_redirect_dir() {
+    uppers_interchange(Features::REDIRECT, 40);
 }
 
 /// Generated sequences, FUSE with the writeback cache instead of passthrough.

@@ -230,6 +230,7 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
         } else {
             overlay_core::FsyncMode::Volatile
         },
+        redirect_dir: req.redirect_dir.unwrap_or_default(),
         ..overlay_core::OverlayOptions::default()
     };
     let overlay = Overlay::with_options(stack, options)?;

@@ -39,6 +39,8 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      io_uring=0      read requests from /dev/fuse even where the kernel offers FUSE over
                      io_uring (it does while /sys/module/fuse/parameters/enable_uring is Y)
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
+     redirect_dir=on|follow|nofollow|off   as the kernel's: on lets directories that exist
+                     in a lower layer be renamed (overlay.redirect); default follow
      threads=N       FUSE worker threads
      max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
@@ -84,6 +86,10 @@ pub struct MountRequest {
     pub threads: Option<usize>,
     /// Force the `user.overlay.*` xattr namespace (`userxattr`).
     pub userxattr: bool,
+    /// `redirect_dir=` (`on`, `follow`, `nofollow`; the kernel's `off` is `follow`), as
+    /// the kernel's: `on` lets lower and merged directories be renamed. `None`: `follow`
+    /// (redirects are never followed with `userxattr`).
+    pub redirect_dir: Option<overlay_core::mount::RedirectDir>,
     /// `fsname=`.
     pub fsname: Option<String>,
     /// Warnings to print (unimplemented fuse-overlayfs options).
@@ -258,6 +264,7 @@ where
         flags: MountFlags::default(),
         threads: None,
         userxattr: false,
+        redirect_dir: None,
         fsname: None,
         warnings: Vec::new(),
     };
@@ -385,11 +392,18 @@ fn apply_option(
         }
         "fsname" => req.fsname = Some(need(value)?),
         "redirect_dir" => {
-            if value != Some("off") && value != Some("nofollow") {
-                req.warnings.push(format!(
-                    "{opt}: redirect_dir is not supported; directories that exist in a lower layer cannot be renamed (EXDEV)"
-                ));
-            }
+            use overlay_core::mount::RedirectDir;
+            // The kernel's `off` is `follow` with its default `redirect_always_follow=Y`.
+            req.redirect_dir = Some(match need(value)?.as_str() {
+                "on" => RedirectDir::On,
+                "follow" | "off" => RedirectDir::Follow,
+                "nofollow" => RedirectDir::NoFollow,
+                v => {
+                    return Err(Error::Options(format!(
+                        "{key}={v}: expected on, follow, nofollow or off"
+                    )))
+                }
+            });
         }
         "xattr_permissions" => {
             if value != Some("0") {

@@ -264,6 +264,13 @@ impl<G> MountedBackend<G> {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Unmount (drop the guard) and hand back the temp dir with the layers, to mount them
+    /// again (with the other backend).
+    pub fn unmount(self) -> tempfile::TempDir {
+        drop(self.guard);
+        self._tmp
+    }
 }
 
 impl<G> Backend for MountedBackend<G> {

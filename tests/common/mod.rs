@@ -116,6 +116,29 @@ pub fn run_property(
     }
 }
 
+/// Generate operation sequences as [`run_property`] does, each checked by `check` (an
+/// `Err` describes the difference found).
+pub fn run_property_fn(
+    default_cases: u32,
+    max_ops: usize,
+    max_shrink_iters: u32,
+    check: impl Fn(&[Op]) -> Result<(), String>,
+) {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases: cases(default_cases),
+        failure_persistence: None,
+        max_shrink_iters,
+        ..Config::default()
+    });
+    match runner.run(&ops::ops(max_ops), |ops| {
+        check(&ops).map_err(TestCaseError::fail)
+    }) {
+        Ok(()) => eprintln!("{} sequences agreed", runner.config().cases),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Number of generated sequences: `OVL_DIFF_CASES`, or `default`.
 pub fn cases(default: u32) -> u32 {
     match std::env::var("OVL_DIFF_CASES") {
