@@ -71,13 +71,20 @@ impl FuseMount {
         };
         // Features ovl-fuse does not have: refused, never silently left out.
         for (asked, what) in [
-            (req.options.metacopy, "metacopy=on"),
             (req.options.index, "index=on"),
             (req.options.nfs_export, "nfs_export=on"),
         ] {
             if asked {
                 return Err(fail(format!("ovl-fuse does not support {what}")));
             }
+        }
+        // The kernel backend's rule (OverlayMountOptions), for both backends alike.
+        if req.options.metacopy && req.options.redirect_dir != Some(overlay_core::RedirectDir::On) {
+            return Err(fail(
+                "metacopy=on needs redirect_dir=on (a metacopy file carries a redirect to its \
+                 data)"
+                    .into(),
+            ));
         }
         let prog = find_program().map_err(fail)?;
         // fuse-overlayfs's `-o` syntax escapes `\`, `,` and `:` as the kernel's does.
@@ -108,6 +115,9 @@ impl FuseMount {
         if let Some(r) = req.options.redirect_dir {
             opts.extend(b",redirect_dir=");
             opts.extend(r.as_str().as_bytes());
+        }
+        if req.options.metacopy {
+            opts.extend(b",metacopy=on");
         }
         // The same per-mount flags as a kernel overlay of this request (nodev,nosuid unless
         // asked otherwise; ovl-fuse's own default is nodev,nosuid too).

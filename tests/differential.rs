@@ -121,6 +121,30 @@ fn engine_matches_kernel_with_redirect_dir() {
     });
 }
 
+/// Generated sequences with `redirect_dir=on,metacopy=on`: chmod, xattr changes, hard links
+/// and renames of lower files copy up their metadata only; writes and truncations then
+/// copy the data.
+#[test]
+fn engine_matches_kernel_with_metacopy() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::METACOPY;
+    run_property(150, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(EngineBackend::with_features(f, false)),
+        )
+    });
+    run_property(150, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(EngineBackend::with_features(f, true)),
+        )
+    });
+}
+
 /// Directory renames with `redirect_dir=on`: a merged directory renamed within its parent
 /// (relative redirect), into another directory (absolute redirect), renamed again (the
 /// redirect kept), a lower-only directory moved into a renamed one, then changed inside;

@@ -115,6 +115,24 @@ fn fuse_matches_kernel_with_redirect_dir() {
     });
 }
 
+/// Generated sequences with `redirect_dir=on,metacopy=on` on both sides: metadata changes
+/// of lower files copy up metadata only, reads keep coming from the lower data until a
+/// write or truncation copies it.
+#[test]
+fn fuse_matches_kernel_with_metacopy() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::METACOPY;
+    common::run_property(60, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
 /// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
 /// kernel or with FUSE, with the options of `features`.
 fn remount(
@@ -173,6 +191,13 @@ fn uppers_interchange_with_defaults() {
 #[test]
 fn uppers_interchange_with_redirect_dir() {
     uppers_interchange(Features::REDIRECT, 40);
+}
+
+/// [`uppers_interchange`] with `redirect_dir=on,metacopy=on`: metadata-only copies (and
+/// their redirects) written by either backend are read and completed by the other.
+#[test]
+fn uppers_interchange_with_metacopy() {
+    uppers_interchange(Features::METACOPY, 40);
 }
 
 /// Generated sequences, FUSE with the writeback cache instead of passthrough.

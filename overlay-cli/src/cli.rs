@@ -147,8 +147,8 @@ Lower layers are given bottom-first with --lower (repeatable). Then exactly one 
 Kernel-style options are accepted too: -o lowerdir=TOP:...:BOTTOM,upperdir=U,workdir=W
 (note: lowerdir is TOP-first there, as mount(8) takes it; `\\:` escapes a colon and `\\,`
 a comma). Other -o options (userxattr, redirect_dir=, metacopy=, index=, volatile, ro) are
-passed to the kernel overlay; redirect_dir= to the FUSE backend too (which refuses
-metacopy=on and index=on).
+passed to the kernel overlay; redirect_dir= and metacopy= to the FUSE backend too (which
+refuses index=on).
 
 Upper and workdir must not overlap a lower or the mount point. That is checked before
 anything is created, and a mount that fails later removes the directories it created.

@@ -230,7 +230,13 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
         } else {
             overlay_core::FsyncMode::Volatile
         },
-        redirect_dir: req.redirect_dir.unwrap_or_default(),
+        // As the kernel: metacopy=on turns redirect_dir on unless it was given.
+        redirect_dir: req.redirect_dir.unwrap_or(if req.metacopy == Some(true) {
+            overlay_core::mount::RedirectDir::On
+        } else {
+            overlay_core::mount::RedirectDir::Follow
+        }),
+        metacopy: req.metacopy.unwrap_or(false),
         ..overlay_core::OverlayOptions::default()
     };
     let overlay = Overlay::with_options(stack, options)?;

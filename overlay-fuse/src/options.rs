@@ -41,6 +41,8 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
      redirect_dir=on|follow|nofollow|off   as the kernel's: on lets directories that exist
                      in a lower layer be renamed (overlay.redirect); default follow
+     metacopy=on|off as the kernel's: chmod, chown, times, xattrs of a lower file copy up its
+                     metadata only, the data on the first write (implies redirect_dir=on)
      threads=N       FUSE worker threads
      max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
@@ -90,6 +92,10 @@ pub struct MountRequest {
     /// the kernel's: `on` lets lower and merged directories be renamed. `None`: `follow`
     /// (redirects are never followed with `userxattr`).
     pub redirect_dir: Option<overlay_core::mount::RedirectDir>,
+    /// `metacopy=on|off`, as the kernel's: metadata changes of lower files copy up their
+    /// metadata only. `on` needs `redirect_dir=on`, which it turns on when `redirect_dir`
+    /// is not given (as the kernel does).
+    pub metacopy: Option<bool>,
     /// `fsname=`.
     pub fsname: Option<String>,
     /// Warnings to print (unimplemented fuse-overlayfs options).
@@ -265,6 +271,7 @@ where
         threads: None,
         userxattr: false,
         redirect_dir: None,
+        metacopy: None,
         fsname: None,
         warnings: Vec::new(),
     };
@@ -411,7 +418,8 @@ fn apply_option(
                     .push(format!("{opt} is not implemented; ignored"));
             }
         }
-        "plugins" | "fast_ino" | "xino" | "ino32_t" | "metacopy" | "index" | "nfs_export" => {
+        "metacopy" => req.metacopy = Some(parse_bool(key, &need(value)?)?),
+        "plugins" | "fast_ino" | "xino" | "ino32_t" | "index" | "nfs_export" => {
             req.warnings
                 .push(format!("{opt} is not implemented; ignored"));
         }

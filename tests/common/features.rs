@@ -9,6 +9,8 @@ use overlay_core::OverlayOptions;
 pub struct Features {
     /// `redirect_dir=on` (else `follow`, the kernel's default here).
     pub redirect_dir: bool,
+    /// `metacopy=on` (needs `redirect_dir`).
+    pub metacopy: bool,
 }
 
 impl Features {
@@ -16,15 +18,25 @@ impl Features {
     /// `redirect_always_follow=Y`, i.e. `follow`; no metacopy, no index).
     pub const DEFAULTS: Features = Features {
         redirect_dir: false,
+        metacopy: false,
     };
     /// Lower and merged directories can be renamed (`redirect_dir=on`).
-    pub const REDIRECT: Features = Features { redirect_dir: true };
+    pub const REDIRECT: Features = Features {
+        redirect_dir: true,
+        metacopy: false,
+    };
+    /// Metadata-only copy-up too (`redirect_dir=on,metacopy=on`).
+    pub const METACOPY: Features = Features {
+        redirect_dir: true,
+        metacopy: true,
+    };
 
     /// The kernel mount options: every feature explicit, so that the result does not
     /// depend on the module's defaults; no xino and no uuid on the upper root.
     pub fn kernel_options(self) -> String {
         let r = if self.redirect_dir { "on" } else { "follow" };
-        format!("redirect_dir={r},index=off,metacopy=off,xino=off,uuid=null")
+        let m = if self.metacopy { "on" } else { "off" };
+        format!("redirect_dir={r},index=off,metacopy={m},xino=off,uuid=null")
     }
 
     /// The engine's options for the same setting.
@@ -35,16 +47,17 @@ impl Features {
             } else {
                 RedirectDir::Follow
             },
+            metacopy: self.metacopy,
             ..OverlayOptions::default()
         }
     }
 
     /// A short name for messages.
     pub fn name(self) -> &'static str {
-        if self.redirect_dir {
-            "redirect_dir=on"
-        } else {
-            "defaults"
+        match (self.redirect_dir, self.metacopy) {
+            (_, true) => "redirect_dir=on,metacopy=on",
+            (true, false) => "redirect_dir=on",
+            (false, false) => "defaults",
         }
     }
 }

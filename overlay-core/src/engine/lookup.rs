@@ -129,6 +129,10 @@ fn present(r: std::result::Result<usize, Errno>) -> bool {
     matches!(r, Ok(_) | Err(Errno::RANGE))
 }
 
+/// The operation named in the error for a metadata-only copy whose data is nowhere below
+/// (EIO, as the kernel's "metacopy with no lower data found").
+const METACOPY_NO_DATA: &str = "lookup (a metacopy file whose data is in no lower layer)";
+
 /// The operation named in the error for a metacopy file (see [`Overlay::is_metacopy`]).
 const METACOPY_REFUSED: &str =
     "lookup (a metacopy file: its data lives in a lower layer; metacopy is not supported, \
@@ -194,6 +198,9 @@ impl Overlay {
         let mut top_stat: Option<Stat> = None;
         // The upper directory's redirect: its value, and where the lower directories are.
         let mut redirect: Option<(Box<[u8]>, Wanted<'_>)> = None;
+        // A metadata-only copy was found (metacopy=on): the lower layers are searched for
+        // its data.
+        let mut need_data = false;
         let mut upper_redirect_value: Option<Box<[u8]>> = None;
 
         if pstate.upper {
@@ -212,14 +219,29 @@ impl Overlay {
                         let k = FileKind::from_mode(st.st_mode);
                         // One listxattr tells which overlay xattrs to read (usually none).
                         let x = self.overlay_xattrs(dir.as_fd(), name);
-                        if x.metacopy && self.is_metacopy(dir.as_fd(), name, &st) {
+                        // With metacopy=on the marker decides (even on an empty file, whose
+                        // copy-up of data removes it); else a file with data to hide is refused.
+                        if self.opts.metacopy {
+                            need_data = x.metacopy
+                                && k == FileKind::File
+                                && xattr_present_at(dir.as_fd(), name, self.layers.ns.metacopy());
+                        } else if x.metacopy && self.is_metacopy(dir.as_fd(), name, &st) {
                             return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
                         }
+                        state.metacopy = need_data;
                         top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
                         if k != FileKind::Directory {
-                            merge_lowers = false;
+                            // A metadata-only copy: its data is looked up below, by name or
+                            // through its redirect (a renamed or linked one).
+                            merge_lowers = need_data;
+                            if need_data && x.redirect {
+                                let parent_has_lowers = !pstate.lowers.is_empty();
+                                redirect = self
+                                    .upper_redirect(parent_has_lowers, dir.as_fd(), name)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                            }
                             let origin = if x.origin {
                                 self.origin_ino_of(dir.as_fd(), name)
                             } else {
@@ -309,13 +331,50 @@ impl Overlay {
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
                         let k = FileKind::from_mode(st.st_mode);
-                        if kind.is_none() && self.is_metacopy(dir.as_fd(), lname, &st) {
+                        let lower_metacopy = (kind.is_none() || need_data)
+                            && self.is_metacopy(dir.as_fd(), lname, &st);
+                        if lower_metacopy && !self.opts.metacopy {
                             return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
                         }
                         if top_stat.is_none() {
                             top_stat = Some(st);
                         }
                         match kind {
+                            // The data of a metadata-only copy: a regular file (else EIO, as
+                            // the kernel's "metacopy with no lower data found"), itself
+                            // metadata-only or not.
+                            Some(FileKind::File) if need_data => {
+                                if k != FileKind::File {
+                                    return Err(self.name_err(
+                                        METACOPY_NO_DATA,
+                                        parent,
+                                        name,
+                                        Errno::IO,
+                                    ));
+                                }
+                                state.lowers.push(LowerEntry {
+                                    layer: le.layer,
+                                    xwhiteouts: false,
+                                });
+                                self.record_lower_path(&mut paths, parent, name, &want, le.layer);
+                                if lower_metacopy {
+                                    continue;
+                                }
+                                need_data = false;
+                                break;
+                            }
+                            None if lower_metacopy => {
+                                // A metadata-only lower file: its data is further down.
+                                kind = Some(k);
+                                need_data = true;
+                                state.metacopy = true;
+                                state.lowers.push(LowerEntry {
+                                    layer: le.layer,
+                                    xwhiteouts: false,
+                                });
+                                ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                continue;
+                            }
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
                                 kind = Some(k);
@@ -362,12 +421,7 @@ impl Overlay {
                                     layer: le.layer,
                                     xwhiteouts: op == Opacity::HasXWhiteouts,
                                 });
-                                match &want {
-                                    Wanted::Path(p) => paths.push((le.layer, p.clone())),
-                                    Wanted::Name(n) if **n != *name => paths
-                                        .push((le.layer, self.lower_dir_path(parent, le.layer).join(n))),
-                                    Wanted::Name(_) => {}
-                                }
+                                self.record_lower_path(&mut paths, parent, name, &want, le.layer);
                                 if op == Opacity::Opaque
                                     || rustix::fs::statat(
                                         dir.as_fd(),
@@ -406,6 +460,9 @@ impl Overlay {
                     }
                     want = w;
                 }
+            }
+            if need_data {
+                return Err(self.name_err(METACOPY_NO_DATA, parent, name, Errno::IO));
             }
             if let Some(i) = first_lower_ino {
                 ino = Some(i);
@@ -571,6 +628,25 @@ impl Overlay {
             Wanted::Name(_) => Wanted::Name(std::borrow::Cow::Owned(body.to_os_string())),
             Wanted::Path(p) => Wanted::Path(p.parent().unwrap_or(Path::new("")).join(body)),
         }))
+    }
+
+    /// Record where the object looked up as `want` (for `name` in `parent`) is in lower
+    /// `layer`, when that is not under the parent's directory by its own name.
+    fn record_lower_path(
+        &self,
+        paths: &mut Vec<(u16, PathBuf)>,
+        parent: &NodeRef,
+        name: &OsStr,
+        want: &Wanted<'_>,
+        layer: u16,
+    ) {
+        match want {
+            Wanted::Path(p) => paths.push((layer, p.clone())),
+            Wanted::Name(n) if **n != *name => {
+                paths.push((layer, self.lower_dir_path(parent, layer).join(n)))
+            }
+            Wanted::Name(_) => {}
+        }
     }
 
     /// Where directory `node` is in lower `layer`, relative to that layer's root: its path,

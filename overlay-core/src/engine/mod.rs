@@ -255,6 +255,13 @@ pub struct OverlayOptions {
     /// `userxattr`) redirects are never followed, whatever this says, and `On` is refused
     /// by [`Overlay::with_options`], as the kernel refuses `userxattr,redirect_dir=on`.
     pub redirect_dir: crate::mount::RedirectDir,
+    /// The kernel's `metacopy=on`: changing the metadata of a lower file (chmod, chown,
+    /// times, xattrs, a hard link, a rename) copies up only its metadata (the upper file
+    /// gets `overlay.metacopy`, and `overlay.redirect` once it is renamed); its data is
+    /// copied on the first open for write or truncation. Metacopy files in the layers are
+    /// followed; with `false` (the default) they are refused (EPERM), as by the kernel.
+    /// Needs `redirect_dir` `On` and `trusted.overlay.*` xattrs, as the kernel's.
+    pub metacopy: bool,
 }
 
 /// The engine: a union view of a [`LayerStack`].
@@ -421,6 +428,13 @@ impl Overlay {
                     .into(),
             ));
         }
+        if opts.metacopy && opts.redirect_dir != crate::mount::RedirectDir::On {
+            return Err(Error::OptionConflict(format!(
+                "metacopy=on needs redirect_dir=on (a renamed metacopy file carries a redirect \
+                 to its data), but redirect_dir={}",
+                opts.redirect_dir.as_str()
+            )));
+        }
         let layers = Layers::open(&stack, detach)?;
         let mut state = NodeState {
             upper: layers.upper.is_some(),
@@ -474,7 +488,24 @@ impl Overlay {
     /// `index`, `metacopy` and `xino=on`). When one is, the kernel marks new directories in
     /// merged directories opaque.
     pub(crate) fn allow_offline_changes(&self) -> bool {
-        !(self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects())
+        !(self.opts.metacopy
+            || self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects())
+    }
+
+    /// The real object holding `node`'s data: its top object, or for a metadata-only copy
+    /// the lower file below it (the last of its lowers).
+    pub(crate) fn data_real(&self, op: &'static str, node: &NodeRef) -> Result<RealObj> {
+        let data = if self.metacopy_now(node) {
+            node.state.read().lowers.as_slice().last().map(|l| l.layer)
+        } else {
+            None
+        };
+        match data {
+            Some(l) if !node.is_unlinked() => self
+                .real(node, LayerRef::Lower(l))
+                .map_err(|e| self.node_err(op, node, e)),
+            _ => self.top_real(op, node),
+        }
     }
 
     /// The root directory node.
@@ -850,7 +881,7 @@ impl Overlay {
         } else {
             f &= !(libc::O_TRUNC | libc::O_APPEND);
         }
-        let real = self.top_real("open", node)?;
+        let real = self.data_real("open", node)?;
         match self.open_real("open", node, &real, OFlags::from_bits_retain(f as u32)) {
             Ok((fd, _)) => Ok(File::from(fd)),
             Err(e @ Error::Changed { .. }) => {

@@ -354,16 +354,24 @@ impl Overlay {
                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
             }
         };
-        let node = Arc::new(Node::new(
-            ino,
-            kind,
-            Some(parent.clone()),
-            name,
-            NodeState {
+        // A new name of a metadata-only copy reads the same lower data.
+        let state = match link_of {
+            Some(of) if of.state.read().metacopy => {
+                let st = of.state.read();
+                NodeState {
+                    upper: true,
+                    metacopy: true,
+                    lowers: st.lowers.clone(),
+                    redirect: st.redirect.clone(),
+                    ..Default::default()
+                }
+            }
+            _ => NodeState {
                 upper: true,
                 ..Default::default()
             },
-        ));
+        };
+        let node = Arc::new(Node::new(ino, kind, Some(parent.clone()), name, state));
         parent.set_child(name, &node);
         Ok((node, fd))
     }
@@ -500,10 +508,18 @@ impl Overlay {
         if node.is_unlinked() {
             return Err(self.node_err(op, node, Errno::NOENT));
         }
-        self.copy_up_node(node, true)?;
+        self.copy_up_meta(node)?;
         let _c = node.copy_lock.lock();
         if node.is_unlinked() {
             return Err(self.node_err(op, node, Errno::NOENT));
+        }
+        if self.metacopy_now(node) {
+            // As the kernel's `ovl_set_link_redirect`: the new name finds the data through
+            // an absolute redirect on the (shared) upper inode.
+            let r = self
+                .set_redirect(node, false)
+                .map_err(|e| self.node_err(op, node, e))?;
+            node.state.write().redirect = Some(Arc::new(r));
         }
         let src = self
             .real(node, LayerRef::Upper)
@@ -697,6 +713,17 @@ impl Overlay {
     fn set_redirect(&self, node: &NodeRef, same_dir: bool) -> std::result::Result<Redirected, Errno> {
         use std::os::unix::ffi::OsStrExt;
         let st = node.state.read().clone();
+        // As the kernel's `ovl_need_absolute_redirect`: a file with other names below (a
+        // lower hard link) needs an absolute one even within its directory.
+        let same_dir = same_dir
+            && (node.kind == FileKind::Directory
+                || match st.lowers.first() {
+                    Some(l) => self
+                        .real(node, LayerRef::Lower(l.layer))
+                        .and_then(|r| r.stat())
+                        .map_or(false, |s| s.st_nlink <= 1),
+                    None => true,
+                });
         let mut r = st.redirect.as_deref().cloned().unwrap_or_default();
         for le in &st.lowers {
             if r.path_in(le.layer).is_none() {
@@ -884,10 +911,10 @@ impl Overlay {
         // Copy-ups (parents first), then the per-node locks of both names.
         let pdir = self.upper_dir_of(parent)?;
         let npdir = self.upper_dir_of(new_parent)?;
-        self.copy_up_node(&src, true)?;
+        self.copy_up_meta(&src)?;
         if exchange {
             if let Some(d) = &dst {
-                self.copy_up_node(d, true)?;
+                self.copy_up_meta(d)?;
             }
         }
         let (_c1, _c2) = match &dst {
@@ -923,8 +950,12 @@ impl Overlay {
                     .map_err(nerr)?;
             }
         }
-        // A moving directory with lower directories gets `overlay.redirect` to them (before
-        // the rename, from where it is now, as the kernel's `ovl_set_redirect`).
+        // A moving directory with lower directories, or a metadata-only copy, gets
+        // `overlay.redirect` to them (before the rename, from where it is now, as the
+        // kernel's `ovl_set_redirect`).
+        let src_redirect = src_redirect || self.metacopy_now(&src);
+        let dst_redirect =
+            dst_redirect || exchange && dst.as_ref().is_some_and(|d| self.metacopy_now(d));
         let src_moved = if src_redirect {
             Some(self.set_redirect(&src, same_dir).map_err(serr)?)
         } else {

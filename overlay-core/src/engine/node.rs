@@ -101,6 +101,9 @@ pub(crate) struct NodeState {
     pub upper: bool,
     /// The upper directory is known to carry `overlay.impure` (directories only).
     pub impure: bool,
+    /// A regular file whose top object holds metadata only (`overlay.metacopy`, the
+    /// kernel's `metacopy=on`): its data is the last entry of `lowers`.
+    pub metacopy: bool,
     /// Lower layers holding the object, top-first. For a directory: every merged lower
     /// directory. For a non-directory: the one lower object (kept after copy-up as origin).
     pub lowers: Lowers,
@@ -282,10 +285,12 @@ impl Node {
         self.kind
     }
 
-    /// True while the node lives only in lower layers (immutable while mounted, so callers may
-    /// cache it for long).
+    /// True while the node's data lives only in lower layers: it is not in the upper layer,
+    /// or only its metadata is (a metadata-only copy-up, `metacopy=on`). A read-only open
+    /// then reads a lower file, which stays as it is once the data is copied up.
     pub fn is_lower_only(&self) -> bool {
-        !self.state.read().upper
+        let st = self.state.read();
+        !st.upper || st.metacopy
     }
 
     /// Path relative to the overlay root (empty for the root).
