@@ -171,7 +171,9 @@ fn uppers_interchange(features: Features, default_cases: u32) {
         let (tk, tf) = (k.unmount(), f.unmount());
         let mut f2 = remount(tk, false, features);
         let mut k2 = remount(tf, true, features);
-        common::run_case(second, k2.as_mut(), f2.as_mut()).map_err(|d| {
+        // Inode identity is checked in the first half only: each upper now has its own
+        // history of freed inode numbers, which a new object may get on one side only.
+        common::run_case_with(second, k2.as_mut(), f2.as_mut(), false).map_err(|d| {
             format!(
                 "{}, after the swap (kernel on FUSE's upper, FUSE on the kernel's): {d}",
                 features.name()

@@ -255,6 +255,27 @@ impl EngineBackend {
                 };
                 o.setattr(&n, &changes).map_err(err)?;
             }
+            Op::Chown { path, uid } => {
+                let n = self.existing(path, false)?;
+                let changes = SetAttr {
+                    uid: Some(*uid),
+                    ..SetAttr::default()
+                };
+                o.setattr(&n, &changes).map_err(err)?;
+            }
+            Op::Touch { path } => {
+                let n = self.existing(path, true)?;
+                let t = overlay_core::TimeSet::At(overlay_core::Timestamp {
+                    sec: super::ops::TOUCH_TIME,
+                    nsec: 0,
+                });
+                let changes = SetAttr {
+                    atime: Some(t),
+                    mtime: Some(t),
+                    ..SetAttr::default()
+                };
+                o.setattr(&n, &changes).map_err(err)?;
+            }
             Op::Unlink { path } => {
                 let r = self.resolve(path, false)?;
                 let n = r.node.ok_or(libc::ENOENT)?;
@@ -456,6 +477,7 @@ impl EngineBackend {
         let entry = Entry {
             kind,
             perm: a.perm & 0o7777,
+            uid: a.uid,
             nlink: plain.then_some(u64::from(a.nlink)),
             // The merged view shows no whiteouts.
             whiteout_links: None,

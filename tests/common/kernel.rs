@@ -172,6 +172,21 @@ pub fn apply_path_op(root: &Path, op: &Op) -> Outcome {
         Op::Chmod { path, mode } => {
             fs::set_permissions(p(path), fs::Permissions::from_mode(*mode)).map_err(errno)?
         }
+        Op::Chown { path, uid } => {
+            std::os::unix::fs::lchown(p(path), Some(*uid), None).map_err(errno)?
+        }
+        Op::Touch { path } => {
+            let t = rustix::fs::Timespec {
+                tv_sec: super::ops::TOUCH_TIME,
+                tv_nsec: 0,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, p(path), &times, rustix::fs::AtFlags::empty())
+                .map_err(rerrno)?
+        }
         Op::Unlink { path } => fs::remove_file(p(path)).map_err(errno)?,
         Op::Rmdir { path } => fs::remove_dir(p(path)).map_err(errno)?,
         Op::Mkdir { path, mode } => fs::DirBuilder::new()

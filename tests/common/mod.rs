@@ -184,6 +184,18 @@ fn errno_name(e: i32) -> &'static str {
 /// Run `ops` on both backends and compare outcomes, merged trees and upper layers.
 /// `Err` describes the first difference.
 pub fn run_case(ops: &[Op], a: &mut dyn Backend, b: &mut dyn Backend) -> Result<(), String> {
+    run_case_with(ops, a, b, true)
+}
+
+/// [`run_case`]; `identity` false leaves out the inode identity with the initial tree (for
+/// cases starting from uppers the two backends wrote differently: there an inode number
+/// freed by a removal may be reused by a new object on one side only).
+pub fn run_case_with(
+    ops: &[Op],
+    a: &mut dyn Backend,
+    b: &mut dyn Backend,
+    identity: bool,
+) -> Result<(), String> {
     let (initial_a, initial_b) = (a.merged(), b.merged());
     if let Some(d) = diff(a.name(), &initial_a, b.name(), &initial_b) {
         return Err(format!("merged views differ before any operation:\n{d}"));
@@ -202,8 +214,10 @@ pub fn run_case(ops: &[Op], a: &mut dyn Backend, b: &mut dyn Backend) -> Result<
         }
     }
     let (mut ma, mut mb) = (a.merged(), b.merged());
-    ma.mark_identity(&initial_a);
-    mb.mark_identity(&initial_b);
+    if identity {
+        ma.mark_identity(&initial_a);
+        mb.mark_identity(&initial_b);
+    }
     if let Some(d) = diff(a.name(), &ma, b.name(), &mb) {
         return Err(format!("merged views differ:\n{d}"));
     }

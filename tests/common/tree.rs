@@ -32,6 +32,8 @@ pub struct Entry {
     pub kind: EntryKind,
     /// `st_mode & 0o7777` (0 for whiteouts: the kernel shares one whiteout inode).
     pub perm: u32,
+    /// Owner (0 for whiteouts).
+    pub uid: u32,
     /// Link count of non-directories (not of whiteouts).
     pub nlink: Option<u64>,
     /// Link count of whiteouts: the kernel links all the whiteouts it makes for unlink and
@@ -75,6 +77,9 @@ fn lossy(b: &[u8]) -> String {
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?} {:04o}", self.kind, self.perm)?;
+        if self.uid != 0 {
+            write!(f, " uid={}", self.uid)?;
+        }
         if let Some(n) = self.nlink {
             write!(f, " nlink={n}")?;
         }
@@ -269,6 +274,7 @@ fn walk_dir(root: &Path, rel: &str, filter: XattrFilter, b: &mut TreeBuilder) {
         } else {
             md.mode() & 0o7777
         },
+        uid: if kind == EntryKind::Whiteout { 0 } else { md.uid() },
         nlink: plain.then_some(md.nlink()),
         whiteout_links: (kind == EntryKind::Whiteout).then_some(md.nlink()),
         size: matches!(kind, EntryKind::File | EntryKind::Symlink).then_some(md.size()),
