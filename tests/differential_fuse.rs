@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::fixture::FixtureStack;
 use common::features::Features;
+use common::fixture::FixtureStack;
 use common::kernel::{kernel_backend, kernel_backend_with, MountedBackend};
 use common::ops::{Op, RenameMode};
 use common::{assert_same, init, require_mounts};
@@ -135,11 +135,7 @@ fn fuse_matches_kernel_with_metacopy() {
 
 /// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
 /// kernel or with FUSE, with the options of `features`.
-fn remount(
-    tmp: tempfile::TempDir,
-    kernel: bool,
-    features: Features,
-) -> Box<dyn common::Backend> {
+fn remount(tmp: tempfile::TempDir, kernel: bool, features: Features) -> Box<dyn common::Backend> {
     let s = FixtureStack::at(tmp.path());
     let mnt = tmp.path().join("mnt");
     if kernel {

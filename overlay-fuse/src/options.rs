@@ -550,6 +550,28 @@ mod tests {
     }
 
     #[test]
+    fn kernel_feature_options() {
+        use overlay_core::mount::RedirectDir;
+        let m = mount(&["-o", "lowerdir=/l,redirect_dir=on,metacopy=on", "/m"]);
+        assert_eq!(
+            (m.redirect_dir, m.metacopy),
+            (Some(RedirectDir::On), Some(true))
+        );
+        assert!(m.warnings.is_empty());
+        let m = mount(&["-o", "lowerdir=/l,redirect_dir=off,metacopy=off", "/m"]);
+        assert_eq!(
+            (m.redirect_dir, m.metacopy),
+            (Some(RedirectDir::Follow), Some(false))
+        );
+        let m = mount(&["-o", "lowerdir=/l,redirect_dir=nofollow", "/m"]);
+        assert_eq!(m.redirect_dir, Some(RedirectDir::NoFollow));
+        assert!(parse_args(["-o", "lowerdir=/l,redirect_dir=sideways", "/m"]).is_err());
+        assert!(parse_args(["-o", "lowerdir=/l,metacopy=maybe", "/m"]).is_err());
+        let m = mount(&["-o", "lowerdir=/l,index=on", "/m"]);
+        assert_eq!(m.warnings.len(), 1);
+    }
+
+    #[test]
     fn squash_uid_overrides_root() {
         let m = mount(&[
             "-olowerdir=/l,squash_to_root,squash_to_uid=5,timeout=0,threads=3,max_inodes=1000",

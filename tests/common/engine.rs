@@ -69,10 +69,7 @@ impl EngineBackend {
     /// Like [`EngineBackend::new`] with the options of `features`; `node_cache` as
     /// [`EngineBackend::with_node_cache`].
     pub fn with_features(features: Features, node_cache: bool) -> EngineBackend {
-        Self::build(
-            node_cache.then(|| RefCell::new(HashMap::new())),
-            features,
-        )
+        Self::build(node_cache.then(|| RefCell::new(HashMap::new())), features)
     }
 
     /// Like [`EngineBackend::new`], but keep nodes across operations as a FUSE adapter under

@@ -184,8 +184,13 @@ pub fn apply_path_op(root: &Path, op: &Op) -> Outcome {
                 last_access: t,
                 last_modification: t,
             };
-            rustix::fs::utimensat(rustix::fs::CWD, p(path), &times, rustix::fs::AtFlags::empty())
-                .map_err(rerrno)?
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                p(path),
+                &times,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(rerrno)?
         }
         Op::Unlink { path } => fs::remove_file(p(path)).map_err(errno)?,
         Op::Rmdir { path } => fs::remove_dir(p(path)).map_err(errno)?,
@@ -314,7 +319,6 @@ pub fn kernel_backend_with(features: Features) -> MountedBackend<KernelOverlay> 
     let stack = FixtureStack::create(tmp.path());
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let guard =
-        KernelOverlay::mount_with(&stack, &mnt, features).unwrap_or_else(|e| panic!("{e}"));
+    let guard = KernelOverlay::mount_with(&stack, &mnt, features).unwrap_or_else(|e| panic!("{e}"));
     MountedBackend::new("kernel", mnt, stack.upper.clone(), guard, tmp)
 }

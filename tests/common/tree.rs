@@ -274,7 +274,11 @@ fn walk_dir(root: &Path, rel: &str, filter: XattrFilter, b: &mut TreeBuilder) {
         } else {
             md.mode() & 0o7777
         },
-        uid: if kind == EntryKind::Whiteout { 0 } else { md.uid() },
+        uid: if kind == EntryKind::Whiteout {
+            0
+        } else {
+            md.uid()
+        },
         nlink: plain.then_some(md.nlink()),
         whiteout_links: (kind == EntryKind::Whiteout).then_some(md.nlink()),
         size: matches!(kind, EntryKind::File | EntryKind::Symlink).then_some(md.size()),

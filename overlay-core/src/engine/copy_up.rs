@@ -134,9 +134,7 @@ impl Overlay {
             return Err(self.node_err("copy-up", node, Errno::NOENT));
         }
         let err = |e: Errno| self.node_err("copy-up", node, e);
-        let upper = self
-            .real(node, LayerRef::Upper)
-            .map_err(err)?;
+        let upper = self.real(node, LayerRef::Upper).map_err(err)?;
         let (ufd, _) = self.open_real("copy-up", node, &upper, OFlags::WRONLY)?;
         if with_data {
             let data = self.data_real("copy-up", node)?;

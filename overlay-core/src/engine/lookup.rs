@@ -71,6 +71,9 @@ enum Wanted<'a> {
     Path(PathBuf),
 }
 
+/// A redirect read, if any, or the operation to name and the errno.
+type RedirectResult<T> = std::result::Result<Option<T>, (&'static str, Errno)>;
+
 /// A well-formed `overlay.redirect` value.
 struct RedirectValue<'a> {
     /// `/a/b`: a path from the overlay root; else a bare name.
@@ -135,8 +138,8 @@ const METACOPY_NO_DATA: &str = "lookup (a metacopy file whose data is in no lowe
 
 /// The operation named in the error for a metacopy file (see [`Overlay::is_metacopy`]).
 const METACOPY_REFUSED: &str =
-    "lookup (a metacopy file: its data lives in a lower layer; metacopy is not supported, \
-     as with the kernel's metacopy=off)";
+    "lookup (a metacopy file: its data lives in a lower layer; not followed with \
+     metacopy=off, as by the kernel)";
 
 impl Overlay {
     /// Classify `name` in directory `dir` of a lower layer whose directory is xwhiteout-capable
@@ -413,7 +416,9 @@ impl Overlay {
                                     if !last && op != Opacity::Opaque {
                                         next = self
                                             .lower_redirect(sub.as_fd(), &want, follow)
-                                            .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                                            .map_err(|(op, e)| {
+                                                self.name_err(op, parent, name, e)
+                                            })?;
                                     }
                                     op
                                 };
@@ -486,10 +491,10 @@ impl Overlay {
     }
 
     /// True when regular file `name` in `dir` (stat `st`) is a metadata-only copy
-    /// (`overlay.metacopy`), whose data lives in a lower layer. The engine does not follow
-    /// metacopy, so such a file is refused (EPERM), as the kernel refuses one in any layer
-    /// with `metacopy=off` ("refusing to follow metacopy origin"), instead of showing its
-    /// empty data. An empty file has no data to hide: it costs no xattr read.
+    /// (`overlay.metacopy`), whose data lives in a lower layer. With `metacopy=off` such a
+    /// file is refused (EPERM), as the kernel refuses one in any layer ("refusing to follow
+    /// metacopy origin"), instead of showing its empty data; with `metacopy=on` its data is
+    /// looked up below. An empty file has no data to hide: it costs no xattr read.
     pub(crate) fn is_metacopy(
         &self,
         dir: std::os::fd::BorrowedFd<'_>,
@@ -560,7 +565,7 @@ impl Overlay {
         parent_has_lowers: bool,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &OsStr,
-    ) -> std::result::Result<Option<(Box<[u8]>, Wanted<'static>)>, (&'static str, Errno)> {
+    ) -> RedirectResult<(Box<[u8]>, Wanted<'static>)> {
         let follow = self.follow_redirects();
         if !follow && !parent_has_lowers {
             return Ok(None);
@@ -604,7 +609,7 @@ impl Overlay {
         sub: std::os::fd::BorrowedFd<'_>,
         want: &Wanted<'_>,
         follow: bool,
-    ) -> std::result::Result<Option<Wanted<'static>>, (&'static str, Errno)> {
+    ) -> RedirectResult<Wanted<'static>> {
         let x = self.layers.ns.redirect();
         // Most directories have none: one size query, no buffer.
         if !xattr_present(sub, x) {

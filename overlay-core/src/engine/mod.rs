@@ -267,13 +267,19 @@ pub struct OverlayOptions {
 /// The engine: a union view of a [`LayerStack`].
 ///
 /// Differences from the kernel overlay (documented, deliberate or not yet done):
-/// * `redirect_dir`, `metacopy`, `index` and `nfs_export` are not supported: renaming a lower
-///   or merged directory gives EXDEV (the kernel's default configuration), hard links to lower
-///   files break on copy-up (as the kernel without `index`). Redirects that a kernel mount
-///   with `redirect_dir=on` left on upper directories are followed, as the kernel follows them
-///   by default; a redirect inside a lower layer is refused (EPERM, the directory left out of
-///   listings), as with `redirect_dir=nofollow`. A metacopy file (from `metacopy=on`) is
-///   refused with EPERM, as the kernel refuses it with `metacopy=off`.
+/// * `redirect_dir` and `metacopy` are options ([`OverlayOptions`]) with the kernel's
+///   defaults (`follow`, off) and its on-disk format: with `redirect_dir=on` renaming a lower
+///   or merged directory writes `overlay.redirect` (EXDEV otherwise, or for an absolute
+///   redirect over the kernel's 256 bytes); with `metacopy=on` metadata changes of lower
+///   files copy up metadata only. Redirects are followed in the upper and in lower layers
+///   (not read in the bottom layer, as the kernel); `nofollow` refuses them (EPERM).
+///   `index` and `nfs_export` are not supported: hard links to lower files break on copy-up
+///   (as the kernel without `index`). Not followed either: the redirect of a metacopy file
+///   inside a lower layer, and a redirect on an intermediate component of an absolute
+///   redirect's path (the kernel follows both).
+/// * A renamed merged directory's upper copy is reached by name: a concurrent rename of it
+///   while a lookup walks through it may send that lookup to the directory now at the name
+///   (pure upper directories are checked by inode number).
 /// * With `user.overlay.*` xattrs ([`crate::XattrNamespace::User`], the kernel's
 ///   `userxattr`) redirects are never followed, as the kernel forces `redirect_dir=nofollow`
 ///   there: any user can write `user.overlay.redirect` on an upper directory they own, and

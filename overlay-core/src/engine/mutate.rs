@@ -710,7 +710,11 @@ impl Overlay {
     ///
     /// Returns what the node's state is to say once it has moved: the redirect, and the
     /// paths of its lower directories (which no longer follow from its name).
-    fn set_redirect(&self, node: &NodeRef, same_dir: bool) -> std::result::Result<Redirected, Errno> {
+    fn set_redirect(
+        &self,
+        node: &NodeRef,
+        same_dir: bool,
+    ) -> std::result::Result<Redirected, Errno> {
         use std::os::unix::ffi::OsStrExt;
         let st = node.state.read().clone();
         // As the kernel's `ovl_need_absolute_redirect`: a file with other names below (a
@@ -721,7 +725,7 @@ impl Overlay {
                     Some(l) => self
                         .real(node, LayerRef::Lower(l.layer))
                         .and_then(|r| r.stat())
-                        .map_or(false, |s| s.st_nlink <= 1),
+                        .is_ok_and(|s| s.st_nlink <= 1),
                     None => true,
                 });
         let mut r = st.redirect.as_deref().cloned().unwrap_or_default();
@@ -791,7 +795,8 @@ impl Overlay {
     }
 
     /// Rename. Non-directories always work (copy-up, whiteout left at the old name if a lower
-    /// object existed); directories only when they exist only in upper, EXDEV otherwise.
+    /// object existed); directories with lower directories only with `redirect_dir=on` (the
+    /// upper copy gets `overlay.redirect`, see [`Overlay::set_redirect`]), EXDEV otherwise.
     /// `RenameFlags::EXCHANGE` and `NOREPLACE` behave as for `renameat2`.
     pub fn rename(
         &self,
@@ -887,8 +892,8 @@ impl Overlay {
         // copy then points to them): EXDEV otherwise, as the kernel's.
         let moves_lowers =
             |n: &Node| n.kind == FileKind::Directory && !n.state.read().lowers.is_empty();
-        let can_redirect = self.opts.redirect_dir == crate::mount::RedirectDir::On
-            && self.follow_redirects();
+        let can_redirect =
+            self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects();
         let src_redirect = moves_lowers(&src);
         let dst_redirect = exchange && dst.as_deref().is_some_and(moves_lowers);
         if src_redirect && !can_redirect {
@@ -933,8 +938,7 @@ impl Overlay {
         // A pure-upper directory moved into a merged directory must not merge with lower
         // directories of its new name: mark it opaque, as the kernel does.
         let opaque = self.layers.ns.opaque();
-        if src.kind == FileKind::Directory && !src_redirect && new_parent.state.read().is_merge()
-        {
+        if src.kind == FileKind::Directory && !src_redirect && new_parent.state.read().is_merge() {
             let r = self.real(&src, LayerRef::Upper).map_err(serr)?;
             r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                 .map_err(serr)?;

@@ -1388,6 +1388,102 @@ fn metacopy_files_are_refused_not_shown_empty() {
     assert_eq!(read_all(&ovl, "empty"), "");
     let e = walk(&ovl, "data").unwrap_err().to_string();
     assert!(e.contains("metacopy") && e.contains("data"), "{e}");
+    drop(ovl);
+    // With metacopy=on they are followed to their data; one with no data below is EIO.
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    assert_eq!(read_all(&ovl, "data"), "lower data");
+    assert_eq!(read_all(&ovl, "low"), "real");
+    assert_eq!(read_all(&ovl, "empty"), "");
+    std::fs::File::create(f.upper.join("nodata"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    set_xattr(&f.upper.join("nodata"), "trusted.overlay.metacopy", b"");
+    assert_eq!(errno(walk(&ovl, "nodata")), libc::EIO);
+}
+
+/// As the kernel refuses `userxattr,redirect_dir=on`: with `user.overlay.*` xattrs any user
+/// could forge redirects.
+#[test]
+fn redirect_dir_on_is_refused_with_user_xattrs() {
+    let f = Fixture::new(1);
+    let stack = LayerStack::builder()
+        .lowers(f.lowers.iter())
+        .upper(&f.upper, &f.work)
+        .xattr_namespace(XattrNamespace::User)
+        .build()
+        .unwrap();
+    let opts = crate::OverlayOptions {
+        redirect_dir: crate::mount::RedirectDir::On,
+        ..Default::default()
+    };
+    let e = Overlay::with_options(stack, opts).unwrap_err();
+    assert!(matches!(e, Error::OptionConflict(_)), "{e}");
+}
+
+fn metacopy_options() -> crate::OverlayOptions {
+    crate::OverlayOptions {
+        redirect_dir: crate::mount::RedirectDir::On,
+        metacopy: true,
+        ..Default::default()
+    }
+}
+
+/// With metacopy=on a chmod of a lower file copies its metadata only (a sparse upper file
+/// of the right size marked `overlay.metacopy`), reads still see the lower data, a rename
+/// records where it is (`overlay.redirect`), and the first write-open copies the data in
+/// place and drops the marker. metacopy=on without redirect_dir=on is refused.
+#[test]
+fn metacopy_copies_metadata_first_and_data_on_write() {
+    use std::os::unix::fs::FileExt;
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("dir/big"), "0123456789");
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    let big = walk(&ovl, "dir/big").unwrap();
+    let changes = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    ovl.setattr(&big, &changes).unwrap();
+    let up = f.upper.join("dir/big");
+    let md = std::fs::metadata(&up).unwrap();
+    assert_eq!((md.len(), md.mode() & 0o777), (10, 0o600));
+    assert_eq!(std::fs::read(&up).unwrap(), [0u8; 10], "no data copied");
+    assert!(get_xattr(&up, "trusted.overlay.metacopy").is_some());
+    assert!(big.is_lower_only(), "the data is still below");
+    assert_eq!(read_all(&ovl, "dir/big"), "0123456789");
+    let dir = walk(&ovl, "dir").unwrap();
+    ovl.rename(
+        &dir,
+        OsStr::new("big"),
+        &ovl.root(),
+        OsStr::new("moved"),
+        RenameFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(
+        get_xattr(&f.upper.join("moved"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/dir/big"[..])
+    );
+    assert_eq!(read_all(&ovl, "moved"), "0123456789");
+    drop(ovl);
+    // A fresh mount finds the data through the redirect, and a write copies it.
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    assert_eq!(read_all(&ovl, "moved"), "0123456789");
+    let moved = walk(&ovl, "moved").unwrap();
+    ovl.open(&moved, libc::O_WRONLY)
+        .unwrap()
+        .write_all_at(b"AB", 0)
+        .unwrap();
+    assert_eq!(read_all(&ovl, "moved"), "AB23456789");
+    assert!(get_xattr(&f.upper.join("moved"), "trusted.overlay.metacopy").is_none());
+    assert_eq!(std::fs::read(f.upper.join("moved")).unwrap(), b"AB23456789");
+    drop(ovl);
+    let opts = crate::OverlayOptions {
+        metacopy: true,
+        ..Default::default()
+    };
+    assert!(Overlay::with_options(f.stack(), opts).is_err());
 }
 
 /// A directory carrying `overlay.redirect` (renamed by a kernel mount with redirect_dir=on)
