@@ -178,6 +178,101 @@ fn uppers_interchange(features: Features, default_cases: u32) {
     });
 }
 
+/// Mount the layers a backend leaves (in `tmp`) rotated: its upper becomes the top lower
+/// layer, under a fresh upper, with the kernel or with FUSE.
+fn remount_rotated(
+    tmp: tempfile::TempDir,
+    kernel: bool,
+    features: Features,
+) -> Box<dyn common::Backend> {
+    let s = FixtureStack::at(tmp.path());
+    let (u2, w2) = (tmp.path().join("upper2"), tmp.path().join("work2"));
+    for d in [&u2, &w2] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let mnt = tmp.path().join("mnt");
+    if kernel {
+        let data = format!(
+            "lowerdir={}:{}:{},upperdir={},workdir={},{}",
+            s.upper.display(),
+            s.lower1.display(),
+            s.lower0.display(),
+            u2.display(),
+            w2.display(),
+            features.kernel_options()
+        );
+        let g = common::kernel::KernelOverlay::mount_data(&data, &mnt)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Box::new(MountedBackend::new("kernel", mnt, u2, g, tmp))
+    } else {
+        let stack = LayerStack::builder()
+            .lower(&s.lower0)
+            .lower(&s.lower1)
+            .lower(&s.upper)
+            .upper(&u2, &w2)
+            .xattr_namespace(XattrNamespace::Trusted)
+            .build()
+            .unwrap_or_else(|e| panic!("stack: {e}"));
+        let g = mount_fuse_features(stack, &mnt, FsConfig::default(), features);
+        Box::new(MountedBackend::new("fuse", mnt, u2, g, tmp))
+    }
+}
+
+/// Layer rotation: the first half of a sequence runs on a kernel mount and on a FUSE mount;
+/// then each upper becomes the top lower layer under a fresh upper (the kernel's under FUSE,
+/// FUSE's under the kernel), and the second half runs there: whiteouts, opaque directories,
+/// redirects and metadata-only copies in a lower layer are read alike.
+fn layers_rotate(features: Features, default_cases: u32) {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    common::run_property_fn(default_cases, MAX_OPS, 1024, |ops| {
+        let (first, second) = ops.split_at(ops.len() / 2);
+        // No hard links go into the rotated layer: a FUSE request on a lower hard link names
+        // an inode, not which of its names the caller used, so a copy-up through FUSE may
+        // pick another name than the kernel overlay (which breaks the link either way).
+        let first: Vec<Op> = first
+            .iter()
+            .filter(|o| !matches!(o, Op::Link { .. }))
+            .cloned()
+            .collect();
+        let mut k = kernel_backend_with(features);
+        let mut f = fuse_backend_with(FsConfig::default(), features);
+        common::run_case(&first, &mut k, &mut f)
+            .map_err(|d| format!("{}, before the rotation: {d}", features.name()))?;
+        let (tk, tf) = (k.unmount(), f.unmount());
+        let mut f2 = remount_rotated(tk, false, features);
+        let mut k2 = remount_rotated(tf, true, features);
+        common::run_case_with(second, k2.as_mut(), f2.as_mut(), false).map_err(|d| {
+            format!(
+                "{}, after the rotation (uppers now lower layers; kernel over FUSE's, FUSE \
+                 over the kernel's): {d}",
+                features.name()
+            )
+        })
+    });
+}
+
+/// [`layers_rotate`] with the kernel's defaults.
+#[test]
+fn layers_rotate_with_defaults() {
+    layers_rotate(Features::DEFAULTS, 20);
+}
+
+/// [`layers_rotate`] with `redirect_dir=on`: redirects in a lower layer are followed.
+#[test]
+fn layers_rotate_with_redirect_dir() {
+    layers_rotate(Features::REDIRECT, 30);
+}
+
+/// [`layers_rotate`] with `redirect_dir=on,metacopy=on`: metadata-only copies in a lower
+/// layer find their data below.
+#[test]
+fn layers_rotate_with_metacopy() {
+    layers_rotate(Features::METACOPY, 30);
+}
+
 /// [`uppers_interchange`] with the kernel's defaults.
 #[test]
 fn uppers_interchange_with_defaults() {

@@ -360,14 +360,17 @@ impl Overlay {
                                     xwhiteouts: false,
                                 });
                                 self.record_lower_path(&mut paths, parent, name, &want, le.layer);
-                                if lower_metacopy {
-                                    continue;
+                                if !lower_metacopy {
+                                    need_data = false;
+                                    break;
                                 }
-                                need_data = false;
-                                break;
+                                next = self
+                                    .lower_file_redirect(dir.as_fd(), lname, &want, follow)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             None if lower_metacopy => {
-                                // A metadata-only lower file: its data is further down.
+                                // A metadata-only lower file: its data is further down, by
+                                // name or where its redirect points.
                                 kind = Some(k);
                                 need_data = true;
                                 state.metacopy = true;
@@ -376,7 +379,9 @@ impl Overlay {
                                     xwhiteouts: false,
                                 });
                                 ino = Some(self.layers.map_ino(layer, st.st_ino));
-                                continue;
+                                next = self
+                                    .lower_file_redirect(dir.as_fd(), lname, &want, follow)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
@@ -620,7 +625,37 @@ impl Overlay {
             Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
             Err(e) => return Err(("lookup (read overlay.redirect)", e)),
         };
-        let r = parse_redirect(&v)?;
+        self.next_wanted(&v, want, follow)
+    }
+
+    /// The redirect of metadata-only lower file `name` in `dir` (a renamed or linked one,
+    /// in an upper later used as a lower layer), as [`Overlay::lower_redirect`].
+    fn lower_file_redirect(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        want: &Wanted<'_>,
+        follow: bool,
+    ) -> RedirectResult<Wanted<'static>> {
+        let p = super::layers::proc_path(dir, name);
+        let v = match super::layers::read_xattr(|b| {
+            rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b)
+        }) {
+            Ok(v) => v,
+            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
+            Err(e) => return Err(("lookup (read overlay.redirect)", e)),
+        };
+        self.next_wanted(&v, want, follow)
+    }
+
+    /// Where the layers below look after a lower object's redirect `v`.
+    fn next_wanted(
+        &self,
+        v: &[u8],
+        want: &Wanted<'_>,
+        follow: bool,
+    ) -> RedirectResult<Wanted<'static>> {
+        let r = parse_redirect(v)?;
         if !follow {
             return Err((REDIRECT_REFUSED, Errno::PERM));
         }
