@@ -64,6 +64,7 @@ struct OverlayXattrs {
 }
 
 /// What a lookup asks the lower layers for: the kernel's `d.name`.
+#[derive(Clone)]
 enum Wanted<'a> {
     /// A name in the parent's lower directories.
     Name(std::borrow::Cow<'a, OsStr>),
@@ -73,6 +74,24 @@ enum Wanted<'a> {
 
 /// A redirect read, if any, or the operation to name and the errno.
 type RedirectResult<T> = std::result::Result<Option<T>, (&'static str, Errno)>;
+
+/// How a walk down an absolute path in one lower layer failed.
+enum WalkError {
+    /// Nothing there (or not a directory): the layer has no such path.
+    Missing(Errno),
+    /// A bad redirect on the way: the lookup fails (operation to name, errno).
+    Fatal(&'static str, Errno),
+}
+
+/// What a walk down an absolute path in one lower layer found.
+struct Walked {
+    /// The directory holding the last component.
+    dir: std::result::Result<Arc<std::os::fd::OwnedFd>, WalkError>,
+    /// The path the layers below look up instead (a redirect on the way).
+    rewritten: Option<PathBuf>,
+    /// An opaque directory or a whiteout on the way: no layer below is looked at.
+    stop: bool,
+}
 
 /// A well-formed `overlay.redirect` value.
 struct RedirectValue<'a> {
@@ -308,12 +327,40 @@ impl Overlay {
                 let layer = LayerRef::Lower(le.layer);
                 // A redirect read in this layer: where the layers below look.
                 let mut next: Option<Wanted<'_>> = None;
-                let (dir, lname): (_, &OsStr) = match &want {
-                    Wanted::Path(p) => (
-                        self.open_lower_path(layer, p.parent().unwrap_or(Path::new(""))),
-                        p.file_name().unwrap_or_default(),
-                    ),
-                    Wanted::Name(n) => (self.dir_fd(parent, layer), &**n),
+                // As the kernel, the last layer's opacity and redirects are not read (with
+                // nofollow: the last of the parent's layers).
+                let last = if follow {
+                    le.layer as usize == bottom
+                } else {
+                    i == stack.len()
+                };
+                // An absolute path is walked component by component: an opaque directory
+                // or a whiteout on the way stops the layers below, a redirect on the way
+                // changes where they look (the kernel's `ovl_lookup_layer`).
+                let mut stop_below = false;
+                let walked = match &want {
+                    Wanted::Path(p) => {
+                        let w = self.walk_lower_path(layer, p, follow, last);
+                        stop_below = w.stop;
+                        if let Some(r) = w.rewritten {
+                            next = Some(Wanted::Path(r));
+                        }
+                        Some(w.dir)
+                    }
+                    Wanted::Name(_) => None,
+                };
+                let walked = match walked {
+                    Some(Err(WalkError::Fatal(op, e))) => {
+                        return Err(self.name_err(op, parent, name, e))
+                    }
+                    Some(Err(WalkError::Missing(e))) => Some(Err(e)),
+                    Some(Ok(fd)) => Some(Ok(fd)),
+                    None => None,
+                };
+                let (dir, lname): (_, &OsStr) = match (&want, walked) {
+                    (Wanted::Path(p), Some(d)) => (d, p.file_name().unwrap_or_default()),
+                    (Wanted::Name(n), _) => (self.dir_fd(parent, layer), &**n),
+                    (Wanted::Path(_), None) => unreachable!("walked above"),
                 };
                 let dir = match dir {
                     Ok(d) => d,
@@ -323,14 +370,22 @@ impl Overlay {
                     | Err(Errno::NOTDIR)
                     | Err(Errno::XDEV)
                     | Err(Errno::NAMETOOLONG)
-                    | Err(Errno::LOOP) => continue,
+                    | Err(Errno::LOOP) => {
+                        if stop_below {
+                            break;
+                        }
+                        if let Some(w) = next {
+                            want = w;
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(err(e)),
                 };
                 match self
                     .lower_hit(dir.as_fd(), lname, le.xwhiteouts)
                     .map_err(err)?
                 {
-                    LayerHit::Absent => continue,
+                    LayerHit::Absent => {}
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
                         let k = FileKind::from_mode(st.st_mode);
@@ -364,9 +419,16 @@ impl Overlay {
                                     need_data = false;
                                     break;
                                 }
+                                let base = next.take();
                                 next = self
-                                    .lower_file_redirect(dir.as_fd(), lname, &want, follow)
-                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                                    .lower_file_redirect(
+                                        dir.as_fd(),
+                                        lname,
+                                        base.as_ref().unwrap_or(&want),
+                                        follow,
+                                    )
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?
+                                    .or(base);
                             }
                             None if lower_metacopy => {
                                 // A metadata-only lower file: its data is further down, by
@@ -379,9 +441,16 @@ impl Overlay {
                                     xwhiteouts: false,
                                 });
                                 ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                let base = next.take();
                                 next = self
-                                    .lower_file_redirect(dir.as_fd(), lname, &want, follow)
-                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                                    .lower_file_redirect(
+                                        dir.as_fd(),
+                                        lname,
+                                        base.as_ref().unwrap_or(&want),
+                                        follow,
+                                    )
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?
+                                    .or(base);
                             }
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
@@ -394,13 +463,6 @@ impl Overlay {
                                             self.layers.map_ino(layer, st.st_ino)
                                         }));
                                 }
-                                // As the kernel, the last layer's opacity and redirect are
-                                // not read (with nofollow: the last of the parent's layers).
-                                let last = if follow {
-                                    le.layer as usize == bottom
-                                } else {
-                                    i == stack.len()
-                                };
                                 let op = if covered.is_some() {
                                     // A mount point reads as an empty directory.
                                     Opacity::Transparent
@@ -419,11 +481,16 @@ impl Overlay {
                                     .map_err(err)?;
                                     let op = self.layers.lower_dir_opacity(sub.as_fd());
                                     if !last && op != Opacity::Opaque {
+                                        // Relative to the path as rewritten on the way.
+                                        let base = next.take();
                                         next = self
-                                            .lower_redirect(sub.as_fd(), &want, follow)
-                                            .map_err(|(op, e)| {
-                                                self.name_err(op, parent, name, e)
-                                            })?;
+                                            .lower_redirect(
+                                                sub.as_fd(),
+                                                base.as_ref().unwrap_or(&want),
+                                                follow,
+                                            )
+                                            .map_err(|(op, e)| self.name_err(op, parent, name, e))?
+                                            .or(base);
                                     }
                                     op
                                 };
@@ -455,6 +522,9 @@ impl Overlay {
                             Some(_) => break,
                         }
                     }
+                }
+                if stop_below {
+                    break;
                 }
                 if let Some(w) = next {
                     // An absolute redirect goes on from the roots, in the layers below this
@@ -668,6 +738,86 @@ impl Overlay {
             Wanted::Name(_) => Wanted::Name(std::borrow::Cow::Owned(body.to_os_string())),
             Wanted::Path(p) => Wanted::Path(p.parent().unwrap_or(Path::new("")).join(body)),
         }))
+    }
+
+    /// Walk down the directories of absolute lookup path `path` (all but its last
+    /// component) in lower `layer`, as the kernel's `ovl_lookup_layer`: a whiteout or a
+    /// non-directory on the way ends the walk and the search below; unless `last`, an opaque
+    /// directory on the way ends the search below, and a redirect on the way (followed when
+    /// `follow`, else EPERM) rewrites the path for the layers below (a relative one replaces
+    /// its component, an absolute one everything up to it).
+    fn walk_lower_path(&self, layer: LayerRef, path: &Path, follow: bool, last: bool) -> Walked {
+        let comps: Vec<&OsStr> = path.iter().collect();
+        let n = comps.len();
+        let mut fd = self.layers.root(layer).fd.clone();
+        let mut rewritten: Option<PathBuf> = None;
+        let mut stop = false;
+        let missing = |e, rewritten, stop| Walked {
+            dir: Err(WalkError::Missing(e)),
+            rewritten,
+            stop,
+        };
+        for (i, c) in comps.iter().enumerate().take(n.saturating_sub(1)) {
+            let st = match rustix::fs::statat(&*fd, *c, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(e) => return missing(e, rewritten, stop),
+            };
+            if format::is_whiteout_stat(st.st_mode, st.st_rdev)
+                || FileKind::from_mode(st.st_mode) != FileKind::Directory
+            {
+                return missing(Errno::NOENT, rewritten, true);
+            }
+            let sub = match rustix::fs::openat2(
+                &*fd,
+                *c,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::NONBLOCK
+                    | rustix::fs::OFlags::NOCTTY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+                super::layers::RESOLVE_LAYER,
+            ) {
+                Ok(s) => s,
+                Err(e) => return missing(e, rewritten, stop),
+            };
+            if !last {
+                if self.layers.lower_dir_opacity(sub.as_fd()) == Opacity::Opaque {
+                    stop = true;
+                } else {
+                    let cur = rewritten.clone().unwrap_or_else(|| path.to_path_buf());
+                    // The component's place in `cur`: the components after it are the
+                    // original path's.
+                    let keep = cur.iter().count().saturating_sub(n - i);
+                    let prefix: PathBuf = cur.iter().take(keep).collect();
+                    let here = Wanted::Path(prefix.join(c));
+                    match self.lower_redirect(sub.as_fd(), &here, follow) {
+                        Ok(Some(Wanted::Path(p))) => {
+                            let mut new = p;
+                            for rest in &comps[i + 1..] {
+                                new.push(rest);
+                            }
+                            rewritten = Some(new);
+                        }
+                        Ok(_) => {}
+                        Err((op, e)) => {
+                            return Walked {
+                                dir: Err(WalkError::Fatal(op, e)),
+                                rewritten,
+                                stop,
+                            }
+                        }
+                    }
+                }
+            }
+            fd = Arc::new(sub);
+        }
+        Walked {
+            dir: Ok(fd),
+            rewritten,
+            stop,
+        }
     }
 
     /// Record where the object looked up as `want` (for `name` in `parent`) is in lower

@@ -1402,6 +1402,26 @@ fn metacopy_files_are_refused_not_shown_empty() {
     assert_eq!(errno(walk(&ovl, "nodata")), libc::EIO);
 }
 
+/// An absolute redirect through a directory that was itself renamed in a lower layer (an
+/// upper with redirects later used as a lower): the rename on the way is followed for the
+/// layers below, as the kernel's `ovl_lookup_layer` does (observed on 6.18: `d/q` with
+/// redirect `/x/m`, where `x` in the top lower carries redirect `m`, lists `m/m` of the
+/// bottom layer).
+#[test]
+fn absolute_redirect_through_a_renamed_lower_directory() {
+    need_root!();
+    let f = Fixture::new(2);
+    write(&f.lowers[0].join("m/m/f"), "deep");
+    std::fs::create_dir(f.lowers[1].join("x")).unwrap();
+    set_xattr(&f.lowers[1].join("x"), "trusted.overlay.redirect", b"m");
+    whiteout(&f.lowers[1].join("m"));
+    std::fs::create_dir_all(f.upper.join("d/q")).unwrap();
+    set_xattr(&f.upper.join("d/q"), "trusted.overlay.redirect", b"/x/m");
+    let ovl = f.overlay();
+    assert_eq!(names(&ovl, &walk(&ovl, "d/q").unwrap()), ["f"]);
+    assert_eq!(read_all(&ovl, "d/q/f"), "deep");
+}
+
 /// As the kernel refuses `userxattr,redirect_dir=on`: with `user.overlay.*` xattrs any user
 /// could forge redirects.
 #[test]
