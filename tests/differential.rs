@@ -97,52 +97,36 @@ fn engine_with_node_cache_matches_kernel() {
     });
 }
 
-/// Generated sequences with `redirect_dir=on`: lower and merged directories are renamed
-/// (the upper copy gets `overlay.redirect`, the old name a whiteout), on both sides; the
-/// engine with and without nodes kept across operations.
-#[test]
-fn engine_matches_kernel_with_redirect_dir() {
+/// Generated sequences with the options of `f` on both sides, the engine with and without
+/// nodes kept across operations.
+fn engine_matches_kernel_with(f: Features, default_cases: u32) {
     init();
     if !require_mounts() {
         return;
     }
-    let f = Features::REDIRECT;
-    run_property(150, || {
-        (
-            Box::new(kernel_backend_with(f)),
-            Box::new(EngineBackend::with_features(f, false)),
-        )
-    });
-    run_property(150, || {
-        (
-            Box::new(kernel_backend_with(f)),
-            Box::new(EngineBackend::with_features(f, true)),
-        )
-    });
+    for node_cache in [false, true] {
+        run_property(default_cases, || {
+            (
+                Box::new(kernel_backend_with(f)),
+                Box::new(EngineBackend::with_features(f, node_cache)),
+            )
+        });
+    }
 }
 
-/// Generated sequences with `redirect_dir=on,metacopy=on`: chmod, xattr changes, hard links
-/// and renames of lower files copy up their metadata only; writes and truncations then
-/// copy the data.
+/// Generated sequences with `redirect_dir=on`: lower and merged directories are renamed
+/// (the upper copy gets `overlay.redirect`, the old name a whiteout), on both sides.
+#[test]
+fn engine_matches_kernel_with_redirect_dir() {
+    engine_matches_kernel_with(Features::REDIRECT, 150);
+}
+
+/// Generated sequences with `redirect_dir=on,metacopy=on`: chmod, chown, times, xattr
+/// changes, hard links and renames of lower files copy up their metadata only; writes and
+/// truncations then copy the data.
 #[test]
 fn engine_matches_kernel_with_metacopy() {
-    init();
-    if !require_mounts() {
-        return;
-    }
-    let f = Features::METACOPY;
-    run_property(150, || {
-        (
-            Box::new(kernel_backend_with(f)),
-            Box::new(EngineBackend::with_features(f, false)),
-        )
-    });
-    run_property(150, || {
-        (
-            Box::new(kernel_backend_with(f)),
-            Box::new(EngineBackend::with_features(f, true)),
-        )
-    });
+    engine_matches_kernel_with(Features::METACOPY, 150);
 }
 
 /// Directory renames with `redirect_dir=on`: a merged directory renamed within its parent

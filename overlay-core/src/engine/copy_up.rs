@@ -137,14 +137,7 @@ impl Overlay {
         let upper = self.real(node, LayerRef::Upper).map_err(err)?;
         let (ufd, _) = self.open_real("copy-up", node, &upper, OFlags::WRONLY)?;
         if with_data {
-            let data = self.data_real("copy-up", node)?;
-            let layer = match data.layer {
-                LayerRef::Lower(i) => i,
-                LayerRef::Upper => 0,
-            };
-            let (dfd, dst) = self.open_real("copy-up", node, &data, OFlags::RDONLY)?;
-            self.copy_data(layer, &dfd, &ufd, dst.st_size as u64)
-                .map_err(err)?;
+            self.copy_data_of(node, &ufd)?;
             if self.opts.fsync != FsyncMode::Volatile {
                 rustix::fs::fsync(&ufd).map_err(err)?;
             }
@@ -155,6 +148,18 @@ impl Overlay {
         }
         node.state.write().metacopy = false;
         Ok(())
+    }
+
+    /// Copy the data of metadata-only `node` (from the lower file below it) into `dst`.
+    fn copy_data_of(&self, node: &NodeRef, dst: &OwnedFd) -> Result<()> {
+        let data = self.data_real("copy-up", node)?;
+        let layer = match data.layer {
+            LayerRef::Lower(i) => i,
+            LayerRef::Upper => 0,
+        };
+        let (src, st) = self.open_real("copy-up", node, &data, OFlags::RDONLY)?;
+        self.copy_data(layer, &src, dst, st.st_size as u64)
+            .map_err(|e| self.node_err("copy-up", node, e))
     }
 
     /// Copy `node` up, its parent being in upper already; `meta_only`: a regular file's
@@ -237,14 +242,7 @@ impl Overlay {
                     rustix::fs::ftruncate(&dst, st.st_size as u64).map_err(err)?;
                 } else if with_data && lower_metacopy {
                     // A metadata-only lower file: the data comes from the one below it.
-                    let data = self.data_real("copy-up", node)?;
-                    let layer = match data.layer {
-                        LayerRef::Lower(i) => i,
-                        LayerRef::Upper => 0,
-                    };
-                    let (dfd, dst_st) = self.open_real("copy-up", node, &data, OFlags::RDONLY)?;
-                    self.copy_data(layer, &dfd, &dst, dst_st.st_size as u64)
-                        .map_err(err)?;
+                    self.copy_data_of(node, &dst)?;
                 } else if with_data {
                     self.copy_data(lower_layer, &src, &dst, st.st_size as u64)
                         .map_err(err)?;

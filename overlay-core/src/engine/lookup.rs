@@ -93,6 +93,18 @@ struct Walked {
     stop: bool,
 }
 
+/// Read an `overlay.redirect` value with `get` (an `fgetxattr` or `lgetxattr`); `None`
+/// when there is none.
+fn read_redirect(
+    get: impl FnMut(&mut [u8]) -> std::result::Result<usize, Errno>,
+) -> RedirectResult<Vec<u8>> {
+    match super::layers::read_xattr(get) {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(("lookup (read overlay.redirect)", e)),
+    }
+}
+
 /// A well-formed `overlay.redirect` value.
 struct RedirectValue<'a> {
     /// `/a/b`: a path from the overlay root; else a bare name.
@@ -419,16 +431,9 @@ impl Overlay {
                                     need_data = false;
                                     break;
                                 }
-                                let base = next.take();
                                 next = self
-                                    .lower_file_redirect(
-                                        dir.as_fd(),
-                                        lname,
-                                        base.as_ref().unwrap_or(&want),
-                                        follow,
-                                    )
-                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?
-                                    .or(base);
+                                    .file_redirect_below(dir.as_fd(), lname, &want, next, follow)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             None if lower_metacopy => {
                                 // A metadata-only lower file: its data is further down, by
@@ -441,16 +446,9 @@ impl Overlay {
                                     xwhiteouts: false,
                                 });
                                 ino = Some(self.layers.map_ino(layer, st.st_ino));
-                                let base = next.take();
                                 next = self
-                                    .lower_file_redirect(
-                                        dir.as_fd(),
-                                        lname,
-                                        base.as_ref().unwrap_or(&want),
-                                        follow,
-                                    )
-                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?
-                                    .or(base);
+                                    .file_redirect_below(dir.as_fd(), lname, &want, next, follow)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
@@ -646,12 +644,9 @@ impl Overlay {
             return Ok(None);
         }
         let p = super::layers::proc_path(dir, name);
-        let v = match super::layers::read_xattr(|b| {
-            rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b)
-        }) {
-            Ok(v) => v,
-            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
-            Err(e) => return Err(("lookup (read overlay.redirect)", e)),
+        let Some(v) = read_redirect(|b| rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b))?
+        else {
+            return Ok(None);
         };
         let r = parse_redirect(&v)?;
         if !follow {
@@ -690,12 +685,10 @@ impl Overlay {
         if !xattr_present(sub, x) {
             return Ok(None);
         }
-        let v = match super::layers::read_xattr(|b| rustix::fs::fgetxattr(sub, x, b)) {
-            Ok(v) => v,
-            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
-            Err(e) => return Err(("lookup (read overlay.redirect)", e)),
-        };
-        self.next_wanted(&v, want, follow)
+        match read_redirect(|b| rustix::fs::fgetxattr(sub, x, b))? {
+            Some(v) => self.next_wanted(&v, want, follow),
+            None => Ok(None),
+        }
     }
 
     /// The redirect of metadata-only lower file `name` in `dir` (a renamed or linked one,
@@ -708,14 +701,27 @@ impl Overlay {
         follow: bool,
     ) -> RedirectResult<Wanted<'static>> {
         let p = super::layers::proc_path(dir, name);
-        let v = match super::layers::read_xattr(|b| {
-            rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b)
-        }) {
-            Ok(v) => v,
-            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
-            Err(e) => return Err(("lookup (read overlay.redirect)", e)),
-        };
-        self.next_wanted(&v, want, follow)
+        match read_redirect(|b| rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b))? {
+            Some(v) => self.next_wanted(&v, want, follow),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the layers below look for the data of metadata-only lower file `lname` in
+    /// `dir`, looked up as `want`: its redirect, relative to `rewritten` (what a redirect on
+    /// the way made of `want`), else `rewritten` itself.
+    fn file_redirect_below<'a>(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        lname: &OsStr,
+        want: &Wanted<'_>,
+        rewritten: Option<Wanted<'a>>,
+        follow: bool,
+    ) -> RedirectResult<Wanted<'a>> {
+        let base = rewritten.as_ref().unwrap_or(want);
+        Ok(self
+            .lower_file_redirect(dir, lname, base, follow)?
+            .or(rewritten))
     }
 
     /// Where the layers below look after a lower object's redirect `v`.
