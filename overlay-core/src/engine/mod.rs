@@ -763,6 +763,7 @@ impl Overlay {
                 if node.kind == FileKind::Directory && node.state.read().is_merge() {
                     a.nlink = 1;
                 }
+                self.metacopy_blocks(&node, &mut a);
                 Ok((node, a))
             }
             None => {
@@ -848,7 +849,22 @@ impl Overlay {
             // As the kernel: counting subdirectories of a merged directory is not worth it.
             a.nlink = 1;
         }
+        self.metacopy_blocks(node, &mut a);
         Ok(a)
+    }
+
+    /// As the kernel: a metadata-only copy reports the blocks of its data (the lower file),
+    /// not those of the sparse upper file.
+    fn metacopy_blocks(&self, node: &NodeRef, a: &mut Attr) {
+        if !node.state.read().metacopy || !self.metacopy_now(node) {
+            return;
+        }
+        if let Ok(st) = self
+            .data_real("getattr", node)
+            .and_then(|r| r.stat().map_err(|e| self.node_err("getattr", node, e)))
+        {
+            a.blocks = st.st_blocks as u64;
+        }
     }
 
     /// Target of a symlink.

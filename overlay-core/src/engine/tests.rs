@@ -1471,6 +1471,9 @@ fn metacopy_copies_metadata_first_and_data_on_write() {
     assert_eq!(std::fs::read(&up).unwrap(), [0u8; 10], "no data copied");
     assert!(get_xattr(&up, "trusted.overlay.metacopy").is_some());
     assert!(big.is_lower_only(), "the data is still below");
+    // As the kernel: the blocks of the data.
+    let lower_blocks = std::fs::metadata(f.lowers[0].join("dir/big")).unwrap().blocks();
+    assert_eq!(ovl.getattr(&big).unwrap().blocks, lower_blocks);
     assert_eq!(read_all(&ovl, "dir/big"), "0123456789");
     let dir = walk(&ovl, "dir").unwrap();
     ovl.rename(
