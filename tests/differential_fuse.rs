@@ -133,6 +133,37 @@ fn fuse_matches_kernel_with_metacopy() {
     });
 }
 
+/// metacopy=on: a chmod through a symlink copies up the target's metadata; an open for
+/// write then copies its data, which changes its modification time (as the kernel's).
+#[test]
+fn fuse_metacopy_data_copy_up_on_open() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::METACOPY;
+    let ops = [
+        Op::Chmod {
+            path: p("e"),
+            mode: 0o644,
+        },
+        Op::Stat {
+            path: p("b"),
+            follow: false,
+        },
+        Op::Create {
+            path: p("b"),
+            mode: 0o666,
+            excl: false,
+        },
+    ];
+    assert_same(
+        &ops,
+        &mut kernel_backend_with(f),
+        &mut fuse_backend_with(FsConfig::default(), f),
+    );
+}
+
 /// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
 /// kernel or with FUSE, with the options of `features`.
 fn remount(tmp: tempfile::TempDir, kernel: bool, features: Features) -> Box<dyn common::Backend> {

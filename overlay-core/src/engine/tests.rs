@@ -1472,7 +1472,9 @@ fn metacopy_copies_metadata_first_and_data_on_write() {
     assert!(get_xattr(&up, "trusted.overlay.metacopy").is_some());
     assert!(big.is_lower_only(), "the data is still below");
     // As the kernel: the blocks of the data.
-    let lower_blocks = std::fs::metadata(f.lowers[0].join("dir/big")).unwrap().blocks();
+    let lower_blocks = std::fs::metadata(f.lowers[0].join("dir/big"))
+        .unwrap()
+        .blocks();
     assert_eq!(ovl.getattr(&big).unwrap().blocks, lower_blocks);
     assert_eq!(read_all(&ovl, "dir/big"), "0123456789");
     let dir = walk(&ovl, "dir").unwrap();
