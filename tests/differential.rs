@@ -204,6 +204,50 @@ fn regression_directory_renames_with_redirect_dir() {
     );
 }
 
+/// A directory renamed over a non-empty pure upper directory: ENOTEMPTY, but, as the
+/// kernel leaves that check to the upper filesystem, only after the source was copied up
+/// and marked (opaque when it moves into a merged directory; its redirect with
+/// `redirect_dir=on`), which stays.
+#[test]
+fn regression_rename_over_a_non_empty_upper_directory() {
+    let ops = [
+        Op::Mkdir {
+            path: p("c"),
+            mode: 0o755,
+        },
+        Op::Mkdir {
+            path: p("e2"),
+            mode: 0o755,
+        },
+        Op::Rename {
+            from: p("a"),
+            to: p("c/a"),
+            mode: RenameMode::Plain,
+        },
+        Op::Rename {
+            from: p("e2"),
+            to: p("c"),
+            mode: RenameMode::Plain,
+        },
+        Op::Rename {
+            from: p("d"),
+            to: p("c"),
+            mode: RenameMode::Plain,
+        },
+    ];
+    init();
+    if !require_mounts() {
+        return;
+    }
+    for f in [Features::DEFAULTS, Features::REDIRECT, Features::METACOPY] {
+        assert_same(
+            &ops,
+            &mut kernel_backend_with(f),
+            &mut EngineBackend::with_features(f, false),
+        );
+    }
+}
+
 fn p(s: &str) -> String {
     s.to_string()
 }

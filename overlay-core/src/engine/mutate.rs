@@ -902,11 +902,20 @@ impl Overlay {
         if dst_redirect && !can_redirect {
             return Err(nerr(Errno::XDEV));
         }
+        // A directory replaced by the rename must be empty. As the kernel, one with lower
+        // directories is checked now, a pure upper one (whose emptiness the kernel leaves to
+        // the upper filesystem's rename) only after the copy-ups and the redirect or opaque
+        // marker of the source: those stay when the rename then fails.
+        let mut check_empty_late = false;
         let _dg = match &dst {
             Some(d) if !exchange && d.kind == FileKind::Directory => {
                 let g = d.dir_lock().write();
-                if self.merged_empty_locked(d)?.is_none() {
-                    return Err(nerr(Errno::NOTEMPTY));
+                if !d.state.read().lowers.is_empty() {
+                    if self.merged_empty_locked(d)?.is_none() {
+                        return Err(nerr(Errno::NOTEMPTY));
+                    }
+                } else {
+                    check_empty_late = true;
                 }
                 Some(g)
             }
@@ -960,15 +969,25 @@ impl Overlay {
         let src_redirect = src_redirect || self.metacopy_now(&src);
         let dst_redirect =
             dst_redirect || exchange && dst.as_ref().is_some_and(|d| self.metacopy_now(d));
-        let src_moved = if src_redirect {
-            Some(self.set_redirect(&src, same_dir).map_err(serr)?)
-        } else {
-            None
-        };
-        let dst_moved = match &dst {
-            Some(d) if dst_redirect => Some(self.set_redirect(d, same_dir).map_err(nerr)?),
-            _ => None,
-        };
+        // The node learns its redirect at once (the lower paths it records hold before and
+        // after the move), as the kernel's in-memory one, which stays if the rename fails.
+        if src_redirect {
+            let r = self.set_redirect(&src, same_dir).map_err(serr)?;
+            src.state.write().redirect = Some(Arc::new(r));
+        }
+        if let Some(d) = &dst {
+            if dst_redirect {
+                let r = self.set_redirect(d, same_dir).map_err(nerr)?;
+                d.state.write().redirect = Some(Arc::new(r));
+            }
+        }
+        if check_empty_late {
+            if let Some(d) = &dst {
+                if self.merged_empty_locked(d)?.is_none() {
+                    return Err(nerr(Errno::NOTEMPTY));
+                }
+            }
+        }
 
         // The replaced object's attributes from removal time, taken while its name still
         // holds it.
@@ -1053,12 +1072,6 @@ impl Overlay {
         }
 
         // Update the node tree.
-        if let Some(r) = src_moved {
-            src.state.write().redirect = Some(Arc::new(r));
-        }
-        if let (Some(r), Some(d)) = (dst_moved, &dst) {
-            d.state.write().redirect = Some(Arc::new(r));
-        }
         if exchange {
             let d = dst.as_ref().expect("exchange target");
             parent.remove_child(name, Arc::as_ptr(&src));
