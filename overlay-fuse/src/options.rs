@@ -43,6 +43,7 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
                      in a lower layer be renamed (overlay.redirect); default follow
      metacopy=on|off as the kernel's: chmod, chown, times, xattrs of a lower file copy up its
                      metadata only, the data on the first write (implies redirect_dir=on)
+     index=off       accepted; index=on (and nfs_export=on) are not supported (refused)
      threads=N       FUSE worker threads
      max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
@@ -419,7 +420,16 @@ fn apply_option(
             }
         }
         "metacopy" => req.metacopy = Some(parse_bool(key, &need(value)?)?),
-        "plugins" | "fast_ino" | "xino" | "ino32_t" | "index" | "nfs_export" => {
+        // Not implemented: refused rather than ignored (hard links to lower files would
+        // break on copy-up, which is what index=on is asked for to prevent).
+        "index" | "nfs_export" if value.is_none_or(|v| parse_bool(key, v).unwrap_or(true)) => {
+            return Err(Error::Options(format!(
+                "{opt}: not supported by ovl-fuse (hard links to lower files break on copy-up, \
+                 as with the kernel's index=off)"
+            )));
+        }
+        "index" | "nfs_export" => {}
+        "plugins" | "fast_ino" | "xino" | "ino32_t" => {
             req.warnings
                 .push(format!("{opt} is not implemented; ignored"));
         }
@@ -567,8 +577,9 @@ mod tests {
         assert_eq!(m.redirect_dir, Some(RedirectDir::NoFollow));
         assert!(parse_args(["-o", "lowerdir=/l,redirect_dir=sideways", "/m"]).is_err());
         assert!(parse_args(["-o", "lowerdir=/l,metacopy=maybe", "/m"]).is_err());
-        let m = mount(&["-o", "lowerdir=/l,index=on", "/m"]);
-        assert_eq!(m.warnings.len(), 1);
+        assert!(parse_args(["-o", "lowerdir=/l,index=on", "/m"]).is_err());
+        let m = mount(&["-o", "lowerdir=/l,index=off,nfs_export=0", "/m"]);
+        assert!(m.warnings.is_empty());
     }
 
     #[test]
