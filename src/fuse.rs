@@ -12,12 +12,21 @@ use overlay_core::mount::mountinfo::read_mountinfo;
 
 use crate::{Error, PreparedUpper, Request, Result};
 
+/// The path of the running executable, read once: after entering a new mount namespace,
+/// `/proc/self/exe` names it relative to its filesystem when that is not the root one (the
+/// old namespace's mount is not reachable from the new one), e.g. `/ovl-test-x/ovl` for
+/// `/dev/shm/ovl-test-x/ovl`. [`crate::enter_private_namespace`] reads it before entering.
+pub(crate) fn own_exe() -> Option<PathBuf> {
+    static EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().ok()).clone()
+}
+
 /// The `ovl-fuse` program: `$OVL_FUSE`, next to the running executable, or in `PATH`.
 pub(crate) fn find_program() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("OVL_FUSE") {
         return Ok(PathBuf::from(p));
     }
-    if let Ok(exe) = std::env::current_exe() {
+    if let Some(exe) = own_exe() {
         // Next to us, or (tests: target/debug/deps/x) one directory up.
         for dir in exe.ancestors().skip(1).take(2) {
             let p = dir.join("ovl-fuse");
@@ -119,6 +128,9 @@ impl FuseMount {
         if req.options.metacopy {
             opts.extend(b",metacopy=on");
         }
+        if req.squash_to_root {
+            opts.extend(b",squash_to_root");
+        }
         // The same per-mount flags as a kernel overlay of this request (nodev,nosuid unless
         // asked otherwise; ovl-fuse's own default is nodev,nosuid too).
         let o = &req.options;
@@ -126,6 +138,11 @@ impl FuseMount {
         opts.extend(if o.nosuid { &b",nosuid"[..] } else { b",suid" });
         if o.noexec {
             opts.extend(b",noexec");
+        }
+        // ovl-fuse mounts noatime unless told otherwise; strictatime is passed on (fuser
+        // turns it into the kernel's default, relatime: it asks for atime or noatime only).
+        if o.atime == overlay_core::Atime::Strictatime {
+            opts.extend(b",strictatime");
         }
         let opts = OsString::from_vec(opts);
         // A private directory of ours for the daemon's pid file and, unless the caller

@@ -19,11 +19,19 @@
 //! # Ok::<(), overlay::Error>(())
 //! ```
 //!
+//! Lowers may be image files: squashfs and EROFS images are loop-mounted by the kernel
+//! backend as root; without root, for the FUSE backend, and for ISO 9660 images always, they
+//! are served by `squashfuse`, `erofsfuse` or `fuseiso` (module `image`).
+//! [`Request::squash_to_root`] gives an unprivileged caller a root-like view (FUSE), and
+//! [`Request::data_lowers`] composefs-style data-only layers (kernel backend).
+//!
 //! The layer engine itself ([`core::Overlay`]) and the kernel backend's building blocks
 //! ([`core::MountSpec`], [`core::KernelMount`]) are re-exported under [`core`].
 #![warn(missing_docs)]
 
 mod fuse;
+mod image;
+pub use image::image_programs;
 pub mod namespace;
 mod sys;
 
@@ -174,6 +182,9 @@ pub struct Request {
     namespace: Namespace,
     scratch: Option<PathBuf>,
     fuse_log: Option<PathBuf>,
+    squash_to_root: bool,
+    tmpfs_inodes: Option<u64>,
+    data_lowers: Vec<PathBuf>,
 }
 
 impl Request {
@@ -192,7 +203,42 @@ impl Request {
             namespace: Namespace::Current,
             scratch: None,
             fuse_log: None,
+            squash_to_root: false,
+            tmpfs_inodes: None,
+            data_lowers: Vec::new(),
         }
+    }
+
+    /// Data-only lower layers below the lowers (composefs-style stacks: the lowers hold
+    /// metacopy files whose redirects name objects in these), in lookup order. Kernel backend
+    /// only, with `metacopy=on` in [`Request::options`] (see
+    /// [`core::MountSpec::new_with_data_lowers`]); the FUSE backend is skipped.
+    pub fn data_lowers<I, P>(mut self, dirs: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        self.data_lowers = dirs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Cap the number of inodes of a tmpfs upper ([`Upper::Tmpfs`]; tmpfs's `nr_inodes=`),
+    /// so a runaway program cannot fill memory with empty files either.
+    pub fn tmpfs_inodes(mut self, inodes: Option<u64>) -> Self {
+        self.tmpfs_inodes = inodes;
+        self
+    }
+
+    /// Show every file as owned by root (uid and gid 0), whoever owns it in the layers; a
+    /// chown through the mount succeeds and changes nothing, and copy-up leaves copies owned
+    /// by the mounting user. With [`Namespace::Private`] and no privilege, that is a
+    /// root-like view for an unprivileged user: root inside the user namespace over files
+    /// that look like root's, so `/usr` can be changed on a throwaway upper (only what the
+    /// user cannot read, such as a 0600 file of root, cannot be copied up). Only the FUSE
+    /// backend can squash ownership: the kernel backends are skipped.
+    pub fn squash_to_root(mut self, squash: bool) -> Self {
+        self.squash_to_root = squash;
+        self
     }
 
     /// Set the upper layer.
@@ -264,7 +310,7 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    fn mount(parent: &Path, size: Option<&str>) -> Result<Tmpfs> {
+    fn mount(parent: &Path, size: Option<&str>, inodes: Option<u64>) -> Result<Tmpfs> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -281,6 +327,9 @@ impl Tmpfs {
         if let Some(s) = size {
             data.push_str(",size=");
             data.push_str(s);
+        }
+        if let Some(n) = inodes {
+            data.push_str(&format!(",nr_inodes={n}"));
         }
         let data = std::ffi::CString::new(data).expect("no NUL in tmpfs options");
         if let Err(e) = rustix::mount::mount(
@@ -390,6 +439,8 @@ pub struct Mounted {
     // Field order is drop order: the overlay goes before the tmpfs under it.
     kernel: Option<KernelMount>,
     fuse: Option<fuse::FuseMount>,
+    /// Image lowers served by FUSE programs (squashfuse, fuseiso, ...), below the overlay.
+    images: Vec<image::FuseImage>,
     binds: Vec<LowerBind>,
     tmpfs: Option<Tmpfs>,
     target: PathBuf,
@@ -483,7 +534,7 @@ impl Mounted {
 
     /// Leave the stack mounted after the guard is gone; returns what to undo later.
     pub fn keep(mut self) -> KeptMount {
-        let images = self
+        let mut images: Vec<PathBuf> = self
             .kernel
             .as_ref()
             .map(|k| {
@@ -497,6 +548,7 @@ impl Mounted {
             k.detach();
         }
         let fuse_pid = self.fuse.take().and_then(fuse::FuseMount::keep);
+        images.extend(self.images.drain(..).map(image::FuseImage::keep));
         for b in self.binds.drain(..) {
             std::mem::forget(b);
         }
@@ -543,6 +595,7 @@ impl Mounted {
         Mounted {
             kernel,
             fuse,
+            images: Vec::new(),
             binds,
             target,
             backend,
@@ -817,7 +870,7 @@ fn prepare_upper(req: &Request, lowers: &[PathBuf], target: &Path) -> Result<Pre
         }
         Upper::Tmpfs { size } => {
             let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
-            let t = Tmpfs::mount(&parent, size.as_deref())?;
+            let t = Tmpfs::mount(&parent, size.as_deref(), req.tmpfs_inodes)?;
             let u = (t.dir.join("upper"), t.dir.join("work"));
             Ok(PreparedUpper {
                 tmpfs: Some(t),
@@ -848,6 +901,12 @@ fn build_stack(
 pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
     let target = std::fs::canonicalize(target.as_ref())
         .map_err(|e| overlay_core::Error::io("resolve mount target", target.as_ref(), e))?;
+    if req.backend == Backend::Fuse && !req.data_lowers.is_empty() {
+        return Err(Error::Fuse {
+            target,
+            reason: "data-only lower layers (composefs-style) are mounted by the kernel backend only: the FUSE backend does not follow metacopy files into them".into(),
+        });
+    }
     let probe = overlay_core::mount::probe();
     let mut reasons = Vec::new();
     let privileged = overlay_core::mount::has_cap_sys_admin_in_initial_namespace();
@@ -895,13 +954,44 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             }
         }
     }
+    // Image lowers the kernel cannot loop-mount for us are served by FUSE programs.
+    let mut images = Vec::new();
+    for (i, l) in lowers_canon.iter().enumerate() {
+        let Some(kind) = image::ImageKind::of(l) else {
+            continue;
+        };
+        let through_fuse = kind == image::ImageKind::Iso9660
+            || !privileged
+            || req.backend == Backend::Fuse
+            || req.squash_to_root;
+        if through_fuse {
+            let parent = req.scratch.clone().unwrap_or_else(std::env::temp_dir);
+            let im = image::FuseImage::mount(l, kind, &parent)?;
+            reasons.push(format!(
+                "image lower {}: served by {}",
+                l.display(),
+                kind.program_name()
+            ));
+            lowers_mount[i] = im.dir.clone();
+            images.push(im);
+        }
+    }
     // Errors name the tmpfs upper and bound lowers by what the caller gave, not by our
     // temporary directories.
-    let renames = internal_names(&prepared, &binds);
+    let mut renames = internal_names(&prepared, &binds);
+    renames.extend(images.iter().map(|im| (im.dir.clone(), im.image.clone())));
     let mut last_err: Option<Error> = None;
 
     // 2. The kernel overlay.
-    if try_kernel {
+    if try_kernel && req.squash_to_root {
+        reasons.push(
+            "kernel: not tried: only the FUSE backend shows every file as owned by root (squash_to_root)"
+                .into(),
+        );
+        if req.backend == Backend::Kernel {
+            return Err(Error::NoBackend { target, reasons });
+        }
+    } else if try_kernel {
         let kernel_ok = if in_userns {
             probe.backend("kernel-userns")
         } else {
@@ -926,7 +1016,12 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             };
             let attempt = build_stack(&lowers_mount, &prepared, ns)
                 .and_then(|stack| {
-                    let spec = MountSpec::new(&stack, &req.options, &target)?;
+                    let spec = MountSpec::new_with_data_lowers(
+                        &stack,
+                        &req.data_lowers,
+                        &req.options,
+                        &target,
+                    )?;
                     tracing::debug!("mounting: {spec}");
                     Ok(spec.mount()?)
                 })
@@ -939,14 +1034,16 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
                         Chosen::Kernel
                     };
                     reasons.push(format!("{chosen}: mounted"));
-                    return Ok(Mounted::assemble(
+                    let mut m = Mounted::assemble(
                         (Some(k), None, chosen),
                         prepared,
                         binds,
                         target,
                         reasons,
                         lowers_canon,
-                    ));
+                    );
+                    m.images = images;
+                    return Ok(m);
                 }
                 // The layers themselves are wrong: every backend would say the same, once is
                 // enough.
@@ -960,7 +1057,12 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
     }
 
     // 3. FUSE.
-    if try_fuse {
+    if try_fuse && !req.data_lowers.is_empty() {
+        reasons.push(
+            "fuse: not tried: data-only lower layers (composefs-style) are mounted by the kernel backend only"
+                .into(),
+        );
+    } else if try_fuse {
         let fuse_ok = if privileged || in_userns {
             probe.backend("fuse")
         } else {
@@ -974,14 +1076,16 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
             {
                 Ok(f) => {
                     reasons.push("fuse: mounted".into());
-                    return Ok(Mounted::assemble(
+                    let mut m = Mounted::assemble(
                         (None, Some(f), Chosen::Fuse),
                         prepared,
                         binds,
                         target,
                         reasons,
                         lowers_canon,
-                    ));
+                    );
+                    m.images = images;
+                    return Ok(m);
                 }
                 Err(e) => {
                     reasons.push(format!("fuse: failed: {e}"));
@@ -1106,6 +1210,8 @@ pub fn release_image(dir: impl AsRef<Path>) -> Result<()> {
     let flags = rustix::mount::UnmountFlags::NOFOLLOW;
     match rustix::mount::unmount(dir, flags) {
         Ok(()) => {}
+        // A FUSE image lower of a user without privileges: fusermount3 unmounts it.
+        Err(rustix::io::Errno::PERM) => fuse::unmount_fuse(dir, false, true)?,
         Err(rustix::io::Errno::BUSY) => {
             rustix::mount::unmount(dir, flags | rustix::mount::UnmountFlags::DETACH).map_err(
                 |e| overlay_core::Error::io("unmount image lower", image, std::io::Error::from(e)),

@@ -42,6 +42,9 @@ pub fn enter_private_namespace(user: bool) -> Result<PrivateNamespace> {
             "a multi-threaded process cannot enter a new user namespace (unshare(CLONE_NEWUSER) needs a single thread)".into(),
         ));
     }
+    // Where our own executable is, while its path still means what it says (the FUSE
+    // backend finds ovl-fuse next to it).
+    let _ = crate::fuse::own_exe();
     let uid = rustix::process::geteuid().as_raw();
     let gid = rustix::process::getegid().as_raw();
     crate::sys::unshare_namespaces(user).map_err(|e| {

@@ -91,6 +91,12 @@ pub enum Command {
     /// Validate the on-disk format of an upper layer and its workdir.
     #[command(long_about = CHECK_ABOUT, after_long_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
+    /// Empty a persistence directory (--persist DIR) atomically.
+    #[command(long_about = RESET_ABOUT, after_long_help = "EXAMPLES:\n    ovl reset /var/lib/live/persist")]
+    Reset(ResetArgs),
+    /// Save an upper layer as a squashfs or EROFS image, a new layer for the chain.
+    #[command(long_about = SAVE_ABOUT, after_long_help = SAVE_EXAMPLES)]
+    Save(SaveArgs),
     /// Print a shell completion script.
     #[command(
         long_about = "Print a completion script for SHELL on stdout.",
@@ -109,6 +115,78 @@ pub enum BackendArg {
     Kernel,
     /// ovl's own FUSE union filesystem only (the ovl-fuse program).
     Fuse,
+}
+
+/// Live-system persistence (shared by `mount` and `run`).
+#[derive(Debug, Clone, Args, Default)]
+pub struct PersistArgs {
+    /// A persistence directory: the upper lives in DIR/state/upper (created if missing) and
+    /// DIR/base.json records the lowers it was made over; mounting it over other lowers is
+    /// refused (see --force-base). `ovl reset DIR` empties it.
+    #[arg(long, value_name = "DIR")]
+    pub persist: Option<PathBuf>,
+
+    /// Read-only-persistent: the persistent upper joins as the top lower under a fresh tmpfs
+    /// upper (--tmp=SIZE sizes it), so the session starts from the saved state and leaves it
+    /// unchanged.
+    #[arg(long)]
+    pub persist_ro: bool,
+
+    /// Use --persist DIR over lowers other than those it was made over, and record the new
+    /// ones.
+    #[arg(long)]
+    pub force_base: bool,
+}
+
+/// Image formats `ovl save` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ImageFormatArg {
+    /// squashfs, with mksquashfs (squashfs-tools).
+    #[default]
+    Squashfs,
+    /// EROFS, with mkfs.erofs (erofs-utils).
+    Erofs,
+}
+
+/// `ovl reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The persistence directory (as given to --persist).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// `ovl save`.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// The image format.
+    #[arg(long, value_enum, default_value_t = ImageFormatArg::Squashfs)]
+    pub format: ImageFormatArg,
+
+    /// An upper directory, a persistence directory (--persist DIR), or the mount point of an
+    /// overlay (its upper is saved, e.g. the tmpfs upper of `ovl mount --tmp`).
+    #[arg(value_name = "SOURCE")]
+    pub source: PathBuf,
+
+    /// The image file to write (must not exist).
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+}
+
+/// Who the files seem to belong to in `ovl run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OwnersArg {
+    /// `root` for a user without privileges when a lower holds files of others (its top
+    /// directory is not the user's) or is an image file, else `real` (also with
+    /// --backend kernel, which cannot squash ownership).
+    #[default]
+    Auto,
+    /// Every file seems root's and the command is root over them (FUSE backend, ownership
+    /// squashed); what it creates is stored as the calling user's.
+    Root,
+    /// The owners stored in the layers (files of users the namespace does not map show
+    /// as nobody).
+    Real,
 }
 
 /// How the upper layer is provided (shared by `mount` and `run`).
@@ -130,6 +208,10 @@ pub struct UpperArgs {
         default_missing_value = ""
     )]
     pub tmp: Option<String>,
+
+    /// Cap the number of files and directories of the tmpfs upper (tmpfs's nr_inodes=).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tmp_inodes: Option<u64>,
 }
 
 const MOUNT_ABOUT: &str = "\
@@ -149,6 +231,19 @@ Kernel-style options are accepted too: -o lowerdir=TOP:...:BOTTOM,upperdir=U,wor
 a comma). Other -o options (userxattr, redirect_dir=, metacopy=, index=, volatile, ro) are
 passed to the kernel overlay; redirect_dir= and metacopy= to the FUSE backend too (which
 refuses index=on).
+
+MOUNT FLAGS (-o, both backends):
+  rw (default) | ro          read-write or read-only
+  nosuid (default) | suid    ignore or honour set-user/group-ID bits and file capabilities
+  nodev (default) | dev      refuse or allow device nodes
+  exec (default) | noexec    allow or refuse running programs
+  relatime (default) | noatime | strictatime, diratime (default) | nodiratime
+                             access-time updates; the FUSE backend is noatime unless
+                             strictatime is given, which gives relatime there (fuser asks
+                             the kernel for atime or noatime only)
+The defaults are rw,nosuid,nodev,exec,relatime: a set-uid program does not run as its owner
+and device nodes do not open until -o suid / -o dev are given (as fuse-overlayfs and
+container tools mount). `-o defaults` is accepted and changes nothing.
 
 Upper and workdir must not overlap a lower or the mount point. That is checked before
 anything is created, and a mount that fails later removes the directories it created.
@@ -174,6 +269,34 @@ EXAMPLES:
     Force the FUSE backend:
         ovl mount --backend fuse --lower /srv/base --upper /srv/changes /mnt/app";
 
+const RESET_ABOUT: &str = "\
+Discard what a persistence directory (--persist DIR) holds: its upper and workdir are
+replaced by empty ones in a single atomic rename (renameat2 RENAME_EXCHANGE), so a crash
+leaves either the old state or the empty one, never half of it; the old state is removed
+afterwards (or at the next mount, if that was interrupted). The recorded base stays.
+Refused while an overlay uses the upper.";
+
+const SAVE_ABOUT: &str = "\
+Write an upper layer as a read-only image with mksquashfs (--format squashfs, the default)
+or mkfs.erofs (--format erofs), keeping the kernel's format (whiteouts as character devices
+0/0, opaque directories and other overlay xattrs), so the image can be added on top of the
+chain it was made over: --lower base.squashfs --lower saved.squashfs. The image keeps the
+upper's xattr namespace: an upper made without root (user.overlay.*) is read by mounts with
+userxattr, i.e. again without root.
+
+SOURCE is an upper directory, a persistence directory, or the mount point of an overlay (its
+upper: the tmpfs upper of `ovl mount --tmp` included). Saving an upper that is mounted
+read-write gives what is on disk at that moment.";
+
+const SAVE_EXAMPLES: &str = "\
+EXAMPLES:
+    A live session's changes as a new layer:
+        ovl save /mnt/live ./update1.squashfs
+        ovl mount --lower base.squashfs --lower update1.squashfs --tmp /mnt/live
+
+    The same from `ovl run`:
+        ovl run --lower base.squashfs --target /mnt/x --save update1.squashfs -- ./install.sh";
+
 const UMOUNT_ABOUT: &str = "\
 Unmount TARGET. For mounts ovl made, also stop the FUSE daemon, unmount the tmpfs upper and
 the image lowers (freeing their loop devices), then drop the record `ovl status` lists. This
@@ -193,7 +316,8 @@ is gone, or an `ovl mount` that died before finishing. `ovl umount` removes eith
 const PROBE_ABOUT: &str = "\
 Say what works on this machine: the kernel overlay (as this user, and inside a user namespace
 with userxattr), FUSE (/dev/fuse, the ovl-fuse program, fusermount3), and optional kernel
-features (new mount API, lowerdir+, volatile, redirect_dir, metacopy). Each answer comes with
+features (new mount API, lowerdir+, volatile, redirect_dir, metacopy), and the programs that
+serve image lowers without root (squashfuse, erofsfuse, fuseiso). Each answer comes with
 the reason, taken from real test mounts in a temporary directory. The backend `--backend auto`
 would choose is printed last.";
 
@@ -212,10 +336,27 @@ filesystems mounted below it) is the lower, CMD is chrooted into the overlay, an
 /sys are bound in from the host. As a non-root user --root needs the FUSE backend: the kernel
 refuses, inside a user namespace, a lower that has other filesystems mounted below it.
 
-Works for non-root users: ovl enters a new user namespace (mapping the caller to root inside,
-like `unshare -r`) and mounts the kernel overlay with userxattr, or falls back to FUSE. Files
-of other users (e.g. root's in /usr) show up as owned by nobody there, and root inside cannot
-change them: give such a user a target they own, or use the FUSE backend.
+MOUNT FLAGS: -o takes the flags of `ovl mount -o` (ro, [no]suid, [no]dev, [no]exec,
+relatime, noatime, strictatime, [no]diratime) and its overlay options; the defaults are
+rw,nosuid,nodev,exec,relatime, so test a set-uid program with -o suid (as root).
+
+OWNERSHIP (non-root users): ovl enters a new user namespace in which the caller is root
+(uid and gid 0 map to the caller's own ids only, like `unshare -r`; /etc/subuid ranges are
+not used). What CMD sees then depends on --owners:
+  root   (the default when a lower's top directory belongs to someone else, e.g. /usr or /,
+         or a lower is an image file)
+         the FUSE backend shows every file and directory as owned by root (uid 0, gid 0);
+         CMD is root over them: it can delete, create, chmod (set-uid bits included) and
+         chown (which succeeds and changes nothing: everything stays root's). Files are
+         stored in the upper as the calling user's. A file the caller cannot read on the host
+         (a 0600 file of root) cannot be copied up: changing it fails with EACCES, and ovl
+         names it afterwards. Needs a usable /dev/fuse (see `ovl probe`). Only uid and gid 0
+         exist inside: a program that switches to another user (su, apt's _apt sandbox)
+         cannot (EINVAL).
+  real   (the default for lowers of your own) the kernel overlay with userxattr (or FUSE):
+         files of other users show as owned by nobody and cannot be changed; your own
+         files are root's inside.
+As root (or with CAP_SYS_ADMIN) nothing is squashed: CMD sees the real owners.
 
 The exit status is CMD's.";
 
@@ -230,6 +371,12 @@ EXAMPLES:
     A throwaway root file system, changes kept in ./state across runs:
         ovl run --root --upper ./state -- sh
 
+    As a normal user: be root over a throwaway /usr (the host's /usr is untouched):
+        ovl run --tmp --target /usr -- sh -c 'rm -rf /usr/share/doc && touch /usr/bin/new'
+
+    Test a set-uid program (as root; the default is nosuid):
+        ovl run -o suid --target /usr/local -- ./test-setuid.sh
+
     Extra layers on top of /opt (bottom-first, /opt itself is not a lower then):
         ovl run --target /opt --lower /opt --lower ./plugin-layer -- ls /opt";
 
@@ -242,7 +389,8 @@ List the paths an upper layer changes, one per line like `docker diff`:
 The upper is read on disk without mounting (do not run it against an upper that is mounted
 read-write). Paths are absolute, as seen in the merged view, sorted. Given the mount point of an
 overlay, ovl diffs that overlay's upper (from its record of the mount, or the kernel's
-upperdir=), against its lowers unless --lower is given; never the merged tree itself.
+upperdir=), against its lowers unless --lower is given; never the merged tree itself. Given a
+persistence directory (--persist DIR), ovl diffs its upper.
 
 With --lower (bottom-first, repeatable) ovl resolves each path in the merged lowers the way
 the kernel does (whiteouts, opaque directories, redirects), so A and C are exact, whiteouts
@@ -321,6 +469,15 @@ pub struct MountArgs {
     #[command(flatten)]
     pub upper: UpperArgs,
 
+    /// A data-only lower layer (composefs-style: the lowers hold metacopy files redirected
+    /// into it); repeatable, searched in the order given. Kernel backend, root, with
+    /// -o metacopy=on,redirect_dir=on (and verity=on|require to check fs-verity digests).
+    #[arg(long = "data", value_name = "DIR")]
+    pub data_lowers: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub persist: PersistArgs,
+
     /// Workdir for --upper (same filesystem as the upper, empty).
     #[arg(long, value_name = "DIR", requires = "upper")]
     pub work: Option<PathBuf>,
@@ -382,6 +539,14 @@ pub struct RunArgs {
     #[command(flatten)]
     pub upper: UpperArgs,
 
+    #[command(flatten)]
+    pub persist: PersistArgs,
+
+    /// After CMD exits, save the changes of the upper as a new image layer IMAGE (squashfs;
+    /// see `ovl save`), to add to the chain with --lower IMAGE.
+    #[arg(long, value_name = "IMAGE")]
+    pub save: Option<PathBuf>,
+
     /// After CMD exits, copy the changes of the throwaway upper into DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "upper")]
     pub keep: Option<PathBuf>,
@@ -402,6 +567,17 @@ pub struct RunArgs {
     /// Which backend mounts the stack.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+
+    /// Mount flags and overlay options, comma-separated (repeatable): ro, rw, [no]suid,
+    /// [no]dev, [no]exec, relatime, noatime, strictatime, [no]diratime, and the overlay
+    /// options of `ovl mount -o` (layers are given with --lower/--upper here). Default:
+    /// rw,nosuid,nodev,exec,relatime.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// Who the files seem to belong to (see OWNERSHIP below).
+    #[arg(long, value_enum, default_value_t = OwnersArg::Auto)]
+    pub owners: OwnersArg,
 
     /// The command and its arguments (after `--`).
     #[arg(value_name = "CMD", required = true, last = true)]
@@ -424,7 +600,7 @@ pub struct DiffArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// The upper layer directory.
+    /// The upper layer directory (or a persistence directory, or an overlay's mount point).
     #[arg(value_name = "UPPER")]
     pub upper: PathBuf,
 }

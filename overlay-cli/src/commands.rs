@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use overlay::core::{OverlayMountOptions, RedirectDir, UuidMode, Verity, Xino};
+use overlay::core::{Atime, OverlayMountOptions, RedirectDir, UuidMode, Verity, Xino};
 use overlay::{Backend, Namespace, Request, Upper};
 
 use crate::cli::{BackendArg, MountArgs, ProbeArgs, StatusArgs, UmountArgs, UpperArgs};
@@ -83,10 +83,17 @@ pub fn overlay_options(opts: &[(String, Option<String>)]) -> Result<OverlayMount
             "dev" => o.nodev = false,
             "noexec" => o.noexec = true,
             "exec" => o.noexec = false,
+            "relatime" => o.atime = Atime::Relatime,
+            "noatime" => o.atime = Atime::Noatime,
+            "strictatime" | "atime" => o.atime = Atime::Strictatime,
+            "nodiratime" => o.nodiratime = true,
+            "diratime" => o.nodiratime = false,
+            // mount(8)'s `defaults`: rw,suid,dev,exec,async. ovl's own defaults stay
+            // (nosuid,nodev): `-o defaults` is accepted as mount(8) accepts it.
             "defaults" => {}
             _ => {
                 return Err(CliError::msg(format!(
-                    "-o {k}: unknown overlay option (known: redirect_dir, index, metacopy, nfs_export, xino, uuid, verity, volatile, userxattr, ro, rw, [no]suid, [no]dev, [no]exec)"
+                    "-o {k}: unknown overlay option (known: redirect_dir, index, metacopy, nfs_export, xino, uuid, verity, volatile, userxattr, ro, rw, [no]suid, [no]dev, [no]exec, relatime, noatime, strictatime, [no]diratime)"
                 )))
             }
         }
@@ -118,6 +125,11 @@ pub fn choose_upper(
     }
     if work.is_some() {
         return Err(CliError::msg("a workdir was given without an upper"));
+    }
+    if args.tmp_inodes.is_some() && args.tmp.is_none() {
+        return Err(CliError::msg(
+            "--tmp-inodes caps a tmpfs upper: give --tmp as well",
+        ));
     }
     if let Some(size) = &args.tmp {
         return Ok(Some(Upper::Tmpfs {
@@ -153,19 +165,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         ));
     }
     let mut options = overlay_options(&k.options)?;
-    let upper = choose_upper(&a.upper, a.work.clone(), a.read_only, k.upper, k.work)?;
-    let upper = match upper {
-        Some(u) => u,
-        None if options.read_only => Upper::ReadOnly,
-        None => {
-            return Err(CliError::msg(
-                "choose an upper: --upper DIR, --tmp[=SIZE] or --read-only",
-            ))
-        }
-    };
-    if upper == Upper::ReadOnly {
-        options.read_only = true;
-    }
+    // Checked before --persist creates anything.
     let target = canonical(&a.target)?;
     let mounts = crate::mountinfo::read()
         .map_err(|e| CliError::io("/proc/self/mountinfo", "cannot read", e))?;
@@ -179,6 +179,31 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
                 ),
             ));
         }
+    }
+    let mut lowers = lowers;
+    let persistent = crate::persist::upper_for(
+        &a.persist,
+        a.upper.upper.is_some() || k.upper.is_some() || a.read_only,
+        a.upper.tmp.as_deref(),
+        &mut lowers,
+    )?;
+    // Held until the mount is up; then the mount itself says the upper is in use.
+    let (persistent, _in_use) = persistent.unzip();
+    let upper = match persistent {
+        Some(u) => Some(u),
+        None => choose_upper(&a.upper, a.work.clone(), a.read_only, k.upper, k.work)?,
+    };
+    let upper = match upper {
+        Some(u) => u,
+        None if options.read_only => Upper::ReadOnly,
+        None => {
+            return Err(CliError::msg(
+                "choose an upper: --upper DIR, --tmp[=SIZE] or --read-only",
+            ))
+        }
+    };
+    if upper == Upper::ReadOnly {
+        options.read_only = true;
     }
     let reg = Registry::open();
     let scratch = reg.scratch_dir()?;
@@ -211,6 +236,8 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
     let req = Request::new(lowers)
         .upper(upper)
         .options(options)
+        .tmpfs_inodes(a.upper.tmp_inodes)
+        .data_lowers(a.data_lowers.clone())
         .backend(a.backend.into())
         .namespace(Namespace::Current)
         .scratch_dir(scratch);
@@ -389,12 +416,15 @@ fn health(r: &MountRecord) -> (&'static str, Option<String>) {
             );
         }
         // statfs always reaches the daemon (a stat may be answered from the kernel's cache),
-        // and waits for it: asked on a thread of its own, so a daemon that does not answer
-        // cannot hang `ovl status`.
+        // and waits for it. With FUSE over io_uring a request handed to a daemon that does
+        // not answer cannot be killed: the caller waits uninterruptibly until the daemon
+        // resumes. So the statfs runs in a process of its own (this program again, see
+        // `statfs_probe_main`) that `ovl status` leaves behind when it does not answer in
+        // time, instead of a thread that would keep `ovl status` itself from exiting.
         let (tx, rx) = std::sync::mpsc::channel();
         let target = r.target.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(rustix::fs::statfs(&target).err());
+            let _ = tx.send(statfs_in_a_child(&target));
         });
         match rx.recv_timeout(STATFS_PATIENCE) {
             Ok(Some(rustix::io::Errno::NOTCONN)) => {
@@ -418,6 +448,43 @@ fn health(r: &MountRecord) -> (&'static str, Option<String>) {
         }
     }
     ("ok", None)
+}
+
+/// The environment variable that turns `ovl` into the statfs probe of [`health`].
+pub const STATFS_PROBE_ENV: &str = "OVL_INTERNAL_STATFS_PROBE";
+
+/// Exit status of the statfs probe when the mount answers ENOTCONN.
+const PROBE_NOT_CONNECTED: i32 = 3;
+
+/// `statfs` of `target` in a child process (this program with [`STATFS_PROBE_ENV`] set):
+/// `None` when it answered, `Some(errno)` when it failed. Waits for the child; the caller
+/// gives up on this thread when it takes too long, and the child is never killed nor
+/// waited for then (it may be stuck until the daemon resumes; init reaps it).
+fn statfs_in_a_child(target: &std::path::Path) -> Option<rustix::io::Errno> {
+    let exe = std::env::current_exe().ok()?;
+    let status = std::process::Command::new(exe)
+        .env(STATFS_PROBE_ENV, target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    match status.code() {
+        Some(0) => None,
+        Some(PROBE_NOT_CONNECTED) => Some(rustix::io::Errno::NOTCONN),
+        _ => Some(rustix::io::Errno::IO),
+    }
+}
+
+/// The statfs probe's whole life, when `ovl` was started as one (see [`statfs_in_a_child`]):
+/// exit 0 when `statfs` of the path in [`STATFS_PROBE_ENV`] answers, 3 on ENOTCONN, 1 else.
+pub fn statfs_probe_main(target: &std::ffi::OsStr) -> ! {
+    let code = match rustix::fs::statfs(std::path::Path::new(target)) {
+        Ok(_) => 0,
+        Err(rustix::io::Errno::NOTCONN) => PROBE_NOT_CONNECTED,
+        Err(_) => 1,
+    };
+    std::process::exit(code)
 }
 
 /// How long `ovl status` waits for a FUSE daemon to answer `statfs`.
@@ -502,6 +569,16 @@ pub fn probe(a: ProbeArgs) -> Result<u8, CliError> {
             m.insert("auto_mount".into(), name(mount_choice).into());
             m.insert("auto_run".into(), name(run_choice).into());
             m.insert("reasons".into(), reasons.clone().into());
+            let images: serde_json::Map<String, serde_json::Value> = overlay::image_programs()
+                .into_iter()
+                .map(|(name, prog, at)| {
+                    (
+                        name.to_string(),
+                        serde_json::json!({"program": prog, "path": at}),
+                    )
+                })
+                .collect();
+            m.insert("image_programs".into(), images.into());
         }
         let stdout = std::io::stdout();
         let mut w = stdout.lock();
@@ -516,6 +593,19 @@ pub fn probe(a: ProbeArgs) -> Result<u8, CliError> {
             writeln!(w)?;
             for r in &reasons {
                 writeln!(w, "{r}")?;
+            }
+            for (name, prog, at) in overlay::image_programs() {
+                match at {
+                    Some(p) => writeln!(
+                        w,
+                        "{name} images without root (or for FUSE): yes: {}",
+                        p.display()
+                    )?,
+                    None => writeln!(
+                        w,
+                        "{name} images without root (or for FUSE): no: {prog} is not installed"
+                    )?,
+                }
             }
             writeln!(
                 w,

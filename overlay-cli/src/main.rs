@@ -10,7 +10,9 @@ mod error;
 mod layer;
 mod mountinfo;
 mod mountopts;
+mod persist;
 mod run;
+mod save;
 mod state;
 mod sys;
 
@@ -80,6 +82,10 @@ fn diff_layers(
     path: &std::path::Path,
     lowers: &[std::path::PathBuf],
 ) -> Result<DiffLayers, CliError> {
+    // A persistence directory (--persist DIR): its upper.
+    if let Some(u) = persist::upper_of(path) {
+        return Ok((u, lowers.to_vec(), Vec::new()));
+    }
     let plain = || Ok((path.to_path_buf(), lowers.to_vec(), Vec::new()));
     let Ok(canon) = std::fs::canonicalize(path) else {
         return plain();
@@ -208,6 +214,13 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             output(std::io::stdout().lock().write_all(&script))?;
             Ok(0)
         }
+        Command::Reset(a) => persist::reset(&a.dir).map(|()| 0),
+        Command::Save(a) => {
+            let source = persist::upper_of(&a.source)
+                .map_or_else(|| diff_layers(&a.source, &[]).map(|(u, _, _)| u), Ok)?;
+            save::save(&source, &a.image, a.format)?;
+            Ok(0)
+        }
         Command::Mount(a) => commands::mount(a),
         Command::Umount(a) => commands::umount(a),
         Command::Status(a) => commands::status(a),
@@ -219,6 +232,9 @@ fn run(cli: Cli) -> Result<u8, CliError> {
 }
 
 fn main() -> ExitCode {
+    if let Some(target) = std::env::var_os(commands::STATFS_PROBE_ENV) {
+        commands::statfs_probe_main(&target);
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let is_run = matches!(cli.command, Command::Run(_));

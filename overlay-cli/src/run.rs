@@ -8,7 +8,7 @@ use std::process::Command;
 
 use overlay::{Chosen, Namespace, Request, Upper};
 
-use crate::cli::RunArgs;
+use crate::cli::{BackendArg, OwnersArg, RunArgs};
 use crate::error::CliError;
 use crate::state::Registry;
 
@@ -69,6 +69,100 @@ fn check_keep_dir(d: &Path) -> Result<(), CliError> {
     }
 }
 
+/// The `-o` options of `ovl run`: mount flags and overlay options; the layers come from
+/// `--lower`/`--upper`.
+fn run_options(args: &[String]) -> Result<overlay::core::OverlayMountOptions, CliError> {
+    let k = crate::mountopts::parse_kernel_style(args)?;
+    if !k.lowers.is_empty() || k.upper.is_some() || k.work.is_some() {
+        return Err(CliError::msg(
+            "ovl run -o takes mount flags and overlay options; give the layers with --lower and --upper",
+        ));
+    }
+    crate::commands::overlay_options(&k.options)
+}
+
+/// Whether `ovl run` squashes ownership to root (see `--owners`): asked for, or by default
+/// for a caller without privileges over a lower whose top directory belongs to someone else,
+/// or that is an image file.
+fn squash_owners(owners: OwnersArg, backend: BackendArg, lowers: &[PathBuf]) -> bool {
+    match owners {
+        OwnersArg::Root => true,
+        OwnersArg::Real => false,
+        // The kernel backend asked for: it cannot squash, so the real owners.
+        OwnersArg::Auto if backend == BackendArg::Kernel => false,
+        OwnersArg::Auto => {
+            if overlay::core::mount::has_cap_sys_admin_in_initial_namespace() {
+                return false;
+            }
+            // An image's files belong to whoever they belong to inside it (root, mostly):
+            // its FUSE program shows them unmapped unless ownership is squashed.
+            let me = rustix::process::geteuid().as_raw();
+            lowers.iter().any(|l| {
+                std::fs::metadata(l)
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) != me || m.is_file())
+            })
+        }
+    }
+}
+
+/// The FUSE daemon's log in a private directory of ours, read after the command for the
+/// files it could not copy up. Removed on drop.
+struct DaemonLog {
+    dir: PathBuf,
+}
+
+impl DaemonLog {
+    fn new(scratch: &Path) -> Result<DaemonLog, CliError> {
+        overlay::core::mount::private_dir_in(scratch, "ovl-run-log")
+            .map(|dir| DaemonLog { dir })
+            .map_err(|e| {
+                CliError::msg(format!(
+                    "cannot make a directory for the FUSE daemon's log: {e}"
+                ))
+            })
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    /// One line per file the daemon refused to copy up (see
+    /// `overlay_fuse::COPY_UP_REFUSED`): the command only got EACCES.
+    fn report_refused_copy_ups(&self, root: &Path) {
+        let Ok(text) = std::fs::read(self.file()) else {
+            return;
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for line in String::from_utf8_lossy(&text).lines() {
+            let Some((_, rest)) = line.split_once(COPY_UP_REFUSED) else {
+                continue;
+            };
+            let (path, cause) = rest
+                .rsplit_once(": ")
+                .unwrap_or((rest, "permission denied"));
+            let cause = cause.split(" (os error").next().unwrap_or(cause);
+            let path = root.join(path.trim_start_matches('/'));
+            if seen.insert(path.clone()) {
+                let path = path.display();
+                crate::say(format_args!(
+                    "ovl: {path}: cannot be copied up to be changed: {cause}: you cannot read it outside the namespace (e.g. a 0600 file of root), so it stays read-only here"
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for DaemonLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.file());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// How `ovl-fuse` starts the log line of a copy-up it was not allowed to do
+/// (`overlay_fuse::COPY_UP_REFUSED`).
+const COPY_UP_REFUSED: &str = "copy-up refused: ";
+
 /// `ovl run`.
 pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     let target = match &a.target {
@@ -85,15 +179,10 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
     } else {
         vec![target.clone().unwrap_or_else(|| PathBuf::from("/"))]
     };
-    let upper = crate::commands::choose_upper(&a.upper, None, false, None, None)?
-        .unwrap_or(Upper::Tmpfs { size: None });
-    let upper = match upper {
-        Upper::Dir { upper, work } => Upper::Dir {
-            upper: absolute(&upper)?,
-            work,
-        },
-        other => other,
-    };
+    // Everything that can be refused is checked before --persist creates anything.
+    if let Some(img) = &a.save {
+        crate::save::check_new_image(img)?;
+    }
     let keep = match &a.keep {
         Some(k) => {
             let k = absolute(k)?;
@@ -102,6 +191,34 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         }
         None => None,
     };
+    let options = run_options(&a.options)?;
+    // --tmp is the default: --tmp-inodes alone caps that default tmpfs.
+    let mut upper_args = a.upper.clone();
+    if upper_args.tmp_inodes.is_some() && upper_args.upper.is_none() && upper_args.tmp.is_none() {
+        upper_args.tmp = Some(String::new());
+    }
+    let mut lowers = lowers;
+    let persistent = crate::persist::upper_for(
+        &a.persist,
+        a.upper.upper.is_some(),
+        a.upper.tmp.as_deref(),
+        &mut lowers,
+    )?;
+    // Held until CMD is done: a reset or another run of the same directory is refused.
+    let (persistent, _in_use) = persistent.unzip();
+    let upper = match persistent {
+        Some(u) => u,
+        None => crate::commands::choose_upper(&upper_args, None, false, None, None)?
+            .unwrap_or(Upper::Tmpfs { size: None }),
+    };
+    let upper = match upper {
+        Upper::Dir { upper, work } => Upper::Dir {
+            upper: absolute(&upper)?,
+            work,
+        },
+        other => other,
+    };
+    let squash = squash_owners(a.owners, a.backend, &lowers);
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let reg = Registry::open();
     let scratch = reg.scratch_dir()?;
@@ -121,16 +238,35 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         }
     };
 
-    let req = Request::new(lowers)
+    // With squashed ownership the daemon's log names the files it could not copy up.
+    let log = if squash {
+        Some(DaemonLog::new(&scratch)?)
+    } else {
+        None
+    };
+    let mut req = Request::new(lowers)
         .upper(upper.clone())
+        .options(options)
+        .squash_to_root(squash)
+        .tmpfs_inodes(a.upper.tmp_inodes)
         .backend(a.backend.into())
         .namespace(Namespace::Private)
         .scratch_dir(&scratch);
+    if let Some(l) = &log {
+        req = req.fuse_log(l.file());
+    }
     let mut mounted = match overlay::mount(&req, &mountpoint) {
         Ok(m) => m,
         Err(e) => {
             cleanup_root_dir(&made_root_dir);
-            return Err(CliError::from_overlay(e, &mountpoint));
+            let e = CliError::from_overlay(e, &mountpoint);
+            if squash && a.owners == OwnersArg::Auto {
+                // The root-like view was ovl's choice: say how to do without it.
+                return Err(CliError::msg(format!(
+                    "{e} (files of other users are shown as root's through FUSE; `--owners real` mounts the kernel overlay instead, where they show as nobody's and stay read-only)"
+                )));
+            }
+            return Err(e);
         }
     };
     // The namespace is private now: the host never sees these mounts, and the scratch
@@ -184,6 +320,11 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         }
     };
 
+    if let Some(l) = &log {
+        // Paths in the log are relative to the overlay's root: name them as CMD saw them.
+        l.report_refused_copy_ups(target.as_deref().unwrap_or(Path::new("/")));
+    }
+
     // Unmount the overlay (and anything bound into it), keep the changes if asked, release
     // the upper.
     let result = (|| -> Result<(), CliError> {
@@ -196,6 +337,15 @@ pub fn run(a: RunArgs) -> Result<RunOutcome, CliError> {
         mounted
             .unmount_overlay()
             .map_err(|e| CliError::from_overlay(e, &mountpoint))?;
+        if let (Some(img), Some(u)) = (&a.save, mounted.upper()) {
+            crate::save::save(u, img, crate::cli::ImageFormatArg::Squashfs).map_err(|e| {
+                if matches!(upper, Upper::Tmpfs { .. }) {
+                    e.rename_prefix(u, Path::new(overlay::TMPFS_UPPER))
+                } else {
+                    e
+                }
+            })?;
+        }
         if let (Some(k), Some(u)) = (&keep, mounted.upper()) {
             let stats = crate::copy::copy_upper(u, k).map_err(|e| {
                 // A tmpfs upper lives in our temporary directory: name it by --tmp.

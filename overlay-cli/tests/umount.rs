@@ -252,6 +252,11 @@ fn status_reports_a_killed_fuse_daemon_and_umount_removes_the_mount() {
     let daemon = rustix::process::Pid::from_raw(pids[0]).unwrap();
     // A stopped daemon answers nothing: status says so, and does not wait for it.
     rustix::process::kill_process(daemon, rustix::process::Signal::STOP).unwrap();
+    // SIGSTOP takes effect asynchronously: wait until the daemon is seen stopped.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !daemon_is_stopped(pids[0]) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let status = status_within(&state, std::time::Duration::from_secs(20));
     rustix::process::kill_process(daemon, rustix::process::Signal::CONT).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&status.expect("ovl status hung")).unwrap();
@@ -570,6 +575,15 @@ fn umount_names_an_image_lower_by_its_file() {
         "names the image file: {err}"
     );
     assert!(!is_mounted(&m));
+}
+
+/// The daemon is in state T (stopped), as `/proc/PID/stat` says.
+fn daemon_is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }
 
 /// The stdout of `ovl status --json`, or `None` if it did not finish within `limit` (it is

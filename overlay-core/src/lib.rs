@@ -45,7 +45,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use format::{Opacity, XattrNamespace};
 pub use mount::{
-    probe, run_in_user_namespace, spawn_in_user_namespace, EffectiveOptions, ImageMount,
+    probe, run_in_user_namespace, spawn_in_user_namespace, Atime, EffectiveOptions, ImageMount,
     KernelMount, MountApi, MountSpec, OverlayMountOptions, Probe, RedirectDir, Support, UuidMode,
     Verity, Xino,
 };

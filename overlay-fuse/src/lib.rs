@@ -63,6 +63,11 @@ mod sys;
 pub mod table;
 
 pub use error::{Error, Result};
+
+/// How the daemon's log (warn level) starts the line for a copy-up it could not do for lack
+/// of permission (its process cannot read the lower object, e.g. a 0600 file of root seen
+/// from a user namespace); the overlay path follows, absolute, then `: ` and the cause.
+pub const COPY_UP_REFUSED: &str = "copy-up refused: ";
 pub use fs::{FsConfig, FsInspector, FsStats, OverlayFs};
 pub use idmap::{IdMapping, IdPolicy};
 pub use mount::{mount_session, spawn_mount, FuseMount, MountConfig, MountedSession, Unmounter};

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests of `ovl`.
 #![allow(dead_code)]
 
+pub mod user;
+
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

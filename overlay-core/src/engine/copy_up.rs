@@ -333,7 +333,9 @@ impl Overlay {
         // The owner first: chown(2) drops `security.capability` and the set-ID bits (the
         // kernel's copy-up sets the owner without those kill flags), so the xattrs and
         // the mode go on after it.
-        dst.chown(Some(st.st_uid), Some(st.st_gid))?;
+        if !self.opts.copy_up_keeps_own_ids {
+            dst.chown(Some(st.st_uid), Some(st.st_gid))?;
+        }
         for name in src.listxattr().unwrap_or_default() {
             if self.layers.ns.is_private(&name) {
                 continue;

@@ -262,6 +262,11 @@ pub struct OverlayOptions {
     /// followed; with `false` (the default) they are refused (EPERM), as by the kernel.
     /// Needs `redirect_dir` `On` and `trusted.overlay.*` xattrs, as the kernel's.
     pub metacopy: bool,
+    /// Copy-up leaves the copy owned by the engine's process instead of copying the lower
+    /// object's owner. For views that squash ownership (a FUSE mount with `squash_to_root`
+    /// in a user namespace): the owner is never shown there, and an owner the namespace
+    /// does not map (root's files seen from an unprivileged user) could not be set.
+    pub copy_up_keeps_own_ids: bool,
 }
 
 /// The engine: a union view of a [`LayerStack`].

@@ -47,7 +47,7 @@ pub use child::MountApi;
 pub use image::ImageMount;
 pub use kernel::KernelMount;
 pub use mountinfo::{EffectiveOptions, MountInfoEntry};
-pub use options::{OverlayMountOptions, RedirectDir, UuidMode, Verity, Xino};
+pub use options::{Atime, OverlayMountOptions, RedirectDir, UuidMode, Verity, Xino};
 pub use probe::{probe, Feature, Probe, Support};
 pub use spec::{escape_option_value, MountSpec, FSCONFIG_MAX_STRING};
 pub use userns::{

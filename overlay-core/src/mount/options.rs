@@ -112,11 +112,35 @@ impl Verity {
     }
 }
 
+/// Access-time updates of a mount (`relatime`, `noatime`, `strictatime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Atime {
+    /// Update atime when it is older than mtime/ctime or a day old (the kernel's default).
+    #[default]
+    Relatime,
+    /// Never update atime (`MOUNT_ATTR_NOATIME`).
+    Noatime,
+    /// Update atime on every access (`MOUNT_ATTR_STRICTATIME`).
+    Strictatime,
+}
+
+impl Atime {
+    /// The `mount(8)` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Atime::Relatime => "relatime",
+            Atime::Noatime => "noatime",
+            Atime::Strictatime => "strictatime",
+        }
+    }
+}
+
 /// Options of a kernel overlay mount. Every field is passed to the kernel explicitly.
 ///
 /// Defaults: `redirect_dir` chosen per context (see [`OverlayMountOptions::redirect_dir`]),
 /// `index=off`, `metacopy=off`, `nfs_export=off`, `xino=auto`, `uuid=auto`, no `verity`, no
-/// `volatile`, `userxattr` following the stack's xattr namespace, and a `nosuid,nodev` mount.
+/// `volatile`, `userxattr` following the stack's xattr namespace, and a `rw,nosuid,nodev,exec,relatime`
+/// mount.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OverlayMountOptions {
     /// `redirect_dir=`. `None` chooses explicitly: `nofollow` with `userxattr` or without
@@ -148,6 +172,10 @@ pub struct OverlayMountOptions {
     pub nodev: bool,
     /// `noexec` (default false).
     pub noexec: bool,
+    /// Access-time updates (default `relatime`).
+    pub atime: Atime,
+    /// `nodiratime` (default false).
+    pub nodiratime: bool,
 }
 
 impl Default for OverlayMountOptions {
@@ -166,6 +194,8 @@ impl Default for OverlayMountOptions {
             nosuid: true,
             nodev: true,
             noexec: false,
+            atime: Atime::Relatime,
+            nodiratime: false,
         }
     }
 }

@@ -10,7 +10,7 @@ use rustix::mount::{MountAttrFlags, MountFlags};
 use crate::error::{Error, Result};
 use crate::format::XattrNamespace;
 use crate::mount::child::{LegacyMount, MountApi, Param, ParamValue, PreparedMount};
-use crate::mount::options::{MountContext, OverlayMountOptions, ResolvedOptions};
+use crate::mount::options::{Atime, MountContext, OverlayMountOptions, ResolvedOptions};
 use crate::stack::{LayerStack, LowerLayer, UpperLayer};
 
 /// Longest value `fsconfig(FSCONFIG_SET_STRING)` accepts (the kernel copies at most 256 bytes
@@ -28,6 +28,8 @@ pub struct MountSpec {
     pub(crate) fstype: String,
     pub(crate) source: String,
     pub(crate) lowers: Vec<LowerLayer>,
+    /// Data-only lower layers (`datadir+`, `::`), in the order given.
+    pub(crate) data_lowers: Vec<PathBuf>,
     pub(crate) upper: Option<UpperLayer>,
     pub(crate) options: OverlayMountOptions,
     pub(crate) resolved: ResolvedOptions,
@@ -57,8 +59,60 @@ impl MountSpec {
         Self::with_privilege(stack, options, target.as_ref(), privileged)
     }
 
+    /// [`MountSpec::new`] with data-only lower layers below every lower (composefs-style
+    /// stacks, Linux 6.5+): their files are reached only through the `overlay.redirect` of
+    /// metacopy files in the lowers above, and never listed themselves. Given to the kernel
+    /// as `datadir+=` parameters with the new mount API and after `::` in `lowerdir=` with
+    /// `mount(2)`, in the order given. Needs `metacopy=on` (and so `redirect_dir=on` and
+    /// trusted xattrs, i.e. root); `verity=on` or `require` checks the fs-verity digests the
+    /// metacopy files carry.
+    pub fn new_with_data_lowers<I, P>(
+        stack: &LayerStack,
+        data_lowers: I,
+        options: &OverlayMountOptions,
+        target: impl AsRef<Path>,
+    ) -> Result<MountSpec>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<Path>,
+    {
+        let mut data = Vec::new();
+        for d in data_lowers {
+            let d = d.as_ref();
+            let canon = std::fs::canonicalize(d).map_err(|e| Error::InvalidStack {
+                path: d.to_path_buf(),
+                reason: format!("data-only lower layer: {e}"),
+            })?;
+            if !canon.is_dir() {
+                return Err(Error::InvalidStack {
+                    path: d.to_path_buf(),
+                    reason: "data-only lower layer: not a directory".into(),
+                });
+            }
+            data.push(canon);
+        }
+        if !data.is_empty() && !options.metacopy {
+            return Err(Error::OptionConflict(
+                "data-only lower layers are reached through metacopy files: they need metacopy=on"
+                    .into(),
+            ));
+        }
+        let privileged = crate::mount::has_cap_sys_admin_in_initial_namespace();
+        Self::build(stack, data, options, target.as_ref(), privileged)
+    }
+
     pub(crate) fn with_privilege(
         stack: &LayerStack,
+        options: &OverlayMountOptions,
+        target: &Path,
+        privileged: bool,
+    ) -> Result<MountSpec> {
+        Self::build(stack, Vec::new(), options, target, privileged)
+    }
+
+    fn build(
+        stack: &LayerStack,
+        data_lowers: Vec<PathBuf>,
         options: &OverlayMountOptions,
         target: &Path,
         privileged: bool,
@@ -79,6 +133,7 @@ impl MountSpec {
             fstype: "overlay".into(),
             source: "overlay".into(),
             lowers: stack.lowers_top_first().cloned().collect(),
+            data_lowers,
             upper: stack.upper().cloned(),
             options: options.clone(),
             resolved: ResolvedOptions {
@@ -96,11 +151,17 @@ impl MountSpec {
     pub(crate) fn context(&self, privileged: bool) -> MountContext {
         MountContext {
             has_upper: self.upper.is_some(),
-            lowers: self.lowers.len(),
+            // The kernel counts data-only layers among the lower layers.
+            lowers: self.lowers.len() + self.data_lowers.len(),
             userxattr: self.userxattr,
             privileged,
             kernel: kernel_major_minor(),
         }
+    }
+
+    /// Data-only lower layers (see [`MountSpec::new_with_data_lowers`]).
+    pub fn data_lowers(&self) -> &[PathBuf] {
+        &self.data_lowers
     }
 
     /// Use `source` as the mount source shown in the mount table (default `overlay`).
@@ -168,16 +229,16 @@ impl MountSpec {
     /// feature option. Flags have no value.
     pub fn options(&self) -> Vec<(String, Option<String>)> {
         let lowers: Vec<&Path> = self.lowers.iter().map(|l| l.path.as_path()).collect();
-        let mut v = vec![(
-            "lowerdir".to_string(),
-            Some(
-                lowers
-                    .iter()
-                    .map(|p| p.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(":"),
-            ),
-        )];
+        let mut lowerdir = lowers
+            .iter()
+            .map(|p| p.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(":");
+        for d in &self.data_lowers {
+            lowerdir.push_str("::");
+            lowerdir.push_str(&d.to_string_lossy());
+        }
+        let mut v = vec![("lowerdir".to_string(), Some(lowerdir))];
         if let Some(u) = &self.upper {
             v.push((
                 "upperdir".into(),
@@ -196,7 +257,7 @@ impl MountSpec {
 
     /// The per-mount flags, each with its `mount(8)` option name, its `fsmount` attribute and
     /// its `mount(2)` flag; `set` says whether this mount asks for it.
-    fn per_mount_flags(&self) -> [PerMountFlag; 4] {
+    fn per_mount_flags(&self) -> [PerMountFlag; 7] {
         let o = &self.options;
         let ro = o.read_only || self.upper.is_none();
         [
@@ -224,6 +285,25 @@ impl MountSpec {
                 MountAttrFlags::MOUNT_ATTR_NOEXEC,
                 MountFlags::NOEXEC,
             ),
+            // relatime is the default of both APIs (MOUNT_ATTR_RELATIME is 0).
+            (
+                o.atime == Atime::Noatime,
+                "noatime",
+                MountAttrFlags::MOUNT_ATTR_NOATIME,
+                MountFlags::NOATIME,
+            ),
+            (
+                o.atime == Atime::Strictatime,
+                "strictatime",
+                MountAttrFlags::MOUNT_ATTR_STRICTATIME,
+                MountFlags::STRICTATIME,
+            ),
+            (
+                o.nodiratime,
+                "nodiratime",
+                MountAttrFlags::MOUNT_ATTR_NODIRATIME,
+                MountFlags::NODIRATIME,
+            ),
         ]
         .map(|(set, name, attr, flag)| PerMountFlag {
             set,
@@ -233,7 +313,8 @@ impl MountSpec {
         })
     }
 
-    /// Per-mount flags as `mount(8)` options (`ro`, `nosuid`, `nodev`, `noexec`).
+    /// Per-mount flags as `mount(8)` options (`ro`, `nosuid`, `nodev`, `noexec`, `noatime`,
+    /// `strictatime`, `nodiratime`).
     pub fn mount_flags(&self) -> Vec<&'static str> {
         self.per_mount_flags()
             .iter()
@@ -272,6 +353,10 @@ impl MountSpec {
                 d.push(b':');
             }
             d.extend(escape_option_value(&rel(l)));
+        }
+        for data in &self.data_lowers {
+            d.extend_from_slice(b"::");
+            d.extend(escape_option_value(&rel(data)));
         }
         d.extend(self.options_after_lowers(rel));
         d
@@ -354,6 +439,10 @@ impl MountSpec {
                 }
                 s.push_str(l);
             }
+            for d in &self.data_lowers {
+                s.push_str("::");
+                s.push_str(&shell_quote(&escape_option_value(d.as_os_str().as_bytes())));
+            }
             if !rest.is_empty() {
                 s.push_str(&shell_quote(&rest));
             }
@@ -419,6 +508,9 @@ impl MountSpec {
             // lowerdir+ values are taken literally (no unescaping), so ':' and ',' need nothing.
             params.push(path_param("lowerdir+", l, false)?);
         }
+        for d in &self.data_lowers {
+            params.push(path_param("datadir+", d, false)?);
+        }
         if let Some(u) = &self.upper {
             // upperdir/workdir strings are unescaped by the kernel: protect backslashes.
             params.push(path_param("upperdir", &u.upper, true)?);
@@ -451,6 +543,7 @@ impl MountSpec {
         } else {
             // Relative paths from the deepest directory common to every layer.
             let mut all: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+            all.extend(self.data_lowers.iter().map(PathBuf::as_path));
             if let Some(u) = &self.upper {
                 all.push(&u.upper);
                 all.push(&u.work);

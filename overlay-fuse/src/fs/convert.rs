@@ -14,6 +14,19 @@ use crate::caller::Caller;
 
 pub(super) fn errno(op: &str, e: &overlay_core::Error) -> Errno {
     let code = e.raw_os_error();
+    if let overlay_core::Error::Io {
+        op: "copy-up",
+        path,
+        source,
+    } = e
+    {
+        if code == libc::EACCES || code == libc::EPERM {
+            // One line per refusal, in a fixed form callers may look for (`ovl run` names
+            // the files afterwards): the daemon could not read or copy a lower object.
+            warn!("{}/{}: {source}", crate::COPY_UP_REFUSED, path.display());
+            return Errno::from_i32(code);
+        }
+    }
     if code == libc::EIO {
         warn!("{op}: {e}");
     } else {
