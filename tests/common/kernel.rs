@@ -14,12 +14,6 @@ use super::ops::{NodeKind, Op, RenameMode};
 use super::tree::{snapshot_dir, Tree, XattrFilter};
 use super::{Backend, Outcome};
 
-/// Mount options passed explicitly for the default setting ([`Features::DEFAULTS`]), so
-/// that the result does not depend on the module's defaults: redirects followed but not
-/// created (renaming a lower or merged directory gives EXDEV), no index (hard links to lower
-/// files break on copy-up), no metacopy, no xino, and no uuid written to the upper root.
-pub const KERNEL_OPTIONS: &str = "redirect_dir=follow,index=off,metacopy=off,xino=off,uuid=null";
-
 /// A kernel overlay mounted with mount(2); unmounted when dropped (also while unwinding from a
 /// panic).
 #[derive(Debug)]
@@ -28,7 +22,9 @@ pub struct KernelOverlay {
 }
 
 impl KernelOverlay {
-    /// Mount `stack` at `mountpoint` (an existing empty directory) with [`KERNEL_OPTIONS`].
+    /// Mount `stack` at `mountpoint` (an existing empty directory) with the options of
+    /// [`Features::DEFAULTS`] (every feature explicit: redirects followed but not created,
+    /// no index, no metacopy, no xino, no uuid on the upper root).
     pub fn mount(stack: &FixtureStack, mountpoint: &Path) -> std::io::Result<KernelOverlay> {
         Self::mount_with(stack, mountpoint, Features::DEFAULTS)
     }
