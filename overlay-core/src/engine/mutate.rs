@@ -796,7 +796,7 @@ impl Overlay {
 
     /// Rename. Non-directories always work (copy-up, whiteout left at the old name if a lower
     /// object existed); directories with lower directories only with `redirect_dir=on` (the
-    /// upper copy gets `overlay.redirect`, see [`Overlay::set_redirect`]), EXDEV otherwise.
+    /// upper copy gets the kernel's `overlay.redirect`), EXDEV otherwise.
     /// `RenameFlags::EXCHANGE` and `NOREPLACE` behave as for `renameat2`.
     pub fn rename(
         &self,
