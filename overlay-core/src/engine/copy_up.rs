@@ -97,7 +97,9 @@ impl Overlay {
     }
 
     fn copy_up_chain(&self, node: &NodeRef, with_data: bool, meta_only: bool) -> Result<()> {
-        let (upper, metacopy) = (node.state.read().upper, self.metacopy_now(node));
+        // (No state guard may be alive while `metacopy_now` runs: it may take the write lock.)
+        let upper = node.state.read().upper;
+        let metacopy = self.metacopy_now(node);
         if upper {
             if metacopy && !meta_only {
                 return self.copy_up_data_in_place(node, with_data);

@@ -861,7 +861,9 @@ impl Overlay {
     /// As the kernel: a metadata-only copy reports the blocks of its data (the lower file),
     /// not those of the sparse upper file.
     fn metacopy_blocks(&self, node: &NodeRef, a: &mut Attr) {
-        if !node.state.read().metacopy || !self.metacopy_now(node) {
+        // The first operand's guard would live through the second: read it on its own.
+        let metacopy = node.state.read().metacopy;
+        if !metacopy || !self.metacopy_now(node) {
             return;
         }
         if let Ok(st) = self

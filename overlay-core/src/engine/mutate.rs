@@ -355,17 +355,15 @@ impl Overlay {
             }
         };
         // A new name of a metadata-only copy reads the same lower data.
-        let state = match link_of {
-            Some(of) if of.state.read().metacopy => {
-                let st = of.state.read();
-                NodeState {
-                    upper: true,
-                    metacopy: true,
-                    lowers: st.lowers.clone(),
-                    redirect: st.redirect.clone(),
-                    ..Default::default()
-                }
-            }
+        let of_state = link_of.map(|of| of.state.read().clone());
+        let state = match of_state {
+            Some(st) if st.metacopy => NodeState {
+                upper: true,
+                metacopy: true,
+                lowers: st.lowers,
+                redirect: st.redirect,
+                ..Default::default()
+            },
             _ => NodeState {
                 upper: true,
                 ..Default::default()

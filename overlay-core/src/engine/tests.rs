@@ -1422,6 +1422,36 @@ fn absolute_redirect_through_a_renamed_lower_directory() {
     assert_eq!(read_all(&ovl, "d/q/f"), "deep");
 }
 
+/// Two names of one metadata-only copy (a hard link): once a write through one copies the
+/// data, the other name's node learns it from the upper file (no second copy over the
+/// written data, and no lock taken twice: this used to deadlock).
+#[test]
+fn metacopy_hard_link_names_see_one_data_copy() {
+    use std::os::unix::fs::FileExt;
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("h"), "data");
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    let h = walk(&ovl, "h").unwrap();
+    let chmod = |n: &NodeRef, mode| {
+        let changes = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        ovl.setattr(n, &changes).unwrap();
+    };
+    chmod(&h, 0o600);
+    let h2 = ovl.link(&h, &ovl.root(), OsStr::new("h2")).unwrap();
+    ovl.open(&h, libc::O_WRONLY)
+        .unwrap()
+        .write_all_at(b"DA", 0)
+        .unwrap();
+    chmod(&h2, 0o644);
+    ovl.getattr(&h2).unwrap();
+    ovl.open(&h2, libc::O_WRONLY).unwrap();
+    assert_eq!(read_all(&ovl, "h2"), "DAta");
+    assert_eq!(read_all(&ovl, "h"), "DAta");
+}
+
 /// As the kernel refuses `userxattr,redirect_dir=on`: with `user.overlay.*` xattrs any user
 /// could forge redirects.
 #[test]
