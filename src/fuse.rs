@@ -79,6 +79,23 @@ impl FuseMount {
             target: target.to_path_buf(),
             reason,
         };
+        // Features ovl-fuse does not have: refused, never silently left out.
+        for (asked, what) in [
+            (req.options.index, "index=on"),
+            (req.options.nfs_export, "nfs_export=on"),
+        ] {
+            if asked {
+                return Err(fail(format!("ovl-fuse does not support {what}")));
+            }
+        }
+        // The kernel backend's rule (OverlayMountOptions), for both backends alike.
+        if req.options.metacopy && req.options.redirect_dir != Some(overlay_core::RedirectDir::On) {
+            return Err(fail(
+                "metacopy=on needs redirect_dir=on (a metacopy file carries a redirect to its \
+                 data)"
+                    .into(),
+            ));
+        }
         let prog = find_program().map_err(fail)?;
         // fuse-overlayfs's `-o` syntax escapes `\`, `,` and `:` as the kernel's does.
         let escape = |p: &Path| escape_option_value(p.as_os_str().as_bytes());
@@ -115,6 +132,15 @@ impl FuseMount {
         }
         if req.options.read_only {
             opts.extend(b",ro");
+        }
+        // The kernel's features, as the kernel backend passes them (without a choice the
+        // defaults agree: follow, or nofollow with userxattr).
+        if let Some(r) = req.options.redirect_dir {
+            opts.extend(b",redirect_dir=");
+            opts.extend(r.as_str().as_bytes());
+        }
+        if req.options.metacopy {
+            opts.extend(b",metacopy=on");
         }
         if req.squash_to_root {
             opts.extend(b",squash_to_root");

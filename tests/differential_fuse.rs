@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::features::Features;
 use common::fixture::FixtureStack;
-use common::kernel::{kernel_backend, MountedBackend};
+use common::kernel::{kernel_backend, kernel_backend_with, MountedBackend};
 use common::ops::{Op, RenameMode};
 use common::{assert_same, init, require_mounts};
 use overlay_core::{LayerStack, Overlay, XattrNamespace};
@@ -26,8 +27,13 @@ fn fixture_with_mountpoint() -> (tempfile::TempDir, FixtureStack, std::path::Pat
 
 /// A fresh fixture with our FUSE mount on it (passthrough or writeback cache per `fs`).
 fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
+    fuse_backend_with(fs, Features::DEFAULTS)
+}
+
+/// The same with the engine options of `features`.
+fn fuse_backend_with(fs: FsConfig, features: Features) -> MountedBackend<FuseMount> {
     let (tmp, s, mnt) = fixture_with_mountpoint();
-    let m = mount_fuse(s.layer_stack(), &mnt, fs);
+    let m = mount_fuse_features(s.layer_stack(), &mnt, fs, features);
     MountedBackend::new("fuse", mnt, s.upper.clone(), m, tmp)
 }
 
@@ -37,8 +43,28 @@ fn mount_fuse(stack: LayerStack, mnt: &std::path::Path, fs: FsConfig) -> FuseMou
 }
 
 /// The same with a mount configuration of the caller's (its worker threads set to 2).
-fn mount_fuse_with(stack: LayerStack, mnt: &std::path::Path, mut cfg: MountConfig) -> FuseMount {
-    let ovl = Overlay::new(stack).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
+fn mount_fuse_with(stack: LayerStack, mnt: &std::path::Path, cfg: MountConfig) -> FuseMount {
+    mount_fuse_cfg(stack, mnt, cfg, Features::DEFAULTS)
+}
+
+/// Our FUSE mount with the engine options of `features`.
+fn mount_fuse_features(
+    stack: LayerStack,
+    mnt: &std::path::Path,
+    fs: FsConfig,
+    features: Features,
+) -> FuseMount {
+    mount_fuse_cfg(stack, mnt, MountConfig::for_current_user(fs), features)
+}
+
+fn mount_fuse_cfg(
+    stack: LayerStack,
+    mnt: &std::path::Path,
+    mut cfg: MountConfig,
+    features: Features,
+) -> FuseMount {
+    let ovl = Overlay::with_options(stack, features.engine_options())
+        .unwrap_or_else(|e| panic!("Overlay::new: {e}"));
     cfg.threads = 2;
     spawn_mount(ovl, mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"))
 }
@@ -70,6 +96,232 @@ fn fuse_matches_kernel() {
         return;
     }
     run_property(60, FsConfig::default());
+}
+
+/// Generated sequences with `redirect_dir=on` on both sides: lower and merged directories
+/// are renamed through the FUSE mount as through the kernel's.
+#[test]
+fn fuse_matches_kernel_with_redirect_dir() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::REDIRECT;
+    common::run_property(60, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// Generated sequences with `redirect_dir=on,metacopy=on` on both sides: metadata changes
+/// of lower files copy up metadata only, reads keep coming from the lower data until a
+/// write or truncation copies it.
+#[test]
+fn fuse_matches_kernel_with_metacopy() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::METACOPY;
+    common::run_property(60, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// metacopy=on: a chmod through a symlink copies up the target's metadata; an open for
+/// write then copies its data, which changes its modification time (as the kernel's).
+#[test]
+fn fuse_metacopy_data_copy_up_on_open() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::METACOPY;
+    let ops = [
+        Op::Chmod {
+            path: p("e"),
+            mode: 0o644,
+        },
+        Op::Stat {
+            path: p("b"),
+            follow: false,
+        },
+        Op::Create {
+            path: p("b"),
+            mode: 0o666,
+            excl: false,
+        },
+    ];
+    assert_same(
+        &ops,
+        &mut kernel_backend_with(f),
+        &mut fuse_backend_with(FsConfig::default(), f),
+    );
+}
+
+/// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
+/// kernel or with FUSE, with the options of `features`.
+fn remount(tmp: tempfile::TempDir, kernel: bool, features: Features) -> Box<dyn common::Backend> {
+    let s = FixtureStack::at(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    if kernel {
+        let g = common::kernel::KernelOverlay::mount_with(&s, &mnt, features)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Box::new(MountedBackend::new("kernel", mnt, s.upper.clone(), g, tmp))
+    } else {
+        let g = mount_fuse_features(s.layer_stack(), &mnt, FsConfig::default(), features);
+        Box::new(MountedBackend::new("fuse", mnt, s.upper.clone(), g, tmp))
+    }
+}
+
+/// Uppers interchange: the first half of a sequence runs on a kernel mount and on a FUSE
+/// mount (each on its own fixture); then the kernel's layers are mounted with FUSE and the
+/// FUSE mount's with the kernel, and the second half runs there. Every outcome, the merged
+/// views and the upper layers must agree throughout: what one backend wrote, the other reads
+/// and goes on changing as the writer would.
+fn uppers_interchange(features: Features, default_cases: u32) {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    common::run_property_fn(default_cases, MAX_OPS, 1024, |ops| {
+        let (first, second) = ops.split_at(ops.len() / 2);
+        let mut k = kernel_backend_with(features);
+        let mut f = fuse_backend_with(FsConfig::default(), features);
+        common::run_case(first, &mut k, &mut f)
+            .map_err(|d| format!("{}, before the swap: {d}", features.name()))?;
+        let (tk, tf) = (k.unmount(), f.unmount());
+        let mut f2 = remount(tk, false, features);
+        let mut k2 = remount(tf, true, features);
+        // Inode identity is checked in the first half only: each upper now has its own
+        // history of freed inode numbers, which a new object may get on one side only.
+        common::run_case_with(second, k2.as_mut(), f2.as_mut(), false).map_err(|d| {
+            format!(
+                "{}, after the swap (kernel on FUSE's upper, FUSE on the kernel's): {d}",
+                features.name()
+            )
+        })
+    });
+}
+
+/// Mount the layers a backend leaves (in `tmp`) rotated: its upper becomes the top lower
+/// layer, under a fresh upper, with the kernel or with FUSE.
+fn remount_rotated(
+    tmp: tempfile::TempDir,
+    kernel: bool,
+    features: Features,
+) -> Box<dyn common::Backend> {
+    let s = FixtureStack::at(tmp.path());
+    let (u2, w2) = (tmp.path().join("upper2"), tmp.path().join("work2"));
+    for d in [&u2, &w2] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let mnt = tmp.path().join("mnt");
+    if kernel {
+        let data = format!(
+            "lowerdir={}:{}:{},upperdir={},workdir={},{}",
+            s.upper.display(),
+            s.lower1.display(),
+            s.lower0.display(),
+            u2.display(),
+            w2.display(),
+            features.kernel_options()
+        );
+        let g = common::kernel::KernelOverlay::mount_data(&data, &mnt)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Box::new(MountedBackend::new("kernel", mnt, u2, g, tmp))
+    } else {
+        let stack = LayerStack::builder()
+            .lower(&s.lower0)
+            .lower(&s.lower1)
+            .lower(&s.upper)
+            .upper(&u2, &w2)
+            .xattr_namespace(XattrNamespace::Trusted)
+            .build()
+            .unwrap_or_else(|e| panic!("stack: {e}"));
+        let g = mount_fuse_features(stack, &mnt, FsConfig::default(), features);
+        Box::new(MountedBackend::new("fuse", mnt, u2, g, tmp))
+    }
+}
+
+/// Layer rotation: the first half of a sequence runs on a kernel mount and on a FUSE mount;
+/// then each upper becomes the top lower layer under a fresh upper (the kernel's under FUSE,
+/// FUSE's under the kernel), and the second half runs there: whiteouts, opaque directories,
+/// redirects and metadata-only copies in a lower layer are read alike.
+fn layers_rotate(features: Features, default_cases: u32) {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    common::run_property_fn(default_cases, MAX_OPS, 1024, |ops| {
+        let (first, second) = ops.split_at(ops.len() / 2);
+        // No hard links go into the rotated layer: a FUSE request on a lower hard link names
+        // an inode, not which of its names the caller used, so a copy-up through FUSE may
+        // pick another name than the kernel overlay (which breaks the link either way).
+        let first: Vec<Op> = first
+            .iter()
+            .filter(|o| !matches!(o, Op::Link { .. }))
+            .cloned()
+            .collect();
+        let mut k = kernel_backend_with(features);
+        let mut f = fuse_backend_with(FsConfig::default(), features);
+        common::run_case(&first, &mut k, &mut f)
+            .map_err(|d| format!("{}, before the rotation: {d}", features.name()))?;
+        let (tk, tf) = (k.unmount(), f.unmount());
+        let mut f2 = remount_rotated(tk, false, features);
+        let mut k2 = remount_rotated(tf, true, features);
+        common::run_case_with(second, k2.as_mut(), f2.as_mut(), false).map_err(|d| {
+            format!(
+                "{}, after the rotation (uppers now lower layers; kernel over FUSE's, FUSE \
+                 over the kernel's): {d}",
+                features.name()
+            )
+        })
+    });
+}
+
+/// [`layers_rotate`] with the kernel's defaults.
+#[test]
+fn layers_rotate_with_defaults() {
+    layers_rotate(Features::DEFAULTS, 20);
+}
+
+/// [`layers_rotate`] with `redirect_dir=on`: redirects in a lower layer are followed.
+#[test]
+fn layers_rotate_with_redirect_dir() {
+    layers_rotate(Features::REDIRECT, 30);
+}
+
+/// [`layers_rotate`] with `redirect_dir=on,metacopy=on`: metadata-only copies in a lower
+/// layer find their data below.
+#[test]
+fn layers_rotate_with_metacopy() {
+    layers_rotate(Features::METACOPY, 30);
+}
+
+/// [`uppers_interchange`] with the kernel's defaults.
+#[test]
+fn uppers_interchange_with_defaults() {
+    uppers_interchange(Features::DEFAULTS, 25);
+}
+
+/// [`uppers_interchange`] with `redirect_dir=on`: renamed directories written by either
+/// backend are followed by the other.
+#[test]
+fn uppers_interchange_with_redirect_dir() {
+    uppers_interchange(Features::REDIRECT, 40);
+}
+
+/// [`uppers_interchange`] with `redirect_dir=on,metacopy=on`: metadata-only copies (and
+/// their redirects) written by either backend are read and completed by the other.
+#[test]
+fn uppers_interchange_with_metacopy() {
+    uppers_interchange(Features::METACOPY, 40);
 }
 
 /// Generated sequences, FUSE with the writeback cache instead of passthrough.

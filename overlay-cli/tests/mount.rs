@@ -421,3 +421,58 @@ fn a_refused_mount_has_no_side_effects() {
         &["--tmp=0", "unlimited"],
     );
 }
+
+/// `-o redirect_dir=on,metacopy=on` means the same with either backend: renaming a lower
+/// directory works and leaves the kernel's `overlay.redirect`, a chmod of a lower file copies
+/// its metadata only (`overlay.metacopy`), and the data still reads through the mount.
+#[test]
+fn kernel_features_alike_on_both_backends() {
+    if !root_or_skip() {
+        return;
+    }
+    for backend in ["kernel", "fuse"] {
+        let t = open_tempdir();
+        let r = t.path();
+        write(r, "l/dir/f", "data");
+        mkdirs(r, &["m", "state"]);
+        let m = r.join("m");
+        let _c = Cleanup(m.clone());
+        let state = r.join("state");
+        let o = ovl_with_state(
+            &state,
+            args![
+                "mount",
+                "--backend",
+                backend,
+                "--lower",
+                r.join("l").as_os_str(),
+                "--upper",
+                r.join("u").as_os_str(),
+                "-o",
+                "redirect_dir=on,metacopy=on",
+                m.as_os_str()
+            ],
+        );
+        if !o.status.success() {
+            return skip_or_fail(&format!("{backend} mount failed: {}", stderr(&o)));
+        }
+        std::fs::rename(m.join("dir"), m.join("dir2")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(m.join("dir2/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(std::fs::read_to_string(m.join("dir2/f")).unwrap(), "data");
+        let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let x = |p: &str, n: &str| {
+            let mut b = vec![0u8; 256];
+            rustix::fs::lgetxattr(r.join(p), n, &mut b[..])
+                .map(|len| b[..len].to_vec())
+                .map_err(|e| e.to_string())
+        };
+        let got = (
+            x("u/dir2", "trusted.overlay.redirect"),
+            x("u/dir2/f", "trusted.overlay.metacopy"),
+            std::fs::metadata(r.join("u/dir2/f")).unwrap().len(),
+        );
+        assert_eq!(got, (Ok(b"dir".to_vec()), Ok(Vec::new()), 4), "{backend}");
+    }
+}

@@ -245,6 +245,13 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
         } else {
             overlay_core::FsyncMode::Volatile
         },
+        // As the kernel: metacopy=on turns redirect_dir on unless it was given.
+        redirect_dir: req.redirect_dir.unwrap_or(if req.metacopy == Some(true) {
+            overlay_core::mount::RedirectDir::On
+        } else {
+            overlay_core::mount::RedirectDir::Follow
+        }),
+        metacopy: req.metacopy.unwrap_or(false),
         // With squashed ownership the lower owners are never shown: copies stay ours (an
         // owner unmapped in our user namespace could not be set anyway).
         copy_up_keeps_own_ids: req.fs.ids.squashes(),

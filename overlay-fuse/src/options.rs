@@ -49,6 +49,11 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      io_uring=0      read requests from /dev/fuse even where the kernel offers FUSE over
                      io_uring (it does while /sys/module/fuse/parameters/enable_uring is Y)
      noxattrs=1      no xattr support;    userxattr  use user.overlay.* xattrs
+     redirect_dir=on|follow|nofollow|off   as the kernel's: on lets directories that exist
+                     in a lower layer be renamed (overlay.redirect); default follow
+     metacopy=on|off as the kernel's: chmod, chown, times, xattrs of a lower file copy up its
+                     metadata only, the data on the first write (implies redirect_dir=on)
+     index=off       accepted; index=on (and nfs_export=on) are not supported (refused)
      threads=N       FUSE worker threads
      max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
@@ -94,6 +99,14 @@ pub struct MountRequest {
     pub threads: Option<usize>,
     /// Force the `user.overlay.*` xattr namespace (`userxattr`).
     pub userxattr: bool,
+    /// `redirect_dir=` (`on`, `follow`, `nofollow`; the kernel's `off` is `follow`), as
+    /// the kernel's: `on` lets lower and merged directories be renamed. `None`: `follow`
+    /// (redirects are never followed with `userxattr`).
+    pub redirect_dir: Option<overlay_core::mount::RedirectDir>,
+    /// `metacopy=on|off`, as the kernel's: metadata changes of lower files copy up their
+    /// metadata only. `on` needs `redirect_dir=on`, which it turns on when `redirect_dir`
+    /// is not given (as the kernel does).
+    pub metacopy: Option<bool>,
     /// `fsname=`.
     pub fsname: Option<String>,
     /// Warnings to print (unimplemented fuse-overlayfs options).
@@ -268,6 +281,8 @@ where
         flags: MountFlags::default(),
         threads: None,
         userxattr: false,
+        redirect_dir: None,
+        metacopy: None,
         fsname: None,
         warnings: Vec::new(),
     };
@@ -419,11 +434,18 @@ fn apply_option(
         }
         "fsname" => req.fsname = Some(need(value)?),
         "redirect_dir" => {
-            if value != Some("off") && value != Some("nofollow") {
-                req.warnings.push(format!(
-                    "{opt}: redirect_dir is not supported; directories that exist in a lower layer cannot be renamed (EXDEV)"
-                ));
-            }
+            use overlay_core::mount::RedirectDir;
+            // The kernel's `off` is `follow` with its default `redirect_always_follow=Y`.
+            req.redirect_dir = Some(match need(value)?.as_str() {
+                "on" => RedirectDir::On,
+                "follow" | "off" => RedirectDir::Follow,
+                "nofollow" => RedirectDir::NoFollow,
+                v => {
+                    return Err(Error::Options(format!(
+                        "{key}={v}: expected on, follow, nofollow or off"
+                    )))
+                }
+            });
         }
         "xattr_permissions" => {
             if value != Some("0") {
@@ -431,7 +453,17 @@ fn apply_option(
                     .push(format!("{opt} is not implemented; ignored"));
             }
         }
-        "plugins" | "fast_ino" | "xino" | "ino32_t" | "metacopy" | "index" | "nfs_export" => {
+        "metacopy" => req.metacopy = Some(parse_bool(key, &need(value)?)?),
+        // Not implemented: refused rather than ignored (hard links to lower files would
+        // break on copy-up, which is what index=on is asked for to prevent).
+        "index" | "nfs_export" if value.is_none_or(|v| parse_bool(key, v).unwrap_or(true)) => {
+            return Err(Error::Options(format!(
+                "{opt}: not supported by ovl-fuse (hard links to lower files break on copy-up, \
+                 as with the kernel's index=off)"
+            )));
+        }
+        "index" | "nfs_export" => {}
+        "plugins" | "fast_ino" | "xino" | "ino32_t" => {
             req.warnings
                 .push(format!("{opt} is not implemented; ignored"));
         }
@@ -582,6 +614,29 @@ mod tests {
         let m = mount(&["-o", "lowerdir=/l,plugins=x.so,xattr_permissions=2", "/m"]);
         assert_eq!(m.warnings.len(), 2);
         assert!(matches!(parse_args(["--help"]).unwrap(), Command::Help));
+    }
+
+    #[test]
+    fn kernel_feature_options() {
+        use overlay_core::mount::RedirectDir;
+        let m = mount(&["-o", "lowerdir=/l,redirect_dir=on,metacopy=on", "/m"]);
+        assert_eq!(
+            (m.redirect_dir, m.metacopy),
+            (Some(RedirectDir::On), Some(true))
+        );
+        assert!(m.warnings.is_empty());
+        let m = mount(&["-o", "lowerdir=/l,redirect_dir=off,metacopy=off", "/m"]);
+        assert_eq!(
+            (m.redirect_dir, m.metacopy),
+            (Some(RedirectDir::Follow), Some(false))
+        );
+        let m = mount(&["-o", "lowerdir=/l,redirect_dir=nofollow", "/m"]);
+        assert_eq!(m.redirect_dir, Some(RedirectDir::NoFollow));
+        assert!(parse_args(["-o", "lowerdir=/l,redirect_dir=sideways", "/m"]).is_err());
+        assert!(parse_args(["-o", "lowerdir=/l,metacopy=maybe", "/m"]).is_err());
+        assert!(parse_args(["-o", "lowerdir=/l,index=on", "/m"]).is_err());
+        let m = mount(&["-o", "lowerdir=/l,index=off,nfs_export=0", "/m"]);
+        assert!(m.warnings.is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use overlay_core::{FileKind, NodeRef, Overlay, RenameFlags, SetAttr};
 
+use super::features::Features;
 use super::fixture::FixtureStack;
 use super::kernel::describe;
 use super::ops::{NodeKind, Op, RenameMode, UMASK};
@@ -62,20 +63,27 @@ pub struct EngineBackend {
 impl EngineBackend {
     /// Build a fresh fixture and open the engine on it; every path is looked up afresh.
     pub fn new() -> EngineBackend {
-        Self::build(None)
+        Self::build(None, Features::DEFAULTS)
+    }
+
+    /// Like [`EngineBackend::new`] with the options of `features`; `node_cache` as
+    /// [`EngineBackend::with_node_cache`].
+    pub fn with_features(features: Features, node_cache: bool) -> EngineBackend {
+        Self::build(node_cache.then(|| RefCell::new(HashMap::new())), features)
     }
 
     /// Like [`EngineBackend::new`], but keep nodes across operations as a FUSE adapter under
     /// the kernel's dentry cache does: nodes obtained before a copy-up, rename or unlink of a
     /// neighbour keep being used afterwards.
     pub fn with_node_cache() -> EngineBackend {
-        Self::build(Some(RefCell::new(HashMap::new())))
+        Self::build(Some(RefCell::new(HashMap::new())), Features::DEFAULTS)
     }
 
-    fn build(cache: Option<NodeCache>) -> EngineBackend {
+    fn build(cache: Option<NodeCache>, features: Features) -> EngineBackend {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = FixtureStack::create(tmp.path());
-        let ovl = Overlay::new(s.layer_stack()).unwrap_or_else(|e| panic!("Overlay::new: {e}"));
+        let ovl = Overlay::with_options(s.layer_stack(), features.engine_options())
+            .unwrap_or_else(|e| panic!("Overlay::new: {e}"));
         EngineBackend {
             ovl,
             upper: s.upper.clone(),
@@ -240,6 +248,27 @@ impl EngineBackend {
                 let n = self.existing(path, true)?;
                 let changes = SetAttr {
                     mode: Some(*mode),
+                    ..SetAttr::default()
+                };
+                o.setattr(&n, &changes).map_err(err)?;
+            }
+            Op::Chown { path, uid } => {
+                let n = self.existing(path, false)?;
+                let changes = SetAttr {
+                    uid: Some(*uid),
+                    ..SetAttr::default()
+                };
+                o.setattr(&n, &changes).map_err(err)?;
+            }
+            Op::Touch { path } => {
+                let n = self.existing(path, true)?;
+                let t = overlay_core::TimeSet::At(overlay_core::Timestamp {
+                    sec: super::ops::TOUCH_TIME,
+                    nsec: 0,
+                });
+                let changes = SetAttr {
+                    atime: Some(t),
+                    mtime: Some(t),
                     ..SetAttr::default()
                 };
                 o.setattr(&n, &changes).map_err(err)?;
@@ -445,6 +474,7 @@ impl EngineBackend {
         let entry = Entry {
             kind,
             perm: a.perm & 0o7777,
+            uid: a.uid,
             nlink: plain.then_some(u64::from(a.nlink)),
             // The merged view shows no whiteouts.
             whiteout_links: None,

@@ -90,14 +90,19 @@ impl FixtureStack {
             .unwrap_or_else(|e| panic!("fixture stack: {e}"))
     }
 
-    /// Build a fresh copy of the fixture under `base` (which must exist and be empty).
-    pub fn create(base: &Path) -> FixtureStack {
-        let s = FixtureStack {
+    /// The paths of the fixture built under `base` by [`FixtureStack::create`].
+    pub fn at(base: &Path) -> FixtureStack {
+        FixtureStack {
             lower0: base.join("lower0"),
             lower1: base.join("lower1"),
             upper: base.join("upper"),
             work: base.join("work"),
-        };
+        }
+    }
+
+    /// Build a fresh copy of the fixture under `base` (which must exist and be empty).
+    pub fn create(base: &Path) -> FixtureStack {
+        let s = Self::at(base);
         for p in [&s.lower0, &s.lower1, &s.upper, &s.work] {
             dir(p, 0o755);
         }

@@ -8,16 +8,11 @@ use std::os::unix::fs::{
 };
 use std::path::{Path, PathBuf};
 
+use super::features::Features;
 use super::fixture::FixtureStack;
 use super::ops::{NodeKind, Op, RenameMode};
 use super::tree::{snapshot_dir, Tree, XattrFilter};
 use super::{Backend, Outcome};
-
-/// Mount options passed explicitly, so that the result does not depend on the module's
-/// defaults: no redirects (renaming a lower or merged directory gives EXDEV, as our engine
-/// does), no index (hard links to lower files break on copy-up), no metacopy, no xino, and no
-/// uuid written to the upper root.
-pub const KERNEL_OPTIONS: &str = "redirect_dir=nofollow,index=off,metacopy=off,xino=off,uuid=null";
 
 /// A kernel overlay mounted with mount(2); unmounted when dropped (also while unwinding from a
 /// panic).
@@ -27,15 +22,27 @@ pub struct KernelOverlay {
 }
 
 impl KernelOverlay {
-    /// Mount `stack` at `mountpoint` (an existing empty directory) with [`KERNEL_OPTIONS`].
+    /// Mount `stack` at `mountpoint` (an existing empty directory) with the options of
+    /// [`Features::DEFAULTS`] (every feature explicit: redirects followed but not created,
+    /// no index, no metacopy, no xino, no uuid on the upper root).
     pub fn mount(stack: &FixtureStack, mountpoint: &Path) -> std::io::Result<KernelOverlay> {
+        Self::mount_with(stack, mountpoint, Features::DEFAULTS)
+    }
+
+    /// Mount `stack` at `mountpoint` with the options of `features`.
+    pub fn mount_with(
+        stack: &FixtureStack,
+        mountpoint: &Path,
+        features: Features,
+    ) -> std::io::Result<KernelOverlay> {
         let [top, bottom] = stack.lowers_top_first();
         let data = format!(
-            "lowerdir={}:{},upperdir={},workdir={},{KERNEL_OPTIONS}",
+            "lowerdir={}:{},upperdir={},workdir={},{}",
             top.display(),
             bottom.display(),
             stack.upper.display(),
-            stack.work.display()
+            stack.work.display(),
+            features.kernel_options()
         );
         Self::mount_data(&data, mountpoint)
     }
@@ -161,6 +168,26 @@ pub fn apply_path_op(root: &Path, op: &Op) -> Outcome {
         Op::Chmod { path, mode } => {
             fs::set_permissions(p(path), fs::Permissions::from_mode(*mode)).map_err(errno)?
         }
+        Op::Chown { path, uid } => {
+            std::os::unix::fs::lchown(p(path), Some(*uid), None).map_err(errno)?
+        }
+        Op::Touch { path } => {
+            let t = rustix::fs::Timespec {
+                tv_sec: super::ops::TOUCH_TIME,
+                tv_nsec: 0,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                p(path),
+                &times,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(rerrno)?
+        }
         Op::Unlink { path } => fs::remove_file(p(path)).map_err(errno)?,
         Op::Rmdir { path } => fs::remove_dir(p(path)).map_err(errno)?,
         Op::Mkdir { path, mode } => fs::DirBuilder::new()
@@ -253,6 +280,13 @@ impl<G> MountedBackend<G> {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Unmount (drop the guard) and hand back the temp dir with the layers, to mount them
+    /// again (with the other backend).
+    pub fn unmount(self) -> tempfile::TempDir {
+        drop(self.guard);
+        self._tmp
+    }
 }
 
 impl<G> Backend for MountedBackend<G> {
@@ -272,10 +306,15 @@ impl<G> Backend for MountedBackend<G> {
 
 /// A fresh fixture in its own temp dir, with a kernel overlay mounted on it.
 pub fn kernel_backend() -> MountedBackend<KernelOverlay> {
+    kernel_backend_with(Features::DEFAULTS)
+}
+
+/// The same with the options of `features`.
+pub fn kernel_backend_with(features: Features) -> MountedBackend<KernelOverlay> {
     let tmp = tempfile::tempdir().expect("tempdir");
     let stack = FixtureStack::create(tmp.path());
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let guard = KernelOverlay::mount(&stack, &mnt).unwrap_or_else(|e| panic!("{e}"));
+    let guard = KernelOverlay::mount_with(&stack, &mnt, features).unwrap_or_else(|e| panic!("{e}"));
     MountedBackend::new("kernel", mnt, stack.upper.clone(), guard, tmp)
 }

@@ -13,6 +13,8 @@ use proptest::prelude::*;
 pub const NAMES: &[&str] = &["a", "b", "c", "d", "e", "m", "o"];
 /// Targets of symlinks created by [`Op::Symlink`] (dangling ones included).
 pub const SYMLINK_TARGETS: &[&str] = &["a", "b", "m", "m/a", "o/b", "zz", "e", "d/c"];
+/// The time [`Op::Touch`] sets (2010-01-01), seconds since the epoch.
+pub const TOUCH_TIME: i64 = 1_262_304_000;
 /// Modes for create, mkdir and chmod.
 pub const MODES: &[u32] = &[0o644, 0o600, 0o755, 0o777, 0o666, 0o700, 0o000, 0o1777];
 /// Names of extended attributes set or removed: mostly `user.*`, plus a `trusted.*` name and
@@ -92,6 +94,10 @@ pub enum Op {
     Truncate { path: String, size: u64 },
     /// `chmod(path, mode)` (follows symlinks).
     Chmod { path: String, mode: u32 },
+    /// `lchown(path, uid, -1)` (a symlink itself): metadata only.
+    Chown { path: String, uid: u32 },
+    /// `utimensat(path, {atime, mtime} = 2010-01-01)` (follows symlinks): metadata only.
+    Touch { path: String },
     /// `unlink(path)`.
     Unlink { path: String },
     /// `rmdir(path)`.
@@ -145,6 +151,8 @@ impl fmt::Debug for Op {
             Op::Append { path, data } => write!(f, "append({path:?}, {})", show_data(data)),
             Op::Truncate { path, size } => write!(f, "truncate({path:?}, {size})"),
             Op::Chmod { path, mode } => write!(f, "chmod({path:?}, {mode:#o})"),
+            Op::Chown { path, uid } => write!(f, "lchown({path:?}, {uid})"),
+            Op::Touch { path } => write!(f, "touch({path:?})"),
             Op::Unlink { path } => write!(f, "unlink({path:?})"),
             Op::Rmdir { path } => write!(f, "rmdir({path:?})"),
             Op::Mkdir { path, mode } => write!(f, "mkdir({path:?}, {mode:#o})"),
@@ -219,6 +227,9 @@ pub fn op() -> impl Strategy<Value = Op> {
         2 => (path(), proptest::sample::select(&[0u64, 1, 5, 4097][..]))
             .prop_map(|(path, size)| Op::Truncate { path, size }),
         2 => (path(), mode()).prop_map(|(path, mode)| Op::Chmod { path, mode }),
+        1 => (path(), proptest::sample::select(&[0u32, 65534][..]))
+            .prop_map(|(path, uid)| Op::Chown { path, uid }),
+        1 => path().prop_map(|path| Op::Touch { path }),
         3 => path().prop_map(|path| Op::Unlink { path }),
         3 => path().prop_map(|path| Op::Rmdir { path }),
         3 => (path(), proptest::sample::select(&[0o755u32, 0o700, 0o777][..]))

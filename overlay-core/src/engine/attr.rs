@@ -49,7 +49,12 @@ impl Overlay {
             return Err(self.node_err(op, node, Errno::INVAL));
         }
         self.check_writable(op, || node.rel_path())?;
-        self.copy_up_node(node, changes.size != Some(0))?;
+        if changes.size.is_some() {
+            // A truncation copies the data (none for a truncation to 0).
+            self.copy_up_node(node, changes.size != Some(0))?;
+        } else {
+            self.copy_up_meta(node)?;
+        }
         let real = self.top_real(op, node)?;
         let err = |e: Errno| self.node_err(op, node, e);
         if changes.uid.is_some() || changes.gid.is_some() {
@@ -102,7 +107,7 @@ impl Overlay {
             return Err(self.node_err(op, node, Errno::NOTTY));
         }
         self.check_writable(op, || node.rel_path())?;
-        self.copy_up_node(node, true)?;
+        self.copy_up_meta(node)?;
         let real = self.top_real(op, node)?;
         self.open_for_flags(op, node, &real)
     }
@@ -167,7 +172,7 @@ impl Overlay {
     pub fn setxattr(&self, node: &NodeRef, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let op = "setxattr";
         self.check_writable(op, || node.rel_path())?;
-        self.copy_up_node(node, true)?;
+        self.copy_up_meta(node)?;
         let real = self.top_real(op, node)?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
         real.setxattr(&stored, value, XattrFlags::from_bits_retain(flags as u32))
@@ -185,7 +190,7 @@ impl Overlay {
             real.getxattr(&stored)
                 .map_err(|e| self.node_err(op, node, e))?;
         }
-        self.copy_up_node(node, true)?;
+        self.copy_up_meta(node)?;
         let real = self.top_real(op, node)?;
         real.removexattr(&stored)
             .map_err(|e| self.node_err(op, node, e))

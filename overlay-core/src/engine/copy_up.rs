@@ -59,7 +59,51 @@ impl Overlay {
     /// The ancestors not yet in upper are collected on the heap and copied up from the top
     /// down (as the kernel does), so a node at any depth costs no stack.
     pub(crate) fn copy_up_node(&self, node: &NodeRef, with_data: bool) -> Result<()> {
-        if node.state.read().upper {
+        self.copy_up_chain(node, with_data, false)
+    }
+
+    /// Copy `node` up for a change of its metadata only (attributes, xattrs, a hard link, a
+    /// rename): with `metacopy=on` a regular file gets a metadata-only copy, as the kernel's
+    /// `ovl_copy_up` (no open flags); anything else a full one.
+    pub(crate) fn copy_up_meta(&self, node: &NodeRef) -> Result<()> {
+        let meta_only = self.opts.metacopy && node.kind == FileKind::File;
+        self.copy_up_chain(node, true, meta_only)
+    }
+
+    /// True when `node` is a metadata-only copy now. Another name of the same upper inode
+    /// (a hard link) may have had the data copied up since this node learnt it: the upper
+    /// file's `overlay.metacopy` decides.
+    pub(crate) fn metacopy_now(&self, node: &NodeRef) -> bool {
+        let (metacopy, upper) = {
+            let st = node.state.read();
+            (st.metacopy, st.upper)
+        };
+        if !metacopy {
+            return false;
+        }
+        if !upper {
+            return true;
+        }
+        let present = self.real(node, LayerRef::Upper).is_ok_and(|r| {
+            matches!(
+                r.getxattr(OsStr::new(self.layers.ns.metacopy())),
+                Ok(_) | Err(Errno::RANGE)
+            )
+        });
+        if !present {
+            node.state.write().metacopy = false;
+        }
+        present
+    }
+
+    fn copy_up_chain(&self, node: &NodeRef, with_data: bool, meta_only: bool) -> Result<()> {
+        // (No state guard may be alive while `metacopy_now` runs: it may take the write lock.)
+        let upper = node.state.read().upper;
+        let metacopy = self.metacopy_now(node);
+        if upper {
+            if metacopy && !meta_only {
+                return self.copy_up_data_in_place(node, with_data);
+            }
             return Ok(());
         }
         self.check_writable("copy-up", || node.rel_path())?;
@@ -74,13 +118,55 @@ impl Overlay {
             ancestors.push(p);
         }
         for a in ancestors.iter().rev() {
-            self.copy_up_one(a, true)?;
+            self.copy_up_one(a, true, false)?;
         }
-        self.copy_up_one(node, with_data)
+        self.copy_up_one(node, with_data, meta_only)
     }
 
-    /// Copy `node` up, its parent being in upper already.
-    fn copy_up_one(&self, node: &NodeRef, with_data: bool) -> Result<()> {
+    /// The data of a metadata-only copy follows (the kernel's
+    /// `ovl_copy_up_meta_inode_data`): copied from the lower file into the upper one in
+    /// place (`with_data` false: an `O_TRUNC` open, nothing to copy; its modification time
+    /// changes, as the kernel's), then `overlay.metacopy` is removed.
+    fn copy_up_data_in_place(&self, node: &NodeRef, with_data: bool) -> Result<()> {
+        let _g = node.copy_lock.lock();
+        if !self.metacopy_now(node) {
+            return Ok(());
+        }
+        if node.is_unlinked() {
+            return Err(self.node_err("copy-up", node, Errno::NOENT));
+        }
+        let err = |e: Errno| self.node_err("copy-up", node, e);
+        let upper = self.real(node, LayerRef::Upper).map_err(err)?;
+        let (ufd, _) = self.open_real("copy-up", node, &upper, OFlags::WRONLY)?;
+        if with_data {
+            self.copy_data_of(node, &ufd)?;
+            if self.opts.fsync != FsyncMode::Volatile {
+                rustix::fs::fsync(&ufd).map_err(err)?;
+            }
+        }
+        match upper.removexattr(OsStr::new(self.layers.ns.metacopy())) {
+            Ok(()) | Err(Errno::NODATA) => {}
+            Err(e) => return Err(err(e)),
+        }
+        node.state.write().metacopy = false;
+        Ok(())
+    }
+
+    /// Copy the data of metadata-only `node` (from the lower file below it) into `dst`.
+    fn copy_data_of(&self, node: &NodeRef, dst: &OwnedFd) -> Result<()> {
+        let data = self.data_real("copy-up", node)?;
+        let layer = match data.layer {
+            LayerRef::Lower(i) => i,
+            LayerRef::Upper => 0,
+        };
+        let (src, st) = self.open_real("copy-up", node, &data, OFlags::RDONLY)?;
+        self.copy_data(layer, &src, dst, st.st_size as u64)
+            .map_err(|e| self.node_err("copy-up", node, e))
+    }
+
+    /// Copy `node` up, its parent being in upper already; `meta_only`: a regular file's
+    /// metadata only (`overlay.metacopy`, the data stays below).
+    fn copy_up_one(&self, node: &NodeRef, with_data: bool, meta_only: bool) -> Result<()> {
         let _g = node.copy_lock.lock();
         if node.state.read().upper {
             return Ok(());
@@ -152,13 +238,29 @@ impl Overlay {
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(err)?;
-                if with_data {
+                let lower_metacopy = node.state.read().metacopy;
+                if meta_only {
+                    // The size without the data (a sparse file), as the kernel's.
+                    rustix::fs::ftruncate(&dst, st.st_size as u64).map_err(err)?;
+                } else if with_data && lower_metacopy {
+                    // A metadata-only lower file: the data comes from the one below it.
+                    self.copy_data_of(node, &dst)?;
+                } else if with_data {
                     self.copy_data(lower_layer, &src, &dst, st.st_size as u64)
                         .map_err(err)?;
                 }
                 let src = RealObj::of_fd(lower.layer, src);
                 let staged = RealObj::of_fd(LayerRef::Upper, dst);
                 self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
+                if meta_only {
+                    staged
+                        .setxattr(
+                            OsStr::new(self.layers.ns.metacopy()),
+                            b"",
+                            XattrFlags::empty(),
+                        )
+                        .map_err(err)?;
+                }
                 if sync {
                     rustix::fs::fsync(&*staged.dir).map_err(err)?;
                 }
@@ -210,7 +312,11 @@ impl Overlay {
         if self.opts.fsync == FsyncMode::Strict {
             let _ = rustix::fs::fsync(&*pdir);
         }
-        node.state.write().upper = true;
+        {
+            let mut st = node.state.write();
+            st.upper = true;
+            st.metacopy = meta_only;
+        }
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use rustix::fs::{AtFlags, Stat};
 use rustix::io::Errno;
 
 use super::layers::LayerRef;
-use super::node::{LowerEntry, Lowers, NodeState};
+use super::node::{LowerEntry, NodeState, Redirected};
 use super::{FileKind, NodeRef, Overlay};
 use crate::error::Result;
 use crate::format::{self, Opacity, XattrNamespace};
@@ -33,11 +33,11 @@ pub(crate) enum LayerHit {
 }
 
 /// The operation named in the error for a lower directory that carries a redirect itself
-/// (an upper with redirects later used as a lower layer): such nested redirects are not
-/// followed, as the kernel does not follow them with redirect_dir=nofollow.
+/// (an upper with redirects later used as a lower layer) when redirects are not followed,
+/// as the kernel with redirect_dir=nofollow or userxattr.
 const REDIRECT_REFUSED: &str =
-    "lookup (a lower directory with its own overlay.redirect: redirects in lower layers are \
-     not followed, as with the kernel's redirect_dir=nofollow)";
+    "lookup (a lower directory with its own overlay.redirect: redirects are not followed, \
+     as the kernel's redirect_dir=nofollow, forced by user.overlay.* xattrs (userxattr))";
 
 /// The operation named in the error for an upper directory whose redirect is malformed
 /// (EINVAL, as the kernel's "invalid redirect").
@@ -63,13 +63,86 @@ struct OverlayXattrs {
     opaque: bool,
 }
 
-/// Where the lower directories of a redirected upper directory are.
-struct Redirect {
-    /// Relative to each lower layer's root.
-    path: PathBuf,
-    /// An absolute redirect (`/a/b`): looked up in every lower layer; a relative one (a bare
-    /// name) in the parent's lower directories.
+/// What a lookup asks the lower layers for: the kernel's `d.name`.
+#[derive(Clone)]
+enum Wanted<'a> {
+    /// A name in the parent's lower directories.
+    Name(std::borrow::Cow<'a, OsStr>),
+    /// A path from every lower layer's root (an absolute redirect).
+    Path(PathBuf),
+}
+
+/// A redirect read, if any, or the operation to name and the errno.
+type RedirectResult<T> = std::result::Result<Option<T>, (&'static str, Errno)>;
+
+/// How a walk down an absolute path in one lower layer failed.
+enum WalkError {
+    /// Nothing there (or not a directory): the layer has no such path.
+    Missing(Errno),
+    /// A bad redirect on the way: the lookup fails (operation to name, errno).
+    Fatal(&'static str, Errno),
+}
+
+/// What a walk down an absolute path in one lower layer found.
+struct Walked {
+    /// The directory holding the last component.
+    dir: std::result::Result<Arc<std::os::fd::OwnedFd>, WalkError>,
+    /// The path the layers below look up instead (a redirect on the way).
+    rewritten: Option<PathBuf>,
+    /// An opaque directory or a whiteout on the way: no layer below is looked at.
+    stop: bool,
+}
+
+/// Read an `overlay.redirect` value with `get` (an `fgetxattr` or `lgetxattr`); `None`
+/// when there is none.
+fn read_redirect(
+    get: impl FnMut(&mut [u8]) -> std::result::Result<usize, Errno>,
+) -> RedirectResult<Vec<u8>> {
+    match super::layers::read_xattr(get) {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(("lookup (read overlay.redirect)", e)),
+    }
+}
+
+/// A well-formed `overlay.redirect` value.
+struct RedirectValue<'a> {
+    /// `/a/b`: a path from the overlay root; else a bare name.
     absolute: bool,
+    /// The value without its leading `/`.
+    body: &'a [u8],
+    /// A component is `.`, `..` or empty (EACCES where it is used, as the kernel's lookup
+    /// of such a name in a lower layer).
+    dots: bool,
+}
+
+/// Check an `overlay.redirect` value as the kernel (6.18) does, observed: a C string (cut at
+/// its first NUL); an empty value, a `/` in a relative one, or an empty component in an
+/// absolute one is malformed (EINVAL).
+fn parse_redirect(v: &[u8]) -> std::result::Result<RedirectValue<'_>, (&'static str, Errno)> {
+    if v.is_empty() {
+        return Err((REDIRECT_INVALID, Errno::INVAL));
+    }
+    let v = &v[..v.iter().position(|c| *c == 0).unwrap_or(v.len())];
+    let (absolute, body) = match v.strip_prefix(b"/") {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let mut parts = body.split(|c| *c == b'/');
+    let well_formed = if absolute {
+        parts.clone().all(|c| !c.is_empty())
+    } else {
+        parts.clone().count() == 1
+    };
+    if !well_formed {
+        return Err((REDIRECT_INVALID, Errno::INVAL));
+    }
+    let dots = parts.any(|c| c.is_empty() || c == b"." || c == b"..");
+    Ok(RedirectValue {
+        absolute,
+        body,
+        dots,
+    })
 }
 
 /// True when the object `fd` carries xattr `name` (its value is not read).
@@ -90,10 +163,14 @@ fn present(r: std::result::Result<usize, Errno>) -> bool {
     matches!(r, Ok(_) | Err(Errno::RANGE))
 }
 
+/// The operation named in the error for a metadata-only copy whose data is nowhere below
+/// (EIO, as the kernel's "metacopy with no lower data found").
+const METACOPY_NO_DATA: &str = "lookup (a metacopy file whose data is in no lower layer)";
+
 /// The operation named in the error for a metacopy file (see [`Overlay::is_metacopy`]).
 const METACOPY_REFUSED: &str =
-    "lookup (a metacopy file: its data lives in a lower layer; metacopy is not supported, \
-     as with the kernel's metacopy=off)";
+    "lookup (a metacopy file: its data lives in a lower layer; not followed with \
+     metacopy=off, as by the kernel)";
 
 impl Overlay {
     /// Classify `name` in directory `dir` of a lower layer whose directory is xwhiteout-capable
@@ -146,15 +223,19 @@ impl Overlay {
 
     /// Resolve `name` in directory `parent` through the layers.
     pub(crate) fn resolve(&self, parent: &NodeRef, name: &OsStr) -> Result<Option<Resolved>> {
-        let pstate = parent.state.read().clone();
+        let mut pstate = parent.state.read().clone();
         let err = |e: Errno| self.name_err("lookup", parent, name, e);
         let mut state = NodeState::default();
         let mut kind: Option<FileKind> = None;
         let mut ino: Option<u64> = None;
         let mut merge_lowers = true;
         let mut top_stat: Option<Stat> = None;
-        // Where the lower directories are when the upper directory is redirected.
-        let mut redirect: Option<Redirect> = None;
+        // The upper directory's redirect: its value, and where the lower directories are.
+        let mut redirect: Option<(Box<[u8]>, Wanted<'_>)> = None;
+        // A metadata-only copy was found (metacopy=on): the lower layers are searched for
+        // its data.
+        let mut need_data = false;
+        let mut upper_redirect_value: Option<Box<[u8]>> = None;
 
         if pstate.upper {
             let dir = match self.dir_fd(parent, LayerRef::Upper) {
@@ -172,14 +253,29 @@ impl Overlay {
                         let k = FileKind::from_mode(st.st_mode);
                         // One listxattr tells which overlay xattrs to read (usually none).
                         let x = self.overlay_xattrs(dir.as_fd(), name);
-                        if x.metacopy && self.is_metacopy(dir.as_fd(), name, &st) {
+                        // With metacopy=on the marker decides (even on an empty file, whose
+                        // copy-up of data removes it); else a file with data to hide is refused.
+                        if self.opts.metacopy {
+                            need_data = x.metacopy
+                                && k == FileKind::File
+                                && xattr_present_at(dir.as_fd(), name, self.layers.ns.metacopy());
+                        } else if x.metacopy && self.is_metacopy(dir.as_fd(), name, &st) {
                             return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
                         }
+                        state.metacopy = need_data;
                         top_stat = Some(st);
                         state.upper = true;
                         kind = Some(k);
                         if k != FileKind::Directory {
-                            merge_lowers = false;
+                            // A metadata-only copy: its data is looked up below, by name or
+                            // through its redirect (a renamed or linked one).
+                            merge_lowers = need_data;
+                            if need_data && x.redirect {
+                                let parent_has_lowers = !pstate.lowers.is_empty();
+                                redirect = self
+                                    .upper_redirect(parent_has_lowers, dir.as_fd(), name)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                            }
                             let origin = if x.origin {
                                 self.origin_ino_of(dir.as_fd(), name)
                             } else {
@@ -195,7 +291,7 @@ impl Overlay {
                             if x.redirect && merge_lowers {
                                 let parent_has_lowers = !pstate.lowers.is_empty();
                                 redirect = self
-                                    .upper_redirect(parent, parent_has_lowers, dir.as_fd(), name)
+                                    .upper_redirect(parent_has_lowers, dir.as_fd(), name)
                                     .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             ino = Some(
@@ -214,26 +310,69 @@ impl Overlay {
         }
 
         if merge_lowers {
+            let follow = self.follow_redirects();
+            let bottom = self.layers.lowers.len().saturating_sub(1);
             let mut first_lower_ino: Option<u64> = None;
-            // An absolute redirect is looked up from the root of every lower layer; a
-            // relative one (a bare name) in the parent's lower directories.
-            // (`pstate` is a copy already: borrowed, not copied again.)
-            let root_lowers: Lowers;
-            let (layers, lname): (&Lowers, &OsStr) = match &redirect {
-                Some(r) if r.absolute => {
-                    root_lowers = self.root().state.read().lowers.clone();
-                    (&root_lowers, r.path.file_name().unwrap_or_default())
-                }
-                Some(r) => (&pstate.lowers, r.path.file_name().unwrap_or_default()),
-                None => (&pstate.lowers, name),
-            };
-            for le in layers {
-                let layer = LayerRef::Lower(le.layer);
-                let dir = match &redirect {
-                    Some(r) if r.absolute => {
-                        self.open_lower_path(layer, r.path.parent().unwrap_or(Path::new("")))
+            // What the lower layers are asked for (the kernel's `d.name`): the name in the
+            // parent's lower directories, or an absolute redirect's path looked up from the
+            // root of every lower layer. A redirect met in a lower layer changes it for the
+            // layers below.
+            let (mut want, mut stack, mut from_root) = match redirect.take() {
+                Some((raw, w)) => {
+                    upper_redirect_value = Some(raw);
+                    match w {
+                        Wanted::Path(_) => (w, self.root().state.read().lowers.clone(), true),
+                        Wanted::Name(_) => (w, std::mem::take(&mut pstate.lowers), false),
                     }
-                    _ => self.dir_fd(parent, layer),
+                }
+                None => (
+                    Wanted::Name(std::borrow::Cow::Borrowed(name)),
+                    std::mem::take(&mut pstate.lowers),
+                    false,
+                ),
+            };
+            let mut paths: Vec<(u16, PathBuf)> = Vec::new();
+            let mut i = 0;
+            while i < stack.len() {
+                let le = stack.as_slice()[i];
+                i += 1;
+                let layer = LayerRef::Lower(le.layer);
+                // A redirect read in this layer: where the layers below look.
+                let mut next: Option<Wanted<'_>> = None;
+                // As the kernel, the last layer's opacity and redirects are not read (with
+                // nofollow: the last of the parent's layers).
+                let last = if follow {
+                    le.layer as usize == bottom
+                } else {
+                    i == stack.len()
+                };
+                // An absolute path is walked component by component: an opaque directory
+                // or a whiteout on the way stops the layers below, a redirect on the way
+                // changes where they look (the kernel's `ovl_lookup_layer`).
+                let mut stop_below = false;
+                let walked = match &want {
+                    Wanted::Path(p) => {
+                        let w = self.walk_lower_path(layer, p, follow, last);
+                        stop_below = w.stop;
+                        if let Some(r) = w.rewritten {
+                            next = Some(Wanted::Path(r));
+                        }
+                        Some(w.dir)
+                    }
+                    Wanted::Name(_) => None,
+                };
+                let walked = match walked {
+                    Some(Err(WalkError::Fatal(op, e))) => {
+                        return Err(self.name_err(op, parent, name, e))
+                    }
+                    Some(Err(WalkError::Missing(e))) => Some(Err(e)),
+                    Some(Ok(fd)) => Some(Ok(fd)),
+                    None => None,
+                };
+                let (dir, lname): (_, &OsStr) = match (&want, walked) {
+                    (Wanted::Path(p), Some(d)) => (d, p.file_name().unwrap_or_default()),
+                    (Wanted::Name(n), _) => (self.dir_fd(parent, layer), &**n),
+                    (Wanted::Path(_), None) => unreachable!("walked above"),
                 };
                 let dir = match dir {
                     Ok(d) => d,
@@ -243,24 +382,74 @@ impl Overlay {
                     | Err(Errno::NOTDIR)
                     | Err(Errno::XDEV)
                     | Err(Errno::NAMETOOLONG)
-                    | Err(Errno::LOOP) => continue,
+                    | Err(Errno::LOOP) => {
+                        if stop_below {
+                            break;
+                        }
+                        if let Some(w) = next {
+                            want = w;
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(err(e)),
                 };
                 match self
                     .lower_hit(dir.as_fd(), lname, le.xwhiteouts)
                     .map_err(err)?
                 {
-                    LayerHit::Absent => continue,
+                    LayerHit::Absent => {}
                     LayerHit::Whiteout => break,
                     LayerHit::Found(st) => {
                         let k = FileKind::from_mode(st.st_mode);
-                        if kind.is_none() && self.is_metacopy(dir.as_fd(), lname, &st) {
+                        let lower_metacopy = (kind.is_none() || need_data)
+                            && self.is_metacopy(dir.as_fd(), lname, &st);
+                        if lower_metacopy && !self.opts.metacopy {
                             return Err(self.name_err(METACOPY_REFUSED, parent, name, Errno::PERM));
                         }
                         if top_stat.is_none() {
                             top_stat = Some(st);
                         }
                         match kind {
+                            // The data of a metadata-only copy: a regular file (else EIO, as
+                            // the kernel's "metacopy with no lower data found"), itself
+                            // metadata-only or not.
+                            Some(FileKind::File) if need_data => {
+                                if k != FileKind::File {
+                                    return Err(self.name_err(
+                                        METACOPY_NO_DATA,
+                                        parent,
+                                        name,
+                                        Errno::IO,
+                                    ));
+                                }
+                                state.lowers.push(LowerEntry {
+                                    layer: le.layer,
+                                    xwhiteouts: false,
+                                });
+                                self.record_lower_path(&mut paths, parent, name, &want, le.layer);
+                                if !lower_metacopy {
+                                    need_data = false;
+                                    break;
+                                }
+                                next = self
+                                    .file_redirect_below(dir.as_fd(), lname, &want, next, follow)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                            }
+                            None if lower_metacopy => {
+                                // A metadata-only lower file: its data is further down, by
+                                // name or where its redirect points.
+                                kind = Some(k);
+                                need_data = true;
+                                state.metacopy = true;
+                                state.lowers.push(LowerEntry {
+                                    layer: le.layer,
+                                    xwhiteouts: false,
+                                });
+                                ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                next = self
+                                    .file_redirect_below(dir.as_fd(), lname, &want, next, follow)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
+                            }
                             Some(FileKind::Directory) if k != FileKind::Directory => break,
                             Some(FileKind::Directory) | None if k == FileKind::Directory => {
                                 kind = Some(k);
@@ -288,20 +477,26 @@ impl Overlay {
                                         rustix::fs::Mode::empty(),
                                     )
                                     .map_err(err)?;
-                                    if xattr_present(sub.as_fd(), self.layers.ns.redirect()) {
-                                        return Err(self.name_err(
-                                            REDIRECT_REFUSED,
-                                            parent,
-                                            name,
-                                            Errno::PERM,
-                                        ));
+                                    let op = self.layers.lower_dir_opacity(sub.as_fd());
+                                    if !last && op != Opacity::Opaque {
+                                        // Relative to the path as rewritten on the way.
+                                        let base = next.take();
+                                        next = self
+                                            .lower_redirect(
+                                                sub.as_fd(),
+                                                base.as_ref().unwrap_or(&want),
+                                                follow,
+                                            )
+                                            .map_err(|(op, e)| self.name_err(op, parent, name, e))?
+                                            .or(base);
                                     }
-                                    self.layers.lower_dir_opacity(sub.as_fd())
+                                    op
                                 };
                                 state.lowers.push(LowerEntry {
                                     layer: le.layer,
                                     xwhiteouts: op == Opacity::HasXWhiteouts,
                                 });
+                                self.record_lower_path(&mut paths, parent, name, &want, le.layer);
                                 if op == Opacity::Opaque
                                     || rustix::fs::statat(
                                         dir.as_fd(),
@@ -326,14 +521,35 @@ impl Overlay {
                         }
                     }
                 }
+                if stop_below {
+                    break;
+                }
+                if let Some(w) = next {
+                    // An absolute redirect goes on from the roots, in the layers below this
+                    // one (the kernel's switch to the root's lower stack).
+                    if matches!(w, Wanted::Path(_)) && !from_root {
+                        stack = self.root().state.read().lowers.clone();
+                        i = stack
+                            .as_slice()
+                            .iter()
+                            .position(|e| e.layer > le.layer)
+                            .unwrap_or(stack.len());
+                        from_root = true;
+                    }
+                    want = w;
+                }
+            }
+            if need_data {
+                return Err(self.name_err(METACOPY_NO_DATA, parent, name, Errno::IO));
             }
             if let Some(i) = first_lower_ino {
                 ino = Some(i);
             }
-            if let Some(r) = redirect {
-                if !state.lowers.is_empty() {
-                    state.lower_path = Some(Arc::from(r.path));
-                }
+            if upper_redirect_value.is_some() || (!paths.is_empty() && !state.lowers.is_empty()) {
+                state.redirect = Some(Arc::new(Redirected {
+                    upper: upper_redirect_value,
+                    paths,
+                }));
             }
         }
         match (kind, ino) {
@@ -348,10 +564,10 @@ impl Overlay {
     }
 
     /// True when regular file `name` in `dir` (stat `st`) is a metadata-only copy
-    /// (`overlay.metacopy`), whose data lives in a lower layer. The engine does not follow
-    /// metacopy, so such a file is refused (EPERM), as the kernel refuses one in any layer
-    /// with `metacopy=off` ("refusing to follow metacopy origin"), instead of showing its
-    /// empty data. An empty file has no data to hide: it costs no xattr read.
+    /// (`overlay.metacopy`), whose data lives in a lower layer. With `metacopy=off` such a
+    /// file is refused (EPERM), as the kernel refuses one in any layer ("refusing to follow
+    /// metacopy origin"), instead of showing its empty data; with `metacopy=on` its data is
+    /// looked up below. An empty file has no data to hide: it costs no xattr read.
     pub(crate) fn is_metacopy(
         &self,
         dir: std::os::fd::BorrowedFd<'_>,
@@ -389,93 +605,260 @@ impl Overlay {
         }
     }
 
-    /// The redirect of upper directory `name` in `dir` (child of `parent`), if it has one: a
-    /// kernel mount with `redirect_dir=on` renamed a merged directory, whose lower part lives
-    /// under another name. An absolute value (`/a/b`) names a path from the lower layers'
-    /// roots, a relative one a name in the parent's lower directories.
+    /// True when redirects are followed: `redirect_dir` is `on` or `follow`, and the
+    /// stack uses `trusted.overlay.*` xattrs (with `user.overlay.*`, the kernel's
+    /// `userxattr`, any user can write a redirect on what they own: the kernel forces
+    /// `redirect_dir=nofollow` there).
+    pub(crate) fn follow_redirects(&self) -> bool {
+        self.layers.ns == XattrNamespace::Trusted
+            && self.opts.redirect_dir != crate::mount::RedirectDir::NoFollow
+    }
+
+    /// The redirect of upper directory `name` in `dir`, if it has one: a kernel mount with
+    /// `redirect_dir=on` (or this engine) renamed a merged or lower directory, whose lower
+    /// part lives under another name. An absolute value (`/a/b`) names a path from the
+    /// lower layers' roots, a relative one a name in the parent's lower directories.
     ///
-    /// What the kernel (6.18) does, observed, and done here alike; the value is a C string
-    /// (cut at its first NUL):
-    /// * an empty value, a `/` in a relative one, or an empty component in an absolute one:
-    ///   EINVAL (malformed);
+    /// What the kernel (6.18) does, observed, and done here alike (see [`parse_redirect`]):
+    /// * a malformed value: EINVAL;
     /// * `.`, `..` or an empty name as a component: EACCES (the kernel's lookup of such a
     ///   name in a lower layer is refused), for a relative value only where the parent has
     ///   lower directories (otherwise it is never used);
     /// * anything else is followed (non-UTF-8 or over-long names simply find nothing).
     ///
-    /// With `user.overlay.*` xattrs (the kernel's `userxattr`) any user can write a redirect
-    /// on an upper directory they own, so, as the kernel (which forces
-    /// `redirect_dir=nofollow` there), redirects are never followed: where the parent has
-    /// lower directories a well-formed one gives EPERM (a malformed one EINVAL), and where it
-    /// has none the xattr is not even read.
+    /// When redirects are not followed ([`Overlay::follow_redirects`]: `redirect_dir=nofollow`
+    /// or `user.overlay.*` xattrs), where the parent has lower directories a well-formed one
+    /// gives EPERM (a malformed one EINVAL), as the kernel's "refusing to follow redirect",
+    /// and where it has none the xattr is not even read.
     ///
-    /// The error is the operation to name and the errno.
+    /// Returns the raw value and what the lower layers are asked for; the error is the
+    /// operation to name and the errno.
     fn upper_redirect(
         &self,
-        parent: &NodeRef,
         parent_has_lowers: bool,
         dir: std::os::fd::BorrowedFd<'_>,
         name: &OsStr,
-    ) -> std::result::Result<Option<Redirect>, (&'static str, Errno)> {
-        let follow = self.layers.ns == XattrNamespace::Trusted;
+    ) -> RedirectResult<(Box<[u8]>, Wanted<'static>)> {
+        let follow = self.follow_redirects();
         if !follow && !parent_has_lowers {
             return Ok(None);
         }
         let p = super::layers::proc_path(dir, name);
-        let v = match super::layers::read_xattr(|b| {
-            rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b)
-        }) {
-            Ok(v) => v,
-            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => return Ok(None),
-            Err(e) => return Err(("lookup (read overlay.redirect)", e)),
+        let Some(v) = read_redirect(|b| rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b))?
+        else {
+            return Ok(None);
         };
-        if v.is_empty() {
-            return Err((REDIRECT_INVALID, Errno::INVAL));
-        }
-        let v = &v[..v.iter().position(|c| *c == 0).unwrap_or(v.len())];
-        let (absolute, body) = match v.strip_prefix(b"/") {
-            Some(rest) => (true, rest),
-            None => (false, v),
-        };
-        let parts: Vec<&[u8]> = body.split(|c| *c == b'/').collect();
-        let well_formed = if absolute {
-            parts.iter().all(|c| !c.is_empty())
-        } else {
-            parts.len() == 1
-        };
-        if !well_formed {
-            return Err((REDIRECT_INVALID, Errno::INVAL));
-        }
+        let r = parse_redirect(&v)?;
         if !follow {
             return Err((REDIRECT_NOT_FOLLOWED, Errno::PERM));
         }
-        if parts
-            .iter()
-            .any(|c| c.is_empty() || *c == b"." || *c == b"..")
-        {
-            return if absolute || parent_has_lowers {
+        if r.dots {
+            return if r.absolute || parent_has_lowers {
                 Err((REDIRECT_DOTS, Errno::ACCESS))
             } else {
                 Ok(None)
             };
         }
-        let rel = Path::new(OsStr::from_bytes(body));
-        let path = if absolute {
-            rel.to_path_buf()
+        let body = OsStr::from_bytes(r.body);
+        let want = if r.absolute {
+            Wanted::Path(PathBuf::from(body))
         } else {
-            self.lower_rel_path(parent).join(rel)
+            Wanted::Name(std::borrow::Cow::Owned(body.to_os_string()))
         };
-        Ok(Some(Redirect { path, absolute }))
+        let raw: Box<[u8]> = v[..v.iter().position(|c| *c == 0).unwrap_or(v.len())].into();
+        Ok(Some((raw, want)))
     }
 
-    /// Where directory `node`'s lower directories are, relative to the lower layers' roots:
-    /// its path, or the path its nearest redirected ancestor points to.
-    /// Iterative: any depth costs heap, not stack.
-    pub(crate) fn lower_rel_path(&self, node: &NodeRef) -> PathBuf {
+    /// The redirect of a lower directory (open as `sub`), found while looking up `want`:
+    /// where the layers below look instead. A relative one replaces the last component of
+    /// what was looked up, an absolute one all of it (as the kernel's `ovl_check_redirect`).
+    /// When redirects are not followed, a redirect is refused (EPERM, the kernel's
+    /// "refusing to follow redirect"). Malformed values as for [`Overlay::upper_redirect`].
+    fn lower_redirect(
+        &self,
+        sub: std::os::fd::BorrowedFd<'_>,
+        want: &Wanted<'_>,
+        follow: bool,
+    ) -> RedirectResult<Wanted<'static>> {
+        let x = self.layers.ns.redirect();
+        // Most directories have none: one size query, no buffer.
+        if !xattr_present(sub, x) {
+            return Ok(None);
+        }
+        match read_redirect(|b| rustix::fs::fgetxattr(sub, x, b))? {
+            Some(v) => self.next_wanted(&v, want, follow),
+            None => Ok(None),
+        }
+    }
+
+    /// The redirect of metadata-only lower file `name` in `dir` (a renamed or linked one,
+    /// in an upper later used as a lower layer), as [`Overlay::lower_redirect`].
+    fn lower_file_redirect(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        want: &Wanted<'_>,
+        follow: bool,
+    ) -> RedirectResult<Wanted<'static>> {
+        let p = super::layers::proc_path(dir, name);
+        match read_redirect(|b| rustix::fs::lgetxattr(&p, self.layers.ns.redirect(), b))? {
+            Some(v) => self.next_wanted(&v, want, follow),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the layers below look for the data of metadata-only lower file `lname` in
+    /// `dir`, looked up as `want`: its redirect, relative to `rewritten` (what a redirect on
+    /// the way made of `want`), else `rewritten` itself.
+    fn file_redirect_below<'a>(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        lname: &OsStr,
+        want: &Wanted<'_>,
+        rewritten: Option<Wanted<'a>>,
+        follow: bool,
+    ) -> RedirectResult<Wanted<'a>> {
+        let base = rewritten.as_ref().unwrap_or(want);
+        Ok(self
+            .lower_file_redirect(dir, lname, base, follow)?
+            .or(rewritten))
+    }
+
+    /// Where the layers below look after a lower object's redirect `v`.
+    fn next_wanted(
+        &self,
+        v: &[u8],
+        want: &Wanted<'_>,
+        follow: bool,
+    ) -> RedirectResult<Wanted<'static>> {
+        let r = parse_redirect(v)?;
+        if !follow {
+            return Err((REDIRECT_REFUSED, Errno::PERM));
+        }
+        if r.dots {
+            return Err((REDIRECT_DOTS, Errno::ACCESS));
+        }
+        let body = OsStr::from_bytes(r.body);
+        Ok(Some(match want {
+            _ if r.absolute => Wanted::Path(PathBuf::from(body)),
+            Wanted::Name(_) => Wanted::Name(std::borrow::Cow::Owned(body.to_os_string())),
+            Wanted::Path(p) => Wanted::Path(p.parent().unwrap_or(Path::new("")).join(body)),
+        }))
+    }
+
+    /// Walk down the directories of absolute lookup path `path` (all but its last
+    /// component) in lower `layer`, as the kernel's `ovl_lookup_layer`: a whiteout or a
+    /// non-directory on the way ends the walk and the search below; unless `last`, an opaque
+    /// directory on the way ends the search below, and a redirect on the way (followed when
+    /// `follow`, else EPERM) rewrites the path for the layers below (a relative one replaces
+    /// its component, an absolute one everything up to it).
+    fn walk_lower_path(&self, layer: LayerRef, path: &Path, follow: bool, last: bool) -> Walked {
+        let comps: Vec<&OsStr> = path.iter().collect();
+        let n = comps.len();
+        let mut fd = self.layers.root(layer).fd.clone();
+        let mut rewritten: Option<PathBuf> = None;
+        let mut stop = false;
+        let missing = |e, rewritten, stop| Walked {
+            dir: Err(WalkError::Missing(e)),
+            rewritten,
+            stop,
+        };
+        for (i, c) in comps.iter().enumerate().take(n.saturating_sub(1)) {
+            let st = match rustix::fs::statat(&*fd, *c, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(e) => return missing(e, rewritten, stop),
+            };
+            if format::is_whiteout_stat(st.st_mode, st.st_rdev)
+                || FileKind::from_mode(st.st_mode) != FileKind::Directory
+            {
+                return missing(Errno::NOENT, rewritten, true);
+            }
+            let sub = match rustix::fs::openat2(
+                &*fd,
+                *c,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::NONBLOCK
+                    | rustix::fs::OFlags::NOCTTY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+                super::layers::RESOLVE_LAYER,
+            ) {
+                Ok(s) => s,
+                Err(e) => return missing(e, rewritten, stop),
+            };
+            if !last {
+                if self.layers.lower_dir_opacity(sub.as_fd()) == Opacity::Opaque {
+                    stop = true;
+                } else {
+                    let cur = rewritten.clone().unwrap_or_else(|| path.to_path_buf());
+                    // The component's place in `cur`: the components after it are the
+                    // original path's.
+                    let keep = cur.iter().count().saturating_sub(n - i);
+                    let prefix: PathBuf = cur.iter().take(keep).collect();
+                    let here = Wanted::Path(prefix.join(c));
+                    match self.lower_redirect(sub.as_fd(), &here, follow) {
+                        Ok(Some(Wanted::Path(p))) => {
+                            let mut new = p;
+                            for rest in &comps[i + 1..] {
+                                new.push(rest);
+                            }
+                            rewritten = Some(new);
+                        }
+                        Ok(_) => {}
+                        Err((op, e)) => {
+                            return Walked {
+                                dir: Err(WalkError::Fatal(op, e)),
+                                rewritten,
+                                stop,
+                            }
+                        }
+                    }
+                }
+            }
+            fd = Arc::new(sub);
+        }
+        Walked {
+            dir: Ok(fd),
+            rewritten,
+            stop,
+        }
+    }
+
+    /// Record where the object looked up as `want` (for `name` in `parent`) is in lower
+    /// `layer`, when that is not under the parent's directory by its own name.
+    fn record_lower_path(
+        &self,
+        paths: &mut Vec<(u16, PathBuf)>,
+        parent: &NodeRef,
+        name: &OsStr,
+        want: &Wanted<'_>,
+        layer: u16,
+    ) {
+        match want {
+            Wanted::Path(p) => paths.push((layer, p.clone())),
+            Wanted::Name(n) if **n != *name => {
+                paths.push((layer, self.lower_dir_path(parent, layer).join(n)))
+            }
+            Wanted::Name(_) => {}
+        }
+    }
+
+    /// Where directory `node` is in lower `layer`, relative to that layer's root: its path,
+    /// or the path of its nearest ancestor found elsewhere (a redirect, a rename) joined with
+    /// the names below it. Iterative: any depth costs heap, not stack.
+    pub(crate) fn lower_dir_path(&self, node: &NodeRef, layer: u16) -> PathBuf {
         let mut names = Vec::new();
         let mut cur = node.clone();
         let mut path = loop {
-            if let Some(p) = cur.state.read().lower_path.clone() {
+            if let Some(p) = cur
+                .state
+                .read()
+                .redirect
+                .as_ref()
+                .and_then(|r| r.path_in(layer))
+            {
                 break p.to_path_buf();
             }
             match cur.parent_name() {

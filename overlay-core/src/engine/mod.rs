@@ -239,12 +239,30 @@ pub(crate) enum RemovedAttr {
 }
 
 /// Tunables of an [`Overlay`].
+///
+/// The defaults are the kernel's on this project's reference machine (Linux 6.18 with the
+/// module's defaults: `redirect_dir=N` with `redirect_always_follow=Y`, `metacopy=N`,
+/// `index=N`): redirects are followed but not created, no metadata-only copy-up, no index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OverlayOptions {
     /// Durability of copy-up.
     pub fsync: FsyncMode,
     /// Copy-up data chunk size in bytes for `copy_file_range`/read-write (0: 8 MiB).
     pub copy_chunk: usize,
+    /// The kernel's `redirect_dir=`: `On` lets lower and merged directories be renamed
+    /// (the upper copy gets `overlay.redirect`, the old name a whiteout); `Follow` (the
+    /// default) follows the redirects it finds and gives EXDEV for such renames; `NoFollow`
+    /// refuses redirected directories (EPERM). With `user.overlay.*` xattrs (the kernel's
+    /// `userxattr`) redirects are never followed, whatever this says, and `On` is refused
+    /// by [`Overlay::with_options`], as the kernel refuses `userxattr,redirect_dir=on`.
+    pub redirect_dir: crate::mount::RedirectDir,
+    /// The kernel's `metacopy=on`: changing the metadata of a lower file (chmod, chown,
+    /// times, xattrs, a hard link, a rename) copies up only its metadata (the upper file
+    /// gets `overlay.metacopy`, and `overlay.redirect` once it is renamed); its data is
+    /// copied on the first open for write or truncation. Metacopy files in the layers are
+    /// followed; with `false` (the default) they are refused (EPERM), as by the kernel.
+    /// Needs `redirect_dir` `On` and `trusted.overlay.*` xattrs, as the kernel's.
+    pub metacopy: bool,
     /// Copy-up leaves the copy owned by the engine's process instead of copying the lower
     /// object's owner. For views that squash ownership (a FUSE mount with `squash_to_root`
     /// in a user namespace): the owner is never shown there, and an owner the namespace
@@ -255,13 +273,19 @@ pub struct OverlayOptions {
 /// The engine: a union view of a [`LayerStack`].
 ///
 /// Differences from the kernel overlay (documented, deliberate or not yet done):
-/// * `redirect_dir`, `metacopy`, `index` and `nfs_export` are not supported: renaming a lower
-///   or merged directory gives EXDEV (the kernel's default configuration), hard links to lower
-///   files break on copy-up (as the kernel without `index`). Redirects that a kernel mount
-///   with `redirect_dir=on` left on upper directories are followed, as the kernel follows them
-///   by default; a redirect inside a lower layer is refused (EPERM, the directory left out of
-///   listings), as with `redirect_dir=nofollow`. A metacopy file (from `metacopy=on`) is
-///   refused with EPERM, as the kernel refuses it with `metacopy=off`.
+/// * `redirect_dir` and `metacopy` are options ([`OverlayOptions`]) with the kernel's
+///   defaults (`follow`, off) and its on-disk format: with `redirect_dir=on` renaming a lower
+///   or merged directory writes `overlay.redirect` (EXDEV otherwise, or for an absolute
+///   redirect over the kernel's 256 bytes); with `metacopy=on` metadata changes of lower
+///   files copy up metadata only. Redirects are followed in the upper and in lower layers
+///   (not read in the bottom layer, as the kernel); `nofollow` refuses them (EPERM).
+///   `index` and `nfs_export` are not supported: hard links to lower files break on copy-up
+///   (as the kernel without `index`). Not followed either: the redirect of a metacopy file
+///   inside a lower layer, and a redirect on an intermediate component of an absolute
+///   redirect's path (the kernel follows both).
+/// * A renamed merged directory's upper copy is reached by name: a concurrent rename of it
+///   while a lookup walks through it may send that lookup to the directory now at the name
+///   (pure upper directories are checked by inode number).
 /// * With `user.overlay.*` xattrs ([`crate::XattrNamespace::User`], the kernel's
 ///   `userxattr`) redirects are never followed, as the kernel forces `redirect_dir=nofollow`
 ///   there: any user can write `user.overlay.redirect` on an upper directory they own, and
@@ -407,6 +431,22 @@ impl Overlay {
     /// `detach`: try private detached mounts for the layers (false: only `RESOLVE_NO_XDEV`,
     /// as without privilege; for tests).
     pub(crate) fn open_with(stack: LayerStack, opts: OverlayOptions, detach: bool) -> Result<Self> {
+        if stack.xattr_namespace() == crate::XattrNamespace::User
+            && opts.redirect_dir == crate::mount::RedirectDir::On
+        {
+            return Err(Error::OptionConflict(
+                "redirect_dir=on with user.overlay.* xattrs (userxattr): any user could forge \
+                 the redirects, so the kernel refuses this combination too"
+                    .into(),
+            ));
+        }
+        if opts.metacopy && opts.redirect_dir != crate::mount::RedirectDir::On {
+            return Err(Error::OptionConflict(format!(
+                "metacopy=on needs redirect_dir=on (a renamed metacopy file carries a redirect \
+                 to its data), but redirect_dir={}",
+                opts.redirect_dir.as_str()
+            )));
+        }
         let layers = Layers::open(&stack, detach)?;
         let mut state = NodeState {
             upper: layers.upper.is_some(),
@@ -455,6 +495,31 @@ impl Overlay {
         &self.opts
     }
 
+    /// The kernel's `ovl_allow_offline_changes`: none of the features that make lower
+    /// layers unchangeable while unmounted is on (`redirect_dir=on`; the kernel also names
+    /// `index`, `metacopy` and `xino=on`). When one is, the kernel marks new directories in
+    /// merged directories opaque.
+    pub(crate) fn allow_offline_changes(&self) -> bool {
+        !(self.opts.metacopy
+            || self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects())
+    }
+
+    /// The real object holding `node`'s data: its top object, or for a metadata-only copy
+    /// the lower file below it (the last of its lowers).
+    pub(crate) fn data_real(&self, op: &'static str, node: &NodeRef) -> Result<RealObj> {
+        let data = if self.metacopy_now(node) {
+            node.state.read().lowers.as_slice().last().map(|l| l.layer)
+        } else {
+            None
+        };
+        match data {
+            Some(l) if !node.is_unlinked() => self
+                .real(node, LayerRef::Lower(l))
+                .map_err(|e| self.node_err(op, node, e)),
+            _ => self.top_real(op, node),
+        }
+    }
+
     /// The root directory node.
     pub fn root(&self) -> NodeRef {
         self.root.clone()
@@ -462,6 +527,18 @@ impl Overlay {
 
     /// The real object of `node` in `layer`.
     pub(crate) fn real(&self, node: &Node, layer: LayerRef) -> std::result::Result<RealObj, Errno> {
+        // A lower directory found through a redirect lives under another path.
+        if let LayerRef::Lower(l) = layer {
+            let redirected = node.state.read().redirect.clone();
+            if let Some(p) = redirected.as_ref().and_then(|r| r.path_in(l)) {
+                let parent = p.parent().unwrap_or(std::path::Path::new(""));
+                return Ok(RealObj {
+                    layer,
+                    dir: self.open_lower_path(layer, parent)?,
+                    name: p.file_name().map(|n| n.to_os_string()),
+                });
+            }
+        }
         match node.parent_name() {
             None => Ok(RealObj {
                 layer,
@@ -537,10 +614,10 @@ impl Overlay {
             return Ok(Some(self.layers.root(layer).fd.clone()));
         }
         // A redirected directory's lower directories are where its redirect points.
-        if let LayerRef::Lower(_) = layer {
-            let redirected = dir.state.read().lower_path.clone();
-            if let Some(p) = redirected {
-                let fd = self.open_lower_path(layer, &p)?;
+        if let LayerRef::Lower(l) = layer {
+            let redirected = dir.state.read().redirect.clone();
+            if let Some(p) = redirected.as_ref().and_then(|r| r.path_in(l)) {
+                let fd = self.open_lower_path(layer, p)?;
                 self.dir_fds.insert(dir, layer, fd.clone());
                 return Ok(Some(fd));
             }
@@ -692,6 +769,7 @@ impl Overlay {
                 if node.kind == FileKind::Directory && node.state.read().is_merge() {
                     a.nlink = 1;
                 }
+                self.metacopy_blocks(&node, &mut a);
                 Ok((node, a))
             }
             None => {
@@ -777,7 +855,24 @@ impl Overlay {
             // As the kernel: counting subdirectories of a merged directory is not worth it.
             a.nlink = 1;
         }
+        self.metacopy_blocks(node, &mut a);
         Ok(a)
+    }
+
+    /// As the kernel: a metadata-only copy reports the blocks of its data (the lower file),
+    /// not those of the sparse upper file.
+    fn metacopy_blocks(&self, node: &NodeRef, a: &mut Attr) {
+        // The first operand's guard would live through the second: read it on its own.
+        let metacopy = node.state.read().metacopy;
+        if !metacopy || !self.metacopy_now(node) {
+            return;
+        }
+        if let Ok(st) = self
+            .data_real("getattr", node)
+            .and_then(|r| r.stat().map_err(|e| self.node_err("getattr", node, e)))
+        {
+            a.blocks = st.st_blocks as u64;
+        }
     }
 
     /// Target of a symlink.
@@ -816,7 +911,7 @@ impl Overlay {
         } else {
             f &= !(libc::O_TRUNC | libc::O_APPEND);
         }
-        let real = self.top_real("open", node)?;
+        let real = self.data_real("open", node)?;
         match self.open_real("open", node, &real, OFlags::from_bits_retain(f as u32)) {
             Ok((fd, _)) => Ok(File::from(fd)),
             Err(e @ Error::Changed { .. }) => {

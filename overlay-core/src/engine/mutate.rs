@@ -14,13 +14,16 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags as RxRename, Xattr
 use rustix::io::Errno;
 
 use super::layers::{remove_tree_at, LayerRef};
-use super::node::{NodeName, NodeState};
+use super::node::{NodeName, NodeState, Redirected};
 use super::real::RealObj;
 use super::{
     check_name, is_dot, FileKind, NewMode, Node, NodeRef, Overlay, Owner, RemovedAttr, RenameFlags,
 };
 use crate::error::Result;
 use crate::format;
+
+/// The kernel's `redirect_max` default: the longest absolute redirect a rename writes.
+const REDIRECT_MAX: usize = 256;
 
 /// What to create.
 enum NewObj<'a> {
@@ -312,6 +315,19 @@ impl Overlay {
                     stat = Some(st);
                 }
             }
+            // As the kernel once any of its new features is on: a new directory in a
+            // merged one is opaque (an optimisation it allows to fail, so may we).
+            if kind == FileKind::Directory
+                && !over_whiteout
+                && !self.allow_offline_changes()
+                && parent.state.read().is_merge()
+            {
+                let _ = created.setxattr(
+                    OsStr::new(self.layers.ns.opaque()),
+                    b"y",
+                    XattrFlags::empty(),
+                );
+            }
             if over_whiteout {
                 if kind == FileKind::Directory {
                     created.setxattr(
@@ -348,16 +364,22 @@ impl Overlay {
                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
             }
         };
-        let node = Arc::new(Node::new(
-            ino,
-            kind,
-            Some(parent.clone()),
-            name,
-            NodeState {
+        // A new name of a metadata-only copy reads the same lower data.
+        let of_state = link_of.map(|of| of.state.read().clone());
+        let state = match of_state {
+            Some(st) if st.metacopy => NodeState {
+                upper: true,
+                metacopy: true,
+                lowers: st.lowers,
+                redirect: st.redirect,
+                ..Default::default()
+            },
+            _ => NodeState {
                 upper: true,
                 ..Default::default()
             },
-        ));
+        };
+        let node = Arc::new(Node::new(ino, kind, Some(parent.clone()), name, state));
         parent.set_child(name, &node);
         Ok((node, fd))
     }
@@ -494,10 +516,18 @@ impl Overlay {
         if node.is_unlinked() {
             return Err(self.node_err(op, node, Errno::NOENT));
         }
-        self.copy_up_node(node, true)?;
+        self.copy_up_meta(node)?;
         let _c = node.copy_lock.lock();
         if node.is_unlinked() {
             return Err(self.node_err(op, node, Errno::NOENT));
+        }
+        if self.metacopy_now(node) {
+            // As the kernel's `ovl_set_link_redirect`: the new name finds the data through
+            // an absolute redirect on the (shared) upper inode.
+            let r = self
+                .set_redirect(node, false)
+                .map_err(|e| self.node_err(op, node, e))?;
+            node.state.write().redirect = Some(Arc::new(r));
         }
         let src = self
             .real(node, LayerRef::Upper)
@@ -587,7 +617,7 @@ impl Overlay {
             let st = node.state.read();
             // A redirected directory's lower part lives under another name: ask the layers.
             if !st.lowers.is_empty()
-                && st.lower_path.is_none()
+                && st.redirect.is_none()
                 && (!st.upper || node.kind == FileKind::Directory)
             {
                 return Ok(true);
@@ -677,8 +707,104 @@ impl Overlay {
         Ok(())
     }
 
+    /// Write `overlay.redirect` on the upper copy of directory `node` (which has lower
+    /// directories and is about to move; `same_dir`: within its parent), as the kernel's
+    /// `ovl_set_redirect`: a move within the parent needs a relative redirect (the current
+    /// name), any other an absolute one (the path from the root, each ancestor named by its
+    /// own redirect where it has one, up to an absolute one). A redirect the directory has
+    /// already is kept where it still fits (any one within the parent, an absolute one
+    /// anywhere). An absolute redirect longer than the kernel's `redirect_max` (256 bytes)
+    /// gives EXDEV (a program falls back to copying, as with the kernel).
+    ///
+    /// Returns what the node's state is to say once it has moved: the redirect, and the
+    /// paths of its lower directories (which no longer follow from its name).
+    fn set_redirect(
+        &self,
+        node: &NodeRef,
+        same_dir: bool,
+    ) -> std::result::Result<Redirected, Errno> {
+        use std::os::unix::ffi::OsStrExt;
+        let st = node.state.read().clone();
+        // As the kernel's `ovl_need_absolute_redirect`: a file with other names below (a
+        // lower hard link) needs an absolute one even within its directory.
+        let same_dir = same_dir
+            && (node.kind == FileKind::Directory
+                || match st.lowers.first() {
+                    Some(l) => self
+                        .real(node, LayerRef::Lower(l.layer))
+                        .and_then(|r| r.stat())
+                        .is_ok_and(|s| s.st_nlink <= 1),
+                    None => true,
+                });
+        let mut r = st.redirect.as_deref().cloned().unwrap_or_default();
+        for le in &st.lowers {
+            if r.path_in(le.layer).is_none() {
+                let p = self.lower_dir_path(node, le.layer);
+                r.paths.push((le.layer, p));
+            }
+        }
+        let keep = match &r.upper {
+            Some(v) => same_dir || v.starts_with(b"/"),
+            None => false,
+        };
+        if keep {
+            return Ok(r);
+        }
+        let value: Vec<u8> = if same_dir {
+            let (_, name) = node.parent_name().ok_or(Errno::XDEV)?;
+            name.as_os_str().as_bytes().to_vec()
+        } else {
+            // Components from the node up, each a name or an ancestor's redirect.
+            let mut comps: Vec<Vec<u8>> = Vec::new();
+            let mut len = 0usize;
+            let mut cur = node.clone();
+            while let Some((parent, name)) = cur.parent_name() {
+                let own = cur
+                    .state
+                    .read()
+                    .redirect
+                    .as_ref()
+                    .and_then(|r| r.upper.clone());
+                let c: Vec<u8> = match own {
+                    Some(v) => v.into_vec(),
+                    None => name.as_os_str().as_bytes().to_vec(),
+                };
+                let absolute = c.starts_with(b"/");
+                len += c.len() + usize::from(!absolute);
+                if len > REDIRECT_MAX {
+                    return Err(Errno::XDEV);
+                }
+                comps.push(c);
+                if absolute {
+                    break;
+                }
+                cur = parent;
+            }
+            let mut v = Vec::with_capacity(len);
+            for c in comps.iter().rev() {
+                if !c.starts_with(b"/") {
+                    v.push(b'/');
+                }
+                v.extend_from_slice(c);
+            }
+            v
+        };
+        let upper = self.real(node, LayerRef::Upper)?;
+        // As the kernel: a redirect that cannot be set makes the rename EXDEV.
+        upper
+            .setxattr(
+                OsStr::new(self.layers.ns.redirect()),
+                &value,
+                XattrFlags::empty(),
+            )
+            .map_err(|_| Errno::XDEV)?;
+        r.upper = Some(value.into_boxed_slice());
+        Ok(r)
+    }
+
     /// Rename. Non-directories always work (copy-up, whiteout left at the old name if a lower
-    /// object existed); directories only when they exist only in upper, EXDEV otherwise.
+    /// object existed); directories with lower directories only with `redirect_dir=on` (the
+    /// upper copy gets the kernel's `overlay.redirect`), EXDEV otherwise.
     /// `RenameFlags::EXCHANGE` and `NOREPLACE` behave as for `renameat2`.
     pub fn rename(
         &self,
@@ -770,20 +896,34 @@ impl Overlay {
                 }
             }
         }
-        // The overlay's own restrictions (no redirect_dir).
-        if src.kind == FileKind::Directory && !src.state.read().lowers.is_empty() {
+        // A directory with lower directories moves only with redirect_dir=on (its upper
+        // copy then points to them): EXDEV otherwise, as the kernel's.
+        let moves_lowers =
+            |n: &Node| n.kind == FileKind::Directory && !n.state.read().lowers.is_empty();
+        let can_redirect =
+            self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects();
+        let src_redirect = moves_lowers(&src);
+        let dst_redirect = exchange && dst.as_deref().is_some_and(moves_lowers);
+        if src_redirect && !can_redirect {
             return Err(serr(Errno::XDEV));
         }
-        if let Some(d) = &dst {
-            if exchange && d.kind == FileKind::Directory && !d.state.read().lowers.is_empty() {
-                return Err(nerr(Errno::XDEV));
-            }
+        if dst_redirect && !can_redirect {
+            return Err(nerr(Errno::XDEV));
         }
+        // A directory replaced by the rename must be empty. As the kernel, one with lower
+        // directories is checked now, a pure upper one (whose emptiness the kernel leaves to
+        // the upper filesystem's rename) only after the copy-ups and the redirect or opaque
+        // marker of the source: those stay when the rename then fails.
+        let mut check_empty_late = false;
         let _dg = match &dst {
             Some(d) if !exchange && d.kind == FileKind::Directory => {
                 let g = d.dir_lock().write();
-                if self.merged_empty_locked(d)?.is_none() {
-                    return Err(nerr(Errno::NOTEMPTY));
+                if !d.state.read().lowers.is_empty() {
+                    if self.merged_empty_locked(d)?.is_none() {
+                        return Err(nerr(Errno::NOTEMPTY));
+                    }
+                } else {
+                    check_empty_late = true;
                 }
                 Some(g)
             }
@@ -793,10 +933,10 @@ impl Overlay {
         // Copy-ups (parents first), then the per-node locks of both names.
         let pdir = self.upper_dir_of(parent)?;
         let npdir = self.upper_dir_of(new_parent)?;
-        self.copy_up_node(&src, true)?;
+        self.copy_up_meta(&src)?;
         if exchange {
             if let Some(d) = &dst {
-                self.copy_up_node(d, true)?;
+                self.copy_up_meta(d)?;
             }
         }
         let (_c1, _c2) = match &dst {
@@ -815,16 +955,45 @@ impl Overlay {
         // A pure-upper directory moved into a merged directory must not merge with lower
         // directories of its new name: mark it opaque, as the kernel does.
         let opaque = self.layers.ns.opaque();
-        if src.kind == FileKind::Directory && new_parent.state.read().is_merge() {
+        if src.kind == FileKind::Directory && !src_redirect && new_parent.state.read().is_merge() {
             let r = self.real(&src, LayerRef::Upper).map_err(serr)?;
             r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                 .map_err(serr)?;
         }
         if let Some(d) = &dst {
-            if exchange && d.kind == FileKind::Directory && parent.state.read().is_merge() {
+            if exchange
+                && d.kind == FileKind::Directory
+                && !dst_redirect
+                && parent.state.read().is_merge()
+            {
                 let r = self.real(d, LayerRef::Upper).map_err(nerr)?;
                 r.setxattr(OsStr::new(opaque), b"y", XattrFlags::empty())
                     .map_err(nerr)?;
+            }
+        }
+        // A moving directory with lower directories, or a metadata-only copy, gets
+        // `overlay.redirect` to them (before the rename, from where it is now, as the
+        // kernel's `ovl_set_redirect`).
+        let src_redirect = src_redirect || self.metacopy_now(&src);
+        let dst_redirect =
+            dst_redirect || exchange && dst.as_ref().is_some_and(|d| self.metacopy_now(d));
+        // The node learns its redirect at once (the lower paths it records hold before and
+        // after the move), as the kernel's in-memory one, which stays if the rename fails.
+        if src_redirect {
+            let r = self.set_redirect(&src, same_dir).map_err(serr)?;
+            src.state.write().redirect = Some(Arc::new(r));
+        }
+        if let Some(d) = &dst {
+            if dst_redirect {
+                let r = self.set_redirect(d, same_dir).map_err(nerr)?;
+                d.state.write().redirect = Some(Arc::new(r));
+            }
+        }
+        if check_empty_late {
+            if let Some(d) = &dst {
+                if self.merged_empty_locked(d)?.is_none() {
+                    return Err(nerr(Errno::NOTEMPTY));
+                }
             }
         }
 

@@ -101,13 +101,40 @@ pub(crate) struct NodeState {
     pub upper: bool,
     /// The upper directory is known to carry `overlay.impure` (directories only).
     pub impure: bool,
+    /// A regular file whose top object holds metadata only (`overlay.metacopy`, the
+    /// kernel's `metacopy=on`): its data is the last entry of `lowers`.
+    pub metacopy: bool,
     /// Lower layers holding the object, top-first. For a directory: every merged lower
     /// directory. For a non-directory: the one lower object (kept after copy-up as origin).
     pub lowers: Lowers,
-    /// For a directory whose upper copy carries `overlay.redirect` (a kernel rename of a
-    /// merged directory): where its lower directories are, relative to each lower layer's
-    /// root. `None`: under the parent's lower directories, by name.
-    pub lower_path: Option<Arc<std::path::Path>>,
+    /// For a directory whose lower directories are not found by its name under its
+    /// parent's (a redirect in the upper or a lower layer, or a rename with
+    /// `redirect_dir=on`): where they are. `None`: under the parent's lower directories, by
+    /// name.
+    pub redirect: Option<Arc<Redirected>>,
+}
+
+/// Where a redirected directory's lower directories are, and its redirect as the kernel
+/// keeps it in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Redirected {
+    /// The value of the upper directory's `overlay.redirect` (read at lookup or written by a
+    /// rename): a bare name or an absolute path from the overlay root. A later rename keeps
+    /// it where it still fits, and an absolute redirect of a descendant is built from it.
+    pub upper: Option<Box<[u8]>>,
+    /// Lower layer and the directory's path from that layer's root, for the layers where it
+    /// is not the parent's path there joined with the node's name.
+    pub paths: Vec<(u16, std::path::PathBuf)>,
+}
+
+impl Redirected {
+    /// The recorded path of the directory in lower `layer`.
+    pub fn path_in(&self, layer: u16) -> Option<&std::path::Path> {
+        self.paths
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, p)| p.as_path())
+    }
 }
 
 impl NodeState {
@@ -258,10 +285,12 @@ impl Node {
         self.kind
     }
 
-    /// True while the node lives only in lower layers (immutable while mounted, so callers may
-    /// cache it for long).
+    /// True while the node's data lives only in lower layers: it is not in the upper layer,
+    /// or only its metadata is (a metadata-only copy-up, `metacopy=on`). A read-only open
+    /// then reads a lower file, which stays as it is once the data is copied up.
     pub fn is_lower_only(&self) -> bool {
-        !self.state.read().upper
+        let st = self.state.read();
+        !st.upper || st.metacopy
     }
 
     /// Path relative to the overlay root (empty for the root).

@@ -92,6 +92,11 @@ impl Overlay {
         dir.state.write().impure = true;
     }
 
+    /// True when upper directory `dir` carries `overlay.impure`.
+    pub(crate) fn has_impure(&self, dir: BorrowedFd<'_>) -> bool {
+        rustix::fs::fgetxattr(dir, self.layers.ns.impure(), &mut [0u8; 4][..]).is_ok()
+    }
+
     /// Mark an upper directory `impure` (it holds entries with an origin), once.
     pub(crate) fn set_impure(&self, dir: BorrowedFd<'_>) {
         let x = self.layers.ns.impure();

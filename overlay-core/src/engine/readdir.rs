@@ -109,6 +109,8 @@ impl Overlay {
             None
         };
         if let Some(fd) = upper_fd {
+            // Whether the upper directory is `overlay.impure`, read once when needed.
+            let mut impure: Option<bool> = None;
             for e in read_entries(&fd, false).map_err(err)? {
                 let mut kind = kind_of_ft(e.ft);
                 if kind.is_none() || e.ft == FileType::CharacterDevice {
@@ -134,7 +136,13 @@ impl Overlay {
                 seen.insert(e.name.clone());
                 let ino = if let Some(n) = dir.cached_child(&e.name) {
                     n.ino()
-                } else if kind == FileKind::Directory && st.lowers.is_empty() {
+                } else if kind == FileKind::Directory
+                    && st.lowers.is_empty()
+                    && !*impure.get_or_insert_with(|| self.has_impure(fd.as_fd()))
+                {
+                    // No lower directories, and no directory with lower ones moved in
+                    // (`overlay.impure`, as the kernel marks a parent a redirected directory
+                    // moves into): the upper inode.
                     self.layers.map_ino(LayerRef::Upper, e.ino)
                 } else if kind == FileKind::Directory {
                     // May be merged with lower directories: compute as lookup does.

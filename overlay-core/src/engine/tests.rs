@@ -1407,13 +1407,163 @@ fn metacopy_files_are_refused_not_shown_empty() {
     assert_eq!(read_all(&ovl, "empty"), "");
     let e = walk(&ovl, "data").unwrap_err().to_string();
     assert!(e.contains("metacopy") && e.contains("data"), "{e}");
+    drop(ovl);
+    // With metacopy=on they are followed to their data; one with no data below is EIO.
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    assert_eq!(read_all(&ovl, "data"), "lower data");
+    assert_eq!(read_all(&ovl, "low"), "real");
+    assert_eq!(read_all(&ovl, "empty"), "");
+    std::fs::File::create(f.upper.join("nodata"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    set_xattr(&f.upper.join("nodata"), "trusted.overlay.metacopy", b"");
+    assert_eq!(errno(walk(&ovl, "nodata")), libc::EIO);
+}
+
+/// An absolute redirect through a directory that was itself renamed in a lower layer (an
+/// upper with redirects later used as a lower): the rename on the way is followed for the
+/// layers below, as the kernel's `ovl_lookup_layer` does (observed on 6.18: `d/q` with
+/// redirect `/x/m`, where `x` in the top lower carries redirect `m`, lists `m/m` of the
+/// bottom layer).
+#[test]
+fn absolute_redirect_through_a_renamed_lower_directory() {
+    need_root!();
+    let f = Fixture::new(2);
+    write(&f.lowers[0].join("m/m/f"), "deep");
+    std::fs::create_dir(f.lowers[1].join("x")).unwrap();
+    set_xattr(&f.lowers[1].join("x"), "trusted.overlay.redirect", b"m");
+    whiteout(&f.lowers[1].join("m"));
+    std::fs::create_dir_all(f.upper.join("d/q")).unwrap();
+    set_xattr(&f.upper.join("d/q"), "trusted.overlay.redirect", b"/x/m");
+    let ovl = f.overlay();
+    assert_eq!(names(&ovl, &walk(&ovl, "d/q").unwrap()), ["f"]);
+    assert_eq!(read_all(&ovl, "d/q/f"), "deep");
+}
+
+/// Two names of one metadata-only copy (a hard link): once a write through one copies the
+/// data, the other name's node learns it from the upper file (no second copy over the
+/// written data, and no lock taken twice: this used to deadlock).
+#[test]
+fn metacopy_hard_link_names_see_one_data_copy() {
+    use std::os::unix::fs::FileExt;
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("h"), "data");
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    let h = walk(&ovl, "h").unwrap();
+    let chmod = |n: &NodeRef, mode| {
+        let changes = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        ovl.setattr(n, &changes).unwrap();
+    };
+    chmod(&h, 0o600);
+    let h2 = ovl.link(&h, &ovl.root(), OsStr::new("h2")).unwrap();
+    ovl.open(&h, libc::O_WRONLY)
+        .unwrap()
+        .write_all_at(b"DA", 0)
+        .unwrap();
+    chmod(&h2, 0o644);
+    ovl.getattr(&h2).unwrap();
+    ovl.open(&h2, libc::O_WRONLY).unwrap();
+    assert_eq!(read_all(&ovl, "h2"), "DAta");
+    assert_eq!(read_all(&ovl, "h"), "DAta");
+}
+
+/// As the kernel refuses `userxattr,redirect_dir=on`: with `user.overlay.*` xattrs any user
+/// could forge redirects.
+#[test]
+fn redirect_dir_on_is_refused_with_user_xattrs() {
+    let f = Fixture::new(1);
+    let stack = LayerStack::builder()
+        .lowers(f.lowers.iter())
+        .upper(&f.upper, &f.work)
+        .xattr_namespace(XattrNamespace::User)
+        .build()
+        .unwrap();
+    let opts = crate::OverlayOptions {
+        redirect_dir: crate::mount::RedirectDir::On,
+        ..Default::default()
+    };
+    let e = Overlay::with_options(stack, opts).unwrap_err();
+    assert!(matches!(e, Error::OptionConflict(_)), "{e}");
+}
+
+fn metacopy_options() -> crate::OverlayOptions {
+    crate::OverlayOptions {
+        redirect_dir: crate::mount::RedirectDir::On,
+        metacopy: true,
+        ..Default::default()
+    }
+}
+
+/// With metacopy=on a chmod of a lower file copies its metadata only (a sparse upper file
+/// of the right size marked `overlay.metacopy`), reads still see the lower data, a rename
+/// records where it is (`overlay.redirect`), and the first write-open copies the data in
+/// place and drops the marker. metacopy=on without redirect_dir=on is refused.
+#[test]
+fn metacopy_copies_metadata_first_and_data_on_write() {
+    use std::os::unix::fs::FileExt;
+    let f = Fixture::new(1);
+    write(&f.lowers[0].join("dir/big"), "0123456789");
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    let big = walk(&ovl, "dir/big").unwrap();
+    let changes = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    ovl.setattr(&big, &changes).unwrap();
+    let up = f.upper.join("dir/big");
+    let md = std::fs::metadata(&up).unwrap();
+    assert_eq!((md.len(), md.mode() & 0o777), (10, 0o600));
+    assert_eq!(std::fs::read(&up).unwrap(), [0u8; 10], "no data copied");
+    assert!(get_xattr(&up, "trusted.overlay.metacopy").is_some());
+    assert!(big.is_lower_only(), "the data is still below");
+    // As the kernel: the blocks of the data.
+    let lower_blocks = std::fs::metadata(f.lowers[0].join("dir/big"))
+        .unwrap()
+        .blocks();
+    assert_eq!(ovl.getattr(&big).unwrap().blocks, lower_blocks);
+    assert_eq!(read_all(&ovl, "dir/big"), "0123456789");
+    let dir = walk(&ovl, "dir").unwrap();
+    ovl.rename(
+        &dir,
+        OsStr::new("big"),
+        &ovl.root(),
+        OsStr::new("moved"),
+        RenameFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(
+        get_xattr(&f.upper.join("moved"), "trusted.overlay.redirect").as_deref(),
+        Some(&b"/dir/big"[..])
+    );
+    assert_eq!(read_all(&ovl, "moved"), "0123456789");
+    drop(ovl);
+    // A fresh mount finds the data through the redirect, and a write copies it.
+    let ovl = Overlay::with_options(f.stack(), metacopy_options()).unwrap();
+    assert_eq!(read_all(&ovl, "moved"), "0123456789");
+    let moved = walk(&ovl, "moved").unwrap();
+    ovl.open(&moved, libc::O_WRONLY)
+        .unwrap()
+        .write_all_at(b"AB", 0)
+        .unwrap();
+    assert_eq!(read_all(&ovl, "moved"), "AB23456789");
+    assert!(get_xattr(&f.upper.join("moved"), "trusted.overlay.metacopy").is_none());
+    assert_eq!(std::fs::read(f.upper.join("moved")).unwrap(), b"AB23456789");
+    drop(ovl);
+    let opts = crate::OverlayOptions {
+        metacopy: true,
+        ..Default::default()
+    };
+    assert!(Overlay::with_options(f.stack(), opts).is_err());
 }
 
 /// A directory carrying `overlay.redirect` (renamed by a kernel mount with redirect_dir=on)
 /// is merged with the lower directory its redirect names, as the kernel follows it by
 /// default: a relative redirect (a bare name) in the same parent, an absolute one from the
-/// lower roots. A redirect inside a lower layer is not followed: EPERM, as with
-/// redirect_dir=nofollow.
+/// lower roots; a redirect inside a lower layer is followed by the layers below it.
 #[test]
 fn redirected_directories_are_followed() {
     let f = Fixture::new(1);
@@ -1450,15 +1600,35 @@ fn redirected_directories_are_followed() {
     drop(ovl);
     let ovl = f.overlay();
     assert_eq!(errno(walk(&ovl, "bad")), libc::EINVAL);
-    // A redirect in a lower layer is not followed.
-    let g = Fixture::new(1);
+    // A redirect in a lower layer (observed on 6.18): not read in the bottom layer (nothing
+    // is below it); in a higher one followed by the layers below, or refused (EPERM) with
+    // redirect_dir=nofollow.
+    let g = Fixture::new(2);
     write(&g.lowers[0].join("r/x"), "x");
+    write(&g.lowers[0].join("elsewhere/e"), "e");
+    write(&g.lowers[1].join("r/y"), "y");
     set_xattr(
         &g.lowers[0].join("r"),
         "trusted.overlay.redirect",
         b"/elsewhere",
     );
     let ovl = g.overlay();
+    assert_eq!(names(&ovl, &walk(&ovl, "r").unwrap()), ["x", "y"]);
+    drop(ovl);
+    set_xattr(
+        &g.lowers[1].join("r"),
+        "trusted.overlay.redirect",
+        b"/elsewhere",
+    );
+    let ovl = g.overlay();
+    assert_eq!(names(&ovl, &walk(&ovl, "r").unwrap()), ["e", "y"]);
+    assert_eq!(read_all(&ovl, "r/e"), "e");
+    drop(ovl);
+    let opts = crate::OverlayOptions {
+        redirect_dir: crate::mount::RedirectDir::NoFollow,
+        ..Default::default()
+    };
+    let ovl = Overlay::with_options(g.stack(), opts).unwrap();
     assert_eq!(errno(walk(&ovl, "r")), libc::EPERM);
 }
 

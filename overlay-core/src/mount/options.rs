@@ -15,12 +15,15 @@ use crate::error::{Error, Result};
 ///
 /// The kernel's `off` is deliberately absent: it means `follow` or `nofollow` depending on the
 /// module parameter `redirect_always_follow`, which is exactly the machine dependence we avoid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RedirectDir {
     /// Create and follow redirects: renaming a lower directory works (no `EXDEV`).
     /// Needs trusted xattrs (privileged), conflicts with `userxattr`.
     On,
     /// Follow existing redirects, create none (renaming a lower directory gives `EXDEV`).
+    /// The default of the engine ([`crate::OverlayOptions`]), as the kernel's with its
+    /// module defaults (`redirect_dir=N`, `redirect_always_follow=Y`).
+    #[default]
     Follow,
     /// Neither follow nor create redirects. The only value allowed with `userxattr`.
     NoFollow,

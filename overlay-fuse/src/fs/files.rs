@@ -19,7 +19,6 @@ use tracing::{debug, warn};
 
 use super::convert::{attr_from_metadata, errno, io_errno, rustix_errno};
 use super::handles::OpenFile;
-use super::notify::Invalidation;
 use super::Inner;
 use crate::table::IoMode;
 
@@ -203,16 +202,14 @@ impl Inner {
             from_lower: AtomicBool::new(from_lower),
             mode,
         });
+        if was_lower && !from_lower {
+            // Copied up: ctime and blocks may differ now, and the mtime of a metacopy file
+            // whose data was copied.
+            self.invalidate_attrs_now(ino);
+        }
         match backing {
             Some(b) => reply.opened_passthrough(FileHandle(fh), fopen, &b),
             None => reply.opened(FileHandle(fh), fopen),
-        }
-        if was_lower && !from_lower {
-            // Copied up: ctime and blocks may differ now.
-            self.invalidate(Invalidation::Inode {
-                nodeid: ino,
-                data: false,
-            });
         }
     }
 

@@ -242,6 +242,24 @@ impl Inner {
         }
     }
 
+    /// Drop the kernel's cached attributes of `nodeid` now, before the current reply, so
+    /// that no stat after it sees attributes from before a change this request made (the
+    /// data copy-up of a metacopy file on open changes its mtime). Attributes only: the
+    /// kernel takes no inode or page lock for that, so it cannot wait on this request.
+    fn invalidate_attrs_now(&self, nodeid: u64) {
+        match self.notifier.get() {
+            Some(n) => {
+                if let Err(e) = n.inval_inode(INodeNo(nodeid), -1, 0) {
+                    tracing::debug!("invalidate attributes of {nodeid}: {e}");
+                }
+            }
+            None => self.invalidate(Invalidation::Inode {
+                nodeid,
+                data: false,
+            }),
+        }
+    }
+
     /// Run `f` on a thread of the long-operation pool when `long` (a possible whole-file
     /// copy-up or an fsync), so the fuser workers stay free; inline otherwise.
     fn offload(

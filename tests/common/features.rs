@@ -1,0 +1,63 @@
+//! The kernel features a differential case runs with (`redirect_dir`, and later
+//! `metacopy`, `index`): the same setting for the kernel mount and for our backends.
+
+use overlay_core::mount::RedirectDir;
+use overlay_core::OverlayOptions;
+
+/// One setting of the kernel's optional features, for both sides of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// `redirect_dir=on` (else `follow`, the kernel's default here).
+    pub redirect_dir: bool,
+    /// `metacopy=on` (needs `redirect_dir`).
+    pub metacopy: bool,
+}
+
+impl Features {
+    /// The kernel's defaults on this machine (`redirect_dir=N` with
+    /// `redirect_always_follow=Y`, i.e. `follow`; no metacopy, no index).
+    pub const DEFAULTS: Features = Features {
+        redirect_dir: false,
+        metacopy: false,
+    };
+    /// Lower and merged directories can be renamed (`redirect_dir=on`).
+    pub const REDIRECT: Features = Features {
+        redirect_dir: true,
+        metacopy: false,
+    };
+    /// Metadata-only copy-up too (`redirect_dir=on,metacopy=on`).
+    pub const METACOPY: Features = Features {
+        redirect_dir: true,
+        metacopy: true,
+    };
+
+    /// The kernel mount options: every feature explicit, so that the result does not
+    /// depend on the module's defaults; no xino and no uuid on the upper root.
+    pub fn kernel_options(self) -> String {
+        let r = if self.redirect_dir { "on" } else { "follow" };
+        let m = if self.metacopy { "on" } else { "off" };
+        format!("redirect_dir={r},index=off,metacopy={m},xino=off,uuid=null")
+    }
+
+    /// The engine's options for the same setting.
+    pub fn engine_options(self) -> OverlayOptions {
+        OverlayOptions {
+            redirect_dir: if self.redirect_dir {
+                RedirectDir::On
+            } else {
+                RedirectDir::Follow
+            },
+            metacopy: self.metacopy,
+            ..OverlayOptions::default()
+        }
+    }
+
+    /// A short name for messages.
+    pub fn name(self) -> &'static str {
+        match (self.redirect_dir, self.metacopy) {
+            (_, true) => "redirect_dir=on,metacopy=on",
+            (true, false) => "redirect_dir=on",
+            (false, false) => "defaults",
+        }
+    }
+}
