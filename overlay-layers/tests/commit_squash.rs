@@ -173,7 +173,8 @@ fn commit_case(ops: &[Op], options: &str) -> Result<(), String> {
 
 #[test]
 fn squash_equals_the_merged_view() {
-    run(60, |ops| squash_case(ops, common::kernel::KERNEL_OPTIONS));
+    let options = common::features::Features::DEFAULTS.kernel_options();
+    run(60, |ops| squash_case(ops, &options));
 }
 
 #[test]
@@ -183,7 +184,8 @@ fn squash_equals_the_merged_view_with_redirects() {
 
 #[test]
 fn commit_turns_the_target_into_the_merged_view() {
-    run(60, |ops| commit_case(ops, common::kernel::KERNEL_OPTIONS));
+    let options = common::features::Features::DEFAULTS.kernel_options();
+    run(60, |ops| commit_case(ops, &options));
 }
 
 #[test]

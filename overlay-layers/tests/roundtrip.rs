@@ -137,7 +137,7 @@ fn round_trip(ops: &[Op], options: &str, compression: Compression) -> Result<(),
     }
 }
 
-fn run(default_cases: u32, options: &'static str) {
+fn run(default_cases: u32, options: &str) {
     common::init();
     if !common::require_mounts() {
         return;
@@ -162,7 +162,7 @@ fn run(default_cases: u32, options: &'static str) {
 
 #[test]
 fn round_trip_differential_options() {
-    run(120, common::kernel::KERNEL_OPTIONS);
+    run(120, &common::features::Features::DEFAULTS.kernel_options());
 }
 
 #[test]

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use super::convert::{attr_from_metadata, errno, io_errno, rustix_errno};
 use super::handles::OpenFile;
+use super::notify::Invalidation;
 use super::Inner;
 use crate::table::IoMode;
 
