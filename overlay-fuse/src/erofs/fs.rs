@@ -21,6 +21,7 @@ use overlay_core::FileKind;
 
 use super::image::{ErofsImage, Listing, NodeAttr};
 use crate::error::Error;
+use crate::fs::file_type;
 
 /// How long the kernel may cache entries and attributes: the image never changes.
 const TTL: Duration = Duration::from_secs(3600);
@@ -116,18 +117,6 @@ impl ErofsFs {
 fn eio(op: &str, e: &Error) -> Errno {
     warn!("{op}: {e}");
     Errno::EIO
-}
-
-fn file_type(k: FileKind) -> FileType {
-    match k {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Directory => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::CharDevice => FileType::CharDevice,
-        FileKind::BlockDevice => FileType::BlockDevice,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-    }
 }
 
 /// Reply to a getxattr/listxattr size probe or with the bytes.

@@ -45,7 +45,8 @@ pub(super) fn rustix_errno(op: &str, e: rustix::io::Errno) -> Errno {
     Errno::from_i32(e.raw_os_error())
 }
 
-pub(super) fn file_type(k: FileKind) -> FileType {
+/// The FUSE file type of an engine file kind (also for `ovl-erofs`).
+pub(crate) fn file_type(k: FileKind) -> FileType {
     match k {
         FileKind::File => FileType::RegularFile,
         FileKind::Directory => FileType::Directory,

@@ -51,6 +51,7 @@
 mod attrs;
 mod config;
 mod convert;
+pub(crate) use convert::file_type;
 mod dirs;
 mod files;
 mod handles;
