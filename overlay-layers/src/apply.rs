@@ -36,7 +36,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 
 use crate::compress::{open_stream, BombLimits, Compression};
-use crate::digest::HashReader;
+use crate::digest::PipelinedHashReader;
 use crate::error::Error;
 use crate::tar::reader::{Entry, EntryType, ReadError, ReadLimits, TarReader};
 use crate::target::{self, join, Root, WalkError};
@@ -183,8 +183,11 @@ fn apply_named(
         archive: name.to_path_buf(),
         reason: crate::error::describe(&e),
     })?;
+    // The diff_id is hashed on a second thread, overlapping the writing of the tree.
+    let hashed =
+        PipelinedHashReader::new(stream).map_err(|e| Error::io(name, "cannot start hashing", e))?;
     let reader = TarReader::new(
-        HashReader::new(stream),
+        hashed,
         ReadLimits {
             max_header_data: l.max_header_data,
             max_path: l.max_path,
@@ -238,14 +241,15 @@ fn apply_named(
         a.entry(&mut reader, &entry)?;
     }
     a.finish_dirs()?;
-    let (diff_id, size) = reader_finish(reader);
+    let (diff_id, size) =
+        reader_finish(reader).map_err(|e| Error::io(name, "cannot hash the layer", e))?;
     a.report.diff_id = diff_id;
     a.report.tar_size = size;
     Ok(a.report)
 }
 
 /// The digest covers everything read, end marker and padding included.
-fn reader_finish<R: Read>(r: TarReader<HashReader<R>>) -> (String, u64) {
+fn reader_finish<R: Read>(r: TarReader<PipelinedHashReader<R>>) -> std::io::Result<(String, u64)> {
     r.into_inner().finish()
 }
 
@@ -430,14 +434,14 @@ impl Applier {
                         return Err(self.fail(e, format!("cannot create the directory: {er}")))
                     }
                 }
-                self.owner_and_xattrs(e, &comps, parent.as_fd(), nm, false)?;
+                self.owner_and_xattrs(e, &comps, parent.as_fd(), nm, false, None)?;
                 self.dirs.push((comps.clone(), e.mode, e.mtime));
             }
             EntryType::File => self.file(reader, e, &comps, parent.as_fd(), nm)?,
             EntryType::Symlink => {
                 rustix::fs::symlinkat(OsStr::from_bytes(&e.link), &parent, nm)
                     .map_err(|er| self.fail(e, format!("cannot create the symlink: {er}")))?;
-                self.owner_and_xattrs(e, &comps, parent.as_fd(), nm, true)?;
+                self.owner_and_xattrs(e, &comps, parent.as_fd(), nm, true, None)?;
                 let _ = rustix::fs::utimensat(&parent, nm, &ts(e.mtime), AtFlags::SYMLINK_NOFOLLOW);
             }
             EntryType::HardLink => {
@@ -523,7 +527,7 @@ impl Applier {
             }
             Err(er) => return Err(self.fail(e, format!("cannot create the {what}: {er}"))),
         }
-        self.owner_and_xattrs(e, comps, parent, nm, false)?;
+        self.owner_and_xattrs(e, comps, parent, nm, false, None)?;
         let mode = self.mode_bits(e, comps);
         let _ = rustix::fs::chmodat(parent, nm, Mode::from_raw_mode(mode), AtFlags::empty());
         let _ = rustix::fs::utimensat(parent, nm, &ts(e.mtime), AtFlags::SYMLINK_NOFOLLOW);
@@ -570,7 +574,8 @@ impl Applier {
             rustix::fs::ftruncate(&fd, e.size)
                 .map_err(|er| self.fail(e, format!("cannot set its size: {er}")))?;
         }
-        self.owner_and_xattrs(e, comps, parent, nm, false)?;
+        // Owner and xattrs through the open descriptor: no path lookup.
+        self.owner_and_xattrs(e, comps, parent, nm, false, Some(fd.as_fd()))?;
         let mode = self.mode_bits(e, comps);
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
             .map_err(|er| self.fail(e, format!("chmod: {er}")))?;
@@ -586,15 +591,17 @@ impl Applier {
         parent: BorrowedFd<'_>,
         nm: &OsStr,
         symlink: bool,
+        own: Option<BorrowedFd<'_>>,
     ) -> Result<(), Error> {
         if self.same_owner {
-            let r = rustix::fs::chownat(
-                parent,
-                nm,
+            let (uid, gid) = (
                 Some(rustix::fs::Uid::from_raw(e.uid)),
                 Some(rustix::fs::Gid::from_raw(e.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
             );
+            let r = match own {
+                Some(fd) => rustix::fs::fchown(fd, uid, gid),
+                None => rustix::fs::chownat(parent, nm, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+            };
             match r {
                 Ok(()) => {}
                 Err(Errno::PERM) | Err(Errno::INVAL) => self.report.owners_not_kept += 1,
@@ -630,7 +637,16 @@ impl Applier {
             } else {
                 k.clone()
             };
-            match target::set_xattr(parent, Some(nm), &key, v) {
+            let set = match own {
+                Some(fd) => rustix::fs::fsetxattr(
+                    fd,
+                    OsStr::from_bytes(&key),
+                    v,
+                    rustix::fs::XattrFlags::empty(),
+                ),
+                None => target::set_xattr(parent, Some(nm), &key, v),
+            };
+            match set {
                 Ok(()) => {}
                 Err(Errno::PERM) | Err(Errno::ACCESS) | Err(Errno::NOTSUP) | Err(Errno::INVAL) => {
                     let why = if symlink && k.starts_with(b"user.") {

@@ -308,6 +308,7 @@ pub fn diff(
     walk(
         &root,
         &mut Vec::new(),
+        &[],
         lowers,
         lower_root,
         Context::Normal,
@@ -366,10 +367,14 @@ fn add_lower_subtree(
 }
 
 /// Walk one upper directory. `lower_here` is the merged lower directory at this path
-/// (`None` with lowers given means the lowers have nothing here).
+/// (`None` with lowers given means the lowers have nothing here); `low` is this directory's
+/// own place in the lowers (its merged path, unless a renamed directory above moved it),
+/// against which a relative `overlay.redirect` of an entry is resolved.
+#[allow(clippy::too_many_arguments)]
 fn walk(
     dir: &LayerDir,
     rel: &mut Vec<OsString>,
+    low: &[OsString],
     lowers: Option<&LowerStack>,
     lower_here: Option<Vec<LayerDir>>,
     ctx: Context,
@@ -460,8 +465,19 @@ fn walk(
                 push(out, kind, path, None);
             }
             Seen::Dir { opaque } => {
-                let redirect =
-                    overlay_xattr(dir, Some(&name), "redirect")?.map(|v| redirect_target(rel, &v));
+                // Resolved against this directory's place in the lowers, not its merged
+                // path (they differ below a renamed directory), as export and commit do.
+                let redirect_comps =
+                    overlay_xattr(dir, Some(&name), "redirect")?.map(|v| redirect_from(low, &v));
+                let redirect = redirect_comps.as_deref().map(merged_path);
+                let child_low = match &redirect_comps {
+                    Some(c) => c.clone(),
+                    None => {
+                        let mut c = low.to_vec();
+                        c.push(name.clone());
+                        c
+                    }
+                };
                 let opaque = opaque || ctx == Context::Opaque;
                 let (kind, below, sub_ctx) = if let Some(src) = &redirect {
                     // A renamed directory: new at this path, merged with its origin's content.
@@ -502,7 +518,7 @@ fn walk(
                 };
                 push(out, kind, path, redirect);
                 let sub = dir.open_child(&name)?;
-                walk(&sub, rel, lowers, below, sub_ctx, opts, out)?;
+                walk(&sub, rel, &child_low, lowers, below, sub_ctx, opts, out)?;
             }
         }
         rel.pop();
@@ -524,18 +540,5 @@ pub(crate) fn redirect_from(lower_parent: &[OsString], value: &[u8]) -> Vec<OsSt
         let mut p = lower_parent.to_vec();
         p.push(OsStr::from_bytes(v).to_os_string());
         p
-    }
-}
-
-/// Where a redirected directory's content comes from: absolute redirects start with `/`,
-/// relative ones name a sibling.
-pub(crate) fn redirect_target(rel: &[OsString], value: &[u8]) -> PathBuf {
-    let v = OsStr::from_bytes(value.strip_suffix(b"\0").unwrap_or(value));
-    if v.as_bytes().starts_with(b"/") {
-        PathBuf::from(v)
-    } else {
-        let mut parent = merged_path(&rel[..rel.len() - 1]);
-        parent.push(v);
-        parent
     }
 }

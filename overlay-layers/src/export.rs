@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::changes::{redirect_from, DiffOptions, LowerEntry, LowerStack};
 use crate::compress::{Compression, Encoder};
-use crate::digest::HashWriter;
+use crate::digest::{HashWriter, PipelinedHashWriter};
 use crate::error::Error;
 use crate::layer_dir::{Entry, EntryKind, LayerDir};
 use crate::tar::writer::{Body, Meta, TarWriter};
@@ -127,7 +127,7 @@ struct Source<'a> {
 }
 
 struct Exporter<W: Write> {
-    tar: TarWriter<BufWriter<HashWriter<Encoder<HashWriter<W>>>>>,
+    tar: TarWriter<PipelinedHashWriter<Encoder<HashWriter<W>>>>,
     lowers: Option<LowerStack>,
     opts: ExportOptions,
     epoch: Option<i64>,
@@ -141,6 +141,9 @@ struct Exporter<W: Write> {
     emitted: BTreeSet<Vec<u8>>,
     /// The xattrs of the entry being exported: (directory, name, list).
     xcache: RefCell<Option<(PathBuf, OsString, Rc<XattrList>)>>,
+    /// The regular file being exported, opened once for its xattrs and its data:
+    /// (directory, name, descriptor).
+    open_file: Option<(PathBuf, OsString, OwnedFd)>,
 }
 
 /// An entry's xattrs: (name, value).
@@ -246,7 +249,8 @@ fn export_named<L: AsRef<Path>>(
         _ => HashWriter::new(out),
     };
     let enc = Encoder::new(outer, opts.compression).map_err(io)?;
-    let w = BufWriter::with_capacity(256 * 1024, HashWriter::new(enc));
+    // The diff_id is hashed on a second thread, overlapping the reading of the tree.
+    let w = PipelinedHashWriter::new(enc).map_err(io)?;
     let mut x = Exporter {
         tar: TarWriter::new(w),
         lowers: stack,
@@ -259,6 +263,7 @@ fn export_named<L: AsRef<Path>>(
         renamed_from: Vec::new(),
         emitted: BTreeSet::new(),
         xcache: RefCell::new(None),
+        open_file: None,
     };
     let root = LayerDir::open_root(upper)?;
     // Depth-first, in name order, each directory's content right after it (as GNU tar and
@@ -297,8 +302,7 @@ fn export_named<L: AsRef<Path>>(
     x.old_names()?;
     let Exporter { tar, entries, .. } = x;
     let w = tar.finish().map_err(io)?;
-    let hw = w.into_inner().map_err(|e| io(e.into_error()))?;
-    let (diff_id, tar_size, enc) = hw.finish();
+    let (diff_id, tar_size, enc) = w.finish().map_err(io)?;
     let outer = enc.finish().map_err(io)?;
     let (digest, size, mut out) = outer.finish();
     let digest = if digest.is_empty() {
@@ -371,6 +375,32 @@ impl<W: Write> Exporter<W> {
         *self.xcache.borrow_mut() =
             Some((dir.path().to_path_buf(), name.to_os_string(), l.clone()));
         Ok(l)
+    }
+
+    /// Open the regular file `e` of `dir` (without following a symlink) and read its xattrs
+    /// through the descriptor: one `open` serves the xattrs and the data, and no path goes
+    /// through `/proc`. When it cannot be opened, the xattrs are read by name later on.
+    fn prime(&mut self, dir: &LayerDir, e: &Entry) -> Result<(), Error> {
+        self.open_file = None;
+        if e.file_type() != FileType::RegularFile {
+            return Ok(());
+        }
+        let Ok(fd) = dir.open_file(&e.name) else {
+            return Ok(());
+        };
+        // Replaced since it was listed: leave it to the by-name path (and its errors).
+        match rustix::fs::fstat(&fd) {
+            Ok(st) if st.st_ino == e.stat.st_ino && st.st_dev == e.stat.st_dev => {}
+            _ => return Ok(()),
+        }
+        let shown = dir.path().join(&e.name);
+        let l = Rc::new(LayerDir::xattrs_of_fd(
+            std::os::fd::AsFd::as_fd(&fd),
+            &shown,
+        )?);
+        *self.xcache.borrow_mut() = Some((dir.path().to_path_buf(), e.name.clone(), l));
+        self.open_file = Some((dir.path().to_path_buf(), e.name.clone(), fd));
+        Ok(())
     }
 
     /// `overlay.SUFFIX` of `name` in `dir` (either namespace), or of `dir` itself.
@@ -482,7 +512,19 @@ impl<W: Write> Exporter<W> {
         let body = match ft {
             FileType::RegularFile => {
                 let (ddir, dname) = data.unwrap_or((src.dir, &src.entry.name));
-                let fd = ddir.open_file(dname)?;
+                // The descriptor `prime` opened, if it is this very entry's.
+                let primed = match self.open_file.take() {
+                    Some((p, n, fd))
+                        if data.is_none() && p == src.dir.path() && n == src.entry.name =>
+                    {
+                        Some(fd)
+                    }
+                    _ => None,
+                };
+                let fd = match primed {
+                    Some(fd) => fd,
+                    None => ddir.open_file(dname)?,
+                };
                 let size = st.st_size as u64;
                 let sparse = if (st.st_blocks as u64) * 512 < size {
                     segments(&fd, size)
@@ -654,6 +696,7 @@ impl<W: Write> Exporter<W> {
                     }
                 }
                 EntryKind::Other => {
+                    self.prime(dir, &e)?;
                     if self.is_xwhiteout(dir, &e, parent_x)? {
                         self.emit_whiteout(&path, &e.name, self.mtime(&e.stat))?;
                         continue;
@@ -706,6 +749,9 @@ impl<W: Write> Exporter<W> {
                 r.push(name.clone());
                 let path = arch_path(&r);
                 if let (Some(u), Some(e)) = (upper, upper_entries.iter().find(|e| e.name == name)) {
+                    if e.kind() == EntryKind::Other {
+                        self.prime(u, e)?;
+                    }
                     match e.kind() {
                         EntryKind::Whiteout => continue,
                         EntryKind::Other if self.is_xwhiteout(u, e, parent_x)? => continue,

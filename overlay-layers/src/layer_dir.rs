@@ -224,6 +224,28 @@ impl LayerDir {
         Ok(out)
     }
 
+    /// All xattrs (name, value) of the file open as `fd` (`shown` names it in errors): the
+    /// cheap way for an entry already opened, with no path resolution through `/proc`.
+    pub fn xattrs_of_fd(
+        fd: std::os::fd::BorrowedFd<'_>,
+        shown: &Path,
+    ) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let names = match list_names(|buf| rustix::fs::flistxattr(fd, buf)) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(shown, "cannot list xattrs", e)),
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for xname in names {
+            match read_value(|buf| rustix::fs::fgetxattr(fd, xname.as_str(), buf)) {
+                Ok(v) => out.push((xname, v)),
+                Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::PERM) => {}
+                Err(e) => return Err(io_err(shown, &format!("cannot read xattr {xname}"), e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// The value of one xattr of entry `name` (or this directory), `None` when absent.
     pub fn xattr(&self, name: Option<&OsStr>, xname: &str) -> Result<Option<Vec<u8>>, Error> {
         let r = match name {
