@@ -580,6 +580,33 @@ mod tests {
     }
 
     #[test]
+    fn data_only_layers_the_kernels_way() {
+        let m = mount(&[
+            "-o",
+            "lowerdir=/a:/b::/d1::/d2,datadir+=/d3,metacopy=on,redirect_dir=on,verity=off",
+            "/mnt",
+        ]);
+        assert_eq!(m.lowerdirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            m.datadirs,
+            [
+                PathBuf::from("/d1"),
+                PathBuf::from("/d2"),
+                PathBuf::from("/d3")
+            ]
+        );
+        // As the kernel's: data-only layers need metacopy=on.
+        let e = parse_args(["-o", "lowerdir=/a::/d", "/mnt"]).unwrap_err();
+        assert!(e.to_string().contains("metacopy=on"), "{e}");
+        // No fs-verity checks: refused, never silently skipped.
+        for v in ["verity=on", "verity=require"] {
+            let o = format!("lowerdir=/a::/d,metacopy=on,{v}");
+            let e = parse_args(["-o", o.as_str(), "/mnt"]).unwrap_err();
+            assert!(e.to_string().contains("fs-verity"), "{e}");
+        }
+    }
+
+    #[test]
     fn fuse_overlayfs_style() {
         let m = mount(&[
             "-o",
