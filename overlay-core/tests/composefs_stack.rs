@@ -323,3 +323,49 @@ fn the_engine_shows_the_kernels_tree_over_data_only_layers() {
         .iter()
         .any(|l| l.starts_with("etc/missing ") && l.ends_with(&missing)));
 }
+
+/// With an upper layer, a write to a metacopy file copies its data up from the data-only
+/// layer first (through the redirect), as the kernel's copy-up does.
+#[test]
+fn a_write_copies_the_data_up_from_the_data_only_layer() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let r = f.meta_image.parent().unwrap();
+    let (upper, work) = (r.join("upper"), r.join("work"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let stack = LayerStack::builder()
+        .lower(r.join("meta"))
+        .data_lower(&f.data)
+        .upper(&upper, &work)
+        .xattr_namespace(overlay_core::XattrNamespace::Trusted)
+        .build()
+        .unwrap();
+    let opts = overlay_core::OverlayOptions {
+        redirect_dir: RedirectDir::On,
+        metacopy: true,
+        ..Default::default()
+    };
+    let ovl = overlay_core::Overlay::with_options(stack, opts).unwrap();
+    let etc = ovl.lookup(&ovl.root(), "etc".as_ref()).unwrap();
+    let hello = ovl.lookup(&etc, "hello".as_ref()).unwrap();
+    let file = ovl.open_file(&hello, libc::O_WRONLY).unwrap();
+    file.write_at(b"HELLO", 0).unwrap();
+    drop(file);
+    let want = "HELLO from the data layer\n";
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/hello")).unwrap(),
+        want
+    );
+    let file = ovl.open_file(&hello, libc::O_RDONLY).unwrap();
+    let mut b = vec![0u8; 64];
+    let n = file.read_at(&mut b, 0).unwrap();
+    assert_eq!(&b[..n], want.as_bytes());
+    // The data layer is untouched.
+    assert_eq!(
+        std::fs::read_to_string(f.data.join("ab/0123")).unwrap(),
+        "hello from the data layer\n"
+    );
+}
