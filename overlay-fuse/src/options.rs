@@ -392,6 +392,18 @@ fn apply_option(
             let parts = split_unescaped(&v, ':');
             let first_data = parts.iter().position(String::is_empty);
             let (normal, data) = parts.split_at(first_data.unwrap_or(parts.len()));
+            // `::D1::D2`: as the kernel's, a `:` to the right of a `::` (a normal layer
+            // below a data-only one) is refused.
+            let alternating = data
+                .iter()
+                .enumerate()
+                .all(|(i, p)| (i % 2 == 0) == p.is_empty());
+            if !alternating || data.len() % 2 == 1 {
+                return Err(Error::Options(format!(
+                    "lowerdir={v}: after `::` only data-only layers separated by `::` may \
+                     follow (a normal lower layer cannot be below a data-only one)"
+                )));
+            }
             req.lowerdirs = normal.iter().map(PathBuf::from).collect();
             req.datadirs = data
                 .iter()
@@ -595,6 +607,16 @@ mod tests {
                 PathBuf::from("/d3")
             ]
         );
+        // As the kernel's: no single `:` to the right of a `::`.
+        for bad in [
+            "lowerdir=/a::/d1:/d2",
+            "lowerdir=/a::/d1::",
+            "lowerdir=/a:::/d",
+        ] {
+            let o = format!("{bad},metacopy=on");
+            let e = parse_args(["-o", o.as_str(), "/mnt"]).unwrap_err();
+            assert!(e.to_string().contains("data-only"), "{bad}: {e}");
+        }
         // As the kernel's: data-only layers need metacopy=on.
         let e = parse_args(["-o", "lowerdir=/a::/d", "/mnt"]).unwrap_err();
         assert!(e.to_string().contains("metacopy=on"), "{e}");
