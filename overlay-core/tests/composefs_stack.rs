@@ -248,6 +248,24 @@ fn kernel_tree(root: &Path) -> Vec<String> {
     out
 }
 
+/// The engine over the tree the image was made of (it takes directories, not images) and
+/// the data-only layer, with `metacopy=on`, and an upper layer if given.
+fn engine(f: &Fixture, upper: Option<(&Path, &Path)>) -> overlay_core::Overlay {
+    let mut b = LayerStack::builder()
+        .lower(f.meta_image.with_file_name("meta"))
+        .data_lower(&f.data)
+        .xattr_namespace(overlay_core::XattrNamespace::Trusted);
+    if let Some((u, w)) = upper {
+        b = b.upper(u, w);
+    }
+    let opts = overlay_core::OverlayOptions {
+        redirect_dir: RedirectDir::On,
+        metacopy: true,
+        ..Default::default()
+    };
+    overlay_core::Overlay::with_options(b.build().unwrap(), opts).unwrap()
+}
+
 /// The same view through the engine.
 fn engine_tree(ovl: &overlay_core::Overlay) -> Vec<String> {
     use overlay_core::FileKind;
@@ -295,19 +313,7 @@ fn the_engine_shows_the_kernels_tree_over_data_only_layers() {
     let kernel = kernel_tree(&f.target);
     m.unmount().unwrap();
     // The engine reads the tree the image was made of (it takes directories, not images).
-    let meta = f.meta_image.with_file_name("meta");
-    let stack = LayerStack::builder()
-        .lower(&meta)
-        .data_lower(&f.data)
-        .xattr_namespace(overlay_core::XattrNamespace::Trusted)
-        .build()
-        .unwrap();
-    let opts = overlay_core::OverlayOptions {
-        redirect_dir: RedirectDir::On,
-        metacopy: true,
-        ..Default::default()
-    };
-    let ovl = overlay_core::Overlay::with_options(stack, opts).unwrap();
+    let ovl = engine(&f, None);
     let engine = engine_tree(&ovl);
     assert_eq!(kernel, engine, "kernel (left) and engine (right) differ");
     // The content came through the redirects; the missing data fails to open as the
@@ -336,19 +342,7 @@ fn a_write_copies_the_data_up_from_the_data_only_layer() {
     let (upper, work) = (r.join("upper"), r.join("work"));
     std::fs::create_dir(&upper).unwrap();
     std::fs::create_dir(&work).unwrap();
-    let stack = LayerStack::builder()
-        .lower(r.join("meta"))
-        .data_lower(&f.data)
-        .upper(&upper, &work)
-        .xattr_namespace(overlay_core::XattrNamespace::Trusted)
-        .build()
-        .unwrap();
-    let opts = overlay_core::OverlayOptions {
-        redirect_dir: RedirectDir::On,
-        metacopy: true,
-        ..Default::default()
-    };
-    let ovl = overlay_core::Overlay::with_options(stack, opts).unwrap();
+    let ovl = engine(&f, Some((&upper, &work)));
     let etc = ovl.lookup(&ovl.root(), "etc".as_ref()).unwrap();
     let hello = ovl.lookup(&etc, "hello".as_ref()).unwrap();
     let file = ovl.open_file(&hello, libc::O_WRONLY).unwrap();
