@@ -791,6 +791,26 @@ fn composefs_style_stack_with_ovl_mount() {
         trees[0], trees[1],
         "kernel (left) and ovl-fuse (right) differ"
     );
+    // ovl-fuse checks no fs-verity digests: verity= is refused there, never ignored.
+    let o = ovl_with_state(
+        &state,
+        &[
+            "mount",
+            "--backend",
+            "fuse",
+            "--lower",
+            &img,
+            "--data",
+            &data,
+            "--read-only",
+            "-o",
+            "metacopy=on,redirect_dir=on,verity=require",
+            &ms,
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("fs-verity"), "{}", both(&o));
+    assert!(!is_mounted(&m));
     assert!(trees[0]
         .iter()
         .any(|l| l.contains("usr/lib/second") && l.contains("second object")));
