@@ -794,7 +794,7 @@ fn composefs_style_stack_with_ovl_mount() {
     // ovl-fuse checks no fs-verity digests: verity= is refused there, never ignored.
     let o = ovl_with_state(
         &state,
-        &[
+        [
             "mount",
             "--backend",
             "fuse",
