@@ -88,6 +88,13 @@ impl FuseMount {
                 return Err(fail(format!("ovl-fuse does not support {what}")));
             }
         }
+        if req.options.verity != overlay_core::mount::Verity::Off {
+            return Err(fail(format!(
+                "ovl-fuse does not check fs-verity digests of metacopy data (verity={}); \
+                 use the kernel backend",
+                req.options.verity.as_str()
+            )));
+        }
         // The kernel backend's rule (OverlayMountOptions), for both backends alike.
         if req.options.metacopy && req.options.redirect_dir != Some(overlay_core::RedirectDir::On) {
             return Err(fail(
@@ -120,6 +127,13 @@ impl FuseMount {
                 layer_args.push(OsString::from_vec(a));
             }
             // The options below each start with a comma; an empty first one is ignored.
+        }
+        // Data-only layers (composefs-style), in lookup order, after the lowers.
+        for d in &req.data_lowers {
+            let p = std::fs::canonicalize(d)
+                .map_err(|e| fail(format!("data-only layer {}: {e}", d.display())))?;
+            opts.extend(b",datadir+=");
+            opts.extend(escape(&p));
         }
         if let Some((u, w)) = &upper.upper {
             opts.extend(b",upperdir=");

@@ -24,7 +24,7 @@
 //! are served by `squashfuse`, `erofsfuse` (else ovl's own `ovl-erofs`) or `fuseiso` (module
 //! `image`).
 //! [`Request::squash_to_root`] gives an unprivileged caller a root-like view (FUSE), and
-//! [`Request::data_lowers`] composefs-style data-only layers (kernel backend).
+//! [`Request::data_lowers`] composefs-style data-only layers.
 //!
 //! The layer engine itself ([`core::Overlay`]) and the kernel backend's building blocks
 //! ([`core::MountSpec`], [`core::KernelMount`]) are re-exported under [`core`].
@@ -212,9 +212,10 @@ impl Request {
     }
 
     /// Data-only lower layers below the lowers (composefs-style stacks: the lowers hold
-    /// metacopy files whose redirects name objects in these), in lookup order. Kernel backend
-    /// only, with `metacopy=on` in [`Request::options`] (see
-    /// [`core::MountSpec::new_with_data_lowers`]); the FUSE backend is skipped.
+    /// metacopy files whose redirects name objects in these), in lookup order, with
+    /// `metacopy=on` in [`Request::options`]: the kernel backend (see
+    /// [`core::MountSpec::new_with_data_lowers`]) and ovl-fuse (`datadir+=`; it does not check
+    /// `verity=`, which it refuses).
     pub fn data_lowers<I, P>(mut self, dirs: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -903,12 +904,6 @@ fn build_stack(
 pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
     let target = std::fs::canonicalize(target.as_ref())
         .map_err(|e| overlay_core::Error::io("resolve mount target", target.as_ref(), e))?;
-    if req.backend == Backend::Fuse && !req.data_lowers.is_empty() {
-        return Err(Error::Fuse {
-            target,
-            reason: "data-only lower layers (composefs-style) are mounted by the kernel backend only: the FUSE backend does not follow metacopy files into them".into(),
-        });
-    }
     let probe = overlay_core::mount::probe();
     let mut reasons = Vec::new();
     let privileged = overlay_core::mount::has_cap_sys_admin_in_initial_namespace();
@@ -1065,12 +1060,7 @@ pub fn mount(req: &Request, target: impl AsRef<Path>) -> Result<Mounted> {
     }
 
     // 3. FUSE.
-    if try_fuse && !req.data_lowers.is_empty() {
-        reasons.push(
-            "fuse: not tried: data-only lower layers (composefs-style) are mounted by the kernel backend only"
-                .into(),
-        );
-    } else if try_fuse {
+    if try_fuse {
         let fuse_ok = if privileged || in_userns {
             probe.backend("fuse")
         } else {

@@ -479,8 +479,9 @@ pub struct MountArgs {
     pub upper: UpperArgs,
 
     /// A data-only lower layer (composefs-style: the lowers hold metacopy files redirected
-    /// into it); repeatable, searched in the order given. Kernel backend, root, with
-    /// -o metacopy=on,redirect_dir=on (and verity=on|require to check fs-verity digests).
+    /// into it); repeatable, searched in the order given. Root, with
+    /// -o metacopy=on,redirect_dir=on (and, kernel backend only, verity=on|require to check
+    /// fs-verity digests).
     #[arg(long = "data", value_name = "DIR")]
     pub data_lowers: Vec<PathBuf>,
 

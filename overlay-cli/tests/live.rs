@@ -693,8 +693,39 @@ fn fuse_served_images_are_recorded_and_released() {
     }
 }
 
+/// What a test sees of a tree: per path (sorted), its kind and mode, its size, and its
+/// content or the errno of reading it.
+fn seen_tree(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let what = if md.is_dir() {
+                todo.push(p.clone());
+                String::new()
+            } else if md.is_file() {
+                match std::fs::read(&p) {
+                    Ok(b) => format!("{:?}", String::from_utf8_lossy(&b)),
+                    Err(e) => format!("read error {:?}", e.raw_os_error()),
+                }
+            } else {
+                String::new()
+            };
+            out.push(format!("{rel} {:o} {} {what}", md.mode(), md.size()));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// `ovl mount --data DIR`: a composefs-style stack (an EROFS image of metacopy files over a
-/// data-only layer) on the kernel backend; the FUSE backend is not offered for it.
+/// data-only layer) shows the same tree on the kernel backend and on ovl-fuse: names, modes,
+/// sizes, the content read through the redirects, and ENOENT (the kernel's, at open) for a
+/// metacopy file whose data is in no data-only layer. The data layer's own tree is never shown.
 #[test]
 fn composefs_style_stack_with_ovl_mount() {
     if !root_or_skip("metacopy files need trusted xattrs (root)")
@@ -705,11 +736,20 @@ fn composefs_style_stack_with_ovl_mount() {
     let t = open_tempdir();
     let r = t.path();
     write(r, "data/ab/0123", "from the object store\n");
+    write(r, "data/cd/4567", "second object\n");
+    write(r, "data/top-level-object", "never shown by name\n");
     write(r, "meta/etc/plain", "plain\n");
-    let f = r.join("meta/etc/hello");
-    std::fs::File::create(&f).unwrap().set_len(22).unwrap();
-    setxattr(&f, "trusted.overlay.metacopy", b"");
-    setxattr(&f, "trusted.overlay.redirect", b"/ab/0123");
+    for (name, size, redirect) in [
+        ("meta/etc/hello", 22, "/ab/0123"),
+        ("meta/usr/lib/second", 14, "/cd/4567"),
+        ("meta/etc/missing", 10, "/ef/nowhere"),
+    ] {
+        let f = r.join(name);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::File::create(&f).unwrap().set_len(size).unwrap();
+        setxattr(&f, "trusted.overlay.metacopy", b"");
+        setxattr(&f, "trusted.overlay.redirect", redirect.as_bytes());
+    }
     let image = r.join("meta.erofs");
     erofs(&r.join("meta"), &image);
     mkdirs(r, &["m"]);
@@ -717,32 +757,63 @@ fn composefs_style_stack_with_ovl_mount() {
     let state = r.join("state");
     let _guard = Unmount(&state, &m);
     let (img, data, ms) = (s(&image), s(&r.join("data")), s(&m));
-    let args = [
-        "--lower",
-        &img,
-        "--data",
-        &data,
-        "--read-only",
-        "-o",
-        "metacopy=on,redirect_dir=on",
-        &ms,
-    ];
-    mount(&state, &args);
+    let mut trees = Vec::new();
+    for backend in ["kernel", "fuse"] {
+        let args = [
+            "--backend",
+            backend,
+            "--lower",
+            &img,
+            "--data",
+            &data,
+            "--read-only",
+            "-o",
+            "metacopy=on,redirect_dir=on",
+            &ms,
+        ];
+        mount(&state, &args);
+        assert_eq!(
+            std::fs::read_to_string(m.join("etc/hello")).unwrap(),
+            "from the object store\n",
+            "{backend}"
+        );
+        let e = std::fs::read(m.join("etc/missing")).unwrap_err();
+        // The kernel (6.18) looks data-only layers up lazily, at open, and fails with
+        // ENOENT (not EIO) when the data is in none of them; the file itself stats.
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{backend}: {e}");
+        assert_eq!(std::fs::metadata(m.join("etc/missing")).unwrap().len(), 10);
+        assert!(!m.join("ab").exists() && !m.join("top-level-object").exists());
+        trees.push(seen_tree(&m));
+        umount(&state, &m);
+        assert!(!is_mounted(&m));
+    }
     assert_eq!(
-        std::fs::read_to_string(m.join("etc/hello")).unwrap(),
-        "from the object store\n"
+        trees[0], trees[1],
+        "kernel (left) and ovl-fuse (right) differ"
     );
-    assert_eq!(
-        std::fs::read_to_string(m.join("etc/plain")).unwrap(),
-        "plain\n"
+    // ovl-fuse checks no fs-verity digests: verity= is refused there, never ignored.
+    let o = ovl_with_state(
+        &state,
+        [
+            "mount",
+            "--backend",
+            "fuse",
+            "--lower",
+            &img,
+            "--data",
+            &data,
+            "--read-only",
+            "-o",
+            "metacopy=on,redirect_dir=on,verity=require",
+            &ms,
+        ],
     );
-    umount(&state, &m);
-    let mut fuse = vec!["mount", "--backend", "fuse"];
-    fuse.extend(args);
-    let o = ovl_with_state(&state, &fuse);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("kernel backend only"), "{}", both(&o));
+    assert!(stderr(&o).contains("fs-verity"), "{}", both(&o));
     assert!(!is_mounted(&m));
+    assert!(trees[0]
+        .iter()
+        .any(|l| l.contains("usr/lib/second") && l.contains("second object")));
 }
 
 /// `ovl probe` says which image formats can be mounted without root (their FUSE programs).

@@ -85,6 +85,7 @@ pub struct UpperLayer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerStack {
     lowers: Vec<LowerLayer>,
+    data_lowers: Vec<LowerLayer>,
     upper: Option<UpperLayer>,
     xattr_ns: XattrNamespace,
 }
@@ -103,6 +104,14 @@ impl LayerStack {
     /// Lower layers, top-first (the kernel's `lowerdir=` order).
     pub fn lowers_top_first(&self) -> impl Iterator<Item = &LowerLayer> {
         self.lowers.iter().rev()
+    }
+
+    /// Data-only lower layers (composefs-style), in search order (the kernel's
+    /// `lowerdir=...::data1::data2` order). They sit below every lower layer, are never
+    /// listed nor looked up by name: only the data of a metacopy file whose lowest metadata
+    /// copy carries an absolute `overlay.redirect` is looked up there, by that path.
+    pub fn data_lowers(&self) -> &[LowerLayer] {
+        &self.data_lowers
     }
 
     /// The upper layer, if the stack is writable.
@@ -130,6 +139,7 @@ impl LayerStack {
 #[derive(Debug, Default, Clone)]
 pub struct LayerStackBuilder {
     lowers: Vec<PathBuf>,
+    data_lowers: Vec<PathBuf>,
     upper: Option<(PathBuf, PathBuf)>,
     xattr_ns: Option<XattrNamespace>,
     probe_upper_features: bool,
@@ -152,6 +162,13 @@ impl LayerStackBuilder {
         P: Into<PathBuf>,
     {
         self.lowers.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    /// Add a data-only lower layer (a directory) after those added so far: searched after
+    /// them (see [`LayerStack::data_lowers`]).
+    pub fn data_lower(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_lowers.push(path.into());
         self
     }
 
@@ -208,9 +225,21 @@ impl LayerStackBuilder {
                 ),
             });
         }
+        if self.lowers.len() + self.data_lowers.len() > MAX_ENGINE_LOWER_LAYERS {
+            return Err(Error::InvalidStack {
+                path: self.data_lowers[MAX_ENGINE_LOWER_LAYERS.saturating_sub(self.lowers.len())]
+                    .clone(),
+                reason: format!(
+                    "too many lower and data-only layers: {} given, the limit is \
+                     {MAX_ENGINE_LOWER_LAYERS}",
+                    self.lowers.len() + self.data_lowers.len()
+                ),
+            });
+        }
         let mut seen = HashSet::new();
         let mut lowers = Vec::with_capacity(self.lowers.len());
-        for p in &self.lowers {
+        let mut data_lowers = Vec::with_capacity(self.data_lowers.len());
+        for (i, p) in self.lowers.iter().chain(&self.data_lowers).enumerate() {
             let (path, id, image) = existing_lower(p)?;
             if !seen.insert(id) {
                 return Err(Error::InvalidStack {
@@ -218,7 +247,11 @@ impl LayerStackBuilder {
                     reason: "layer appears more than once in the stack".into(),
                 });
             }
-            lowers.push(LowerLayer { path, image });
+            if i < self.lowers.len() {
+                lowers.push(LowerLayer { path, image });
+            } else {
+                data_lowers.push(LowerLayer { path, image });
+            }
         }
         let upper = match self.upper {
             None => None,
@@ -240,7 +273,7 @@ impl LayerStackBuilder {
                         ),
                     });
                 }
-                for l in &lowers {
+                for l in lowers.iter().chain(&data_lowers) {
                     if nested_on_same_fs(&upper, &l.path) {
                         return Err(Error::InvalidStack {
                             path: upper.clone(),
@@ -289,6 +322,7 @@ impl LayerStackBuilder {
         };
         Ok(LayerStack {
             lowers,
+            data_lowers,
             upper,
             xattr_ns,
         })

@@ -43,6 +43,9 @@ pub fn layer_stack(req: &MountRequest) -> Result<LayerStack> {
     let mut b = LayerStack::builder()
         .lowers(req.lowerdirs.iter().rev().cloned())
         .xattr_namespace(ns);
+    for d in &req.datadirs {
+        b = b.data_lower(d);
+    }
     if let (Some(u), Some(w)) = (&req.upperdir, &req.workdir) {
         if !req.flags.read_only {
             b = b.upper(u, w);

@@ -29,6 +29,9 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
      lowerdir=A:B    lower layers, top-first (`\\:` escapes a colon)
      lowerdir+=A     one more lower layer, below those given so far (repeatable, in
                      separate -o arguments for stacks too long for one argument)
+     lowerdir=A::D1::D2, datadir+=D   data-only layers (composefs-style; need
+                     metacopy=on): only the data of metacopy files with an absolute
+                     overlay.redirect is looked up there; verity= only as off
      upperdir=DIR    writable upper layer (without it the mount is read-only)
      workdir=DIR     work directory on the upper layer's filesystem
      uidmapping=FROM:TO:LEN[:...], gidmapping=...   translate layer ids FROM.. to TO..
@@ -87,6 +90,11 @@ pub struct MountRequest {
     pub mountpoint: PathBuf,
     /// Lower layers, top-first as given.
     pub lowerdirs: Vec<PathBuf>,
+    /// Data-only lower layers (composefs-style), in search order: those after `::` in
+    /// `lowerdir=` (`lowerdir=A:B::D1::D2`), then each `datadir+=`. Only the data of
+    /// metacopy files with an absolute redirect is looked up there; they need
+    /// `metacopy=on`, as the kernel's.
+    pub datadirs: Vec<PathBuf>,
     /// Upper layer.
     pub upperdir: Option<PathBuf>,
     /// Workdir.
@@ -275,6 +283,7 @@ where
         source,
         mountpoint: PathBuf::from(mountpoint),
         lowerdirs: Vec::new(),
+        datadirs: Vec::new(),
         upperdir: None,
         workdir: None,
         fs: FsConfig::default(),
@@ -312,6 +321,13 @@ where
     }
     if req.lowerdirs.is_empty() {
         return Err(Error::Options("lowerdir= is required".into()));
+    }
+    if !req.datadirs.is_empty() && req.metacopy != Some(true) {
+        return Err(Error::Options(
+            "data-only lower layers (`::` in lowerdir=, datadir+=) need metacopy=on, as the \
+             kernel's"
+                .into(),
+        ));
     }
     match (&req.upperdir, &req.workdir) {
         (Some(_), None) => {
@@ -372,11 +388,38 @@ fn apply_option(
     match key {
         "lowerdir" => {
             let v = need(value)?;
-            req.lowerdirs = split_unescaped(&v, ':')
-                .into_iter()
+            // As the kernel's: the layers after the first `::` are data-only.
+            let parts = split_unescaped(&v, ':');
+            let first_data = parts.iter().position(String::is_empty);
+            let (normal, data) = parts.split_at(first_data.unwrap_or(parts.len()));
+            // `::D1::D2`: as the kernel's, a `:` to the right of a `::` (a normal layer
+            // below a data-only one) is refused.
+            let alternating = data
+                .iter()
+                .enumerate()
+                .all(|(i, p)| (i % 2 == 0) == p.is_empty());
+            if !alternating || data.len() % 2 == 1 {
+                return Err(Error::Options(format!(
+                    "lowerdir={v}: after `::` only data-only layers separated by `::` may \
+                     follow (a normal lower layer cannot be below a data-only one)"
+                )));
+            }
+            req.lowerdirs = normal.iter().map(PathBuf::from).collect();
+            req.datadirs = data
+                .iter()
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
                 .collect();
+        }
+        // The kernel's `datadir+` (Linux 6.8): one data-only layer, after the others.
+        "datadir+" => req.datadirs.push(PathBuf::from(unescape(&need(value)?))),
+        // fs-verity digests of data-only files are not checked by this backend.
+        "verity" if value == Some("off") => {}
+        "verity" => {
+            return Err(Error::Options(format!(
+                "{opt}: fs-verity checks of metacopy data are not implemented by ovl-fuse \
+                 (only verity=off); use the kernel backend"
+            )))
         }
         // The kernel's `lowerdir+` (Linux 6.8): one layer, appended below the others.
         "lowerdir+" => req.lowerdirs.push(PathBuf::from(unescape(&need(value)?))),
@@ -545,6 +588,43 @@ mod tests {
         match parse_args(args.iter().copied()).unwrap() {
             Command::Mount(m) => *m,
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_only_layers_the_kernels_way() {
+        let m = mount(&[
+            "-o",
+            "lowerdir=/a:/b::/d1::/d2,datadir+=/d3,metacopy=on,redirect_dir=on,verity=off",
+            "/mnt",
+        ]);
+        assert_eq!(m.lowerdirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            m.datadirs,
+            [
+                PathBuf::from("/d1"),
+                PathBuf::from("/d2"),
+                PathBuf::from("/d3")
+            ]
+        );
+        // As the kernel's: no single `:` to the right of a `::`.
+        for bad in [
+            "lowerdir=/a::/d1:/d2",
+            "lowerdir=/a::/d1::",
+            "lowerdir=/a:::/d",
+        ] {
+            let o = format!("{bad},metacopy=on");
+            let e = parse_args(["-o", o.as_str(), "/mnt"]).unwrap_err();
+            assert!(e.to_string().contains("data-only"), "{bad}: {e}");
+        }
+        // As the kernel's: data-only layers need metacopy=on.
+        let e = parse_args(["-o", "lowerdir=/a::/d", "/mnt"]).unwrap_err();
+        assert!(e.to_string().contains("metacopy=on"), "{e}");
+        // No fs-verity checks: refused, never silently skipped.
+        for v in ["verity=on", "verity=require"] {
+            let o = format!("lowerdir=/a::/d,metacopy=on,{v}");
+            let e = parse_args(["-o", o.as_str(), "/mnt"]).unwrap_err();
+            assert!(e.to_string().contains("fs-verity"), "{e}");
         }
     }
 

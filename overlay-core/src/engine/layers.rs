@@ -67,8 +67,11 @@ pub(crate) struct Upper {
 #[derive(Debug)]
 pub(crate) struct Layers {
     pub upper: Option<Upper>,
-    /// Lower layers, top-first.
+    /// Lower layers, top-first, then the data-only layers in search order (indices from
+    /// `normal_lowers` on: never listed nor looked up by name).
     pub lowers: Vec<LayerRoot>,
+    /// How many of `lowers` are normal lower layers (the rest are data-only).
+    pub normal_lowers: usize,
     pub ns: XattrNamespace,
     pub ino_mode: InoMode,
     staging_counter: AtomicU64,
@@ -394,7 +397,7 @@ impl Layers {
         let mut all_same = true;
         let first_dev = {
             let mut first = upper_dev;
-            for l in stack.lowers_top_first() {
+            for l in stack.lowers_top_first().chain(stack.data_lowers()) {
                 let plain = open_root(&l.path, "open lower layer")?;
                 // As the kernel, never update the atime of a lower object: its detached
                 // mount is made noatime (which covers readlink too). Reading opens of lower
@@ -450,6 +453,7 @@ impl Layers {
         };
         Ok(Layers {
             upper,
+            normal_lowers: stack.lowers().len(),
             lowers,
             ns: stack.xattr_namespace(),
             ino_mode,

@@ -311,7 +311,7 @@ impl Overlay {
 
         if merge_lowers {
             let follow = self.follow_redirects();
-            let bottom = self.layers.lowers.len().saturating_sub(1);
+            let bottom = self.layers.normal_lowers.saturating_sub(1);
             let mut first_lower_ino: Option<u64> = None;
             // What the lower layers are asked for (the kernel's `d.name`): the name in the
             // parent's lower directories, or an absolute redirect's path looked up from the
@@ -539,6 +539,23 @@ impl Overlay {
                     want = w;
                 }
             }
+            if need_data && self.layers.lowers.len() > self.layers.normal_lowers {
+                // Data-only layers: only an absolute redirect of the lowest metadata copy
+                // leads there, as in the kernel (`ovl_lookup_data_layers`).
+                if let Wanted::Path(p) = &want {
+                    match self.lookup_data_only(p).map_err(err)? {
+                        Some(l) => {
+                            state.lowers.push(LowerEntry {
+                                layer: l,
+                                xwhiteouts: false,
+                            });
+                            paths.push((l, p.clone()));
+                        }
+                        None => state.data_missing = true,
+                    }
+                    need_data = false;
+                }
+            }
             if need_data {
                 return Err(self.name_err(METACOPY_NO_DATA, parent, name, Errno::IO));
             }
@@ -561,6 +578,34 @@ impl Overlay {
             })),
             _ => Ok(None),
         }
+    }
+
+    /// The first data-only layer holding a regular file at `path` (from its root, no
+    /// symlink followed, no overlay xattr read), as the kernel's `ovl_lookup_data_layer`.
+    fn lookup_data_only(&self, path: &Path) -> std::result::Result<Option<u16>, Errno> {
+        let (Some(parent), Some(fname)) = (path.parent(), path.file_name()) else {
+            return Ok(None);
+        };
+        for i in self.layers.normal_lowers..self.layers.lowers.len() {
+            let layer = LayerRef::Lower(i as u16);
+            let dir = match self.open_lower_path(layer, parent) {
+                Ok(d) => d,
+                Err(Errno::NOENT)
+                | Err(Errno::NOTDIR)
+                | Err(Errno::XDEV)
+                | Err(Errno::NAMETOOLONG)
+                | Err(Errno::LOOP) => continue,
+                Err(e) => return Err(e),
+            };
+            match rustix::fs::statat(dir.as_fd(), fname, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileKind::from_mode(st.st_mode) == FileKind::File => {
+                    return Ok(Some(i as u16))
+                }
+                Ok(_) | Err(Errno::NOENT) | Err(Errno::NAMETOOLONG) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// True when regular file `name` in `dir` (stat `st`) is a metadata-only copy

@@ -452,7 +452,7 @@ impl Overlay {
             upper: layers.upper.is_some(),
             ..Default::default()
         };
-        for (i, l) in layers.lowers.iter().enumerate() {
+        for (i, l) in layers.lowers[..layers.normal_lowers].iter().enumerate() {
             let xw = layers.lower_dir_opacity(std::os::fd::AsFd::as_fd(&*l.fd))
                 == crate::format::Opacity::HasXWhiteouts;
             state.lowers.push(LowerEntry {
@@ -508,7 +508,16 @@ impl Overlay {
     /// the lower file below it (the last of its lowers).
     pub(crate) fn data_real(&self, op: &'static str, node: &NodeRef) -> Result<RealObj> {
         let data = if self.metacopy_now(node) {
-            node.state.read().lowers.as_slice().last().map(|l| l.layer)
+            let st = node.state.read();
+            if st.data_missing {
+                // ENOENT, as the kernel's (6.18, observed) failed lazy lookup of the data.
+                return Err(self.node_err(
+                    "open data (a metacopy file whose data is in no data-only layer)",
+                    node,
+                    Errno::NOENT,
+                ));
+            }
+            st.lowers.as_slice().last().map(|l| l.layer)
         } else {
             None
         };

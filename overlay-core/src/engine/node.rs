@@ -104,6 +104,10 @@ pub(crate) struct NodeState {
     /// A regular file whose top object holds metadata only (`overlay.metacopy`, the
     /// kernel's `metacopy=on`): its data is the last entry of `lowers`.
     pub metacopy: bool,
+    /// A metacopy file whose data was looked up in the data-only layers through its
+    /// absolute redirect and is in none of them: it stats, but opening it fails with ENOENT
+    /// (the kernel looks data-only layers up lazily, at open, and fails so; 6.18 observed).
+    pub data_missing: bool,
     /// Lower layers holding the object, top-first. For a directory: every merged lower
     /// directory. For a non-directory: the one lower object (kept after copy-up as origin).
     pub lowers: Lowers,
