@@ -305,16 +305,7 @@ pub fn diff(
         Some(l) => Some(l.root_dirs()?),
         None => None,
     };
-    walk(
-        &root,
-        &mut Vec::new(),
-        &[],
-        lowers,
-        lower_root,
-        Context::Normal,
-        opts,
-        &mut out,
-    )?;
+    walk(&root, &mut Vec::new(), lowers, lower_root, opts, &mut out)?;
     out.sort_by(|a, b| {
         a.path
             .as_os_str()
@@ -345,6 +336,7 @@ fn push(out: &mut Vec<Change>, kind: ChangeKind, path: PathBuf, renamed_from: Op
 }
 
 /// Report every entry of a merged lower subtree as added (it appears under a new name).
+/// Depth first, with the directories on the way on a heap stack (layers may be deep).
 fn add_lower_subtree(
     ls: &LowerStack,
     dirs: &[LayerDir],
@@ -352,78 +344,85 @@ fn add_lower_subtree(
     skip: &BTreeSet<OsString>,
     out: &mut Vec<Change>,
 ) -> Result<(), Error> {
-    for name in ls.list(dirs)? {
-        if skip.contains(&name) {
+    let depth = rel.len();
+    let first: Vec<OsString> = ls
+        .list(dirs)?
+        .into_iter()
+        .filter(|n| !skip.contains(n))
+        .collect();
+    // Each frame: the directory's layers (None: `dirs`) and the names left to report.
+    let mut stack: Vec<(Option<Vec<LayerDir>>, std::vec::IntoIter<OsString>)> =
+        vec![(None, first.into_iter())];
+    while let Some((own, names)) = stack.last_mut() {
+        let Some(name) = names.next() else {
+            stack.pop();
+            if rel.len() > depth {
+                rel.pop();
+            }
             continue;
-        }
+        };
+        let here = own.as_deref().unwrap_or(dirs);
         rel.push(name.clone());
         push(out, ChangeKind::Added, merged_path(rel), None);
-        if let LowerEntry::Dir(sub) = ls.lookup(dirs, &name)? {
-            add_lower_subtree(ls, &sub, rel, &BTreeSet::new(), out)?;
+        if let LowerEntry::Dir(sub) = ls.lookup(here, &name)? {
+            let names: Vec<OsString> = ls.list(&sub)?.into_iter().collect();
+            stack.push((Some(sub), names.into_iter()));
+        } else {
+            rel.pop();
         }
-        rel.pop();
     }
     Ok(())
 }
 
-/// Walk one upper directory. `lower_here` is the merged lower directory at this path
-/// (`None` with lowers given means the lowers have nothing here); `low` is this directory's
-/// own place in the lowers (its merged path, unless a renamed directory above moved it),
-/// against which a relative `overlay.redirect` of an entry is resolved.
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    dir: &LayerDir,
-    rel: &mut Vec<OsString>,
-    low: &[OsString],
-    lowers: Option<&LowerStack>,
+/// One upper directory being walked: its place, and the entries left to compare.
+struct Frame {
+    /// The upper directory (None: the root, which the caller holds).
+    dir: Option<LayerDir>,
+    /// Its own place in the lowers (see [`walk`]).
+    low: Vec<OsString>,
+    /// The merged lower directory at this path.
     lower_here: Option<Vec<LayerDir>>,
     ctx: Context,
+    aufs_hidden: BTreeSet<OsString>,
+    work: std::vec::IntoIter<(OsString, Option<Entry>)>,
+}
+
+/// Walk an upper tree from `root`. `lower_root` is the merged lower directory at the root
+/// (`None` with lowers given means the lowers have nothing there). Each directory's `low` is
+/// its own place in the lowers (its merged path, unless a renamed directory above moved
+/// it), against which a relative `overlay.redirect` of an entry is resolved. Depth first,
+/// with the directories on the way on a heap stack, not in nested calls: an upper's depth
+/// is its writer's choice.
+fn walk(
+    root: &LayerDir,
+    rel: &mut Vec<OsString>,
+    lowers: Option<&LowerStack>,
+    lower_root: Option<Vec<LayerDir>>,
     opts: &DiffOptions,
     out: &mut Vec<Change>,
 ) -> Result<(), Error> {
-    let entries = dir.entries()?;
-    let mut aufs_hidden = BTreeSet::new();
-    if opts.aufs {
-        for e in &entries {
-            if let Some(t) = overlay_core::format::aufs_whiteout_target(&e.name) {
-                aufs_hidden.insert(t.to_os_string());
+    let mut stack = vec![enter(
+        root,
+        rel,
+        Vec::new(),
+        lowers,
+        lower_root,
+        Context::Normal,
+        opts,
+        out,
+    )?];
+    while let Some(top) = stack.last_mut() {
+        let Some((name, entry)) = top.work.next() else {
+            stack.pop();
+            if !stack.is_empty() {
+                rel.pop();
             }
-        }
-    }
-    let present: BTreeSet<OsString> = entries.iter().map(|e| e.name.clone()).collect();
-    let mut work: Vec<(OsString, Option<&Entry>)> = entries
-        .iter()
-        .filter(|e| !(opts.aufs && overlay_core::format::is_aufs_metadata_name(&e.name)))
-        .map(|e| (e.name.clone(), Some(e)))
-        .collect();
-    // AUFS whiteouts whose target is absent from the upper: deletions to report.
-    for t in &aufs_hidden {
-        if !present.contains(t) {
-            work.push((t.clone(), None));
-        }
-    }
-    work.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-
-    // Lower entries that show through under a new name, or that an opaque directory hides.
-    if let (Some(ls), Some(dirs)) = (lowers, &lower_here) {
-        let mut shadowed = present.clone();
-        shadowed.extend(aufs_hidden.iter().cloned());
-        match ctx {
-            Context::Renamed => add_lower_subtree(ls, dirs, rel, &shadowed, out)?,
-            Context::Opaque => {
-                for name in ls.list(dirs)? {
-                    if !shadowed.contains(&name) {
-                        rel.push(name);
-                        push(out, ChangeKind::Deleted, merged_path(rel), None);
-                        rel.pop();
-                    }
-                }
-            }
-            Context::Normal => {}
-        }
-    }
-
-    for (name, entry) in work {
+            continue;
+        };
+        let dir = top.dir.as_ref().unwrap_or(root);
+        let (low, lower_here, ctx, aufs_hidden) =
+            (&top.low, top.lower_here.as_ref(), top.ctx, &top.aufs_hidden);
+        let entry = entry.as_ref();
         rel.push(name.clone());
         let path = merged_path(rel);
         let lower_entry = match (lowers, &lower_here) {
@@ -433,7 +432,7 @@ fn walk(
         };
         let seen = match entry {
             None => Seen::Whiteout,
-            Some(e) => classify(dir, e, &aufs_hidden, opts)?,
+            Some(e) => classify(dir, e, aufs_hidden, opts)?,
         };
         match seen {
             Seen::Whiteout => {
@@ -518,12 +517,81 @@ fn walk(
                 };
                 push(out, kind, path, redirect);
                 let sub = dir.open_child(&name)?;
-                walk(&sub, rel, &child_low, lowers, below, sub_ctx, opts, out)?;
+                let mut frame = enter(&sub, rel, child_low, lowers, below, sub_ctx, opts, out)?;
+                frame.dir = Some(sub);
+                stack.push(frame);
+                continue;
             }
         }
         rel.pop();
     }
     Ok(())
+}
+
+/// Start walking `dir`: list its entries, and report what its context makes of the lower
+/// entries the upper does not name. The caller puts `dir` in the frame (the root stays
+/// with the caller).
+#[allow(clippy::too_many_arguments)]
+fn enter(
+    dir: &LayerDir,
+    rel: &mut Vec<OsString>,
+    low: Vec<OsString>,
+    lowers: Option<&LowerStack>,
+    lower_here: Option<Vec<LayerDir>>,
+    ctx: Context,
+    opts: &DiffOptions,
+    out: &mut Vec<Change>,
+) -> Result<Frame, Error> {
+    let entries = dir.entries()?;
+    let mut aufs_hidden = BTreeSet::new();
+    if opts.aufs {
+        for e in &entries {
+            if let Some(t) = overlay_core::format::aufs_whiteout_target(&e.name) {
+                aufs_hidden.insert(t.to_os_string());
+            }
+        }
+    }
+    let present: BTreeSet<OsString> = entries.iter().map(|e| e.name.clone()).collect();
+    let mut work: Vec<(OsString, Option<Entry>)> = entries
+        .iter()
+        .filter(|e| !(opts.aufs && overlay_core::format::is_aufs_metadata_name(&e.name)))
+        .map(|e| (e.name.clone(), Some(e.clone())))
+        .collect();
+    // AUFS whiteouts whose target is absent from the upper: deletions to report.
+    for t in &aufs_hidden {
+        if !present.contains(t) {
+            work.push((t.clone(), None));
+        }
+    }
+    work.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+
+    // Lower entries that show through under a new name, or that an opaque directory hides.
+    if let (Some(ls), Some(dirs)) = (lowers, &lower_here) {
+        let mut shadowed = present.clone();
+        shadowed.extend(aufs_hidden.iter().cloned());
+        match ctx {
+            Context::Renamed => add_lower_subtree(ls, dirs, rel, &shadowed, out)?,
+            Context::Opaque => {
+                for name in ls.list(dirs)? {
+                    if !shadowed.contains(&name) {
+                        rel.push(name);
+                        push(out, ChangeKind::Deleted, merged_path(rel), None);
+                        rel.pop();
+                    }
+                }
+            }
+            Context::Normal => {}
+        }
+    }
+
+    Ok(Frame {
+        dir: None,
+        low,
+        lower_here,
+        ctx,
+        aufs_hidden,
+        work: work.into_iter(),
+    })
 }
 
 /// Where an entry's redirect points, as lower path components: an absolute redirect names

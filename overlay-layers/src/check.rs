@@ -10,7 +10,7 @@ use rustix::fs::FileType;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::layer_dir::{EntryKind, LayerDir};
+use crate::layer_dir::{Entry, EntryKind, LayerDir};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -207,8 +207,19 @@ impl Checker {
         Ok(opaque)
     }
 
-    fn walk(&mut self, dir: &LayerDir, in_opaque: bool) -> Result<(), Error> {
-        for e in dir.entries()? {
+    /// Check every entry below `root`, depth first. The directories on the way are kept on
+    /// a stack on the heap, not in nested calls: an upper's depth is its writer's choice.
+    fn walk(&mut self, root: &LayerDir, in_opaque: bool) -> Result<(), Error> {
+        type Frame = (std::vec::IntoIter<Entry>, Option<LayerDir>, bool);
+        let mut stack: Vec<Frame> = vec![(root.entries()?.into_iter(), None, in_opaque)];
+        while let Some((entries, own, in_opaque)) = stack.last_mut() {
+            let in_opaque = *in_opaque;
+            let Some(e) = entries.next() else {
+                stack.pop();
+                continue;
+            };
+            let dir = own.as_ref().unwrap_or(root);
+            let mut descend = None;
             let path = dir.path().join(&e.name);
             let name = e.name.as_bytes();
             let wh_name = name.starts_with(overlay_core::format::AUFS_WHITEOUT_PREFIX);
@@ -247,7 +258,7 @@ impl Checker {
                         );
                     }
                     let sub = dir.open_child(&e.name)?;
-                    self.walk(&sub, in_opaque || opaque)?;
+                    descend = Some((sub.entries()?.into_iter(), Some(sub), in_opaque || opaque));
                 }
                 EntryKind::Other => {
                     let ft = e.file_type();
@@ -282,6 +293,9 @@ impl Checker {
                     }
                     self.xattrs(dir, Some(&e.name), &path, false)?;
                 }
+            }
+            if let Some(frame) = descend {
+                stack.push(frame);
             }
         }
         Ok(())
