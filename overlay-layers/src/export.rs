@@ -126,6 +126,23 @@ struct Source<'a> {
     entry: &'a Entry,
 }
 
+/// An entry whose name starts with `.wh.` cannot be exported: in an OCI layer that prefix
+/// marks whiteouts, so the entry would delete its namesake where the layer is applied
+/// instead of appearing (the kernel overlay shows it as a plain entry). Refused with an
+/// error naming it, never written.
+fn refuse_reserved_name(src: &Source<'_>) -> Result<(), Error> {
+    if src.entry.name.as_bytes().starts_with(b".wh.") {
+        return Err(Error::Path {
+            path: src.dir.path().join(&src.entry.name),
+            reason: "the name starts with .wh., which OCI layers reserve for whiteouts: \
+                     exported, it would delete its namesake where the layer is applied; \
+                     rename it to export this tree"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 struct Exporter<W: Write> {
     tar: TarWriter<PipelinedHashWriter<Encoder<HashWriter<W>>>>,
     lowers: Option<LowerStack>,
@@ -494,6 +511,7 @@ impl<W: Write> Exporter<W> {
         path: Vec<u8>,
         data: Option<(&LayerDir, &OsStr)>,
     ) -> Result<(), Error> {
+        refuse_reserved_name(src)?;
         let st = src.entry.stat;
         let meta = self.meta(src, path.clone())?;
         self.entries += 1;
@@ -579,6 +597,7 @@ impl<W: Write> Exporter<W> {
     }
 
     fn emit_dir(&mut self, src: &Source<'_>, path: Vec<u8>) -> Result<(), Error> {
+        refuse_reserved_name(src)?;
         let meta = self.meta(src, path)?;
         self.entries += 1;
         self.tar.entry(&meta, &Body::Dir).map_err(|e| self.io(e))

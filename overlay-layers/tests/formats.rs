@@ -80,6 +80,32 @@ fn xattr_whiteouts_and_opaque_dirs_export_as_oci_markers() {
     );
 }
 
+/// A plain file or directory named `.wh.*` in an upper (the kernel overlay shows it as it
+/// is) has no OCI form: exported, it would delete its namesake. The export is refused with
+/// an error naming it.
+#[test]
+fn entries_named_like_whiteouts_are_refused_not_exported() {
+    for dir in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let up = tmp.path().join("upper");
+        fs::create_dir_all(up.join("d")).unwrap();
+        fs::write(up.join("d/keep"), b"k").unwrap();
+        if dir {
+            fs::create_dir(up.join("d/.wh.keep")).unwrap();
+        } else {
+            fs::write(up.join("d/.wh.keep"), b"mine").unwrap();
+        }
+        let mut layer = Vec::new();
+        let e = export(&[] as &[&Path], &up, &mut layer, &ExportOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d/.wh.keep") && e.contains("reserve"),
+            "the error names the entry and why: {e}"
+        );
+    }
+}
+
 #[test]
 fn apply_in_the_user_namespace() {
     let tmp = tempfile::tempdir().unwrap();
