@@ -244,19 +244,7 @@ impl Inner {
                     return reply.error(Errno::EINVAL);
                 };
                 let flags = rustix::fs::IFlags::from_bits_retain(inode_flags_of(x.xflags));
-                if let Err(e) = self.may_set_inode_flags(caller, &n, flags) {
-                    return reply.error(e);
-                }
-                let was_lower = n.is_lower_only();
-                match self.ovl.set_fs_xattr(&n, &x) {
-                    Ok(()) => {
-                        if was_lower {
-                            self.check_split(ino, &n);
-                        }
-                        reply.ioctl(0, &[])
-                    }
-                    Err(e) => reply.error(errno("ioctl", &e)),
-                }
+                self.set_flags_checked(ino, &n, caller, flags, reply, |o, n| o.set_fs_xattr(n, &x))
             }
             GETFLAGS => match self.ovl.inode_flags(&n) {
                 Ok(f) => {
@@ -270,21 +258,38 @@ impl Inner {
                     return reply.error(Errno::EINVAL);
                 };
                 let flags = rustix::fs::IFlags::from_bits_retain(u32::from_ne_bytes(*raw));
-                if let Err(e) = self.may_set_inode_flags(caller, &n, flags) {
-                    return reply.error(e);
-                }
-                let was_lower = n.is_lower_only();
-                match self.ovl.set_inode_flags(&n, flags) {
-                    Ok(()) => {
-                        if was_lower {
-                            self.check_split(ino, &n);
-                        }
-                        reply.ioctl(0, &[])
-                    }
-                    Err(e) => reply.error(errno("ioctl", &e)),
-                }
+                self.set_flags_checked(ino, &n, caller, flags, reply, |o, n| {
+                    o.set_inode_flags(n, flags)
+                })
             }
             _ => reply.error(Errno::ENOTTY),
+        }
+    }
+
+    /// Set inode flags (`SETFLAGS`, or `FSSETXATTR` whose xflags hold them) with `set`,
+    /// after the kernel's checks with the caller's credentials; a lower object is copied
+    /// up by the set, and its node split off if that made it a new object.
+    fn set_flags_checked(
+        &self,
+        ino: u64,
+        n: &NodeRef,
+        caller: Caller,
+        flags: rustix::fs::IFlags,
+        reply: ReplyIoctl,
+        set: impl FnOnce(&overlay_core::Overlay, &NodeRef) -> overlay_core::Result<()>,
+    ) {
+        if let Err(e) = self.may_set_inode_flags(caller, n, flags) {
+            return reply.error(e);
+        }
+        let was_lower = n.is_lower_only();
+        match set(&self.ovl, n) {
+            Ok(()) => {
+                if was_lower {
+                    self.check_split(ino, n);
+                }
+                reply.ioctl(0, &[])
+            }
+            Err(e) => reply.error(errno("ioctl", &e)),
         }
     }
 
