@@ -212,6 +212,7 @@ fn apply_named(
         written: HashSet::new(),
         fresh,
         present: HashSet::new(),
+        opaque_dirs: HashSet::new(),
         dirs: Vec::new(),
         report: ApplyReport {
             compression,
@@ -293,6 +294,8 @@ struct Applier {
     fresh: bool,
     /// Every name this apply created (entries, implied directories, whiteouts).
     present: HashSet<Vec<u8>>,
+    /// Directories this archive made opaque: a later whiteout below one hides nothing.
+    opaque_dirs: HashSet<Vec<u8>>,
     /// Directories whose mode and mtime are set at the end: (components, mode, mtime).
     dirs: Vec<DirMeta>,
     report: ApplyReport,
@@ -690,6 +693,11 @@ impl Applier {
         if self.opts.format == Format::Plain {
             return Ok(());
         }
+        // Below a directory this archive made opaque the lowers are hidden already, and the
+        // kernel lists a whiteout inside an opaque upper directory (that it cannot look up).
+        if (0..=parent_comps.len()).any(|i| self.opaque_dirs.contains(&join(&parent_comps[..i]))) {
+            return Ok(());
+        }
         match rustix::fs::mknodat(
             &parent,
             nm,
@@ -750,6 +758,7 @@ impl Applier {
             target::set_xattr(dir.as_fd(), None, self.ns.opaque().as_bytes(), b"y")
                 .map_err(|er| self.fail(e, format!("cannot set {}: {er}", self.ns.opaque())))?;
         }
+        self.opaque_dirs.insert(join(dir_comps));
         Ok(())
     }
 

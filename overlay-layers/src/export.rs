@@ -283,6 +283,7 @@ fn export_named<L: AsRef<Path>>(
         open_file: None,
     };
     let root = LayerDir::open_root(upper)?;
+    let upper_root = root.try_clone()?;
     // Depth-first, in name order, each directory's content right after it (as GNU tar and
     // containerd write layers); the depth is a heap stack of frames.
     let mut frames: Vec<Frame> = vec![Frame::new(Work::Upper {
@@ -316,7 +317,7 @@ fn export_named<L: AsRef<Path>>(
             }
         }
     }
-    x.old_names()?;
+    x.old_names(&upper_root)?;
     let Exporter { tar, entries, .. } = x;
     let w = tar.finish().map_err(io)?;
     let (diff_id, tar_size, enc) = w.finish().map_err(io)?;
@@ -902,8 +903,9 @@ impl<W: Write> Exporter<W> {
         result
     }
 
-    /// Whiteouts of renamed directories' old names that the upper does not already hold.
-    fn old_names(&mut self) -> Result<(), Error> {
+    /// Whiteouts of renamed directories' old names, where the lowers still show something
+    /// there and the layer itself does not already replace or hide it.
+    fn old_names(&mut self, upper: &LayerDir) -> Result<(), Error> {
         let olds = std::mem::take(&mut self.renamed_from);
         for comps in olds {
             let Some((name, _)) = comps.split_last() else {
@@ -915,9 +917,51 @@ impl<W: Write> Exporter<W> {
                     continue;
                 }
             }
+            if self.layer_covers(upper, &comps)? {
+                continue;
+            }
             self.emit_whiteout(&path, name, self.epoch.map_or((0, 0), |e| (e, 0)))?;
         }
         Ok(())
+    }
+
+    /// Whether the layer already decides what shows at `comps`, so a whiteout there would be
+    /// redundant or wrong: an ancestor is opaque, whited out or not a directory in the layer,
+    /// or the layer has an entry at the path itself. A whiteout next to an entry of the same
+    /// name makes tools that apply in order (containerd) delete that entry, and one inside
+    /// an opaque directory is listed by the kernel but cannot be looked up.
+    fn layer_covers(&self, upper: &LayerDir, comps: &[OsString]) -> Result<bool, Error> {
+        let marked = |prefix: &[OsString], marker: &[u8]| {
+            let mut p = arch_path(prefix);
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(marker);
+            self.emitted.contains(&p)
+        };
+        for i in 0..comps.len() {
+            if marked(&comps[..i], b".wh..wh..opq") {
+                return Ok(true);
+            }
+            if i > 0 {
+                let mut wh = b".wh.".to_vec();
+                wh.extend_from_slice(comps[i - 1].as_bytes());
+                if marked(&comps[..i - 1], &wh) {
+                    return Ok(true);
+                }
+            }
+        }
+        let mut dir = upper.try_clone()?;
+        for (i, c) in comps.iter().enumerate() {
+            let Some(e) = dir.stat_child(c)? else {
+                return Ok(false);
+            };
+            if i + 1 == comps.len() || e.kind() != EntryKind::Dir {
+                return Ok(true);
+            }
+            dir = dir.open_child(c)?;
+        }
+        Ok(false)
     }
 }
 

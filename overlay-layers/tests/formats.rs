@@ -219,3 +219,57 @@ fn squash_into_an_erofs_image() {
     // Refuses to overwrite.
     assert!(squash(&[&lower], Some(&up), &img, SquashFormat::Erofs).is_err());
 }
+
+/// In overlay format a whiteout below a directory the same archive made opaque hides nothing,
+/// and the kernel would list it: it is not written, in either order of marker and whiteout.
+/// A whiteout outside the opaque directory is still written.
+#[test]
+fn whiteouts_below_an_opaque_directory_are_not_written() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in ["d/s", "e"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for f in ["d/.wh..wh..opq", "d/.wh.c", "d/s/.wh.y", "d/x", "e/.wh.z"] {
+        fs::write(src.join(f), b"").unwrap();
+    }
+    // Marker first in `d`, the whiteout first in `d/s` (its marker is d's).
+    let order = [
+        "d",
+        "d/.wh.c",
+        "d/.wh..wh..opq",
+        "d/x",
+        "d/s",
+        "d/s/.wh.y",
+        "e",
+        "e/.wh.z",
+    ];
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["--no-recursion", "-cf", "-"])
+        .args(order)
+        .output()
+        .expect("GNU tar runs");
+    assert!(out.status.success(), "tar: {:?}", out);
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    apply(&out.stdout[..], &target, &ApplyOptions::default()).unwrap();
+    let listed = |d: &str| {
+        let mut v: Vec<String> = fs::read_dir(target.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed("d"), ["s", "x"], "no whiteout inside the opaque d");
+    assert!(listed("d/s").is_empty(), "no whiteout below the opaque d");
+    assert_eq!(listed("e"), ["z"], "the whiteout outside it stays");
+    let mut buf = [0u8; 4];
+    let n = rustix::fs::lgetxattr(target.join("d"), "trusted.overlay.opaque", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"y");
+}
