@@ -64,7 +64,11 @@ impl Caller {
         eff & (1u64 << cap as u32) != 0 && self.in_our_user_namespace()
     }
 
-    fn in_our_user_namespace(&self) -> bool {
+    /// True when the caller is in this daemon's user namespace (false when unknown).
+    pub fn in_our_user_namespace(&self) -> bool {
+        if self.pid == 0 {
+            return false;
+        }
         static OURS: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
         let ours = OURS.get_or_init(|| std::fs::read_link("/proc/self/ns/user").ok());
         let theirs = std::fs::read_link(format!("/proc/{}/ns/user", self.pid)).ok();

@@ -209,7 +209,21 @@ print("; ".join(res))
 
 #[test]
 fn fssetxattr_as_the_kernel_overlay() {
-    if !can_mount("fssetxattr_as_the_kernel_overlay") {
+    fssetxattr_case("fssetxattr_as_the_kernel_overlay", &[]);
+}
+
+/// The same from root of a child user namespace (uid 0 mapped to 0): the immutable flag
+/// needs `CAP_LINUX_IMMUTABLE` and a project id the initial namespace (EPERM, EINVAL).
+#[test]
+fn fssetxattr_from_a_child_user_namespace_as_the_kernel_overlay() {
+    fssetxattr_case(
+        "fssetxattr_from_a_child_user_namespace_as_the_kernel_overlay",
+        &["unshare", "--user", "--map-root-user", "--"],
+    );
+}
+
+fn fssetxattr_case(name: &str, wrapper: &[&str]) {
+    if !can_mount(name) {
         return;
     }
     let fill = |l: &Layers| {
@@ -217,7 +231,13 @@ fn fssetxattr_as_the_kernel_overlay() {
         fs::create_dir(l.lower().join("d")).unwrap();
     };
     let (kernel, ours) = both(fill, |mnt, l| {
-        let out = Command::new("/usr/bin/python3")
+        let argv: Vec<&str> = wrapper
+            .iter()
+            .copied()
+            .chain(["/usr/bin/python3"])
+            .collect();
+        let out = Command::new(argv[0])
+            .args(&argv[1..])
             .arg("-c")
             .arg(FSXATTR_SCRIPT)
             .arg(mnt)

@@ -198,8 +198,9 @@ impl Inner {
     /// 32-bit ones (`FS_IOC32_*`) reach a FUSE server from a 64-bit process with no check at
     /// all; the kernel overlay answers them ENOTTY, and so do we. A set is checked here
     /// again all the same, with the caller's credentials (the daemon's would allow
-    /// anything): the owner or `CAP_FOWNER`, and `CAP_LINUX_IMMUTABLE` to change the
-    /// immutable or append-only flag, as the kernel's `fileattr_set_prepare` does.
+    /// anything): the owner or `CAP_FOWNER`, `CAP_LINUX_IMMUTABLE` to change the
+    /// immutable or append-only flag, and the daemon's user namespace to change the project
+    /// id or its inheritance, as the kernel's `fileattr_set_prepare` does.
     pub(super) fn ioctl(
         &self,
         caller: Caller,
@@ -243,6 +244,21 @@ impl Inner {
                 let Some(x) = fsxattr_from(in_data) else {
                     return reply.error(Errno::EINVAL);
                 };
+                // The kernel's fileattr_set_prepare: the project id and its inheritance
+                // change only from the initial user namespace. A caller in another one than
+                // the daemon's gets EINVAL here (where the daemon is not in the initial one,
+                // its own set fails with EINVAL the same way).
+                const PROJINHERIT: u32 = 0x200;
+                if !caller.in_our_user_namespace() {
+                    let old = match self.ovl.fs_xattr(&n) {
+                        Ok(o) => o,
+                        Err(e) if e.raw_os_error() == libc::ENOTTY => FsXattr::default(),
+                        Err(e) => return reply.error(errno("ioctl", &e)),
+                    };
+                    if old.projid != x.projid || (old.xflags ^ x.xflags) & PROJINHERIT != 0 {
+                        return reply.error(Errno::EINVAL);
+                    }
+                }
                 let flags = rustix::fs::IFlags::from_bits_retain(inode_flags_of(x.xflags));
                 self.set_flags_checked(ino, &n, caller, flags, reply, |o, n| o.set_fs_xattr(n, &x))
             }
