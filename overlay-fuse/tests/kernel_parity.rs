@@ -363,3 +363,101 @@ fn more_lowers_than_the_kernel_takes() {
     fs::set_permissions(mnt.join("shared"), fs::Permissions::from_mode(0o700)).unwrap();
     d.unmount_and_wait();
 }
+
+/// A squashfs image mounted (loop, read-only) on a directory; unmounted on drop.
+struct ImageMount(std::path::PathBuf);
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        // The FUSE daemon's descriptors on the image go when its session ends; a moment.
+        for _ in 0..50 {
+            if !is_mounted(&self.0) || nix::mount::umount(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A lower layer on a filesystem without POSIX ACLs (squashfs made with `-no-xattrs`, as
+/// the unionmount-testsuite's `--squashfs` mode does): its files answer EOPNOTSUPP for the
+/// ACL xattrs. The kernel overlay answers ENODATA (no ACL); ovl-fuse must too, or the FUSE
+/// kernel fails every permission check with EOPNOTSUPP and nothing opens.
+#[test]
+fn lower_without_acls_as_the_kernel_overlay() {
+    if !can_mount("lower_without_acls_as_the_kernel_overlay") {
+        return;
+    }
+    if Command::new("mksquashfs").arg("-version").output().is_err() {
+        return skip(
+            "lower_without_acls_as_the_kernel_overlay",
+            "needs mksquashfs (squashfs-tools)",
+        );
+    }
+    let side = |kernel: bool| {
+        let l = Layers::new(1);
+        let src = l.tmp.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        put(src.join("d/f"), b"lower data");
+        let img = l.tmp.path().join("lower.sqfs");
+        let out = Command::new("mksquashfs")
+            .arg(&src)
+            .arg(&img)
+            .args(["-quiet", "-no-xattrs", "-no-progress"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mksquashfs: {out:?}");
+        let st = Command::new("mount")
+            .args(["-t", "squashfs", "-o", "loop,ro"])
+            .arg(&img)
+            .arg(l.lower())
+            .status()
+            .unwrap();
+        assert!(st.success(), "loop mount of the squashfs image");
+        let _image = ImageMount(l.lower().to_path_buf());
+        let look = |mnt: &Path| {
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 256];
+            for p in ["d", "d/f"] {
+                for x in [
+                    "system.posix_acl_access",
+                    "system.posix_acl_default",
+                    "user.x",
+                ] {
+                    let r = rustix::fs::lgetxattr(mnt.join(p), x, &mut buf);
+                    seen.push(format!("{p} {x}: {:?}", r.map_err(errno_name)));
+                }
+            }
+            let read = || {
+                fs::read(mnt.join("d/f"))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .map_err(|e| e.kind())
+            };
+            seen.push(format!("read: {:?}", read()));
+            let w = fs::OpenOptions::new()
+                .append(true)
+                .open(mnt.join("d/f"))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b" + upper"));
+            seen.push(format!("append: {:?}", w.map_err(|e| e.kind())));
+            seen.push(format!("read: {:?}", read()));
+            seen
+        };
+        if kernel {
+            let _m = KernelOverlay::mount(&l);
+            look(&l.mnt)
+        } else {
+            let m = InProcess::new(&l, FsConfig::default());
+            let seen = look(&l.mnt);
+            m.unmount();
+            seen
+        }
+    };
+    let kernel = side(true);
+    let ours = side(false);
+    assert_eq!(ours, kernel);
+    assert!(
+        kernel.iter().any(|s| s.contains("lower data + upper")),
+        "the copy-up worked: {kernel:?}"
+    );
+}

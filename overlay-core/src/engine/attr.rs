@@ -6,7 +6,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use rustix::fs::{OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use super::{Attr, FileKind, NodeRef, Overlay, SetAttr, TimeSet};
+use super::{acl, Attr, FileKind, NodeRef, Overlay, SetAttr, TimeSet};
 use crate::error::Result;
 pub use crate::sys::FsXattr;
 
@@ -151,8 +151,18 @@ impl Overlay {
     pub fn getxattr(&self, node: &NodeRef, name: &OsStr) -> Result<Vec<u8>> {
         let real = self.top_real("getxattr", node)?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
-        real.getxattr(&stored)
-            .map_err(|e| self.node_err("getxattr", node, e))
+        real.getxattr(&stored).map_err(|e| {
+            // A layer on a filesystem without POSIX ACLs (squashfs, iso9660, a FUSE lower)
+            // says EOPNOTSUPP; the kernel overlay answers ENODATA there (no ACL), and a FUSE
+            // kernel fails every permission check on the EOPNOTSUPP.
+            let acl = name == acl::ACCESS_ACL || name == acl::DEFAULT_ACL;
+            let e = if acl && e == Errno::OPNOTSUPP {
+                Errno::NODATA
+            } else {
+                e
+            };
+            self.node_err("getxattr", node, e)
+        })
     }
 
     /// List xattr names, without overlay-private ones.
