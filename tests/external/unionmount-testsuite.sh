@@ -9,7 +9,7 @@
 # which runs `ovl-fuse` from a sanitized PATH: the script links target/release/ovl-fuse as
 # /usr/local/bin/ovl-fuse for the run (unless one is installed there) and removes the link
 # afterwards. SCRATCH (default: a new directory under /var/tmp, on the disk) holds the
-# layers and the mount point.
+# layers and the mount point; the logs go to a directory beside it (printed).
 #
 # Directory renames: ovl-fuse follows the kernel's default here (`redirect_dir` off unless
 # asked: EXDEV, as the kernel and fuse-overlayfs answer), while the suite expects renames
@@ -28,6 +28,8 @@ suite=$(cd "$suite" && pwd)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 scratch=${2:-$(mktemp -d /var/tmp/ovl-unionmount.XXXXXX)}
 mkdir -p "$scratch"
+# The suite empties its base directory before each test: the logs go beside it.
+logs=$(mktemp -d /var/tmp/ovl-unionmount-logs.XXXXXX)
 
 (cd "$repo" && cargo build --release -p overlay-fuse --bin ovl-fuse)
 linked=
@@ -41,11 +43,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "logs: $logs"
 failed=0
 run() {
     local name=$1
     shift
-    local log="$scratch/$name.log"
+    local log="$logs/$name.log"
     if (cd "$suite" && env UNIONMOUNT_BASEDIR="$scratch" "$@" >"$log" 2>&1); then
         echo "ok      $name ($(grep -ac '^TEST' "$log") checks): $*"
     else
