@@ -37,9 +37,17 @@ if [ ! -e /usr/local/bin/ovl-fuse ]; then
     ln -s "$repo/target/release/ovl-fuse" /usr/local/bin/ovl-fuse
     linked=1
 fi
+# Whatever the suite left mounted below the scratch directory (the union, and the tmpfs
+# layers of --maxfs), deepest first.
+unmount_all() {
+    local p
+    for p in $(awk -v s="$scratch/" 'index($2, s) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount "$p" 2>/dev/null || umount -l "$p"
+    done
+}
 cleanup() {
-    umount "$scratch/m" 2>/dev/null || true
-    [ -n "$linked" ] && rm -f /usr/local/bin/ovl-fuse
+    unmount_all
+    if [ -n "$linked" ]; then rm -f /usr/local/bin/ovl-fuse; fi
 }
 trap cleanup EXIT
 
@@ -56,7 +64,7 @@ run() {
         tail -5 "$log" | sed 's/^/        /'
         failed=1
     fi
-    umount "$scratch/m" 2>/dev/null || true
+    unmount_all
 }
 
 run kernel ./run --ov=10 --samefs
