@@ -275,6 +275,9 @@ EXAMPLES:
     mount(8)-style options, lowerdir top-first:
         ovl mount -o lowerdir=/srv/app:/srv/base,upperdir=/srv/u,workdir=/srv/w /mnt/app
 
+    A composefs-style image over a data-only layer (`::`, or --data DIR):
+        ovl mount --read-only -o lowerdir=/srv/meta.erofs::/srv/objects,metacopy=on,redirect_dir=on /mnt/root
+
     Force the FUSE backend:
         ovl mount --backend fuse --lower /srv/base --upper /srv/changes /mnt/app";
 

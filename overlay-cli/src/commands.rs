@@ -177,6 +177,16 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
             "give the lowers either with --lower (bottom-first) or with -o lowerdir= (top-first), not both",
         ));
     }
+    if !a.data_lowers.is_empty() && !k.data.is_empty() {
+        return Err(CliError::msg(
+            "give the data-only lowers either with --data or after `::` in -o lowerdir=, not both",
+        ));
+    }
+    let data_lowers = if a.data_lowers.is_empty() {
+        k.data.clone()
+    } else {
+        a.data_lowers.clone()
+    };
     let lowers = if a.lowers.is_empty() {
         k.lowers.clone()
     } else {
@@ -262,7 +272,7 @@ pub fn mount(a: MountArgs) -> Result<u8, CliError> {
         .options(options)
         .squash_to_root(squash)
         .tmpfs_inodes(a.upper.tmp_inodes)
-        .data_lowers(a.data_lowers.clone())
+        .data_lowers(data_lowers)
         .backend(a.backend.into())
         .namespace(Namespace::Current)
         .scratch_dir(scratch);

@@ -11,6 +11,9 @@ use crate::error::CliError;
 pub struct KernelStyle {
     /// `lowerdir=`, converted to **bottom-first**.
     pub lowers: Vec<PathBuf>,
+    /// Data-only lowers after `::` in `lowerdir=` (`lowerdir=L1:L2::D1::D2`), in the
+    /// order given (the order they are searched in).
+    pub data: Vec<PathBuf>,
     /// `upperdir=`.
     pub upper: Option<PathBuf>,
     /// `workdir=`.
@@ -81,13 +84,21 @@ pub fn parse_kernel_style(args: &[String]) -> Result<KernelStyle, CliError> {
                     }
                     let s = String::from_utf8_lossy(v).into_owned();
                     let parts = split_unescape(&s, b':');
-                    if parts.iter().any(|p| p.is_empty()) {
+                    // As the kernel: regular lowers, then data-only ones each after `::`.
+                    let first_data = parts.iter().position(|p| p.is_empty());
+                    let (regular, data) = parts.split_at(first_data.unwrap_or(parts.len()));
+                    let data_ok = data.len() % 2 == 0
+                        && data
+                            .chunks(2)
+                            .all(|pair| pair[0].is_empty() && !pair[1].is_empty());
+                    if regular.is_empty() || !data_ok {
                         return Err(CliError::msg(format!(
-                            "-o lowerdir={s}: empty layer (data-only lowers `::` are not supported)"
+                            "-o lowerdir={s}: an empty layer (lowerdir=TOP:...:BOTTOM, then data-only layers each after `::`)"
                         )));
                     }
                     // The kernel's order is top-first; ours is bottom-first.
-                    k.lowers = parts.iter().rev().map(|p| path_of(p)).collect();
+                    k.lowers = regular.iter().rev().map(|p| path_of(p)).collect();
+                    k.data = data.chunks(2).map(|pair| path_of(&pair[1])).collect();
                 }
                 ("upperdir", Some(v)) => k.upper = Some(path_of(v)),
                 ("workdir", Some(v)) => k.work = Some(path_of(v)),
@@ -168,7 +179,19 @@ mod tests {
 
     #[test]
     fn refuses_data_only_lowers_and_valueless_paths() {
-        assert!(parse_kernel_style(&["lowerdir=/a::/b".into()]).is_err());
+        let k = parse_kernel_style(&["lowerdir=/a:/b::/d1::/d\\:2".into()]).unwrap();
+        assert_eq!(k.lowers, [PathBuf::from("/b"), PathBuf::from("/a")]);
+        assert_eq!(k.data, [PathBuf::from("/d1"), PathBuf::from("/d:2")]);
+        for bad in [
+            "lowerdir=::/d",
+            "lowerdir=/a:::/d",
+            "lowerdir=/a::/d:/e",
+            "lowerdir=/a::",
+            "lowerdir=/a:",
+            "lowerdir=:/a",
+        ] {
+            assert!(parse_kernel_style(&[bad.into()]).is_err(), "{bad}");
+        }
         assert!(parse_kernel_style(&["upperdir".into()]).is_err());
     }
 

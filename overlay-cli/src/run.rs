@@ -73,7 +73,7 @@ fn check_keep_dir(d: &Path) -> Result<(), CliError> {
 /// `--lower`/`--upper`.
 fn run_options(args: &[String]) -> Result<overlay::core::OverlayMountOptions, CliError> {
     let k = crate::mountopts::parse_kernel_style(args)?;
-    if !k.lowers.is_empty() || k.upper.is_some() || k.work.is_some() {
+    if !k.lowers.is_empty() || !k.data.is_empty() || k.upper.is_some() || k.work.is_some() {
         return Err(CliError::msg(
             "ovl run -o takes mount flags and overlay options; give the layers with --lower and --upper",
         ));

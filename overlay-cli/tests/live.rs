@@ -787,10 +787,27 @@ fn composefs_style_stack_with_ovl_mount() {
         umount(&state, &m);
         assert!(!is_mounted(&m));
     }
-    assert_eq!(
-        trees[0], trees[1],
-        "kernel (left) and ovl-fuse (right) differ"
-    );
+    // The same with mount(8)'s syntax: data-only layers after `::` in lowerdir=.
+    for backend in ["kernel", "fuse"] {
+        let o = format!("lowerdir={img}::{data},metacopy=on,redirect_dir=on");
+        mount(
+            &state,
+            &["--backend", backend, "--read-only", "-o", &o, &ms],
+        );
+        assert_eq!(
+            std::fs::read_to_string(m.join("etc/hello")).unwrap(),
+            "from the object store\n",
+            "{backend}, -o {o}"
+        );
+        trees.push(seen_tree(&m));
+        umount(&state, &m);
+    }
+    for (i, t) in trees.iter().enumerate().skip(1) {
+        assert_eq!(
+            &trees[0], t,
+            "kernel with --data (left) and mount {i} differ"
+        );
+    }
     // ovl-fuse checks no fs-verity digests: verity= is refused there, never ignored.
     let o = ovl_with_state(
         &state,
