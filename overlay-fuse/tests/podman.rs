@@ -6,12 +6,13 @@
 //! result. The same runs on podman's own kernel overlay mounts; both must print the same.
 //!
 //! Podman runs with private storage, run root and configuration (never the system's), as
-//! root. The image's root file system is made here from the host's `dash` and a few
+//! root and rootless (a test user of its own). The image's root file system is made here from the host's `dash` and a few
 //! coreutils with their libraries.
 
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -59,6 +60,9 @@ fn rootfs(dir: &Path) {
 /// overlay mounts.
 struct Podman {
     mount_program: Option<String>,
+    /// Rootless: run podman as this user, in a private mount namespace where `/dev/fuse`
+    /// is a 0666 node (bound over the real one), with its own runtime directory.
+    user: Option<RootlessUser>,
     root: PathBuf,
     runroot: PathBuf,
     conf: PathBuf,
@@ -66,9 +70,10 @@ struct Podman {
 }
 
 impl Podman {
-    fn new(t: &Path, mount_program: Option<&str>) -> Podman {
+    fn new(t: &Path, mount_program: Option<&str>, user: Option<RootlessUser>) -> Podman {
         let p = Podman {
             mount_program: mount_program.map(str::to_string),
+            user,
             root: t.join("root"),
             runroot: t.join("runroot"),
             conf: t.join("containers.conf"),
@@ -92,7 +97,10 @@ impl Podman {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
+        let mut c = match &self.user {
+            None => Command::new("podman"),
+            Some(u) => u.command("podman"),
+        };
         c.env("CONTAINERS_STORAGE_CONF", &self.storage)
             .env("CONTAINERS_CONF", &self.conf)
             .env("XDG_CONFIG_HOME", self.root.with_file_name("xdg"))
@@ -148,6 +156,10 @@ impl Drop for Podman {
         // Containers, images, and every mount and daemon of the storage.
         let _ = self.cmd().args(["rm", "-a", "-f"]).output();
         let _ = self.cmd().args(["system", "reset", "-f"]).output();
+        if let Some(u) = &self.user {
+            // Rootless podman's pause process, and any ovl-fuse it left.
+            let _ = Command::new("pkill").args(["-KILL", "-u", u.name]).status();
+        }
         for m in mount_points() {
             if m.starts_with(&self.root) || m.starts_with(&self.runroot) {
                 force_unmount(&m);
@@ -156,21 +168,110 @@ impl Drop for Podman {
     }
 }
 
-#[test]
-fn podman_mount_program_matches_kernel_overlay() {
-    if !can_mount("podman_mount_program_matches_kernel_overlay") {
-        return;
+/// A user of its own for rootless podman (created once with useradd, which gives it a
+/// subordinate id range), and the runtime pieces it needs under a directory it can reach.
+struct RootlessUser {
+    name: &'static str,
+    /// Holds the 0666 FUSE node and the user's runtime and home directories.
+    dir: PathBuf,
+}
+
+impl RootlessUser {
+    const NAME: &'static str = "ovl-podman-test";
+
+    /// Whether rootless podman can run here: the tools, and the user with a subordinate id
+    /// range (created with useradd if missing). Otherwise `skip`s.
+    fn prepare(test: &str) -> bool {
+        for tool in ["useradd", "setpriv", "unshare", "newuidmap", "pkill"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                skip(test, &format!("needs {tool} (uidmap for newuidmap)"));
+                return false;
+            }
+        }
+        let exists = Command::new("id")
+            .arg(Self::NAME)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            let o = Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/sh", Self::NAME])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "useradd: {o:?}");
+        }
+        let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
+        if !subuid
+            .lines()
+            .any(|l| l.starts_with(&format!("{}:", Self::NAME)))
+        {
+            skip(test, "the test user got no /etc/subuid range from useradd");
+            return false;
+        }
+        true
     }
-    if Command::new("podman").arg("--version").output().is_err() {
-        return skip(
-            "podman_mount_program_matches_kernel_overlay",
-            "needs podman (Debian package podman)",
-        );
+
+    /// The user's FUSE node, home and runtime directory under `dir` (after [`Self::prepare`]).
+    fn in_dir(dir: &Path) -> RootlessUser {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("fuse"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(10, 229),
+        )
+        .unwrap();
+        fs::set_permissions(dir.join("fuse"), fs::Permissions::from_mode(0o666)).unwrap();
+        let u = RootlessUser {
+            name: Self::NAME,
+            dir: dir.to_path_buf(),
+        };
+        for d in ["home", "xdg"] {
+            fs::create_dir(dir.join(d)).unwrap();
+            fs::set_permissions(dir.join(d), fs::Permissions::from_mode(0o700)).unwrap();
+            u.own(&dir.join(d));
+        }
+        u
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("rootfs");
+
+    /// `program` as the user, in a private mount namespace with the 0666 FUSE node.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                "mount --bind '{}' /dev/fuse && exec setpriv --reuid={1} --regid={1} --init-groups -- \"$@\"",
+                self.dir.join("fuse").display(),
+                self.name
+            ))
+            .arg("sh")
+            .arg(program)
+            .env("HOME", self.dir.join("home"))
+            .env("XDG_RUNTIME_DIR", self.dir.join("xdg"))
+            .current_dir(&self.dir);
+        c
+    }
+
+    /// Give the user `p` (recursively).
+    fn own(&self, p: &Path) {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{0}:{0}", self.name))
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// Build the image's root file system and tar it under `t`.
+fn rootfs_tar(t: &Path) -> PathBuf {
+    let src = t.join("rootfs");
     rootfs(&src);
-    let tar = tmp.path().join("rootfs.tar");
+    let tar = t.join("rootfs.tar");
     let st = Command::new("tar")
         .arg("-cf")
         .arg(&tar)
@@ -180,19 +281,24 @@ fn podman_mount_program_matches_kernel_overlay() {
         .status()
         .unwrap();
     assert!(st.success());
-    let ovl_fuse = env!("CARGO_BIN_EXE_ovl-fuse");
-    let ours = {
-        let d = tmp.path().join("fuse");
+    fs::set_permissions(&tar, fs::Permissions::from_mode(0o644)).unwrap();
+    tar
+}
+
+/// The same session on ovl-fuse (`mount_program`) and on podman's kernel overlay; both
+/// must print the same.
+fn compare(t: &Path, tar: &Path, ovl_fuse: &str, user: impl Fn(&Path) -> Option<RootlessUser>) {
+    let mut seen = Vec::new();
+    for (name, program) in [("fuse", Some(ovl_fuse)), ("kernel", None)] {
+        let d = t.join(name);
         fs::create_dir(&d).unwrap();
-        let p = Podman::new(&d, Some(ovl_fuse));
-        p.session(&tar)
-    };
-    let kernel = {
-        let d = tmp.path().join("kernel");
-        fs::create_dir(&d).unwrap();
-        let p = Podman::new(&d, None);
-        p.session(&tar)
-    };
+        let p = Podman::new(&d, program, user(&d));
+        if let Some(u) = &p.user {
+            u.own(&d);
+        }
+        seen.push(p.session(tar));
+    }
+    let (ours, kernel) = (&seen[0], &seen[1]);
     eprintln!("ovl-fuse: {ours:#?}");
     assert_eq!(
         ours.2, "fuse.ovl-fuse",
@@ -208,4 +314,47 @@ fn podman_mount_program_matches_kernel_overlay() {
         kernel.1.contains("moved") && !kernel.1.contains("gone"),
         "{kernel:?}"
     );
+}
+
+/// Rootless podman (its own user namespace over the test user's subordinate ids) with
+/// ovl-fuse as `mount_program`, where fuse-overlayfs serves most rootless podman users
+/// today; compared with rootless podman on the kernel overlay.
+#[test]
+fn rootless_podman_mount_program_matches_kernel_overlay() {
+    const TEST: &str = "rootless_podman_mount_program_matches_kernel_overlay";
+    if !can_mount(TEST) {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        return skip(TEST, "needs podman (Debian package podman)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let tar = rootfs_tar(tmp.path());
+    // ovl-fuse where the user can run it.
+    let bin = tmp.path().join("ovl-fuse");
+    fs::copy(env!("CARGO_BIN_EXE_ovl-fuse"), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    if !RootlessUser::prepare(TEST) {
+        return;
+    }
+    compare(tmp.path(), &tar, &bin.display().to_string(), |d| {
+        Some(RootlessUser::in_dir(d))
+    });
+}
+
+#[test]
+fn podman_mount_program_matches_kernel_overlay() {
+    if !can_mount("podman_mount_program_matches_kernel_overlay") {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        return skip(
+            "podman_mount_program_matches_kernel_overlay",
+            "needs podman (Debian package podman)",
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = rootfs_tar(tmp.path());
+    compare(tmp.path(), &tar, env!("CARGO_BIN_EXE_ovl-fuse"), |_| None);
 }
