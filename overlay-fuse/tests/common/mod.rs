@@ -54,17 +54,29 @@ pub fn require_fuse_uring(test: &str) -> Option<FuseUringSwitch> {
         .ok()
 }
 
-/// Names of the threads of process `pid` that serve io_uring queues.
+/// How many threads of process `pid` serve io_uring queues (waiting up to 5 s for the first).
 pub fn io_uring_threads(pid: i32) -> usize {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+    let count = || {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        rd.flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("fuser-uring"))
+            })
+            .count()
     };
-    rd.flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.starts_with("fuser-uring"))
-        })
-        .count()
+    // The queues start once the daemon has answered the kernel's INIT, which may be a
+    // moment after the mount shows up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = count();
+        if n > 0 || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A temp dir with lower layers, an upper, a workdir and a mountpoint.
