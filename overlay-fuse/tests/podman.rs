@@ -59,6 +59,9 @@ fn rootfs(dir: &Path) {
 /// Podman with private storage under `t`: `mount_program` set, or podman's own kernel
 /// overlay mounts.
 struct Podman {
+    /// The run root: podman's overlay driver refuses one of over 50 bytes, so it is a
+    /// private directory under /run rather than under TMPDIR.
+    _runroot_dir: tempfile::TempDir,
     mount_program: Option<String>,
     /// Rootless: run podman as this user, in a private mount namespace where `/dev/fuse`
     /// is a 0666 node (bound over the real one), with its own runtime directory.
@@ -71,11 +74,16 @@ struct Podman {
 
 impl Podman {
     fn new(t: &Path, mount_program: Option<&str>, user: Option<RootlessUser>) -> Podman {
+        let runroot_dir = tempfile::Builder::new()
+            .prefix("ovl-podman.")
+            .tempdir_in("/run")
+            .unwrap();
         let p = Podman {
+            runroot: runroot_dir.path().to_path_buf(),
+            _runroot_dir: runroot_dir,
             mount_program: mount_program.map(str::to_string),
             user,
             root: t.join("root"),
-            runroot: t.join("runroot"),
             conf: t.join("containers.conf"),
             storage: t.join("storage.conf"),
         };
@@ -295,6 +303,7 @@ fn compare(t: &Path, tar: &Path, ovl_fuse: &str, user: impl Fn(&Path) -> Option<
         let p = Podman::new(&d, program, user(&d));
         if let Some(u) = &p.user {
             u.own(&d);
+            u.own(&p.runroot);
         }
         seen.push(p.session(tar));
     }
