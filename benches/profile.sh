@@ -30,7 +30,7 @@ mkdir -p "$OUT"
 case $WORKLOAD in
 create-untar) CMD='mkdir "$M/inc" && tar xf "$S/include.tar" -C "$M/inc"' ;;
 stat-walk) CMD='find "$M" -printf "%s %i\n" > /dev/null' ;;
-copyup-meta) CMD='find "$M/doc" -type f -exec touch {} +' ;;
+copyup-meta) CMD='find "$M/doc" -type f -exec touch -c {} +' ;;
 delete-tree) CMD='rm -rf "$M/doc"' ;;
 *) echo "profile.sh: unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac

@@ -339,6 +339,10 @@ fn run_one(ctx: &mut RunContext<'_>, b: &Backend, w: Workload, rep: usize) -> Re
     };
     if drop_caches {
         drop_page_cache()?;
+    } else {
+        // Warm runs keep the page cache but not the previous run's dirty data: without this
+        // the writeback of an earlier copy-up or `rm -rf` lands in whichever run comes next.
+        rustix::fs::sync();
     }
     let timed = match run_timed(
         script_command(b, w.run_script(), &mounted.mnt, stack),
