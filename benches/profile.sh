@@ -1,7 +1,10 @@
 #!/bin/sh
 # Profile one workload of the benchmark on ovl-fuse, and show what the FUSE round trips cost.
 #
-#   benches/profile.sh [create-untar|stat-walk|copyup-meta|delete-tree] [OUT_DIR]
+#   benches/profile.sh [create-untar|stat-walk|copyup-meta|delete-tree|read-small|read-big] [OUT_DIR]
+#
+# OVL_OPTS adds -o options to every ovl-fuse mount (e.g. OVL_OPTS=metacopy=on), KERNEL_OPTS to
+# the kernel overlay's.
 #
 # Needs root, perf (Debian: linux-perf) and a built benchmark stack (any
 # `cargo bench --bench workloads` run builds target/overlay-bench/stack-full). It
@@ -30,8 +33,10 @@ mkdir -p "$OUT"
 case $WORKLOAD in
 create-untar) CMD='mkdir "$M/inc" && tar xf "$S/include.tar" -C "$M/inc"' ;;
 stat-walk) CMD='find "$M" -printf "%s %i\n" > /dev/null' ;;
-copyup-meta) CMD='find "$M/doc" -type f -exec touch {} +' ;;
+copyup-meta) CMD='find "$M/doc" -type f -exec touch -c {} +' ;;
 delete-tree) CMD='rm -rf "$M/doc"' ;;
+read-small) CMD='tar cf - -C "$M" doc | wc -c > /dev/null' ;;
+read-big) CMD='dd if="$M/data/random.bin" of=/dev/null bs=1M status=none' ;;
 *) echo "profile.sh: unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
 
@@ -57,9 +62,10 @@ fresh() {
 	M=$RUN/mnt
 }
 
-mount_ovl() { # $1: extra -o options
+mount_ovl() { # $1: extra -o options (besides $OVL_OPTS)
 	fresh
-	"$BIN" -f -o "lowerdir=$S/lower-top:$S/lower-bottom,upperdir=$RUN/upper,workdir=$RUN/work${1:+,$1}" \
+	extra="${OVL_OPTS:-}${OVL_OPTS:+${1:+,}}$1"
+	"$BIN" -f -o "lowerdir=$S/lower-top:$S/lower-bottom,upperdir=$RUN/upper,workdir=$RUN/work${extra:+,$extra}" \
 		"$M" 2>"$RUN/daemon.log" &
 	PID=$!
 	i=0
@@ -71,7 +77,7 @@ mount_ovl() { # $1: extra -o options
 
 mount_kernel() {
 	fresh
-	mount -t overlay overlay -o "lowerdir=$S/lower-top:$S/lower-bottom,upperdir=$RUN/upper,workdir=$RUN/work" "$M"
+	mount -t overlay overlay -o "lowerdir=$S/lower-top:$S/lower-bottom,upperdir=$RUN/upper,workdir=$RUN/work${KERNEL_OPTS:+,$KERNEL_OPTS}" "$M"
 	KMNT=$M
 }
 

@@ -404,3 +404,75 @@ pub(crate) fn mount_set_noatime(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
     Ok(())
 }
+
+// ============================================================================================
+// Section: xattr probes by directory fd and name (engine/lookup.rs).
+// ============================================================================================
+
+/// `struct xattr_args` of `<linux/xattr.h>` (Linux 6.13).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// `getxattrat`'s number: since Linux 5.1 new system calls have one number on every
+/// architecture Rust targets (libc 0.2.191 does not name it for x86_64 yet).
+const SYS_GETXATTRAT: libc::c_long = 464;
+
+/// Cleared at the first ENOSYS of `getxattrat` (a kernel older than 6.13).
+static HAVE_GETXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The size of xattr `xname` of `name` in `dir`, the final component not followed, with
+/// `getxattrat(2)` (Linux 6.13; neither nix nor rustix wraps it): one lookup of `name` from
+/// `dir`, where `lgetxattr` of `/proc/self/fd/N/name` walks procfs first. `None` when the
+/// kernel lacks the call (the caller takes the procfs path).
+pub(crate) fn getxattrat_size(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    xname: &str,
+) -> Option<Result<usize, rustix::io::Errno>> {
+    use std::sync::atomic::Ordering;
+    if !HAVE_GETXATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let inval = || Some(Err(rustix::io::Errno::INVAL));
+    let Ok(cname) = CString::new(name.as_bytes()) else {
+        return inval();
+    };
+    let Ok(cxname) = CString::new(xname) else {
+        return inval();
+    };
+    // A size query: no value buffer.
+    let mut args = XattrArgs {
+        value: 0,
+        size: 0,
+        flags: 0,
+    };
+    // SAFETY: both strings are NUL-terminated and live across the call; `args` is a valid,
+    // initialised `struct xattr_args` whose size is passed alongside, with a null value
+    // pointer and size 0, so the kernel writes no value anywhere.
+    let r = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            cxname.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r >= 0 {
+        return Some(Ok(r as usize));
+    }
+    let e = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    if e == libc::ENOSYS {
+        HAVE_GETXATTRAT.store(false, Ordering::Relaxed);
+        return None;
+    }
+    Some(Err(rustix::io::Errno::from_raw_os_error(e)))
+}

@@ -14,6 +14,7 @@ use super::util::{
     anything_mounted_under, check_interrupt, command, is_root, mount_at, proc_status_kib, run,
     tail, Context, Error, Result, RunAs,
 };
+use super::workload::Workload;
 
 /// The backends of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,15 +27,30 @@ pub enum BackendKind {
     OvlRoot,
     /// Our `ovl-fuse` run as an unprivileged user (no passthrough; mounted via fusermount3).
     OvlRootless,
+    /// Variant: the kernel overlay with `metacopy=on` (copyup-meta only).
+    KernelMetacopy,
+    /// Variant: `ovl-fuse` as root with `metacopy=on` (copyup-meta only).
+    OvlRootMetacopy,
+    /// Variant: `ovl-fuse` as root with `lower_passthrough=1` on the writable mount
+    /// (read-big and read-small only).
+    OvlRootLowerPassthrough,
 }
 
 impl BackendKind {
-    /// Every backend, in table order.
+    /// Every plain backend (default options), in table order.
     pub const ALL: [BackendKind; 4] = [
         BackendKind::Kernel,
         BackendKind::FuseOverlayfs,
         BackendKind::OvlRoot,
         BackendKind::OvlRootless,
+    ];
+
+    /// The variants: a plain backend with fixed extra options, run only for the workloads
+    /// those options are about ([`BackendKind::workloads`]). Full runs add them as columns.
+    pub const VARIANTS: [BackendKind; 3] = [
+        BackendKind::KernelMetacopy,
+        BackendKind::OvlRootMetacopy,
+        BackendKind::OvlRootLowerPassthrough,
     ];
 
     /// Command-line and table name.
@@ -44,17 +60,68 @@ impl BackendKind {
             BackendKind::FuseOverlayfs => "fuse-overlayfs",
             BackendKind::OvlRoot => "ovl-root",
             BackendKind::OvlRootless => "ovl-rootless",
+            BackendKind::KernelMetacopy => "kernel-metacopy",
+            BackendKind::OvlRootMetacopy => "ovl-root-metacopy",
+            BackendKind::OvlRootLowerPassthrough => "ovl-root-lp",
         }
     }
 
-    /// Parse a name.
+    /// Parse a name (plain backends and variants).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.name() == name)
+        Self::ALL
+            .into_iter()
+            .chain(Self::VARIANTS)
+            .find(|b| b.name() == name)
     }
 
     /// True for the FUSE daemons (they have a PID and an RSS).
     pub fn has_daemon(self) -> bool {
-        self != BackendKind::Kernel
+        !self.is_kernel()
+    }
+
+    /// True for the kernel overlay, with or without extra options.
+    pub fn is_kernel(self) -> bool {
+        matches!(self, BackendKind::Kernel | BackendKind::KernelMetacopy)
+    }
+
+    /// True for `ovl-fuse` run as root, with or without extra options.
+    pub fn is_ovl_root(self) -> bool {
+        matches!(
+            self,
+            BackendKind::OvlRoot
+                | BackendKind::OvlRootMetacopy
+                | BackendKind::OvlRootLowerPassthrough
+        )
+    }
+
+    /// True for the variants.
+    pub fn is_variant(self) -> bool {
+        Self::VARIANTS.contains(&self)
+    }
+
+    /// The `-o` options that make this backend a variant.
+    pub fn fixed_opts(self) -> Option<&'static str> {
+        match self {
+            BackendKind::KernelMetacopy | BackendKind::OvlRootMetacopy => Some("metacopy=on"),
+            BackendKind::OvlRootLowerPassthrough => Some("lower_passthrough=1"),
+            _ => None,
+        }
+    }
+
+    /// The workloads a variant is run for (`None`: every workload).
+    pub fn workloads(self) -> Option<&'static [Workload]> {
+        match self {
+            BackendKind::KernelMetacopy | BackendKind::OvlRootMetacopy => {
+                Some(&[Workload::CopyupMeta])
+            }
+            BackendKind::OvlRootLowerPassthrough => Some(&[Workload::ReadSmall, Workload::ReadBig]),
+            _ => None,
+        }
+    }
+
+    /// Whether this backend is run for `w`.
+    pub fn runs(self, w: Workload) -> bool {
+        self.workloads().is_none_or(|ws| ws.contains(&w))
     }
 }
 
@@ -179,6 +246,16 @@ fn find_ovl_fuse(opts: &Options) -> Result<PathBuf> {
         })
 }
 
+/// Comma-join the options that are given (`None` when none is).
+fn join_opts<const N: usize>(parts: [Option<&str>; N]) -> Option<String> {
+    let given: Vec<&str> = parts
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!given.is_empty()).then(|| given.join(","))
+}
+
 /// Decide which requested backends can run; install what is missing when allowed.
 pub fn prepare(opts: &Options, stack: &Stack) -> Result<Prepared> {
     let mut prepared = Prepared::default();
@@ -195,7 +272,9 @@ pub fn prepare(opts: &Options, stack: &Stack) -> Result<Prepared> {
         };
         let outcome: std::result::Result<(), String> = (|| {
             match kind {
-                BackendKind::Kernel => {
+                BackendKind::Kernel | BackendKind::KernelMetacopy => {
+                    backend.extra_opts =
+                        join_opts([opts.overlay_opts.as_deref(), kind.fixed_opts()]);
                     if !root {
                         return Err("needs root".into());
                     }
@@ -229,14 +308,21 @@ pub fn prepare(opts: &Options, stack: &Stack) -> Result<Prepared> {
                         .unwrap_or_default();
                     backend.program = Some(program);
                 }
-                BackendKind::OvlRoot | BackendKind::OvlRootless => {
+                BackendKind::OvlRoot
+                | BackendKind::OvlRootless
+                | BackendKind::OvlRootMetacopy
+                | BackendKind::OvlRootLowerPassthrough => {
                     let bin = ovl_fuse
                         .get_or_insert_with(|| find_ovl_fuse(opts).map_err(|e| e.to_string()))
                         .clone()?;
                     backend.version = format!("ovl-fuse ({})", bin.display());
                     backend.program = Some(bin);
-                    backend.extra_opts = opts.ovl_opts.clone();
-                    if kind == BackendKind::OvlRoot {
+                    backend.extra_opts = join_opts([
+                        opts.overlay_opts.as_deref(),
+                        opts.ovl_opts.as_deref(),
+                        kind.fixed_opts(),
+                    ]);
+                    if kind != BackendKind::OvlRootless {
                         if !root {
                             return Err("needs root".into());
                         }
@@ -505,7 +591,11 @@ pub fn mount(backend: &Backend, stack: &Stack, run_dir: &RunDir) -> Result<Mount
         run_dir.upper().display(),
         run_dir.work().display()
     );
-    if backend.kind == BackendKind::Kernel {
+    let options = match &backend.extra_opts {
+        Some(extra) => format!("{options},{extra}"),
+        None => options,
+    };
+    if backend.kind.is_kernel() {
         run(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &options])
             .arg(&mnt))?;
@@ -519,10 +609,6 @@ pub fn mount(backend: &Backend, stack: &Stack, run_dir: &RunDir) -> Result<Mount
         .program
         .as_ref()
         .ok_or_else(|| Error::new(format!("{}: no program", backend.kind.name())))?;
-    let options = match &backend.extra_opts {
-        Some(extra) => format!("{options},{extra}"),
-        None => options,
-    };
     let log_path = run_dir.log();
     let log = fs::File::create(&log_path).context(|| format!("create {}", log_path.display()))?;
     let log2 = log.try_clone().context(|| "dup log".into())?;

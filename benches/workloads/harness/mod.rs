@@ -175,20 +175,26 @@ pub fn run_matrix(opts: &Options) -> Result<(Report, Option<Report>)> {
         stack: &stack,
         runs_dir: &runs_dir,
         drop_caches,
-        kernel_options: None,
+        kernel_options: Vec::new(),
     };
     let passes: &[bool] = if warm_too {
         &[true, false]
     } else {
         &[drop_caches]
     };
-    let total = opts.reps * opts.workloads.len() * prepared.ready.len() * passes.len();
+    let cells_per_rep: usize = opts
+        .workloads
+        .iter()
+        .map(|&w| prepared.ready.iter().filter(|b| b.kind.runs(w)).count())
+        .sum();
+    let total = opts.reps * cells_per_rep * passes.len();
     let mut n = 0;
     for rep in 0..opts.reps {
         for &w in &opts.workloads {
             let k = prepared.ready.len().max(1);
             let order: Vec<&Backend> = (0..prepared.ready.len())
                 .map(|i| &prepared.ready[(i + rep) % k])
+                .filter(|b| b.kind.runs(w))
                 .collect();
             for (b, &drop) in order
                 .iter()
@@ -250,14 +256,18 @@ pub fn run_matrix(opts: &Options) -> Result<(Report, Option<Report>)> {
         }
     }
     drop(prepared.dev_fuse);
-    if let (Some(o), Some((_, v))) = (
-        ctx.kernel_options,
-        meta.versions
-            .iter_mut()
-            .find(|(b, _)| *b == BackendKind::Kernel),
-    ) {
-        v.push_str(&format!(", mount options `{o}`"));
+    for (kind, o) in ctx.kernel_options {
+        if let Some((_, v)) = meta.versions.iter_mut().find(|(b, _)| *b == kind) {
+            v.push_str(&format!(", mount options `{o}`"));
+        }
     }
+    // Columns: the requested backends that run at least one of the requested workloads.
+    let backends: Vec<BackendKind> = opts
+        .backends
+        .iter()
+        .copied()
+        .filter(|b| opts.workloads.iter().any(|&w| b.runs(w)))
+        .collect();
     let warm = warm_too.then(|| {
         let mut meta = meta.clone();
         meta.settings = meta.settings.replace(
@@ -267,7 +277,7 @@ pub fn run_matrix(opts: &Options) -> Result<(Report, Option<Report>)> {
         );
         Report {
             meta,
-            backends: opts.backends.clone(),
+            backends: backends.clone(),
             skipped: prepared.skipped.clone(),
             workloads: opts.workloads.clone(),
             records: warm_records,
@@ -276,7 +286,7 @@ pub fn run_matrix(opts: &Options) -> Result<(Report, Option<Report>)> {
     Ok((
         Report {
             meta,
-            backends: opts.backends.clone(),
+            backends,
             skipped: prepared.skipped,
             workloads: opts.workloads.clone(),
             records,
@@ -310,8 +320,8 @@ struct RunContext<'a> {
     stack: &'a Stack,
     runs_dir: &'a Path,
     drop_caches: bool,
-    /// Superblock options of the first kernel mount, for the report.
-    kernel_options: Option<String>,
+    /// Superblock options of the first mount of each kernel backend, for the report.
+    kernel_options: Vec<(BackendKind, String)>,
 }
 
 fn run_one(ctx: &mut RunContext<'_>, b: &Backend, w: Workload, rep: usize) -> Result<Outcome> {
@@ -329,6 +339,10 @@ fn run_one(ctx: &mut RunContext<'_>, b: &Backend, w: Workload, rep: usize) -> Re
     };
     if drop_caches {
         drop_page_cache()?;
+    } else {
+        // Warm runs keep the page cache but not the previous run's dirty data: without this
+        // the writeback of an earlier copy-up or `rm -rf` lands in whichever run comes next.
+        rustix::fs::sync();
     }
     let timed = match run_timed(
         script_command(b, w.run_script(), &mounted.mnt, stack),
@@ -358,7 +372,7 @@ fn run_one(ctx: &mut RunContext<'_>, b: &Backend, w: Workload, rep: usize) -> Re
         fingerprint.push_str(" | ");
         fingerprint.push_str(out.stdout.trim());
     }
-    if b.kind == BackendKind::Kernel && rep == 0 {
+    if b.kind.is_kernel() && !kernel_options.iter().any(|(k, _)| *k == b.kind) {
         // Record the options the kernel chose (redirect_dir, index, metacopy, ...).
         if let Some(m) = util::mount_at(&mounted.mnt) {
             let shown: Vec<&str> = m
@@ -370,7 +384,7 @@ fn run_one(ctx: &mut RunContext<'_>, b: &Backend, w: Workload, rep: usize) -> Re
                         && !o.starts_with("workdir")
                 })
                 .collect();
-            kernel_options.get_or_insert_with(|| shown.join(","));
+            kernel_options.push((b.kind, shown.join(",")));
         }
     }
     let peak_rss_kib = mounted.daemon_peak_rss_kib();
@@ -519,7 +533,9 @@ pub fn run_mem(opts: &Options) -> Result<String> {
     let stack = Stack::single_lower(&lower, owner);
     let _uring = FuseUringSwitch::apply(opts.fuse_uring);
     let mut mem_opts = opts.clone();
-    mem_opts.backends.retain(|b| b.has_daemon());
+    mem_opts
+        .backends
+        .retain(|b| b.has_daemon() && !b.is_variant());
     let prepared = backend::prepare(&mem_opts, &stack)?;
     let runs_dir = work_dir.join("runs");
     fs::create_dir_all(&runs_dir).context(|| format!("mkdir {}", runs_dir.display()))?;
@@ -564,7 +580,11 @@ pub fn run_mem(opts: &Options) -> Result<String> {
         });
     }
     let mut skipped = prepared.skipped.clone();
-    if opts.backends.contains(&BackendKind::Kernel) {
+    if opts
+        .backends
+        .iter()
+        .any(|b| b.is_kernel() && !b.is_variant())
+    {
         skipped.push((BackendKind::Kernel, "no daemon".into()));
     }
     drop(prepared.dev_fuse);

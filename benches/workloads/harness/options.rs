@@ -51,8 +51,11 @@ pub struct Options {
     pub install_packages: bool,
     /// The user of the rootless backend when the harness runs as root.
     pub rootless_user: RunAs,
-    /// Extra `-o` options for both ovl-fuse backends.
+    /// Extra `-o` options for every ovl-fuse backend.
     pub ovl_opts: Option<String>,
+    /// Extra `-o` options for the kernel overlay and every ovl-fuse backend alike (options
+    /// both understand, e.g. `metacopy=on`, `redirect_dir=on`); fuse-overlayfs gets none.
+    pub overlay_opts: Option<String>,
     /// Turn the kernel's FUSE-over-io_uring switch on for the run (restored after); `None`:
     /// leave it as it is.
     pub fuse_uring: Option<bool>,
@@ -92,7 +95,10 @@ impl Options {
             mode: Mode::All,
             quick: false,
             reps: 3,
-            backends: BackendKind::ALL.to_vec(),
+            backends: BackendKind::ALL
+                .into_iter()
+                .chain(BackendKind::VARIANTS)
+                .collect(),
             workloads: Workload::ALL.to_vec(),
             drop_caches: true,
             warm_too: true,
@@ -109,6 +115,7 @@ impl Options {
             ovl_opts: std::env::var("OVL_FUSE_OPTS")
                 .ok()
                 .filter(|s| !s.is_empty()),
+            overlay_opts: None,
             fuse_uring: Some(true),
             mem_entries: 1_000_000,
             timeout: Duration::from_secs(1800),
@@ -154,7 +161,12 @@ impl Options {
                             BackendKind::parse(s).ok_or_else(|| {
                                 Error::new(format!(
                                     "unknown backend {s:?}; known: {}",
-                                    BackendKind::ALL.map(|b| b.name()).join(",")
+                                    BackendKind::ALL
+                                        .into_iter()
+                                        .chain(BackendKind::VARIANTS)
+                                        .map(|b| b.name())
+                                        .collect::<Vec<_>>()
+                                        .join(",")
                                 ))
                             })
                         })
@@ -192,6 +204,7 @@ impl Options {
                     };
                 }
                 "--ovl-opts" => opts.ovl_opts = Some(value("--ovl-opts")?),
+                "--overlay-opts" => opts.overlay_opts = Some(value("--overlay-opts")?),
                 "--fuse-uring" => {
                     fuse_uring = Some(match value("--fuse-uring")?.as_str() {
                         "on" => Some(true),
@@ -252,7 +265,10 @@ usage: cargo bench --bench workloads -- [all|run|mem] [options]
 options:
   --quick            smoke run: 1 repetition, a few hundred files, 16 MiB instead of 1 GiB
   --reps N           repetitions per (workload, backend) (default 3; quick: 1)
-  --backends LIST    kernel,fuse-overlayfs,ovl-root,ovl-rootless (default: all)
+  --backends LIST    kernel,fuse-overlayfs,ovl-root,ovl-rootless and the variants
+                     kernel-metacopy,ovl-root-metacopy (metacopy=on; copyup-meta only),
+                     ovl-root-lp (lower_passthrough=1; read-small and read-big only)
+                     (default: all)
   --workloads LIST   stat-walk,readdir-big,read-small,read-big,copyup-meta,copyup-big,
                      create-untar,delete-tree,write-big,small-write-read (default: all)
   --drop-caches / --no-drop-caches
@@ -266,6 +282,9 @@ options:
   --no-build         do not build ovl-fuse; use <target>/<profile>/ovl-fuse if present
   --no-install       do not apt-get install fuse-overlayfs / fuse3 when missing
   --ovl-opts OPTS    extra -o options for ovl-fuse (or $OVL_FUSE_OPTS)
+  --overlay-opts OPTS
+                     extra -o options for the kernel overlay and ovl-fuse alike, e.g.
+                     metacopy=on or redirect_dir=on (fuse-overlayfs gets none)
   --fuse-uring on|off|keep
                      set the kernel's FUSE-over-io_uring switch
                      (/sys/module/fuse/parameters/enable_uring) for the run and restore it

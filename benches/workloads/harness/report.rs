@@ -330,14 +330,24 @@ impl Report {
                 verdict: Verdict::of(value, ROOT_GEOMEAN_TARGET),
             });
         }
-        for &w in self.workloads.iter().filter(|_| has(root)) {
-            if let Some(limit) = w.root_target() {
-                let value = Self::ratio(&cells, w, root, k);
-                lines.push(TargetLine {
-                    what: format!("ovl-root {} ≤ {limit} × kernel", w.name()),
-                    value,
-                    verdict: Verdict::of(value, limit),
-                });
+        let metacopy = BackendKind::OvlRootMetacopy;
+        let roots = [root, metacopy, BackendKind::OvlRootLowerPassthrough];
+        for b in roots.into_iter().filter(|&b| has(b)) {
+            for &w in self.workloads.iter().filter(|&&w| b.runs(w)) {
+                // Issue 14's copyup-meta target is a metadata-only copy-up (metacopy=on)
+                // against the kernel's full one: the metacopy column carries it when present.
+                if b == root && w == Workload::CopyupMeta && has(metacopy) {
+                    continue;
+                }
+                if let Some(limit) = w.root_target() {
+                    let value = Self::ratio(&cells, w, b, k);
+                    let base = if b == metacopy { " (metacopy=off)" } else { "" };
+                    lines.push(TargetLine {
+                        what: format!("{} {} ≤ {limit} × kernel{base}", b.name(), w.name()),
+                        value,
+                        verdict: Verdict::of(value, limit),
+                    });
+                }
             }
         }
         for &w in self.workloads.iter().filter(|_| has(rootless)) {
@@ -350,10 +360,14 @@ impl Report {
                 });
             }
         }
-        for b in [root, rootless].into_iter().filter(|&b| has(b) && has(fo)) {
+        let daemons = [root, rootless]
+            .into_iter()
+            .chain(BackendKind::VARIANTS.into_iter().filter(|b| b.has_daemon()));
+        for b in daemons.filter(|&b| has(b) && has(fo)) {
             let worst = self
                 .workloads
                 .iter()
+                .filter(|&&w| b.runs(w))
                 .map(|&w| Self::ratio(&cells, w, b, fo))
                 .collect::<Option<Vec<f64>>>()
                 .and_then(|v| v.into_iter().reduce(f64::max));
@@ -402,6 +416,7 @@ impl Report {
                     "skipped".to_string()
                 } else {
                     match cells.get(&(w, b)) {
+                        None if !b.runs(w) => "—".to_string(),
                         None => "not run".to_string(),
                         Some(c) => match c.median {
                             None if !c.mismatches.is_empty() => "WRONG RESULT".to_string(),
@@ -458,6 +473,29 @@ impl Report {
              mark a cell where some repetitions failed or gave a result different from the \
              kernel's (listed below, left out of the median).\n"
         );
+        let variants: Vec<String> = self
+            .backends
+            .iter()
+            .filter_map(|b| {
+                b.fixed_opts().map(|o| {
+                    let on: Vec<&str> = b
+                        .workloads()
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|w| w.name())
+                        .collect();
+                    format!("**{}** adds `{o}` (run for {})", b.name(), on.join(", "))
+                })
+            })
+            .collect();
+        if !variants.is_empty() {
+            let _ = writeln!(
+                md,
+                "Variants (—: not run for that workload; ratios are still to the plain kernel \
+                 column): {}.\n",
+                variants.join("; ")
+            );
+        }
         if let Some(svg) = svg_name {
             let _ = writeln!(md, "![ratios to the kernel overlay]({svg})\n");
         }
@@ -580,18 +618,25 @@ impl Report {
             .copied()
             .filter(|&b| b != BackendKind::Kernel)
             .collect();
+        // Rows of each workload: the backends run for it.
+        let rows = |w: Workload| -> Vec<BackendKind> {
+            series.iter().copied().filter(|b| b.runs(w)).collect()
+        };
         let colors = |b: BackendKind| match b {
             BackendKind::FuseOverlayfs => "#9e9e9e",
             BackendKind::OvlRoot => "#1f77b4",
             BackendKind::OvlRootless => "#ff7f0e",
             BackendKind::Kernel => "#2ca02c",
+            BackendKind::KernelMetacopy => "#98df8a",
+            BackendKind::OvlRootMetacopy => "#17becf",
+            BackendKind::OvlRootLowerPassthrough => "#9467bd",
         };
         let bar_h = 12.0;
-        let group_h = bar_h * series.len().max(1) as f64 + 14.0;
+        let group_h = |w: Workload| bar_h * rows(w).len().max(1) as f64 + 14.0;
         let left = 140.0;
         let plot_w = 560.0;
         let top = 72.0;
-        let height = top + group_h * self.workloads.len() as f64 + 40.0;
+        let height = top + self.workloads.iter().map(|&w| group_h(w)).sum::<f64>() + 40.0;
         let width = left + plot_w + 150.0;
         // Log scale from 0.1 to 100.
         let (lo, hi) = (0.1f64.log10(), 100f64.log10());
@@ -641,13 +686,16 @@ impl Report {
             x(1.0),
             top - 6.0
         );
-        for (i, &w) in self.workloads.iter().enumerate() {
-            let gy = top + group_h * i as f64 + 7.0;
+        let mut group_top = top;
+        for &w in &self.workloads {
+            let gy = group_top + 7.0;
+            group_top += group_h(w);
+            let series = rows(w);
             let _ = writeln!(
                 s,
                 r##"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
                 left - 8.0,
-                gy + group_h / 2.0 - 4.0,
+                gy + group_h(w) / 2.0 - 4.0,
                 w.name()
             );
             for (j, &b) in series.iter().enumerate() {

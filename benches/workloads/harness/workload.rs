@@ -18,7 +18,8 @@ pub enum Workload {
     ReadSmall,
     /// Sequential read of the 1 GiB file.
     ReadBig,
-    /// touch every file of the doc tree (copy-up of many small files).
+    /// `touch -c` every file of the doc tree: a metadata change (utimensat, no open) of many
+    /// small lower files, i.e. a copy-up of each (metadata only with `metacopy=on`).
     CopyupMeta,
     /// Append one byte to the 1 GiB lower file (copy-up of a big file).
     CopyupBig,
@@ -75,7 +76,9 @@ impl Workload {
             Workload::ReaddirBig => "`ls -f` of the merged 20k-entry directory",
             Workload::ReadSmall => "`tar cf - doc | wc -c` (GNU tar skips reading for /dev/null)",
             Workload::ReadBig => "`dd bs=1M` of the 1 GiB lower file to /dev/null",
-            Workload::CopyupMeta => "`touch` every file of the doc tree (copy-up)",
+            Workload::CopyupMeta => {
+                "`touch -c` every file of the doc tree (utimensat: copy-up, metadata only with metacopy=on)"
+            }
             Workload::CopyupBig => "append one byte to the 1 GiB lower file (copy-up)",
             Workload::CreateUntar => "untar a tarball of /usr/include into the mount",
             Workload::DeleteTree => "`rm -rf` the lower doc tree (whiteouts)",
@@ -91,7 +94,9 @@ impl Workload {
             Workload::ReaddirBig => r#"ls -f "$M/big" | wc -l"#,
             Workload::ReadSmall => r#"tar cf - -C "$M" doc | wc -c"#,
             Workload::ReadBig => r#"dd if="$M/data/random.bin" of=/dev/null bs=1M status=none"#,
-            Workload::CopyupMeta => r#"find "$M/doc" -type f -exec touch {} +"#,
+            // `-c`: utimensat on the name. A plain `touch` opens each file for writing, which
+            // copies its data up under every setting (kernel `metacopy=on` included).
+            Workload::CopyupMeta => r#"find "$M/doc" -type f -exec touch -c {} +"#,
             Workload::CopyupBig => r#"printf x >> "$M/data/random.bin""#,
             Workload::CreateUntar => r#"mkdir "$M/inc" && tar xf "$B/include.tar" -C "$M/inc""#,
             Workload::DeleteTree => r#"rm -rf "$M/doc""#,
@@ -121,7 +126,9 @@ impl Workload {
     pub fn root_target(self) -> Option<f64> {
         match self {
             Workload::StatWalk | Workload::ReaddirBig | Workload::ReadSmall => Some(2.0),
-            Workload::ReadBig | Workload::WriteBig => Some(1.1),
+            // Issue 14: read-big within 1.2x (with passthrough of lower files).
+            Workload::ReadBig => Some(1.2),
+            Workload::WriteBig => Some(1.1),
             Workload::DeleteTree => Some(3.0),
             Workload::CopyupBig => Some(0.5),
             Workload::CreateUntar => Some(1.2),

@@ -1,8 +1,9 @@
 //! Copy-up: bring a lower object (and its parents) into the upper layer.
 //!
 //! The copy is built under a fresh name in `workdir/work`, complete with data, xattrs,
-//! owner, mode and times, fsync'ed (file data unless volatile, directories only with
-//! [`FsyncMode::Strict`]), and then renamed into place with
+//! owner, mode and times, fsync'ed (copied file data unless volatile, as the kernel's
+//! `fsync=ordered`; every staged file and directory with [`FsyncMode::Strict`]), and then
+//! renamed into place with
 //! `RENAME_NOREPLACE`: the upper name never shows a partial object, even if the process dies
 //! mid-copy (stale staging files are removed by the next [`Overlay::new`]).
 
@@ -261,7 +262,11 @@ impl Overlay {
                         )
                         .map_err(err)?;
                 }
-                if sync {
+                // As the kernel's `fsync=ordered`: only copied data is synced (a metadata-only
+                // copy or an empty file has none; the upper's journal orders its metadata
+                // before the rename). `Strict` syncs every staged file.
+                let copied_data = with_data && !meta_only && st.st_size > 0;
+                if self.opts.fsync == FsyncMode::Strict || (sync && copied_data) {
                     rustix::fs::fsync(&*staged.dir).map_err(err)?;
                 }
                 staged

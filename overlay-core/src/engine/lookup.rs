@@ -153,6 +153,11 @@ fn xattr_present(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> bool {
 /// True when `name` in `dir` (not followed if a symlink) carries xattr `xname` (its value is
 /// not read).
 fn xattr_present_at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, xname: &str) -> bool {
+    // A lookup probes every non-empty lower file for `overlay.metacopy`: without the walk
+    // through procfs it costs a third of the daemon's time in a stat-walk less.
+    if let Some(r) = crate::sys::getxattrat_size(dir, name, xname) {
+        return present(r);
+    }
     let p = super::layers::proc_path(dir, name);
     present(rustix::fs::lgetxattr(&p, xname, &mut [0u8; 0][..]))
 }
