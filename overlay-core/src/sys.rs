@@ -421,8 +421,15 @@ struct XattrArgs {
 /// architecture Rust targets (libc 0.2.191 does not name it for x86_64 yet).
 const SYS_GETXATTRAT: libc::c_long = 464;
 
-/// Cleared at the first ENOSYS of `getxattrat` (a kernel older than 6.13).
+/// Cleared at the first ENOSYS or EPERM of `getxattrat` (a kernel older than 6.13, or a
+/// seccomp filter that refuses it).
 static HAVE_GETXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Take the procfs path from now on, as after an ENOSYS (tests of that path).
+#[cfg(test)]
+pub(crate) fn forget_getxattrat() {
+    HAVE_GETXATTRAT.store(false, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// The size of xattr `xname` of `name` in `dir`, the final component not followed, with
 /// `getxattrat(2)` (Linux 6.13; neither nix nor rustix wraps it): one lookup of `name` from
@@ -470,7 +477,10 @@ pub(crate) fn getxattrat_size(
     let e = io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO);
-    if e == libc::ENOSYS {
+    // ENOSYS: a kernel before 6.13. EPERM: a seccomp filter that does not know the call
+    // (container runtimes' default profiles answer unknown calls so); getxattr itself never
+    // answers EPERM. Either way the procfs path from then on.
+    if e == libc::ENOSYS || e == libc::EPERM {
         HAVE_GETXATTRAT.store(false, Ordering::Relaxed);
         return None;
     }

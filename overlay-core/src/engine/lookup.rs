@@ -987,3 +987,44 @@ impl Overlay {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod probe_tests {
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+
+    /// The xattr probe answers the same through `getxattrat` and through procfs (the path
+    /// taken on kernels before 6.13 and under seccomp filters that refuse the call).
+    #[test]
+    fn xattr_probe_without_getxattrat() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("l")).unwrap();
+        let dir = rustix::fs::open(
+            tmp.path(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let set = rustix::fs::setxattr(
+            tmp.path().join("f"),
+            "user.probe",
+            b"",
+            rustix::fs::XattrFlags::empty(),
+        );
+        if set.is_err() {
+            eprintln!("SKIPPED: no user xattrs on {}", tmp.path().display());
+            return;
+        }
+        let look = || {
+            ["f", "l", "missing"]
+                .map(|n| super::xattr_present_at(dir.as_fd(), OsStr::new(n), "user.probe"))
+        };
+        let fast = look();
+        crate::sys::forget_getxattrat();
+        let procfs = look();
+        // The symlink is not followed: only the file carries it.
+        assert_eq!(fast, [true, false, false]);
+        assert_eq!(procfs, fast);
+    }
+}
