@@ -58,9 +58,13 @@ pub(crate) enum InoMode {
 pub(crate) struct Upper {
     pub root: LayerRoot,
     /// `workdir`, kept open and `flock`ed for the overlay's lifetime.
-    pub _workdir: OwnedFd,
+    pub workdir: OwnedFd,
+    /// The workdir's path (for messages).
+    pub work_path: PathBuf,
     /// `workdir/work`, the staging area.
     pub work: Arc<OwnedFd>,
+    /// `workdir/index`, with `index=on` (see [`super::index`]).
+    pub index: Option<Arc<OwnedFd>>,
 }
 
 /// All layers of an overlay.
@@ -384,8 +388,10 @@ impl Layers {
                         uuid,
                         detached,
                     },
-                    _workdir: workdir,
+                    workdir,
+                    work_path: u.work.clone(),
                     work: Arc::new(work),
+                    index: None,
                 })
             }
         };

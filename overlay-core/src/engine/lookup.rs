@@ -277,11 +277,16 @@ impl Overlay {
                                     .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             let origin = if x.origin {
-                                self.origin_ino_of(dir.as_fd(), name)
+                                self.origin_of(dir.as_fd(), name)
                             } else {
                                 None
                             };
-                            ino = Some(origin.unwrap_or_else(|| {
+                            if let Some((_, Some(info))) = &origin {
+                                // index=on: a name of the indexed inode of a lower file.
+                                state.index = Some(info.clone());
+                                state.indexed = true;
+                            }
+                            ino = Some(origin.map(|(i, _)| i).unwrap_or_else(|| {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
                         } else {
@@ -515,6 +520,32 @@ impl Overlay {
                                     xwhiteouts: false,
                                 });
                                 ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                // index=on: a lower file with several names shows its index
+                                // entry once one of them was copied up.
+                                if let Some((info, entry)) = self
+                                    .index_lookup(le.layer, dir.as_fd(), lname, &st)
+                                    .map_err(|(op, e)| self.name_err(op, parent, name, e))?
+                                {
+                                    if let Some(est) = entry {
+                                        let ireal = self.index_real(&info).map_err(err)?;
+                                        let mc = matches!(
+                                            ireal.getxattr(OsStr::new(self.layers.ns.metacopy())),
+                                            Ok(_) | Err(Errno::RANGE)
+                                        );
+                                        if mc && !self.opts.metacopy && est.st_size != 0 {
+                                            return Err(self.name_err(
+                                                METACOPY_REFUSED,
+                                                parent,
+                                                name,
+                                                Errno::PERM,
+                                            ));
+                                        }
+                                        state.metacopy = mc && self.opts.metacopy;
+                                        state.indexed = true;
+                                        top_stat = Some(est);
+                                    }
+                                    state.index = Some(info);
+                                }
                                 break;
                             }
                             Some(_) => break,

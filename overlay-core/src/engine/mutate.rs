@@ -521,6 +521,9 @@ impl Overlay {
         if node.is_unlinked() {
             return Err(self.node_err(op, node, Errno::NOENT));
         }
+        // index=on: the link count of a hard-linked lower file's names, recorded before a
+        // name comes (the kernel's `ovl_nlink_start`).
+        self.nlink_start(node)?;
         if self.metacopy_now(node) {
             // As the kernel's `ovl_set_link_redirect`: the new name finds the data through
             // an absolute redirect on the (shared) upper inode.
@@ -581,10 +584,32 @@ impl Overlay {
         let (_g, node) = self.lock_old_name(op, parent, name, false)?;
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
+        // index=on: a name of a hard-linked lower file is copied up (linked to its index
+        // entry) before it goes, which counts its names (the kernel's `ovl_nlink_start`).
+        self.nlink_copy_up(&node)?;
         let _c = node.copy_lock.lock();
+        let nlink_before = self.nlink_start(&node)?;
         let need_wh = self.need_whiteout(parent, name, &node).map_err(err)?;
-        let work = self.layers.work();
         self.stash_attr(&node);
+        let r = self.unlink_locked(op, parent, name, &node, &pdir, need_wh);
+        if r.is_ok() {
+            self.nlink_end(&node, nlink_before);
+        }
+        r
+    }
+
+    /// The removal of [`Overlay::unlink`], with the locks held.
+    fn unlink_locked(
+        &self,
+        op: &'static str,
+        parent: &NodeRef,
+        name: &OsStr,
+        node: &NodeRef,
+        pdir: &OwnedFd,
+        need_wh: bool,
+    ) -> Result<()> {
+        let err = |e: Errno| self.name_err(op, parent, name, e);
+        let work = self.layers.work();
         if node.state.read().upper {
             if need_wh {
                 let wh = self.layers.make_staged_whiteout().map_err(err)?;
@@ -598,7 +623,7 @@ impl Overlay {
         } else {
             self.place_whiteout(pdir.as_fd(), name).map_err(err)?;
         }
-        self.detach(parent, name, &node);
+        self.detach(parent, name, node);
         Ok(())
     }
 
@@ -934,9 +959,13 @@ impl Overlay {
         let pdir = self.upper_dir_of(parent)?;
         let npdir = self.upper_dir_of(new_parent)?;
         self.copy_up_meta(&src)?;
-        if exchange {
-            if let Some(d) = &dst {
+        if let Some(d) = &dst {
+            if exchange {
                 self.copy_up_meta(d)?;
+            } else {
+                // index=on: a replaced name of a hard-linked lower file is copied up first
+                // (the kernel's `ovl_nlink_start`).
+                self.nlink_copy_up(d)?;
             }
         }
         let (_c1, _c2) = match &dst {
@@ -999,7 +1028,9 @@ impl Overlay {
 
         // The replaced object's attributes from removal time, taken while its name still
         // holds it.
+        let mut dst_nlink = None;
         if let (false, Some(d)) = (exchange, &dst) {
+            dst_nlink = self.nlink_start(d)?;
             self.stash_attr(d);
         }
         if exchange {
@@ -1099,6 +1130,7 @@ impl Overlay {
         } else {
             if let Some(d) = &dst {
                 self.detach(new_parent, new_name, d);
+                self.nlink_end(d, dst_nlink);
             }
             parent.remove_child(name, Arc::as_ptr(&src));
             {

@@ -116,6 +116,13 @@ pub(crate) struct NodeState {
     /// `redirect_dir=on`): where they are. `None`: under the parent's lower directories, by
     /// name.
     pub redirect: Option<Arc<Redirected>>,
+    /// With `index=on`, a non-directory whose lower object has other names (`st_nlink > 1`):
+    /// its index entry's name and the lower link count. All its names are one inode, as
+    /// the kernel's: a copy-up goes through `workdir/index` and links the name to it.
+    pub index: Option<Arc<super::index::IndexInfo>>,
+    /// `index` names an existing entry of this very inode (the kernel's `OVL_INDEX`): the
+    /// upper object is it, and without `upper` (no upper name yet) the node shows it.
+    pub indexed: bool,
 }
 
 /// Where a redirected directory's lower directories are, and its redirect as the kernel
@@ -294,7 +301,16 @@ impl Node {
     /// then reads a lower file, which stays as it is once the data is copied up.
     pub fn is_lower_only(&self) -> bool {
         let st = self.state.read();
-        !st.upper || st.metacopy
+        (!st.upper && !st.indexed) || st.metacopy
+    }
+
+    /// True for a name of a hard-linked lower file under `index=on`: all its names are one
+    /// inode, and a copy-up through this node gives this very name its upper link. A FUSE
+    /// server, whose requests name an inode, not which of its names the caller used, looks
+    /// such names up again on every use (entry timeout 0) so that the node it holds for the
+    /// inode is the name in use.
+    pub fn is_indexed_link(&self) -> bool {
+        self.state.read().index.is_some()
     }
 
     /// Path relative to the overlay root (empty for the root).
