@@ -18,8 +18,14 @@ const MAX_OPS: usize = 24;
 
 /// A fresh fixture stack in its own temp dir, with an empty mountpoint `mnt` there.
 fn fixture_with_mountpoint() -> (tempfile::TempDir, FixtureStack, std::path::PathBuf) {
+    fixture_for(Features::DEFAULTS)
+}
+
+/// [`fixture_with_mountpoint`] for a case run with `features` (hard links in the lowers
+/// with `index=on`).
+fn fixture_for(features: Features) -> (tempfile::TempDir, FixtureStack, std::path::PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let s = FixtureStack::create(tmp.path());
+    let s = FixtureStack::create_for(tmp.path(), features);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     (tmp, s, mnt)
@@ -32,7 +38,7 @@ fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
 
 /// The same with the engine options of `features`.
 fn fuse_backend_with(fs: FsConfig, features: Features) -> MountedBackend<FuseMount> {
-    let (tmp, s, mnt) = fixture_with_mountpoint();
+    let (tmp, s, mnt) = fixture_for(features);
     let m = mount_fuse_features(s.layer_stack(), &mnt, fs, features);
     MountedBackend::new("fuse", mnt, s.upper.clone(), m, tmp)
 }
@@ -162,6 +168,98 @@ fn fuse_metacopy_data_copy_up_on_open() {
         &mut kernel_backend_with(f),
         &mut fuse_backend_with(FsConfig::default(), f),
     );
+}
+
+/// Generated sequences with `index=on` on both sides, over lower layers with hard links
+/// (see the fixture): a copy-up of one name of a hard-linked lower file keeps all its names
+/// one inode (`workdir/index`), with the kernel's link counts.
+#[test]
+fn fuse_matches_kernel_with_index() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::INDEX;
+    common::run_property(40, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// Generated sequences with `redirect_dir=on,metacopy=on,index=on` on both sides (hard
+/// links in the lowers): metadata-only copies of hard-linked files go to the index too.
+#[test]
+fn fuse_matches_kernel_with_index_redirect_metacopy() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::ALL;
+    common::run_property(40, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// The stat of `p`: (inode number, link count, content).
+fn ino_nlink_data(p: &std::path::Path) -> (u64, u64, Vec<u8>) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let data = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (md.ino(), md.nlink(), data)
+}
+
+/// index=on: a lower file with three names (`m/a`, `d/a`, `d/c/a`), written through one of
+/// them: all three show the new data, as one inode with three links, through the FUSE
+/// mount as through the kernel's, with the same upper layer (one upper name, linked to the
+/// index entry). Then one name goes: the other two stay, with two links.
+#[test]
+fn fuse_index_write_through_one_of_three_names() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::INDEX;
+    let mut k = kernel_backend_with(f);
+    let mut fu = fuse_backend_with(FsConfig::default(), f);
+    let names = ["m/a", "d/a", "d/c/a"];
+    for b in [k.root(), fu.root()] {
+        // Looked up (and cached by the kernel) before the copy-up.
+        let before: Vec<_> = names.iter().map(|n| ino_nlink_data(&b.join(n))).collect();
+        assert!(before.iter().all(|x| x.0 == before[0].0 && x.1 == 3));
+    }
+    let write = [Op::Write {
+        path: p("d/a"),
+        offset: 0,
+        data: b"hello\n".to_vec(),
+    }];
+    assert_same(&write, &mut k, &mut fu);
+    for (what, b) in [("kernel", k.root()), ("fuse", fu.root())] {
+        let after: Vec<_> = names.iter().map(|n| ino_nlink_data(&b.join(n))).collect();
+        for (n, x) in names.iter().zip(&after) {
+            assert_eq!(x.0, after[0].0, "{what}: {n} is another inode");
+            assert_eq!(x.1, 3, "{what}: link count of {n}");
+            assert_eq!(x.2, b"hello\n m/a\n", "{what}: data of {n}");
+        }
+    }
+    let rest = [
+        Op::Unlink { path: p("m/a") },
+        Op::Stat {
+            path: p("d/c/a"),
+            follow: false,
+        },
+    ];
+    assert_same(&rest, &mut k, &mut fu);
+    for (what, b) in [("kernel", k.root()), ("fuse", fu.root())] {
+        for n in ["d/a", "d/c/a"] {
+            let x = ino_nlink_data(&b.join(n));
+            assert_eq!(x.1, 2, "{what}: link count of {n} after an unlink");
+        }
+    }
 }
 
 /// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
@@ -322,6 +420,20 @@ fn uppers_interchange_with_redirect_dir() {
 #[test]
 fn uppers_interchange_with_metacopy() {
     uppers_interchange(Features::METACOPY, 40);
+}
+
+/// [`uppers_interchange`] with `index=on` (hard links in the lowers): index entries,
+/// `overlay.nlink` and the roots' `overlay.origin`/`overlay.upper` written by either
+/// backend are taken up by the other.
+#[test]
+fn uppers_interchange_with_index() {
+    uppers_interchange(Features::INDEX, 20);
+}
+
+/// [`uppers_interchange`] with `redirect_dir=on,metacopy=on,index=on`.
+#[test]
+fn uppers_interchange_with_index_redirect_metacopy() {
+    uppers_interchange(Features::ALL, 20);
 }
 
 /// Generated sequences, FUSE with the writeback cache instead of passthrough.
