@@ -172,7 +172,11 @@ impl Overlay {
     pub fn setxattr(&self, node: &NodeRef, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let op = "setxattr";
         self.check_writable(op, || node.rel_path())?;
-        self.copy_up_meta(node)?;
+        // As the kernel's `ovl_xattr_set`: an inode with an upper copy (an indexed one
+        // whose name is not copied up, index=on) changes there; its name stays as it is.
+        if !self.is_index_alias(node) {
+            self.copy_up_meta(node)?;
+        }
         let real = self.top_real(op, node)?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
         real.setxattr(&stored, value, XattrFlags::from_bits_retain(flags as u32))
@@ -184,13 +188,17 @@ impl Overlay {
         let op = "removexattr";
         self.check_writable(op, || node.rel_path())?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
+        let alias = self.is_index_alias(node);
         if !node.state.read().upper {
             // As the kernel: no copy-up for removing an attribute the lower object lacks.
             let real = self.top_real(op, node)?;
             real.getxattr(&stored)
                 .map_err(|e| self.node_err(op, node, e))?;
         }
-        self.copy_up_meta(node)?;
+        // As for setxattr: an indexed inode's upper copy changes, not its name.
+        if !alias {
+            self.copy_up_meta(node)?;
+        }
         let real = self.top_real(op, node)?;
         real.removexattr(&stored)
             .map_err(|e| self.node_err(op, node, e))

@@ -303,6 +303,14 @@ impl Overlay {
         st.metacopy = metacopy;
     }
 
+    /// True for a name not copied up yet of an indexed inode (index=on): the inode has an
+    /// upper copy (its index entry), the name has no upper link.
+    pub(crate) fn is_index_alias(&self, node: &Node) -> bool {
+        self.refresh_index(node);
+        let st = node.state.read();
+        st.indexed && !st.upper
+    }
+
     /// True when the index entry of `info` is a metadata-only copy.
     fn index_is_metacopy(&self, info: &IndexInfo) -> bool {
         self.index_real(info).is_ok_and(|r| {

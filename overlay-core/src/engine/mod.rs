@@ -509,11 +509,12 @@ impl Overlay {
     }
 
     /// The kernel's `ovl_allow_offline_changes`: none of the features that make lower
-    /// layers unchangeable while unmounted is on (`redirect_dir=on`; the kernel also names
-    /// `index`, `metacopy` and `xino=on`). When one is, the kernel marks new directories in
+    /// layers unchangeable while unmounted is on (`redirect_dir=on`, `metacopy`, `index`;
+    /// the kernel also names `xino=on`). When one is, the kernel marks new directories in
     /// merged directories opaque.
     pub(crate) fn allow_offline_changes(&self) -> bool {
         !(self.opts.metacopy
+            || self.index_dir().is_some()
             || self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects())
     }
 

@@ -366,16 +366,25 @@ impl Overlay {
         };
         // A new name of a metadata-only copy reads the same lower data.
         let of_state = link_of.map(|of| of.state.read().clone());
+        // A new name of an indexed inode (index=on) is one of its names.
+        let (index, indexed) = match &of_state {
+            Some(st) if st.indexed => (st.index.clone(), true),
+            _ => (None, false),
+        };
         let state = match of_state {
             Some(st) if st.metacopy => NodeState {
                 upper: true,
                 metacopy: true,
                 lowers: st.lowers,
                 redirect: st.redirect,
+                index,
+                indexed,
                 ..Default::default()
             },
             _ => NodeState {
                 upper: true,
+                index,
+                indexed,
                 ..Default::default()
             },
         };
