@@ -358,12 +358,13 @@ fn layers_rotate(features: Features, default_cases: u32) {
     }
     common::run_property_fn(default_cases, MAX_OPS, 1024, |ops| {
         let (first, second) = ops.split_at(ops.len() / 2);
-        // No hard links go into the rotated layer: a FUSE request on a lower hard link names
-        // an inode, not which of its names the caller used, so a copy-up through FUSE may
-        // pick another name than the kernel overlay (which breaks the link either way).
+        // Without the index no hard links go into the rotated layer: a FUSE request on a
+        // lower hard link names an inode, not which of its names the caller used, so a
+        // copy-up through FUSE may pick another name than the kernel overlay (which breaks
+        // the link either way). With it, FUSE looks such names up on every use.
         let first: Vec<Op> = first
             .iter()
-            .filter(|o| !matches!(o, Op::Link { .. }))
+            .filter(|o| features.index || !matches!(o, Op::Link { .. }))
             .cloned()
             .collect();
         let mut k = kernel_backend_with(features);
@@ -400,6 +401,13 @@ fn layers_rotate_with_redirect_dir() {
 #[test]
 fn layers_rotate_with_metacopy() {
     layers_rotate(Features::METACOPY, 30);
+}
+
+/// [`layers_rotate`] with `index=on` (hard links in the fixture's lowers): an upper with
+/// names linked to index entries (and their `overlay.nlink`) read as a lower layer.
+#[test]
+fn layers_rotate_with_index() {
+    layers_rotate(Features::INDEX, 20);
 }
 
 /// [`uppers_interchange`] with the kernel's defaults.
