@@ -134,8 +134,8 @@ fn engine_matches_kernel_with_metacopy() {
 /// names, as the kernel's.
 #[test]
 fn engine_matches_kernel_with_index() {
-    engine_matches_kernel_with(Features::INDEX, 40);
-    engine_matches_kernel_with(Features::ALL, 40);
+    engine_matches_kernel_with(Features::INDEX, 100);
+    engine_matches_kernel_with(Features::ALL, 100);
 }
 
 /// Directory renames with `redirect_dir=on`: a merged directory renamed within its parent

@@ -180,7 +180,7 @@ fn fuse_matches_kernel_with_index() {
         return;
     }
     let f = Features::INDEX;
-    common::run_property(40, MAX_OPS, 2048, || {
+    common::run_property(150, MAX_OPS, 2048, || {
         (
             Box::new(kernel_backend_with(f)),
             Box::new(fuse_backend_with(FsConfig::default(), f)),
@@ -197,10 +197,31 @@ fn fuse_matches_kernel_with_index_redirect_metacopy() {
         return;
     }
     let f = Features::ALL;
-    common::run_property(40, MAX_OPS, 2048, || {
+    common::run_property(150, MAX_OPS, 2048, || {
         (
             Box::new(kernel_backend_with(f)),
             Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// [`fuse_matches_kernel_with_index`] with the writeback cache instead of passthrough: all
+/// names of an indexed file are one FUSE inode, so one page cache.
+#[test]
+fn fuse_writeback_matches_kernel_with_index() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::INDEX;
+    let fs = FsConfig {
+        passthrough: false,
+        ..FsConfig::default()
+    };
+    common::run_property(60, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(fs.clone(), f)),
         )
     });
 }
@@ -407,7 +428,7 @@ fn layers_rotate_with_metacopy() {
 /// names linked to index entries (and their `overlay.nlink`) read as a lower layer.
 #[test]
 fn layers_rotate_with_index() {
-    layers_rotate(Features::INDEX, 20);
+    layers_rotate(Features::INDEX, 40);
 }
 
 /// [`uppers_interchange`] with the kernel's defaults.
@@ -435,13 +456,13 @@ fn uppers_interchange_with_metacopy() {
 /// backend are taken up by the other.
 #[test]
 fn uppers_interchange_with_index() {
-    uppers_interchange(Features::INDEX, 20);
+    uppers_interchange(Features::INDEX, 60);
 }
 
 /// [`uppers_interchange`] with `redirect_dir=on,metacopy=on,index=on`.
 #[test]
 fn uppers_interchange_with_index_redirect_metacopy() {
-    uppers_interchange(Features::ALL, 20);
+    uppers_interchange(Features::ALL, 60);
 }
 
 /// Generated sequences, FUSE with the writeback cache instead of passthrough.

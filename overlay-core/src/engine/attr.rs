@@ -81,6 +81,30 @@ impl Overlay {
         self.getattr(node)
     }
 
+    /// [`Overlay::setattr`] of times only, for a FUSE server's writeback of the times the
+    /// kernel cached for an inode (a request that names no path): a name not copied up yet
+    /// of an indexed inode (`index=on`, whose upper copy exists: another name was written)
+    /// changes that copy, without an upper link of its own, as the kernel overlay changes
+    /// the inode it wrote. Anything else is [`Overlay::setattr`].
+    pub fn set_cached_times(&self, node: &NodeRef, changes: &SetAttr) -> Result<Attr> {
+        let times_only = changes.mode.is_none()
+            && changes.uid.is_none()
+            && changes.gid.is_none()
+            && changes.size.is_none();
+        if !times_only || !self.is_index_alias(node) {
+            return self.setattr(node, changes);
+        }
+        let op = "setattr";
+        self.check_writable(op, || node.rel_path())?;
+        let real = self.top_real(op, node)?;
+        let ts = Timestamps {
+            last_access: TimeSet::to_timespec(changes.atime),
+            last_modification: TimeSet::to_timespec(changes.mtime),
+        };
+        real.utimes(&ts).map_err(|e| self.node_err(op, node, e))?;
+        self.getattr(node)
+    }
+
     /// The inode flags (`lsattr`, `FS_IOC_GETFLAGS`) of a regular file or directory: those
     /// of its topmost real object. Other kinds give ENOTTY, as from the kernel.
     pub fn inode_flags(&self, node: &NodeRef) -> Result<rustix::fs::IFlags> {
