@@ -13,13 +13,14 @@
 //!   kernel's `ovl_nlink_start`); when the last name goes, the entry is removed.
 //! * At open, the upper root's `overlay.origin` must name the top lower layer's root (set
 //!   when absent, ESTALE when it names another), and `workdir/index`'s `overlay.upper` the
-//!   upper root (a handle with the "upper" flag).
+//!   upper root (a handle with the "upper" flag). The index directory is then the staging
+//!   area too (as the kernel's workdir), and its `#` leftovers are removed.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, Mode, OFlags, Stat, XattrFlags};
+use rustix::fs::{AtFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
 use super::layers::{ioerr, read_xattr, remove_tree_at, LayerRef, Layers};
@@ -153,7 +154,8 @@ pub(crate) fn open_index(layers: &mut Layers, opts: &OverlayOptions) -> Result<(
         )
     })?;
     let index_path = upper.work_path.join("index");
-    let index = open_index_dir(upper.workdir.as_fd(), &index_path)?;
+    // Prepared as the kernel prepares it: mode 0 (0700 without CAP_DAC_OVERRIDE), no ACL.
+    let index = super::layers::open_work_subdir(upper.workdir.as_fd(), "index", &index_path)?;
     verify_or_set(index.as_fd(), ns.upper(), &upper_fh).map_err(|e| {
         ioerr(
             if e == Errno::STALE {
@@ -181,41 +183,13 @@ pub(crate) fn open_index(layers: &mut Layers, opts: &OverlayOptions) -> Result<(
             })?;
         }
     }
-    layers.upper.as_mut().expect("checked above").index = Some(Arc::new(index));
+    // As the kernel: the index directory is the staging area too (copy-ups are built and
+    // whiteouts shared there), so an index entry is made by a rename within it.
+    let index = Arc::new(index);
+    let upper = layers.upper.as_mut().expect("checked above");
+    upper.work = index.clone();
+    upper.index = Some(index);
     Ok(())
-}
-
-/// Create (if needed) and open `workdir/index`, mode 0 as the kernel makes it when we can
-/// still work in such a directory (CAP_DAC_OVERRIDE), 0700 otherwise.
-fn open_index_dir(workdir: BorrowedFd<'_>, path: &std::path::Path) -> Result<OwnedFd> {
-    let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
-        c.effective
-            .contains(rustix::thread::CapabilitySet::DAC_OVERRIDE)
-    });
-    let mode = if privileged { 0 } else { 0o700 };
-    match rustix::fs::mkdirat(workdir, "index", Mode::from_raw_mode(mode)) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err(ioerr("index=on: create workdir/index", path, e)),
-    }
-    let open = || {
-        rustix::fs::openat(
-            workdir,
-            "index",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-    };
-    match open() {
-        Err(Errno::ACCESS) if !privileged => rustix::fs::chmodat(
-            workdir,
-            "index",
-            Mode::from_raw_mode(0o700),
-            AtFlags::empty(),
-        )
-        .and_then(|()| open()),
-        r => r,
-    }
-    .map_err(|e| ioerr("index=on: open workdir/index", path, e))
 }
 
 impl Overlay {
