@@ -198,6 +198,100 @@ impl Overlay {
         self.layers.upper.as_ref()?.index.as_ref()
     }
 
+    /// The kernel's mount-time `ovl_indexdir_cleanup` for non-directory entries: an entry
+    /// whose `overlay.origin` is not its name, or names no lower file, is stale; one left
+    /// with no name through the overlay (a single link and an overlay link count of 0, as
+    /// after a crash between the removal of its last name and its own) is an orphan: both
+    /// are removed. Anything else the kernel would refuse to mount over is left alone with
+    /// a warning (directories and whiteouts belong to `nfs_export`, kept).
+    pub(crate) fn cleanup_index(&self) {
+        let Some(index) = self.index_dir() else {
+            return;
+        };
+        // Lower files are found by handle (open_by_handle_at): without the privilege to,
+        // nothing can be told stale.
+        let can_open_handles = rustix::thread::capabilities(None).is_ok_and(|c| {
+            c.effective
+                .contains(rustix::thread::CapabilitySet::DAC_READ_SEARCH)
+        });
+        if !can_open_handles {
+            return;
+        }
+        let names = match super::layers::list_dir_names(index) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("index: cannot list workdir/index: {e}");
+                return;
+            }
+        };
+        for name in names {
+            let bytes = name.as_encoded_bytes();
+            if bytes.first() == Some(&b'#') {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statat(index.as_fd(), &name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let kind = FileKind::from_mode(st.st_mode);
+            if kind == FileKind::Directory
+                || crate::format::is_whiteout_stat(st.st_mode, st.st_rdev)
+            {
+                continue;
+            }
+            let fh = std::str::from_utf8(bytes)
+                .ok()
+                .filter(|h| h.len() % 2 == 0)
+                .and_then(|h| {
+                    (0..h.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+                        .collect::<Option<Vec<u8>>>()
+                })
+                .filter(|fh| super::origin::decode(fh).is_some());
+            let Some(fh) = fh else {
+                tracing::warn!("index: {name:?} in workdir/index is not an index entry; left");
+                continue;
+            };
+            let real = RealObj {
+                layer: LayerRef::Upper,
+                dir: index.clone(),
+                name: Some(name.clone()),
+            };
+            let remove = match real.getxattr(OsStr::new(self.layers.ns.origin())) {
+                Ok(v) if v != fh => Some("stale (its origin is not its name)"),
+                Ok(_) => match self.origin_lower(&fh) {
+                    None => Some("stale (its lower file is gone)"),
+                    Some(_) if st.st_nlink != 1 => None,
+                    Some((_, lst)) => {
+                        let info = IndexInfo {
+                            name: name.clone(),
+                            lower_nlink: lst.st_nlink as u32,
+                        };
+                        let orphan = info.lower_nlink <= 1 || {
+                            let v = real.getxattr(OsStr::new(self.layers.ns.nlink()));
+                            match v.ok().as_deref().and_then(parse_nlink) {
+                                Some((b'U', d)) => 1 + d <= 0,
+                                Some((_, d)) => info.lower_nlink as i64 + d <= 0,
+                                None => true,
+                            }
+                        };
+                        orphan.then_some("an orphan (no name left through the overlay)")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("index: {name:?} has no readable overlay.origin ({e}); left");
+                    None
+                }
+            };
+            if let Some(why) = remove {
+                tracing::info!("index: removing {name:?}: {why}");
+                if let Err(e) = rustix::fs::unlinkat(index.as_fd(), &name, AtFlags::empty()) {
+                    tracing::warn!("index: remove {name:?}: {e}");
+                }
+            }
+        }
+    }
+
     /// The index entry of `info` as a real object (the upper inode of its names).
     pub(crate) fn index_real(&self, info: &IndexInfo) -> std::result::Result<RealObj, Errno> {
         let dir = self.index_dir().ok_or(Errno::NOENT)?.clone();

@@ -487,7 +487,7 @@ impl Overlay {
             OsStr::new(""),
             state,
         ));
-        Ok(Overlay {
+        let ovl = Overlay {
             stack,
             layers,
             root,
@@ -495,7 +495,9 @@ impl Overlay {
             rename_lock: Mutex::new(()),
             dir_fds: DirFdCache::new(),
             removed: Mutex::new(std::collections::HashMap::new()),
-        })
+        };
+        ovl.cleanup_index();
+        Ok(ovl)
     }
 
     /// The stack this overlay views.

@@ -132,7 +132,20 @@ impl Overlay {
         let p = proc_path(dir, name);
         let x = self.layers.ns.origin();
         let raw = read_xattr(|b| rustix::fs::lgetxattr(&p, x, b)).ok()?;
-        let (uuid, ty, handle) = decode(&raw)?;
+        let (i, st) = self.origin_lower(&raw)?;
+        let ino = self.layers.map_ino(LayerRef::Lower(i), st.st_ino);
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if is_dir || st.st_nlink == 1 {
+            return Some((ino, None));
+        }
+        let info = self.verified_index(dir, name, &raw, st.st_nlink as u32)?;
+        Some((ino, Some(info)))
+    }
+
+    /// The lower layer and `fstat` of the object an origin file handle `raw` names (None
+    /// when malformed, on no lower filesystem, or gone). Needs CAP_DAC_READ_SEARCH.
+    pub(crate) fn origin_lower(&self, raw: &[u8]) -> Option<(u16, rustix::fs::Stat)> {
+        let (uuid, ty, handle) = decode(raw)?;
         let mut tried = Vec::new();
         for (i, l) in self.layers.lowers.iter().enumerate() {
             if l.uuid != uuid || tried.contains(&l.dev) {
@@ -148,13 +161,7 @@ impl Overlay {
             if st.st_dev != l.dev {
                 continue;
             }
-            let ino = self.layers.map_ino(LayerRef::Lower(i as u16), st.st_ino);
-            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            if is_dir || st.st_nlink == 1 {
-                return Some((ino, None));
-            }
-            let info = self.verified_index(dir, name, &raw, st.st_nlink as u32)?;
-            return Some((ino, Some(info)));
+            return Some((i as u16, st));
         }
         None
     }
