@@ -37,6 +37,9 @@ pub(crate) struct IndexInfo {
     pub lower_nlink: u32,
 }
 
+/// What the index knows of a lower file, and its entry's stat when it has one.
+pub(crate) type IndexHit = (Arc<IndexInfo>, Option<Stat>);
+
 /// The operation named when an index entry is a whiteout or of another kind than its
 /// lower file (EIO, as the kernel's "bad index found").
 const BAD_INDEX: &str = "lookup (a bad entry in workdir/index: a whiteout, or another kind of \
@@ -270,7 +273,8 @@ impl Overlay {
                         let orphan = info.lower_nlink <= 1 || {
                             let v = real.getxattr(OsStr::new(self.layers.ns.nlink()));
                             match v.ok().as_deref().and_then(parse_nlink) {
-                                Some((b'U', d)) => 1 + d <= 0,
+                                // The entry's one link is the upper inode's.
+                                Some((b'U', d)) => d < 0,
                                 Some((_, d)) => info.lower_nlink as i64 + d <= 0,
                                 None => true,
                             }
@@ -311,7 +315,7 @@ impl Overlay {
         dir: BorrowedFd<'_>,
         name: &OsStr,
         st: &Stat,
-    ) -> std::result::Result<Option<(Arc<IndexInfo>, Option<Stat>)>, (&'static str, Errno)> {
+    ) -> std::result::Result<Option<IndexHit>, (&'static str, Errno)> {
         let Some(index) = self.index_dir() else {
             return Ok(None);
         };
