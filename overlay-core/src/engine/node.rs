@@ -227,7 +227,8 @@ pub(crate) struct DirData {
 /// [`Node::ino`].
 pub struct Node {
     /// Overlay inode number. Changes once when a lower hard link (`st_nlink > 1`) is copied
-    /// up: the kernel then reports the upper inode's number for that name.
+    /// up without `index=on`: the kernel then reports the upper inode's number for that
+    /// name. With the index it stays the lower file's, for every name.
     ino: AtomicU64,
     pub(crate) loc: Mutex<Loc>,
     pub(crate) state: RwLock<NodeState>,
@@ -279,9 +280,10 @@ impl Node {
 
     /// The overlay inode number (same as [`super::Attr::ino`]).
     ///
-    /// Stable across copy-up, except for a lower hard link (a lower file with `st_nlink > 1`):
-    /// the kernel without `index=on` breaks hard links on copy-up, and the copied-up name
-    /// then reports the new upper inode's number. Callers that key on the inode number (a
+    /// Stable across copy-up, except for a lower hard link (a lower file with `st_nlink > 1`)
+    /// without `index=on`: the kernel then breaks hard links on copy-up, and the copied-up
+    /// name reports the new upper inode's number. With the index all names keep the lower
+    /// file's number ([`crate::OverlayOptions::index`]). Callers that key on the inode number (a
     /// FUSE node id) must re-read it after an operation that may copy up.
     pub fn ino(&self) -> u64 {
         self.ino.load(Ordering::Relaxed)
