@@ -439,6 +439,12 @@ impl Overlay {
         )
     }
 
+    /// The lock serialising the link count changes of indexed inodes, for an indexed
+    /// `node` (see `Overlay::index_lock`).
+    pub(crate) fn index_guard(&self, node: &Node) -> Option<parking_lot::MutexGuard<'_, ()>> {
+        node.is_indexed_link().then(|| self.index_lock.lock())
+    }
+
     /// The kernel's `ovl_link_up`: give `node`'s name (`name` in upper directory `pdir` of
     /// `parent`, whose times `pstat` are kept) a hard link to its index entry. The caller
     /// holds the node's copy lock.
@@ -453,6 +459,7 @@ impl Overlay {
     ) -> Result<()> {
         let err = |e: Errno| self.node_err("copy-up (link to the index)", node, e);
         let index = self.index_dir().ok_or_else(|| err(Errno::NOENT))?;
+        let _g = self.index_lock.lock();
         let st = self.index_real(info).and_then(|r| r.stat()).map_err(err)?;
         self.check_kind("copy-up", node, &st)?;
         let overlay = self.indexed_nlink(info, st.st_nlink) as i64;

@@ -331,6 +331,10 @@ pub struct Overlay {
     opts: OverlayOptions,
     /// Serialises cross-directory renames, as the kernel's `s_vfs_rename_mutex`.
     rename_lock: Mutex<()>,
+    /// Serialises the changes of the names of indexed inodes (index=on): the overlay link
+    /// count in `overlay.nlink` is read and rewritten around each (the kernel's inode lock
+    /// in `ovl_nlink_start`/`ovl_nlink_end`). A leaf lock.
+    index_lock: Mutex<()>,
     /// Open directories of directory nodes, per layer.
     dir_fds: DirFdCache,
     /// Attributes of removed nodes at removal time, reported by `getattr` (open files
@@ -493,6 +497,7 @@ impl Overlay {
             root,
             opts,
             rename_lock: Mutex::new(()),
+            index_lock: Mutex::new(()),
             dir_fds: DirFdCache::new(),
             removed: Mutex::new(std::collections::HashMap::new()),
         };

@@ -532,6 +532,7 @@ impl Overlay {
         }
         // index=on: the link count of a hard-linked lower file's names, recorded before a
         // name comes (the kernel's `ovl_nlink_start`).
+        let _ig = self.index_guard(node);
         self.nlink_start(node)?;
         if self.metacopy_now(node) {
             // As the kernel's `ovl_set_link_redirect`: the new name finds the data through
@@ -597,6 +598,7 @@ impl Overlay {
         // entry) before it goes, which counts its names (the kernel's `ovl_nlink_start`).
         self.nlink_copy_up(&node)?;
         let _c = node.copy_lock.lock();
+        let _ig = self.index_guard(&node);
         let nlink_before = self.nlink_start(&node)?;
         let need_wh = self.need_whiteout(parent, name, &node).map_err(err)?;
         self.stash_attr(&node);
@@ -918,7 +920,16 @@ impl Overlay {
                     Errno::NOTEMPTY
                 }));
             }
-            if Arc::ptr_eq(d, &src) {
+            // The same overlay inode under both names (hard links in the upper layer, or
+            // of an indexed lower file): nothing to do, as the VFS decides before the
+            // kernel overlay sees the rename. (Without the index, the kernel's lower hard
+            // links are inodes of their own.)
+            let same_inode = src.kind != FileKind::Directory
+                && d.kind == src.kind
+                && d.ino() == src.ino()
+                && ((src.state.read().upper && d.state.read().upper)
+                    || (src.is_indexed_link() && d.is_indexed_link()));
+            if Arc::ptr_eq(d, &src) || same_inode {
                 return Ok(());
             }
             if !exchange {
@@ -1038,6 +1049,10 @@ impl Overlay {
         // The replaced object's attributes from removal time, taken while its name still
         // holds it.
         let mut dst_nlink = None;
+        let _ig = match (exchange, &dst) {
+            (false, Some(d)) => self.index_guard(d),
+            _ => None,
+        };
         if let (false, Some(d)) = (exchange, &dst) {
             dst_nlink = self.nlink_start(d)?;
             self.stash_attr(d);
