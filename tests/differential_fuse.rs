@@ -431,6 +431,13 @@ fn layers_rotate_with_index() {
     layers_rotate(Features::INDEX, 40);
 }
 
+/// [`layers_rotate`] with `redirect_dir=on,metacopy=on,index=on`: hard-linked metadata-only
+/// copies in a lower layer are indexed by their top lower object.
+#[test]
+fn layers_rotate_with_index_redirect_metacopy() {
+    layers_rotate(Features::ALL, 40);
+}
+
 /// [`uppers_interchange`] with the kernel's defaults.
 #[test]
 fn uppers_interchange_with_defaults() {
