@@ -283,6 +283,34 @@ fn fuse_index_write_through_one_of_three_names() {
     }
 }
 
+/// metacopy=on,index=on: a renamed name of an indexed inode keeps the absolute redirect
+/// the inode got through another name's hard link (one inode, one redirect, as the
+/// kernel's), instead of writing one of its own (found by the generated sequences).
+#[test]
+fn fuse_index_metacopy_redirect_is_the_inodes() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::ALL;
+    let ops = [
+        Op::Link {
+            from: p("m/a"),
+            to: p("c"),
+        },
+        Op::Rename {
+            from: p("d/a"),
+            to: p("d/d"),
+            mode: RenameMode::Plain,
+        },
+    ];
+    assert_same(
+        &ops,
+        &mut kernel_backend_with(f),
+        &mut fuse_backend_with(FsConfig::default(), f),
+    );
+}
+
 /// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
 /// kernel or with FUSE, with the options of `features`.
 fn remount(tmp: tempfile::TempDir, kernel: bool, features: Features) -> Box<dyn common::Backend> {

@@ -773,6 +773,16 @@ impl Overlay {
                     None => true,
                 });
         let mut r = st.redirect.as_deref().cloned().unwrap_or_default();
+        if st.indexed && node.kind != FileKind::Directory && r.upper.is_none() {
+            // index=on: all names are one inode, whose redirect (set through another name,
+            // maybe) is the upper inode's, as the kernel keeps it in the shared inode.
+            if let Ok(v) = self
+                .real(node, LayerRef::Upper)
+                .and_then(|u| u.getxattr(OsStr::new(self.layers.ns.redirect())))
+            {
+                r.upper = Some(v.into_boxed_slice());
+            }
+        }
         for le in &st.lowers {
             if r.path_in(le.layer).is_none() {
                 let p = self.lower_dir_path(node, le.layer);
