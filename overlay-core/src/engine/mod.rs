@@ -278,7 +278,10 @@ pub struct OverlayOptions {
     /// another), and the index directory's `overlay.upper` the upper root. As the kernel,
     /// the index falls back to off (with a warning) where the layers' filesystems cannot
     /// make file handles or two lower filesystems share a UUID. Needs an upper layer
-    /// (ignored without one, as by the kernel).
+    /// (ignored without one, as by the kernel). Not done: directories are never indexed
+    /// (the kernel does that for `nfs_export` only), and without CAP_DAC_READ_SEARCH (no
+    /// `open_by_handle_at`) a name already copied up reports its upper inode's number and
+    /// link count, and the mount-time cleanup of stale and orphan entries is skipped.
     pub index: bool,
 }
 
