@@ -495,6 +495,9 @@ impl Overlay {
     ) -> Result<bool> {
         let err = |e: Errno| self.node_err("copy-up (to the index)", node, e);
         let index = self.index_dir().ok_or_else(|| err(Errno::NOENT))?;
+        // The entry appears with its link count: another name's link-up (which takes this
+        // lock) must not read the entry before the count is there.
+        let _g = self.index_lock.lock();
         match rustix::fs::renameat_with(
             self.layers.work(),
             tmp,
