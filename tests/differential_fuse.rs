@@ -311,6 +311,57 @@ fn fuse_index_metacopy_redirect_is_the_inodes() {
     );
 }
 
+/// index=on: the first copy-ups of six names of one lower file, at the same moment through
+/// the FUSE mount, make one index entry; every name then shows one inode with six links and
+/// every append (a racing link-up once read the entry before its link count: `st_nlink` 1).
+#[test]
+fn fuse_index_concurrent_first_copy_ups() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    use std::io::Write;
+    const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+    for round in 0..50 {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let [l, u, w, mnt] = ["l", "u", "w", "mnt"].map(|d| tmp.path().join(d));
+        for d in [&l, &u, &w, &mnt] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(l.join("a"), b"base\n").unwrap();
+        for n in &NAMES[1..] {
+            std::fs::hard_link(l.join("a"), l.join(n)).unwrap();
+        }
+        // A worker thread per name: the copy-ups really run at the same time.
+        let ovl = Overlay::with_options(
+            one_lower_stack(&l, &u, &w),
+            Features::INDEX.engine_options(),
+        )
+        .unwrap_or_else(|e| panic!("Overlay::new: {e}"));
+        let mut cfg = MountConfig::for_current_user(FsConfig::default());
+        cfg.threads = NAMES.len();
+        let m = spawn_mount(ovl, &mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"));
+        std::thread::scope(|s| {
+            for n in NAMES {
+                let p = mnt.join(n);
+                s.spawn(move || {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                    f.write_all(format!("{n}\n").as_bytes()).unwrap();
+                });
+            }
+        });
+        let seen: Vec<_> = NAMES.iter().map(|n| ino_nlink_data(&mnt.join(n))).collect();
+        for (n, x) in NAMES.iter().zip(&seen) {
+            assert_eq!(
+                (x.0, x.1, x.2.len()),
+                (seen[0].0, 6, 5 + 2 * NAMES.len()),
+                "round {round}: {n}"
+            );
+        }
+        m.unmount().unwrap();
+    }
+}
+
 /// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
 /// kernel or with FUSE, with the options of `features`.
 fn remount(tmp: tempfile::TempDir, kernel: bool, features: Features) -> Box<dyn common::Backend> {

@@ -495,8 +495,21 @@ impl Overlay {
     ) -> Result<bool> {
         let err = |e: Errno| self.node_err("copy-up (to the index)", node, e);
         let index = self.index_dir().ok_or_else(|| err(Errno::NOENT))?;
-        // The entry appears with its link count: another name's link-up (which takes this
-        // lock) must not read the entry before the count is there.
+        // The entry appears with its link count (the lower file's, relative to the one link
+        // of the staged copy: what the kernel writes just after): a lookup or link-up of
+        // another name must never see the entry without it.
+        let staged = RealObj {
+            layer: LayerRef::Upper,
+            dir: self.layers.work_arc(),
+            name: Some(tmp.to_os_string()),
+        };
+        staged
+            .setxattr(
+                OsStr::new(self.layers.ns.nlink()),
+                format!("U{:+}", info.lower_nlink as i64 - 1).as_bytes(),
+                XattrFlags::empty(),
+            )
+            .map_err(err)?;
         let _g = self.index_lock.lock();
         match rustix::fs::renameat_with(
             self.layers.work(),
@@ -509,8 +522,6 @@ impl Overlay {
             Err(Errno::EXIST) => return Ok(false),
             Err(e) => return Err(err(e)),
         }
-        self.set_nlink_xattr(info, true, info.lower_nlink as i64, 1)
-            .map_err(err)?;
         Ok(true)
     }
 
