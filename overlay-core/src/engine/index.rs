@@ -525,11 +525,11 @@ impl Overlay {
         Ok(true)
     }
 
-    /// The kernel's `ovl_nlink_start`, before a name of `node` goes or comes (unlink,
-    /// rename over it, link): a name of a hard-linked lower file is copied up first (so the
-    /// index entry exists to count its names), then the overlay link count is recorded
-    /// relative to the upper inode. Returns the count for [`Overlay::nlink_end`]; `None`
-    /// for anything not indexed. Call without the node's copy lock.
+    /// The first half of the kernel's `ovl_nlink_start`, before a name of `node` goes
+    /// (unlink, rename over it): a name of a hard-linked lower file is copied up first (with
+    /// `metacopy=on` its metadata only, as the kernel's), so that the index entry exists
+    /// to count its names. Call without the node's copy lock; [`Overlay::nlink_start`]
+    /// follows with it held.
     pub(crate) fn nlink_copy_up(&self, node: &NodeRef) -> Result<()> {
         if node.kind == FileKind::Directory || !node.is_indexed_link() {
             return Ok(());
@@ -541,7 +541,9 @@ impl Overlay {
     }
 
     /// The second half of `ovl_nlink_start` (see [`Overlay::nlink_copy_up`]), with the
-    /// node's copy lock held: record the overlay link count relative to the upper inode.
+    /// node's copy lock and [`Overlay::index_guard`] held: record the overlay link count
+    /// relative to the upper inode. Returns the count for [`Overlay::nlink_end`]; `None` for
+    /// anything not indexed.
     pub(crate) fn nlink_start(&self, node: &NodeRef) -> Result<Option<u32>> {
         let info = {
             let st = node.state.read();
