@@ -79,14 +79,13 @@ impl FuseMount {
             target: target.to_path_buf(),
             reason,
         };
-        // Features ovl-fuse does not have: refused, never silently left out.
-        for (asked, what) in [
-            (req.options.index, "index=on"),
-            (req.options.nfs_export, "nfs_export=on"),
-        ] {
-            if asked {
-                return Err(fail(format!("ovl-fuse does not support {what}")));
-            }
+        // A feature ovl-fuse does not have: refused, never silently left out.
+        if req.options.nfs_export {
+            return Err(fail(
+                "ovl-fuse does not support nfs_export=on (persistent NFS file handles of the \
+                 mount); use the kernel backend"
+                    .into(),
+            ));
         }
         if req.options.verity != overlay_core::mount::Verity::Off {
             return Err(fail(format!(
@@ -155,6 +154,9 @@ impl FuseMount {
         }
         if req.options.metacopy {
             opts.extend(b",metacopy=on");
+        }
+        if req.options.index {
+            opts.extend(b",index=on");
         }
         if req.squash_to_root {
             opts.extend(b",squash_to_root");

@@ -129,6 +129,15 @@ fn engine_matches_kernel_with_metacopy() {
     engine_matches_kernel_with(Features::METACOPY, 150);
 }
 
+/// Generated sequences with `index=on` over lowers with hard links (see the fixture), and
+/// with everything on: copy-ups of hard-linked lower files keep one inode for all their
+/// names, as the kernel's.
+#[test]
+fn engine_matches_kernel_with_index() {
+    engine_matches_kernel_with(Features::INDEX, 100);
+    engine_matches_kernel_with(Features::ALL, 100);
+}
+
 /// Directory renames with `redirect_dir=on`: a merged directory renamed within its parent
 /// (relative redirect), into another directory (absolute redirect), renamed again (the
 /// redirect kept), a lower-only directory moved into a renamed one, then changed inside;

@@ -18,8 +18,14 @@ const MAX_OPS: usize = 24;
 
 /// A fresh fixture stack in its own temp dir, with an empty mountpoint `mnt` there.
 fn fixture_with_mountpoint() -> (tempfile::TempDir, FixtureStack, std::path::PathBuf) {
+    fixture_for(Features::DEFAULTS)
+}
+
+/// [`fixture_with_mountpoint`] for a case run with `features` (hard links in the lowers
+/// with `index=on`).
+fn fixture_for(features: Features) -> (tempfile::TempDir, FixtureStack, std::path::PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let s = FixtureStack::create(tmp.path());
+    let s = FixtureStack::create_for(tmp.path(), features);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     (tmp, s, mnt)
@@ -32,7 +38,7 @@ fn fuse_backend(fs: FsConfig) -> MountedBackend<FuseMount> {
 
 /// The same with the engine options of `features`.
 fn fuse_backend_with(fs: FsConfig, features: Features) -> MountedBackend<FuseMount> {
-    let (tmp, s, mnt) = fixture_with_mountpoint();
+    let (tmp, s, mnt) = fixture_for(features);
     let m = mount_fuse_features(s.layer_stack(), &mnt, fs, features);
     MountedBackend::new("fuse", mnt, s.upper.clone(), m, tmp)
 }
@@ -164,6 +170,198 @@ fn fuse_metacopy_data_copy_up_on_open() {
     );
 }
 
+/// Generated sequences with `index=on` on both sides, over lower layers with hard links
+/// (see the fixture): a copy-up of one name of a hard-linked lower file keeps all its names
+/// one inode (`workdir/index`), with the kernel's link counts.
+#[test]
+fn fuse_matches_kernel_with_index() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::INDEX;
+    common::run_property(150, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// Generated sequences with `redirect_dir=on,metacopy=on,index=on` on both sides (hard
+/// links in the lowers): metadata-only copies of hard-linked files go to the index too.
+#[test]
+fn fuse_matches_kernel_with_index_redirect_metacopy() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::ALL;
+    common::run_property(150, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(FsConfig::default(), f)),
+        )
+    });
+}
+
+/// [`fuse_matches_kernel_with_index`] with the writeback cache instead of passthrough: all
+/// names of an indexed file are one FUSE inode, so one page cache.
+#[test]
+fn fuse_writeback_matches_kernel_with_index() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::INDEX;
+    let fs = FsConfig {
+        passthrough: false,
+        ..FsConfig::default()
+    };
+    common::run_property(60, MAX_OPS, 2048, || {
+        (
+            Box::new(kernel_backend_with(f)),
+            Box::new(fuse_backend_with(fs.clone(), f)),
+        )
+    });
+}
+
+/// The stat of `p`: (inode number, link count, content).
+fn ino_nlink_data(p: &std::path::Path) -> (u64, u64, Vec<u8>) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let data = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (md.ino(), md.nlink(), data)
+}
+
+/// index=on: a lower file with three names (`m/a`, `d/a`, `d/c/a`), written through one of
+/// them: all three show the new data, as one inode with three links, through the FUSE
+/// mount as through the kernel's, with the same upper layer (one upper name, linked to the
+/// index entry). Then one name goes: the other two stay, with two links.
+#[test]
+fn fuse_index_write_through_one_of_three_names() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::INDEX;
+    let mut k = kernel_backend_with(f);
+    let mut fu = fuse_backend_with(FsConfig::default(), f);
+    let names = ["m/a", "d/a", "d/c/a"];
+    for b in [k.root(), fu.root()] {
+        // Looked up (and cached by the kernel) before the copy-up.
+        let before: Vec<_> = names.iter().map(|n| ino_nlink_data(&b.join(n))).collect();
+        assert!(before.iter().all(|x| x.0 == before[0].0 && x.1 == 3));
+    }
+    let write = [Op::Write {
+        path: p("d/a"),
+        offset: 0,
+        data: b"hello\n".to_vec(),
+    }];
+    assert_same(&write, &mut k, &mut fu);
+    for (what, b) in [("kernel", k.root()), ("fuse", fu.root())] {
+        let after: Vec<_> = names.iter().map(|n| ino_nlink_data(&b.join(n))).collect();
+        for (n, x) in names.iter().zip(&after) {
+            assert_eq!(x.0, after[0].0, "{what}: {n} is another inode");
+            assert_eq!(x.1, 3, "{what}: link count of {n}");
+            assert_eq!(x.2, b"hello\n m/a\n", "{what}: data of {n}");
+        }
+    }
+    let rest = [
+        Op::Unlink { path: p("m/a") },
+        Op::Stat {
+            path: p("d/c/a"),
+            follow: false,
+        },
+    ];
+    assert_same(&rest, &mut k, &mut fu);
+    for (what, b) in [("kernel", k.root()), ("fuse", fu.root())] {
+        for n in ["d/a", "d/c/a"] {
+            let x = ino_nlink_data(&b.join(n));
+            assert_eq!(x.1, 2, "{what}: link count of {n} after an unlink");
+        }
+    }
+}
+
+/// metacopy=on,index=on: a renamed name of an indexed inode keeps the absolute redirect
+/// the inode got through another name's hard link (one inode, one redirect, as the
+/// kernel's), instead of writing one of its own (found by the generated sequences).
+#[test]
+fn fuse_index_metacopy_redirect_is_the_inodes() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    let f = Features::ALL;
+    let ops = [
+        Op::Link {
+            from: p("m/a"),
+            to: p("c"),
+        },
+        Op::Rename {
+            from: p("d/a"),
+            to: p("d/d"),
+            mode: RenameMode::Plain,
+        },
+    ];
+    assert_same(
+        &ops,
+        &mut kernel_backend_with(f),
+        &mut fuse_backend_with(FsConfig::default(), f),
+    );
+}
+
+/// index=on: the first copy-ups of six names of one lower file, at the same moment through
+/// the FUSE mount, make one index entry; every name then shows one inode with six links and
+/// every append (a racing link-up once read the entry before its link count: `st_nlink` 1).
+#[test]
+fn fuse_index_concurrent_first_copy_ups() {
+    init();
+    if !require_mounts() {
+        return;
+    }
+    use std::io::Write;
+    const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+    for round in 0..50 {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let [l, u, w, mnt] = ["l", "u", "w", "mnt"].map(|d| tmp.path().join(d));
+        for d in [&l, &u, &w, &mnt] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(l.join("a"), b"base\n").unwrap();
+        for n in &NAMES[1..] {
+            std::fs::hard_link(l.join("a"), l.join(n)).unwrap();
+        }
+        // A worker thread per name: the copy-ups really run at the same time.
+        let ovl = Overlay::with_options(
+            one_lower_stack(&l, &u, &w),
+            Features::INDEX.engine_options(),
+        )
+        .unwrap_or_else(|e| panic!("Overlay::new: {e}"));
+        let mut cfg = MountConfig::for_current_user(FsConfig::default());
+        cfg.threads = NAMES.len();
+        let m = spawn_mount(ovl, &mnt, &cfg).unwrap_or_else(|e| panic!("FUSE mount: {e}"));
+        std::thread::scope(|s| {
+            for n in NAMES {
+                let p = mnt.join(n);
+                s.spawn(move || {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                    f.write_all(format!("{n}\n").as_bytes()).unwrap();
+                });
+            }
+        });
+        let seen: Vec<_> = NAMES.iter().map(|n| ino_nlink_data(&mnt.join(n))).collect();
+        for (n, x) in NAMES.iter().zip(&seen) {
+            assert_eq!(
+                (x.0, x.1, x.2.len()),
+                (seen[0].0, 6, 5 + 2 * NAMES.len()),
+                "round {round}: {n}"
+            );
+        }
+        m.unmount().unwrap();
+    }
+}
+
 /// Mount the layers a backend leaves (in `tmp`, see [`MountedBackend::unmount`]) with the
 /// kernel or with FUSE, with the options of `features`.
 fn remount(tmp: tempfile::TempDir, kernel: bool, features: Features) -> Box<dyn common::Backend> {
@@ -260,12 +458,13 @@ fn layers_rotate(features: Features, default_cases: u32) {
     }
     common::run_property_fn(default_cases, MAX_OPS, 1024, |ops| {
         let (first, second) = ops.split_at(ops.len() / 2);
-        // No hard links go into the rotated layer: a FUSE request on a lower hard link names
-        // an inode, not which of its names the caller used, so a copy-up through FUSE may
-        // pick another name than the kernel overlay (which breaks the link either way).
+        // Without the index no hard links go into the rotated layer: a FUSE request on a
+        // lower hard link names an inode, not which of its names the caller used, so a
+        // copy-up through FUSE may pick another name than the kernel overlay (which breaks
+        // the link either way). With it, FUSE looks such names up on every use.
         let first: Vec<Op> = first
             .iter()
-            .filter(|o| !matches!(o, Op::Link { .. }))
+            .filter(|o| features.index || !matches!(o, Op::Link { .. }))
             .cloned()
             .collect();
         let mut k = kernel_backend_with(features);
@@ -304,6 +503,20 @@ fn layers_rotate_with_metacopy() {
     layers_rotate(Features::METACOPY, 30);
 }
 
+/// [`layers_rotate`] with `index=on` (hard links in the fixture's lowers): an upper with
+/// names linked to index entries (and their `overlay.nlink`) read as a lower layer.
+#[test]
+fn layers_rotate_with_index() {
+    layers_rotate(Features::INDEX, 40);
+}
+
+/// [`layers_rotate`] with `redirect_dir=on,metacopy=on,index=on`: hard-linked metadata-only
+/// copies in a lower layer are indexed by their top lower object.
+#[test]
+fn layers_rotate_with_index_redirect_metacopy() {
+    layers_rotate(Features::ALL, 40);
+}
+
 /// [`uppers_interchange`] with the kernel's defaults.
 #[test]
 fn uppers_interchange_with_defaults() {
@@ -322,6 +535,20 @@ fn uppers_interchange_with_redirect_dir() {
 #[test]
 fn uppers_interchange_with_metacopy() {
     uppers_interchange(Features::METACOPY, 40);
+}
+
+/// [`uppers_interchange`] with `index=on` (hard links in the lowers): index entries,
+/// `overlay.nlink` and the roots' `overlay.origin`/`overlay.upper` written by either
+/// backend are taken up by the other.
+#[test]
+fn uppers_interchange_with_index() {
+    uppers_interchange(Features::INDEX, 60);
+}
+
+/// [`uppers_interchange`] with `redirect_dir=on,metacopy=on,index=on`.
+#[test]
+fn uppers_interchange_with_index_redirect_metacopy() {
+    uppers_interchange(Features::ALL, 60);
 }
 
 /// Generated sequences, FUSE with the writeback cache instead of passthrough.

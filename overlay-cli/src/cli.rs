@@ -238,8 +238,8 @@ Lower layers are given bottom-first with --lower (repeatable). Then exactly one 
 Kernel-style options are accepted too: -o lowerdir=TOP:...:BOTTOM,upperdir=U,workdir=W
 (note: lowerdir is TOP-first there, as mount(8) takes it; `\\:` escapes a colon and `\\,`
 a comma). Other -o options (userxattr, redirect_dir=, metacopy=, index=, volatile, ro) are
-passed to the kernel overlay; redirect_dir= and metacopy= to the FUSE backend too (which
-refuses index=on).
+passed to the kernel overlay; redirect_dir=, metacopy= and index= to the FUSE backend too
+(which refuses nfs_export=on).
 
 MOUNT FLAGS (-o, both backends):
   rw (default) | ro          read-write or read-only

@@ -476,3 +476,63 @@ fn kernel_features_alike_on_both_backends() {
         assert_eq!(got, (Ok(b"dir".to_vec()), Ok(Vec::new()), 4), "{backend}");
     }
 }
+
+/// `-o index=on` means the same with either backend: a chmod of one name of a hard-linked
+/// lower file copies it up to the workdir's index, and the other name shows the copy (one
+/// inode, two links) through the mount; the upper root records its lower root's origin.
+#[test]
+fn index_alike_on_both_backends() {
+    if !root_or_skip() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for backend in ["kernel", "fuse"] {
+        let t = open_tempdir();
+        let r = t.path();
+        write(r, "l/dir/f", "data");
+        std::fs::hard_link(r.join("l/dir/f"), r.join("l/g")).unwrap();
+        mkdirs(r, &["m", "state"]);
+        let m = r.join("m");
+        let _c = Cleanup(m.clone());
+        let state = r.join("state");
+        let o = ovl_with_state(
+            &state,
+            args![
+                "mount",
+                "--backend",
+                backend,
+                "--lower",
+                r.join("l").as_os_str(),
+                "--upper",
+                r.join("u").as_os_str(),
+                "--work",
+                r.join("w").as_os_str(),
+                "-o",
+                "index=on",
+                m.as_os_str()
+            ],
+        );
+        if !o.status.success() {
+            return skip_or_fail(&format!("{backend} mount failed: {}", stderr(&o)));
+        }
+        std::fs::set_permissions(m.join("g"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (f, g) = (
+            std::fs::metadata(m.join("dir/f")).unwrap(),
+            std::fs::metadata(m.join("g")).unwrap(),
+        );
+        let seen = (f.ino() == g.ino(), f.nlink(), f.mode() & 0o777);
+        assert_eq!(seen, (true, 2, 0o600), "{backend}: through the mount");
+        let o = ovl_with_state(&state, args!["umount", m.as_os_str()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let index: Vec<_> = std::fs::read_dir(r.join("w/index"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(index.len(), 1, "{backend}: index entries {index:?}");
+        let entry = std::fs::metadata(&index[0]).unwrap();
+        assert_eq!(entry.ino(), std::fs::metadata(r.join("u/g")).unwrap().ino());
+        let mut b = vec![0u8; 256];
+        let origin = rustix::fs::lgetxattr(r.join("u"), "trusted.overlay.origin", &mut b[..]);
+        assert!(origin.is_ok(), "{backend}: no origin on the upper root");
+    }
+}

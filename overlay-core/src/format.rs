@@ -74,6 +74,17 @@ impl XattrNamespace {
         self.pick("trusted.overlay.metacopy", "user.overlay.metacopy")
     }
 
+    /// `overlay.nlink` (the overlay link count of an indexed inode, relative to the upper
+    /// or the lower inode's: `U+1`, `L-2`).
+    pub fn nlink(self) -> &'static str {
+        self.pick("trusted.overlay.nlink", "user.overlay.nlink")
+    }
+
+    /// `overlay.upper` (on the index directory: the upper root's file handle).
+    pub fn upper(self) -> &'static str {
+        self.pick("trusted.overlay.upper", "user.overlay.upper")
+    }
+
     /// `overlay.redirect`.
     pub fn redirect(self) -> &'static str {
         self.pick("trusted.overlay.redirect", "user.overlay.redirect")

@@ -255,6 +255,7 @@ fn serve(req: &MountRequest, stack: LayerStack, ready: &mut Option<std::fs::File
             overlay_core::mount::RedirectDir::Follow
         }),
         metacopy: req.metacopy.unwrap_or(false),
+        index: req.index,
         // With squashed ownership the lower owners are never shown: copies stay ours (an
         // owner unmapped in our user namespace could not be set anyway).
         copy_up_keeps_own_ids: req.fs.ids.squashes(),

@@ -56,7 +56,9 @@ usage: ovl-fuse [-f] [-d] -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=W
                      in a lower layer be renamed (overlay.redirect); default follow
      metacopy=on|off as the kernel's: chmod, chown, times, xattrs of a lower file copy up its
                      metadata only, the data on the first write (implies redirect_dir=on)
-     index=off       accepted; index=on (and nfs_export=on) are not supported (refused)
+     index=on|off    as the kernel's (default off): hard links to lower files survive
+                     copy-up (workdir/index, overlay.origin, overlay.nlink); nfs_export=on
+                     is not supported (refused)
      threads=N       FUSE worker threads
      max_inodes=N    inodes kept before cold ones are dropped (default 131072; 0: no limit)
      generic mount options: ro, rw, dev, nodev, suid, nosuid, exec, noexec, noatime,
@@ -115,6 +117,9 @@ pub struct MountRequest {
     /// metadata only. `on` needs `redirect_dir=on`, which it turns on when `redirect_dir`
     /// is not given (as the kernel does).
     pub metacopy: Option<bool>,
+    /// `index=on|off`, as the kernel's (default off): hard links to lower files survive
+    /// copy-up.
+    pub index: bool,
     /// `fsname=`.
     pub fsname: Option<String>,
     /// Warnings to print (unimplemented fuse-overlayfs options).
@@ -292,6 +297,7 @@ where
         userxattr: false,
         redirect_dir: None,
         metacopy: None,
+        index: false,
         fsname: None,
         warnings: Vec::new(),
     };
@@ -497,15 +503,16 @@ fn apply_option(
             }
         }
         "metacopy" => req.metacopy = Some(parse_bool(key, &need(value)?)?),
-        // Not implemented: refused rather than ignored (hard links to lower files would
-        // break on copy-up, which is what index=on is asked for to prevent).
-        "index" | "nfs_export" if value.is_none_or(|v| parse_bool(key, v).unwrap_or(true)) => {
+        "index" => req.index = parse_bool(key, &need(value)?)?,
+        // Not implemented: refused rather than ignored (file handles of the mount that
+        // survive a remount need the kernel's export operations).
+        "nfs_export" if value.is_none_or(|v| parse_bool(key, v).unwrap_or(true)) => {
             return Err(Error::Options(format!(
-                "{opt}: not supported by ovl-fuse (hard links to lower files break on copy-up, \
-                 as with the kernel's index=off)"
+                "{opt}: not supported by ovl-fuse (persistent NFS file handles of the \
+                 mount); index=on is"
             )));
         }
-        "index" | "nfs_export" => {}
+        "nfs_export" => {}
         "plugins" | "fast_ino" | "xino" | "ino32_t" => {
             req.warnings
                 .push(format!("{opt} is not implemented; ignored"));
@@ -714,9 +721,12 @@ mod tests {
         assert_eq!(m.redirect_dir, Some(RedirectDir::NoFollow));
         assert!(parse_args(["-o", "lowerdir=/l,redirect_dir=sideways", "/m"]).is_err());
         assert!(parse_args(["-o", "lowerdir=/l,metacopy=maybe", "/m"]).is_err());
-        assert!(parse_args(["-o", "lowerdir=/l,index=on", "/m"]).is_err());
+        assert!(parse_args(["-o", "lowerdir=/l,nfs_export=on", "/m"]).is_err());
+        assert!(parse_args(["-o", "lowerdir=/l,index=maybe", "/m"]).is_err());
+        assert!(mount(&["-o", "lowerdir=/l,index=on", "/m"]).index);
         let m = mount(&["-o", "lowerdir=/l,index=off,nfs_export=0", "/m"]);
         assert!(m.warnings.is_empty());
+        assert!(!m.index);
     }
 
     #[test]

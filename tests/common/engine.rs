@@ -81,7 +81,7 @@ impl EngineBackend {
 
     fn build(cache: Option<NodeCache>, features: Features) -> EngineBackend {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let s = FixtureStack::create(tmp.path());
+        let s = FixtureStack::create_for(tmp.path(), features);
         let ovl = Overlay::with_options(s.layer_stack(), features.engine_options())
             .unwrap_or_else(|e| panic!("Overlay::new: {e}"));
         EngineBackend {

@@ -1,5 +1,5 @@
-//! The kernel features a differential case runs with (`redirect_dir`, and later
-//! `metacopy`, `index`): the same setting for the kernel mount and for our backends.
+//! The kernel features a differential case runs with (`redirect_dir`, `metacopy`,
+//! `index`): the same setting for the kernel mount and for our backends.
 
 use overlay_core::mount::RedirectDir;
 use overlay_core::OverlayOptions;
@@ -11,6 +11,9 @@ pub struct Features {
     pub redirect_dir: bool,
     /// `metacopy=on` (needs `redirect_dir`).
     pub metacopy: bool,
+    /// `index=on`: hard links to lower files survive copy-up. The fixture then has hard
+    /// links in its lower layers (see [`crate::common::fixture`]).
+    pub index: bool,
 }
 
 impl Features {
@@ -19,16 +22,31 @@ impl Features {
     pub const DEFAULTS: Features = Features {
         redirect_dir: false,
         metacopy: false,
+        index: false,
     };
     /// Lower and merged directories can be renamed (`redirect_dir=on`).
     pub const REDIRECT: Features = Features {
         redirect_dir: true,
         metacopy: false,
+        index: false,
     };
     /// Metadata-only copy-up too (`redirect_dir=on,metacopy=on`).
     pub const METACOPY: Features = Features {
         redirect_dir: true,
         metacopy: true,
+        index: false,
+    };
+    /// Hard links to lower files survive copy-up (`index=on`), redirects followed only.
+    pub const INDEX: Features = Features {
+        redirect_dir: false,
+        metacopy: false,
+        index: true,
+    };
+    /// Everything on: `redirect_dir=on,metacopy=on,index=on`.
+    pub const ALL: Features = Features {
+        redirect_dir: true,
+        metacopy: true,
+        index: true,
     };
 
     /// The kernel mount options: every feature explicit, so that the result does not
@@ -36,7 +54,8 @@ impl Features {
     pub fn kernel_options(self) -> String {
         let r = if self.redirect_dir { "on" } else { "follow" };
         let m = if self.metacopy { "on" } else { "off" };
-        format!("redirect_dir={r},index=off,metacopy={m},xino=off,uuid=null")
+        let i = if self.index { "on" } else { "off" };
+        format!("redirect_dir={r},index={i},metacopy={m},xino=off,uuid=null")
     }
 
     /// The engine's options for the same setting.
@@ -48,16 +67,20 @@ impl Features {
                 RedirectDir::Follow
             },
             metacopy: self.metacopy,
+            index: self.index,
             ..OverlayOptions::default()
         }
     }
 
     /// A short name for messages.
     pub fn name(self) -> &'static str {
-        match (self.redirect_dir, self.metacopy) {
-            (_, true) => "redirect_dir=on,metacopy=on",
-            (true, false) => "redirect_dir=on",
-            (false, false) => "defaults",
+        match (self.redirect_dir, self.metacopy, self.index) {
+            (_, true, true) => "redirect_dir=on,metacopy=on,index=on",
+            (_, true, false) => "redirect_dir=on,metacopy=on",
+            (true, false, true) => "redirect_dir=on,index=on",
+            (true, false, false) => "redirect_dir=on",
+            (false, false, true) => "index=on",
+            (false, false, false) => "defaults",
         }
     }
 }

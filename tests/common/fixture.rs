@@ -14,6 +14,11 @@
 //! | `m`       | dir 0755: `m/a` file, `m/b` -> `a`, `m/c` file | dir 0750 (user.color=blue): `m/c` file 0600, `m/d` -> `zz` (dangling), `m/m/` dir | merged dir |
 //! | `o`       | dir: `o/a` file, `o/c/`    | opaque dir (trusted.overlay.opaque=y): `o/b` file | only `o/b`  |
 //!
+//! With hard links ([`FixtureStack::create_for`] with `index=on`, whose point they are),
+//! lower0's `m/a` also has the names `d/a` and `d/c/a` (three visible names, one inode,
+//! replacing `d/a`'s own file), its `a` also the name `o/a` (hidden under the opaque `o`),
+//! and lower1's `b` also the name `m/c` (replacing its own `m/c`).
+//!
 //! Every object's modification time is [`FIXTURE_MTIME`]. The layers share one filesystem
 //! with the upper (a tempdir on /tmp), like a "samefs" kernel overlay.
 
@@ -102,6 +107,12 @@ impl FixtureStack {
 
     /// Build a fresh copy of the fixture under `base` (which must exist and be empty).
     pub fn create(base: &Path) -> FixtureStack {
+        Self::create_for(base, super::features::Features::DEFAULTS)
+    }
+
+    /// [`FixtureStack::create`] for a case run with `features`: with `index=on`, the lower
+    /// layers have hard links (see the module docs).
+    pub fn create_for(base: &Path, features: super::features::Features) -> FixtureStack {
         let s = Self::at(base);
         for p in [&s.lower0, &s.lower1, &s.upper, &s.work] {
             dir(p, 0o755);
@@ -144,6 +155,18 @@ impl FixtureStack {
         dir(&l.join("o"), 0o755);
         xattr(&l.join("o"), "trusted.overlay.opaque", b"y");
         file(&l.join("o/b"), "lower1 o/b\n", 0o644);
+
+        if features.index {
+            let link = |l: &Path, from: &str, to: &str| {
+                let _ = fs::remove_file(l.join(to));
+                fs::hard_link(l.join(from), l.join(to))
+                    .unwrap_or_else(|e| panic!("link {from} -> {to} in {}: {e}", l.display()));
+            };
+            link(&s.lower0, "m/a", "d/a");
+            link(&s.lower0, "m/a", "d/c/a");
+            link(&s.lower0, "a", "o/a");
+            link(&s.lower1, "b", "m/c");
+        }
 
         for layer in [&s.lower0, &s.lower1, &s.upper] {
             set_fixture_mtime(layer);

@@ -312,7 +312,7 @@ pub fn kernel_backend() -> MountedBackend<KernelOverlay> {
 /// The same with the options of `features`.
 pub fn kernel_backend_with(features: Features) -> MountedBackend<KernelOverlay> {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let stack = FixtureStack::create(tmp.path());
+    let stack = FixtureStack::create_for(tmp.path(), features);
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let guard = KernelOverlay::mount_with(&stack, &mnt, features).unwrap_or_else(|e| panic!("{e}"));

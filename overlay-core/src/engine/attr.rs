@@ -81,6 +81,30 @@ impl Overlay {
         self.getattr(node)
     }
 
+    /// [`Overlay::setattr`] of times only, for a FUSE server's writeback of the times the
+    /// kernel cached for an inode (a request that names no path): a name not copied up yet
+    /// of an indexed inode (`index=on`, whose upper copy exists: another name was written)
+    /// changes that copy, without an upper link of its own, as the kernel overlay changes
+    /// the inode it wrote. Anything else is [`Overlay::setattr`].
+    pub fn set_cached_times(&self, node: &NodeRef, changes: &SetAttr) -> Result<Attr> {
+        let times_only = changes.mode.is_none()
+            && changes.uid.is_none()
+            && changes.gid.is_none()
+            && changes.size.is_none();
+        if !times_only || !self.is_index_alias(node) {
+            return self.setattr(node, changes);
+        }
+        let op = "setattr";
+        self.check_writable(op, || node.rel_path())?;
+        let real = self.top_real(op, node)?;
+        let ts = Timestamps {
+            last_access: TimeSet::to_timespec(changes.atime),
+            last_modification: TimeSet::to_timespec(changes.mtime),
+        };
+        real.utimes(&ts).map_err(|e| self.node_err(op, node, e))?;
+        self.getattr(node)
+    }
+
     /// The inode flags (`lsattr`, `FS_IOC_GETFLAGS`) of a regular file or directory: those
     /// of its topmost real object. Other kinds give ENOTTY, as from the kernel.
     pub fn inode_flags(&self, node: &NodeRef) -> Result<rustix::fs::IFlags> {
@@ -182,7 +206,11 @@ impl Overlay {
     pub fn setxattr(&self, node: &NodeRef, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let op = "setxattr";
         self.check_writable(op, || node.rel_path())?;
-        self.copy_up_meta(node)?;
+        // As the kernel's `ovl_xattr_set`: an inode with an upper copy (an indexed one
+        // whose name is not copied up, index=on) changes there; its name stays as it is.
+        if !self.is_index_alias(node) {
+            self.copy_up_meta(node)?;
+        }
         let real = self.top_real(op, node)?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
         real.setxattr(&stored, value, XattrFlags::from_bits_retain(flags as u32))
@@ -194,13 +222,17 @@ impl Overlay {
         let op = "removexattr";
         self.check_writable(op, || node.rel_path())?;
         let stored = OsString::from_vec(self.layers.ns.stored_name(name.as_bytes()));
+        let alias = self.is_index_alias(node);
         if !node.state.read().upper {
             // As the kernel: no copy-up for removing an attribute the lower object lacks.
             let real = self.top_real(op, node)?;
             real.getxattr(&stored)
                 .map_err(|e| self.node_err(op, node, e))?;
         }
-        self.copy_up_meta(node)?;
+        // As for setxattr: an indexed inode's upper copy changes, not its name.
+        if !alias {
+            self.copy_up_meta(node)?;
+        }
         let real = self.top_real(op, node)?;
         real.removexattr(&stored)
             .map_err(|e| self.node_err(op, node, e))

@@ -77,7 +77,7 @@ impl Overlay {
     pub(crate) fn metacopy_now(&self, node: &NodeRef) -> bool {
         let (metacopy, upper) = {
             let st = node.state.read();
-            (st.metacopy, st.upper)
+            (st.metacopy, st.upper || st.indexed)
         };
         if !metacopy {
             return false;
@@ -121,7 +121,12 @@ impl Overlay {
         for a in ancestors.iter().rev() {
             self.copy_up_one(a, true, false)?;
         }
-        self.copy_up_one(node, with_data, meta_only)
+        self.copy_up_one(node, with_data, meta_only)?;
+        // A name linked to a metadata-only index entry (index=on) gets the data now.
+        if !meta_only && self.metacopy_now(node) {
+            return self.copy_up_data_in_place(node, with_data);
+        }
+        Ok(())
     }
 
     /// The data of a metadata-only copy follows (the kernel's
@@ -180,13 +185,23 @@ impl Overlay {
             return Ok(());
         };
         let err = |e: Errno| self.node_err("copy-up", node, e);
+        let pdir = self.dir_fd(&parent, LayerRef::Upper).map_err(err)?;
+        let pstat = rustix::fs::fstat(&*pdir).ok();
+        // index=on: a name of a lower file with several names whose index entry exists is
+        // linked to it (the kernel's `ovl_link_up`); the first one makes the entry below.
+        self.refresh_index(node);
+        let (index, indexed) = {
+            let st = node.state.read();
+            (st.index.clone(), st.indexed)
+        };
+        if let (Some(info), true) = (&index, indexed) {
+            return self.link_up(node, info, &parent, name.as_os_str(), &pdir, pstat.as_ref());
+        }
         let lower = self.top_real("copy-up", node)?;
         let lower_layer = match lower.layer {
             LayerRef::Lower(i) => i,
             LayerRef::Upper => 0,
         };
-        let pdir = self.dir_fd(&parent, LayerRef::Upper).map_err(err)?;
-        let pstat = rustix::fs::fstat(&*pdir).ok();
         // A file or directory is copied from an fd, opened non-blocking and checked to be
         // what the node says (see `open_real`); its stat is that fd's. Other kinds are
         // copied by name, after a check of their type.
@@ -201,6 +216,9 @@ impl Overlay {
                 (None, st)
             }
         };
+        // As the kernel: `overlay.origin` for a directory, a single-link object, or the
+        // index entry of one with several names (without the index their link breaks).
+        let with_origin = node.kind == FileKind::Directory || st.st_nlink <= 1 || index.is_some();
         let work = self.layers.work();
         let tmp = self.layers.staging_name();
         let mut guard = StagingGuard {
@@ -221,7 +239,8 @@ impl Overlay {
                 .map_err(err)?;
                 let staged = RealObj::of_fd(LayerRef::Upper, fd);
                 let src = RealObj::of_fd(lower.layer, src_fd.take().expect("opened above"));
-                self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
+                self.copy_meta(&lower, &src, &staged, &st, with_origin)
+                    .map_err(err)?;
                 // A directory carries no data: as the kernel, `Ordered` syncs only copied-up
                 // file data (the upper filesystem's journal orders the metadata before the
                 // rename); `Strict` syncs the directory too.
@@ -252,7 +271,8 @@ impl Overlay {
                 }
                 let src = RealObj::of_fd(lower.layer, src);
                 let staged = RealObj::of_fd(LayerRef::Upper, dst);
-                self.copy_meta(&lower, &src, &staged, &st).map_err(err)?;
+                self.copy_meta(&lower, &src, &staged, &st, with_origin)
+                    .map_err(err)?;
                 if meta_only {
                     staged
                         .setxattr(
@@ -290,10 +310,22 @@ impl Overlay {
                     dir: self.layers.work_arc(),
                     name: Some(tmp.clone()),
                 };
-                self.copy_meta(&lower, &lower, &staged, &st).map_err(err)?;
+                self.copy_meta(&lower, &lower, &staged, &st, with_origin)
+                    .map_err(err)?;
                 staged
             }
         };
+        if let Some(info) = &index {
+            drop(staged);
+            if self.install_index(node, info, &tmp)? {
+                guard.name = None;
+            } else {
+                // Another name's copy-up made the entry meanwhile: link to it.
+                drop(guard);
+            }
+            node.state.write().indexed = true;
+            return self.link_up(node, info, &parent, name.as_os_str(), &pdir, pstat.as_ref());
+        }
         // A lower hard link is broken by the copy-up (no `index`): as the kernel, the name
         // then reports the upper inode's number (its origin has `st_nlink > 1`).
         let new_ino = if node.kind != FileKind::Directory && st.st_nlink > 1 {
@@ -326,17 +358,20 @@ impl Overlay {
     }
 
     /// Copy xattrs (except private ones), owner, mode and times from `src` to `dst`;
-    /// `origin` names the lower object (for `overlay.origin`), `src` is the same object
-    /// (possibly as an open fd).
+    /// `origin` names the lower object (for `overlay.origin`, written when `with_origin`),
+    /// `src` is the same object (possibly as an open fd).
     fn copy_meta(
         &self,
         origin: &RealObj,
         src: &RealObj,
         dst: &RealObj,
         st: &Stat,
+        with_origin: bool,
     ) -> std::result::Result<(), Errno> {
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        self.set_origin(origin, dst);
+        if with_origin {
+            self.set_origin(origin, dst);
+        }
         // The owner first: chown(2) drops `security.capability` and the set-ID bits (the
         // kernel's copy-up sets the owner without those kill flags), so the xattrs and
         // the mode go on after it.

@@ -58,9 +58,13 @@ pub(crate) enum InoMode {
 pub(crate) struct Upper {
     pub root: LayerRoot,
     /// `workdir`, kept open and `flock`ed for the overlay's lifetime.
-    pub _workdir: OwnedFd,
+    pub workdir: OwnedFd,
+    /// The workdir's path (for messages).
+    pub work_path: PathBuf,
     /// `workdir/work`, the staging area.
     pub work: Arc<OwnedFd>,
+    /// `workdir/index`, with `index=on` (see [`super::index`]).
+    pub index: Option<Arc<OwnedFd>>,
 }
 
 /// All layers of an overlay.
@@ -384,8 +388,10 @@ impl Layers {
                         uuid,
                         detached,
                     },
-                    _workdir: workdir,
+                    workdir,
+                    work_path: u.work.clone(),
                     work: Arc::new(work),
+                    index: None,
                 })
             }
         };
@@ -631,38 +637,47 @@ pub(crate) fn clean_dir(dir: &OwnedFd, display: &Path) -> Result<()> {
 /// still work in a mode-0 directory (CAP_DAC_OVERRIDE), 0700 otherwise. A mode-0
 /// `work/` left by a kernel mount is opened up to 0700 for an unprivileged owner.
 fn open_staging_dir(workdir: &OwnedFd, path: &Path) -> Result<OwnedFd> {
+    open_work_subdir(workdir.as_fd(), "work", path)
+}
+
+/// [`open_staging_dir`] for `workdir/<sub>` (`work`, or `index` with `index=on`, which the
+/// kernel then uses as its staging area too).
+pub(crate) fn open_work_subdir(workdir: BorrowedFd<'_>, sub: &str, path: &Path) -> Result<OwnedFd> {
     let privileged = rustix::thread::capabilities(None).is_ok_and(|c| {
         c.effective
             .contains(rustix::thread::CapabilitySet::DAC_OVERRIDE)
     });
     let mode = if privileged { 0 } else { 0o700 };
-    match rustix::fs::mkdirat(workdir, "work", Mode::from_raw_mode(mode)) {
+    match rustix::fs::mkdirat(workdir, sub, Mode::from_raw_mode(mode)) {
         Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err(ioerr("create workdir/work", path, e)),
+        Err(e) => return Err(ioerr("create a directory in the workdir", path, e)),
     }
     let open = || {
         rustix::fs::openat(
             workdir,
-            "work",
+            sub,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
     };
     let work = match open() {
-        Err(Errno::ACCESS) if !privileged => rustix::fs::chmodat(
-            workdir,
-            "work",
-            Mode::from_raw_mode(0o700),
-            AtFlags::empty(),
-        )
-        .and_then(|()| open()),
+        Err(Errno::ACCESS) if !privileged => {
+            rustix::fs::chmodat(workdir, sub, Mode::from_raw_mode(0o700), AtFlags::empty())
+                .and_then(|()| open())
+        }
         r => r,
     }
-    .map_err(|e| ioerr("open workdir/work", path, e))?;
+    .map_err(|e| ioerr("open a directory in the workdir", path, e))?;
     for acl in ["system.posix_acl_default", "system.posix_acl_access"] {
         match rustix::fs::fremovexattr(&work, acl) {
             Ok(()) | Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => {}
-            Err(e) => return Err(ioerr("remove the ACL of workdir/work", path, e)),
+            Err(e) => {
+                return Err(ioerr(
+                    "remove the ACL of a directory in the workdir",
+                    path,
+                    e,
+                ))
+            }
         }
     }
     // fchmod after the ACL is gone (an access ACL would keep group bits alive otherwise).

@@ -282,11 +282,16 @@ impl Overlay {
                                     .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                             }
                             let origin = if x.origin {
-                                self.origin_ino_of(dir.as_fd(), name)
+                                self.origin_of(dir.as_fd(), name)
                             } else {
                                 None
                             };
-                            ino = Some(origin.unwrap_or_else(|| {
+                            if let Some((_, Some(info))) = &origin {
+                                // index=on: a name of the indexed inode of a lower file.
+                                state.index = Some(info.clone());
+                                state.indexed = true;
+                            }
+                            ino = Some(origin.map(|(i, _)| i).unwrap_or_else(|| {
                                 self.layers.map_ino(LayerRef::Upper, st.st_ino)
                             }));
                         } else {
@@ -451,6 +456,17 @@ impl Overlay {
                                     xwhiteouts: false,
                                 });
                                 ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                // index=on: as for any lower file with several names (the
+                                // index is keyed by the top lower object, metadata-only or not).
+                                self.index_state(
+                                    &mut state,
+                                    &mut top_stat,
+                                    le.layer,
+                                    dir.as_fd(),
+                                    lname,
+                                    &st,
+                                )
+                                .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                                 next = self
                                     .file_redirect_below(dir.as_fd(), lname, &want, next, follow)
                                     .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
@@ -520,6 +536,17 @@ impl Overlay {
                                     xwhiteouts: false,
                                 });
                                 ino = Some(self.layers.map_ino(layer, st.st_ino));
+                                // index=on: a lower file with several names shows its index
+                                // entry once one of them was copied up.
+                                self.index_state(
+                                    &mut state,
+                                    &mut top_stat,
+                                    le.layer,
+                                    dir.as_fd(),
+                                    lname,
+                                    &st,
+                                )
+                                .map_err(|(op, e)| self.name_err(op, parent, name, e))?;
                                 break;
                             }
                             Some(_) => break,
@@ -583,6 +610,41 @@ impl Overlay {
             })),
             _ => Ok(None),
         }
+    }
+
+    /// index=on: record in `state` what the index knows of lower non-directory `lname` in
+    /// `dir` (lower layer `layer`, stat `st`), and when its entry exists (another name was
+    /// copied up), show the entry: its stat becomes `top_stat`, its metacopy state the
+    /// node's. A metadata-only entry with `metacopy=off` is refused (EPERM), as any.
+    fn index_state(
+        &self,
+        state: &mut NodeState,
+        top_stat: &mut Option<Stat>,
+        layer: u16,
+        dir: std::os::fd::BorrowedFd<'_>,
+        lname: &OsStr,
+        st: &Stat,
+    ) -> std::result::Result<(), (&'static str, Errno)> {
+        let Some((info, entry)) = self.index_lookup(layer, dir, lname, st)? else {
+            return Ok(());
+        };
+        if let Some(est) = entry {
+            let ireal = self
+                .index_real(&info)
+                .map_err(|e| ("lookup (workdir/index)", e))?;
+            let mc = matches!(
+                ireal.getxattr(OsStr::new(self.layers.ns.metacopy())),
+                Ok(_) | Err(Errno::RANGE)
+            );
+            if mc && !self.opts.metacopy && est.st_size != 0 {
+                return Err((METACOPY_REFUSED, Errno::PERM));
+            }
+            state.metacopy = mc && self.opts.metacopy;
+            state.indexed = true;
+            *top_stat = Some(est);
+        }
+        state.index = Some(info);
+        Ok(())
     }
 
     /// The first data-only layer holding a regular file at `path` (from its root, no

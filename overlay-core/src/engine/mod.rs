@@ -40,6 +40,7 @@ mod acl;
 mod attr;
 mod copy_up;
 mod file;
+mod index;
 mod layers;
 mod lookup;
 mod mutate;
@@ -268,6 +269,20 @@ pub struct OverlayOptions {
     /// in a user namespace): the owner is never shown there, and an owner the namespace
     /// does not map (root's files seen from an unprivileged user) could not be set.
     pub copy_up_keeps_own_ids: bool,
+    /// The kernel's `index=on` (default off, as the kernel's): hard links to lower files
+    /// survive copy-up. The first copy-up of a lower file with several names goes to
+    /// `workdir/index/<hex of its origin file handle>`, and each name copied up is a hard
+    /// link to it; a name not copied up yet shows the indexed inode; `st_nlink` counts the
+    /// names through the overlay (`overlay.nlink`). At open, the upper root's
+    /// `overlay.origin` must name the top lower layer's root (set when absent, ESTALE when
+    /// another), and the index directory's `overlay.upper` the upper root. As the kernel,
+    /// the index falls back to off (with a warning) where the layers' filesystems cannot
+    /// make file handles or two lower filesystems share a UUID. Needs an upper layer
+    /// (ignored without one, as by the kernel). Not done: directories are never indexed
+    /// (the kernel does that for `nfs_export` only), and without CAP_DAC_READ_SEARCH (no
+    /// `open_by_handle_at`) a name already copied up reports its upper inode's number and
+    /// link count, and the mount-time cleanup of stale and orphan entries is skipped.
+    pub index: bool,
 }
 
 /// The engine: a union view of a [`LayerStack`].
@@ -279,8 +294,8 @@ pub struct OverlayOptions {
 ///   redirect over the kernel's 256 bytes); with `metacopy=on` metadata changes of lower
 ///   files copy up metadata only. Redirects are followed in the upper and in lower layers
 ///   (not read in the bottom layer, as the kernel); `nofollow` refuses them (EPERM).
-///   `index` and `nfs_export` are not supported: hard links to lower files break on copy-up
-///   (as the kernel without `index`). Not followed either: the redirect of a metacopy file
+///   With `index` ([`OverlayOptions::index`]) hard links to lower files survive copy-up, in
+///   the kernel's format; `nfs_export` is not supported. Not followed either: the redirect of a metacopy file
 ///   inside a lower layer, and a redirect on an intermediate component of an absolute
 ///   redirect's path (the kernel follows both).
 /// * A renamed merged directory's upper copy is reached by name: a concurrent rename of it
@@ -319,6 +334,10 @@ pub struct Overlay {
     opts: OverlayOptions,
     /// Serialises cross-directory renames, as the kernel's `s_vfs_rename_mutex`.
     rename_lock: Mutex<()>,
+    /// Serialises the changes of the names of indexed inodes (index=on): the overlay link
+    /// count in `overlay.nlink` is read and rewritten around each (the kernel's inode lock
+    /// in `ovl_nlink_start`/`ovl_nlink_end`). A leaf lock.
+    index_lock: Mutex<()>,
     /// Open directories of directory nodes, per layer.
     dir_fds: DirFdCache,
     /// Attributes of removed nodes at removal time, reported by `getattr` (open files
@@ -447,7 +466,8 @@ impl Overlay {
                 opts.redirect_dir.as_str()
             )));
         }
-        let layers = Layers::open(&stack, detach)?;
+        let mut layers = Layers::open(&stack, detach)?;
+        index::open_index(&mut layers, &opts)?;
         let mut state = NodeState {
             upper: layers.upper.is_some(),
             ..Default::default()
@@ -474,15 +494,18 @@ impl Overlay {
             OsStr::new(""),
             state,
         ));
-        Ok(Overlay {
+        let ovl = Overlay {
             stack,
             layers,
             root,
             opts,
             rename_lock: Mutex::new(()),
+            index_lock: Mutex::new(()),
             dir_fds: DirFdCache::new(),
             removed: Mutex::new(std::collections::HashMap::new()),
-        })
+        };
+        ovl.cleanup_index();
+        Ok(ovl)
     }
 
     /// The stack this overlay views.
@@ -496,11 +519,12 @@ impl Overlay {
     }
 
     /// The kernel's `ovl_allow_offline_changes`: none of the features that make lower
-    /// layers unchangeable while unmounted is on (`redirect_dir=on`; the kernel also names
-    /// `index`, `metacopy` and `xino=on`). When one is, the kernel marks new directories in
+    /// layers unchangeable while unmounted is on (`redirect_dir=on`, `metacopy`, `index`;
+    /// the kernel also names `xino=on`). When one is, the kernel marks new directories in
     /// merged directories opaque.
     pub(crate) fn allow_offline_changes(&self) -> bool {
         !(self.opts.metacopy
+            || self.index_dir().is_some()
             || self.opts.redirect_dir == crate::mount::RedirectDir::On && self.follow_redirects())
     }
 
@@ -536,6 +560,18 @@ impl Overlay {
 
     /// The real object of `node` in `layer`.
     pub(crate) fn real(&self, node: &Node, layer: LayerRef) -> std::result::Result<RealObj, Errno> {
+        // The upper inode of a name not copied up yet of an indexed lower file: its entry.
+        if layer == LayerRef::Upper && node.kind != FileKind::Directory {
+            let alias = {
+                let st = node.state.read();
+                (!st.upper && st.indexed)
+                    .then(|| st.index.clone())
+                    .flatten()
+            };
+            if let Some(info) = alias {
+                return self.index_real(&info);
+            }
+        }
         // A lower directory found through a redirect lives under another path.
         if let LayerRef::Lower(l) = layer {
             let redirected = node.state.read().redirect.clone();
@@ -695,7 +731,23 @@ impl Overlay {
 
     /// The topmost real object of `node`.
     pub(crate) fn top_real(&self, op: &'static str, node: &Node) -> Result<RealObj> {
-        let top = node.state.read().top();
+        self.refresh_index(node);
+        let (top, alias) = {
+            let st = node.state.read();
+            let alias = (!st.upper && st.indexed)
+                .then(|| st.index.clone())
+                .flatten();
+            (st.top(), alias)
+        };
+        if let Some(info) = alias {
+            // A name not copied up yet of an indexed lower file: the index entry is it.
+            if node.is_unlinked() {
+                return Err(self.node_err(op, node, Errno::NOENT));
+            }
+            return self
+                .index_real(&info)
+                .map_err(|e| self.node_err(op, node, e));
+        }
         let Some(top) = top else {
             return Err(self.node_err(op, node, Errno::NOENT));
         };
@@ -779,6 +831,7 @@ impl Overlay {
                     a.nlink = 1;
                 }
                 self.metacopy_blocks(&node, &mut a);
+                self.indexed_nlink_of(&node, &mut a);
                 Ok((node, a))
             }
             None => {
@@ -865,7 +918,22 @@ impl Overlay {
             a.nlink = 1;
         }
         self.metacopy_blocks(node, &mut a);
+        self.indexed_nlink_of(node, &mut a);
         Ok(a)
+    }
+
+    /// An indexed inode (index=on) reports the overlay's link count of its names, as the
+    /// kernel's (`overlay.nlink`), not its upper inode's.
+    fn indexed_nlink_of(&self, node: &NodeRef, a: &mut Attr) {
+        let info = {
+            let st = node.state.read();
+            (st.indexed && node.kind != FileKind::Directory)
+                .then(|| st.index.clone())
+                .flatten()
+        };
+        if let Some(info) = info {
+            a.nlink = self.indexed_nlink(&info, a.nlink as u64);
+        }
     }
 
     /// As the kernel: a metadata-only copy reports the blocks of its data (the lower file),

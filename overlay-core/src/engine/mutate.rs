@@ -366,16 +366,25 @@ impl Overlay {
         };
         // A new name of a metadata-only copy reads the same lower data.
         let of_state = link_of.map(|of| of.state.read().clone());
+        // A new name of an indexed inode (index=on) is one of its names.
+        let (index, indexed) = match &of_state {
+            Some(st) if st.indexed => (st.index.clone(), true),
+            _ => (None, false),
+        };
         let state = match of_state {
             Some(st) if st.metacopy => NodeState {
                 upper: true,
                 metacopy: true,
                 lowers: st.lowers,
                 redirect: st.redirect,
+                index,
+                indexed,
                 ..Default::default()
             },
             _ => NodeState {
                 upper: true,
+                index,
+                indexed,
                 ..Default::default()
             },
         };
@@ -521,6 +530,10 @@ impl Overlay {
         if node.is_unlinked() {
             return Err(self.node_err(op, node, Errno::NOENT));
         }
+        // index=on: the link count of a hard-linked lower file's names, recorded before a
+        // name comes (the kernel's `ovl_nlink_start`).
+        let _ig = self.index_guard(node);
+        self.nlink_start(node)?;
         if self.metacopy_now(node) {
             // As the kernel's `ovl_set_link_redirect`: the new name finds the data through
             // an absolute redirect on the (shared) upper inode.
@@ -581,10 +594,33 @@ impl Overlay {
         let (_g, node) = self.lock_old_name(op, parent, name, false)?;
         let pdir = self.upper_dir_of(parent)?;
         let err = |e: Errno| self.name_err(op, parent, name, e);
+        // index=on: a name of a hard-linked lower file is copied up (linked to its index
+        // entry) before it goes, which counts its names (the kernel's `ovl_nlink_start`).
+        self.nlink_copy_up(&node)?;
         let _c = node.copy_lock.lock();
+        let _ig = self.index_guard(&node);
+        let nlink_before = self.nlink_start(&node)?;
         let need_wh = self.need_whiteout(parent, name, &node).map_err(err)?;
-        let work = self.layers.work();
         self.stash_attr(&node);
+        let r = self.unlink_locked(op, parent, name, &node, &pdir, need_wh);
+        if r.is_ok() {
+            self.nlink_end(&node, nlink_before);
+        }
+        r
+    }
+
+    /// The removal of [`Overlay::unlink`], with the locks held.
+    fn unlink_locked(
+        &self,
+        op: &'static str,
+        parent: &NodeRef,
+        name: &OsStr,
+        node: &NodeRef,
+        pdir: &OwnedFd,
+        need_wh: bool,
+    ) -> Result<()> {
+        let err = |e: Errno| self.name_err(op, parent, name, e);
+        let work = self.layers.work();
         if node.state.read().upper {
             if need_wh {
                 let wh = self.layers.make_staged_whiteout().map_err(err)?;
@@ -598,7 +634,7 @@ impl Overlay {
         } else {
             self.place_whiteout(pdir.as_fd(), name).map_err(err)?;
         }
-        self.detach(parent, name, &node);
+        self.detach(parent, name, node);
         Ok(())
     }
 
@@ -737,6 +773,16 @@ impl Overlay {
                     None => true,
                 });
         let mut r = st.redirect.as_deref().cloned().unwrap_or_default();
+        if st.indexed && node.kind != FileKind::Directory && r.upper.is_none() {
+            // index=on: all names are one inode, whose redirect (set through another name,
+            // maybe) is the upper inode's, as the kernel keeps it in the shared inode.
+            if let Ok(v) = self
+                .real(node, LayerRef::Upper)
+                .and_then(|u| u.getxattr(OsStr::new(self.layers.ns.redirect())))
+            {
+                r.upper = Some(v.into_boxed_slice());
+            }
+        }
         for le in &st.lowers {
             if r.path_in(le.layer).is_none() {
                 let p = self.lower_dir_path(node, le.layer);
@@ -884,7 +930,16 @@ impl Overlay {
                     Errno::NOTEMPTY
                 }));
             }
-            if Arc::ptr_eq(d, &src) {
+            // The same overlay inode under both names (hard links in the upper layer, or
+            // of an indexed lower file): nothing to do, as the VFS decides before the
+            // kernel overlay sees the rename. (Without the index, the kernel's lower hard
+            // links are inodes of their own.)
+            let same_inode = src.kind != FileKind::Directory
+                && d.kind == src.kind
+                && d.ino() == src.ino()
+                && ((src.state.read().upper && d.state.read().upper)
+                    || (src.is_indexed_link() && d.is_indexed_link()));
+            if Arc::ptr_eq(d, &src) || same_inode {
                 return Ok(());
             }
             if !exchange {
@@ -934,9 +989,13 @@ impl Overlay {
         let pdir = self.upper_dir_of(parent)?;
         let npdir = self.upper_dir_of(new_parent)?;
         self.copy_up_meta(&src)?;
-        if exchange {
-            if let Some(d) = &dst {
+        if let Some(d) = &dst {
+            if exchange {
                 self.copy_up_meta(d)?;
+            } else {
+                // index=on: a replaced name of a hard-linked lower file is copied up first
+                // (the kernel's `ovl_nlink_start`).
+                self.nlink_copy_up(d)?;
             }
         }
         let (_c1, _c2) = match &dst {
@@ -999,7 +1058,13 @@ impl Overlay {
 
         // The replaced object's attributes from removal time, taken while its name still
         // holds it.
+        let mut dst_nlink = None;
+        let _ig = match (exchange, &dst) {
+            (false, Some(d)) => self.index_guard(d),
+            _ => None,
+        };
         if let (false, Some(d)) = (exchange, &dst) {
+            dst_nlink = self.nlink_start(d)?;
             self.stash_attr(d);
         }
         if exchange {
@@ -1099,6 +1164,7 @@ impl Overlay {
         } else {
             if let Some(d) = &dst {
                 self.detach(new_parent, new_name, d);
+                self.nlink_end(d, dst_nlink);
             }
             parent.remove_child(name, Arc::as_ptr(&src));
             {

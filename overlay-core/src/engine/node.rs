@@ -116,6 +116,13 @@ pub(crate) struct NodeState {
     /// `redirect_dir=on`): where they are. `None`: under the parent's lower directories, by
     /// name.
     pub redirect: Option<Arc<Redirected>>,
+    /// With `index=on`, a non-directory whose lower object has other names (`st_nlink > 1`):
+    /// its index entry's name and the lower link count. All its names are one inode, as
+    /// the kernel's: a copy-up goes through `workdir/index` and links the name to it.
+    pub index: Option<Arc<super::index::IndexInfo>>,
+    /// `index` names an existing entry of this very inode (the kernel's `OVL_INDEX`): the
+    /// upper object is it, and without `upper` (no upper name yet) the node shows it.
+    pub indexed: bool,
 }
 
 /// Where a redirected directory's lower directories are, and its redirect as the kernel
@@ -220,7 +227,8 @@ pub(crate) struct DirData {
 /// [`Node::ino`].
 pub struct Node {
     /// Overlay inode number. Changes once when a lower hard link (`st_nlink > 1`) is copied
-    /// up: the kernel then reports the upper inode's number for that name.
+    /// up without `index=on`: the kernel then reports the upper inode's number for that
+    /// name. With the index it stays the lower file's, for every name.
     ino: AtomicU64,
     pub(crate) loc: Mutex<Loc>,
     pub(crate) state: RwLock<NodeState>,
@@ -272,9 +280,10 @@ impl Node {
 
     /// The overlay inode number (same as [`super::Attr::ino`]).
     ///
-    /// Stable across copy-up, except for a lower hard link (a lower file with `st_nlink > 1`):
-    /// the kernel without `index=on` breaks hard links on copy-up, and the copied-up name
-    /// then reports the new upper inode's number. Callers that key on the inode number (a
+    /// Stable across copy-up, except for a lower hard link (a lower file with `st_nlink > 1`)
+    /// without `index=on`: the kernel then breaks hard links on copy-up, and the copied-up
+    /// name reports the new upper inode's number. With the index all names keep the lower
+    /// file's number ([`crate::OverlayOptions::index`]). Callers that key on the inode number (a
     /// FUSE node id) must re-read it after an operation that may copy up.
     pub fn ino(&self) -> u64 {
         self.ino.load(Ordering::Relaxed)
@@ -294,7 +303,16 @@ impl Node {
     /// then reads a lower file, which stays as it is once the data is copied up.
     pub fn is_lower_only(&self) -> bool {
         let st = self.state.read();
-        !st.upper || st.metacopy
+        (!st.upper && !st.indexed) || st.metacopy
+    }
+
+    /// True for a name of a hard-linked lower file under `index=on`: all its names are one
+    /// inode, and a copy-up through this node gives this very name its upper link. A FUSE
+    /// server, whose requests name an inode, not which of its names the caller used, looks
+    /// such names up again on every use (entry timeout 0) so that the node it holds for the
+    /// inode is the name in use.
+    pub fn is_indexed_link(&self) -> bool {
+        self.state.read().index.is_some()
     }
 
     /// Path relative to the overlay root (empty for the root).

@@ -46,6 +46,14 @@ pub(crate) fn encode(uuid: &[u8; 16], fh_type: i32, handle: &[u8]) -> Option<Vec
     Some(v)
 }
 
+/// Encode the file handle of an upper object (`OVL_FH_FLAG_PATH_UPPER`), as the kernel's
+/// `overlay.upper` of the index directory.
+pub(crate) fn encode_upper(uuid: &[u8; 16], fh_type: i32, handle: &[u8]) -> Option<Vec<u8>> {
+    let mut v = encode(uuid, fh_type, handle)?;
+    v[3] |= OVL_FH_FLAG_PATH_UPPER;
+    Some(v)
+}
+
 /// A decoded origin: (uuid, fid type, handle).
 pub(crate) type Origin<'a> = ([u8; 16], i32, &'a [u8]);
 
@@ -106,12 +114,38 @@ impl Overlay {
     }
 
     /// Inode number from an upper object's `overlay.origin` (None without a usable one):
-    /// the origin's when it is a directory or has a single link, as the kernel does.
+    /// the origin's when it is a directory or has a single link, as the kernel does, or
+    /// with the index on when the upper object is its lower file's verified index entry.
     pub(crate) fn origin_ino_of(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+        self.origin_of(dir, name).map(|(i, _)| i)
+    }
+
+    /// [`Overlay::origin_ino_of`], with the index entry when the upper object is its lower
+    /// file's verified index entry (`index=on`, a lower file with several names): then the
+    /// object reports the origin's inode number, as every other name of it (the kernel's
+    /// `OVL_INDEX`).
+    pub(crate) fn origin_of(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Option<(u64, Option<std::sync::Arc<super::index::IndexInfo>>)> {
         let p = proc_path(dir, name);
         let x = self.layers.ns.origin();
         let raw = read_xattr(|b| rustix::fs::lgetxattr(&p, x, b)).ok()?;
-        let (uuid, ty, handle) = decode(&raw)?;
+        let (i, st) = self.origin_lower(&raw)?;
+        let ino = self.layers.map_ino(LayerRef::Lower(i), st.st_ino);
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if is_dir || st.st_nlink == 1 {
+            return Some((ino, None));
+        }
+        let info = self.verified_index(dir, name, &raw, st.st_nlink as u32)?;
+        Some((ino, Some(info)))
+    }
+
+    /// The lower layer and `fstat` of the object an origin file handle `raw` names (None
+    /// when malformed, on no lower filesystem, or gone). Needs CAP_DAC_READ_SEARCH.
+    pub(crate) fn origin_lower(&self, raw: &[u8]) -> Option<(u16, rustix::fs::Stat)> {
+        let (uuid, ty, handle) = decode(raw)?;
         let mut tried = Vec::new();
         for (i, l) in self.layers.lowers.iter().enumerate() {
             if l.uuid != uuid || tried.contains(&l.dev) {
@@ -127,11 +161,7 @@ impl Overlay {
             if st.st_dev != l.dev {
                 continue;
             }
-            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            if is_dir || st.st_nlink == 1 {
-                return Some(self.layers.map_ino(LayerRef::Lower(i as u16), st.st_ino));
-            }
-            return None;
+            return Some((i as u16, st));
         }
         None
     }

@@ -92,6 +92,11 @@ impl Inner {
                 // The file is open and in the upper layer: change it through the open file
                 // (no copy-up needed), in the engine's order.
                 return match setattr_fd(&f, &changes) {
+                    // A name of an indexed inode (index=on) counts the overlay's links.
+                    Ok(_) if n.is_indexed_link() => match self.ovl.getattr(&n) {
+                        Ok(a) => reply.attr(&self.ttl(), &self.to_attr(ino, &a)),
+                        Err(e) => reply.error(errno("setattr", &e)),
+                    },
                     Ok(md) => {
                         let a = attr_from_metadata(&md, n.ino());
                         reply.attr(&self.ttl(), &self.to_attr(ino, &a))
@@ -101,7 +106,19 @@ impl Inner {
             }
         }
         let was_lower = n.is_lower_only();
-        match self.ovl.setattr(&n, &changes) {
+        // The writeback cache's own SETATTR of the times it kept (mtime and ctime, no
+        // atime), which names no path: a name of an indexed inode not copied up gets no
+        // upper link for it (index=on; the kernel overlay changed the inode it wrote).
+        let cached_times = self.cfg.writeback
+            && changes.atime.is_none()
+            && changes.mtime.is_some()
+            && n.is_indexed_link();
+        let r = if cached_times {
+            self.ovl.set_cached_times(&n, &changes)
+        } else {
+            self.ovl.setattr(&n, &changes)
+        };
+        match r {
             Ok(a) => {
                 if was_lower {
                     self.check_split(ino, &n);

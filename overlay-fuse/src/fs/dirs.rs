@@ -185,6 +185,11 @@ impl Inner {
             let Ok((node, a)) = self.ovl.lookup_attr(&d.node, &e.name) else {
                 continue; // removed since the snapshot
             };
+            let entry_ttl = if node.is_indexed_link() {
+                self.entry_ttl(&node)
+            } else {
+                ttl
+            };
             // Count the lookup first; undo it if the entry does not fit.
             let Some((id, generation)) = self.remember(node, d.nodeid) else {
                 continue; // removed since the lookup
@@ -194,7 +199,7 @@ impl Inner {
                 INodeNo(id),
                 i + 1,
                 &e.name,
-                &ttl,
+                &entry_ttl,
                 &attr,
                 Generation(generation),
             ) {

@@ -233,9 +233,11 @@ impl Inner {
                 .create(&p, name, mode, real, owner)
                 .map_err(|e| errno("create", &e))?;
             // The new file is an upper file: its attributes are those of the open file.
+            // (Not for a name of an indexed lower file, index=on, which opened an existing
+            // file: its link count is the overlay's, not the upper inode's.)
             let a = match file.metadata() {
-                Ok(md) => attr_from_metadata(&md, node.ino()),
-                Err(_) => self.ovl.getattr(&node).map_err(|e| errno("create", &e))?,
+                Ok(md) if !node.is_indexed_link() => attr_from_metadata(&md, node.ino()),
+                _ => self.ovl.getattr(&node).map_err(|e| errno("create", &e))?,
             };
             Ok::<_, Errno>((node, file, a))
         })();
@@ -275,6 +277,7 @@ impl Inner {
             // A new file has no lower backing; a racing reuse of its number is not served.
             return reply.error(Errno::ESTALE);
         };
+        let ttl = self.entry_ttl(&node);
         let fh = self.files.insert(OpenFile {
             nodeid: id,
             node,
@@ -285,7 +288,7 @@ impl Inner {
         let attr = self.to_attr(id, a);
         reply.created_node(
             INodeNo(id),
-            &self.ttl(),
+            &ttl,
             &attr,
             Generation(generation),
             FileHandle(fh),

@@ -71,12 +71,13 @@ impl Inner {
     }
 
     fn reply_entry(&self, parent: u64, node: NodeRef, reply: ReplyEntry) {
+        let entry_ttl = self.entry_ttl(&node);
         match self.ovl.getattr(&node) {
             Ok(a) => match self.remember(node, parent) {
                 Some((id, generation)) => reply.entry_node(
                     INodeNo(id),
                     &self.ttl(),
-                    &self.ttl(),
+                    &entry_ttl,
                     &self.to_attr(id, &a),
                     Generation(generation),
                 ),
@@ -84,6 +85,18 @@ impl Inner {
                 None => reply.error(Errno::ENOENT),
             },
             Err(e) => reply.error(errno("getattr", &e)),
+        }
+    }
+
+    /// How long the kernel may keep the name of `node` without asking again. A name of a
+    /// hard-linked lower file under `index=on` is looked up on every use: a request names
+    /// an inode, and a copy-up must link the name the caller used (the node the inode's
+    /// entry then holds), as the kernel overlay does.
+    pub(super) fn entry_ttl(&self, node: &NodeRef) -> std::time::Duration {
+        if node.is_indexed_link() {
+            std::time::Duration::ZERO
+        } else {
+            self.ttl()
         }
     }
 
