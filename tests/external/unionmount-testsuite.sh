@@ -28,6 +28,8 @@ suite=$(cd "$suite" && pwd)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 scratch=${2:-$(mktemp -d /var/tmp/ovl-unionmount.XXXXXX)}
 mkdir -p "$scratch"
+# Its impermissible-operation tests run as another user, who must reach the layers.
+chmod 755 "$scratch"
 # The suite empties its base directory before each test: the logs go beside it.
 logs=$(mktemp -d /var/tmp/ovl-unionmount-logs.XXXXXX)
 
@@ -73,4 +75,8 @@ run fuse-redirect UNIONMOUNT_MNTOPTIONS=redirect_dir=on ./run --ov --fuse=ovl-fu
 run fuse-rotate UNIONMOUNT_MNTOPTIONS=redirect_dir=on ./run --ov=10 --fuse=ovl-fuse --samefs
 run fuse-metacopy UNIONMOUNT_MNTOPTIONS=redirect_dir=on,metacopy=on ./run --ov=10 --fuse=ovl-fuse --samefs
 run fuse-maxfs UNIONMOUNT_MNTOPTIONS=redirect_dir=on ./run --ov=4 --fuse=ovl-fuse --maxfs=2
+# --verify checks hard links and inode numbers across copy-up, which needs index=on.
+run fuse-index UNIONMOUNT_MNTOPTIONS=redirect_dir=on,index=on ./run --ov=10 --fuse=ovl-fuse --samefs --verify
+run fuse-index-maxfs UNIONMOUNT_MNTOPTIONS=redirect_dir=on,index=on ./run --ov=4 --fuse=ovl-fuse --maxfs=2 --verify
+run fuse-all UNIONMOUNT_MNTOPTIONS=redirect_dir=on,metacopy=on,index=on ./run --ov=10 --fuse=ovl-fuse --samefs --verify
 exit $failed
