@@ -18,6 +18,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Stat, XattrFlags};
@@ -45,13 +46,29 @@ pub(crate) type IndexHit = (Arc<IndexInfo>, Option<Stat>);
 const BAD_INDEX: &str = "lookup (a bad entry in workdir/index: a whiteout, or another kind of \
                          file than the lower file it indexes)";
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// Lower-case hex of a file handle: an index entry's name.
 pub(crate) fn hex_name(fh: &[u8]) -> OsString {
-    let mut s = String::with_capacity(fh.len() * 2);
+    let mut s = Vec::with_capacity(fh.len() * 2);
     for b in fh {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)]);
+        s.push(HEX[usize::from(b & 0xf)]);
     }
-    OsString::from(s)
+    OsString::from_vec(s)
+}
+
+/// The file handle an index entry's name spells ([`hex_name`]'s inverse): `None` for any
+/// name that is not lower-case hex digits in pairs. Bytes, never `str` slices: an entry's
+/// name comes from the workdir and may be anything.
+fn hex_decode(name: &[u8]) -> Option<Vec<u8>> {
+    if name.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| HEX.iter().position(|&h| h == c).map(|v| v as u8);
+    name.chunks_exact(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
 }
 
 /// Parse an `overlay.nlink` value: the base (`b'U'` upper, `b'L'` lower) and the difference.
@@ -241,16 +258,7 @@ impl Overlay {
             {
                 continue;
             }
-            let fh = std::str::from_utf8(bytes)
-                .ok()
-                .filter(|h| h.len() % 2 == 0)
-                .and_then(|h| {
-                    (0..h.len())
-                        .step_by(2)
-                        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
-                        .collect::<Option<Vec<u8>>>()
-                })
-                .filter(|fh| super::origin::decode(fh).is_some());
+            let fh = hex_decode(bytes).filter(|fh| super::origin::decode(fh).is_some());
             let Some(fh) = fh else {
                 tracing::warn!("index: {name:?} in workdir/index is not an index entry; left");
                 continue;
@@ -275,7 +283,7 @@ impl Overlay {
                             match v.ok().as_deref().and_then(parse_nlink) {
                                 // The entry's one link is the upper inode's.
                                 Some((b'U', d)) => d < 0,
-                                Some((_, d)) => info.lower_nlink as i64 + d <= 0,
+                                Some((_, d)) => i64::from(info.lower_nlink).saturating_add(d) <= 0,
                                 None => true,
                             }
                         };
@@ -412,14 +420,15 @@ impl Overlay {
             return fallback;
         };
         let base = if base == b'U' {
-            upper_nlink as i64
+            i64::try_from(upper_nlink).unwrap_or(i64::MAX)
         } else {
-            info.lower_nlink as i64
+            i64::from(info.lower_nlink)
         };
-        match base + diff {
-            n if n > 0 => n as u32,
-            _ => fallback,
-        }
+        // The value comes from the layer: out-of-range sums fall back, never wrap.
+        base.checked_add(diff)
+            .filter(|&n| n > 0)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(fallback)
     }
 
     /// Write `overlay.nlink` on the indexed inode: `overlay` relative to the upper inode's
@@ -640,5 +649,14 @@ mod tests {
             hex_name(&[0x00, 0xfb, 0x1d, 0xab]),
             OsString::from("00fb1dab")
         );
+        let fh = [0x00, 0xfb, 0x1d, 0xab, 0xff];
+        assert_eq!(
+            hex_decode(hex_name(&fh).as_encoded_bytes()).as_deref(),
+            Some(&fh[..])
+        );
+        // Names a hostile workdir may hold: never a panic, never a handle.
+        for bad in ["aéb", "+f", "0", "ZZ", "00FB", "é0"] {
+            assert_eq!(hex_decode(bad.as_bytes()), None, "{bad}");
+        }
     }
 }
