@@ -33,12 +33,12 @@ const MAX_READ: u32 = 4 << 20;
 #[derive(Debug)]
 pub struct ErofsFs {
     image: ErofsImage,
-    /// List `trusted.*` attributes to root callers (see [`ErofsFs::new`]).
+    /// List `trusted.*` attributes to callers with CAP_SYS_ADMIN (see [`ErofsFs::new`]).
     trusted_for_root: bool,
 }
 
 impl ErofsFs {
-    /// Serve `image`. `trusted.*` attributes are listed to callers with uid 0 only when
+    /// Serve `image`. `trusted.*` attributes are listed to callers with CAP_SYS_ADMIN only when
     /// this process runs in the initial user namespace (elsewhere the kernel would refuse
     /// to read them anyway), as the kernel's EROFS lists them to privileged callers only.
     pub fn new(image: ErofsImage) -> ErofsFs {
@@ -340,7 +340,16 @@ impl Filesystem for ErofsFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let trusted = self.trusted_for_root && req.uid() == 0;
+        // As the kernel's EROFS: trusted.* names for CAP_SYS_ADMIN only, judged with the
+        // caller's capabilities (uid 0 alone may lack it). GETXATTR of such a name is
+        // refused by the kernel's VFS before it reaches us.
+        let caller = crate::caller::Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+            pid: req.pid(),
+        };
+        let trusted =
+            self.trusted_for_root && caller.has_capability(crate::caller::Capability::SysAdmin);
         let mut names = Vec::new();
         for k in x.keys() {
             if !trusted && k.starts_with(b"trusted.") {

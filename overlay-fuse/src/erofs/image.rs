@@ -354,7 +354,18 @@ impl ErofsImage {
             if name_bytes > MAX_DIR_NAME_BYTES {
                 return Err(self.err(op(), "names too long in total"));
             }
-            let kind = self.attr_of(&e.inode)?.kind;
+            // An inode of a kind no file has is left out too, not the whole directory.
+            let kind = match self.attr_of(&e.inode) {
+                Ok(a) => a.kind,
+                Err(err) => {
+                    bad += 1;
+                    if bad > MAX_BAD_ENTRIES {
+                        return Err(err);
+                    }
+                    tracing::warn!("{}", self.err(op(), format!("entry left out: {err}")));
+                    continue;
+                }
+            };
             entries.push(DirEntry {
                 name: name.to_vec(),
                 nid: e.inode.id(),
