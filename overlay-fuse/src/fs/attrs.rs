@@ -109,7 +109,7 @@ impl Inner {
         // The writeback cache's own SETATTR of the times it kept (mtime and ctime, no
         // atime), which names no path: a name of an indexed inode not copied up gets no
         // upper link for it (index=on; the kernel overlay changed the inode it wrote).
-        let cached_times = self.cfg.writeback
+        let cached_times = self.writeback.load(std::sync::atomic::Ordering::Relaxed)
             && changes.atime.is_none()
             && changes.mtime.is_some()
             && n.is_indexed_link();

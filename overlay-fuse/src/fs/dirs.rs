@@ -132,7 +132,6 @@ impl Inner {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let ttl = self.ttl();
         let total = entries.len() as u64 + 2;
         let (dot, dotdot) = if offset < 2 {
             self.dot_inos(&d, parent)
@@ -185,11 +184,7 @@ impl Inner {
             let Ok((node, a)) = self.ovl.lookup_attr(&d.node, &e.name) else {
                 continue; // removed since the snapshot
             };
-            let entry_ttl = if node.is_indexed_link() {
-                self.entry_ttl(&node)
-            } else {
-                ttl
-            };
+            let entry_ttl = self.entry_ttl(&node);
             // Count the lookup first; undo it if the entry does not fit.
             let Some((id, generation)) = self.remember(node, d.nodeid) else {
                 continue; // removed since the lookup
