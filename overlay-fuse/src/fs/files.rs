@@ -275,6 +275,8 @@ impl Inner {
             })
         else {
             // A new file has no lower backing; a racing reuse of its number is not served.
+            // The kernel gets no entry: the lookup reference taken above is given back.
+            self.table.forget(id, 1);
             return reply.error(Errno::ESTALE);
         };
         let ttl = self.entry_ttl(&node);
