@@ -209,6 +209,19 @@ fn data_only_layers_need_metacopy() {
         MountSpec::new_with_data_lowers(&stack, [&lower], &options(Verity::Off), t.path()).unwrap();
     let cmd = spec.to_command();
     assert!(cmd.contains(&format!("::{}", lower.display())), "{cmd}");
+    // The same from the stack's own data-only lower (LayerStackBuilder::data_lower).
+    let data = t.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    let stack = LayerStack::builder()
+        .lower(&lower)
+        .data_lower(&data)
+        .build()
+        .unwrap();
+    assert!(MountSpec::new(&stack, &OverlayMountOptions::default(), t.path()).is_err());
+    let cmd = MountSpec::new(&stack, &options(Verity::Off), t.path())
+        .unwrap()
+        .to_command();
+    assert!(cmd.contains(&format!("::{}", data.display())), "{cmd}");
 }
 
 /// Content in a line: its length, a checksum and its start.

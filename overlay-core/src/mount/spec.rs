@@ -91,12 +91,6 @@ impl MountSpec {
             }
             data.push(canon);
         }
-        if !data.is_empty() && !options.metacopy {
-            return Err(Error::OptionConflict(
-                "data-only lower layers are reached through metacopy files: they need metacopy=on"
-                    .into(),
-            ));
-        }
         let privileged = crate::mount::has_cap_sys_admin_in_initial_namespace();
         Self::build(stack, data, options, target.as_ref(), privileged)
     }
@@ -110,6 +104,8 @@ impl MountSpec {
         Self::build(stack, Vec::new(), options, target, privileged)
     }
 
+    /// `data_lowers` come after the stack's own data-only lowers
+    /// ([`crate::LayerStackBuilder::data_lower`]).
     fn build(
         stack: &LayerStack,
         data_lowers: Vec<PathBuf>,
@@ -117,6 +113,18 @@ impl MountSpec {
         target: &Path,
         privileged: bool,
     ) -> Result<MountSpec> {
+        let data_lowers: Vec<PathBuf> = stack
+            .data_lowers()
+            .iter()
+            .map(|l| l.path.clone())
+            .chain(data_lowers)
+            .collect();
+        if !data_lowers.is_empty() && !options.metacopy {
+            return Err(Error::OptionConflict(
+                "data-only lower layers are reached through metacopy files: they need metacopy=on"
+                    .into(),
+            ));
+        }
         // The kernel's limit (the userspace engine takes more), data lowers included.
         let n = stack.lowers().len() + data_lowers.len();
         if n > crate::stack::MAX_LOWER_LAYERS {
