@@ -44,10 +44,7 @@ pub(crate) fn find_companion(name: &str) -> Option<PathBuf> {
             }
         }
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    crate::image::find_in_path(name)
 }
 
 fn fuse_mounted_at(target: &Path) -> bool {

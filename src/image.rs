@@ -95,7 +95,8 @@ pub(crate) struct FuseImage {
     armed: bool,
 }
 
-fn find_in_path(prog: &str) -> Option<PathBuf> {
+/// The first file named `prog` in a directory of `$PATH`.
+pub(crate) fn find_in_path(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(prog))
