@@ -14,7 +14,8 @@
 //! kernel that an entry comes without attributes, and takes no lookup reference).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -41,10 +42,20 @@ const KEEP: usize = 4096;
 pub(super) struct PlusPolicy {
     /// Directory node ids listed without attributes lately.
     attrless: Mutex<HashMap<u64, Instant>>,
-    /// `attrless` is not empty (lookups skip its lock otherwise).
-    any_attrless: AtomicBool,
+    /// When a chunk last went out without attributes ([`since_start`]; 0: never): lookups
+    /// skip the `attrless` lock unless that was within [`WINDOW`].
+    last_attrless: AtomicU64,
     /// Processes (thread ids, as FUSE sends them) that stat after listing.
     walkers: Mutex<HashMap<u32, Instant>>,
+}
+
+/// Nanoseconds since the first call (at least 1), for times kept in an atomic.
+fn since_start(now: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(now.saturating_duration_since(start).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn remember<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Instant>, key: K, now: Instant) {
@@ -76,16 +87,18 @@ impl PlusPolicy {
 
     /// A chunk of directory `dir` went out without attributes.
     pub(super) fn listed_without_attrs(&self, dir: u64) {
-        remember(&mut self.attrless.lock(), dir, Instant::now());
-        self.any_attrless.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        remember(&mut self.attrless.lock(), dir, now);
+        self.last_attrless.store(since_start(now), Ordering::Relaxed);
     }
 
     /// Process `pid` looked a name up in directory `parent`.
     pub(super) fn looked_up(&self, pid: u32, parent: u64) {
-        if !self.any_attrless.load(Ordering::Relaxed) {
+        let last = self.last_attrless.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if last == 0 || since_start(now).saturating_sub(last) >= WINDOW.as_nanos() as u64 {
             return;
         }
-        let now = Instant::now();
         let listed = self
             .attrless
             .lock()
