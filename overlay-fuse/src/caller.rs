@@ -36,44 +36,53 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller's `/proc/PID/status`, if it is still the process the request came from
+    /// (same fsuid: a pid reused since by someone else's process does not count).
+    fn status(&self) -> Option<String> {
+        if self.pid == 0 {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        // Uid: real, effective, saved, filesystem.
+        let fsuid = field(&status, "Uid:")
+            .and_then(|v| v.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u32>().ok());
+        (fsuid == Some(self.uid)).then_some(status)
+    }
+
     /// True when the caller holds `cap` in its effective set, in this daemon's user
     /// namespace, and is still the process the request came from (same fsuid).
     pub fn has_capability(&self, cap: Capability) -> bool {
-        if self.pid == 0 {
-            return false;
-        }
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+        let Some(status) = self.status() else {
             return false;
         };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(str::trim)
-        };
-        // Uid: real, effective, saved, filesystem.
-        let fsuid = field("Uid:")
-            .and_then(|v| v.split_whitespace().nth(3))
-            .and_then(|v| v.parse::<u32>().ok());
-        if fsuid != Some(self.uid) {
-            return false;
-        }
-        let Some(eff) = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok()) else {
+        let Some(eff) = field(&status, "CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok())
+        else {
             return false;
         };
-        eff & (1u64 << cap as u32) != 0 && self.in_our_user_namespace()
+        eff & (1u64 << cap as u32) != 0 && self.shares_our_user_namespace()
     }
 
-    /// True when the caller is in this daemon's user namespace (false when unknown).
+    /// True when the caller is in this daemon's user namespace and is still the process
+    /// the request came from (false when unknown).
     pub fn in_our_user_namespace(&self) -> bool {
-        if self.pid == 0 {
-            return false;
-        }
+        self.status().is_some() && self.shares_our_user_namespace()
+    }
+
+    fn shares_our_user_namespace(&self) -> bool {
         static OURS: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
         let ours = OURS.get_or_init(|| std::fs::read_link("/proc/self/ns/user").ok());
         let theirs = std::fs::read_link(format!("/proc/{}/ns/user", self.pid)).ok();
         ours.is_some() && *ours == theirs
     }
+}
+
+/// The value of `key` (e.g. `Uid:`) in a `/proc/PID/status` text.
+fn field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
 }
 
 #[cfg(test)]

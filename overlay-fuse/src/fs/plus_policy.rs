@@ -89,7 +89,8 @@ impl PlusPolicy {
     pub(super) fn listed_without_attrs(&self, dir: u64) {
         let now = Instant::now();
         remember(&mut self.attrless.lock(), dir, now);
-        self.last_attrless.store(since_start(now), Ordering::Relaxed);
+        self.last_attrless
+            .store(since_start(now), Ordering::Relaxed);
     }
 
     /// Process `pid` looked a name up in directory `parent`.
